@@ -1,0 +1,433 @@
+//! The typed cache-aside handle, [`Cache`]: namespaced keys, envelopes, TTL jitter, and the
+//! failure policy.
+//!
+//! Failure policy: a store that is down, slow or holding garbage never fails a read or a
+//! load. `get` becomes a miss, `insert` is dropped, `get_with` returns the loader's value;
+//! each such event is counted and logged. Every store call is bounded by the command timeout
+//! and passes the circuit breaker. The one exception is invalidation, which reports failure:
+//! a lost invalidation means stale data later, and only the caller can decide what to do.
+
+mod builder;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+pub use self::builder::{CacheBuilder, DEFAULT_NAMESPACE, DEFAULT_TTL, DEFAULT_TTL_JITTER};
+use crate::breaker::{Admission, BreakerState, CircuitBreaker};
+use crate::codec::{Codec, DecodeFailure, Decoded, EntryMeta};
+use crate::error::{Error, ErrorKind, Result};
+use crate::key::Key;
+use crate::store::{Store, StoreEntry};
+use crate::telemetry;
+
+/// A typed cache over a [`Store`]. Cheap to clone; clones share everything.
+///
+/// ```
+/// use std::time::Duration;
+/// use cachelayer::Cache;
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// struct Product { id: u64, name: String }
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> cachelayer::Result<()> {
+/// let cache = Cache::builder().namespace("shop").build()?; // in-process store
+/// let key = cachelayer::Key::new("product").part(7);
+///
+/// // Cache-aside: the loader runs on a miss, and its value is stored for 60 s.
+/// let loaded = cache
+///     .get_with(&key, Duration::from_secs(60), async { Product { id: 7, name: "lamp".into() } })
+///     .await;
+/// assert_eq!(cache.get::<Product>(&key).await, Some(loaded));
+///
+/// cache.invalidate(&key).await?;
+/// assert_eq!(cache.get::<Product>(&key).await, None);
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Cache {
+    inner: Arc<CacheInner>,
+}
+
+struct CacheInner {
+    store: Arc<dyn Store>,
+    prefix: String,
+    default_ttl: Duration,
+    ttl_jitter: f64,
+    command_timeout: Duration,
+    codec: Codec,
+    breaker: CircuitBreaker,
+}
+
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache")
+            .field("store", &self.inner.store)
+            .field("prefix", &self.inner.prefix)
+            .field("breaker", &self.breaker_state())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Cache {
+    /// A builder with every default: in-process store, JSON, 300 s TTL, 10% jitter.
+    pub fn builder() -> CacheBuilder {
+        CacheBuilder::default()
+    }
+
+    /// The store key for `key`: namespace, version, then the key.
+    pub fn full_key(&self, key: impl Into<Key>) -> String {
+        let mut full = self.inner.prefix.clone();
+        full.push_str(&key.into().into_capped());
+        full
+    }
+
+    /// The underlying store, for operations the typed API does not cover.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    /// The TTL used by [`insert`](Self::insert) and [`insert_many`](Self::insert_many).
+    pub fn default_ttl(&self) -> Duration {
+        self.inner.default_ttl
+    }
+
+    /// The circuit breaker's state: `Open` means the store is being bypassed.
+    pub fn breaker_state(&self) -> BreakerState {
+        self.inner.breaker.state()
+    }
+
+    /// Round-trip time to the store, bounded by the command timeout. Bypasses the breaker,
+    /// so a health check always sees the store's real state.
+    pub async fn ping(&self) -> Result<Duration> {
+        let started = Instant::now();
+        match tokio::time::timeout(self.inner.command_timeout, self.inner.store.ping()).await {
+            Ok(result) => result.map(|()| started.elapsed()),
+            Err(_) => Err(timeout_error()),
+        }
+    }
+
+    /// The value under `key`, or `None` on a miss. Store failures and unreadable entries
+    /// are misses (unreadable ones are deleted).
+    pub async fn get<T: DeserializeOwned>(&self, key: impl Into<Key>) -> Option<T> {
+        self.get_entry(key).await.map(|entry| entry.value)
+    }
+
+    /// Like [`get`](Self::get), with the entry's header (when it was stored, its TTL, how
+    /// long it took to compute).
+    pub async fn get_entry<T: DeserializeOwned>(&self, key: impl Into<Key>) -> Option<Decoded<T>> {
+        self.lookup(&self.full_key(key)).await
+    }
+
+    async fn lookup<T: DeserializeOwned>(&self, full: &str) -> Option<Decoded<T>> {
+        let raw = self
+            .call("get", self.inner.store.get(full))
+            .await
+            .ok()
+            .flatten();
+        let decoded = match raw {
+            Some(bytes) => self.decode_or_discard(full, bytes).await,
+            None => None,
+        };
+        count_lookup(decoded.is_some());
+        decoded
+    }
+
+    /// Values for many keys, in order, in one store round trip (`MGET`).
+    pub async fn get_many<T: DeserializeOwned, K: Into<Key>>(
+        &self,
+        keys: impl IntoIterator<Item = K>,
+    ) -> Vec<Option<T>> {
+        let full: Vec<String> = keys.into_iter().map(|k| self.full_key(k)).collect();
+        if full.is_empty() {
+            return Vec::new();
+        }
+        let raw = match self
+            .call("get_many", self.inner.store.get_many(&full))
+            .await
+        {
+            Ok(raw) if raw.len() == full.len() => raw,
+            _ => vec![None; full.len()],
+        };
+        let mut values = Vec::with_capacity(full.len());
+        for (key, bytes) in full.iter().zip(raw) {
+            let value = match bytes {
+                Some(bytes) => self.decode_or_discard(key, bytes).await.map(|d| d.value),
+                None => None,
+            };
+            count_lookup(value.is_some());
+            values.push(value);
+        }
+        values
+    }
+
+    /// Store `value` under `key` with the default TTL. See
+    /// [`insert_with_ttl`](Self::insert_with_ttl).
+    pub async fn insert<T: Serialize + ?Sized>(
+        &self,
+        key: impl Into<Key>,
+        value: &T,
+    ) -> Result<()> {
+        self.insert_with_ttl(key, value, self.inner.default_ttl)
+            .await
+    }
+
+    /// Store `value` under `key` for `ttl` (jittered). A zero TTL means "do not cache" and
+    /// writes nothing. Errors only when the value cannot be encoded; a store failure drops
+    /// the write (counted and logged).
+    pub async fn insert_with_ttl<T: Serialize + ?Sized>(
+        &self,
+        key: impl Into<Key>,
+        value: &T,
+        ttl: Duration,
+    ) -> Result<()> {
+        self.store_value(self.full_key(key), value, ttl, Duration::ZERO)
+            .await
+    }
+
+    /// Store many values with the default TTL in one round trip.
+    pub async fn insert_many<K: Into<Key>, T: Serialize>(
+        &self,
+        entries: impl IntoIterator<Item = (K, T)>,
+    ) -> Result<()> {
+        self.insert_many_with_ttl(entries, self.inner.default_ttl)
+            .await
+    }
+
+    /// Store many values for `ttl` (each jittered on its own) in one round trip. Nothing is
+    /// written if any value cannot be encoded.
+    pub async fn insert_many_with_ttl<K: Into<Key>, T: Serialize>(
+        &self,
+        entries: impl IntoIterator<Item = (K, T)>,
+        ttl: Duration,
+    ) -> Result<()> {
+        if ttl.is_zero() {
+            return Ok(());
+        }
+        let meta = EntryMeta {
+            ttl,
+            compute_time: Duration::ZERO,
+        };
+        let batch = entries
+            .into_iter()
+            .map(|(key, value)| {
+                let encoded = self.inner.codec.encode(&value, meta)?;
+                Ok(StoreEntry {
+                    key: self.full_key(key),
+                    value: encoded.bytes,
+                    ttl: self.jittered(ttl),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let written: usize = batch.iter().map(|e| e.value.len()).sum();
+        match self
+            .call("set_many", self.inner.store.set_many(&batch))
+            .await
+        {
+            Ok(()) => metrics::counter!(telemetry::BYTES_WRITTEN).increment(written as u64),
+            Err(err) => drop_write(&err, batch.len()),
+        }
+        Ok(())
+    }
+
+    /// Remove `key`. Unlike reads and writes this reports store failure, because a lost
+    /// invalidation leaves a stale value to be served later.
+    pub async fn invalidate(&self, key: impl Into<Key>) -> Result<()> {
+        let full = self.full_key(key);
+        self.call("delete", self.inner.store.delete(&full))
+            .await
+            .map(drop)
+    }
+
+    /// Remove many keys in one round trip; reports store failure like
+    /// [`invalidate`](Self::invalidate).
+    pub async fn invalidate_many<K: Into<Key>>(
+        &self,
+        keys: impl IntoIterator<Item = K>,
+    ) -> Result<()> {
+        let full: Vec<String> = keys.into_iter().map(|k| self.full_key(k)).collect();
+        self.call("delete_many", self.inner.store.delete_many(&full))
+            .await
+            .map(drop)
+    }
+
+    /// Cache-aside: the cached value, or the loader's, which is then stored for `ttl`.
+    /// A zero TTL bypasses the cache entirely. Store trouble never reaches the caller: the
+    /// loader's value is returned whatever the store does.
+    ///
+    /// This does not coalesce concurrent misses; stampede protection builds on it.
+    pub async fn get_with<T, F>(&self, key: impl Into<Key>, ttl: Duration, loader: F) -> T
+    where
+        T: Serialize + DeserializeOwned,
+        F: Future<Output = T>,
+    {
+        match self
+            .try_get_with(key, ttl, async {
+                Ok::<T, std::convert::Infallible>(loader.await)
+            })
+            .await
+        {
+            Ok(value) => value,
+            Err(never) => match never {},
+        }
+    }
+
+    /// Like [`get_with`](Self::get_with) for fallible loaders: an `Err` is returned to the
+    /// caller and never cached.
+    pub async fn try_get_with<T, E, F>(
+        &self,
+        key: impl Into<Key>,
+        ttl: Duration,
+        loader: F,
+    ) -> Result<T, E>
+    where
+        T: Serialize + DeserializeOwned,
+        F: Future<Output = Result<T, E>>,
+    {
+        if ttl.is_zero() {
+            return loader.await;
+        }
+        let full = self.full_key(key);
+        if let Some(hit) = self.lookup::<T>(&full).await {
+            return Ok(hit.value);
+        }
+        let started = Instant::now();
+        let value = loader.await?;
+        let compute_time = started.elapsed();
+        if let Err(err) = self.store_value(full, &value, ttl, compute_time).await {
+            tracing::warn!(error = %err, "loaded value not cached: it cannot be encoded");
+        }
+        Ok(value)
+    }
+
+    async fn store_value<T: Serialize + ?Sized>(
+        &self,
+        full: String,
+        value: &T,
+        ttl: Duration,
+        compute_time: Duration,
+    ) -> Result<()> {
+        if ttl.is_zero() {
+            return Ok(());
+        }
+        let encoded = self
+            .inner
+            .codec
+            .encode(value, EntryMeta { ttl, compute_time })?;
+        let len = encoded.bytes.len() as u64;
+        let ttl = self.jittered(ttl);
+        match self
+            .call("set", self.inner.store.set(&full, encoded.bytes, ttl))
+            .await
+        {
+            Ok(()) => metrics::counter!(telemetry::BYTES_WRITTEN).increment(len),
+            Err(err) => drop_write(&err, 1),
+        }
+        Ok(())
+    }
+
+    /// Decode stored bytes; unreadable ones are counted and removed (only if unchanged, so
+    /// a good value written meanwhile survives).
+    async fn decode_or_discard<T: DeserializeOwned>(
+        &self,
+        full: &str,
+        bytes: Bytes,
+    ) -> Option<Decoded<T>> {
+        metrics::counter!(telemetry::BYTES_READ).increment(bytes.len() as u64);
+        match self.inner.codec.decode::<T>(&bytes) {
+            Ok(decoded) => Some(decoded),
+            Err(reason) => {
+                self.discard(full, &bytes, reason).await;
+                None
+            }
+        }
+    }
+
+    async fn discard(&self, full: &str, bytes: &[u8], reason: DecodeFailure) {
+        metrics::counter!(telemetry::DECODE_FAILURES, "reason" => reason.as_str()).increment(1);
+        tracing::warn!(
+            key = full,
+            reason = reason.as_str(),
+            "unreadable cache entry; deleting it"
+        );
+        let _ = self
+            .call(
+                "compare_and_delete",
+                self.inner.store.compare_and_delete(full, bytes),
+            )
+            .await;
+    }
+
+    /// `ttl` shortened by a random fraction up to the jitter, never below 1 ms.
+    fn jittered(&self, ttl: Duration) -> Duration {
+        if self.inner.ttl_jitter == 0.0 {
+            return ttl;
+        }
+        let cut = ttl.mul_f64(self.inner.ttl_jitter * fastrand::f64());
+        ttl.saturating_sub(cut).max(Duration::from_millis(1))
+    }
+
+    /// Run one store call through the breaker and the command timeout, recording latency,
+    /// errors and breaker outcomes.
+    async fn call<R>(&self, op: &'static str, call: impl Future<Output = Result<R>>) -> Result<R> {
+        let breaker = &self.inner.breaker;
+        if breaker.admit() == Admission::Rejected {
+            metrics::counter!(telemetry::STORE_ERRORS, "op" => op, "kind" => ErrorKind::CircuitOpen.as_str())
+                .increment(1);
+            return Err(Error::new(
+                ErrorKind::CircuitOpen,
+                "the cache store is failing and is bypassed until the circuit breaker's cool-down ends",
+            ));
+        }
+        let started = Instant::now();
+        let result = match tokio::time::timeout(self.inner.command_timeout, call).await {
+            Ok(result) => result,
+            Err(_) => Err(timeout_error()),
+        };
+        metrics::histogram!(telemetry::STORE_DURATION, "op" => op)
+            .record(started.elapsed().as_secs_f64());
+        match &result {
+            Ok(_) => breaker.record_success(),
+            Err(err) => {
+                metrics::counter!(telemetry::STORE_ERRORS, "op" => op, "kind" => err.kind().as_str())
+                    .increment(1);
+                tracing::warn!(op, kind = err.kind().as_str(), error = %err, "cache store call failed; failing open");
+                if err.is_unavailable() {
+                    breaker.record_failure();
+                } else {
+                    // The store answered, so it is up, even if it refused this request.
+                    breaker.record_success();
+                }
+            }
+        }
+        result
+    }
+}
+
+fn timeout_error() -> Error {
+    Error::new(
+        ErrorKind::Timeout,
+        "the cache store did not answer within command_timeout; check its load or raise the timeout",
+    )
+}
+
+fn count_lookup(hit: bool) {
+    if hit {
+        metrics::counter!(telemetry::HITS).increment(1);
+    } else {
+        metrics::counter!(telemetry::MISSES).increment(1);
+    }
+}
+
+fn drop_write(err: &Error, entries: usize) {
+    metrics::counter!(telemetry::WRITES_DROPPED, "reason" => err.kind().as_str())
+        .increment(entries as u64);
+}

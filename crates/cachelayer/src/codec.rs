@@ -1,0 +1,568 @@
+//! The stored-value envelope: a small versioned header, then the serialized (and perhaps
+//! compressed) payload.
+//!
+//! Layout of format version 1 (30 bytes of header, integers big-endian):
+//!
+//! | bytes | field | values |
+//! |---|---|---|
+//! | 0..2 | magic | `CL` |
+//! | 2 | version | `1` |
+//! | 3 | serialization | `j` JSON, `m` MessagePack (named fields) |
+//! | 4 | compression | `-` none, `z` zstd |
+//! | 5 | flags | reserved, written as 0 |
+//! | 6..14 | stored at | Unix time, milliseconds |
+//! | 14..22 | TTL | milliseconds the writer asked for |
+//! | 22..26 | compute time | milliseconds the value took to load (for early refresh) |
+//! | 26..30 | payload length | uncompressed payload bytes |
+//!
+//! Everything needed to read an entry is in its own header, so reads never depend on the
+//! reader's current settings. Decoding must never panic and never allocate more than the
+//! configured maximum value size, whatever bytes it is handed: the store is outside our
+//! trust boundary (another deploy, another type, or plain garbage may be there).
+
+use std::cell::RefCell;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::{Error, ErrorKind, Result};
+
+/// Magic bytes that open every envelope.
+pub const MAGIC: [u8; 2] = *b"CL";
+/// The envelope format version this build writes (and the only one it reads).
+pub const FORMAT_VERSION: u8 = 1;
+/// Header size of format version 1.
+pub const HEADER_LEN: usize = 30;
+/// Default payload size from which values are compressed.
+pub const DEFAULT_COMPRESSION_THRESHOLD_BYTES: usize = 1024;
+/// Default zstd level: level 1 gets most of the ratio at a fraction of the CPU.
+pub const DEFAULT_ZSTD_LEVEL: i32 = 1;
+/// Default bound on one value's uncompressed payload, on write and on read.
+pub const DEFAULT_MAX_VALUE_BYTES: usize = 16 * 1024 * 1024;
+
+/// How a payload is serialized.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Serialization {
+    /// JSON: readable with `redis-cli` and by services in any language. The default.
+    Json,
+    /// MessagePack with named fields: less CPU, tolerant of added or removed fields.
+    #[serde(alias = "msgpack")]
+    MessagePack,
+}
+
+impl Serialization {
+    fn tag(self) -> u8 {
+        match self {
+            Serialization::Json => b'j',
+            Serialization::MessagePack => b'm',
+        }
+    }
+
+    fn from_tag(tag: u8) -> Option<Self> {
+        match tag {
+            b'j' => Some(Serialization::Json),
+            b'm' => Some(Serialization::MessagePack),
+            _ => None,
+        }
+    }
+}
+
+/// How a payload is compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Compression {
+    /// Stored as serialized.
+    None,
+    /// zstd frame.
+    Zstd,
+}
+
+impl Compression {
+    fn tag(self) -> u8 {
+        match self {
+            Compression::None => b'-',
+            Compression::Zstd => b'z',
+        }
+    }
+
+    fn from_tag(tag: u8) -> Option<Self> {
+        match tag {
+            b'-' => Some(Compression::None),
+            b'z' => Some(Compression::Zstd),
+            _ => None,
+        }
+    }
+}
+
+/// Why stored bytes could not be read. Every one of these is treated as a miss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum DecodeFailure {
+    /// Shorter than a header.
+    TooShort,
+    /// Does not start with [`MAGIC`]: not written by cachelayer.
+    BadMagic,
+    /// Written by a newer (or unknown) envelope format.
+    UnknownVersion,
+    /// Unknown serialization tag.
+    UnknownSerialization,
+    /// Unknown compression tag.
+    UnknownCompression,
+    /// Declares a payload larger than the configured maximum.
+    TooLarge,
+    /// The payload is shorter or longer than the header says.
+    Truncated,
+    /// The compressed payload is corrupt.
+    Decompress,
+    /// The payload does not have the requested type's shape.
+    Deserialize,
+}
+
+impl DecodeFailure {
+    /// A stable label for metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DecodeFailure::TooShort => "too_short",
+            DecodeFailure::BadMagic => "bad_magic",
+            DecodeFailure::UnknownVersion => "unknown_version",
+            DecodeFailure::UnknownSerialization => "unknown_serialization",
+            DecodeFailure::UnknownCompression => "unknown_compression",
+            DecodeFailure::TooLarge => "too_large",
+            DecodeFailure::Truncated => "truncated",
+            DecodeFailure::Decompress => "decompress",
+            DecodeFailure::Deserialize => "deserialize",
+        }
+    }
+}
+
+/// What the header of a stored entry says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EnvelopeHeader {
+    /// How the payload is serialized.
+    pub serialization: Serialization,
+    /// How the payload is compressed.
+    pub compression: Compression,
+    /// When the entry was written (millisecond precision).
+    pub stored_at: SystemTime,
+    /// The TTL the writer asked for (before jitter).
+    pub ttl: Duration,
+    /// How long the value took to compute.
+    pub compute_time: Duration,
+    /// Uncompressed payload length.
+    pub payload_len: u32,
+}
+
+impl EnvelopeHeader {
+    /// Parse and check the header of stored bytes without touching the payload.
+    pub fn parse(bytes: &[u8]) -> Result<Self, DecodeFailure> {
+        let header: &[u8; HEADER_LEN] = bytes
+            .get(..HEADER_LEN)
+            .and_then(|h| h.try_into().ok())
+            .ok_or(DecodeFailure::TooShort)?;
+        if header[0..2] != MAGIC {
+            return Err(DecodeFailure::BadMagic);
+        }
+        if header[2] != FORMAT_VERSION {
+            return Err(DecodeFailure::UnknownVersion);
+        }
+        let serialization =
+            Serialization::from_tag(header[3]).ok_or(DecodeFailure::UnknownSerialization)?;
+        let compression =
+            Compression::from_tag(header[4]).ok_or(DecodeFailure::UnknownCompression)?;
+        let u64_at = |at: usize| {
+            let mut buf = [0u8; 8];
+            buf.copy_from_slice(&header[at..at + 8]);
+            u64::from_be_bytes(buf)
+        };
+        let u32_at = |at: usize| {
+            let mut buf = [0u8; 4];
+            buf.copy_from_slice(&header[at..at + 4]);
+            u32::from_be_bytes(buf)
+        };
+        Ok(Self {
+            serialization,
+            compression,
+            stored_at: UNIX_EPOCH + Duration::from_millis(u64_at(6)),
+            ttl: Duration::from_millis(u64_at(14)),
+            compute_time: Duration::from_millis(u64::from(u32_at(22))),
+            payload_len: u32_at(26),
+        })
+    }
+
+    fn write(&self, out: &mut BytesMut) {
+        out.put_slice(&MAGIC);
+        out.put_u8(FORMAT_VERSION);
+        out.put_u8(self.serialization.tag());
+        out.put_u8(self.compression.tag());
+        out.put_u8(0);
+        out.put_u64(saturating_millis(
+            self.stored_at
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default(),
+        ));
+        out.put_u64(saturating_millis(self.ttl));
+        out.put_u32(u32::try_from(self.compute_time.as_millis()).unwrap_or(u32::MAX));
+        out.put_u32(self.payload_len);
+    }
+}
+
+fn saturating_millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Facts about one entry being written, recorded in its header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EntryMeta {
+    /// The TTL asked for.
+    pub ttl: Duration,
+    /// How long the value took to compute (zero when unknown).
+    pub compute_time: Duration,
+}
+
+/// An encoded entry, ready for a store.
+#[derive(Debug, Clone)]
+pub struct Encoded {
+    /// Header and payload.
+    pub bytes: Bytes,
+    /// Serialized payload size before compression.
+    pub payload_len: usize,
+    /// How the payload was stored.
+    pub compression: Compression,
+}
+
+/// A decoded entry.
+#[derive(Debug, Clone)]
+pub struct Decoded<T> {
+    /// The value.
+    pub value: T,
+    /// Its header.
+    pub header: EnvelopeHeader,
+}
+
+/// Encodes typed values into envelopes and back.
+///
+/// ```
+/// use std::time::Duration;
+/// use cachelayer::codec::{Codec, Compression, EntryMeta};
+///
+/// let codec = Codec::default();
+/// let meta = EntryMeta { ttl: Duration::from_secs(60), compute_time: Duration::ZERO };
+/// let small = codec.encode(&"tiny", meta).unwrap();
+/// assert_eq!(small.compression, Compression::None);
+/// let big = codec.encode(&"x".repeat(4096), meta).unwrap();
+/// assert_eq!(big.compression, Compression::Zstd);
+/// let back: String = codec.decode(&big.bytes).unwrap().value;
+/// assert_eq!(back.len(), 4096);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Codec {
+    serialization: Serialization,
+    compression_threshold: Option<usize>,
+    zstd_level: i32,
+    max_value_bytes: usize,
+}
+
+impl Default for Codec {
+    fn default() -> Self {
+        Self {
+            serialization: Serialization::Json,
+            compression_threshold: Some(DEFAULT_COMPRESSION_THRESHOLD_BYTES),
+            zstd_level: DEFAULT_ZSTD_LEVEL,
+            max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
+        }
+    }
+}
+
+thread_local! {
+    // Reused contexts are much faster than one-shot calls for values of a few KB.
+    static COMPRESSOR: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(None) };
+    static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
+}
+
+impl Codec {
+    /// A codec with the given settings; `compression_threshold` of `None` turns compression
+    /// off. Fails on a zstd level outside 1..=22 or a zero maximum.
+    pub fn new(
+        serialization: Serialization,
+        compression_threshold: Option<usize>,
+        zstd_level: i32,
+        max_value_bytes: usize,
+    ) -> Result<Self> {
+        if !(1..=22).contains(&zstd_level) {
+            return Err(Error::config(format!(
+                "zstd level {zstd_level} is out of range; use 1 (fast) to 22 (small)"
+            )));
+        }
+        if max_value_bytes == 0 || u32::try_from(max_value_bytes).is_err() {
+            return Err(Error::config(
+                "max_value_bytes must be between 1 and 4 GiB - 1",
+            ));
+        }
+        Ok(Self {
+            serialization,
+            compression_threshold,
+            zstd_level,
+            max_value_bytes,
+        })
+    }
+
+    /// The serialization used for new entries.
+    pub fn serialization(&self) -> Serialization {
+        self.serialization
+    }
+
+    /// Serialize, compress when worth it, and prefix the header.
+    pub fn encode<T: Serialize + ?Sized>(&self, value: &T, meta: EntryMeta) -> Result<Encoded> {
+        let payload = self.serialize(value)?;
+        if payload.len() > self.max_value_bytes {
+            return Err(Error::new(
+                ErrorKind::Encode,
+                format!(
+                    "value serializes to {} bytes, over max_value_bytes ({}); raise the limit or cache a smaller value",
+                    payload.len(),
+                    self.max_value_bytes
+                ),
+            ));
+        }
+        let compressed = match self.compression_threshold {
+            Some(threshold) if payload.len() >= threshold => self.compress(&payload),
+            _ => None,
+        };
+        let (compression, body) = match &compressed {
+            Some(smaller) => (Compression::Zstd, smaller.as_slice()),
+            None => (Compression::None, payload.as_slice()),
+        };
+        let header = EnvelopeHeader {
+            serialization: self.serialization,
+            compression,
+            stored_at: SystemTime::now(),
+            ttl: meta.ttl,
+            compute_time: meta.compute_time,
+            // Fits: checked against max_value_bytes, which fits in u32.
+            payload_len: u32::try_from(payload.len()).unwrap_or(u32::MAX),
+        };
+        let mut out = BytesMut::with_capacity(HEADER_LEN + body.len());
+        header.write(&mut out);
+        out.put_slice(body);
+        Ok(Encoded {
+            bytes: out.freeze(),
+            payload_len: payload.len(),
+            compression,
+        })
+    }
+
+    /// Check the header, decompress within bounds, and deserialize as `T`.
+    pub fn decode<T: DeserializeOwned>(&self, bytes: &[u8]) -> Result<Decoded<T>, DecodeFailure> {
+        let header = EnvelopeHeader::parse(bytes)?;
+        let declared = header.payload_len as usize;
+        if declared > self.max_value_bytes {
+            return Err(DecodeFailure::TooLarge);
+        }
+        let body = &bytes[HEADER_LEN..];
+        let decompressed;
+        let payload = match header.compression {
+            Compression::None => body,
+            Compression::Zstd => {
+                decompressed = decompress_exact(body, declared)?;
+                decompressed.as_slice()
+            }
+        };
+        if payload.len() != declared {
+            return Err(DecodeFailure::Truncated);
+        }
+        let value = match header.serialization {
+            Serialization::Json => serde_json::from_slice(payload).ok(),
+            Serialization::MessagePack => rmp_serde::from_slice(payload).ok(),
+        }
+        .ok_or(DecodeFailure::Deserialize)?;
+        Ok(Decoded { value, header })
+    }
+
+    fn serialize<T: Serialize + ?Sized>(&self, value: &T) -> Result<Vec<u8>> {
+        let result = match self.serialization {
+            Serialization::Json => serde_json::to_vec(value).map_err(|e| e.to_string()),
+            // Named fields: positional MessagePack breaks when a struct gains or loses a field.
+            Serialization::MessagePack => rmp_serde::to_vec_named(value).map_err(|e| e.to_string()),
+        };
+        result.map_err(|reason| {
+            Error::new(
+                ErrorKind::Encode,
+                format!("cannot serialize the value for the cache: {reason}"),
+            )
+        })
+    }
+
+    /// The compressed payload, or `None` when compression fails or does not make it smaller
+    /// (already-compressed data such as images would only cost CPU on every read).
+    fn compress(&self, payload: &[u8]) -> Option<Vec<u8>> {
+        let level = self.zstd_level;
+        let compressed = COMPRESSOR.with(|cell| {
+            let mut slot = cell.borrow_mut();
+            if slot.as_ref().is_none_or(|(l, _)| *l != level) {
+                *slot = zstd::bulk::Compressor::new(level).ok().map(|c| (level, c));
+            }
+            slot.as_mut()?.1.compress(payload).ok()
+        })?;
+        if compressed.len() < payload.len() {
+            metrics::histogram!(crate::telemetry::COMPRESSION_RATIO)
+                .record(payload.len() as f64 / compressed.len().max(1) as f64);
+            Some(compressed)
+        } else {
+            None
+        }
+    }
+}
+
+/// Decompress into a buffer of exactly the declared size: the declared size was checked
+/// against the maximum, so a decompression bomb cannot allocate more, and a frame that
+/// decodes to any other size is rejected.
+fn decompress_exact(body: &[u8], declared: usize) -> Result<Vec<u8>, DecodeFailure> {
+    DECOMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            *slot = zstd::bulk::Decompressor::new().ok();
+        }
+        let decompressor = slot.as_mut().ok_or(DecodeFailure::Decompress)?;
+        let out = decompressor
+            .decompress(body, declared)
+            .map_err(|_| DecodeFailure::Decompress)?;
+        if out.len() == declared {
+            Ok(out)
+        } else {
+            Err(DecodeFailure::Truncated)
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta() -> EntryMeta {
+        EntryMeta {
+            ttl: Duration::from_secs(300),
+            compute_time: Duration::from_millis(42),
+        }
+    }
+
+    /// The header records what was asked for and is read back without the payload.
+    #[test]
+    fn header_round_trip() {
+        let encoded = Codec::default()
+            .encode(&vec![1, 2, 3], meta())
+            .expect("encode");
+        let header = EnvelopeHeader::parse(&encoded.bytes).expect("header");
+        assert_eq!(header.ttl, Duration::from_secs(300));
+        assert_eq!(header.compute_time, Duration::from_millis(42));
+        assert_eq!(header.serialization, Serialization::Json);
+        assert_eq!(header.compression, Compression::None);
+        assert_eq!(&encoded.bytes[HEADER_LEN..], b"[1,2,3]");
+        let age = SystemTime::now()
+            .duration_since(header.stored_at)
+            .expect("past");
+        assert!(age < Duration::from_secs(5));
+    }
+
+    /// Incompressible payloads are stored as they are, even above the threshold.
+    #[test]
+    fn incompressible_payload_is_not_compressed() {
+        let codec = Codec::default();
+        let mut rng = fastrand::Rng::with_seed(7);
+        let noise: Vec<u8> = (0..4096).map(|_| rng.u8(..)).collect();
+        let zstd_out = zstd::bulk::compress(&noise, 1).expect("zstd");
+        assert!(zstd_out.len() >= noise.len(), "noise should not compress");
+        assert!(codec.compress(&noise).is_none());
+    }
+
+    /// A zstd frame that expands beyond the declared size is refused, not allocated.
+    #[test]
+    fn decompression_is_bounded_by_declared_size() {
+        let bomb = zstd::bulk::compress(&vec![0u8; 8 * 1024 * 1024], 1).expect("zstd");
+        assert!(bomb.len() < 4096);
+        assert!(decompress_exact(&bomb, 1024).is_err());
+    }
+
+    /// A payload whose declared size exceeds the reader's maximum is refused before any work.
+    #[test]
+    fn oversized_declaration_is_too_large() {
+        let big = Codec::default()
+            .encode(&"y".repeat(5000), meta())
+            .expect("encode");
+        let strict = Codec::new(Serialization::Json, Some(1024), 1, 1000).expect("codec");
+        assert_eq!(
+            strict.decode::<String>(&big.bytes).err(),
+            Some(DecodeFailure::TooLarge)
+        );
+    }
+
+    /// Writing more than the maximum is an encode error, so nothing unreadable is stored.
+    #[test]
+    fn oversized_value_is_refused_on_write() {
+        let strict = Codec::new(Serialization::Json, None, 1, 100).expect("codec");
+        let err = strict
+            .encode(&"z".repeat(200), meta())
+            .expect_err("too big");
+        assert_eq!(err.kind(), ErrorKind::Encode);
+    }
+
+    /// Each corruption maps to its own reason.
+    #[test]
+    fn corruption_reasons() {
+        let codec = Codec::default();
+        let good = codec
+            .encode(&"hello", meta())
+            .expect("encode")
+            .bytes
+            .to_vec();
+        assert_eq!(
+            codec.decode::<String>(b"CL").err(),
+            Some(DecodeFailure::TooShort)
+        );
+        let mut bad = good.clone();
+        bad[0] = b'X';
+        assert_eq!(
+            codec.decode::<String>(&bad).err(),
+            Some(DecodeFailure::BadMagic)
+        );
+        let mut bad = good.clone();
+        bad[2] = 9;
+        assert_eq!(
+            codec.decode::<String>(&bad).err(),
+            Some(DecodeFailure::UnknownVersion)
+        );
+        let mut bad = good.clone();
+        bad[3] = b'?';
+        assert_eq!(
+            codec.decode::<String>(&bad).err(),
+            Some(DecodeFailure::UnknownSerialization)
+        );
+        let mut bad = good.clone();
+        bad[4] = b'?';
+        assert_eq!(
+            codec.decode::<String>(&bad).err(),
+            Some(DecodeFailure::UnknownCompression)
+        );
+        let truncated = &good[..good.len() - 1];
+        assert_eq!(
+            codec.decode::<String>(truncated).err(),
+            Some(DecodeFailure::Truncated)
+        );
+        assert_eq!(
+            codec.decode::<u64>(&good).err(),
+            Some(DecodeFailure::Deserialize)
+        );
+    }
+
+    /// Entries are read with the serialization recorded in them, not the reader's setting.
+    #[test]
+    fn reads_use_the_recorded_serialization() {
+        let writer = Codec::new(Serialization::MessagePack, None, 1, 1024).expect("codec");
+        let encoded = writer.encode(&("a", 1u8), meta()).expect("encode");
+        let reader = Codec::default();
+        assert_eq!(reader.serialization(), Serialization::Json);
+        let decoded: (String, u8) = reader.decode(&encoded.bytes).expect("decode").value;
+        assert_eq!(decoded, ("a".to_owned(), 1));
+    }
+}

@@ -1,0 +1,183 @@
+//! `CacheConfig`: every cache setting as plain data, for configuration files and the
+//! environment. Applications deserialize it (serde) and call [`CacheConfig::build`].
+//!
+//! This module only maps settings onto the builders; it must never read files or the
+//! environment itself, so the application owns its configuration sources and precedence.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::breaker::{DEFAULT_COOL_DOWN, DEFAULT_FAILURE_THRESHOLD};
+use crate::cache::{Cache, DEFAULT_NAMESPACE, DEFAULT_TTL, DEFAULT_TTL_JITTER};
+use crate::codec::{
+    DEFAULT_COMPRESSION_THRESHOLD_BYTES, DEFAULT_MAX_VALUE_BYTES, DEFAULT_ZSTD_LEVEL, Serialization,
+};
+use crate::error::{Error, ErrorKind, Result};
+use crate::store::{
+    DEFAULT_COMMAND_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MEMORY_CAPACITY_BYTES,
+    DEFAULT_POOL_SIZE, MemoryStore, RedisStore,
+};
+
+/// Every cache setting, with the defaults of the README's configuration table.
+///
+/// ```
+/// use cachelayer::CacheConfig;
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> cachelayer::Result<()> {
+/// let config: CacheConfig = serde_json::from_str(r#"{ "namespace": "shop", "default_ttl_ms": 60000 }"#).unwrap();
+/// assert_eq!(config.redis_url, None); // no Redis URL: the in-process store
+/// let cache = config.build()?;
+/// assert_eq!(cache.store().kind(), "memory");
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheConfig {
+    /// `redis://` or `rediss://` URL; `None` selects the in-process store.
+    pub redis_url: Option<String>,
+    /// Multiplexed Redis connections.
+    pub redis_pool_size: usize,
+    /// PEM file of a CA to trust for `rediss://`.
+    pub redis_tls_ca_file: Option<std::path::PathBuf>,
+    /// Bound on establishing a Redis connection, in milliseconds.
+    pub connect_timeout_ms: u64,
+    /// Bound on one store call, in milliseconds.
+    pub command_timeout_ms: u64,
+    /// Byte bound of the in-process store.
+    pub memory_capacity_bytes: u64,
+    /// Key prefix.
+    pub namespace: String,
+    /// Schema version in every key.
+    pub version: u32,
+    /// TTL of inserts without their own, in milliseconds.
+    pub default_ttl_ms: u64,
+    /// Fraction of each TTL randomly cut, in `[0, 1)`.
+    pub ttl_jitter: f64,
+    /// `json` or `messagepack`.
+    pub serialization: Serialization,
+    /// Compress payloads of at least this many bytes; 0 turns compression off.
+    pub compression_threshold_bytes: usize,
+    /// zstd level, 1 to 22.
+    pub zstd_level: i32,
+    /// Largest serialized value written or read.
+    pub max_value_bytes: usize,
+    /// Consecutive failures that open the circuit breaker.
+    pub breaker_failure_threshold: u32,
+    /// How long the breaker stays open, in milliseconds.
+    pub breaker_cool_down_ms: u64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            redis_url: None,
+            redis_pool_size: DEFAULT_POOL_SIZE,
+            redis_tls_ca_file: None,
+            connect_timeout_ms: millis(DEFAULT_CONNECT_TIMEOUT),
+            command_timeout_ms: millis(DEFAULT_COMMAND_TIMEOUT),
+            memory_capacity_bytes: DEFAULT_MEMORY_CAPACITY_BYTES,
+            namespace: DEFAULT_NAMESPACE.to_owned(),
+            version: 1,
+            default_ttl_ms: millis(DEFAULT_TTL),
+            ttl_jitter: DEFAULT_TTL_JITTER,
+            serialization: Serialization::Json,
+            compression_threshold_bytes: DEFAULT_COMPRESSION_THRESHOLD_BYTES,
+            zstd_level: DEFAULT_ZSTD_LEVEL,
+            max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
+            breaker_failure_threshold: DEFAULT_FAILURE_THRESHOLD,
+            breaker_cool_down_ms: millis(DEFAULT_COOL_DOWN),
+        }
+    }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl CacheConfig {
+    /// Build the store and the cache. Never connects: a Redis that is down at start-up is
+    /// handled by the failure policy like one that goes down later.
+    pub fn build(&self) -> Result<Cache> {
+        let command_timeout = Duration::from_millis(self.command_timeout_ms);
+        let builder = Cache::builder()
+            .namespace(self.namespace.clone())
+            .version(self.version)
+            .default_ttl(Duration::from_millis(self.default_ttl_ms))
+            .ttl_jitter(self.ttl_jitter)
+            .command_timeout(command_timeout)
+            .serialization(self.serialization)
+            .compression_threshold(
+                Some(self.compression_threshold_bytes).filter(|bytes| *bytes > 0),
+            )
+            .zstd_level(self.zstd_level)
+            .max_value_bytes(self.max_value_bytes)
+            .circuit_breaker(
+                self.breaker_failure_threshold,
+                Duration::from_millis(self.breaker_cool_down_ms),
+            );
+        let builder = match &self.redis_url {
+            None => builder.store(
+                MemoryStore::builder()
+                    .max_capacity_bytes(self.memory_capacity_bytes)
+                    .build(),
+            ),
+            Some(url) => {
+                let mut redis = RedisStore::builder(url.clone())
+                    .pool_size(self.redis_pool_size)
+                    .connect_timeout(Duration::from_millis(self.connect_timeout_ms))
+                    .command_timeout(command_timeout);
+                if let Some(path) = &self.redis_tls_ca_file {
+                    let pem = std::fs::read(path).map_err(|err| {
+                        Error::with_source(
+                            ErrorKind::Config,
+                            format!("cannot read redis_tls_ca_file {}", path.display()),
+                            err,
+                        )
+                    })?;
+                    redis = redis.tls_root_cert_pem(pem);
+                }
+                builder.store(redis.build()?)
+            }
+        };
+        builder.build()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A misspelt setting is an error naming the field, not silently ignored.
+    #[test]
+    fn unknown_fields_are_rejected() {
+        let err =
+            serde_json::from_str::<CacheConfig>(r#"{"comand_timeout_ms": 5}"#).expect_err("typo");
+        assert!(err.to_string().contains("comand_timeout_ms"), "{err}");
+    }
+
+    /// The defaults build, and a Redis URL selects the Redis store without connecting.
+    #[tokio::test]
+    async fn defaults_and_redis_selection() {
+        let cache = CacheConfig::default().build().expect("defaults");
+        assert_eq!(cache.store().kind(), "memory");
+        let config = CacheConfig {
+            redis_url: Some("redis://127.0.0.1:1".into()),
+            ..CacheConfig::default()
+        };
+        assert_eq!(config.build().expect("lazy").store().kind(), "redis");
+    }
+
+    /// A missing CA file is a configuration error that names the file.
+    #[test]
+    fn missing_ca_file_is_config_error() {
+        let config = CacheConfig {
+            redis_url: Some("rediss://127.0.0.1:1".into()),
+            redis_tls_ca_file: Some("/nonexistent/ca.pem".into()),
+            ..CacheConfig::default()
+        };
+        let err = config.build().expect_err("missing file");
+        assert_eq!(err.kind(), ErrorKind::Config);
+        assert!(err.to_string().contains("/nonexistent/ca.pem"));
+    }
+}

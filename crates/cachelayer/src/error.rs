@@ -1,0 +1,171 @@
+//! The crate's one error type: an opaque [`Error`] with a [`kind()`](Error::kind).
+//!
+//! Reads and loads through [`Cache`](crate::Cache) never return these for store trouble (they
+//! fail open); errors reach the caller only for bad configuration, a value that cannot be
+//! encoded, an invalidation that could not be delivered, or direct use of a
+//! [`Store`](crate::store::Store). This module must never expose the underlying client's error
+//! types in its public API, so the Redis client can change without breaking callers.
+
+use std::fmt;
+
+/// The broad class of an [`Error`], for deciding what to do about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// A builder or URL was given a value it cannot use. Fix the configuration.
+    Config,
+    /// The store could not be reached (refused, reset, DNS, TLS handshake, authentication).
+    Connection,
+    /// The store did not answer within the configured command or connect timeout.
+    Timeout,
+    /// The store answered with an error reply (for example `OOM` or `WRONGTYPE`).
+    Server,
+    /// The circuit breaker is open: the store failed repeatedly and is not being called.
+    CircuitOpen,
+    /// A value could not be serialized, or is larger than the configured maximum.
+    Encode,
+    /// An argument is out of range (an empty key, a zero TTL handed to a store).
+    InvalidInput,
+}
+
+impl ErrorKind {
+    /// A short, stable label for metrics and logs (`"timeout"`, `"connection"`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Config => "config",
+            ErrorKind::Connection => "connection",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Server => "server",
+            ErrorKind::CircuitOpen => "circuit_open",
+            ErrorKind::Encode => "encode",
+            ErrorKind::InvalidInput => "invalid_input",
+        }
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An error from cachelayer. Match on [`Error::kind`]; the message says what to do.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Error {
+    kind: ErrorKind,
+    message: String,
+    #[source]
+    source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+}
+
+/// `Result` with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub(crate) fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    pub(crate) fn with_source(
+        kind: ErrorKind,
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+            source: Some(Box::new(source)),
+        }
+    }
+
+    /// What class of failure this is.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// True when the store did not answer in time.
+    pub fn is_timeout(&self) -> bool {
+        self.kind == ErrorKind::Timeout
+    }
+
+    /// True when the store could not be reached at all.
+    pub fn is_connection(&self) -> bool {
+        self.kind == ErrorKind::Connection
+    }
+
+    /// True when the failure says the store is unhealthy (unreachable, slow, or shed by the
+    /// circuit breaker) rather than that this one request was wrong.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self.kind,
+            ErrorKind::Connection | ErrorKind::Timeout | ErrorKind::CircuitOpen
+        )
+    }
+
+    pub(crate) fn config(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Config, message)
+    }
+
+    pub(crate) fn invalid_input(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::InvalidInput, message)
+    }
+}
+
+impl From<redis::RedisError> for Error {
+    fn from(err: redis::RedisError) -> Self {
+        let kind = if err.is_timeout() {
+            ErrorKind::Timeout
+        } else if err.is_io_error()
+            || err.is_connection_dropped()
+            || err.is_connection_refusal()
+            || err.is_unrecoverable_error()
+        {
+            ErrorKind::Connection
+        } else {
+            match err.kind() {
+                redis::ErrorKind::AuthenticationFailed | redis::ErrorKind::Io => {
+                    ErrorKind::Connection
+                }
+                redis::ErrorKind::InvalidClientConfig => ErrorKind::Config,
+                _ => ErrorKind::Server,
+            }
+        };
+        let message = match kind {
+            ErrorKind::Timeout => {
+                "redis did not answer in time; check the server's load or raise command_timeout"
+            }
+            ErrorKind::Connection => {
+                "cannot reach redis; check the URL, credentials, TLS settings and that the server is up"
+            }
+            ErrorKind::Config => "the redis URL or client settings are invalid",
+            _ => "redis answered with an error",
+        };
+        Error::with_source(kind, message, err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Kinds render as the stable labels used in metrics.
+    #[test]
+    fn kind_labels_are_stable() {
+        assert_eq!(ErrorKind::Timeout.as_str(), "timeout");
+        assert_eq!(ErrorKind::CircuitOpen.to_string(), "circuit_open");
+    }
+
+    /// Unavailability covers exactly the failures that should trip the breaker.
+    #[test]
+    fn unavailable_predicate() {
+        assert!(Error::new(ErrorKind::Timeout, "t").is_unavailable());
+        assert!(Error::new(ErrorKind::Connection, "c").is_unavailable());
+        assert!(!Error::new(ErrorKind::Server, "s").is_unavailable());
+        assert!(!Error::config("x").is_unavailable());
+    }
+}

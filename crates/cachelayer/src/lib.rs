@@ -1,0 +1,47 @@
+//! cachelayer: a typed, fail-open cache-aside layer for web APIs, over Redis (shared by
+//! every instance of a service) or an in-process store.
+//!
+//! ```
+//! use std::time::Duration;
+//! use cachelayer::{Cache, Key};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> cachelayer::Result<()> {
+//! let cache = Cache::builder().namespace("shop").build()?;
+//! let price: u32 = cache
+//!     .get_with(Key::new("price").part("sku-1"), Duration::from_secs(30), async { 1299 })
+//!     .await;
+//! assert_eq!(cache.get::<u32>("price:sku-1").await, Some(price));
+//! # Ok(()) }
+//! ```
+//!
+//! # Layout
+//!
+//! Dependencies point one way: [`Cache`] → ([`codec`], [`key`], breaker) → [`store`].
+//!
+//! - [`store`]: the [`Store`](store::Store) trait (bytes in, bytes out) and its two
+//!   implementations, [`RedisStore`](store::RedisStore) and [`MemoryStore`](store::MemoryStore).
+//! - [`codec`]: the versioned envelope every value is stored in (serialization, compression,
+//!   metadata); unreadable bytes decode to a [`DecodeFailure`](codec::DecodeFailure), never a
+//!   panic.
+//! - [`key`]: keys that are safe to build from untrusted input.
+//! - `cache`: the typed [`Cache`] handle, its [`CacheBuilder`] and the failure policy.
+//! - `breaker`: the circuit breaker in front of the store ([`BreakerState`]).
+//! - [`config`]: [`CacheConfig`], every setting as plain data.
+//! - [`telemetry`]: the names of the metrics emitted through the `metrics` facade.
+//! - `error`: the crate's [`Error`] and [`ErrorKind`].
+
+mod breaker;
+mod cache;
+pub mod codec;
+pub mod config;
+mod error;
+pub mod key;
+pub mod store;
+pub mod telemetry;
+
+pub use crate::breaker::{BreakerState, DEFAULT_COOL_DOWN, DEFAULT_FAILURE_THRESHOLD};
+pub use crate::cache::{Cache, CacheBuilder, DEFAULT_NAMESPACE, DEFAULT_TTL, DEFAULT_TTL_JITTER};
+pub use crate::codec::Serialization;
+pub use crate::config::CacheConfig;
+pub use crate::error::{Error, ErrorKind, Result};
+pub use crate::key::Key;

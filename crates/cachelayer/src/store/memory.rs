@@ -1,0 +1,324 @@
+//! `MemoryStore`: an in-process store on moka, bounded by total bytes, with Redis' expiry and
+//! set-if-absent semantics. It is the embedded default when no Redis URL is configured.
+//!
+//! It is a product feature for single-instance deployments, not a test double: it must never
+//! relax a semantic that [`RedisStore`](super::RedisStore) has (expired keys are absent,
+//! conditional writes are atomic per key), so code tested on one behaves the same on the other.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use moka::Expiry;
+use moka::future::Cache as MokaCache;
+use moka::ops::compute::{CompResult, Op};
+use tokio::sync::mpsc;
+
+use super::{KeyTtl, Store, StoreEntry, Subscription, ttl_millis};
+use crate::error::Result;
+
+/// Default bound on the bytes held (keys plus values plus per-entry overhead): 256 MiB, the
+/// tutorial's Redis `maxmemory`.
+pub const DEFAULT_MEMORY_CAPACITY_BYTES: u64 = 256 * 1024 * 1024;
+
+/// Bookkeeping bytes charged per entry on top of key and value, so that many tiny entries
+/// cannot exceed the bound by far.
+const ENTRY_OVERHEAD_BYTES: usize = 64;
+
+#[derive(Debug, Clone)]
+struct MemoryEntry {
+    value: Bytes,
+    expires_at: Instant,
+}
+
+impl MemoryEntry {
+    fn new(value: Bytes, ttl: Duration) -> Result<Self> {
+        let ttl = Duration::from_millis(ttl_millis(ttl)?);
+        Ok(Self {
+            value,
+            expires_at: Instant::now() + ttl,
+        })
+    }
+
+    fn is_live(&self, now: Instant) -> bool {
+        self.expires_at > now
+    }
+}
+
+/// Expires each entry at the instant stored in it, so a TTL survives replacement exactly as
+/// `SET ... PX` does.
+struct EntryExpiry;
+
+impl Expiry<String, MemoryEntry> for EntryExpiry {
+    fn expire_after_create(
+        &self,
+        _key: &String,
+        value: &MemoryEntry,
+        created_at: Instant,
+    ) -> Option<Duration> {
+        Some(value.expires_at.saturating_duration_since(created_at))
+    }
+
+    fn expire_after_update(
+        &self,
+        _key: &String,
+        value: &MemoryEntry,
+        updated_at: Instant,
+        _duration_until_expiry: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(value.expires_at.saturating_duration_since(updated_at))
+    }
+}
+
+type Subscribers = HashMap<String, Vec<mpsc::Sender<Bytes>>>;
+
+/// An in-process [`Store`] bounded by total bytes.
+///
+/// Cloning is cheap and clones share the same entries.
+///
+/// ```
+/// use std::time::Duration;
+/// use cachelayer::store::{KeyTtl, MemoryStore, Store};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> cachelayer::Result<()> {
+/// let store = MemoryStore::builder().max_capacity_bytes(1024 * 1024).build();
+/// store.set("k", "v".into(), Duration::from_secs(30)).await?;
+/// assert!(matches!(store.ttl("k").await?, KeyTtl::ExpiresIn(left) if left <= Duration::from_secs(30)));
+/// assert_eq!(store.ttl("absent").await?, KeyTtl::Missing);
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct MemoryStore {
+    entries: MokaCache<String, MemoryEntry>,
+    subscribers: Arc<Mutex<Subscribers>>,
+    capacity_bytes: u64,
+}
+
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("capacity_bytes", &self.capacity_bytes)
+            .field("entries", &self.entries.entry_count())
+            .finish()
+    }
+}
+
+/// Builds a [`MemoryStore`].
+#[derive(Debug, Clone)]
+pub struct MemoryStoreBuilder {
+    capacity_bytes: u64,
+}
+
+impl MemoryStoreBuilder {
+    /// Bound on the bytes held; the least valuable entries are evicted beyond it.
+    pub fn max_capacity_bytes(mut self, bytes: u64) -> Self {
+        self.capacity_bytes = bytes;
+        self
+    }
+
+    /// Build the store.
+    pub fn build(self) -> MemoryStore {
+        let entries = MokaCache::builder()
+            .max_capacity(self.capacity_bytes)
+            .weigher(|key: &String, entry: &MemoryEntry| {
+                let weight = key.len() + entry.value.len() + ENTRY_OVERHEAD_BYTES;
+                u32::try_from(weight).unwrap_or(u32::MAX)
+            })
+            .expire_after(EntryExpiry)
+            .build();
+        MemoryStore {
+            entries,
+            subscribers: Arc::default(),
+            capacity_bytes: self.capacity_bytes,
+        }
+    }
+}
+
+impl MemoryStore {
+    /// A builder with [`DEFAULT_MEMORY_CAPACITY_BYTES`].
+    pub fn builder() -> MemoryStoreBuilder {
+        MemoryStoreBuilder {
+            capacity_bytes: DEFAULT_MEMORY_CAPACITY_BYTES,
+        }
+    }
+
+    /// The bound on bytes held.
+    pub fn capacity_bytes(&self) -> u64 {
+        self.capacity_bytes
+    }
+
+    /// Bytes currently charged against the bound (settles after pending maintenance).
+    pub async fn weighted_size(&self) -> u64 {
+        self.entries.run_pending_tasks().await;
+        self.entries.weighted_size()
+    }
+
+    async fn live_entry(&self, key: &str) -> Option<MemoryEntry> {
+        self.entries
+            .get(key)
+            .await
+            .filter(|entry| entry.is_live(Instant::now()))
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Bytes>> {
+        Ok(self.live_entry(key).await.map(|entry| entry.value))
+    }
+
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>> {
+        let mut values = Vec::with_capacity(keys.len());
+        for key in keys {
+            values.push(self.live_entry(key).await.map(|entry| entry.value));
+        }
+        Ok(values)
+    }
+
+    async fn set(&self, key: &str, value: Bytes, ttl: Duration) -> Result<()> {
+        let entry = MemoryEntry::new(value, ttl)?;
+        self.entries.insert(key.to_owned(), entry).await;
+        Ok(())
+    }
+
+    async fn set_many(&self, entries: &[StoreEntry]) -> Result<()> {
+        // Validate every TTL first so a bad entry cannot leave half a batch written.
+        let prepared = entries
+            .iter()
+            .map(|e| Ok((e.key.clone(), MemoryEntry::new(e.value.clone(), e.ttl)?)))
+            .collect::<Result<Vec<_>>>()?;
+        for (key, entry) in prepared {
+            self.entries.insert(key, entry).await;
+        }
+        Ok(())
+    }
+
+    async fn delete(&self, key: &str) -> Result<bool> {
+        let removed = self.entries.remove(key).await;
+        Ok(removed.is_some_and(|entry| entry.is_live(Instant::now())))
+    }
+
+    async fn delete_many(&self, keys: &[String]) -> Result<u64> {
+        let mut removed = 0;
+        for key in keys {
+            if self.delete(key).await? {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    async fn set_if_absent(&self, key: &str, value: Bytes, ttl: Duration) -> Result<bool> {
+        let entry = MemoryEntry::new(value, ttl)?;
+        // `and_compute_with` serialises calls per key, which gives `SET NX` its atomicity.
+        let outcome = self
+            .entries
+            .entry(key.to_owned())
+            .and_compute_with(|existing| {
+                let live = existing.is_some_and(|e| e.value().is_live(Instant::now()));
+                std::future::ready(if live { Op::Nop } else { Op::Put(entry) })
+            })
+            .await;
+        Ok(matches!(
+            outcome,
+            CompResult::Inserted(_) | CompResult::ReplacedWith(_)
+        ))
+    }
+
+    async fn compare_and_delete(&self, key: &str, expected: &[u8]) -> Result<bool> {
+        let outcome = self
+            .entries
+            .entry(key.to_owned())
+            .and_compute_with(|existing| {
+                let matches = existing.is_some_and(|e| {
+                    e.value().is_live(Instant::now()) && e.value().value.as_ref() == expected
+                });
+                std::future::ready(if matches { Op::Remove } else { Op::Nop })
+            })
+            .await;
+        Ok(matches!(outcome, CompResult::Removed(_)))
+    }
+
+    async fn ttl(&self, key: &str) -> Result<KeyTtl> {
+        let now = Instant::now();
+        Ok(match self.live_entry(key).await {
+            Some(entry) => KeyTtl::ExpiresIn(entry.expires_at.saturating_duration_since(now)),
+            None => KeyTtl::Missing,
+        })
+    }
+
+    async fn publish(&self, channel: &str, message: Bytes) -> Result<u64> {
+        let mut subscribers = self
+            .subscribers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(senders) = subscribers.get_mut(channel) else {
+            return Ok(0);
+        };
+        senders.retain(|sender| !sender.is_closed());
+        let mut delivered = 0;
+        for sender in senders.iter() {
+            // A full buffer drops the message for that subscriber, as Redis drops output to
+            // a client past its output-buffer limit.
+            if sender.try_send(message.clone()).is_ok() {
+                delivered += 1;
+            }
+        }
+        if senders.is_empty() {
+            subscribers.remove(channel);
+        }
+        Ok(delivered)
+    }
+
+    async fn subscribe(&self, channel: &str) -> Result<Subscription> {
+        let (sender, subscription) = Subscription::channel_pair(channel);
+        self.subscribers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(channel.to_owned())
+            .or_default()
+            .push(sender);
+        Ok(subscription)
+    }
+
+    async fn ping(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The byte bound holds: writing far more than the capacity keeps the weighted size under it.
+    #[tokio::test]
+    async fn stays_within_byte_bound() {
+        let store = MemoryStore::builder().max_capacity_bytes(64 * 1024).build();
+        let value = Bytes::from(vec![7u8; 1024]);
+        for i in 0..1000 {
+            store
+                .set(&format!("k{i}"), value.clone(), Duration::from_secs(60))
+                .await
+                .expect("set");
+        }
+        let size = store.weighted_size().await;
+        assert!(size <= 64 * 1024, "weighted size {size} exceeds the bound");
+        assert!(size > 0);
+    }
+
+    /// A closed subscription is pruned and no longer counted as a receiver.
+    #[tokio::test]
+    async fn dropped_subscriptions_are_not_counted() {
+        let store = MemoryStore::builder().build();
+        let sub = store.subscribe("c").await.expect("subscribe");
+        assert_eq!(store.publish("c", "1".into()).await.ok(), Some(1));
+        drop(sub);
+        assert_eq!(store.publish("c", "2".into()).await.ok(), Some(0));
+    }
+}

@@ -1,0 +1,167 @@
+//! Stores: where cached bytes live. One async trait, [`Store`], with two implementations:
+//! [`RedisStore`] (shared by every instance of a service) and [`MemoryStore`] (in-process, the
+//! embedded default).
+//!
+//! A store moves opaque bytes under string keys with a TTL. It must never know about types,
+//! envelopes, namespaces or HTTP: those belong to the layers above, so any store can back any
+//! of them. Every method reports store trouble as an [`Error`](crate::Error); deciding to fail
+//! open is the [`Cache`](crate::Cache)'s job, not the store's.
+
+mod memory;
+mod redis;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use crate::error::{Error, Result};
+
+pub use self::memory::{DEFAULT_MEMORY_CAPACITY_BYTES, MemoryStore, MemoryStoreBuilder};
+pub use self::redis::{
+    DEFAULT_COMMAND_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_POOL_SIZE, RedisStore,
+    RedisStoreBuilder,
+};
+
+/// How long a key has left to live, as Redis' `PTTL` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyTtl {
+    /// No such key (or it has expired).
+    Missing,
+    /// The key exists and never expires.
+    Persistent,
+    /// The key exists and expires after this long.
+    ExpiresIn(Duration),
+}
+
+/// One entry of a batch write: a key, its bytes and its own TTL (batches carry per-entry TTLs
+/// so jitter can spread their expiry).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreEntry {
+    /// The full store key.
+    pub key: String,
+    /// The bytes to store.
+    pub value: Bytes,
+    /// How long the entry lives; must be non-zero.
+    pub ttl: Duration,
+}
+
+/// A store of bytes under string keys, each with a time to live.
+///
+/// Semantics follow Redis: expired keys are absent; `set` replaces value and TTL;
+/// `set_if_absent` writes only when the key is absent or expired; a TTL is never zero
+/// (the callers skip the write instead, see [`Cache`](crate::Cache)).
+///
+/// ```
+/// use std::time::Duration;
+/// use cachelayer::store::{MemoryStore, Store};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> cachelayer::Result<()> {
+/// let store = MemoryStore::builder().build();
+/// store.set("greeting", "hello".into(), Duration::from_secs(60)).await?;
+/// assert_eq!(store.get("greeting").await?.as_deref(), Some(&b"hello"[..]));
+/// assert!(!store.set_if_absent("greeting", "other".into(), Duration::from_secs(60)).await?);
+/// # Ok(()) }
+/// ```
+#[async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug + 'static {
+    /// A short label for metrics and logs: `"redis"` or `"memory"`.
+    fn kind(&self) -> &'static str;
+
+    /// The bytes under `key`, or `None` when absent.
+    async fn get(&self, key: &str) -> Result<Option<Bytes>>;
+
+    /// The bytes under each key, in order, in one round trip.
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>>;
+
+    /// Store `value` under `key` for `ttl`, replacing any value and TTL.
+    async fn set(&self, key: &str, value: Bytes, ttl: Duration) -> Result<()>;
+
+    /// Store every entry, each with its own TTL, in one round trip. Not atomic: after an
+    /// error some entries may have been written.
+    async fn set_many(&self, entries: &[StoreEntry]) -> Result<()>;
+
+    /// Remove `key`; true when it existed.
+    async fn delete(&self, key: &str) -> Result<bool>;
+
+    /// Remove every key in one round trip; returns how many existed.
+    async fn delete_many(&self, keys: &[String]) -> Result<u64>;
+
+    /// Store `value` only when `key` is absent (Redis `SET NX PX`); true when written.
+    async fn set_if_absent(&self, key: &str, value: Bytes, ttl: Duration) -> Result<bool>;
+
+    /// Remove `key` only while it still holds exactly `expected`, atomically; true when
+    /// removed. This is how a lock owner releases its lock without removing someone else's.
+    async fn compare_and_delete(&self, key: &str, expected: &[u8]) -> Result<bool>;
+
+    /// How long `key` has left to live.
+    async fn ttl(&self, key: &str) -> Result<KeyTtl>;
+
+    /// Send `message` to every current subscriber of `channel`; returns how many received
+    /// it. Delivery is at most once, as with Redis pub/sub: a subscriber that is
+    /// disconnected or too slow misses messages, so callers must bound their waits.
+    async fn publish(&self, channel: &str, message: Bytes) -> Result<u64>;
+
+    /// Subscribe to `channel`. The subscription is active when this returns: a message
+    /// published afterwards is delivered. It lasts until the [`Subscription`] is dropped.
+    async fn subscribe(&self, channel: &str) -> Result<Subscription>;
+
+    /// Round trip to the store, for health checks and breaker probes.
+    async fn ping(&self) -> Result<()>;
+}
+
+/// How many messages a subscription buffers before newer ones are dropped.
+pub const SUBSCRIPTION_BUFFER: usize = 1024;
+
+/// Messages of one subscribed channel, in publish order.
+#[derive(Debug)]
+pub struct Subscription {
+    channel: String,
+    receiver: mpsc::Receiver<Bytes>,
+}
+
+impl Subscription {
+    fn channel_pair(channel: &str) -> (mpsc::Sender<Bytes>, Self) {
+        let (sender, receiver) = mpsc::channel(SUBSCRIPTION_BUFFER);
+        let subscription = Self {
+            channel: channel.to_owned(),
+            receiver,
+        };
+        (sender, subscription)
+    }
+
+    /// The channel this subscription listens to.
+    pub fn channel(&self) -> &str {
+        &self.channel
+    }
+
+    /// The next message; `None` only when the store has shut the subscription down.
+    pub async fn recv(&mut self) -> Option<Bytes> {
+        self.receiver.recv().await
+    }
+}
+
+/// Store TTLs are whole milliseconds, at least one, as `PX` takes them.
+pub(crate) fn ttl_millis(ttl: Duration) -> Result<u64> {
+    if ttl.is_zero() {
+        return Err(Error::invalid_input(
+            "a store TTL must be non-zero; skip the write to mean \"do not cache\"",
+        ));
+    }
+    let millis = ttl.as_millis().max(1);
+    Ok(u64::try_from(millis).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Sub-millisecond TTLs round up instead of becoming "no expiry" or an error.
+    #[test]
+    fn ttl_millis_rounds_up_and_rejects_zero() {
+        assert_eq!(ttl_millis(Duration::from_micros(10)).ok(), Some(1));
+        assert_eq!(ttl_millis(Duration::from_secs(2)).ok(), Some(2000));
+        assert!(ttl_millis(Duration::ZERO).is_err());
+    }
+}

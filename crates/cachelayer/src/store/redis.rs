@@ -1,0 +1,502 @@
+//! `RedisStore`: the shared store, on the `redis` crate's multiplexed, self-reconnecting
+//! connections.
+//!
+//! Pooling here is not checkout-style: each [`redis::aio::ConnectionManager`] multiplexes
+//! every concurrent request over one socket and reconnects in the background, so the "pool"
+//! is a small round-robin of them to spread load over a few sockets and parser tasks. This
+//! module must never retry a write (a retry after an unseen success could reorder writes), and
+//! must never block on connecting at build time, so a service starts while Redis is down.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::StreamExt;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSub};
+use redis::io::tcp::TcpSettings;
+use redis::{Client, IntoConnectionInfo, Script, TlsCertificates};
+use tokio::sync::mpsc;
+
+use super::{KeyTtl, Store, StoreEntry, Subscription, ttl_millis};
+use crate::error::{Error, ErrorKind, Result};
+
+/// Default number of multiplexed connections; see the README's "Pool sizing".
+pub const DEFAULT_POOL_SIZE: usize = 2;
+/// Default bound on establishing one connection.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Default bound on one command's reply. Small on purpose: a cache that answers slowly is
+/// worse than a miss.
+pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_millis(250);
+/// Commands queued per connection before callers wait; the client's default of 50 is too
+/// small for a busy web server.
+const PIPELINE_BUFFER_SIZE: usize = 1024;
+/// Longest pause between attempts to re-establish a dropped subscription.
+const MAX_RESUBSCRIBE_DELAY: Duration = Duration::from_secs(2);
+
+/// Deletes the key only while it holds the caller's value, so a lock owner whose lease ran
+/// out cannot delete the next owner's lock.
+const COMPARE_AND_DELETE_LUA: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    return redis.call('DEL', KEYS[1])
+end
+return 0
+";
+
+/// A [`Store`] on Redis (standalone server), shared by every instance of a service.
+///
+/// Build it with [`RedisStore::builder`]; building never connects, so it succeeds while
+/// Redis is down, and commands fail (fast) until Redis is reachable.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use cachelayer::store::{RedisStore, Store};
+///
+/// # #[tokio::main] async fn main() -> cachelayer::Result<()> {
+/// let store = RedisStore::builder("redis://cache-user:secret@10.0.0.5:6379/2")
+///     .pool_size(4)
+///     .command_timeout(Duration::from_millis(100))
+///     .build()?;
+/// store.ping().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct RedisStore {
+    inner: Arc<RedisInner>,
+}
+
+struct RedisInner {
+    client: Client,
+    connections: Vec<ConnectionManager>,
+    next: AtomicUsize,
+    redacted_url: String,
+    connect_timeout: Duration,
+    compare_and_delete: Script,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("url", &self.inner.redacted_url)
+            .field("pool_size", &self.inner.connections.len())
+            .finish()
+    }
+}
+
+/// Builds a [`RedisStore`].
+#[derive(Debug, Clone)]
+pub struct RedisStoreBuilder {
+    url: String,
+    pool_size: usize,
+    connect_timeout: Duration,
+    command_timeout: Duration,
+    tls_root_cert_pem: Option<Vec<u8>>,
+    tls_client_cert_pem: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl RedisStoreBuilder {
+    /// Number of multiplexed connections to spread commands over (at least 1).
+    pub fn pool_size(mut self, size: usize) -> Self {
+        self.pool_size = size;
+        self
+    }
+
+    /// Bound on establishing one connection (TCP, TLS and AUTH).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Bound on one command's reply.
+    pub fn command_timeout(mut self, timeout: Duration) -> Self {
+        self.command_timeout = timeout;
+        self
+    }
+
+    /// Trust this CA (PEM) for `rediss://` instead of the system's roots.
+    pub fn tls_root_cert_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls_root_cert_pem = Some(pem.into());
+        self
+    }
+
+    /// Present this client certificate and key (PEM) for mutual TLS.
+    pub fn tls_client_cert_pem(
+        mut self,
+        cert: impl Into<Vec<u8>>,
+        key: impl Into<Vec<u8>>,
+    ) -> Self {
+        self.tls_client_cert_pem = Some((cert.into(), key.into()));
+        self
+    }
+
+    /// Validate the settings and create the connections (lazily: nothing is dialled yet).
+    pub fn build(self) -> Result<RedisStore> {
+        if self.pool_size == 0 {
+            return Err(Error::config("redis pool_size must be at least 1"));
+        }
+        if self.connect_timeout.is_zero() || self.command_timeout.is_zero() {
+            return Err(Error::config(
+                "redis connect_timeout and command_timeout must be non-zero",
+            ));
+        }
+        let redacted_url = redact_url(&self.url);
+        let client = self.client().map_err(|err| {
+            Error::with_source(
+                ErrorKind::Config,
+                format!("invalid redis URL {redacted_url}; expected redis://[user:password@]host[:port][/db] or rediss://..."),
+                err,
+            )
+        })?;
+        let manager_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.connect_timeout))
+            .set_response_timeout(Some(self.command_timeout))
+            .set_pipeline_buffer_size(PIPELINE_BUFFER_SIZE)
+            // Reconnects happen on the next command; bounded retries keep a dead server from
+            // holding callers, who are bounded by the command timeout anyway.
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        let connections = (0..self.pool_size)
+            .map(|_| {
+                ConnectionManager::new_lazy_with_config(client.clone(), manager_config.clone())
+            })
+            .collect::<redis::RedisResult<Vec<_>>>()?;
+        Ok(RedisStore {
+            inner: Arc::new(RedisInner {
+                client,
+                connections,
+                next: AtomicUsize::new(0),
+                redacted_url,
+                connect_timeout: self.connect_timeout,
+                compare_and_delete: Script::new(COMPARE_AND_DELETE_LUA),
+            }),
+        })
+    }
+
+    fn client(&self) -> redis::RedisResult<Client> {
+        install_crypto_provider();
+        let info = self
+            .url
+            .as_str()
+            .into_connection_info()?
+            // Nagle's algorithm adds up to 40 ms to small request/reply exchanges.
+            .set_tcp_settings(TcpSettings::default().set_nodelay(true));
+        if self.tls_root_cert_pem.is_none() && self.tls_client_cert_pem.is_none() {
+            return Client::open(info);
+        }
+        let certificates = TlsCertificates {
+            client_tls: self
+                .tls_client_cert_pem
+                .clone()
+                .map(|(client_cert, client_key)| redis::ClientTlsConfig {
+                    client_cert,
+                    client_key,
+                }),
+            root_cert: self.tls_root_cert_pem.clone(),
+        };
+        Client::build_with_tls(info, certificates)
+    }
+}
+
+/// The `redis` crate's rustls support picks no crypto provider, and rustls panics at the
+/// first handshake without one; install ring unless the application already chose.
+fn install_crypto_provider() {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        // Losing a race to another installer is fine: some provider is then in place.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+}
+
+/// The URL with any password replaced, for logs and `Debug`.
+fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "<unparseable url>".to_owned();
+    };
+    match rest.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}:***@{host}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+impl RedisStore {
+    /// A builder for the server at `url`: `redis://[user:password@]host[:port][/db]`, or
+    /// `rediss://` for TLS (append `#insecure` to skip certificate checks in development).
+    pub fn builder(url: impl Into<String>) -> RedisStoreBuilder {
+        RedisStoreBuilder {
+            url: url.into(),
+            pool_size: DEFAULT_POOL_SIZE,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            command_timeout: DEFAULT_COMMAND_TIMEOUT,
+            tls_root_cert_pem: None,
+            tls_client_cert_pem: None,
+        }
+    }
+
+    /// Number of multiplexed connections.
+    pub fn pool_size(&self) -> usize {
+        self.inner.connections.len()
+    }
+
+    fn connection(&self) -> ConnectionManager {
+        let i = self.inner.next.fetch_add(1, Ordering::Relaxed) % self.inner.connections.len();
+        self.inner.connections[i].clone()
+    }
+
+    async fn open_pubsub(&self, channel: &str) -> Result<PubSub> {
+        let connect = async {
+            let mut pubsub = self.inner.client.get_async_pubsub().await?;
+            pubsub.subscribe(channel).await?;
+            Ok::<_, redis::RedisError>(pubsub)
+        };
+        match tokio::time::timeout(self.inner.connect_timeout, connect).await {
+            Ok(result) => Ok(result?),
+            Err(_) => Err(Error::new(
+                ErrorKind::Timeout,
+                "redis did not accept the subscription in time; check that the server is up",
+            )),
+        }
+    }
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Bytes>> {
+        let value: Option<Vec<u8>> = redis::cmd("GET")
+            .arg(key)
+            .query_async(&mut self.connection())
+            .await?;
+        Ok(value.map(Bytes::from))
+    }
+
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let values: Vec<Option<Vec<u8>>> = redis::cmd("MGET")
+            .arg(keys)
+            .query_async(&mut self.connection())
+            .await?;
+        Ok(values.into_iter().map(|v| v.map(Bytes::from)).collect())
+    }
+
+    async fn set(&self, key: &str, value: Bytes, ttl: Duration) -> Result<()> {
+        let millis = ttl_millis(ttl)?;
+        redis::cmd("SET")
+            .arg(key)
+            .arg(value.as_ref())
+            .arg("PX")
+            .arg(millis)
+            .query_async::<()>(&mut self.connection())
+            .await?;
+        Ok(())
+    }
+
+    async fn set_many(&self, entries: &[StoreEntry]) -> Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        // MSET takes no TTL, and each entry has its own (jittered) one, so this is a pipeline
+        // of SET PX: one write, one round trip.
+        let mut pipeline = redis::pipe();
+        for entry in entries {
+            pipeline
+                .cmd("SET")
+                .arg(&entry.key)
+                .arg(entry.value.as_ref())
+                .arg("PX")
+                .arg(ttl_millis(entry.ttl)?)
+                .ignore();
+        }
+        pipeline.query_async::<()>(&mut self.connection()).await?;
+        Ok(())
+    }
+
+    async fn delete(&self, key: &str) -> Result<bool> {
+        Ok(self.delete_many(&[key.to_owned()]).await? > 0)
+    }
+
+    async fn delete_many(&self, keys: &[String]) -> Result<u64> {
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        // UNLINK frees large values off Redis' main thread.
+        let removed: u64 = redis::cmd("UNLINK")
+            .arg(keys)
+            .query_async(&mut self.connection())
+            .await?;
+        Ok(removed)
+    }
+
+    async fn set_if_absent(&self, key: &str, value: Bytes, ttl: Duration) -> Result<bool> {
+        let millis = ttl_millis(ttl)?;
+        let reply: Option<String> = redis::cmd("SET")
+            .arg(key)
+            .arg(value.as_ref())
+            .arg("NX")
+            .arg("PX")
+            .arg(millis)
+            .query_async(&mut self.connection())
+            .await?;
+        Ok(reply.is_some())
+    }
+
+    async fn compare_and_delete(&self, key: &str, expected: &[u8]) -> Result<bool> {
+        let removed: u64 = self
+            .inner
+            .compare_and_delete
+            .key(key)
+            .arg(expected)
+            .invoke_async(&mut self.connection())
+            .await?;
+        Ok(removed > 0)
+    }
+
+    async fn ttl(&self, key: &str) -> Result<KeyTtl> {
+        let millis: i64 = redis::cmd("PTTL")
+            .arg(key)
+            .query_async(&mut self.connection())
+            .await?;
+        Ok(match millis {
+            -2 => KeyTtl::Missing,
+            -1 => KeyTtl::Persistent,
+            ms => KeyTtl::ExpiresIn(Duration::from_millis(ms.max(0).unsigned_abs())),
+        })
+    }
+
+    async fn publish(&self, channel: &str, message: Bytes) -> Result<u64> {
+        let receivers: u64 = redis::cmd("PUBLISH")
+            .arg(channel)
+            .arg(message.as_ref())
+            .query_async(&mut self.connection())
+            .await?;
+        Ok(receivers)
+    }
+
+    async fn subscribe(&self, channel: &str) -> Result<Subscription> {
+        let pubsub = self.open_pubsub(channel).await?;
+        let (sender, subscription) = Subscription::channel_pair(channel);
+        tokio::spawn(forward_messages(
+            self.clone(),
+            channel.to_owned(),
+            pubsub,
+            sender,
+        ));
+        Ok(subscription)
+    }
+
+    async fn ping(&self) -> Result<()> {
+        redis::cmd("PING")
+            .query_async::<()>(&mut self.connection())
+            .await?;
+        Ok(())
+    }
+}
+
+/// Pub/sub needs a dedicated (non-multiplexed) connection; this task owns it, forwards its
+/// messages, and re-subscribes after a disconnect until the subscriber goes away.
+async fn forward_messages(
+    store: RedisStore,
+    channel: String,
+    first: PubSub,
+    sender: mpsc::Sender<Bytes>,
+) {
+    let mut pubsub = Some(first);
+    let mut delay = Duration::from_millis(50);
+    loop {
+        let connection = match pubsub.take() {
+            Some(connection) => connection,
+            None => {
+                tokio::select! {
+                    () = sender.closed() => return,
+                    () = tokio::time::sleep(delay) => {}
+                }
+                match store.open_pubsub(&channel).await {
+                    Ok(connection) => {
+                        tracing::info!(channel, "redis subscription re-established");
+                        delay = Duration::from_millis(50);
+                        connection
+                    }
+                    Err(err) => {
+                        tracing::debug!(channel, error = %err, "redis resubscribe failed");
+                        delay = (delay * 2).min(MAX_RESUBSCRIBE_DELAY);
+                        continue;
+                    }
+                }
+            }
+        };
+        let mut messages = connection.into_on_message();
+        loop {
+            tokio::select! {
+                () = sender.closed() => return,
+                message = messages.next() => {
+                    let Some(message) = message else { break };
+                    let payload = Bytes::copy_from_slice(message.get_payload_bytes());
+                    match sender.try_send(payload) {
+                        Ok(()) => {}
+                        Err(mpsc::error::TrySendError::Closed(_)) => return,
+                        Err(mpsc::error::TrySendError::Full(_)) => {
+                            metrics::counter!(crate::telemetry::SUBSCRIPTION_DROPPED).increment(1);
+                        }
+                    }
+                }
+            }
+        }
+        metrics::counter!(crate::telemetry::SUBSCRIPTION_RECONNECTS).increment(1);
+        tracing::warn!(
+            channel,
+            "redis subscription lost; messages published until it is re-established are missed"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Passwords never reach logs or `Debug` output.
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(
+            redact_url("redis://app:s3cret@host:6379/2"),
+            "redis://app:***@host:6379/2"
+        );
+        assert_eq!(redact_url("rediss://:s3cret@host"), "rediss://:***@host");
+        assert_eq!(redact_url("redis://host:6379"), "redis://host:6379");
+    }
+
+    /// Bad settings are refused at build time with a config error, not at the first command.
+    #[test]
+    fn rejects_bad_settings() {
+        let err = RedisStore::builder("redis://127.0.0.1:1")
+            .pool_size(0)
+            .build();
+        assert_eq!(
+            err.map(|_| ()).map_err(|e| e.kind()),
+            Err(ErrorKind::Config)
+        );
+        let err = RedisStore::builder("http://nope").build();
+        assert_eq!(
+            err.map(|_| ()).map_err(|e| e.kind()),
+            Err(ErrorKind::Config)
+        );
+    }
+
+    /// Building never dials, so a service can start while Redis is down.
+    #[tokio::test]
+    async fn builds_without_a_server() {
+        let store = RedisStore::builder("redis://127.0.0.1:1")
+            .connect_timeout(Duration::from_millis(100))
+            .build()
+            .expect("lazy build");
+        assert_eq!(store.pool_size(), DEFAULT_POOL_SIZE);
+        let err = store.ping().await.expect_err("nothing listens on port 1");
+        assert!(err.is_unavailable(), "{err:?}");
+    }
+}
