@@ -1,0 +1,88 @@
+//! Shared set-up for the integration tests: a store backend (a real Redis started for the
+//! test, or the in-process store) and caches over it.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cachelayer::store::{MemoryStore, RedisStore, Store};
+use cachelayer::{Cache, CacheBuilder};
+use cachelayer_testkit::RedisServer;
+
+/// A store under test and, for Redis, the server process that backs it.
+pub struct Backend {
+    pub store: Arc<dyn Store>,
+    pub server: Option<RedisServer>,
+}
+
+impl Backend {
+    /// A fresh `redis-server` on a free port and a store connected to it.
+    pub fn redis() -> Self {
+        let server = RedisServer::start();
+        let store = redis_store(&server.url());
+        Self {
+            store: Arc::new(store),
+            server: Some(server),
+        }
+    }
+
+    /// A fresh in-process store.
+    pub fn memory() -> Self {
+        Self {
+            store: Arc::new(MemoryStore::builder().build()),
+            server: None,
+        }
+    }
+
+    /// A cache over this backend's store with test-friendly settings (no jitter).
+    pub fn cache(&self) -> Cache {
+        self.cache_builder().build().expect("cache")
+    }
+
+    /// A builder over this backend's store, for tests that tune settings.
+    pub fn cache_builder(&self) -> CacheBuilder {
+        Cache::builder()
+            .shared_store(self.store.clone())
+            .namespace("test")
+            .ttl_jitter(0.0)
+    }
+
+    /// The Redis server, for tests that only make sense against Redis.
+    pub fn server(&self) -> &RedisServer {
+        self.server.as_ref().expect("a redis backend")
+    }
+}
+
+/// A Redis store with timeouts short enough for tests that stop the server.
+pub fn redis_store(url: &str) -> RedisStore {
+    RedisStore::builder(url)
+        .connect_timeout(Duration::from_millis(500))
+        .command_timeout(Duration::from_millis(500))
+        .build()
+        .expect("redis store")
+}
+
+/// Generates one `#[tokio::test]` per store backend for each named async test function
+/// taking a [`Backend`], so both stores pass the same behavioural tests.
+#[macro_export]
+macro_rules! on_every_store {
+    ($($test:ident),* $(,)?) => {
+        mod on_redis {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    super::$test(super::support::Backend::redis()).await;
+                }
+            )*
+        }
+        mod on_memory {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    super::$test(super::support::Backend::memory()).await;
+                }
+            )*
+        }
+    };
+}
