@@ -201,9 +201,10 @@ impl RedisServer {
                 .args(["--tls-auth-clients", "no"]);
         }
         for (name, password) in &self.options.acl_users {
+            // Each word is its own argument: redis-server joins them into one config line.
             command
                 .arg("--user")
-                .arg(format!("{name} on >{password} ~* &* +@all"));
+                .args([name, "on", &format!(">{password}"), "~*", "&*", "+@all"]);
         }
         command.args(&self.options.extra_args);
         let mut child = command

@@ -1,0 +1,121 @@
+//! Connecting to Redis: TLS with a private CA, ACL users, database numbers and the pool of
+//! multiplexed connections, each against a real redis-server.
+
+use std::time::Duration;
+
+use cachelayer::store::{RedisStore, Store};
+use cachelayer::{Cache, CacheConfig, ErrorKind};
+use cachelayer_testkit::{RedisServer, TestCertificates};
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+/// `rediss://` with the server's CA trusted: values round-trip over TLS.
+#[tokio::test]
+async fn tls_with_trusted_ca_round_trips() {
+    let server = RedisServer::builder().tls().start();
+    let certificates = server.certificates().expect("tls certificates");
+    let store = RedisStore::builder(server.tls_url().expect("tls url"))
+        .tls_root_cert_pem(certificates.ca_cert_pem.clone())
+        .build()
+        .expect("store");
+    store
+        .set("k", "over tls".into(), MINUTE)
+        .await
+        .expect("set over TLS");
+    assert_eq!(
+        store.get("k").await.expect("get").as_deref(),
+        Some(&b"over tls"[..])
+    );
+    // Proof the write went through the TLS listener to this same server.
+    assert_eq!(server.cli(["GET", "k"]), "over tls");
+}
+
+/// A server certificate from an unknown CA is refused: the TLS check is real.
+#[tokio::test]
+async fn tls_with_untrusted_ca_is_refused() {
+    let server = RedisServer::builder().tls().start();
+    let other_dir = tempfile::tempdir().expect("temp dir");
+    let stranger = TestCertificates::generate(other_dir.path());
+    let store = RedisStore::builder(server.tls_url().expect("tls url"))
+        .tls_root_cert_pem(stranger.ca_cert_pem)
+        .build()
+        .expect("store");
+    let err = store.ping().await.expect_err("untrusted certificate");
+    assert!(err.is_connection(), "{err:?}");
+}
+
+/// `CacheConfig` reads the CA from a file and caches over TLS.
+#[tokio::test]
+async fn config_with_ca_file_uses_tls() {
+    let server = RedisServer::builder().tls().start();
+    let config = CacheConfig {
+        redis_url: server.tls_url(),
+        redis_tls_ca_file: Some(server.certificates().expect("certs").ca_cert_file.clone()),
+        ..CacheConfig::default()
+    };
+    let cache = config.build().expect("cache");
+    cache.insert("k", &5u8).await.expect("insert");
+    assert_eq!(cache.get::<u8>("k").await, Some(5));
+    assert_eq!(server.cli(["EXISTS", "cachelayer:v1:k"]), "1");
+}
+
+/// ACL users authenticate from the URL; a wrong password is a connection error and the
+/// cache fails open.
+#[tokio::test]
+async fn acl_user_from_url() {
+    let server = RedisServer::builder().acl_user("app", "s3cret").start();
+    let port = server.port();
+    let good = RedisStore::builder(format!("redis://app:s3cret@127.0.0.1:{port}"))
+        .build()
+        .expect("store");
+    good.set("k", "v".into(), MINUTE)
+        .await
+        .expect("authenticated set");
+    assert_eq!(server.cli(["GET", "k"]), "v");
+    let clients = server.cli(["CLIENT", "LIST"]);
+    assert!(
+        clients.lines().any(|c| c.contains(" user=app ")),
+        "{clients}"
+    );
+
+    let bad = RedisStore::builder(format!("redis://app:wrong@127.0.0.1:{port}"))
+        .build()
+        .expect("store");
+    let err = bad.ping().await.expect_err("wrong password");
+    assert_eq!(err.kind(), ErrorKind::Connection, "{err:?}");
+    assert!(
+        !format!("{bad:?}").contains("wrong"),
+        "password leaked into Debug"
+    );
+
+    let cache = Cache::builder().store(bad).build().expect("cache");
+    assert_eq!(cache.get_with("k", MINUTE, async { 1u8 }).await, 1);
+}
+
+/// The database number in the URL selects the database.
+#[tokio::test]
+async fn database_number_from_url() {
+    let server = RedisServer::start();
+    let store = RedisStore::builder(format!("{}/3", server.url()))
+        .build()
+        .expect("store");
+    store.set("in-db-3", "v".into(), MINUTE).await.expect("set");
+    assert_eq!(server.cli(["EXISTS", "in-db-3"]), "0", "not in db 0");
+    assert_eq!(server.cli(["-n", "3", "EXISTS", "in-db-3"]), "1");
+}
+
+/// The pool opens the configured number of connections and spreads commands over them.
+#[tokio::test]
+async fn pool_opens_configured_connections() {
+    let server = RedisServer::start();
+    let store = RedisStore::builder(server.url())
+        .pool_size(3)
+        .build()
+        .expect("store");
+    for _ in 0..6 {
+        store.ping().await.expect("ping");
+    }
+    let clients = server.cli(["CLIENT", "LIST"]);
+    // Three pooled connections plus redis-cli's own.
+    assert_eq!(clients.lines().count(), 4, "{clients}");
+}
