@@ -24,6 +24,7 @@ pub struct RedisServerBuilder {
     tls: bool,
     acl_users: Vec<(String, String)>,
     extra_args: Vec<String>,
+    cpu: Option<usize>,
 }
 
 impl RedisServerBuilder {
@@ -43,6 +44,13 @@ impl RedisServerBuilder {
     pub fn arg(mut self, name: &str, value: &str) -> Self {
         self.extra_args.push(format!("--{name}"));
         self.extra_args.push(value.to_owned());
+        self
+    }
+
+    /// Pin the server to one CPU core (with `taskset`), so benchmarks can keep it off the
+    /// core the client runs on.
+    pub fn pin_to_cpu(mut self, core: usize) -> Self {
+        self.cpu = Some(core);
         self
     }
 
@@ -180,7 +188,14 @@ impl RedisServer {
     }
 
     fn spawn(&mut self) -> Result<(), String> {
-        let mut command = Command::new("redis-server");
+        let mut command = match self.options.cpu {
+            Some(core) => {
+                let mut taskset = Command::new("taskset");
+                taskset.args(["-c", &core.to_string(), "redis-server"]);
+                taskset
+            }
+            None => Command::new("redis-server"),
+        };
         command
             .arg("--port")
             .arg(self.port.to_string())

@@ -131,9 +131,15 @@ impl RedisStoreBuilder {
     }
 
     /// Validate the settings and create the connections (lazily: nothing is dialled yet).
+    /// Must run inside a Tokio runtime, which the connections' background tasks need.
     pub fn build(self) -> Result<RedisStore> {
         if self.pool_size == 0 {
             return Err(Error::config("redis pool_size must be at least 1"));
+        }
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(Error::config(
+                "RedisStore must be built inside a Tokio runtime (its connections run as tasks); build it from async code or after Runtime::enter",
+            ));
         }
         if self.connect_timeout.is_zero() || self.command_timeout.is_zero() {
             return Err(Error::config(
@@ -472,8 +478,8 @@ mod tests {
     }
 
     /// Bad settings are refused at build time with a config error, not at the first command.
-    #[test]
-    fn rejects_bad_settings() {
+    #[tokio::test]
+    async fn rejects_bad_settings() {
         let err = RedisStore::builder("redis://127.0.0.1:1")
             .pool_size(0)
             .build();
@@ -486,6 +492,16 @@ mod tests {
             err.map(|_| ()).map_err(|e| e.kind()),
             Err(ErrorKind::Config)
         );
+    }
+
+    /// Outside a runtime, building is a configuration error rather than a panic.
+    #[test]
+    fn needs_a_runtime() {
+        let err = RedisStore::builder("redis://127.0.0.1:1")
+            .build()
+            .expect_err("no runtime");
+        assert_eq!(err.kind(), ErrorKind::Config);
+        assert!(err.to_string().contains("Tokio runtime"));
     }
 
     /// Building never dials, so a service can start while Redis is down.
