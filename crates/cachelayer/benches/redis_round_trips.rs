@@ -134,5 +134,36 @@ fn round_trips(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, round_trips);
+/// 100 concurrent GETs from one task set, over pools of 1 and 4 multiplexed connections:
+/// the figure behind the README's pool-sizing advice.
+fn concurrent_gets(c: &mut Criterion) {
+    let server = server();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let _runtime_context = runtime.enter();
+    let value = serde_json::to_vec(&products_of_json_size(1024)).expect("json");
+    let mut group = c.benchmark_group("concurrent_100_gets");
+    for pool_size in [1, 4] {
+        let store = RedisStore::builder(server.url())
+            .pool_size(pool_size)
+            .build()
+            .expect("store");
+        runtime
+            .block_on(store.set("hot", value.clone().into(), TTL))
+            .expect("seed");
+        group.bench_function(format!("pool_{pool_size}"), |b| {
+            b.to_async(&runtime).iter(|| async {
+                let gets = (0..100).map(|_| store.get("hot"));
+                for result in futures::future::join_all(gets).await {
+                    assert!(result.expect("get").is_some());
+                }
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, round_trips, concurrent_gets);
 criterion_main!(benches);

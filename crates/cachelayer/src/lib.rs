@@ -45,3 +45,8 @@ pub use crate::codec::Serialization;
 pub use crate::config::CacheConfig;
 pub use crate::error::{Error, ErrorKind, Result};
 pub use crate::key::Key;
+
+/// Compiles the README's examples as doc tests, so they cannot drift from the API.
+#[doc = include_str!("../../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

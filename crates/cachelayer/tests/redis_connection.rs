@@ -119,3 +119,75 @@ async fn pool_opens_configured_connections() {
     // Three pooled connections plus redis-cli's own.
     assert_eq!(clients.lines().count(), 4, "{clients}");
 }
+
+/// A server that accepts connections but never answers: connecting gives up after the
+/// connect timeout instead of hanging the caller.
+#[tokio::test]
+async fn unresponsive_server_hits_the_connect_timeout() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    // Accept and hold connections without ever replying.
+    let held = std::thread::spawn(move || {
+        let mut sockets = Vec::new();
+        for socket in listener.incoming().take(4) {
+            sockets.push(socket);
+        }
+        sockets
+    });
+    let store = RedisStore::builder(format!("redis://127.0.0.1:{port}"))
+        .connect_timeout(Duration::from_millis(200))
+        .command_timeout(Duration::from_millis(200))
+        .build()
+        .expect("store");
+    let outcome = tokio::time::timeout(Duration::from_secs(10), store.ping())
+        .await
+        .expect("bounded by the store's own timeouts, not this guard");
+    let err = outcome.expect_err("nothing answers");
+    assert!(err.is_unavailable(), "{err:?}");
+    drop(held);
+}
+
+/// The store's own command timeout bounds a call to a server that accepted the connection
+/// but stopped answering (every client paused).
+#[tokio::test]
+async fn command_timeout_bounds_a_paused_server() {
+    let server = RedisServer::start();
+    let store = RedisStore::builder(server.url())
+        .command_timeout(Duration::from_millis(100))
+        .build()
+        .expect("store");
+    store.ping().await.expect("connected first");
+    server.cli(["CLIENT", "PAUSE", "2000", "ALL"]);
+    let outcome = tokio::time::timeout(Duration::from_secs(10), store.get("k"))
+        .await
+        .expect("bounded by the command timeout, not this guard");
+    let err = outcome.expect_err("paused");
+    assert!(err.is_timeout(), "{err:?}");
+    server.cli(["CLIENT", "UNPAUSE"]);
+}
+
+/// A subscription survives a Redis restart: it re-subscribes by itself, and messages
+/// published afterwards arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscription_resubscribes_after_restart() {
+    let mut server = RedisServer::start();
+    let store = RedisStore::builder(server.url()).build().expect("store");
+    let mut subscription = store.subscribe("events").await.expect("subscribe");
+    server.restart();
+    // PUBLISH answers how many subscribers received the message: the signal that the
+    // subscription is back. Bounded, since re-subscribing backs off.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        match store.publish("events", "after restart".into()).await {
+            Ok(1) => break,
+            _ if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            other => panic!("subscription never came back: {other:?}"),
+        }
+    }
+    let message = tokio::time::timeout(Duration::from_secs(5), subscription.recv())
+        .await
+        .expect("delivered in time");
+    assert_eq!(message.as_deref(), Some(&b"after restart"[..]));
+}

@@ -23,7 +23,7 @@ use super::{KeyTtl, Store, StoreEntry, Subscription, ttl_millis};
 use crate::error::{Error, ErrorKind, Result};
 
 /// Default number of multiplexed connections; see the README's "Pool sizing".
-pub const DEFAULT_POOL_SIZE: usize = 2;
+pub const DEFAULT_POOL_SIZE: usize = 1;
 /// Default bound on establishing one connection.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Default bound on one command's reply. Small on purpose: a cache that answers slowly is
