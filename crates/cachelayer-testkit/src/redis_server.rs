@@ -87,6 +87,14 @@ impl RedisServerBuilder {
 }
 
 /// A `redis-server` process owned by a test; killed on drop.
+///
+/// ```
+/// use cachelayer_testkit::RedisServer;
+///
+/// let server = RedisServer::start();
+/// assert_eq!(server.cli(["PING"]), "PONG");
+/// assert!(server.url().starts_with("redis://127.0.0.1:"));
+/// ```
 #[derive(Debug)]
 pub struct RedisServer {
     child: Option<Child>,
@@ -277,4 +285,59 @@ fn free_port() -> u16 {
         .and_then(|listener| listener.local_addr())
         .map(|addr| addr.port())
         .expect("bind an ephemeral port")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpStream;
+
+    fn accepts(port: u16) -> bool {
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+    }
+
+    /// The server answers once started, and nothing listens on its port after drop.
+    #[test]
+    fn starts_answers_and_is_gone_after_drop() {
+        let server = RedisServer::start();
+        let port = server.port();
+        assert_ne!(port, 6379, "never the shared Redis");
+        assert_eq!(server.cli(["PING"]), "PONG");
+        drop(server);
+        assert!(!accepts(port));
+    }
+
+    /// Stop kills the process; restart brings it back, empty, on the same port.
+    #[test]
+    fn restart_reuses_the_port() {
+        let mut server = RedisServer::start();
+        server.set_raw("k", b"v");
+        server.stop();
+        assert!(!accepts(server.port()));
+        server.restart();
+        assert_eq!(server.cli(["EXISTS", "k"]), "0");
+        assert_eq!(server.cli(["PING"]), "PONG");
+    }
+
+    /// Command statistics count what the server executed, and reset.
+    #[test]
+    fn counts_commands() {
+        let server = RedisServer::start();
+        server.reset_stats();
+        server.cli(["GET", "a"]);
+        server.cli(["GET", "b"]);
+        assert_eq!(server.command_calls("get"), 2);
+        assert_eq!(server.command_calls("mget"), 0);
+    }
+
+    /// With TLS, certificates are written and the TLS URL names its own port.
+    #[test]
+    fn tls_server_has_certificates() {
+        let server = RedisServer::builder().tls().start();
+        let certs = server.certificates().expect("certificates");
+        assert!(certs.ca_cert_pem.starts_with("-----BEGIN CERTIFICATE-----"));
+        assert!(certs.server_key_file.exists());
+        let url = server.tls_url().expect("tls url");
+        assert!(!url.ends_with(&format!(":{}", server.port())));
+    }
 }
