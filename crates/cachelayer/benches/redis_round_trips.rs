@@ -30,12 +30,17 @@ fn server() -> RedisServer {
     .start()
 }
 
-fn round_trips(c: &mut Criterion) {
-    let server = server();
-    let runtime = tokio::runtime::Builder::new_current_thread()
+/// One client thread, so the client stays on the core `taskset` gives the bench.
+fn client_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .expect("runtime");
+        .expect("runtime")
+}
+
+fn round_trips(c: &mut Criterion) {
+    let server = server();
+    let runtime = client_runtime();
     let _runtime_context = runtime.enter();
     let store = RedisStore::builder(server.url())
         .pool_size(1)
@@ -138,10 +143,7 @@ fn round_trips(c: &mut Criterion) {
 /// the figure behind the README's pool-sizing advice.
 fn concurrent_gets(c: &mut Criterion) {
     let server = server();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime = client_runtime();
     let _runtime_context = runtime.enter();
     let value = serde_json::to_vec(&products_of_json_size(1024)).expect("json");
     let mut group = c.benchmark_group("concurrent_100_gets");
