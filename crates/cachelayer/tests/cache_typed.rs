@@ -488,7 +488,31 @@ async fn unserializable_values_are_encode_errors(backend: Backend) {
     );
 }
 
+/// An absurd TTL is the caller's error, not a panic; `get_with` still returns the value.
+async fn absurd_ttls_are_refused(backend: Backend) {
+    let cache = backend.cache();
+    let err = cache
+        .insert_with_ttl("k", &1u8, Duration::MAX)
+        .await
+        .expect_err("ttl too long");
+    assert_eq!(err.kind(), cachelayer::ErrorKind::InvalidInput);
+    let err = cache
+        .insert_many_with_ttl([("k", 1u8)], Duration::MAX)
+        .await
+        .expect_err("ttl too long");
+    assert_eq!(err.kind(), cachelayer::ErrorKind::InvalidInput);
+    assert_eq!(cache.get_with("k", Duration::MAX, async { 2u8 }).await, 2);
+    assert_eq!(cache.get::<u8>("k").await, None);
+    let longest = cachelayer::store::MAX_TTL;
+    cache
+        .insert_with_ttl("max", &3u8, longest)
+        .await
+        .expect("10 years is allowed");
+    assert_eq!(cache.get::<u8>("max").await, Some(3));
+}
+
 on_every_store!(
+    absurd_ttls_are_refused,
     typed_values_round_trip,
     messagepack_round_trips,
     json_payload_is_readable,

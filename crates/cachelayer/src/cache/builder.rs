@@ -10,7 +10,7 @@ use crate::codec::{
     Serialization,
 };
 use crate::error::{Error, Result};
-use crate::store::{DEFAULT_COMMAND_TIMEOUT, MemoryStore, Store};
+use crate::store::{DEFAULT_COMMAND_TIMEOUT, MAX_TTL, MemoryStore, Store};
 
 /// Default namespace prefix of every key.
 pub const DEFAULT_NAMESPACE: &str = "cachelayer";
@@ -19,6 +19,8 @@ pub const DEFAULT_TTL: Duration = Duration::from_secs(300);
 /// Default jitter: each entry's TTL is cut by a random 0–10%, so entries written together
 /// do not all expire (and reload) together.
 pub const DEFAULT_TTL_JITTER: f64 = 0.1;
+/// Longest breaker cool-down accepted: an hour without the cache is already an outage.
+const MAX_COOL_DOWN: Duration = Duration::from_secs(60 * 60);
 /// Longest namespace accepted.
 const MAX_NAMESPACE_BYTES: usize = 64;
 
@@ -158,9 +160,9 @@ impl CacheBuilder {
     /// Validate the settings and build the cache.
     pub fn build(self) -> Result<Cache> {
         validate_namespace(&self.namespace)?;
-        if self.default_ttl.is_zero() {
+        if self.default_ttl.is_zero() || self.default_ttl > MAX_TTL {
             return Err(Error::config(
-                "default_ttl must be non-zero; pass a zero TTL per call to skip caching",
+                "default_ttl must be non-zero and at most 10 years; pass a zero TTL per call to skip caching",
             ));
         }
         if !(0.0..1.0).contains(&self.ttl_jitter) {
@@ -172,9 +174,12 @@ impl CacheBuilder {
         if self.command_timeout.is_zero() {
             return Err(Error::config("command_timeout must be non-zero"));
         }
-        if self.breaker_failure_threshold == 0 || self.breaker_cool_down.is_zero() {
+        if self.breaker_failure_threshold == 0
+            || self.breaker_cool_down.is_zero()
+            || self.breaker_cool_down > MAX_COOL_DOWN
+        {
             return Err(Error::config(
-                "the circuit breaker needs a failure threshold of at least 1 and a non-zero cool-down",
+                "the circuit breaker needs a failure threshold of at least 1 and a cool-down between 1 ms and 1 hour",
             ));
         }
         let codec = Codec::new(

@@ -22,7 +22,7 @@ use crate::breaker::{Admission, BreakerState, CircuitBreaker};
 use crate::codec::{Codec, DecodeFailure, Decoded, EntryMeta};
 use crate::error::{Error, ErrorKind, Result};
 use crate::key::Key;
-use crate::store::{Store, StoreEntry};
+use crate::store::{Store, StoreEntry, check_ttl};
 use crate::telemetry;
 
 /// A typed cache over a [`Store`]. Cheap to clone; clones share everything.
@@ -178,8 +178,9 @@ impl Cache {
     }
 
     /// Store `value` under `key` for `ttl` (jittered). A zero TTL means "do not cache" and
-    /// writes nothing. Errors only when the value cannot be encoded; a store failure drops
-    /// the write (counted and logged).
+    /// writes nothing. Errors only for the caller's mistakes (a value that cannot be encoded,
+    /// a TTL over [`MAX_TTL`](crate::store::MAX_TTL)); a store failure drops the write
+    /// (counted and logged).
     pub async fn insert_with_ttl<T: Serialize + ?Sized>(
         &self,
         key: impl Into<Key>,
@@ -209,6 +210,7 @@ impl Cache {
         if ttl.is_zero() {
             return Ok(());
         }
+        check_ttl(ttl)?;
         let meta = EntryMeta {
             ttl,
             compute_time: Duration::ZERO,
@@ -303,7 +305,7 @@ impl Cache {
         let value = loader.await?;
         let compute_time = started.elapsed();
         if let Err(err) = self.store_value(full, &value, ttl, compute_time).await {
-            tracing::warn!(error = %err, "loaded value not cached: it cannot be encoded");
+            tracing::warn!(error = %err, "loaded value returned but not cached");
         }
         Ok(value)
     }
@@ -318,6 +320,7 @@ impl Cache {
         if ttl.is_zero() {
             return Ok(());
         }
+        check_ttl(ttl)?;
         let encoded = self
             .inner
             .codec

@@ -142,15 +142,31 @@ impl Subscription {
     }
 }
 
+/// Longest TTL accepted: ten years. Longer ones are almost surely a unit mistake, and Redis
+/// refuses expiry times past what its clock can represent.
+pub const MAX_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 60 * 60);
+
 /// Store TTLs are whole milliseconds, at least one, as `PX` takes them.
 pub(crate) fn ttl_millis(ttl: Duration) -> Result<u64> {
+    check_ttl(ttl)?;
+    let millis = ttl.as_millis().max(1);
+    Ok(u64::try_from(millis).unwrap_or(u64::MAX))
+}
+
+/// A TTL a store can take: non-zero and at most [`MAX_TTL`].
+pub(crate) fn check_ttl(ttl: Duration) -> Result<()> {
     if ttl.is_zero() {
         return Err(Error::invalid_input(
             "a store TTL must be non-zero; skip the write to mean \"do not cache\"",
         ));
     }
-    let millis = ttl.as_millis().max(1);
-    Ok(u64::try_from(millis).unwrap_or(u64::MAX))
+    if ttl > MAX_TTL {
+        return Err(Error::invalid_input(format!(
+            "a TTL of {} s is over the 10-year maximum; check its unit",
+            ttl.as_secs()
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -163,5 +179,8 @@ mod tests {
         assert_eq!(ttl_millis(Duration::from_micros(10)).ok(), Some(1));
         assert_eq!(ttl_millis(Duration::from_secs(2)).ok(), Some(2000));
         assert!(ttl_millis(Duration::ZERO).is_err());
+        assert!(ttl_millis(MAX_TTL).is_ok());
+        assert!(ttl_millis(MAX_TTL + Duration::from_millis(1)).is_err());
+        assert!(ttl_millis(Duration::MAX).is_err());
     }
 }
