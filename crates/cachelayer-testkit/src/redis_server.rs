@@ -137,7 +137,8 @@ impl RedisServer {
         self.certificates.as_ref()
     }
 
-    /// Kill the server (as a crash would); the port stays reserved for [`restart`](Self::restart).
+    /// Kill the server (as a crash would). [`restart`](Self::restart) binds the same port
+    /// again; nothing reserves it meanwhile, so another process could take it.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();

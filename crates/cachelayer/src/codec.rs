@@ -110,6 +110,8 @@ pub enum DecodeFailure {
     UnknownSerialization,
     /// Unknown compression tag.
     UnknownCompression,
+    /// The stored-at time cannot be represented on this platform.
+    BadTimestamp,
     /// Declares a payload larger than the configured maximum.
     TooLarge,
     /// The payload is shorter or longer than the header says.
@@ -129,6 +131,7 @@ impl DecodeFailure {
             DecodeFailure::UnknownVersion => "unknown_version",
             DecodeFailure::UnknownSerialization => "unknown_serialization",
             DecodeFailure::UnknownCompression => "unknown_compression",
+            DecodeFailure::BadTimestamp => "bad_timestamp",
             DecodeFailure::TooLarge => "too_large",
             DecodeFailure::Truncated => "truncated",
             DecodeFailure::Decompress => "decompress",
@@ -181,10 +184,15 @@ impl EnvelopeHeader {
             buf.copy_from_slice(&header[at..at + 4]);
             u32::from_be_bytes(buf)
         };
+        // Checked: on some platforms SystemTime cannot hold far-future stamps, and these
+        // bytes are untrusted.
+        let stored_at = UNIX_EPOCH
+            .checked_add(Duration::from_millis(u64_at(6)))
+            .ok_or(DecodeFailure::BadTimestamp)?;
         Ok(Self {
             serialization,
             compression,
-            stored_at: UNIX_EPOCH + Duration::from_millis(u64_at(6)),
+            stored_at,
             ttl: Duration::from_millis(u64_at(14)),
             compute_time: Duration::from_millis(u64::from(u32_at(22))),
             payload_len: u32_at(26),

@@ -31,7 +31,7 @@ use crate::store::{
 /// assert_eq!(cache.store().kind(), "memory");
 /// # Ok(()) }
 /// ```
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CacheConfig {
     /// `redis://` or `rediss://` URL; `None` selects the in-process store.
@@ -66,6 +66,34 @@ pub struct CacheConfig {
     pub breaker_failure_threshold: u32,
     /// How long the breaker stays open, in milliseconds.
     pub breaker_cool_down_ms: u64,
+}
+
+impl std::fmt::Debug for CacheConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Configuration gets logged at start-up; the Redis password must not be.
+        let url = self.redis_url.as_deref().map(crate::store::redact_url);
+        f.debug_struct("CacheConfig")
+            .field("redis_url", &url)
+            .field("redis_pool_size", &self.redis_pool_size)
+            .field("redis_tls_ca_file", &self.redis_tls_ca_file)
+            .field("connect_timeout_ms", &self.connect_timeout_ms)
+            .field("command_timeout_ms", &self.command_timeout_ms)
+            .field("memory_capacity_bytes", &self.memory_capacity_bytes)
+            .field("namespace", &self.namespace)
+            .field("version", &self.version)
+            .field("default_ttl_ms", &self.default_ttl_ms)
+            .field("ttl_jitter", &self.ttl_jitter)
+            .field("serialization", &self.serialization)
+            .field(
+                "compression_threshold_bytes",
+                &self.compression_threshold_bytes,
+            )
+            .field("zstd_level", &self.zstd_level)
+            .field("max_value_bytes", &self.max_value_bytes)
+            .field("breaker_failure_threshold", &self.breaker_failure_threshold)
+            .field("breaker_cool_down_ms", &self.breaker_cool_down_ms)
+            .finish()
+    }
 }
 
 impl Default for CacheConfig {
@@ -147,6 +175,18 @@ impl CacheConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Debug output (often logged at start-up) never shows the Redis password.
+    #[test]
+    fn debug_redacts_the_password() {
+        let config = CacheConfig {
+            redis_url: Some("redis://app:s3cret@cache:6379/1".into()),
+            ..CacheConfig::default()
+        };
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("redis://app:***@cache:6379/1"), "{shown}");
+    }
 
     /// A misspelt setting is an error naming the field, not silently ignored.
     #[test]

@@ -120,6 +120,10 @@ impl From<redis::RedisError> for Error {
     fn from(err: redis::RedisError) -> Self {
         let kind = if err.is_timeout() {
             ErrorKind::Timeout
+        } else if is_not_ready(&err) {
+            // LOADING, MASTERDOWN, TRYAGAIN: the server is there but cannot serve yet, which
+            // for a cache is the same as unreachable (and should count against the breaker).
+            ErrorKind::Connection
         } else if err.is_io_error()
             || err.is_connection_dropped()
             || err.is_connection_refusal()
@@ -147,6 +151,14 @@ impl From<redis::RedisError> for Error {
         };
         Error::with_source(kind, message, err)
     }
+}
+
+fn is_not_ready(err: &redis::RedisError) -> bool {
+    use redis::ServerErrorKind::{BusyLoading, MasterDown, TryAgain};
+    matches!(
+        err.kind(),
+        redis::ErrorKind::Server(BusyLoading | MasterDown | TryAgain)
+    )
 }
 
 #[cfg(test)]

@@ -49,11 +49,12 @@ impl Key {
     /// that must not be readable in the store.
     pub fn hashed_part(mut self, part: impl AsRef<[u8]>) -> Self {
         self.0.push(':');
-        self.0.push_str(&hash_part(part.as_ref()));
+        self.0.push_str(&hash(Domain::Part, part.as_ref()));
         self
     }
 
-    /// The rendered key (without namespace), capped at [`MAX_KEY_BYTES`].
+    /// The rendered key (without namespace). A key longer than [`MAX_KEY_BYTES`] is hashed
+    /// whole when it is used, not here, so parts can still be appended.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -61,7 +62,7 @@ impl Key {
     /// The final form: hashed whole when it grew past [`MAX_KEY_BYTES`].
     pub(crate) fn into_capped(self) -> String {
         if self.0.len() > MAX_KEY_BYTES {
-            hash_part(self.0.as_bytes())
+            hash(Domain::WholeKey, self.0.as_bytes())
         } else {
             self.0
         }
@@ -83,7 +84,7 @@ impl From<&str> for Key {
         if readable {
             Self(raw.to_owned())
         } else {
-            Self(hash_part(raw.as_bytes()))
+            Self(hash(Domain::WholeKey, raw.as_bytes()))
         }
     }
 }
@@ -118,14 +119,29 @@ fn render_part(part: &str) -> String {
     if is_verbatim(part) {
         part.to_owned()
     } else {
-        hash_part(part.as_bytes())
+        hash(Domain::Part, part.as_bytes())
     }
+}
+
+/// What a hash stands for. Hashing a whole key and hashing one part of the same text must
+/// differ, or a user could pass the rendered text of a long key as one part and land on it.
+#[derive(Clone, Copy)]
+enum Domain {
+    Part,
+    WholeKey,
 }
 
 /// `#` and the first 128 bits of SHA-256 in hex: collision-resistant against chosen input,
 /// which a fast non-cryptographic hash is not.
-fn hash_part(bytes: &[u8]) -> String {
-    let digest = Sha256::digest(bytes);
+fn hash(domain: Domain, bytes: &[u8]) -> String {
+    let label: &[u8] = match domain {
+        Domain::Part => b"part\0",
+        Domain::WholeKey => b"key\0",
+    };
+    let digest = Sha256::new()
+        .chain_update(label)
+        .chain_update(bytes)
+        .finalize();
     let mut out = String::with_capacity(33);
     out.push('#');
     for byte in &digest[..16] {
@@ -170,6 +186,17 @@ mod tests {
         assert_eq!(capped.len(), 33);
         let long_raw = "a".repeat(MAX_KEY_BYTES + 1);
         assert_eq!(Key::from(long_raw.as_str()).as_str().len(), 33);
+    }
+
+    /// The rendered text of a long key, passed back as one part, does not reach that key.
+    #[test]
+    fn a_part_cannot_forge_a_capped_key() {
+        let mut long = Key::new("k");
+        for i in 0..40 {
+            long = long.part(format!("part{i}"));
+        }
+        let rendered = long.as_str().to_owned();
+        assert_ne!(long.into_capped(), Key::new(&rendered).into_capped());
     }
 
     /// Long parts are hashed even when their characters are safe.

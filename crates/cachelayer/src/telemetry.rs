@@ -17,7 +17,7 @@
 //! | `cachelayer_breaker_state` | gauge | | 0 closed, 1 half-open, 2 open |
 //! | `cachelayer_breaker_transitions_total` | counter | `to` | breaker state changes |
 //! | `cachelayer_subscription_dropped_total` | counter | | pub/sub messages dropped because a subscriber lagged |
-//! | `cachelayer_subscription_reconnects_total` | counter | | pub/sub connections lost and re-established |
+//! | `cachelayer_subscription_reconnects_total` | counter | | pub/sub connections lost (each is then re-established in the background) |
 
 /// Typed reads answered from the store.
 pub const HITS: &str = "cachelayer_hits_total";
@@ -43,5 +43,5 @@ pub const BREAKER_STATE: &str = "cachelayer_breaker_state";
 pub const BREAKER_TRANSITIONS: &str = "cachelayer_breaker_transitions_total";
 /// Pub/sub messages dropped for a lagging subscriber.
 pub const SUBSCRIPTION_DROPPED: &str = "cachelayer_subscription_dropped_total";
-/// Pub/sub connections lost.
+/// Pub/sub connections lost (each is then re-established in the background).
 pub const SUBSCRIPTION_RECONNECTS: &str = "cachelayer_subscription_reconnects_total";

@@ -533,8 +533,9 @@ on_every_store!(
     unserializable_values_are_encode_errors,
 );
 
-/// Redis only: a batch read is one MGET and a batch write one pipeline (no per-key GETs),
-/// as Redis' own command statistics show.
+/// Redis only: a batch read of 1,000 keys is one MGET, not 1,000 GETs, as Redis' own
+/// command statistics show; a batch write is 1,000 SET PX (sent as one pipeline, whose single
+/// round trip `benches/redis_round_trips.rs` measures).
 #[tokio::test]
 async fn batches_use_one_round_trip_on_redis() {
     let backend = Backend::redis();

@@ -87,22 +87,50 @@ proptest! {
         let _ = EnvelopeHeader::parse(&bytes);
     }
 
-    /// Arbitrary bytes behind a valid-looking header (any tags, any declared size) never
-    /// panic either: this reaches the decompressor and the deserializers.
+    /// Arbitrary payloads behind a valid-looking header never panic the decompressor or the
+    /// deserializers. The declared length usually matches (so decoding gets past the length
+    /// check), and for zstd the payload is usually a real frame (so it gets past
+    /// decompression); otherwise tags and lengths are arbitrary.
     #[test]
     fn arbitrary_payload_behind_a_header_never_panics(
         serialization in prop::sample::select(vec![b'j', b'm', b'x']),
         compression in prop::sample::select(vec![b'-', b'z', b'?']),
-        declared in any::<u32>(),
-        payload in prop::collection::vec(any::<u8>(), 0..512),
+        honest_length in prop::bool::weighted(0.9),
+        real_frame in prop::bool::weighted(0.9),
+        random_declared in any::<u32>(),
+        payload in prop_oneof![
+            prop::collection::vec(any::<u8>(), 0..512),
+            // JSON-ish and MessagePack-ish bytes reach deeper into the deserializers.
+            ".{0,200}".prop_map(String::into_bytes),
+            any::<Vec<(u8, String)>>().prop_map(|v| rmp_serde::to_vec_named(&v).unwrap_or_default()),
+        ],
     ) {
+        let body = if compression == b'z' && real_frame {
+            zstd::bulk::compress(&payload, 1).expect("zstd")
+        } else {
+            payload.clone()
+        };
+        let declared = if honest_length { payload.len() as u32 } else { random_declared };
         let mut bytes = b"CL\x01".to_vec();
         bytes.extend([serialization, compression, 0]);
         bytes.extend([0u8; 20]);
         bytes.extend(declared.to_be_bytes());
-        bytes.extend(&payload);
+        bytes.extend(&body);
         let _ = Codec::default().decode::<Doc>(&bytes);
         let _ = Codec::default().decode::<serde_json::Value>(&bytes);
+        let _ = Codec::default().decode::<Vec<(u8, String)>>(&bytes);
+    }
+
+    /// A payload that declares more than the reader's maximum is refused before it is
+    /// decompressed, whatever the frame would expand to.
+    #[test]
+    fn oversized_declarations_are_refused_unread(declared in (1u32 << 20) + 1.., payload in prop::collection::vec(any::<u8>(), 0..64)) {
+        let mut bytes = b"CL\x01jz\x00".to_vec();
+        bytes.extend([0u8; 20]);
+        bytes.extend(declared.to_be_bytes());
+        bytes.extend(&payload);
+        let codec = Codec::new(Serialization::Json, Some(1024), 1, 1 << 20).expect("codec");
+        prop_assert_eq!(codec.decode::<serde_json::Value>(&bytes).err(), Some(cachelayer::codec::DecodeFailure::TooLarge));
     }
 
     /// Flipping any one byte of a valid entry yields a failure or a value, never a panic.

@@ -92,6 +92,24 @@ async fn acl_user_from_url() {
     assert_eq!(cache.get_with("k", MINUTE, async { 1u8 }).await, 1);
 }
 
+/// A connection refused at authentication recovers once the credentials become valid (a
+/// password rotated on the server), without restarting the process.
+#[tokio::test]
+async fn recovers_after_authentication_starts_working() {
+    let server = RedisServer::builder().acl_user("app", "old").start();
+    let store = RedisStore::builder(format!("redis://app:new@127.0.0.1:{}", server.port()))
+        .build()
+        .expect("store");
+    let err = store.ping().await.expect_err("password not valid yet");
+    assert_eq!(err.kind(), ErrorKind::Connection, "{err:?}");
+    // The rotation: the server starts accepting the new password.
+    assert_eq!(server.cli(["ACL", "SETUSER", "app", ">new"]), "OK");
+    store
+        .ping()
+        .await
+        .expect("the next call dials again and authenticates");
+}
+
 /// The database number in the URL selects the database.
 #[tokio::test]
 async fn database_number_from_url() {
@@ -139,9 +157,16 @@ async fn unresponsive_server_hits_the_connect_timeout() {
         .command_timeout(Duration::from_millis(200))
         .build()
         .expect("store");
+    let started = std::time::Instant::now();
     let outcome = tokio::time::timeout(Duration::from_secs(10), store.ping())
         .await
         .expect("bounded by the store's own timeouts, not this guard");
+    // Connect (200 ms) plus command (200 ms) timeouts, with room for a loaded machine.
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
     let err = outcome.expect_err("nothing answers");
     assert!(err.is_unavailable(), "{err:?}");
     drop(held);
@@ -158,9 +183,16 @@ async fn command_timeout_bounds_a_paused_server() {
         .expect("store");
     store.ping().await.expect("connected first");
     server.cli(["CLIENT", "PAUSE", "2000", "ALL"]);
+    let started = std::time::Instant::now();
     let outcome = tokio::time::timeout(Duration::from_secs(10), store.get("k"))
         .await
         .expect("bounded by the command timeout, not this guard");
+    // A 100 ms timeout, against a 2 s pause: well under the pause even on a loaded machine.
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
     let err = outcome.expect_err("paused");
     assert!(err.is_timeout(), "{err:?}");
     server.cli(["CLIENT", "UNPAUSE"]);

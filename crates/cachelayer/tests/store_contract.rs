@@ -10,13 +10,13 @@ use cachelayer::store::{KeyTtl, StoreEntry};
 use support::Backend;
 
 const MINUTE: Duration = Duration::from_secs(60);
-/// Long enough to outlive a slow CI scheduler between writing and checking.
-const SHORT_TTL: Duration = Duration::from_millis(300);
+/// Long enough that a loaded CI machine still reads the key before it expires.
+const SHORT_TTL: Duration = Duration::from_secs(1);
 
 /// Waits past `ttl`: expiry has no signal to wait for, so this is time passing, not
 /// synchronisation.
 async fn outlive(ttl: Duration) {
-    tokio::time::sleep(ttl + Duration::from_millis(200)).await;
+    tokio::time::sleep(ttl + Duration::from_millis(300)).await;
 }
 
 /// Bytes written come back unchanged, including binary and empty values.
@@ -186,6 +186,46 @@ async fn set_if_absent_has_one_winner(backend: Backend) {
     assert_eq!(winners, 1);
 }
 
+/// A plain `set` racing a `set_if_absent` on an absent key must win in every interleaving:
+/// either the NX write came first and was replaced, or the set came first and NX refused.
+/// The NX value surviving would mean NX overwrote a concurrent write (or ignored a live
+/// key). Each round checks whichever interleaving happened; a narrow race may need many
+/// rounds to show, so this is a guard, not a proof.
+async fn set_if_absent_never_overwrites_a_concurrent_set(backend: Backend) {
+    for round in 0..300 {
+        let key = format!("nx-race-{round}");
+        let (a, b) = (backend.store.clone(), backend.store.clone());
+        let (k1, k2) = (key.clone(), key.clone());
+        let set = tokio::spawn(async move { a.set(&k1, "set".into(), MINUTE).await });
+        let nx = tokio::spawn(async move { b.set_if_absent(&k2, "nx".into(), MINUTE).await });
+        set.await.expect("join").expect("set");
+        nx.await.expect("join").expect("nx");
+        let value = backend.store.get(&key).await.expect("get");
+        assert_eq!(value.as_deref(), Some(&b"set"[..]), "round {round}");
+    }
+}
+
+/// A compare-and-delete racing a `set` of a new value must never delete the new value
+/// (checked over whichever interleavings the rounds produce, like the test above).
+async fn compare_and_delete_never_removes_a_concurrent_set(backend: Backend) {
+    for round in 0..300 {
+        let key = format!("cad-race-{round}");
+        backend
+            .store
+            .set(&key, "old".into(), MINUTE)
+            .await
+            .expect("set");
+        let (a, b) = (backend.store.clone(), backend.store.clone());
+        let (k1, k2) = (key.clone(), key.clone());
+        let set = tokio::spawn(async move { a.set(&k1, "new".into(), MINUTE).await });
+        let cad = tokio::spawn(async move { b.compare_and_delete(&k2, b"old").await });
+        set.await.expect("join").expect("set");
+        cad.await.expect("join").expect("cad");
+        let value = backend.store.get(&key).await.expect("get");
+        assert_eq!(value.as_deref(), Some(&b"new"[..]), "round {round}");
+    }
+}
+
 /// Compare-and-delete removes the key only while it holds the expected value.
 async fn compare_and_delete_checks_the_value(backend: Backend) {
     let store = &backend.store;
@@ -254,6 +294,8 @@ on_every_store!(
     set_if_absent_respects_live_keys,
     set_if_absent_has_one_winner,
     compare_and_delete_checks_the_value,
+    set_if_absent_never_overwrites_a_concurrent_set,
+    compare_and_delete_never_removes_a_concurrent_set,
     publish_reaches_subscribers,
     ping_succeeds,
 );

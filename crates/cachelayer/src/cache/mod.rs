@@ -405,10 +405,11 @@ impl Cache {
                 tracing::warn!(op, kind = err.kind().as_str(), error = %err, "cache store call failed; failing open");
                 if err.is_unavailable() {
                     breaker.record_failure();
-                } else {
+                } else if err.kind() == ErrorKind::Server {
                     // The store answered, so it is up, even if it refused this request.
                     breaker.record_success();
                 }
+                // Other kinds (invalid input) never reached the store and say nothing of it.
             }
         }
         result

@@ -4,6 +4,8 @@
 //! It is a product feature for single-instance deployments, not a test double: it must never
 //! relax a semantic that [`RedisStore`](super::RedisStore) has (expired keys are absent,
 //! conditional writes are atomic per key), so code tested on one behaves the same on the other.
+//! Like Redis under `maxmemory` with an eviction policy, it may evict any entry when full,
+//! lock keys included: callers of `set_if_absent` must stay safe when their key vanishes.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -155,6 +157,27 @@ impl MemoryStore {
         self.entries.weighted_size()
     }
 
+    /// Every write goes through moka's per-key compute queue: plain `insert` and `remove`
+    /// bypass that queue, which would let a `set` land between a conditional write's check
+    /// and its action (a lost `SET NX` or a lock deleted from its new owner).
+    async fn compute(
+        &self,
+        key: &str,
+        decide: impl FnOnce(Option<&MemoryEntry>) -> Op<MemoryEntry>,
+    ) -> CompResult<String, MemoryEntry> {
+        self.entries
+            .entry(key.to_owned())
+            .and_compute_with(|existing| {
+                let now = Instant::now();
+                let live = existing
+                    .as_ref()
+                    .map(|e| e.value())
+                    .filter(|e| e.is_live(now));
+                std::future::ready(decide(live))
+            })
+            .await
+    }
+
     async fn live_entry(&self, key: &str) -> Option<MemoryEntry> {
         self.entries
             .get(key)
@@ -183,7 +206,7 @@ impl Store for MemoryStore {
 
     async fn set(&self, key: &str, value: Bytes, ttl: Duration) -> Result<()> {
         let entry = MemoryEntry::new(value, ttl)?;
-        self.entries.insert(key.to_owned(), entry).await;
+        self.compute(key, |_| Op::Put(entry)).await;
         Ok(())
     }
 
@@ -194,14 +217,19 @@ impl Store for MemoryStore {
             .map(|e| Ok((e.key.clone(), MemoryEntry::new(e.value.clone(), e.ttl)?)))
             .collect::<Result<Vec<_>>>()?;
         for (key, entry) in prepared {
-            self.entries.insert(key, entry).await;
+            self.compute(&key, |_| Op::Put(entry)).await;
         }
         Ok(())
     }
 
     async fn delete(&self, key: &str) -> Result<bool> {
-        let removed = self.entries.remove(key).await;
-        Ok(removed.is_some_and(|entry| entry.is_live(Instant::now())))
+        let outcome = self
+            .compute(key, |live| match live {
+                Some(_) => Op::Remove,
+                None => Op::Nop,
+            })
+            .await;
+        Ok(matches!(outcome, CompResult::Removed(_)))
     }
 
     async fn delete_many(&self, keys: &[String]) -> Result<u64> {
@@ -216,13 +244,10 @@ impl Store for MemoryStore {
 
     async fn set_if_absent(&self, key: &str, value: Bytes, ttl: Duration) -> Result<bool> {
         let entry = MemoryEntry::new(value, ttl)?;
-        // `and_compute_with` serialises calls per key, which gives `SET NX` its atomicity.
         let outcome = self
-            .entries
-            .entry(key.to_owned())
-            .and_compute_with(|existing| {
-                let live = existing.is_some_and(|e| e.value().is_live(Instant::now()));
-                std::future::ready(if live { Op::Nop } else { Op::Put(entry) })
+            .compute(key, |live| match live {
+                Some(_) => Op::Nop,
+                None => Op::Put(entry),
             })
             .await;
         Ok(matches!(
@@ -233,13 +258,9 @@ impl Store for MemoryStore {
 
     async fn compare_and_delete(&self, key: &str, expected: &[u8]) -> Result<bool> {
         let outcome = self
-            .entries
-            .entry(key.to_owned())
-            .and_compute_with(|existing| {
-                let matches = existing.is_some_and(|e| {
-                    e.value().is_live(Instant::now()) && e.value().value.as_ref() == expected
-                });
-                std::future::ready(if matches { Op::Remove } else { Op::Nop })
+            .compute(key, |live| match live {
+                Some(entry) if entry.value.as_ref() == expected => Op::Remove,
+                _ => Op::Nop,
             })
             .await;
         Ok(matches!(outcome, CompResult::Removed(_)))

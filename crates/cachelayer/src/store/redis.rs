@@ -7,8 +7,9 @@
 //! module must never retry a write (a retry after an unseen success could reorder writes), and
 //! must never block on connecting at build time, so a service starts while Redis is down.
 
-use std::sync::Arc;
+use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -68,7 +69,8 @@ pub struct RedisStore {
 
 struct RedisInner {
     client: Client,
-    connections: Vec<ConnectionManager>,
+    manager_config: ConnectionManagerConfig,
+    connections: Vec<RwLock<ConnectionManager>>,
     next: AtomicUsize,
     redacted_url: String,
     connect_timeout: Duration,
@@ -85,7 +87,7 @@ impl std::fmt::Debug for RedisStore {
 }
 
 /// Builds a [`RedisStore`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RedisStoreBuilder {
     url: String,
     pool_size: usize,
@@ -93,6 +95,20 @@ pub struct RedisStoreBuilder {
     command_timeout: Duration,
     tls_root_cert_pem: Option<Vec<u8>>,
     tls_client_cert_pem: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for RedisStoreBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the password or the client key.
+        f.debug_struct("RedisStoreBuilder")
+            .field("url", &redact_url(&self.url))
+            .field("pool_size", &self.pool_size)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("command_timeout", &self.command_timeout)
+            .field("tls_root_cert", &self.tls_root_cert_pem.is_some())
+            .field("tls_client_cert", &self.tls_client_cert_pem.is_some())
+            .finish()
+    }
 }
 
 impl RedisStoreBuilder {
@@ -158,18 +174,20 @@ impl RedisStoreBuilder {
             .set_connection_timeout(Some(self.connect_timeout))
             .set_response_timeout(Some(self.command_timeout))
             .set_pipeline_buffer_size(PIPELINE_BUFFER_SIZE)
-            // Reconnects happen on the next command; bounded retries keep a dead server from
-            // holding callers, who are bounded by the command timeout anyway.
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
+            // One connection attempt per reconnect: retries with back-off would hold the
+            // callers waiting on the reconnect for seconds while Redis refuses. The next
+            // command after a failure starts a new attempt.
+            .set_number_of_retries(0);
         let connections = (0..self.pool_size)
             .map(|_| {
                 ConnectionManager::new_lazy_with_config(client.clone(), manager_config.clone())
+                    .map(RwLock::new)
             })
             .collect::<redis::RedisResult<Vec<_>>>()?;
         Ok(RedisStore {
             inner: Arc::new(RedisInner {
                 client,
+                manager_config,
                 connections,
                 next: AtomicUsize::new(0),
                 redacted_url,
@@ -213,18 +231,41 @@ fn install_crypto_provider() {
     }
 }
 
-/// The URL with any password replaced, for logs and `Debug`.
-fn redact_url(url: &str) -> String {
+fn read_lock<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    // Writers only swap in a whole new value, so a poisoned lock still holds a usable one.
+    lock.read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The URL with any password (user info, or a `pass`/`password` query parameter as
+/// `redis+unix` URLs carry it) replaced, for logs and `Debug`.
+pub(crate) fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return "<unparseable url>".to_owned();
     };
-    match rest.rsplit_once('@') {
+    let (location, query) = match rest.split_once('?') {
+        Some((location, query)) => (location, Some(query)),
+        None => (rest, None),
+    };
+    let mut redacted = match location.rsplit_once('@') {
         Some((userinfo, host)) => {
             let user = userinfo.split(':').next().unwrap_or_default();
             format!("{scheme}://{user}:***@{host}")
         }
-        None => url.to_owned(),
+        None => format!("{scheme}://{location}"),
+    };
+    if let Some(query) = query {
+        let params: Vec<String> = query
+            .split('&')
+            .map(|param| match param.split_once('=') {
+                Some((name, _)) if matches!(name, "pass" | "password") => format!("{name}=***"),
+                _ => param.to_owned(),
+            })
+            .collect();
+        redacted.push('?');
+        redacted.push_str(&params.join("&"));
     }
+    redacted
 }
 
 impl RedisStore {
@@ -246,9 +287,44 @@ impl RedisStore {
         self.inner.connections.len()
     }
 
-    fn connection(&self) -> ConnectionManager {
-        let i = self.inner.next.fetch_add(1, Ordering::Relaxed) % self.inner.connections.len();
-        self.inner.connections[i].clone()
+    /// Run one command on the next connection of the round-robin.
+    async fn run<T, F, Fut>(&self, command: F) -> Result<T>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        let slot = self.inner.next.fetch_add(1, Ordering::Relaxed) % self.inner.connections.len();
+        let connection = read_lock(&self.inner.connections[slot]).clone();
+        let result = command(connection).await;
+        if let Err(err) = &result {
+            self.replace_if_stuck(slot, err);
+        }
+        Ok(result?)
+    }
+
+    async fn query<T: redis::FromRedisValue>(&self, command: &redis::Cmd) -> Result<T> {
+        self.run(|mut connection| async move { command.query_async(&mut connection).await })
+            .await
+    }
+
+    /// `ConnectionManager` reconnects only after I/O errors; a connection whose handshake
+    /// was refused (a wrong or rotated password) would fail forever. Replace it with a fresh
+    /// lazy one, so the next call dials again; the circuit breaker bounds how often.
+    fn replace_if_stuck(&self, slot: usize, err: &redis::RedisError) {
+        if err.kind() != redis::ErrorKind::AuthenticationFailed {
+            return;
+        }
+        match ConnectionManager::new_lazy_with_config(
+            self.inner.client.clone(),
+            self.inner.manager_config.clone(),
+        ) {
+            Ok(fresh) => {
+                *self.inner.connections[slot]
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = fresh;
+            }
+            Err(rebuild) => tracing::warn!(error = %rebuild, "cannot rebuild a redis connection"),
+        }
     }
 
     async fn open_pubsub(&self, channel: &str) -> Result<PubSub> {
@@ -274,10 +350,7 @@ impl Store for RedisStore {
     }
 
     async fn get(&self, key: &str) -> Result<Option<Bytes>> {
-        let value: Option<Vec<u8>> = redis::cmd("GET")
-            .arg(key)
-            .query_async(&mut self.connection())
-            .await?;
+        let value: Option<Vec<u8>> = self.query(redis::cmd("GET").arg(key)).await?;
         Ok(value.map(Bytes::from))
     }
 
@@ -285,23 +358,20 @@ impl Store for RedisStore {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let values: Vec<Option<Vec<u8>>> = redis::cmd("MGET")
-            .arg(keys)
-            .query_async(&mut self.connection())
-            .await?;
+        let values: Vec<Option<Vec<u8>>> = self.query(redis::cmd("MGET").arg(keys)).await?;
         Ok(values.into_iter().map(|v| v.map(Bytes::from)).collect())
     }
 
     async fn set(&self, key: &str, value: Bytes, ttl: Duration) -> Result<()> {
         let millis = ttl_millis(ttl)?;
-        redis::cmd("SET")
-            .arg(key)
-            .arg(value.as_ref())
-            .arg("PX")
-            .arg(millis)
-            .query_async::<()>(&mut self.connection())
-            .await?;
-        Ok(())
+        self.query::<()>(
+            redis::cmd("SET")
+                .arg(key)
+                .arg(value.as_ref())
+                .arg("PX")
+                .arg(millis),
+        )
+        .await
     }
 
     async fn set_many(&self, entries: &[StoreEntry]) -> Result<()> {
@@ -320,8 +390,9 @@ impl Store for RedisStore {
                 .arg(ttl_millis(entry.ttl)?)
                 .ignore();
         }
-        pipeline.query_async::<()>(&mut self.connection()).await?;
-        Ok(())
+        let pipeline = &pipeline;
+        self.run(|mut connection| async move { pipeline.query_async::<()>(&mut connection).await })
+            .await
     }
 
     async fn delete(&self, key: &str) -> Result<bool> {
@@ -333,42 +404,40 @@ impl Store for RedisStore {
             return Ok(0);
         }
         // UNLINK frees large values off Redis' main thread.
-        let removed: u64 = redis::cmd("UNLINK")
-            .arg(keys)
-            .query_async(&mut self.connection())
-            .await?;
-        Ok(removed)
+        self.query(redis::cmd("UNLINK").arg(keys)).await
     }
 
     async fn set_if_absent(&self, key: &str, value: Bytes, ttl: Duration) -> Result<bool> {
         let millis = ttl_millis(ttl)?;
-        let reply: Option<String> = redis::cmd("SET")
-            .arg(key)
-            .arg(value.as_ref())
-            .arg("NX")
-            .arg("PX")
-            .arg(millis)
-            .query_async(&mut self.connection())
+        let reply: Option<String> = self
+            .query(
+                redis::cmd("SET")
+                    .arg(key)
+                    .arg(value.as_ref())
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(millis),
+            )
             .await?;
         Ok(reply.is_some())
     }
 
     async fn compare_and_delete(&self, key: &str, expected: &[u8]) -> Result<bool> {
+        let script = &self.inner.compare_and_delete;
         let removed: u64 = self
-            .inner
-            .compare_and_delete
-            .key(key)
-            .arg(expected)
-            .invoke_async(&mut self.connection())
+            .run(|mut connection| async move {
+                script
+                    .key(key)
+                    .arg(expected)
+                    .invoke_async(&mut connection)
+                    .await
+            })
             .await?;
         Ok(removed > 0)
     }
 
     async fn ttl(&self, key: &str) -> Result<KeyTtl> {
-        let millis: i64 = redis::cmd("PTTL")
-            .arg(key)
-            .query_async(&mut self.connection())
-            .await?;
+        let millis: i64 = self.query(redis::cmd("PTTL").arg(key)).await?;
         Ok(match millis {
             -2 => KeyTtl::Missing,
             -1 => KeyTtl::Persistent,
@@ -377,12 +446,8 @@ impl Store for RedisStore {
     }
 
     async fn publish(&self, channel: &str, message: Bytes) -> Result<u64> {
-        let receivers: u64 = redis::cmd("PUBLISH")
-            .arg(channel)
-            .arg(message.as_ref())
-            .query_async(&mut self.connection())
-            .await?;
-        Ok(receivers)
+        self.query(redis::cmd("PUBLISH").arg(channel).arg(message.as_ref()))
+            .await
     }
 
     async fn subscribe(&self, channel: &str) -> Result<Subscription> {
@@ -398,10 +463,7 @@ impl Store for RedisStore {
     }
 
     async fn ping(&self) -> Result<()> {
-        redis::cmd("PING")
-            .query_async::<()>(&mut self.connection())
-            .await?;
-        Ok(())
+        self.query::<()>(&redis::cmd("PING")).await
     }
 }
 
@@ -475,6 +537,17 @@ mod tests {
         );
         assert_eq!(redact_url("rediss://:s3cret@host"), "rediss://:***@host");
         assert_eq!(redact_url("redis://host:6379"), "redis://host:6379");
+        assert_eq!(
+            redact_url("redis+unix:///run/redis.sock?db=2&pass=s3cret"),
+            "redis+unix:///run/redis.sock?db=2&pass=***"
+        );
+        let builder =
+            RedisStore::builder("redis://u:s3cret@h/1").tls_client_cert_pem("CERT", "KEY");
+        let shown = format!("{builder:?}");
+        assert!(
+            !shown.contains("s3cret") && !shown.contains("KEY"),
+            "{shown}"
+        );
     }
 
     /// Bad settings are refused at build time with a config error, not at the first command.
