@@ -22,6 +22,7 @@ const START_ATTEMPTS: usize = 5;
 #[derive(Debug, Default, Clone)]
 pub struct RedisServerBuilder {
     tls: bool,
+    client_certs_required: bool,
     acl_users: Vec<(String, String)>,
     extra_args: Vec<String>,
     cpu: Option<usize>,
@@ -31,6 +32,13 @@ impl RedisServerBuilder {
     /// Also listen for TLS on a second port, with a freshly generated CA and certificate.
     pub fn tls(mut self) -> Self {
         self.tls = true;
+        self
+    }
+
+    /// With [`tls`](Self::tls): refuse TLS clients without a certificate signed by the CA
+    /// (mutual TLS).
+    pub fn require_client_certs(mut self) -> Self {
+        self.client_certs_required = true;
         self
     }
 
@@ -222,7 +230,12 @@ impl RedisServer {
                 .arg(&certs.server_key_file)
                 .arg("--tls-ca-cert-file")
                 .arg(&certs.ca_cert_file)
-                .args(["--tls-auth-clients", "no"]);
+                .arg("--tls-auth-clients")
+                .arg(if self.options.client_certs_required {
+                    "yes"
+                } else {
+                    "no"
+                });
         }
         for (name, password) in &self.options.acl_users {
             // Each word is its own argument: redis-server joins them into one config line.

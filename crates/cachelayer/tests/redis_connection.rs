@@ -30,6 +30,33 @@ async fn tls_with_trusted_ca_round_trips() {
     assert_eq!(server.cli(["GET", "k"]), "over tls");
 }
 
+/// Mutual TLS: a server that requires client certificates refuses a client without one and
+/// accepts one that presents a certificate signed by its CA.
+#[tokio::test]
+async fn mutual_tls_with_client_certificate() {
+    let server = RedisServer::builder().tls().require_client_certs().start();
+    let certificates = server.certificates().expect("tls certificates");
+    let url = server.tls_url().expect("tls url");
+    let anonymous = RedisStore::builder(url.clone())
+        .tls_root_cert_pem(certificates.ca_cert_pem.clone())
+        .build()
+        .expect("store");
+    let err = anonymous.ping().await.expect_err("no client certificate");
+    assert!(err.is_unavailable(), "{err:?}");
+    let identified = RedisStore::builder(url)
+        .tls_root_cert_pem(certificates.ca_cert_pem.clone())
+        .tls_client_cert_pem(
+            certificates.client_cert_pem.clone(),
+            certificates.client_key_pem.clone(),
+        )
+        .build()
+        .expect("store");
+    identified
+        .ping()
+        .await
+        .expect("client certificate accepted");
+}
+
 /// A server certificate from an unknown CA is refused: the TLS check is real.
 #[tokio::test]
 async fn tls_with_untrusted_ca_is_refused() {
