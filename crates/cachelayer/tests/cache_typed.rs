@@ -91,12 +91,7 @@ async fn messagepack_round_trips(backend: Backend) {
         .build()
         .expect("cache");
     writer.insert("p", &product(9)).await.expect("insert");
-    let raw = backend
-        .store
-        .get(&writer.full_key("p"))
-        .await
-        .expect("get")
-        .expect("stored");
+    let raw = backend.raw(&writer, "p").await.expect("stored");
     let header = EnvelopeHeader::parse(&raw).expect("header");
     assert_eq!(header.serialization, Serialization::MessagePack);
     let json_reader = backend.cache();
@@ -107,12 +102,7 @@ async fn messagepack_round_trips(backend: Backend) {
 async fn json_payload_is_readable(backend: Backend) {
     let cache = backend.cache();
     cache.insert("p", &product(2)).await.expect("insert");
-    let raw = backend
-        .store
-        .get(&cache.full_key("p"))
-        .await
-        .expect("get")
-        .expect("stored");
+    let raw = backend.raw(&cache, "p").await.expect("stored");
     assert_eq!(&raw[..2], b"CL");
     let json: serde_json::Value = serde_json::from_slice(&raw[HEADER_LEN..]).expect("plain JSON");
     assert_eq!(json["name"], "Product 2");
@@ -131,12 +121,7 @@ async fn compression_threshold_boundary(backend: Backend) {
         let value = "a".repeat(len - 2);
         let key = format!("len{len}");
         cache.insert(key.as_str(), &value).await.expect("insert");
-        let raw = backend
-            .store
-            .get(&cache.full_key(key.as_str()))
-            .await
-            .expect("get")
-            .expect("stored");
+        let raw = backend.raw(&cache, key.as_str()).await.expect("stored");
         let header = EnvelopeHeader::parse(&raw).expect("header");
         assert_eq!(header.payload_len as usize, len);
         assert_eq!(header.compression, expected, "payload of {len} bytes");
@@ -166,12 +151,7 @@ async fn compression_can_be_off(backend: Backend) {
         .insert("big", &"b".repeat(10_000))
         .await
         .expect("insert");
-    let raw = backend
-        .store
-        .get(&cache.full_key("big"))
-        .await
-        .expect("get")
-        .expect("stored");
+    let raw = backend.raw(&cache, "big").await.expect("stored");
     assert_eq!(
         EnvelopeHeader::parse(&raw).expect("header").compression,
         Compression::None
@@ -197,10 +177,7 @@ async fn zero_ttl_means_do_not_cache(backend: Backend) {
         .insert_with_ttl("k", &1u8, Duration::ZERO)
         .await
         .expect("insert");
-    assert_eq!(
-        backend.store.get(&cache.full_key("k")).await.expect("get"),
-        None
-    );
+    assert_eq!(backend.raw(&cache, "k").await, None);
 
     cache.insert("cached", &1u8).await.expect("insert");
     let value = cache
@@ -259,12 +236,7 @@ async fn ttl_jitter_spreads_expiry(backend: Backend) {
         "not spread: {min:?}..{max:?}"
     );
     // The header keeps the TTL that was asked for, before jitter.
-    let raw = backend
-        .store
-        .get(&cache.full_key("j0"))
-        .await
-        .expect("get")
-        .expect("stored");
+    let raw = backend.raw(&cache, "j0").await.expect("stored");
     assert_eq!(EnvelopeHeader::parse(&raw).expect("header").ttl, ttl);
 }
 
@@ -344,10 +316,7 @@ async fn loader_errors_are_not_cached(backend: Backend) {
         .try_get_with("k", MINUTE, async { Err("db down") })
         .await;
     assert_eq!(result, Err("db down"));
-    assert_eq!(
-        backend.store.get(&cache.full_key("k")).await.expect("get"),
-        None
-    );
+    assert_eq!(backend.raw(&cache, "k").await, None);
     let result: Result<u8, &str> = cache.try_get_with("k", MINUTE, async { Ok(4) }).await;
     assert_eq!(result, Ok(4));
     assert_eq!(cache.get::<u8>("k").await, Some(4));
@@ -393,12 +362,7 @@ async fn batch_of_a_thousand(backend: Backend) {
 async fn unreadable_entries_are_misses_and_deleted(backend: Backend) {
     let cache = backend.cache();
     cache.insert("good", &product(1)).await.expect("insert");
-    let good = backend
-        .store
-        .get(&cache.full_key("good"))
-        .await
-        .expect("get")
-        .expect("stored");
+    let good = backend.raw(&cache, "good").await.expect("stored");
     let mut newer_version = good.to_vec();
     newer_version[2] = 99;
     let cases: Vec<(&str, Vec<u8>)> = vec![
@@ -414,22 +378,11 @@ async fn unreadable_entries_are_misses_and_deleted(backend: Backend) {
             .await
             .expect("set raw");
         assert_eq!(cache.get::<Product>(*key).await, None, "{key}");
-        assert_eq!(
-            backend.store.get(&cache.full_key(*key)).await.expect("get"),
-            None,
-            "{key} deleted"
-        );
+        assert_eq!(backend.raw(&cache, *key).await, None, "{key} deleted");
     }
     // Another type's shape: a valid envelope that is not a `Product`.
     assert_eq!(cache.get::<Vec<u32>>("good").await, None);
-    assert_eq!(
-        backend
-            .store
-            .get(&cache.full_key("good"))
-            .await
-            .expect("get"),
-        None
-    );
+    assert_eq!(backend.raw(&cache, "good").await, None);
     // And the loader replaces an unreadable entry with a good one.
     backend
         .store
@@ -454,14 +407,7 @@ async fn unreadable_entries_in_a_batch(backend: Backend) {
         .expect("set");
     let values = cache.get_many::<u32, _>(["ok", "bad"]).await;
     assert_eq!(values, vec![Some(1), None]);
-    assert_eq!(
-        backend
-            .store
-            .get(&cache.full_key("bad"))
-            .await
-            .expect("get"),
-        None
-    );
+    assert_eq!(backend.raw(&cache, "bad").await, None);
 }
 
 /// Values that cannot be serialized are an encode error, and nothing is written.

@@ -48,6 +48,18 @@ impl Backend {
             .ttl_jitter(0.0)
     }
 
+    /// The raw bytes stored under `key` in `cache`'s namespace, read past the typed API.
+    pub async fn raw(
+        &self,
+        cache: &Cache,
+        key: impl Into<cachelayer::Key>,
+    ) -> Option<bytes::Bytes> {
+        self.store
+            .get(&cache.full_key(key))
+            .await
+            .expect("raw store read")
+    }
+
     /// The Redis server, for tests that only make sense against Redis.
     pub fn server(&self) -> &RedisServer {
         self.server.as_ref().expect("a redis backend")
