@@ -71,6 +71,23 @@ async fn tls_with_untrusted_ca_is_refused() {
     assert!(err.is_connection(), "{err:?}");
 }
 
+/// `#insecure` skips certificate checks (development only): the same untrusted server that
+/// is refused above is accepted.
+#[tokio::test]
+async fn tls_insecure_fragment_skips_verification() {
+    let server = RedisServer::builder().tls().start();
+    let url = format!("{}/#insecure", server.tls_url().expect("tls url"));
+    let store = RedisStore::builder(url).build().expect("store");
+    store.ping().await.expect("verification skipped");
+    let strict = RedisStore::builder(server.tls_url().expect("tls url"))
+        .build()
+        .expect("store");
+    assert!(
+        strict.ping().await.is_err(),
+        "system roots do not trust the test CA"
+    );
+}
+
 /// `CacheConfig` reads the CA from a file and caches over TLS.
 #[tokio::test]
 async fn config_with_ca_file_uses_tls() {
