@@ -19,15 +19,35 @@ use product_docs::{Product, products_of_json_size};
 const KEYS: usize = 10;
 const TTL: Duration = Duration::from_secs(600);
 
+/// The bench process is meant to run under `taskset -c 0`; its redis-server goes to core 1
+/// so client and server never share a core. The machine's online CPUs decide, not this
+/// process's affinity mask (which `taskset` narrows to one core).
 fn server() -> RedisServer {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let builder = RedisServer::builder();
-    if cores > 1 {
+    if online_cpus() > 1 {
         builder.pin_to_cpu(1)
     } else {
         builder
     }
     .start()
+}
+
+/// Online CPUs from `/sys/devices/system/cpu/online` ("0-1", "0,2-3"); 1 when unreadable.
+fn online_cpus() -> usize {
+    let Ok(list) = std::fs::read_to_string("/sys/devices/system/cpu/online") else {
+        return 1;
+    };
+    list.trim()
+        .split(',')
+        .map(|range| match range.split_once('-') {
+            Some((from, to)) => match (from.parse::<usize>(), to.parse::<usize>()) {
+                (Ok(from), Ok(to)) if to >= from => to - from + 1,
+                _ => 0,
+            },
+            None => usize::from(range.parse::<usize>().is_ok()),
+        })
+        .sum::<usize>()
+        .max(1)
 }
 
 /// One client thread, so the client stays on the core `taskset` gives the bench.

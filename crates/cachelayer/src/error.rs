@@ -121,8 +121,7 @@ impl From<redis::RedisError> for Error {
         let kind = if err.is_timeout() {
             ErrorKind::Timeout
         } else if is_not_ready(&err) {
-            // LOADING, MASTERDOWN, TRYAGAIN: the server is there but cannot serve yet, which
-            // for a cache is the same as unreachable (and should count against the breaker).
+            // The server is there but cannot serve: count it against the breaker.
             ErrorKind::Connection
         } else if err.is_io_error()
             || err.is_connection_dropped()
@@ -153,11 +152,16 @@ impl From<redis::RedisError> for Error {
     }
 }
 
+/// Replies meaning "this server cannot serve now" (loading, no primary, busy with a script,
+/// a demoted primary, credentials refused): for a cache the same as unreachable.
 fn is_not_ready(err: &redis::RedisError) -> bool {
-    use redis::ServerErrorKind::{BusyLoading, MasterDown, TryAgain};
+    use redis::ServerErrorKind::{BusyLoading, MasterDown, ReadOnly, TryAgain};
     matches!(
         err.kind(),
-        redis::ErrorKind::Server(BusyLoading | MasterDown | TryAgain)
+        redis::ErrorKind::Server(BusyLoading | MasterDown | TryAgain | ReadOnly)
+    ) || matches!(
+        err.code(),
+        Some("BUSY" | "LOADING" | "MASTERDOWN" | "READONLY" | "WRONGPASS" | "NOAUTH")
     )
 }
 
@@ -170,6 +174,34 @@ mod tests {
     fn kind_labels_are_stable() {
         assert_eq!(ErrorKind::Timeout.as_str(), "timeout");
         assert_eq!(ErrorKind::CircuitOpen.to_string(), "circuit_open");
+    }
+
+    /// "Not ready" replies are connection errors (they trip the breaker); other error
+    /// replies are server errors.
+    #[test]
+    fn not_ready_replies_map_to_connection() {
+        // Parsed from the wire, as the client sees them.
+        let reply = |code: &str| -> redis::RedisError {
+            match redis::parse_redis_value(format!("-{code} detail\r\n").as_bytes()) {
+                Ok(redis::Value::ServerError(err)) => err.into(),
+                other => panic!("not an error reply: {other:?}"),
+            }
+        };
+        for code in [
+            "LOADING",
+            "BUSY",
+            "MASTERDOWN",
+            "READONLY",
+            "WRONGPASS",
+            "NOAUTH",
+        ] {
+            assert_eq!(
+                Error::from(reply(code)).kind(),
+                ErrorKind::Connection,
+                "{code}"
+            );
+        }
+        assert_eq!(Error::from(reply("WRONGTYPE")).kind(), ErrorKind::Server);
     }
 
     /// Unavailability covers exactly the failures that should trip the breaker.

@@ -161,12 +161,13 @@ async fn compression_can_be_off(backend: Backend) {
 /// Entries disappear after their TTL.
 async fn entries_expire(backend: Backend) {
     let cache = backend.cache();
+    // Long enough that a loaded machine still reads it back before expiry.
     cache
-        .insert_with_ttl("k", &1u8, Duration::from_millis(300))
+        .insert_with_ttl("k", &1u8, Duration::from_secs(1))
         .await
         .expect("insert");
     assert_eq!(cache.get::<u8>("k").await, Some(1));
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::time::sleep(Duration::from_millis(1300)).await;
     assert_eq!(cache.get::<u8>("k").await, None);
 }
 
@@ -484,7 +485,7 @@ on_every_store!(
 /// round trip `benches/redis_round_trips.rs` measures).
 #[tokio::test]
 async fn batches_use_one_round_trip_on_redis() {
-    let backend = Backend::redis();
+    let backend = Backend::redis().await;
     let cache = backend.cache();
     let server = backend.server();
     server.reset_stats();
@@ -502,7 +503,7 @@ async fn batches_use_one_round_trip_on_redis() {
 /// is deleted.
 #[tokio::test]
 async fn garbage_written_by_redis_cli_is_deleted() {
-    let backend = Backend::redis();
+    let backend = Backend::redis().await;
     let cache = backend.cache();
     let key = cache.full_key("product:1");
     backend.server().set_raw(&key, b"\x01\x02garbage\xff");

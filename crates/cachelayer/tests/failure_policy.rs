@@ -62,6 +62,7 @@ async fn wait_until_cached(cache: &Cache, deadline: Duration) -> bool {
 async fn redis_stopped_mid_test_fails_open() {
     let mut server = RedisServer::start();
     let cache = cache_on(&server, 1000);
+    cache.ping().await.expect("connected");
     cache.insert("k", &1u32).await.expect("insert");
     assert_eq!(cache.get::<u32>("k").await, Some(1));
 
@@ -115,14 +116,34 @@ async fn breaker_opens_skips_redis_and_closes() {
     let cache = cache_with_cool_down(&server, 3, LONG_COOL_DOWN);
     assert_eq!(cache.breaker_state(), BreakerState::Closed);
 
+    cache.ping().await.expect("connected before the pause");
     // Pause every client: commands time out, which counts as failure.
     server.cli(["CLIENT", "PAUSE", "1500", "ALL"]);
-    for i in 0..3 {
-        assert_eq!(cache.get_with("k", MINUTE, async { i }).await, i);
+    for _ in 0..2 {
+        assert_eq!(cache.get::<u32>("k").await, None);
     }
-    assert_eq!(cache.breaker_state(), BreakerState::Open);
+    assert_eq!(
+        cache.breaker_state(),
+        BreakerState::Closed,
+        "two failures of three"
+    );
+    assert_eq!(cache.get::<u32>("k").await, None);
+    assert_eq!(
+        cache.breaker_state(),
+        BreakerState::Open,
+        "the third opens it"
+    );
+    assert_eq!(
+        cache.get_with("k", MINUTE, async { 7u32 }).await,
+        7,
+        "open: served by the loader"
+    );
     server.cli(["CLIENT", "UNPAUSE"]);
-
+    // The three timed-out GETs are still queued in Redis; let them run before counting.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while server.command_calls("get") < 3 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     server.reset_stats();
     for _ in 0..20 {
         assert_eq!(cache.get::<u32>("k").await, None);
@@ -147,6 +168,7 @@ async fn breaker_opens_skips_redis_and_closes() {
 async fn slow_redis_times_out_to_the_loader() {
     let server = RedisServer::start();
     let cache = cache_on(&server, 1000);
+    cache.ping().await.expect("connected");
     cache.insert("k", &1u32).await.expect("insert");
     server.cli(["CLIENT", "PAUSE", "3000", "ALL"]);
     let err = cache.ping().await.expect_err("paused");
@@ -180,6 +202,7 @@ async fn slow_redis_times_out_to_the_loader() {
 async fn server_errors_do_not_open_the_breaker() {
     let server = RedisServer::start();
     let cache = cache_on(&server, 2);
+    cache.ping().await.expect("connected");
     // A list under the key makes GET fail with WRONGTYPE.
     let key = cache.full_key("list");
     server.cli(["RPUSH", key.as_str(), "x"]);

@@ -33,6 +33,11 @@ pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_millis(250);
 /// Commands queued per connection before callers wait; the client's default of 50 is too
 /// small for a busy web server.
 const PIPELINE_BUFFER_SIZE: usize = 1024;
+/// Idle time before TCP keepalive probes a connection, and the interval between probes.
+const TCP_KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
+/// How long sent data may stay unacknowledged before the kernel drops the connection.
+#[cfg(any(target_os = "android", target_os = "fuchsia", target_os = "linux"))]
+const TCP_USER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest pause between attempts to re-establish a dropped subscription.
 const MAX_RESUBSCRIBE_DELAY: Duration = Duration::from_secs(2);
 
@@ -70,7 +75,7 @@ pub struct RedisStore {
 struct RedisInner {
     client: Client,
     manager_config: ConnectionManagerConfig,
-    connections: Vec<RwLock<ConnectionManager>>,
+    connections: Vec<RwLock<Slot>>,
     next: AtomicUsize,
     redacted_url: String,
     connect_timeout: Duration,
@@ -84,6 +89,13 @@ impl std::fmt::Debug for RedisStore {
             .field("pool_size", &self.inner.connections.len())
             .finish()
     }
+}
+
+/// One pooled connection and a generation that changes when it is replaced, so a late
+/// error from a replaced connection cannot throw away its successor.
+struct Slot {
+    generation: u64,
+    connection: ConnectionManager,
 }
 
 /// Builds a [`RedisStore`].
@@ -180,8 +192,14 @@ impl RedisStoreBuilder {
             .set_number_of_retries(0);
         let connections = (0..self.pool_size)
             .map(|_| {
-                ConnectionManager::new_lazy_with_config(client.clone(), manager_config.clone())
-                    .map(RwLock::new)
+                ConnectionManager::new_lazy_with_config(client.clone(), manager_config.clone()).map(
+                    |connection| {
+                        RwLock::new(Slot {
+                            generation: 0,
+                            connection,
+                        })
+                    },
+                )
             })
             .collect::<redis::RedisResult<Vec<_>>>()?;
         Ok(RedisStore {
@@ -198,13 +216,14 @@ impl RedisStoreBuilder {
     }
 
     fn client(&self) -> redis::RedisResult<Client> {
-        install_crypto_provider();
+        if self.url.starts_with("rediss") {
+            install_crypto_provider();
+        }
         let info = self
             .url
             .as_str()
             .into_connection_info()?
-            // Nagle's algorithm adds up to 40 ms to small request/reply exchanges.
-            .set_tcp_settings(TcpSettings::default().set_nodelay(true));
+            .set_tcp_settings(tcp_settings());
         if self.tls_root_cert_pem.is_none() && self.tls_client_cert_pem.is_none() {
             return Client::open(info);
         }
@@ -222,6 +241,23 @@ impl RedisStoreBuilder {
     }
 }
 
+/// Nagle's algorithm adds up to 40 ms to small request/reply exchanges, so it is off. A peer
+/// that vanishes without resetting the connection (a host lost, a failover behind a
+/// virtual IP) would otherwise keep every pooled socket, and every breaker probe, waiting
+/// on it for the kernel's default of about 15 minutes: keepalive finds idle dead sockets
+/// (subscriptions), and TCP_USER_TIMEOUT bounds how long sent commands may go unacknowledged.
+fn tcp_settings() -> TcpSettings {
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(TCP_KEEPALIVE_IDLE)
+        .with_interval(TCP_KEEPALIVE_IDLE);
+    let settings = TcpSettings::default()
+        .set_nodelay(true)
+        .set_keepalive(keepalive);
+    #[cfg(any(target_os = "android", target_os = "fuchsia", target_os = "linux"))]
+    let settings = settings.set_user_timeout(TCP_USER_TIMEOUT);
+    settings
+}
+
 /// The `redis` crate's rustls support picks no crypto provider, and rustls panics at the
 /// first handshake without one; install ring unless the application already chose.
 fn install_crypto_provider() {
@@ -229,6 +265,15 @@ fn install_crypto_provider() {
         // Losing a race to another installer is fine: some provider is then in place.
         let _ = rustls::crypto::ring::default_provider().install_default();
     }
+}
+
+/// `ConnectionManager` reconnects only after I/O errors. A connection whose handshake was
+/// refused (a wrong or rotated password: AuthenticationFailed, or `WRONGPASS` under RESP3)
+/// or that is left on a demoted primary (`READONLY` after a failover) would fail forever, so
+/// those errors replace it; the circuit breaker bounds how often.
+fn needs_new_connection(err: &redis::RedisError) -> bool {
+    err.kind() == redis::ErrorKind::AuthenticationFailed
+        || matches!(err.code(), Some("WRONGPASS" | "NOAUTH" | "READONLY"))
 }
 
 fn read_lock<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
@@ -243,27 +288,33 @@ pub(crate) fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return "<unparseable url>".to_owned();
     };
-    let (location, query) = match rest.split_once('?') {
-        Some((location, query)) => (location, Some(query)),
-        None => (rest, None),
+    // User info ends at the last '@' (a password may itself hold '?', '/' or '@').
+    let (userinfo, location) = match rest.rsplit_once('@') {
+        Some((userinfo, location)) => (Some(userinfo), location),
+        None => (None, rest),
     };
-    let mut redacted = match location.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split(':').next().unwrap_or_default();
-            format!("{scheme}://{user}:***@{host}")
+    let mut redacted = format!("{scheme}://");
+    if let Some(userinfo) = userinfo {
+        let user = userinfo.split(':').next().unwrap_or_default();
+        redacted.push_str(user);
+        redacted.push_str(":***@");
+    }
+    match location.split_once('?') {
+        None => redacted.push_str(location),
+        Some((path, query)) => {
+            let params: Vec<String> = query
+                .split('&')
+                .map(|param| match param.split_once('=') {
+                    Some((name, _)) if matches!(name, "pass" | "password") => {
+                        format!("{name}=***")
+                    }
+                    _ => param.to_owned(),
+                })
+                .collect();
+            redacted.push_str(path);
+            redacted.push('?');
+            redacted.push_str(&params.join("&"));
         }
-        None => format!("{scheme}://{location}"),
-    };
-    if let Some(query) = query {
-        let params: Vec<String> = query
-            .split('&')
-            .map(|param| match param.split_once('=') {
-                Some((name, _)) if matches!(name, "pass" | "password") => format!("{name}=***"),
-                _ => param.to_owned(),
-            })
-            .collect();
-        redacted.push('?');
-        redacted.push_str(&params.join("&"));
     }
     redacted
 }
@@ -294,10 +345,15 @@ impl RedisStore {
         Fut: Future<Output = redis::RedisResult<T>>,
     {
         let slot = self.inner.next.fetch_add(1, Ordering::Relaxed) % self.inner.connections.len();
-        let connection = read_lock(&self.inner.connections[slot]).clone();
+        let (generation, connection) = {
+            let current = read_lock(&self.inner.connections[slot]);
+            (current.generation, current.connection.clone())
+        };
         let result = command(connection).await;
-        if let Err(err) = &result {
-            self.replace_if_stuck(slot, err);
+        if let Err(err) = &result
+            && needs_new_connection(err)
+        {
+            self.replace(slot, generation);
         }
         Ok(result?)
     }
@@ -307,11 +363,13 @@ impl RedisStore {
             .await
     }
 
-    /// `ConnectionManager` reconnects only after I/O errors; a connection whose handshake
-    /// was refused (a wrong or rotated password) would fail forever. Replace it with a fresh
-    /// lazy one, so the next call dials again; the circuit breaker bounds how often.
-    fn replace_if_stuck(&self, slot: usize, err: &redis::RedisError) {
-        if err.kind() != redis::ErrorKind::AuthenticationFailed {
+    /// Replace the connection in `slot` with a fresh lazy one, unless it was already
+    /// replaced since `generation` was read (the next call then dials again).
+    fn replace(&self, slot: usize, generation: u64) {
+        let mut current = self.inner.connections[slot]
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if current.generation != generation {
             return;
         }
         match ConnectionManager::new_lazy_with_config(
@@ -319,9 +377,8 @@ impl RedisStore {
             self.inner.manager_config.clone(),
         ) {
             Ok(fresh) => {
-                *self.inner.connections[slot]
-                    .write()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner) = fresh;
+                current.connection = fresh;
+                current.generation += 1;
             }
             Err(rebuild) => tracing::warn!(error = %rebuild, "cannot rebuild a redis connection"),
         }
@@ -537,6 +594,8 @@ mod tests {
         );
         assert_eq!(redact_url("rediss://:s3cret@host"), "rediss://:***@host");
         assert_eq!(redact_url("redis://host:6379"), "redis://host:6379");
+        assert_eq!(redact_url("redis://u:pa?ss@h:1/0"), "redis://u:***@h:1/0");
+        assert_eq!(redact_url("redis://u:p@ss@h"), "redis://u:***@h");
         assert_eq!(
             redact_url("redis+unix:///run/redis.sock?db=2&pass=s3cret"),
             "redis+unix:///run/redis.sock?db=2&pass=***"
@@ -564,6 +623,28 @@ mod tests {
         assert_eq!(
             err.map(|_| ()).map_err(|e| e.kind()),
             Err(ErrorKind::Config)
+        );
+    }
+
+    /// Errors that leave a connection unusable for good are the ones that replace it.
+    #[test]
+    fn stuck_connection_errors() {
+        let reply = |code: &str| -> redis::RedisError {
+            match redis::parse_redis_value(format!("-{code} detail\r\n").as_bytes()) {
+                Ok(redis::Value::ServerError(err)) => err.into(),
+                other => panic!("not an error reply: {other:?}"),
+            }
+        };
+        for code in ["WRONGPASS", "NOAUTH", "READONLY"] {
+            assert!(needs_new_connection(&reply(code)), "{code}");
+        }
+        assert!(!needs_new_connection(&reply("WRONGTYPE")));
+        let refused = redis::RedisError::from((redis::ErrorKind::AuthenticationFailed, "refused"));
+        assert!(needs_new_connection(&refused));
+        let io = redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
+        assert!(
+            !needs_new_connection(&io),
+            "the manager itself reconnects after I/O errors"
         );
     }
 

@@ -18,9 +18,11 @@ pub struct Backend {
 
 impl Backend {
     /// A fresh `redis-server` on a free port and a store connected to it.
-    pub fn redis() -> Self {
+    pub async fn redis() -> Self {
         let server = RedisServer::start();
         let store = redis_store(&server.url());
+        // Connect before the test starts, so its first call is not also the first dial.
+        store.ping().await.expect("a fresh redis-server answers");
         Self {
             store: Arc::new(store),
             server: Some(server),
@@ -42,10 +44,13 @@ impl Backend {
 
     /// A builder over this backend's store, for tests that tune settings.
     pub fn cache_builder(&self) -> CacheBuilder {
+        // A generous timeout: these tests check behaviour, and a write dropped because a
+        // loaded CI machine answered in 300 ms would fail them for the wrong reason.
         Cache::builder()
             .shared_store(self.store.clone())
             .namespace("test")
             .ttl_jitter(0.0)
+            .command_timeout(Duration::from_secs(5))
     }
 
     /// The raw bytes stored under `key` in `cache`'s namespace, read past the typed API.
@@ -84,7 +89,7 @@ macro_rules! on_every_store {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $test() {
-                    super::$test(super::support::Backend::redis()).await;
+                    super::$test(super::support::Backend::redis().await).await;
                 }
             )*
         }
