@@ -165,6 +165,15 @@ fn is_not_ready(err: &redis::RedisError) -> bool {
     )
 }
 
+/// An error reply with `code`, parsed from the wire as the client sees it (for tests).
+#[cfg(test)]
+pub(crate) fn error_reply(code: &str) -> redis::RedisError {
+    match redis::parse_redis_value(format!("-{code} detail\r\n").as_bytes()) {
+        Ok(redis::Value::ServerError(err)) => err.into(),
+        other => panic!("not an error reply: {other:?}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -180,13 +189,7 @@ mod tests {
     /// replies are server errors.
     #[test]
     fn not_ready_replies_map_to_connection() {
-        // Parsed from the wire, as the client sees them.
-        let reply = |code: &str| -> redis::RedisError {
-            match redis::parse_redis_value(format!("-{code} detail\r\n").as_bytes()) {
-                Ok(redis::Value::ServerError(err)) => err.into(),
-                other => panic!("not an error reply: {other:?}"),
-            }
-        };
+        let reply = error_reply;
         for code in [
             "LOADING",
             "BUSY",

@@ -629,12 +629,7 @@ mod tests {
     /// Errors that leave a connection unusable for good are the ones that replace it.
     #[test]
     fn stuck_connection_errors() {
-        let reply = |code: &str| -> redis::RedisError {
-            match redis::parse_redis_value(format!("-{code} detail\r\n").as_bytes()) {
-                Ok(redis::Value::ServerError(err)) => err.into(),
-                other => panic!("not an error reply: {other:?}"),
-            }
-        };
+        let reply = crate::error::error_reply;
         for code in ["WRONGPASS", "NOAUTH", "READONLY"] {
             assert!(needs_new_connection(&reply(code)), "{code}");
         }
