@@ -1,0 +1,62 @@
+#!/usr/bin/env python3
+"""Collect criterion's median estimates, and summarise repeated runs as BENCHMARKS.md quotes them.
+
+After each `cargo bench` run:   bench/criterion_medians.py > run-N.json
+After all runs:                  bench/criterion_medians.py --summarize run-1.json run-2.json run-3.json
+
+Prints, per benchmark, each run's median (µs) and the median of the runs, then the same-run
+ratios BENCHMARKS.md quotes.
+"""
+import json
+import os
+import statistics
+import sys
+
+CRITERION_DIR = os.path.join("target", "criterion")
+
+RATIOS = [
+    ("10 GET sequential / MGET", "redis_10_keys/get_sequential", "redis_10_keys/get_mget"),
+    ("10 GET sequential / pipeline", "redis_10_keys/get_sequential", "redis_10_keys/get_pipeline"),
+    ("10 SET sequential / pipeline", "redis_10_keys/set_sequential", "redis_10_keys/set_pipeline"),
+    ("10 typed get / get_many", "cache_10_keys/get_sequential", "cache_10_keys/get_many"),
+    ("100 GETs pool 4 / pool 1", "concurrent_100_gets/pool_4", "concurrent_100_gets/pool_1"),
+    ("encode 4 KB zstd / plain", "envelope/encode/zstd1_4148B", "envelope/encode/plain_4148B"),
+    ("decode 4 KB zstd / plain", "envelope/decode/zstd1_4148B", "envelope/decode/plain_4148B"),
+]
+
+
+def collect():
+    medians = {}
+    for root, _dirs, files in os.walk(CRITERION_DIR):
+        if root.endswith(os.sep + "new") and "estimates.json" in files:
+            name = os.path.relpath(os.path.dirname(root), CRITERION_DIR)
+            with open(os.path.join(root, "estimates.json")) as f:
+                medians[name] = json.load(f)["median"]["point_estimate"]  # nanoseconds
+    if not medians:
+        sys.exit(f"no criterion results under {CRITERION_DIR}; run cargo bench first")
+    json.dump(medians, sys.stdout, indent=1, sort_keys=True)
+    print()
+
+
+def summarize(paths):
+    runs = []
+    for path in paths:
+        with open(path) as f:
+            runs.append(json.load(f))
+    names = sorted(set.intersection(*(set(r) for r in runs)))
+    median = {}
+    for name in names:
+        values = [r[name] / 1000 for r in runs]
+        median[name] = statistics.median(values)
+        each = " ".join(f"{v:9.2f}" for v in values)
+        print(f"{name:40s} {each}   median {median[name]:9.2f} µs")
+    for label, num, den in RATIOS:
+        if num in median and den in median:
+            print(f"{label:32s} {median[num] / median[den]:.2f}")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--summarize":
+        summarize(sys.argv[2:])
+    else:
+        collect()
