@@ -14,10 +14,7 @@ use cachelayer::codec::{Codec, DEFAULT_MAX_VALUE_BYTES, EntryMeta};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use product_docs::{Product, products_of_json_size};
 
-const META: EntryMeta = EntryMeta {
-    ttl: Duration::from_secs(300),
-    compute_time: Duration::ZERO,
-};
+const META: EntryMeta = EntryMeta::new(Duration::from_secs(300), Duration::ZERO);
 
 fn codecs() -> [(&'static str, Codec); 2] {
     let plain = Codec::new(Serialization::Json, None, 1, DEFAULT_MAX_VALUE_BYTES);

@@ -9,11 +9,16 @@
 //! | 2 | version | `1` |
 //! | 3 | serialization | `j` JSON, `m` MessagePack (named fields) |
 //! | 4 | compression | `-` none, `z` zstd |
-//! | 5 | flags | reserved, written as 0 |
+//! | 5 | flags | bit 0: kept past its TTL for stale serving; bit 1: a cached "not found" |
 //! | 6..14 | stored at | Unix time, milliseconds |
-//! | 14..22 | TTL | milliseconds the writer asked for |
+//! | 14..22 | TTL | fresh lifetime in milliseconds (the TTL asked for, after jitter) |
 //! | 22..26 | compute time | milliseconds the value took to load (for early refresh) |
 //! | 26..30 | payload length | uncompressed payload bytes |
+//!
+//! Readers ignore flag bits they do not know; a change that older readers must not ignore
+//! bumps the version instead. An entry without bit 0 is fresh for as long as the store keeps
+//! it; one with bit 0 is fresh until `stored at + TTL` by the writer's clock and stale after,
+//! until the store drops it. A "not found" entry (bit 1) has an empty payload.
 //!
 //! Everything needed to read an entry is in its own header, so reads never depend on the
 //! reader's current settings. Decoding must never panic and never allocate more than the
@@ -39,6 +44,10 @@ pub const HEADER_LEN: usize = 30;
 pub const DEFAULT_COMPRESSION_THRESHOLD_BYTES: usize = 1024;
 /// Default zstd level: level 1 gets most of the ratio at a fraction of the CPU.
 pub const DEFAULT_ZSTD_LEVEL: i32 = 1;
+/// Flag bit: the store keeps the entry past its TTL, so readers can serve it stale.
+const FLAG_KEPT_STALE: u8 = 0b01;
+/// Flag bit: the entry records that the value does not exist (negative caching).
+const FLAG_ABSENT: u8 = 0b10;
 /// Default bound on one value's uncompressed payload, on write and on read.
 pub const DEFAULT_MAX_VALUE_BYTES: usize = 16 * 1024 * 1024;
 
@@ -120,6 +129,9 @@ pub enum DecodeFailure {
     Decompress,
     /// The payload does not have the requested type's shape.
     Deserialize,
+    /// The entry is a cached "not found" (negative caching): there is no value to decode.
+    /// Not damage: read such entries with [`Codec::decode_optional`].
+    Absent,
 }
 
 impl DecodeFailure {
@@ -136,6 +148,7 @@ impl DecodeFailure {
             DecodeFailure::Truncated => "truncated",
             DecodeFailure::Decompress => "decompress",
             DecodeFailure::Deserialize => "deserialize",
+            DecodeFailure::Absent => "absent",
         }
     }
 }
@@ -149,12 +162,16 @@ pub struct EnvelopeHeader {
     pub compression: Compression,
     /// When the entry was written (millisecond precision).
     pub stored_at: SystemTime,
-    /// The TTL the writer asked for (before jitter).
+    /// The fresh lifetime: the TTL the writer asked for, after jitter.
     pub ttl: Duration,
     /// How long the value took to compute.
     pub compute_time: Duration,
     /// Uncompressed payload length.
     pub payload_len: u32,
+    /// The store keeps the entry past `ttl`, for stale serving.
+    pub kept_stale: bool,
+    /// The entry is a cached "not found" with no payload.
+    pub absent: bool,
 }
 
 impl EnvelopeHeader {
@@ -196,6 +213,8 @@ impl EnvelopeHeader {
             ttl: Duration::from_millis(u64_at(14)),
             compute_time: Duration::from_millis(u64::from(u32_at(22))),
             payload_len: u32_at(26),
+            kept_stale: header[5] & FLAG_KEPT_STALE != 0,
+            absent: header[5] & FLAG_ABSENT != 0,
         })
     }
 
@@ -204,7 +223,14 @@ impl EnvelopeHeader {
         out.put_u8(FORMAT_VERSION);
         out.put_u8(self.serialization.tag());
         out.put_u8(self.compression.tag());
-        out.put_u8(0);
+        let mut flags = 0;
+        if self.kept_stale {
+            flags |= FLAG_KEPT_STALE;
+        }
+        if self.absent {
+            flags |= FLAG_ABSENT;
+        }
+        out.put_u8(flags);
         out.put_u64(saturating_millis(
             self.stored_at
                 .duration_since(UNIX_EPOCH)
@@ -220,6 +246,39 @@ fn saturating_millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
+impl EnvelopeHeader {
+    /// Where the entry stands at `now` by the writer's clock: fresh (with the time left) or
+    /// stale (with how long ago it expired). An entry not kept for stale serving is fresh for
+    /// as long as the store holds it, so clock skew between processes cannot make it stale.
+    pub fn freshness(&self, now: SystemTime) -> Freshness {
+        let age = now.duration_since(self.stored_at).unwrap_or_default();
+        match self.ttl.checked_sub(age) {
+            Some(left) if !left.is_zero() => Freshness::Fresh { left },
+            _ if !self.kept_stale => Freshness::Fresh {
+                left: Duration::ZERO,
+            },
+            _ => Freshness::Stale {
+                by: age.saturating_sub(self.ttl),
+            },
+        }
+    }
+}
+
+/// Whether an entry may be served as fresh; see [`EnvelopeHeader::freshness`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Freshness {
+    /// Within its TTL; `left` until it expires (zero when only the store's TTL governs).
+    Fresh {
+        /// Time left before expiry.
+        left: Duration,
+    },
+    /// Past its TTL, kept for stale serving.
+    Stale {
+        /// How long ago it expired (stale by this much).
+        by: Duration,
+    },
+}
+
 /// Facts about one entry being written, recorded in its header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EntryMeta {
@@ -227,6 +286,19 @@ pub struct EntryMeta {
     pub ttl: Duration,
     /// How long the value took to compute (zero when unknown).
     pub compute_time: Duration,
+    /// The store keeps the entry past `ttl` for stale serving.
+    pub kept_stale: bool,
+}
+
+impl EntryMeta {
+    /// An entry fresh for `ttl`, which took `compute_time` to load, not kept stale.
+    pub const fn new(ttl: Duration, compute_time: Duration) -> Self {
+        Self {
+            ttl,
+            compute_time,
+            kept_stale: false,
+        }
+    }
 }
 
 /// An encoded entry, ready for a store.
@@ -256,7 +328,7 @@ pub struct Decoded<T> {
 /// use cachelayer::codec::{Codec, Compression, EntryMeta};
 ///
 /// let codec = Codec::default();
-/// let meta = EntryMeta { ttl: Duration::from_secs(60), compute_time: Duration::ZERO };
+/// let meta = EntryMeta::new(Duration::from_secs(60), Duration::ZERO);
 /// let small = codec.encode(&"tiny", meta).unwrap();
 /// assert_eq!(small.compression, Compression::None);
 /// let big = codec.encode(&"x".repeat(4096), meta).unwrap();
@@ -350,6 +422,8 @@ impl Codec {
             compute_time: meta.compute_time,
             // Fits: checked against max_value_bytes, which fits in u32.
             payload_len: u32::try_from(payload.len()).unwrap_or(u32::MAX),
+            kept_stale: meta.kept_stale,
+            absent: false,
         };
         let mut out = BytesMut::with_capacity(HEADER_LEN + body.len());
         header.write(&mut out);
@@ -361,9 +435,57 @@ impl Codec {
         })
     }
 
-    /// Check the header, decompress within bounds, and deserialize as `T`.
+    /// An entry recording that a value does not exist (negative caching): a header only.
+    pub fn encode_absent(&self, meta: EntryMeta) -> Encoded {
+        let header = EnvelopeHeader {
+            serialization: self.serialization,
+            compression: Compression::None,
+            stored_at: SystemTime::now(),
+            ttl: meta.ttl,
+            compute_time: meta.compute_time,
+            payload_len: 0,
+            kept_stale: meta.kept_stale,
+            absent: true,
+        };
+        let mut out = BytesMut::with_capacity(HEADER_LEN);
+        header.write(&mut out);
+        Encoded {
+            bytes: out.freeze(),
+            payload_len: 0,
+            compression: Compression::None,
+        }
+    }
+
+    /// Check the header, decompress within bounds, and deserialize as `T`. A cached "not
+    /// found" is [`DecodeFailure::Absent`]; use [`decode_optional`](Self::decode_optional)
+    /// where those are expected.
     pub fn decode<T: DeserializeOwned>(&self, bytes: &[u8]) -> Result<Decoded<T>, DecodeFailure> {
+        let decoded = self.decode_optional(bytes)?;
+        match decoded.value {
+            Some(value) => Ok(Decoded {
+                value,
+                header: decoded.header,
+            }),
+            None => Err(DecodeFailure::Absent),
+        }
+    }
+
+    /// Like [`decode`](Self::decode), with a cached "not found" decoded as `None`.
+    pub fn decode_optional<T: DeserializeOwned>(
+        &self,
+        bytes: &[u8],
+    ) -> Result<Decoded<Option<T>>, DecodeFailure> {
         let header = EnvelopeHeader::parse(bytes)?;
+        if header.absent {
+            return if bytes.len() == HEADER_LEN && header.payload_len == 0 {
+                Ok(Decoded {
+                    value: None,
+                    header,
+                })
+            } else {
+                Err(DecodeFailure::Truncated)
+            };
+        }
         let declared = header.payload_len as usize;
         if declared > self.max_value_bytes {
             return Err(DecodeFailure::TooLarge);
@@ -385,7 +507,10 @@ impl Codec {
             Serialization::MessagePack => rmp_serde::from_slice(payload).ok(),
         }
         .ok_or(DecodeFailure::Deserialize)?;
-        Ok(Decoded { value, header })
+        Ok(Decoded {
+            value: Some(value),
+            header,
+        })
     }
 
     fn serialize<T: Serialize + ?Sized>(&self, value: &T) -> Result<Vec<u8>> {
@@ -449,10 +574,7 @@ mod tests {
     use super::*;
 
     fn meta() -> EntryMeta {
-        EntryMeta {
-            ttl: Duration::from_secs(300),
-            compute_time: Duration::from_millis(42),
-        }
+        EntryMeta::new(Duration::from_secs(300), Duration::from_millis(42))
     }
 
     /// The header records what was asked for and is read back without the payload.
@@ -471,6 +593,73 @@ mod tests {
             .duration_since(header.stored_at)
             .expect("past");
         assert!(age < Duration::from_secs(5));
+    }
+
+    /// Flags round-trip, and a "not found" entry decodes as `None` (and as `Absent` for
+    /// readers that expect a value).
+    #[test]
+    fn flags_and_absent_entries_round_trip() {
+        let codec = Codec::default();
+        let kept = EntryMeta {
+            kept_stale: true,
+            ..meta()
+        };
+        let value = codec.encode(&5u8, kept).expect("encode");
+        let header = EnvelopeHeader::parse(&value.bytes).expect("header");
+        assert!(header.kept_stale && !header.absent);
+
+        let absent = codec.encode_absent(meta());
+        assert_eq!(absent.bytes.len(), HEADER_LEN);
+        let decoded = codec.decode_optional::<u8>(&absent.bytes).expect("absent");
+        assert_eq!(decoded.value, None);
+        assert!(decoded.header.absent && !decoded.header.kept_stale);
+        assert_eq!(
+            codec.decode::<u8>(&absent.bytes).err(),
+            Some(DecodeFailure::Absent)
+        );
+        // An "absent" entry with a payload is damage, not a "not found".
+        let mut padded = absent.bytes.to_vec();
+        padded.push(b'1');
+        assert_eq!(
+            codec.decode_optional::<u8>(&padded).err(),
+            Some(DecodeFailure::Truncated)
+        );
+    }
+
+    /// Entries kept stale turn stale at `stored_at + ttl`; others stay fresh while stored.
+    #[test]
+    fn freshness_follows_the_writer_clock_only_for_entries_kept_stale() {
+        let stored_at = UNIX_EPOCH + Duration::from_secs(1_000);
+        let mut header =
+            EnvelopeHeader::parse(&Codec::default().encode(&1, meta()).expect("e").bytes)
+                .expect("header");
+        header.stored_at = stored_at;
+        header.ttl = Duration::from_secs(10);
+        let at = |secs| stored_at + Duration::from_secs(secs);
+        assert_eq!(
+            header.freshness(at(4)),
+            Freshness::Fresh {
+                left: Duration::from_secs(6)
+            }
+        );
+        assert_eq!(
+            header.freshness(at(15)),
+            Freshness::Fresh {
+                left: Duration::ZERO
+            }
+        );
+        header.kept_stale = true;
+        assert_eq!(
+            header.freshness(at(15)),
+            Freshness::Stale {
+                by: Duration::from_secs(5)
+            }
+        );
+        // A writer clock ahead of ours: the entry is simply fresh.
+        assert!(matches!(
+            header.freshness(stored_at - Duration::from_secs(3)),
+            Freshness::Fresh { .. }
+        ));
     }
 
     /// Incompressible payloads are stored as they are, even above the threshold.

@@ -7,6 +7,8 @@
 //! types in its public API, so the Redis client can change without breaking callers.
 
 use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
 
 /// The broad class of an [`Error`], for deciding what to do about it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -166,6 +168,164 @@ fn is_not_ready(err: &redis::RedisError) -> bool {
 }
 
 /// An error reply with `code`, parsed from the wire as the client sees it (for tests).
+/// Why [`Cache::try_get_with`](crate::Cache::try_get_with) returned no value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum LoadErrorKind {
+    /// The loader returned an error ([`LoadError::loader_error`] has it).
+    Loader,
+    /// The loader panicked. The panic was contained: every caller that shared the load gets
+    /// this error, and the cache stays usable.
+    Panicked,
+    /// Another process held the load lock past the maximum wait, nothing stale was
+    /// available, and the policy is [`OnLockTimeout::Fail`](crate::OnLockTimeout::Fail).
+    LockWaitTimedOut,
+}
+
+impl LoadErrorKind {
+    /// A short, stable label for metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LoadErrorKind::Loader => "loader",
+            LoadErrorKind::Panicked => "panicked",
+            LoadErrorKind::LockWaitTimedOut => "lock_wait_timed_out",
+        }
+    }
+}
+
+/// The error of a load: the loader's own error, shared (as an [`Arc`]) by every caller that
+/// waited on the same load, or a failure of the load itself. Match on
+/// [`kind`](Self::kind).
+///
+/// ```
+/// use std::time::Duration;
+/// use cachelayer::{Cache, LoadErrorKind};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let cache = Cache::builder().build().unwrap();
+/// let err = cache
+///     .try_get_with::<u32, _, _>("k", Duration::from_secs(60), async { Err("database down") })
+///     .await
+///     .unwrap_err();
+/// assert_eq!(err.kind(), LoadErrorKind::Loader);
+/// assert_eq!(err.loader_error(), Some(&"database down"));
+/// # }
+/// ```
+pub struct LoadError<E> {
+    repr: LoadErrorRepr<E>,
+}
+
+enum LoadErrorRepr<E> {
+    Loader(Arc<E>),
+    Panicked(Arc<str>),
+    LockWaitTimedOut(Duration),
+}
+
+impl<E> LoadError<E> {
+    pub(crate) fn loader(err: E) -> Self {
+        Self {
+            repr: LoadErrorRepr::Loader(Arc::new(err)),
+        }
+    }
+
+    pub(crate) fn panicked(message: impl Into<Arc<str>>) -> Self {
+        Self {
+            repr: LoadErrorRepr::Panicked(message.into()),
+        }
+    }
+
+    pub(crate) fn lock_wait_timed_out(waited: Duration) -> Self {
+        Self {
+            repr: LoadErrorRepr::LockWaitTimedOut(waited),
+        }
+    }
+
+    /// What went wrong.
+    pub fn kind(&self) -> LoadErrorKind {
+        match self.repr {
+            LoadErrorRepr::Loader(_) => LoadErrorKind::Loader,
+            LoadErrorRepr::Panicked(_) => LoadErrorKind::Panicked,
+            LoadErrorRepr::LockWaitTimedOut(_) => LoadErrorKind::LockWaitTimedOut,
+        }
+    }
+
+    /// The loader's error, when the loader failed.
+    pub fn loader_error(&self) -> Option<&E> {
+        match &self.repr {
+            LoadErrorRepr::Loader(err) => Some(err),
+            _ => None,
+        }
+    }
+
+    /// The loader's error as shared with every caller of the same load.
+    pub fn into_loader_error(self) -> Option<Arc<E>> {
+        match self.repr {
+            LoadErrorRepr::Loader(err) => Some(err),
+            _ => None,
+        }
+    }
+}
+
+impl<E> Clone for LoadError<E> {
+    fn clone(&self) -> Self {
+        let repr = match &self.repr {
+            LoadErrorRepr::Loader(err) => LoadErrorRepr::Loader(Arc::clone(err)),
+            LoadErrorRepr::Panicked(message) => LoadErrorRepr::Panicked(Arc::clone(message)),
+            LoadErrorRepr::LockWaitTimedOut(waited) => LoadErrorRepr::LockWaitTimedOut(*waited),
+        };
+        Self { repr }
+    }
+}
+
+impl<E: PartialEq> PartialEq for LoadError<E> {
+    fn eq(&self, other: &Self) -> bool {
+        match (&self.repr, &other.repr) {
+            (LoadErrorRepr::Loader(a), LoadErrorRepr::Loader(b)) => a == b,
+            (LoadErrorRepr::Panicked(a), LoadErrorRepr::Panicked(b)) => a == b,
+            (LoadErrorRepr::LockWaitTimedOut(a), LoadErrorRepr::LockWaitTimedOut(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+impl<E: fmt::Debug> fmt::Debug for LoadError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.repr {
+            LoadErrorRepr::Loader(err) => f.debug_tuple("Loader").field(err).finish(),
+            LoadErrorRepr::Panicked(message) => f.debug_tuple("Panicked").field(message).finish(),
+            LoadErrorRepr::LockWaitTimedOut(waited) => {
+                f.debug_tuple("LockWaitTimedOut").field(waited).finish()
+            }
+        }
+    }
+}
+
+impl<E: fmt::Display> fmt::Display for LoadError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.repr {
+            LoadErrorRepr::Loader(err) => write!(f, "the loader failed: {err}"),
+            LoadErrorRepr::Panicked(message) => write!(
+                f,
+                "the loader panicked ({message}); the panic was contained, fix the loader"
+            ),
+            LoadErrorRepr::LockWaitTimedOut(waited) => write!(
+                f,
+                "another process held the load lock for over {} ms and nothing stale was cached; raise lock_max_wait or use OnLockTimeout::Load",
+                waited.as_millis()
+            ),
+        }
+    }
+}
+
+impl<E: std::error::Error + 'static> std::error::Error for LoadError<E> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match &self.repr {
+            LoadErrorRepr::Loader(err) => Some(&**err),
+            _ => None,
+        }
+    }
+}
+
 #[cfg(test)]
 pub(crate) fn error_reply(code: &str) -> redis::RedisError {
     match redis::parse_redis_value(format!("-{code} detail\r\n").as_bytes()) {

@@ -16,7 +16,8 @@
 //!
 //! # Layout
 //!
-//! Dependencies point one way: [`Cache`] → ([`codec`], [`key`], breaker) → [`store`].
+//! Dependencies point one way: [`Cache`] → (stampede, [`codec`], [`key`], breaker) →
+//! [`store`].
 //!
 //! - [`store`]: the [`Store`](store::Store) trait (bytes in, bytes out) and its two
 //!   implementations, [`RedisStore`](store::RedisStore) and [`MemoryStore`](store::MemoryStore).
@@ -25,6 +26,8 @@
 //!   panic.
 //! - [`key`]: keys that are safe to build from untrusted input.
 //! - `cache`: the typed [`Cache`] handle, its [`CacheBuilder`] and the failure policy.
+//! - `stampede`: one load per key across the fleet: [`LoadOptions`], [`StampedeSettings`],
+//!   in-process single flight, fill announcements and the early refresh decision (XFetch).
 //! - `breaker`: the circuit breaker in front of the store ([`BreakerState`]).
 //! - [`config`]: [`CacheConfig`], every setting as plain data.
 //! - [`telemetry`]: the names of the metrics emitted through the `metrics` facade.
@@ -36,6 +39,7 @@ pub mod codec;
 pub mod config;
 mod error;
 pub mod key;
+mod stampede;
 pub mod store;
 pub mod telemetry;
 
@@ -43,8 +47,12 @@ pub use crate::breaker::{BreakerState, DEFAULT_COOL_DOWN, DEFAULT_FAILURE_THRESH
 pub use crate::cache::{Cache, CacheBuilder, DEFAULT_NAMESPACE, DEFAULT_TTL, DEFAULT_TTL_JITTER};
 pub use crate::codec::Serialization;
 pub use crate::config::CacheConfig;
-pub use crate::error::{Error, ErrorKind, Result};
+pub use crate::error::{Error, ErrorKind, LoadError, LoadErrorKind, Result};
 pub use crate::key::Key;
+pub use crate::stampede::{
+    DEFAULT_EARLY_REFRESH_BETA, DEFAULT_LOCK_MAX_WAIT, DEFAULT_LOCK_TTL, LoadOptions,
+    OnLockTimeout, StampedeSettings,
+};
 
 /// Compiles the README's examples as doc tests, so they cannot drift from the API.
 #[doc = include_str!("../../../README.md")]

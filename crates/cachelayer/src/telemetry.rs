@@ -18,6 +18,14 @@
 //! | `cachelayer_breaker_transitions_total` | counter | `to` | breaker state changes |
 //! | `cachelayer_subscription_dropped_total` | counter | | pub/sub messages dropped because a subscriber lagged |
 //! | `cachelayer_subscription_reconnects_total` | counter | | pub/sub connections lost (each is then re-established in the background) |
+//! | `cachelayer_loader_calls_total` | counter | | loader runs (foreground and background) |
+//! | `cachelayer_loader_duration_seconds` | histogram | | loader run time, failures included |
+//! | `cachelayer_loader_errors_total` | counter | `kind` (`error`, `panic`) | loader runs that failed |
+//! | `cachelayer_coalesced_waits_total` | counter | | callers that waited on another caller's load in the same process |
+//! | `cachelayer_lock_events_total` | counter | `event` (`acquired`, `contended`, `timed_out`, `extended`, `lost`) | fleet-wide load lock activity |
+//! | `cachelayer_refreshes_total` | counter | `trigger` (`early`, `stale`) | background refreshes started |
+//! | `cachelayer_stale_served_total` | counter | `reason` (`revalidate`, `error`, `lock_timeout`) | values served past their TTL |
+//! | `cachelayer_negative_hits_total` | counter | | cached "not found" entries served |
 
 /// Typed reads answered from the store.
 pub const HITS: &str = "cachelayer_hits_total";
@@ -45,3 +53,19 @@ pub const BREAKER_TRANSITIONS: &str = "cachelayer_breaker_transitions_total";
 pub const SUBSCRIPTION_DROPPED: &str = "cachelayer_subscription_dropped_total";
 /// Pub/sub connections lost (each is then re-established in the background).
 pub const SUBSCRIPTION_RECONNECTS: &str = "cachelayer_subscription_reconnects_total";
+/// Loader runs.
+pub const LOADER_CALLS: &str = "cachelayer_loader_calls_total";
+/// Loader run time.
+pub const LOADER_DURATION: &str = "cachelayer_loader_duration_seconds";
+/// Loader runs that failed, by `kind`.
+pub const LOADER_ERRORS: &str = "cachelayer_loader_errors_total";
+/// Callers that waited on another caller's load in the same process.
+pub const COALESCED_WAITS: &str = "cachelayer_coalesced_waits_total";
+/// Fleet-wide load lock activity, by `event`.
+pub const LOCK_EVENTS: &str = "cachelayer_lock_events_total";
+/// Background refreshes started, by `trigger`.
+pub const REFRESHES: &str = "cachelayer_refreshes_total";
+/// Values served past their TTL, by `reason`.
+pub const STALE_SERVED: &str = "cachelayer_stale_served_total";
+/// Cached "not found" entries served.
+pub const NEGATIVE_HITS: &str = "cachelayer_negative_hits_total";

@@ -69,7 +69,7 @@ proptest! {
     /// written with.
     #[test]
     fn envelope_round_trips(doc in doc(), codec in codec(), ttl_ms in 1u64..10_000_000, compute_ms in 0u64..100_000) {
-        let meta = EntryMeta { ttl: Duration::from_millis(ttl_ms), compute_time: Duration::from_millis(compute_ms) };
+        let meta = EntryMeta::new(Duration::from_millis(ttl_ms), Duration::from_millis(compute_ms));
         let encoded = codec.encode(&doc, meta).expect("encode");
         let decoded = Codec::default().decode::<Doc>(&encoded.bytes).expect("decode");
         prop_assert_eq!(decoded.value, doc);
@@ -136,7 +136,7 @@ proptest! {
     /// Flipping any one byte of a valid entry yields a failure or a value, never a panic.
     #[test]
     fn corrupting_one_byte_never_panics(doc in doc(), at in any::<prop::sample::Index>(), flip in 1u8..=255) {
-        let encoded = Codec::default().encode(&doc, EntryMeta { ttl: Duration::from_secs(1), compute_time: Duration::ZERO }).expect("encode");
+        let encoded = Codec::default().encode(&doc, EntryMeta::new(Duration::from_secs(1), Duration::ZERO)).expect("encode");
         let mut bytes = encoded.bytes.to_vec();
         let i = at.index(bytes.len());
         bytes[i] ^= flip;

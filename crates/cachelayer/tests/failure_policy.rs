@@ -39,12 +39,13 @@ fn cache_with_cool_down(
 /// this waits on the observable outcome, bounded.
 async fn wait_until_cached(cache: &Cache, deadline: Duration) -> bool {
     let started = Instant::now();
-    let loads = AtomicUsize::new(0);
+    let loads = Arc::new(AtomicUsize::new(0));
     while started.elapsed() < deadline {
         let before = loads.load(Ordering::SeqCst);
+        let counted = Arc::clone(&loads);
         cache
-            .get_with("recovery", MINUTE, async {
-                loads.fetch_add(1, Ordering::SeqCst);
+            .get_with("recovery", MINUTE, async move {
+                counted.fetch_add(1, Ordering::SeqCst);
                 7u32
             })
             .await;
@@ -69,7 +70,9 @@ async fn redis_stopped_mid_test_fails_open() {
     server.stop();
     assert_eq!(cache.get::<u32>("k").await, None);
     assert_eq!(cache.get_with("k", MINUTE, async { 2u32 }).await, 2);
-    let loaded: Result<u32, String> = cache.try_get_with("x", MINUTE, async { Ok(3) }).await;
+    let loaded = cache
+        .try_get_with("x", MINUTE, async { Ok::<u32, String>(3) })
+        .await;
     assert_eq!(loaded, Ok(3));
     cache
         .insert("k", &4u32)

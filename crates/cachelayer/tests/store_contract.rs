@@ -255,6 +255,44 @@ async fn compare_and_delete_checks_the_value(backend: Backend) {
     );
 }
 
+/// Compare-and-expire sets a new TTL only while the key holds the expected value.
+async fn compare_and_expire_checks_the_value(backend: Backend) {
+    let store = &backend.store;
+    store
+        .set("lease", "owner-1".into(), SHORT_TTL)
+        .await
+        .expect("set");
+    assert!(
+        !store
+            .compare_and_expire("lease", b"owner-2", MINUTE)
+            .await
+            .expect("cae other")
+    );
+    assert!(
+        matches!(store.ttl("lease").await.expect("ttl"), KeyTtl::ExpiresIn(left) if left <= SHORT_TTL)
+    );
+    assert!(
+        store
+            .compare_and_expire("lease", b"owner-1", MINUTE)
+            .await
+            .expect("cae owner")
+    );
+    assert!(
+        matches!(store.ttl("lease").await.expect("ttl"), KeyTtl::ExpiresIn(left) if left > SHORT_TTL)
+    );
+    assert_eq!(
+        store.get("lease").await.expect("get").as_deref(),
+        Some(&b"owner-1"[..])
+    );
+    assert!(
+        !store
+            .compare_and_expire("absent", b"owner-1", MINUTE)
+            .await
+            .expect("cae absent")
+    );
+    assert_eq!(store.get("absent").await.expect("get"), None);
+}
+
 /// A message published after `subscribe` returns reaches the subscriber; other channels'
 /// messages do not.
 async fn publish_reaches_subscribers(backend: Backend) {
@@ -294,6 +332,7 @@ on_every_store!(
     set_if_absent_respects_live_keys,
     set_if_absent_has_one_winner,
     compare_and_delete_checks_the_value,
+    compare_and_expire_checks_the_value,
     set_if_absent_never_overwrites_a_concurrent_set,
     compare_and_delete_never_removes_a_concurrent_set,
     publish_reaches_subscribers,

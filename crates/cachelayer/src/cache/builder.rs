@@ -10,6 +10,7 @@ use crate::codec::{
     Serialization,
 };
 use crate::error::{Error, Result};
+use crate::stampede::{EarlyRefresh, StampedeSettings};
 use crate::store::{DEFAULT_COMMAND_TIMEOUT, MAX_TTL, MemoryStore, Store};
 
 /// Default namespace prefix of every key.
@@ -59,6 +60,8 @@ pub struct CacheBuilder {
     max_value_bytes: usize,
     breaker_failure_threshold: u32,
     breaker_cool_down: Duration,
+    stampede: StampedeSettings,
+    random_seed: Option<u64>,
 }
 
 impl Default for CacheBuilder {
@@ -76,6 +79,8 @@ impl Default for CacheBuilder {
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
             breaker_failure_threshold: DEFAULT_FAILURE_THRESHOLD,
             breaker_cool_down: DEFAULT_COOL_DOWN,
+            stampede: StampedeSettings::default(),
+            random_seed: None,
         }
     }
 }
@@ -157,6 +162,21 @@ impl CacheBuilder {
         self
     }
 
+    /// Stampede protection defaults for every load: the fleet-wide lock, early refresh,
+    /// stale windows and negative caching. Each load can override them with
+    /// [`LoadOptions`](crate::LoadOptions).
+    pub fn stampede(mut self, settings: StampedeSettings) -> Self {
+        self.stampede = settings;
+        self
+    }
+
+    /// Seed every random choice of this cache (early refresh draws, TTL jitter, polling
+    /// jitter), for reproducible tests and simulations. Lock tokens stay random.
+    pub fn random_seed(mut self, seed: u64) -> Self {
+        self.random_seed = Some(seed);
+        self
+    }
+
     /// Validate the settings and build the cache.
     pub fn build(self) -> Result<Cache> {
         validate_namespace(&self.namespace)?;
@@ -182,6 +202,7 @@ impl CacheBuilder {
                 "the circuit breaker needs a failure threshold of at least 1 and a cool-down between 1 ms and 1 hour",
             ));
         }
+        self.stampede.validate()?;
         let codec = Codec::new(
             self.serialization,
             self.compression_threshold,
@@ -195,6 +216,7 @@ impl CacheBuilder {
             inner: Arc::new(CacheInner {
                 store,
                 prefix: format!("{}:v{}:", self.namespace, self.version),
+                namespace: self.namespace,
                 default_ttl: self.default_ttl,
                 ttl_jitter: self.ttl_jitter,
                 command_timeout: self.command_timeout,
@@ -203,6 +225,11 @@ impl CacheBuilder {
                     self.breaker_failure_threshold,
                     self.breaker_cool_down,
                 ),
+                stampede: self.stampede,
+                flights: Arc::default(),
+                fills: Arc::default(),
+                fill_listener: tokio::sync::OnceCell::new(),
+                early: EarlyRefresh::new(self.random_seed),
             }),
         })
     }

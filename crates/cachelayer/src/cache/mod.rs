@@ -8,10 +8,11 @@
 //! a lost invalidation means stale data later, and only the caller can decide what to do.
 
 mod builder;
+mod load;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use serde::Serialize;
@@ -19,10 +20,11 @@ use serde::de::DeserializeOwned;
 
 pub use self::builder::{CacheBuilder, DEFAULT_NAMESPACE, DEFAULT_TTL, DEFAULT_TTL_JITTER};
 use crate::breaker::{Admission, BreakerState, CircuitBreaker};
-use crate::codec::{Codec, DecodeFailure, Decoded, EntryMeta};
+use crate::codec::{Codec, DecodeFailure, Decoded, EntryMeta, Freshness};
 use crate::error::{Error, ErrorKind, Result};
 use crate::key::Key;
-use crate::store::{Store, StoreEntry, check_ttl};
+use crate::stampede::{EarlyRefresh, FillWaiters, Flights, StampedeSettings};
+use crate::store::{MAX_TTL, Store, StoreEntry, check_ttl};
 use crate::telemetry;
 
 /// A typed cache over a [`Store`]. Cheap to clone; clones share everything.
@@ -56,12 +58,20 @@ pub struct Cache {
 
 struct CacheInner {
     store: Arc<dyn Store>,
+    namespace: String,
     prefix: String,
     default_ttl: Duration,
     ttl_jitter: f64,
     command_timeout: Duration,
     codec: Codec,
     breaker: CircuitBreaker,
+    stampede: StampedeSettings,
+    flights: Arc<Flights>,
+    fills: Arc<FillWaiters>,
+    /// Set once the fill announcements are subscribed; dropping it stops the listener task.
+    fill_listener: tokio::sync::OnceCell<tokio::sync::oneshot::Sender<()>>,
+    /// Every random choice of this cache (XFetch, jitter), seedable for reproducible runs.
+    early: EarlyRefresh,
 }
 
 impl std::fmt::Debug for Cache {
@@ -112,8 +122,14 @@ impl Cache {
         }
     }
 
-    /// The value under `key`, or `None` on a miss. Store failures and unreadable entries
-    /// are misses (unreadable ones are deleted).
+    /// The stampede settings every load falls back to.
+    pub fn stampede_settings(&self) -> &StampedeSettings {
+        &self.inner.stampede
+    }
+
+    /// The fresh value under `key`, or `None` on a miss. Store failures and unreadable
+    /// entries are misses (unreadable ones are deleted); so are values past their TTL that
+    /// are kept only for stale serving, and cached "not found" entries.
     pub async fn get<T: DeserializeOwned>(&self, key: impl Into<Key>) -> Option<T> {
         self.get_entry(key).await.map(|entry| entry.value)
     }
@@ -124,16 +140,18 @@ impl Cache {
         self.lookup(&self.full_key(key)).await
     }
 
-    async fn lookup<T: DeserializeOwned>(&self, full: &str) -> Option<Decoded<T>> {
-        let raw = self
+    /// The entry under `full` whatever its freshness, or `None` (unreadable ones deleted).
+    async fn fetch_entry<T: DeserializeOwned>(&self, full: &str) -> Option<Decoded<Option<T>>> {
+        let bytes = self
             .call("get", self.inner.store.get(full))
             .await
             .ok()
-            .flatten();
-        let decoded = match raw {
-            Some(bytes) => self.decode_or_discard(full, bytes).await,
-            None => None,
-        };
+            .flatten()?;
+        self.decode_or_discard(full, bytes).await
+    }
+
+    async fn lookup<T: DeserializeOwned>(&self, full: &str) -> Option<Decoded<T>> {
+        let decoded = self.fetch_entry::<T>(full).await.and_then(fresh_value);
         count_lookup(decoded.is_some());
         decoded
     }
@@ -157,7 +175,11 @@ impl Cache {
         let mut values = Vec::with_capacity(full.len());
         for (key, bytes) in full.iter().zip(raw) {
             let value = match bytes {
-                Some(bytes) => self.decode_or_discard(key, bytes).await.map(|d| d.value),
+                Some(bytes) => self
+                    .decode_or_discard::<T>(key, bytes)
+                    .await
+                    .and_then(fresh_value)
+                    .map(|d| d.value),
                 None => None,
             };
             count_lookup(value.is_some());
@@ -187,8 +209,14 @@ impl Cache {
         value: &T,
         ttl: Duration,
     ) -> Result<()> {
-        self.store_value(self.full_key(key), value, ttl, Duration::ZERO)
-            .await
+        self.store_value(
+            self.full_key(key),
+            value,
+            ttl,
+            Duration::ZERO,
+            Duration::ZERO,
+        )
+        .await
     }
 
     /// Store many values with the default TTL in one round trip.
@@ -211,18 +239,16 @@ impl Cache {
             return Ok(());
         }
         check_ttl(ttl)?;
-        let meta = EntryMeta {
-            ttl,
-            compute_time: Duration::ZERO,
-        };
         let batch = entries
             .into_iter()
             .map(|(key, value)| {
+                let fresh = self.jittered(ttl);
+                let meta = EntryMeta::new(fresh, Duration::ZERO);
                 let encoded = self.inner.codec.encode(&value, meta)?;
                 Ok(StoreEntry {
                     key: self.full_key(key),
                     value: encoded.bytes,
-                    ttl: self.jittered(ttl),
+                    ttl: fresh,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -261,80 +287,60 @@ impl Cache {
             .map(drop)
     }
 
-    /// Cache-aside: the cached value, or the loader's, which is then stored for `ttl`.
-    /// A zero TTL bypasses the cache entirely. Store trouble never reaches the caller: the
-    /// loader's value is returned whatever the store does.
-    ///
-    /// This does not coalesce concurrent misses; stampede protection builds on it.
-    pub async fn get_with<T, F>(&self, key: impl Into<Key>, ttl: Duration, loader: F) -> T
-    where
-        T: Serialize + DeserializeOwned,
-        F: Future<Output = T>,
-    {
-        match self
-            .try_get_with(key, ttl, async {
-                Ok::<T, std::convert::Infallible>(loader.await)
-            })
-            .await
-        {
-            Ok(value) => value,
-            Err(never) => match never {},
-        }
-    }
-
-    /// Like [`get_with`](Self::get_with) for fallible loaders: an `Err` is returned to the
-    /// caller and never cached.
-    pub async fn try_get_with<T, E, F>(
-        &self,
-        key: impl Into<Key>,
-        ttl: Duration,
-        loader: F,
-    ) -> Result<T, E>
-    where
-        T: Serialize + DeserializeOwned,
-        F: Future<Output = Result<T, E>>,
-    {
-        if ttl.is_zero() {
-            return loader.await;
-        }
-        let full = self.full_key(key);
-        if let Some(hit) = self.lookup::<T>(&full).await {
-            return Ok(hit.value);
-        }
-        let started = Instant::now();
-        let value = loader.await?;
-        let compute_time = started.elapsed();
-        if let Err(err) = self.store_value(full, &value, ttl, compute_time).await {
-            tracing::warn!(error = %err, "loaded value returned but not cached");
-        }
-        Ok(value)
-    }
-
+    /// Store `value` fresh for `ttl` (jittered), kept `grace` longer for stale serving.
     async fn store_value<T: Serialize + ?Sized>(
         &self,
         full: String,
         value: &T,
         ttl: Duration,
+        grace: Duration,
         compute_time: Duration,
     ) -> Result<()> {
         if ttl.is_zero() {
             return Ok(());
         }
         check_ttl(ttl)?;
+        let fresh = self.jittered(ttl);
+        let meta = EntryMeta {
+            kept_stale: !grace.is_zero(),
+            ..EntryMeta::new(fresh, compute_time)
+        };
+        let encoded = self.inner.codec.encode(value, meta)?;
+        self.write_entry(
+            full,
+            encoded.bytes,
+            fresh.saturating_add(grace).min(MAX_TTL),
+        )
+        .await;
+        Ok(())
+    }
+
+    /// Store a "not found" for `ttl` (jittered).
+    async fn store_absent(
+        &self,
+        full: String,
+        ttl: Duration,
+        compute_time: Duration,
+    ) -> Result<()> {
+        check_ttl(ttl)?;
+        let fresh = self.jittered(ttl);
         let encoded = self
             .inner
             .codec
-            .encode(value, EntryMeta { ttl, compute_time })?;
-        let len = encoded.bytes.len() as u64;
-        let ttl = self.jittered(ttl);
+            .encode_absent(EntryMeta::new(fresh, compute_time));
+        self.write_entry(full, encoded.bytes, fresh).await;
+        Ok(())
+    }
+
+    async fn write_entry(&self, full: String, bytes: Bytes, ttl: Duration) {
+        let len = bytes.len() as u64;
         match self
-            .call("set", self.inner.store.set(&full, encoded.bytes, ttl))
+            .call("set", self.inner.store.set(&full, bytes, ttl))
             .await
         {
             Ok(()) => metrics::counter!(telemetry::BYTES_WRITTEN).increment(len),
             Err(err) => drop_write(&err, 1),
         }
-        Ok(())
     }
 
     /// Decode stored bytes; unreadable ones are counted and removed (only if unchanged, so
@@ -343,9 +349,9 @@ impl Cache {
         &self,
         full: &str,
         bytes: Bytes,
-    ) -> Option<Decoded<T>> {
+    ) -> Option<Decoded<Option<T>>> {
         metrics::counter!(telemetry::BYTES_READ).increment(bytes.len() as u64);
-        match self.inner.codec.decode::<T>(&bytes) {
+        match self.inner.codec.decode_optional::<T>(&bytes) {
             Ok(decoded) => Some(decoded),
             Err(reason) => {
                 self.discard(full, &bytes, reason).await;
@@ -374,7 +380,7 @@ impl Cache {
         if self.inner.ttl_jitter == 0.0 {
             return ttl;
         }
-        let cut = ttl.mul_f64(self.inner.ttl_jitter * fastrand::f64());
+        let cut = ttl.mul_f64(self.inner.ttl_jitter * self.inner.early.unit());
         ttl.saturating_sub(cut).max(Duration::from_millis(1))
     }
 
@@ -421,6 +427,20 @@ fn timeout_error() -> Error {
         ErrorKind::Timeout,
         "the cache store did not answer within command_timeout; check its load or raise the timeout",
     )
+}
+
+/// A decoded entry as a plain read sees it: only fresh values (stale ones and cached "not
+/// found" entries are for loads).
+fn fresh_value<T>(entry: Decoded<Option<T>>) -> Option<Decoded<T>> {
+    let fresh = matches!(
+        entry.header.freshness(SystemTime::now()),
+        Freshness::Fresh { .. }
+    );
+    let value = entry.value.filter(|_| fresh)?;
+    Some(Decoded {
+        value,
+        header: entry.header,
+    })
 }
 
 fn count_lookup(hit: bool) {

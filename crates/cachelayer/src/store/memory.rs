@@ -266,6 +266,17 @@ impl Store for MemoryStore {
         Ok(matches!(outcome, CompResult::Removed(_)))
     }
 
+    async fn compare_and_expire(&self, key: &str, expected: &[u8], ttl: Duration) -> Result<bool> {
+        let extended = MemoryEntry::new(Bytes::copy_from_slice(expected), ttl)?;
+        let outcome = self
+            .compute(key, |live| match live {
+                Some(entry) if entry.value.as_ref() == expected => Op::Put(extended),
+                _ => Op::Nop,
+            })
+            .await;
+        Ok(matches!(outcome, CompResult::ReplacedWith(_)))
+    }
+
     async fn ttl(&self, key: &str) -> Result<KeyTtl> {
         let now = Instant::now();
         Ok(match self.live_entry(key).await {

@@ -96,6 +96,10 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// removed. This is how a lock owner releases its lock without removing someone else's.
     async fn compare_and_delete(&self, key: &str, expected: &[u8]) -> Result<bool>;
 
+    /// Give `key` a new TTL only while it still holds exactly `expected`, atomically; true
+    /// when extended. This is how a lock owner extends its lease while its work runs.
+    async fn compare_and_expire(&self, key: &str, expected: &[u8], ttl: Duration) -> Result<bool>;
+
     /// How long `key` has left to live.
     async fn ttl(&self, key: &str) -> Result<KeyTtl>;
 

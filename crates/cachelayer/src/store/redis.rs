@@ -50,6 +50,13 @@ end
 return 0
 ";
 
+const COMPARE_AND_EXPIRE_LUA: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+";
+
 /// A [`Store`] on Redis (standalone server), shared by every instance of a service.
 ///
 /// Build it with [`RedisStore::builder`]; building never connects, so it succeeds while
@@ -80,6 +87,7 @@ struct RedisInner {
     redacted_url: String,
     connect_timeout: Duration,
     compare_and_delete: Script,
+    compare_and_expire: Script,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -211,6 +219,7 @@ impl RedisStoreBuilder {
                 redacted_url,
                 connect_timeout: self.connect_timeout,
                 compare_and_delete: Script::new(COMPARE_AND_DELETE_LUA),
+                compare_and_expire: Script::new(COMPARE_AND_EXPIRE_LUA),
             }),
         })
     }
@@ -491,6 +500,22 @@ impl Store for RedisStore {
             })
             .await?;
         Ok(removed > 0)
+    }
+
+    async fn compare_and_expire(&self, key: &str, expected: &[u8], ttl: Duration) -> Result<bool> {
+        let millis = ttl_millis(ttl)?;
+        let script = &self.inner.compare_and_expire;
+        let extended: u64 = self
+            .run(|mut connection| async move {
+                script
+                    .key(key)
+                    .arg(expected)
+                    .arg(millis)
+                    .invoke_async(&mut connection)
+                    .await
+            })
+            .await?;
+        Ok(extended > 0)
     }
 
     async fn ttl(&self, key: &str) -> Result<KeyTtl> {

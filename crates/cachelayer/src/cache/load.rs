@@ -1,0 +1,776 @@
+//! Loads with stampede protection: `get_with` and its fallible and optional variants.
+//!
+//! The order of events for one key:
+//! 1. Read the entry. Fresh: serve it, and with the XFetch probability start one background
+//!    refresh. Stale within `stale_while_revalidate`: serve it and start one background
+//!    refresh. Otherwise it is a miss (a stale value is kept for `stale_if_error`).
+//! 2. Join the key's in-process flight: one caller leads, the others wait for its outcome.
+//! 3. The leader takes the fleet-wide lock (`SET NX PX` with a random token), or waits for the
+//!    holder's fill announcement (polling as a fallback) up to `lock_max_wait`.
+//! 4. Holding the lock, it re-checks the store, runs the loader while extending the lease,
+//!    stores the value, announces the fill and releases the lock only if it still owns it.
+//!
+//! Store trouble at any step degrades to a plain load (coalesced per process); it never
+//! fails the caller. The loader must be `Send + 'static` because a background refresh runs
+//! the loader of the read that triggered it, on its own task, after that read has returned.
+
+use std::any::Any;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use futures::FutureExt;
+use futures::future::Either;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::time::Instant;
+
+use super::Cache;
+use crate::codec::{Decoded, Freshness};
+use crate::error::LoadError;
+use crate::key::Key;
+use crate::stampede::{LoadOptions, OnLockTimeout, Resolved, Role, lock_token};
+use crate::telemetry;
+
+/// First poll of a waiter whose fill announcement may have been lost.
+const FIRST_POLL: Duration = Duration::from_millis(20);
+/// Longest gap between polls: bounds how late a waiter notices a dead holder's lock expiry.
+const MAX_POLL: Duration = Duration::from_millis(250);
+
+/// What a load gives every caller that shared it.
+type Outcome<T, E> = Result<Option<T>, LoadError<E>>;
+
+/// A load's outcome, plus the loader's panic payload for the caller whose task ran it.
+struct Loaded<T, E> {
+    outcome: Outcome<T, E>,
+    panic: Option<Box<dyn Any + Send>>,
+}
+
+impl<T, E> Loaded<T, E> {
+    fn value(value: Option<T>) -> Self {
+        Self {
+            outcome: Ok(value),
+            panic: None,
+        }
+    }
+
+    fn error(err: LoadError<E>) -> Self {
+        Self {
+            outcome: Err(err),
+            panic: None,
+        }
+    }
+}
+
+/// A value past its TTL that the store still holds, kept in case the load fails.
+struct StaleValue<T> {
+    value: Option<T>,
+    by: Duration,
+}
+
+/// How waiting for the fleet-wide lock ended.
+enum LockWait<T> {
+    Acquired(LockLease),
+    /// Another process filled the key meanwhile.
+    Filled(Option<T>),
+    /// The store cannot coordinate (down, breaker open): load without the lock.
+    Unavailable,
+    TimedOut,
+}
+
+/// Bounds shared by every loaded value type.
+pub(crate) trait Loadable:
+    Serialize + DeserializeOwned + Clone + Send + Sync + 'static
+{
+}
+impl<T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static> Loadable for T {}
+
+impl Cache {
+    /// Cache-aside with stampede protection: the cached value, or the loader's, which is then
+    /// stored. `options` is a TTL or [`LoadOptions`]; a zero TTL bypasses the cache.
+    ///
+    /// Concurrent calls for one key share one loader run in this process, and with the
+    /// fleet-wide lock (on by default) across every process sharing the store. Hot keys are
+    /// refreshed early in the background (XFetch), and within `stale_while_revalidate` a
+    /// stale value is served at once while one background refresh runs. Store trouble never
+    /// reaches the caller. If the loader panics, the panic resumes in the caller whose task
+    /// ran it and every caller that shared the load panics with its message, as each would
+    /// have without coalescing; use [`try_get_with`](Self::try_get_with) to get it as an
+    /// error instead.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use cachelayer::{Cache, LoadOptions};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let cache = Cache::builder().build().unwrap();
+    /// let options = LoadOptions::ttl(Duration::from_secs(60))
+    ///     .stale_while_revalidate(Duration::from_secs(10));
+    /// let name: String = cache.get_with("product:1:name", options, async { "lamp".to_owned() }).await;
+    /// assert_eq!(name, "lamp");
+    /// # }
+    /// ```
+    pub async fn get_with<T, F>(
+        &self,
+        key: impl Into<Key>,
+        options: impl Into<LoadOptions>,
+        loader: F,
+    ) -> T
+    where
+        T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+        F: Future<Output = T> + Send + 'static,
+    {
+        // `get_with` cannot return an error, so it never takes the `Fail` policy.
+        let options = options.into().on_lock_timeout(OnLockTimeout::Load);
+        let loader = async move { Ok::<_, std::convert::Infallible>(Some(loader.await)) };
+        let loaded = self.load(key.into(), options, loader, false).await;
+        if let Some(payload) = loaded.panic {
+            std::panic::resume_unwind(payload);
+        }
+        match loaded.outcome {
+            Ok(Some(value)) => value,
+            Err(err) => panic!("{err}"),
+            Ok(None) => unreachable!("value loads never produce a \"not found\""),
+        }
+    }
+
+    /// Like [`get_with`](Self::get_with) for fallible loaders. A loader error is shared
+    /// (as an `Arc`) with every caller of the same load and never cached; within
+    /// `stale_if_error` the stale value is returned instead. A loader panic is contained and
+    /// returned as [`LoadErrorKind::Panicked`](crate::LoadErrorKind::Panicked).
+    pub async fn try_get_with<T, E, F>(
+        &self,
+        key: impl Into<Key>,
+        options: impl Into<LoadOptions>,
+        loader: F,
+    ) -> Result<T, LoadError<E>>
+    where
+        T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+        E: Send + Sync + 'static,
+        F: Future<Output = Result<T, E>> + Send + 'static,
+    {
+        let loader = async move { loader.await.map(Some) };
+        match self
+            .load(key.into(), options.into(), loader, false)
+            .await
+            .outcome
+        {
+            Ok(Some(value)) => Ok(value),
+            Err(err) => Err(err),
+            Ok(None) => unreachable!("value loads never produce a \"not found\""),
+        }
+    }
+
+    /// Like [`get_with`](Self::get_with) for loaders that may find nothing: with a
+    /// `negative_ttl` set, a `None` is cached for that long (negative caching), so repeated
+    /// lookups of a missing id do not each reach the source.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use cachelayer::{Cache, LoadOptions};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let cache = Cache::builder().build().unwrap();
+    /// let options = LoadOptions::ttl(Duration::from_secs(60)).negative_ttl(Some(Duration::from_secs(5)));
+    /// let missing: Option<String> = cache.get_optional_with("product:404", options, async { None }).await;
+    /// assert_eq!(missing, None);
+    /// // Served from the cache for 5 s: this loader does not run.
+    /// let again: Option<String> = cache
+    ///     .get_optional_with("product:404", options, async { Some("never".to_owned()) })
+    ///     .await;
+    /// assert_eq!(again, None);
+    /// # }
+    /// ```
+    pub async fn get_optional_with<T, F>(
+        &self,
+        key: impl Into<Key>,
+        options: impl Into<LoadOptions>,
+        loader: F,
+    ) -> Option<T>
+    where
+        T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+        F: Future<Output = Option<T>> + Send + 'static,
+    {
+        let options = options.into().on_lock_timeout(OnLockTimeout::Load);
+        let loader = async move { Ok::<_, std::convert::Infallible>(loader.await) };
+        let loaded = self.load(key.into(), options, loader, true).await;
+        if let Some(payload) = loaded.panic {
+            std::panic::resume_unwind(payload);
+        }
+        match loaded.outcome {
+            Ok(value) => value,
+            Err(err) => panic!("{err}"),
+        }
+    }
+
+    /// The fallible form of [`get_optional_with`](Self::get_optional_with).
+    pub async fn try_get_optional_with<T, E, F>(
+        &self,
+        key: impl Into<Key>,
+        options: impl Into<LoadOptions>,
+        loader: F,
+    ) -> Result<Option<T>, LoadError<E>>
+    where
+        T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+        E: Send + Sync + 'static,
+        F: Future<Output = Result<Option<T>, E>> + Send + 'static,
+    {
+        self.load(key.into(), options.into(), loader, true)
+            .await
+            .outcome
+    }
+
+    /// How many callers in this process are waiting on another caller's load of `key`
+    /// right now: a diagnostic of coalescing.
+    pub fn coalesced_callers(&self, key: impl Into<Key>) -> usize {
+        self.inner.flights.followers(&self.full_key(key))
+    }
+
+    async fn load<T, E, F>(
+        &self,
+        key: Key,
+        options: LoadOptions,
+        loader: F,
+        absent_ok: bool,
+    ) -> Loaded<T, E>
+    where
+        T: Loadable,
+        E: Send + Sync + 'static,
+        F: Future<Output = Result<Option<T>, E>> + Send + 'static,
+    {
+        let options = match options.resolve(&self.inner.stampede) {
+            Ok(options) => options,
+            Err(err) => {
+                tracing::warn!(error = %err, "invalid load options; loading without the cache");
+                return run_loader(loader).await.0;
+            }
+        };
+        if options.ttl.is_zero() {
+            return run_loader(loader).await.0;
+        }
+        let full = self.full_key(key);
+        let mut stale = None;
+        if let Some(entry) = self.fetch_entry::<T>(&full).await
+            && (entry.value.is_some() || absent_ok)
+        {
+            match entry.header.freshness(SystemTime::now()) {
+                Freshness::Fresh { left } => {
+                    count_served(&entry);
+                    let early = self.inner.early.should_refresh(
+                        left,
+                        entry.header.compute_time,
+                        options.settings.early_refresh_beta,
+                    );
+                    if early {
+                        metrics::counter!(telemetry::REFRESHES, "trigger" => "early").increment(1);
+                        self.refresh_in_background(&full, options, loader, entry.header.stored_at);
+                    }
+                    return Loaded::value(entry.value);
+                }
+                Freshness::Stale { by } if by <= options.settings.stale_while_revalidate => {
+                    count_served(&entry);
+                    metrics::counter!(telemetry::STALE_SERVED, "reason" => "revalidate")
+                        .increment(1);
+                    metrics::counter!(telemetry::REFRESHES, "trigger" => "stale").increment(1);
+                    self.refresh_in_background(&full, options, loader, entry.header.stored_at);
+                    return Loaded::value(entry.value);
+                }
+                Freshness::Stale { by } => {
+                    stale = Some(StaleValue {
+                        value: entry.value,
+                        by,
+                    });
+                }
+            }
+        }
+        metrics::counter!(telemetry::MISSES).increment(1);
+        let leader = loop {
+            match self.inner.flights.join(&full) {
+                Role::Leader(leader) => break leader,
+                Role::Follower(follower) => {
+                    metrics::counter!(telemetry::COALESCED_WAITS).increment(1);
+                    let shared = follower.outcome().await;
+                    if let Some(outcome) = shared
+                        .as_deref()
+                        .and_then(|any| any.downcast_ref::<Outcome<T, E>>())
+                        && (absent_ok || !matches!(outcome, Ok(None)))
+                    {
+                        return Loaded {
+                            outcome: outcome.clone(),
+                            panic: None,
+                        };
+                    }
+                    // The leader was dropped, or loaded something this caller cannot use:
+                    // join again, and lead if nobody else does.
+                }
+            }
+        };
+        let loaded = self.lead(&full, options, loader, stale, absent_ok).await;
+        leader.finish(Arc::new(loaded.outcome.clone()));
+        loaded
+    }
+
+    /// The in-process leader's part: the fleet-wide lock, then the load.
+    async fn lead<T, E, F>(
+        &self,
+        full: &str,
+        options: Resolved,
+        loader: F,
+        stale: Option<StaleValue<T>>,
+        absent_ok: bool,
+    ) -> Loaded<T, E>
+    where
+        T: Loadable,
+        E: Send + Sync + 'static,
+        F: Future<Output = Result<Option<T>, E>> + Send + 'static,
+    {
+        if !options.settings.lock {
+            return self
+                .load_and_store(full, options, loader, None, stale)
+                .await;
+        }
+        match self.wait_for_lock::<T>(full, options, absent_ok).await {
+            LockWait::Acquired(lease) => {
+                // Someone may have filled the key between our miss and our win.
+                if let Some(value) = self.fresh_value::<T>(full, absent_ok).await {
+                    lease.release(false).await;
+                    return Loaded::value(value);
+                }
+                self.load_and_store(full, options, loader, Some(lease), stale)
+                    .await
+            }
+            LockWait::Filled(value) => Loaded::value(value),
+            LockWait::Unavailable => {
+                self.load_and_store(full, options, loader, None, stale)
+                    .await
+            }
+            LockWait::TimedOut => {
+                lock_event("timed_out");
+                let waited = options.settings.lock_max_wait;
+                tracing::warn!(
+                    key = full,
+                    waited_ms = waited.as_millis() as u64,
+                    "another process held the load lock past lock_max_wait"
+                );
+                if let Some(stale) = stale {
+                    metrics::counter!(telemetry::STALE_SERVED, "reason" => "lock_timeout")
+                        .increment(1);
+                    return Loaded::value(stale.value);
+                }
+                match options.settings.on_lock_timeout {
+                    OnLockTimeout::Load => {
+                        self.load_and_store(full, options, loader, None, None).await
+                    }
+                    OnLockTimeout::Fail => Loaded::error(LoadError::lock_wait_timed_out(waited)),
+                }
+            }
+        }
+    }
+
+    /// Take the fleet-wide lock, or wait until the holder fills the key, the holder's lease
+    /// lapses (then take the lock), or `lock_max_wait` runs out.
+    async fn wait_for_lock<T: Loadable>(
+        &self,
+        full: &str,
+        options: Resolved,
+        absent_ok: bool,
+    ) -> LockWait<T> {
+        let mut lease = LockLease::new(self, full);
+        let deadline = Instant::now() + options.settings.lock_max_wait;
+        let mut poll = FIRST_POLL;
+        let mut fills = None;
+        loop {
+            match lease.try_take(options.settings.lock_ttl).await {
+                Ok(true) => return LockWait::Acquired(lease),
+                Ok(false) => {}
+                Err(_) => return LockWait::Unavailable,
+            }
+            if fills.is_none() {
+                lock_event("contended");
+                // Register before re-checking, so a fill announced in between still wakes us.
+                fills = Some(self.fill_wait(full).await);
+            }
+            if let Some(value) = self.fresh_value::<T>(full, absent_ok).await {
+                return LockWait::Filled(value);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return LockWait::TimedOut;
+            }
+            let nap = poll
+                .mul_f64(0.5 + self.inner.early.unit())
+                .min(deadline - now);
+            if let Some(fills) = fills.as_mut() {
+                tokio::select! {
+                    () = fills.filled() => {}
+                    () = tokio::time::sleep(nap) => {}
+                }
+            }
+            poll = (poll * 2).min(MAX_POLL);
+            if let Some(value) = self.fresh_value::<T>(full, absent_ok).await {
+                return LockWait::Filled(value);
+            }
+        }
+    }
+
+    /// Run the loader (extending the lease meanwhile), store what it returns, announce the
+    /// fill, and release the lock. A failed load serves the stale value within
+    /// `stale_if_error`.
+    async fn load_and_store<T, E, F>(
+        &self,
+        full: &str,
+        options: Resolved,
+        loader: F,
+        lease: Option<LockLease>,
+        stale: Option<StaleValue<T>>,
+    ) -> Loaded<T, E>
+    where
+        T: Loadable,
+        E: Send + Sync + 'static,
+        F: Future<Output = Result<Option<T>, E>> + Send + 'static,
+    {
+        let (loaded, compute_time) = match &lease {
+            Some(lease) => {
+                let keep_alive = lease.keep_alive(options.settings.lock_ttl);
+                match futures::future::select(Box::pin(run_loader(loader)), Box::pin(keep_alive))
+                    .await
+                {
+                    Either::Left((loaded, _)) => loaded,
+                    Either::Right(((), load)) => load.await,
+                }
+            }
+            None => run_loader(loader).await,
+        };
+        let loaded = match loaded.outcome {
+            Ok(value) => {
+                self.store_loaded(full, value.as_ref(), options, compute_time)
+                    .await;
+                Loaded::value(value)
+            }
+            Err(err) => match stale {
+                Some(stale) if stale.by <= options.settings.stale_if_error => {
+                    tracing::warn!(key = full, error = ?err.kind(), "load failed; serving the stale value (stale-if-error)");
+                    metrics::counter!(telemetry::STALE_SERVED, "reason" => "error").increment(1);
+                    Loaded::value(stale.value)
+                }
+                _ => Loaded {
+                    outcome: Err(err),
+                    panic: loaded.panic,
+                },
+            },
+        };
+        if let Some(lease) = lease {
+            lease.release(true).await;
+        }
+        loaded
+    }
+
+    /// Refresh `full` on a background task, unless a load of it already runs here or (with
+    /// the lock) anywhere in the fleet. The current value keeps being served meanwhile.
+    fn refresh_in_background<T, E, F>(
+        &self,
+        full: &str,
+        options: Resolved,
+        loader: F,
+        seen: SystemTime,
+    ) where
+        T: Loadable,
+        E: Send + Sync + 'static,
+        F: Future<Output = Result<Option<T>, E>> + Send + 'static,
+    {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let Role::Leader(leader) = self.inner.flights.join(full) else {
+            return;
+        };
+        let cache = self.clone();
+        let full = full.to_owned();
+        runtime.spawn(async move {
+            let mut lease = None;
+            if options.settings.lock {
+                let mut candidate = LockLease::new(&cache, &full);
+                // Not taken: someone in the fleet is loading it already. Failed: the store is
+                // unreachable, so a refreshed value could not be stored anyway.
+                if !matches!(candidate.try_take(options.settings.lock_ttl).await, Ok(true)) {
+                    return;
+                }
+                // Another process may have refreshed it between our read and our lock.
+                let current = cache.fetch_entry::<T>(&full).await;
+                if current.is_some_and(|entry| entry.header.stored_at > seen) {
+                    candidate.release(false).await;
+                    return;
+                }
+                lease = Some(candidate);
+            }
+            let loaded: Loaded<T, E> = cache.load_and_store(&full, options, loader, lease, None).await;
+            if let Err(err) = &loaded.outcome {
+                tracing::warn!(key = full, error = ?err.kind(), "background refresh failed; the current value is kept");
+            }
+            leader.finish(Arc::new(loaded.outcome));
+        });
+    }
+
+    /// The value under `full` if the store holds a fresh, usable one.
+    async fn fresh_value<T: Loadable>(&self, full: &str, absent_ok: bool) -> Option<Option<T>> {
+        let entry = self.fetch_entry::<T>(full).await?;
+        let usable = entry.value.is_some() || absent_ok;
+        let fresh = matches!(
+            entry.header.freshness(SystemTime::now()),
+            Freshness::Fresh { .. }
+        );
+        (usable && fresh).then_some(entry.value)
+    }
+
+    /// Store a loaded value (or, with a negative TTL, a "not found") for the options' TTL
+    /// plus their stale grace.
+    async fn store_loaded<T: Serialize>(
+        &self,
+        full: &str,
+        value: Option<&T>,
+        options: Resolved,
+        compute_time: Duration,
+    ) {
+        let result = match value {
+            Some(value) => {
+                self.store_value(
+                    full.to_owned(),
+                    value,
+                    options.ttl,
+                    options.grace(),
+                    compute_time,
+                )
+                .await
+            }
+            None => match options.settings.negative_ttl {
+                Some(ttl) => self.store_absent(full.to_owned(), ttl, compute_time).await,
+                None => Ok(()),
+            },
+        };
+        if let Err(err) = result {
+            tracing::warn!(key = full, error = %err, "loaded value returned but not cached");
+        }
+    }
+
+    /// Wait registration for fills of `full`, starting the cache's fill listener if needed.
+    async fn fill_wait(&self, full: &str) -> crate::stampede::FillWait {
+        let wait = self.inner.fills.register(full);
+        let listening = self
+            .inner
+            .fill_listener
+            .get_or_try_init(|| self.start_fill_listener())
+            .await;
+        if listening.is_err() {
+            tracing::debug!("no fill announcements (subscribe failed); waiting by polling");
+        }
+        wait
+    }
+
+    async fn start_fill_listener(&self) -> crate::Result<tokio::sync::oneshot::Sender<()>> {
+        let channel = self.fill_channel();
+        let mut subscription = self
+            .call("subscribe", self.inner.store.subscribe(&channel))
+            .await?;
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let fills = Arc::downgrade(&self.inner.fills);
+        tokio::spawn(async move {
+            loop {
+                let message = tokio::select! {
+                    message = subscription.recv() => message,
+                    _ = &mut stopped => None,
+                };
+                let (Some(message), Some(fills)) = (message, fills.upgrade()) else {
+                    return;
+                };
+                if let Ok(key) = std::str::from_utf8(&message) {
+                    fills.notify(key);
+                }
+            }
+        });
+        Ok(stop)
+    }
+
+    /// Announce that `full`'s load finished, to waiters in every process.
+    async fn announce_fill(&self, full: &str) {
+        let message = Bytes::copy_from_slice(full.as_bytes());
+        let _ = self
+            .call(
+                "publish",
+                self.inner.store.publish(&self.fill_channel(), message),
+            )
+            .await;
+    }
+
+    fn fill_channel(&self) -> String {
+        format!("{}:fills", self.inner.namespace)
+    }
+
+    /// The lock key of `full`: in the namespace, beside but never equal to any value key
+    /// (value keys continue with `v<version>:`).
+    fn lock_key(&self, full: &str) -> String {
+        let rest = full.strip_prefix(&self.inner.namespace).unwrap_or(full);
+        format!("{}:lock{rest}", self.inner.namespace)
+    }
+}
+
+/// Run a loader, containing a panic, and time it.
+async fn run_loader<T, E, F>(loader: F) -> (Loaded<T, E>, Duration)
+where
+    F: Future<Output = Result<Option<T>, E>>,
+{
+    metrics::counter!(telemetry::LOADER_CALLS).increment(1);
+    let started = Instant::now();
+    let result = AssertUnwindSafe(loader).catch_unwind().await;
+    let elapsed = started.elapsed();
+    metrics::histogram!(telemetry::LOADER_DURATION).record(elapsed.as_secs_f64());
+    let loaded = match result {
+        Ok(Ok(value)) => Loaded::value(value),
+        Ok(Err(err)) => {
+            metrics::counter!(telemetry::LOADER_ERRORS, "kind" => "error").increment(1);
+            Loaded::error(LoadError::loader(err))
+        }
+        Err(payload) => {
+            metrics::counter!(telemetry::LOADER_ERRORS, "kind" => "panic").increment(1);
+            let message = panic_message(payload.as_ref());
+            tracing::error!(panic = %message, "a cache loader panicked; the panic was contained");
+            Loaded {
+                outcome: Err(LoadError::panicked(message)),
+                panic: Some(payload),
+            }
+        }
+    };
+    (loaded, elapsed)
+}
+
+fn panic_message(payload: &(dyn Any + Send)) -> String {
+    if let Some(message) = payload.downcast_ref::<&str>() {
+        (*message).to_owned()
+    } else if let Some(message) = payload.downcast_ref::<String>() {
+        message.clone()
+    } else {
+        "non-string panic payload".to_owned()
+    }
+}
+
+fn count_served<T>(entry: &Decoded<Option<T>>) {
+    metrics::counter!(telemetry::HITS).increment(1);
+    if entry.value.is_none() {
+        metrics::counter!(telemetry::NEGATIVE_HITS).increment(1);
+    }
+}
+
+fn lock_event(event: &'static str) {
+    metrics::counter!(telemetry::LOCK_EVENTS, "event" => event).increment(1);
+}
+
+/// This process's hold on a key's fleet-wide lock (once acquired). Released by
+/// compare-and-delete, so a lease that lapsed and was taken over is never released by us;
+/// a lease dropped unreleased (the load was cancelled) is released on a spawned task.
+struct LockLease {
+    cache: Cache,
+    full: String,
+    key: String,
+    token: Bytes,
+    held: bool,
+}
+
+impl LockLease {
+    fn new(cache: &Cache, full: &str) -> Self {
+        Self {
+            cache: cache.clone(),
+            full: full.to_owned(),
+            key: cache.lock_key(full),
+            token: Bytes::from(lock_token()),
+            held: false,
+        }
+    }
+
+    /// Try once to take the lock (`SET NX PX`).
+    async fn try_take(&mut self, ttl: Duration) -> crate::Result<bool> {
+        let taken = self
+            .cache
+            .call(
+                "lock",
+                self.cache
+                    .inner
+                    .store
+                    .set_if_absent(&self.key, self.token.clone(), ttl),
+            )
+            .await?;
+        if taken {
+            lock_event("acquired");
+            self.held = true;
+        }
+        Ok(taken)
+    }
+
+    /// Extend the lease every third of its TTL, forever (the caller stops polling it when
+    /// the load ends).
+    async fn keep_alive(&self, ttl: Duration) {
+        let period = ttl / 3;
+        let mut ticks = tokio::time::interval_at(Instant::now() + period, period);
+        loop {
+            ticks.tick().await;
+            let extended = self
+                .cache
+                .call(
+                    "lock_extend",
+                    self.cache
+                        .inner
+                        .store
+                        .compare_and_expire(&self.key, &self.token, ttl),
+                )
+                .await;
+            match extended {
+                Ok(true) => lock_event("extended"),
+                Ok(false) => {
+                    lock_event("lost");
+                    tracing::warn!(
+                        key = self.full,
+                        "the load lock lapsed or was evicted while loading; another process may load too"
+                    );
+                }
+                // Counted by `call`; the lease may still be alive, so keep trying.
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// Announce the load's end (when `announce`) and release the lock, concurrently.
+    async fn release(mut self, announce: bool) {
+        self.held = false;
+        let release = self.cache.call(
+            "unlock",
+            self.cache
+                .inner
+                .store
+                .compare_and_delete(&self.key, &self.token),
+        );
+        if announce {
+            let ((), _) = tokio::join!(self.cache.announce_fill(&self.full), release);
+        } else {
+            let _ = release.await;
+        }
+    }
+}
+
+impl Drop for LockLease {
+    fn drop(&mut self) {
+        if !self.held {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return; // The lease lapses by its TTL.
+        };
+        let cache = self.cache.clone();
+        let key = std::mem::take(&mut self.key);
+        let token = self.token.clone();
+        runtime.spawn(async move {
+            let _ = cache
+                .call("unlock", cache.inner.store.compare_and_delete(&key, &token))
+                .await;
+        });
+    }
+}
