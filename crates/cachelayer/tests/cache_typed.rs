@@ -240,7 +240,11 @@ async fn ttl_jitter_spreads_expiry(backend: Backend) {
     // refresh see the entry's real expiry.
     let raw = backend.raw(&cache, "j0").await.expect("stored");
     let recorded = EnvelopeHeader::parse(&raw).expect("header").ttl;
-    assert!(recorded <= ttl && recorded >= ttls[0], "{recorded:?} vs {:?}", ttls[0]);
+    assert!(
+        recorded <= ttl && recorded >= ttls[0],
+        "{recorded:?} vs {:?}",
+        ttls[0]
+    );
 }
 
 /// Without jitter, the store TTL is the one asked for.

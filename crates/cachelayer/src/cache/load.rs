@@ -222,6 +222,12 @@ impl Cache {
             .outcome
     }
 
+    /// The store key of `key`'s fleet-wide load lock (`<namespace>:lock:v<version>:<key>`),
+    /// for operators asking who is loading what. Its value is the holder's random token.
+    pub fn lock_key(&self, key: impl Into<Key>) -> String {
+        self.lock_key_of(&self.full_key(key))
+    }
+
     /// How many callers in this process are waiting on another caller's load of `key`
     /// right now: a diagnostic of coalescing.
     pub fn coalesced_callers(&self, key: impl Into<Key>) -> usize {
@@ -609,7 +615,7 @@ impl Cache {
 
     /// The lock key of `full`: in the namespace, beside but never equal to any value key
     /// (value keys continue with `v<version>:`).
-    fn lock_key(&self, full: &str) -> String {
+    fn lock_key_of(&self, full: &str) -> String {
         let rest = full.strip_prefix(&self.inner.namespace).unwrap_or(full);
         format!("{}:lock{rest}", self.inner.namespace)
     }
@@ -681,7 +687,7 @@ impl LockLease {
         Self {
             cache: cache.clone(),
             full: full.to_owned(),
-            key: cache.lock_key(full),
+            key: cache.lock_key_of(full),
             token: Bytes::from(lock_token()),
             held: false,
         }
