@@ -6,7 +6,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use cachelayer::telemetry;
-use cachelayer::{Cache, ErrorKind};
+use cachelayer::{Cache, ErrorKind, LoadOptions, OnLockTimeout};
 use cachelayer_testkit::RedisServer;
 use metrics::{SharedString, Unit};
 use metrics_util::CompositeKey;
@@ -169,4 +169,144 @@ fn failures_and_breaker_are_measured() {
         1
     );
     assert_eq!(recorded.gauge(telemetry::BREAKER_STATE), Some(2.0));
+}
+
+/// Waits until the background refresh of `key` has stored 2, so it runs inside the
+/// recorder's scope (the refreshed value is the signal).
+async fn wait_for_refresh(cache: &Cache, key: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while cache.get::<u32>(key).await != Some(2) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{key} never refreshed"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Stampede protection reports loader runs, durations and errors, coalesced waits, lock
+/// events, refreshes, stale values served and negative hits.
+#[test]
+fn stampede_events_are_measured() {
+    let backend = Backend::memory();
+    let cache = backend
+        .cache_builder()
+        .random_seed(3)
+        .build()
+        .expect("cache");
+    let recorded = record(|| async {
+        // One leader, three coalesced followers, a lease extended while the loader runs.
+        let gate = std::sync::Arc::new(tokio::sync::Notify::new());
+        let slow = LoadOptions::ttl(MINUTE).lock_ttl(Duration::from_millis(60));
+        let leader = tokio::spawn({
+            let (cache, gate) = (cache.clone(), gate.clone());
+            async move {
+                cache
+                    .get_with("k", slow, async move {
+                        gate.notified().await;
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        1u32
+                    })
+                    .await
+            }
+        });
+        let followers: Vec<_> = (0..3)
+            .map(|_| {
+                let cache = cache.clone();
+                tokio::spawn(async move { cache.get_with("k", slow, async { 2u32 }).await })
+            })
+            .collect();
+        while cache.coalesced_callers("k") < 3 {
+            tokio::task::yield_now().await;
+        }
+        gate.notify_one();
+        assert_eq!(leader.await.expect("leader"), 1);
+        for follower in followers {
+            assert_eq!(follower.await.expect("follower"), 1);
+        }
+
+        // Another holder past the maximum wait.
+        backend
+            .store
+            .set(&cache.lock_key("held"), "other".into(), MINUTE)
+            .await
+            .expect("plant lock");
+        let failing = LoadOptions::ttl(MINUTE)
+            .lock_max_wait(Duration::from_millis(50))
+            .on_lock_timeout(OnLockTimeout::Fail);
+        let timed_out = cache
+            .try_get_with("held", failing, async { Ok::<u32, String>(1) })
+            .await;
+        assert!(timed_out.is_err());
+
+        // A loader error and a panic.
+        let _ = cache
+            .try_get_with::<u32, _, _>("err", MINUTE, async { Err("down") })
+            .await;
+        let _ = cache
+            .try_get_with::<u32, String, _>("panic", MINUTE, async { panic!("bug") })
+            .await;
+
+        // A stale value served while one background refresh runs.
+        let ttl = Duration::from_millis(150);
+        let swr = LoadOptions::ttl(ttl).stale_while_revalidate(MINUTE);
+        cache.get_with("stale", swr, async { 1u32 }).await;
+        tokio::time::sleep(ttl * 2).await;
+        assert_eq!(cache.get_with("stale", swr, async { 2u32 }).await, 1);
+        wait_for_refresh(&cache, "stale").await;
+
+        // A cached "not found" served.
+        let negative = LoadOptions::ttl(MINUTE).negative_ttl(Some(MINUTE));
+        for _ in 0..2 {
+            assert_eq!(
+                cache
+                    .get_optional_with::<u32, _>("none", negative, async { None })
+                    .await,
+                None
+            );
+        }
+
+        // Early refresh: a value that took 150 ms to load, read close to its 200 ms expiry.
+        let early = Duration::from_millis(200);
+        cache
+            .get_with("early", early, async {
+                tokio::time::sleep(Duration::from_millis(150)).await;
+                1u32
+            })
+            .await;
+        for _ in 0..20 {
+            cache.get_with("early", early, async { 2u32 }).await;
+        }
+        wait_for_refresh(&cache, "early").await;
+    });
+    assert_eq!(recorded.counter(telemetry::COALESCED_WAITS, &[]), 3);
+    let lock = |event| recorded.counter(telemetry::LOCK_EVENTS, &[("event", event)]);
+    assert!(lock("acquired") >= 6, "{}", lock("acquired"));
+    assert!(lock("extended") >= 1, "{}", lock("extended"));
+    assert_eq!(lock("contended"), 1);
+    assert_eq!(lock("timed_out"), 1);
+    assert_eq!(
+        recorded.counter(telemetry::LOADER_ERRORS, &[("kind", "error")]),
+        1
+    );
+    assert_eq!(
+        recorded.counter(telemetry::LOADER_ERRORS, &[("kind", "panic")]),
+        1
+    );
+    assert_eq!(
+        recorded.counter(telemetry::STALE_SERVED, &[("reason", "revalidate")]),
+        1
+    );
+    assert_eq!(
+        recorded.counter(telemetry::REFRESHES, &[("trigger", "stale")]),
+        1
+    );
+    assert!(recorded.counter(telemetry::REFRESHES, &[("trigger", "early")]) >= 1);
+    assert_eq!(recorded.counter(telemetry::NEGATIVE_HITS, &[]), 1);
+    let loads = recorded.counter(telemetry::LOADER_CALLS, &[]);
+    assert_eq!(
+        recorded.histogram(telemetry::LOADER_DURATION, &[]).len() as u64,
+        loads
+    );
+    assert!(loads >= 8, "{loads} loader runs");
 }
