@@ -5,6 +5,8 @@
 //! Run with: `taskset -c 0 cargo bench -p cachelayer --bench redis_round_trips`
 //! (the bench pins its redis-server to core 1, so client and server do not share a core).
 
+#[path = "support/pinned_redis.rs"]
+mod pinned_redis;
 #[path = "support/product_docs.rs"]
 mod product_docs;
 
@@ -12,43 +14,12 @@ use std::time::Duration;
 
 use cachelayer::Cache;
 use cachelayer::store::{RedisStore, Store, StoreEntry};
-use cachelayer_testkit::RedisServer;
 use criterion::{Criterion, criterion_group, criterion_main};
+use pinned_redis::server;
 use product_docs::{Product, products_of_json_size};
 
 const KEYS: usize = 10;
 const TTL: Duration = Duration::from_secs(600);
-
-/// The bench process is meant to run under `taskset -c 0`; its redis-server goes to core 1
-/// so client and server never share a core. The machine's online CPUs decide, not this
-/// process's affinity mask (which `taskset` narrows to one core).
-fn server() -> RedisServer {
-    let builder = RedisServer::builder();
-    if online_cpus() > 1 {
-        builder.pin_to_cpu(1)
-    } else {
-        builder
-    }
-    .start()
-}
-
-/// Online CPUs from `/sys/devices/system/cpu/online` ("0-1", "0,2-3"); 1 when unreadable.
-fn online_cpus() -> usize {
-    let Ok(list) = std::fs::read_to_string("/sys/devices/system/cpu/online") else {
-        return 1;
-    };
-    list.trim()
-        .split(',')
-        .map(|range| match range.split_once('-') {
-            Some((from, to)) => match (from.parse::<usize>(), to.parse::<usize>()) {
-                (Ok(from), Ok(to)) if to >= from => to - from + 1,
-                _ => 0,
-            },
-            None => usize::from(range.parse::<usize>().is_ok()),
-        })
-        .sum::<usize>()
-        .max(1)
-}
 
 /// One client thread, so the client stays on the core `taskset` gives the bench.
 fn client_runtime() -> tokio::runtime::Runtime {

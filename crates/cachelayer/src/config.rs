@@ -14,6 +14,10 @@ use crate::codec::{
     DEFAULT_COMPRESSION_THRESHOLD_BYTES, DEFAULT_MAX_VALUE_BYTES, DEFAULT_ZSTD_LEVEL, Serialization,
 };
 use crate::error::{Error, ErrorKind, Result};
+use crate::stampede::{
+    DEFAULT_EARLY_REFRESH_BETA, DEFAULT_LOCK_MAX_WAIT, DEFAULT_LOCK_TTL, OnLockTimeout,
+    StampedeSettings,
+};
 use crate::store::{
     DEFAULT_COMMAND_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MEMORY_CAPACITY_BYTES,
     DEFAULT_POOL_SIZE, MemoryStore, RedisStore,
@@ -66,6 +70,22 @@ pub struct CacheConfig {
     pub breaker_failure_threshold: u32,
     /// How long the breaker stays open, in milliseconds.
     pub breaker_cool_down_ms: u64,
+    /// Take the fleet-wide load lock before loading (false: coalesce per process only).
+    pub lock: bool,
+    /// Initial lease of the load lock, in milliseconds; renewed while the loader runs.
+    pub lock_ttl_ms: u64,
+    /// Longest wait for another process's load, in milliseconds.
+    pub lock_max_wait_ms: u64,
+    /// `load` (default) or `fail` when that wait runs out and nothing stale is cached.
+    pub on_lock_timeout: OnLockTimeout,
+    /// XFetch early refresh beta; 0 turns early refresh off.
+    pub early_refresh_beta: f64,
+    /// Serve values this long past their TTL while one background refresh runs, in ms.
+    pub stale_while_revalidate_ms: u64,
+    /// Serve values this long past their TTL when the loader fails, in ms.
+    pub stale_if_error_ms: u64,
+    /// TTL of a cached "not found", in ms; 0 (the default) caches none.
+    pub negative_ttl_ms: u64,
 }
 
 impl std::fmt::Debug for CacheConfig {
@@ -92,6 +112,14 @@ impl std::fmt::Debug for CacheConfig {
             .field("max_value_bytes", &self.max_value_bytes)
             .field("breaker_failure_threshold", &self.breaker_failure_threshold)
             .field("breaker_cool_down_ms", &self.breaker_cool_down_ms)
+            .field("lock", &self.lock)
+            .field("lock_ttl_ms", &self.lock_ttl_ms)
+            .field("lock_max_wait_ms", &self.lock_max_wait_ms)
+            .field("on_lock_timeout", &self.on_lock_timeout)
+            .field("early_refresh_beta", &self.early_refresh_beta)
+            .field("stale_while_revalidate_ms", &self.stale_while_revalidate_ms)
+            .field("stale_if_error_ms", &self.stale_if_error_ms)
+            .field("negative_ttl_ms", &self.negative_ttl_ms)
             .finish()
     }
 }
@@ -115,6 +143,14 @@ impl Default for CacheConfig {
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
             breaker_failure_threshold: DEFAULT_FAILURE_THRESHOLD,
             breaker_cool_down_ms: millis(DEFAULT_COOL_DOWN),
+            lock: true,
+            lock_ttl_ms: millis(DEFAULT_LOCK_TTL),
+            lock_max_wait_ms: millis(DEFAULT_LOCK_MAX_WAIT),
+            on_lock_timeout: OnLockTimeout::Load,
+            early_refresh_beta: DEFAULT_EARLY_REFRESH_BETA,
+            stale_while_revalidate_ms: 0,
+            stale_if_error_ms: 0,
+            negative_ttl_ms: 0,
         }
     }
 }
@@ -124,6 +160,21 @@ fn millis(duration: Duration) -> u64 {
 }
 
 impl CacheConfig {
+    /// The stampede settings these fields describe.
+    pub fn stampede_settings(&self) -> StampedeSettings {
+        StampedeSettings {
+            lock: self.lock,
+            lock_ttl: Duration::from_millis(self.lock_ttl_ms),
+            lock_max_wait: Duration::from_millis(self.lock_max_wait_ms),
+            on_lock_timeout: self.on_lock_timeout,
+            early_refresh_beta: self.early_refresh_beta,
+            stale_while_revalidate: Duration::from_millis(self.stale_while_revalidate_ms),
+            stale_if_error: Duration::from_millis(self.stale_if_error_ms),
+            negative_ttl: Some(Duration::from_millis(self.negative_ttl_ms))
+                .filter(|ttl| !ttl.is_zero()),
+        }
+    }
+
     /// Build the store and the cache. Never connects: a Redis that is down at start-up is
     /// handled by the failure policy like one that goes down later.
     pub fn build(&self) -> Result<Cache> {
@@ -143,7 +194,8 @@ impl CacheConfig {
             .circuit_breaker(
                 self.breaker_failure_threshold,
                 Duration::from_millis(self.breaker_cool_down_ms),
-            );
+            )
+            .stampede(self.stampede_settings());
         let builder = match &self.redis_url {
             None => builder.store(
                 MemoryStore::builder()
@@ -206,6 +258,27 @@ mod tests {
             ..CacheConfig::default()
         };
         assert_eq!(config.build().expect("lazy").store().kind(), "redis");
+    }
+
+    /// Stampede settings map onto the cache, and bad ones are configuration errors.
+    #[test]
+    fn stampede_settings_are_applied_and_checked() {
+        let config: CacheConfig = serde_json::from_str(
+            r#"{"lock_ttl_ms": 2000, "on_lock_timeout": "fail", "stale_if_error_ms": 60000, "negative_ttl_ms": 5000}"#,
+        )
+        .expect("parse");
+        let cache = config.build().expect("valid");
+        let settings = cache.stampede_settings();
+        assert_eq!(settings.lock_ttl, Duration::from_secs(2));
+        assert_eq!(settings.on_lock_timeout, OnLockTimeout::Fail);
+        assert_eq!(settings.stale_if_error, Duration::from_secs(60));
+        assert_eq!(settings.negative_ttl, Some(Duration::from_secs(5)));
+        assert!(settings.lock);
+        let bad = CacheConfig {
+            early_refresh_beta: -1.0,
+            ..CacheConfig::default()
+        };
+        assert_eq!(bad.build().expect_err("beta").kind(), ErrorKind::Config);
     }
 
     /// A missing CA file is a configuration error that names the file.
