@@ -1,24 +1,29 @@
 //! The stored-value envelope: a small versioned header, then the serialized (and perhaps
 //! compressed) payload.
 //!
-//! Layout of format version 1 (30 bytes of header, integers big-endian):
+//! Layout of format versions 1 and 2 (30 bytes of header, integers big-endian):
 //!
 //! | bytes | field | values |
 //! |---|---|---|
 //! | 0..2 | magic | `CL` |
-//! | 2 | version | `1` |
+//! | 2 | version | `1` or `2` |
 //! | 3 | serialization | `j` JSON, `m` MessagePack (named fields) |
 //! | 4 | compression | `-` none, `z` zstd |
-//! | 5 | flags | bit 0: kept past its TTL for stale serving; bit 1: a cached "not found" |
+//! | 5 | flags | version 1: 0; version 2: bit 0 kept past its TTL for stale serving, bit 1 a cached "not found" |
 //! | 6..14 | stored at | Unix time, milliseconds |
 //! | 14..22 | TTL | fresh lifetime in milliseconds (the TTL asked for, after jitter) |
 //! | 22..26 | compute time | milliseconds the value took to load (for early refresh) |
 //! | 26..30 | payload length | uncompressed payload bytes |
 //!
-//! Readers ignore flag bits they do not know; a change that older readers must not ignore
-//! bumps the version instead. An entry without bit 0 is fresh for as long as the store keeps
-//! it; one with bit 0 is fresh until `stored at + TTL` by the writer's clock and stale after,
-//! until the store drops it. A "not found" entry (bit 1) has an empty payload.
+//! Version 2 exists so that a reader which does not know the flags never mistakes a stale or
+//! "not found" entry for a fresh value: entries with a flag set are written as version 2,
+//! which such a reader treats as unreadable (a miss); entries without flags are still written
+//! as version 1, which every reader understands. This reader reads both, and ignores flag
+//! bits it does not know (a change older readers must not ignore takes a new version).
+//!
+//! An entry without bit 0 is fresh for as long as the store keeps it; one with bit 0 is fresh
+//! until `stored at + TTL` by the writer's clock and stale after, until the store drops it. A
+//! "not found" entry (bit 1) has an empty payload.
 //!
 //! Everything needed to read an entry is in its own header, so reads never depend on the
 //! reader's current settings. Decoding must never panic and never allocate more than the
@@ -36,9 +41,12 @@ use crate::error::{Error, ErrorKind, Result};
 
 /// Magic bytes that open every envelope.
 pub const MAGIC: [u8; 2] = *b"CL";
-/// The envelope format version this build writes (and the only one it reads).
-pub const FORMAT_VERSION: u8 = 1;
-/// Header size of format version 1.
+/// The newest envelope format version this build writes and reads (it reads every version
+/// from 1 up to this one, and writes version 1 for entries without flags).
+pub const FORMAT_VERSION: u8 = 2;
+/// The format version of entries that carry no flags, readable by every release.
+const PLAIN_FORMAT_VERSION: u8 = 1;
+/// Header size of format versions 1 and 2.
 pub const HEADER_LEN: usize = 30;
 /// Default payload size from which values are compressed.
 pub const DEFAULT_COMPRESSION_THRESHOLD_BYTES: usize = 1024;
@@ -184,9 +192,16 @@ impl EnvelopeHeader {
         if header[0..2] != MAGIC {
             return Err(DecodeFailure::BadMagic);
         }
-        if header[2] != FORMAT_VERSION {
+        let version = header[2];
+        if !(PLAIN_FORMAT_VERSION..=FORMAT_VERSION).contains(&version) {
             return Err(DecodeFailure::UnknownVersion);
         }
+        // Version 1 writers left the flags byte zero; nothing else may be read into it.
+        let flags = if version == PLAIN_FORMAT_VERSION {
+            0
+        } else {
+            header[5]
+        };
         let serialization =
             Serialization::from_tag(header[3]).ok_or(DecodeFailure::UnknownSerialization)?;
         let compression =
@@ -213,16 +228,12 @@ impl EnvelopeHeader {
             ttl: Duration::from_millis(u64_at(14)),
             compute_time: Duration::from_millis(u64::from(u32_at(22))),
             payload_len: u32_at(26),
-            kept_stale: header[5] & FLAG_KEPT_STALE != 0,
-            absent: header[5] & FLAG_ABSENT != 0,
+            kept_stale: flags & FLAG_KEPT_STALE != 0,
+            absent: flags & FLAG_ABSENT != 0,
         })
     }
 
     fn write(&self, out: &mut BytesMut) {
-        out.put_slice(&MAGIC);
-        out.put_u8(FORMAT_VERSION);
-        out.put_u8(self.serialization.tag());
-        out.put_u8(self.compression.tag());
         let mut flags = 0;
         if self.kept_stale {
             flags |= FLAG_KEPT_STALE;
@@ -230,6 +241,14 @@ impl EnvelopeHeader {
         if self.absent {
             flags |= FLAG_ABSENT;
         }
+        out.put_slice(&MAGIC);
+        out.put_u8(if flags == 0 {
+            PLAIN_FORMAT_VERSION
+        } else {
+            FORMAT_VERSION
+        });
+        out.put_u8(self.serialization.tag());
+        out.put_u8(self.compression.tag());
         out.put_u8(flags);
         out.put_u64(saturating_millis(
             self.stored_at
@@ -607,6 +626,15 @@ mod tests {
         let value = codec.encode(&5u8, kept).expect("encode");
         let header = EnvelopeHeader::parse(&value.bytes).expect("header");
         assert!(header.kept_stale && !header.absent);
+        // Flagged entries are version 2, so readers that predate flags treat them as misses;
+        // plain ones stay version 1, readable by every release.
+        assert_eq!(value.bytes[2], 2);
+        assert_eq!(codec.encode(&5u8, meta()).expect("encode").bytes[2], 1);
+        // A version 1 entry's flags byte is never interpreted.
+        let mut v1 = codec.encode(&5u8, meta()).expect("encode").bytes.to_vec();
+        v1[5] = 0xff;
+        let header = EnvelopeHeader::parse(&v1).expect("header");
+        assert!(!header.kept_stale && !header.absent);
 
         let absent = codec.encode_absent(meta());
         assert_eq!(absent.bytes.len(), HEADER_LEN);

@@ -29,7 +29,7 @@ use tokio::time::Instant;
 
 use super::Cache;
 use crate::codec::{Decoded, Freshness};
-use crate::error::LoadError;
+use crate::error::{LoadError, LoadErrorKind};
 use crate::key::Key;
 use crate::stampede::{LoadOptions, OnLockTimeout, Resolved, Role, lock_token};
 use crate::telemetry;
@@ -38,6 +38,10 @@ use crate::telemetry;
 const FIRST_POLL: Duration = Duration::from_millis(20);
 /// Longest gap between polls: bounds how late a waiter notices a dead holder's lock expiry.
 const MAX_POLL: Duration = Duration::from_millis(250);
+/// Least time allowed for subscribing to fill announcements (a new connection).
+const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// After a failed subscribe, waiters poll for this long before subscribing is tried again.
+const SUBSCRIBE_BACKOFF: Duration = Duration::from_secs(5);
 
 /// What a load gives every caller that shared it.
 type Outcome<T, E> = Result<Option<T>, LoadError<E>>;
@@ -68,6 +72,19 @@ impl<T, E> Loaded<T, E> {
 struct StaleValue<T> {
     value: Option<T>,
     by: Duration,
+}
+
+/// What a follower does with its leader's error.
+enum FollowerError<T, E> {
+    Return(Loaded<T, E>),
+    /// The leader gave up waiting for another process's lock; this caller's policy is to load
+    /// anyway.
+    LoadUnlocked(Option<StaleValue<T>>),
+}
+
+/// Whether `by` falls in a stale window; a zero window is off.
+fn within(by: Duration, window: Duration) -> bool {
+    !window.is_zero() && by <= window
 }
 
 /// How waiting for the fleet-wide lock ended.
@@ -270,17 +287,17 @@ impl Cache {
                         options.settings.early_refresh_beta,
                     );
                     if early {
-                        metrics::counter!(telemetry::REFRESHES, "trigger" => "early").increment(1);
-                        self.refresh_in_background(&full, options, loader, entry.header.stored_at);
+                        let seen = entry.header.stored_at;
+                        self.refresh_in_background(&full, options, loader, seen, "early");
                     }
                     return Loaded::value(entry.value);
                 }
-                Freshness::Stale { by } if by <= options.settings.stale_while_revalidate => {
+                Freshness::Stale { by } if within(by, options.settings.stale_while_revalidate) => {
                     count_served(&entry);
                     metrics::counter!(telemetry::STALE_SERVED, "reason" => "revalidate")
                         .increment(1);
-                    metrics::counter!(telemetry::REFRESHES, "trigger" => "stale").increment(1);
-                    self.refresh_in_background(&full, options, loader, entry.header.stored_at);
+                    let seen = entry.header.stored_at;
+                    self.refresh_in_background(&full, options, loader, seen, "stale");
                     return Loaded::value(entry.value);
                 }
                 Freshness::Stale { by } => {
@@ -298,24 +315,57 @@ impl Cache {
                 Role::Follower(follower) => {
                     metrics::counter!(telemetry::COALESCED_WAITS).increment(1);
                     let shared = follower.outcome().await;
-                    if let Some(outcome) = shared
+                    let outcome = shared
                         .as_deref()
-                        .and_then(|any| any.downcast_ref::<Outcome<T, E>>())
-                        && (absent_ok || !matches!(outcome, Ok(None)))
-                    {
-                        return Loaded {
-                            outcome: outcome.clone(),
-                            panic: None,
-                        };
+                        .and_then(|any| any.downcast_ref::<Outcome<T, E>>());
+                    match outcome {
+                        Some(Ok(value)) if value.is_some() || absent_ok => {
+                            return Loaded::value(value.clone());
+                        }
+                        Some(Err(err)) => match self.follower_error(err, stale, options) {
+                            FollowerError::Return(loaded) => return loaded,
+                            FollowerError::LoadUnlocked(stale) => {
+                                return self
+                                    .load_and_store(&full, options, loader, None, stale)
+                                    .await;
+                            }
+                        },
+                        // The leader was dropped, or loaded something this caller cannot
+                        // use: join again, and lead if nobody else does.
+                        _ => {}
                     }
-                    // The leader was dropped, or loaded something this caller cannot use:
-                    // join again, and lead if nobody else does.
                 }
             }
         };
         let loaded = self.lead(&full, options, loader, stale, absent_ok).await;
         leader.finish(Arc::new(loaded.outcome.clone()));
         loaded
+    }
+
+    /// A follower's answer to its leader's error, by its own options (callers of one key may
+    /// differ): its own stale value within its `stale_if_error`, or on a lock timeout, its
+    /// own policy.
+    fn follower_error<T, E>(
+        &self,
+        err: &LoadError<E>,
+        stale: Option<StaleValue<T>>,
+        options: Resolved,
+    ) -> FollowerError<T, E> {
+        let timed_out = err.kind() == LoadErrorKind::LockWaitTimedOut;
+        match stale {
+            Some(stale) if timed_out => {
+                metrics::counter!(telemetry::STALE_SERVED, "reason" => "lock_timeout").increment(1);
+                FollowerError::Return(Loaded::value(stale.value))
+            }
+            Some(stale) if within(stale.by, options.settings.stale_if_error) => {
+                metrics::counter!(telemetry::STALE_SERVED, "reason" => "error").increment(1);
+                FollowerError::Return(Loaded::value(stale.value))
+            }
+            stale if timed_out && options.settings.on_lock_timeout == OnLockTimeout::Load => {
+                FollowerError::LoadUnlocked(stale)
+            }
+            _ => FollowerError::Return(Loaded::error(err.clone())),
+        }
     }
 
     /// The in-process leader's part: the fleet-wide lock, then the load.
@@ -393,6 +443,9 @@ impl Cache {
                 Ok(false) => {}
                 Err(_) => return LockWait::Unavailable,
             }
+            if Instant::now() >= deadline {
+                return LockWait::TimedOut;
+            }
             if fills.is_none() {
                 lock_event("contended");
                 // Register before re-checking, so a fill announced in between still wakes us.
@@ -401,13 +454,9 @@ impl Cache {
             if let Some(value) = self.fresh_value::<T>(full, absent_ok).await {
                 return LockWait::Filled(value);
             }
-            let now = Instant::now();
-            if now >= deadline {
-                return LockWait::TimedOut;
-            }
             let nap = poll
                 .mul_f64(0.5 + self.inner.early.unit())
-                .min(deadline - now);
+                .min(deadline.saturating_duration_since(Instant::now()));
             if let Some(fills) = fills.as_mut() {
                 tokio::select! {
                     () = fills.filled() => {}
@@ -473,14 +522,17 @@ impl Cache {
         loaded
     }
 
-    /// Refresh `full` on a background task, unless a load of it already runs here or (with
-    /// the lock) anywhere in the fleet. The current value keeps being served meanwhile.
+    /// Refresh `full` on a background task, unless a refresh of it already runs here or
+    /// (with the lock) anywhere in the fleet, or the value changed since `seen`. The current
+    /// value keeps being served meanwhile. Misses never wait on a background refresh (they
+    /// have their own flight), so a loader that hangs here cannot hang a caller.
     fn refresh_in_background<T, E, F>(
         &self,
         full: &str,
         options: Resolved,
         loader: F,
         seen: SystemTime,
+        trigger: &'static str,
     ) where
         T: Loadable,
         E: Send + Sync + 'static,
@@ -489,12 +541,13 @@ impl Cache {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let Role::Leader(leader) = self.inner.flights.join(full) else {
+        let Role::Leader(refreshing) = self.inner.refreshes.join(full) else {
             return;
         };
         let cache = self.clone();
         let full = full.to_owned();
         runtime.spawn(async move {
+            let _refreshing = refreshing;
             let mut lease = None;
             if options.settings.lock {
                 let mut candidate = LockLease::new(&cache, &full);
@@ -503,19 +556,22 @@ impl Cache {
                 if !matches!(candidate.try_take(options.settings.lock_ttl).await, Ok(true)) {
                     return;
                 }
-                // Another process may have refreshed it between our read and our lock.
-                let current = cache.fetch_entry::<T>(&full).await;
-                if current.is_some_and(|entry| entry.header.stored_at > seen) {
-                    candidate.release(false).await;
-                    return;
-                }
                 lease = Some(candidate);
             }
+            // Someone may have refreshed it between our read and now. Inequality, not
+            // "newer": the writer's clock may be behind ours.
+            let current = cache.fetch_entry::<T>(&full).await;
+            if current.is_some_and(|entry| entry.header.stored_at != seen) {
+                if let Some(lease) = lease {
+                    lease.release(false).await;
+                }
+                return;
+            }
+            metrics::counter!(telemetry::REFRESHES, "trigger" => trigger).increment(1);
             let loaded: Loaded<T, E> = cache.load_and_store(&full, options, loader, lease, None).await;
             if let Err(err) = &loaded.outcome {
                 tracing::warn!(key = full, error = ?err.kind(), "background refresh failed; the current value is kept");
             }
-            leader.finish(Arc::new(loaded.outcome));
         });
     }
 
@@ -561,24 +617,43 @@ impl Cache {
     }
 
     /// Wait registration for fills of `full`, starting the cache's fill listener if needed.
+    /// Without a listener (subscribing failed recently) waiters poll.
     async fn fill_wait(&self, full: &str) -> crate::stampede::FillWait {
         let wait = self.inner.fills.register(full);
-        let listening = self
+        let backing_off = self
             .inner
-            .fill_listener
-            .get_or_try_init(|| self.start_fill_listener())
-            .await;
-        if listening.is_err() {
-            tracing::debug!("no fill announcements (subscribe failed); waiting by polling");
+            .fill_listener_failed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_some_and(|failed| failed.elapsed() < SUBSCRIBE_BACKOFF);
+        if !backing_off
+            && let Err(err) = self
+                .inner
+                .fill_listener
+                .get_or_try_init(|| self.start_fill_listener())
+                .await
+        {
+            tracing::warn!(error = %err, "cannot subscribe to fill announcements; waiters poll instead");
+            *self
+                .inner
+                .fill_listener_failed
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Instant::now());
         }
         wait
     }
 
+    /// Subscribe to fill announcements and forward them to this cache's waiters until the
+    /// cache is dropped. Not through the breaker: a subscription opens its own connection,
+    /// which may take longer than a command, and its failure says little about the store.
     async fn start_fill_listener(&self) -> crate::Result<tokio::sync::oneshot::Sender<()>> {
         let channel = self.fill_channel();
-        let mut subscription = self
-            .call("subscribe", self.inner.store.subscribe(&channel))
-            .await?;
+        let budget = self.inner.command_timeout.max(SUBSCRIBE_TIMEOUT);
+        let mut subscription =
+            match tokio::time::timeout(budget, self.inner.store.subscribe(&channel)).await {
+                Ok(subscription) => subscription?,
+                Err(_) => return Err(super::timeout_error()),
+            };
         let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
         let fills = Arc::downgrade(&self.inner.fills);
         tokio::spawn(async move {
@@ -671,9 +746,11 @@ fn lock_event(event: &'static str) {
     metrics::counter!(telemetry::LOCK_EVENTS, "event" => event).increment(1);
 }
 
-/// This process's hold on a key's fleet-wide lock (once acquired). Released by
-/// compare-and-delete, so a lease that lapsed and was taken over is never released by us;
-/// a lease dropped unreleased (the load was cancelled) is released on a spawned task.
+/// This process's hold on a key's fleet-wide lock (once taken). Released by
+/// compare-and-delete, so a lease that lapsed and was taken over is never released by us.
+/// It counts as held from the moment `SET NX` is sent until an unlock is confirmed: a lock
+/// whose `SET` or unlock was cut short (a timeout, a cancelled caller) is released on a
+/// spawned task when the lease is dropped, which is harmless if we never held it.
 struct LockLease {
     cache: Cache,
     full: String,
@@ -695,6 +772,7 @@ impl LockLease {
 
     /// Try once to take the lock (`SET NX PX`).
     async fn try_take(&mut self, ttl: Duration) -> crate::Result<bool> {
+        self.held = true;
         let taken = self
             .cache
             .call(
@@ -704,16 +782,21 @@ impl LockLease {
                     .store
                     .set_if_absent(&self.key, self.token.clone(), ttl),
             )
-            .await?;
-        if taken {
+            .await;
+        // After a timeout the SET may have landed: stay "held" so the drop releases it.
+        self.held = match &taken {
+            Ok(taken) => *taken,
+            Err(err) => err.is_timeout(),
+        };
+        if matches!(taken, Ok(true)) {
             lock_event("acquired");
-            self.held = true;
         }
-        Ok(taken)
+        taken
     }
 
-    /// Extend the lease every third of its TTL, forever (the caller stops polling it when
-    /// the load ends).
+    /// Extend the lease every third of its TTL while the load runs (the caller stops polling
+    /// this when the load ends). Returns if the lease is lost: it lapsed (the store was
+    /// unreachable for a whole lease) or was evicted, and someone else may hold it now.
     async fn keep_alive(&self, ttl: Duration) {
         let period = ttl / 3;
         let mut ticks = tokio::time::interval_at(Instant::now() + period, period);
@@ -737,6 +820,7 @@ impl LockLease {
                         key = self.full,
                         "the load lock lapsed or was evicted while loading; another process may load too"
                     );
+                    return;
                 }
                 // Counted by `call`; the lease may still be alive, so keep trying.
                 Err(_) => {}
@@ -744,20 +828,25 @@ impl LockLease {
         }
     }
 
-    /// Announce the load's end (when `announce`) and release the lock, concurrently.
+    /// Release the lock, then (when `announce`) tell waiters the load finished. In that
+    /// order, so a woken waiter that finds no value (the load failed) can take the lock
+    /// at once.
     async fn release(mut self, announce: bool) {
-        self.held = false;
-        let release = self.cache.call(
-            "unlock",
-            self.cache
-                .inner
-                .store
-                .compare_and_delete(&self.key, &self.token),
-        );
+        let released = self
+            .cache
+            .call(
+                "unlock",
+                self.cache
+                    .inner
+                    .store
+                    .compare_and_delete(&self.key, &self.token),
+            )
+            .await;
+        if released.is_ok() {
+            self.held = false;
+        }
         if announce {
-            let ((), _) = tokio::join!(self.cache.announce_fill(&self.full), release);
-        } else {
-            let _ = release.await;
+            self.cache.announce_fill(&self.full).await;
         }
     }
 }

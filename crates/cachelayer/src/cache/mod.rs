@@ -67,7 +67,12 @@ struct CacheInner {
     breaker: CircuitBreaker,
     stampede: StampedeSettings,
     flights: Arc<Flights>,
+    /// Background refreshes running here, kept apart from `flights` so a caller never waits
+    /// on one.
+    refreshes: Arc<Flights>,
     fills: Arc<FillWaiters>,
+    /// When subscribing to fill announcements last failed (waiters then poll for a while).
+    fill_listener_failed: std::sync::Mutex<Option<tokio::time::Instant>>,
     /// Set once the fill announcements are subscribed; dropping it stops the listener task.
     fill_listener: tokio::sync::OnceCell<tokio::sync::oneshot::Sender<()>>,
     /// Every random choice of this cache (XFetch, jitter), seedable for reproducible runs.
