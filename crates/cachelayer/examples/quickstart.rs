@@ -1,6 +1,7 @@
 //! A tour of the cache against the embedded in-process store (or Redis, when
 //! `CACHELAYER_REDIS_URL` is set): cache-aside over a slow "database", batch reads and
-//! writes, invalidation, and the circuit breaker's state.
+//! writes, a stampede of 100 concurrent misses that load once, invalidation, and the
+//! circuit breaker's state.
 //!
 //! Run with: `cargo run --release --example quickstart`
 //! Against Redis: `CACHELAYER_REDIS_URL=redis://127.0.0.1:6379/0 cargo run --release --example quickstart`
@@ -51,6 +52,29 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let product = cache.get_with(&key, ttl, load_product(1)).await;
         println!("{attempt}: {product:?} in {:?}", started.elapsed());
     }
+
+    // A stampede: 100 concurrent requests for a cold key share one 50 ms load.
+    let loads = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let stampede_key = Key::new("product").part(100);
+    cache.invalidate(&stampede_key).await?;
+    let started = Instant::now();
+    let callers = (0..100).map(|_| {
+        let (cache, key, loads) = (cache.clone(), stampede_key.clone(), loads.clone());
+        tokio::spawn(async move {
+            cache
+                .get_with(&key, ttl, async move {
+                    loads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    load_product(100).await
+                })
+                .await
+        })
+    });
+    let served = futures::future::join_all(callers).await.len();
+    println!(
+        "stampede: {served} callers served by {} load in {:?}",
+        loads.load(std::sync::atomic::Ordering::SeqCst),
+        started.elapsed()
+    );
 
     let products: Vec<(Key, Product)> = futures::future::join_all((2..12).map(load_product))
         .await
