@@ -78,18 +78,15 @@ async fn until(what: &str, want: usize, count: impl Fn() -> usize) {
     }
 }
 
-/// 3 instances x 100 concurrent callers on a cold key: exactly one loader run, 300 values.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_instances_hundred_callers_load_once() {
-    let server = RedisServer::start();
-    let caches = instances(&server, 3, StampedeSettings::default());
-    let loads = Arc::new(AtomicUsize::new(0));
-    let start = Arc::new(Barrier::new(300));
+/// `per_cache` callers on each cache, released together, all asking for the cold key "cold"
+/// with a slow loader counted in `loads`; asserts every caller got the value.
+async fn stampede(caches: &[Cache], per_cache: usize, loads: &Arc<AtomicUsize>) {
+    let start = Arc::new(Barrier::new(caches.len() * per_cache));
     let mut callers = Vec::new();
-    for cache in &caches {
-        for _ in 0..100 {
+    for cache in caches {
+        for _ in 0..per_cache {
             let (cache, start) = (cache.clone(), Arc::clone(&start));
-            let load = counted_load(&loads, SLOW_LOAD);
+            let load = counted_load(loads, SLOW_LOAD);
             callers.push(tokio::spawn(async move {
                 start.wait().await;
                 cache.get_with("cold", MINUTE, load).await
@@ -99,6 +96,15 @@ async fn three_instances_hundred_callers_load_once() {
     for caller in callers {
         assert_eq!(caller.await.expect("caller"), product(1));
     }
+}
+
+/// 3 instances x 100 concurrent callers on a cold key: exactly one loader run, 300 values.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_hundred_callers_load_once() {
+    let server = RedisServer::start();
+    let caches = instances(&server, 3, StampedeSettings::default());
+    let loads = Arc::new(AtomicUsize::new(0));
+    stampede(&caches, 100, &loads).await;
     assert_eq!(loads.load(Ordering::SeqCst), 1);
     // The lock was released after the fill.
     assert_eq!(server.cli(["EXISTS", &caches[0].lock_key("cold")]), "0");
@@ -116,20 +122,7 @@ async fn in_process_callers_share_one_load(backend: Backend) {
         .build()
         .expect("cache");
     let loads = Arc::new(AtomicUsize::new(0));
-    let start = Arc::new(Barrier::new(100));
-    let callers: Vec<_> = (0..100)
-        .map(|_| {
-            let (cache, start) = (cache.clone(), Arc::clone(&start));
-            let load = counted_load(&loads, SLOW_LOAD);
-            tokio::spawn(async move {
-                start.wait().await;
-                cache.get_with("cold", MINUTE, load).await
-            })
-        })
-        .collect();
-    for caller in callers {
-        assert_eq!(caller.await.expect("caller"), product(1));
-    }
+    stampede(&[cache], 100, &loads).await;
     assert_eq!(loads.load(Ordering::SeqCst), 1);
 }
 
@@ -683,22 +676,8 @@ async fn redis_down_still_coalesces_per_process() {
     let caches = instances(&server, 2, StampedeSettings::default());
     server.stop();
     let loads = Arc::new(AtomicUsize::new(0));
-    let start = Arc::new(Barrier::new(100));
     let begun = Instant::now();
-    let mut callers = Vec::new();
-    for cache in &caches {
-        for _ in 0..50 {
-            let (cache, start) = (cache.clone(), Arc::clone(&start));
-            let load = counted_load(&loads, SLOW_LOAD);
-            callers.push(tokio::spawn(async move {
-                start.wait().await;
-                cache.get_with("cold", MINUTE, load).await
-            }));
-        }
-    }
-    for caller in callers {
-        assert_eq!(caller.await.expect("caller"), product(1));
-    }
+    stampede(&caches, 50, &loads).await;
     assert_eq!(loads.load(Ordering::SeqCst), 2, "one load per instance");
     // Connect attempts are bounded by the 500 ms connect timeout.
     assert!(

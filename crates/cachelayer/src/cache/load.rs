@@ -68,6 +68,20 @@ impl<T, E> Loaded<T, E> {
     }
 }
 
+impl<T> Loaded<T, std::convert::Infallible> {
+    /// The value of an infallible load. A panic resumes in the task that ran the loader, and
+    /// a shared one is raised again with its message in every caller that waited on it.
+    fn unwrap_panics(self) -> Option<T> {
+        if let Some(payload) = self.panic {
+            std::panic::resume_unwind(payload);
+        }
+        match self.outcome {
+            Ok(value) => value,
+            Err(err) => panic!("{err}"),
+        }
+    }
+}
+
 /// A value past its TTL that the store still holds, kept in case the load fails.
 struct StaleValue<T> {
     value: Option<T>,
@@ -96,6 +110,13 @@ enum LockWait<T> {
     Unavailable,
     TimedOut,
 }
+
+/// A loader as the load machinery sees it: `None` is "not found".
+pub(crate) trait LoadFuture<T, E>:
+    Future<Output = Result<Option<T>, E>> + Send + 'static
+{
+}
+impl<T, E, F: Future<Output = Result<Option<T>, E>> + Send + 'static> LoadFuture<T, E> for F {}
 
 /// Bounds shared by every loaded value type.
 pub(crate) trait Loadable:
@@ -142,14 +163,13 @@ impl Cache {
         // `get_with` cannot return an error, so it never takes the `Fail` policy.
         let options = options.into().on_lock_timeout(OnLockTimeout::Load);
         let loader = async move { Ok::<_, std::convert::Infallible>(Some(loader.await)) };
-        let loaded = self.load(key.into(), options, loader, false).await;
-        if let Some(payload) = loaded.panic {
-            std::panic::resume_unwind(payload);
-        }
-        match loaded.outcome {
-            Ok(Some(value)) => value,
-            Err(err) => panic!("{err}"),
-            Ok(None) => unreachable!("value loads never produce a \"not found\""),
+        match self
+            .load(key.into(), options, loader, false)
+            .await
+            .unwrap_panics()
+        {
+            Some(value) => value,
+            None => unreachable!("value loads never produce a \"not found\""),
         }
     }
 
@@ -212,14 +232,9 @@ impl Cache {
     {
         let options = options.into().on_lock_timeout(OnLockTimeout::Load);
         let loader = async move { Ok::<_, std::convert::Infallible>(loader.await) };
-        let loaded = self.load(key.into(), options, loader, true).await;
-        if let Some(payload) = loaded.panic {
-            std::panic::resume_unwind(payload);
-        }
-        match loaded.outcome {
-            Ok(value) => value,
-            Err(err) => panic!("{err}"),
-        }
+        self.load(key.into(), options, loader, true)
+            .await
+            .unwrap_panics()
     }
 
     /// The fallible form of [`get_optional_with`](Self::get_optional_with).
@@ -261,7 +276,7 @@ impl Cache {
     where
         T: Loadable,
         E: Send + Sync + 'static,
-        F: Future<Output = Result<Option<T>, E>> + Send + 'static,
+        F: LoadFuture<T, E>,
     {
         let options = match options.resolve(&self.inner.stampede) {
             Ok(options) => options,
@@ -380,7 +395,7 @@ impl Cache {
     where
         T: Loadable,
         E: Send + Sync + 'static,
-        F: Future<Output = Result<Option<T>, E>> + Send + 'static,
+        F: LoadFuture<T, E>,
     {
         if !options.settings.lock {
             return self
@@ -484,7 +499,7 @@ impl Cache {
     where
         T: Loadable,
         E: Send + Sync + 'static,
-        F: Future<Output = Result<Option<T>, E>> + Send + 'static,
+        F: LoadFuture<T, E>,
     {
         let (loaded, compute_time) = match &lease {
             Some(lease) => {
@@ -536,7 +551,7 @@ impl Cache {
     ) where
         T: Loadable,
         E: Send + Sync + 'static,
-        F: Future<Output = Result<Option<T>, E>> + Send + 'static,
+        F: LoadFuture<T, E>,
     {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
