@@ -47,9 +47,11 @@ const SUBSCRIBE_BACKOFF: Duration = Duration::from_secs(5);
 type Outcome<T, E> = Result<Option<T>, LoadError<E>>;
 
 /// A load's outcome, plus the loader's panic payload for the caller whose task ran it.
-struct Loaded<T, E> {
+pub(crate) struct Loaded<T, E> {
     outcome: Outcome<T, E>,
     panic: Option<Box<dyn Any + Send>>,
+    /// False when the loader asked for its value not to be stored.
+    store: bool,
 }
 
 impl<T, E> Loaded<T, E> {
@@ -57,6 +59,7 @@ impl<T, E> Loaded<T, E> {
         Self {
             outcome: Ok(value),
             panic: None,
+            store: true,
         }
     }
 
@@ -64,8 +67,67 @@ impl<T, E> Loaded<T, E> {
         Self {
             outcome: Err(err),
             panic: None,
+            store: true,
         }
     }
+
+    /// The outcome, with a loader panic resumed in this (the loader's) task.
+    pub(crate) fn resume_panic(self) -> Outcome<T, E> {
+        if let Some(payload) = self.panic {
+            std::panic::resume_unwind(payload);
+        }
+        self.outcome
+    }
+}
+
+/// What a loader produced: a value (or `None` for "not found"), and whether to store it.
+/// Public for the `#[cached]` macro's `unless` option; not a stable API.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct Fetched<T> {
+    /// The value, or `None` for "not found".
+    pub value: Option<T>,
+    /// Store it (false: return it to every caller of this load, but cache nothing).
+    pub store: bool,
+}
+
+impl<T> Fetched<T> {
+    fn stored(value: Option<T>) -> Self {
+        Self { value, store: true }
+    }
+}
+
+/// How callers of one load share it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LoadMode {
+    /// The caller accepts "not found" (`None`), and cached "not found" entries.
+    pub(crate) absent_ok: bool,
+    /// Share a loader error with coalesced callers (false: they run their own loader, for
+    /// error types the caller cannot clone out of the shared `Arc`).
+    pub(crate) share_errors: bool,
+}
+
+impl LoadMode {
+    const VALUE: Self = Self {
+        absent_ok: false,
+        share_errors: true,
+    };
+    const OPTIONAL: Self = Self {
+        absent_ok: true,
+        share_errors: true,
+    };
+}
+
+/// What the first read of a load found.
+enum Lookup<T> {
+    /// A value to serve now, perhaps with a refresh to start (`seen` is the stored-at of the
+    /// entry served, and the trigger its metric label).
+    Served {
+        value: Option<T>,
+        refresh: Option<(SystemTime, &'static str)>,
+    },
+    /// Nothing usable: load, keeping what is stale for `stale_if_error`.
+    Miss(Option<StaleValue<T>>),
 }
 
 impl<T> Loaded<T, std::convert::Infallible> {
@@ -111,12 +173,10 @@ enum LockWait<T> {
     TimedOut,
 }
 
-/// A loader as the load machinery sees it: `None` is "not found".
-pub(crate) trait LoadFuture<T, E>:
-    Future<Output = Result<Option<T>, E>> + Send + 'static
-{
-}
-impl<T, E, F: Future<Output = Result<Option<T>, E>> + Send + 'static> LoadFuture<T, E> for F {}
+/// A loader as the load machinery sees it: `None` is "not found". Background refreshes need
+/// it `Send + 'static` too; loads that refresh in the foreground do not.
+pub(crate) trait LoadFuture<T, E>: Future<Output = Result<Fetched<T>, E>> {}
+impl<T, E, F: Future<Output = Result<Fetched<T>, E>>> LoadFuture<T, E> for F {}
 
 /// Bounds shared by every loaded value type.
 pub(crate) trait Loadable:
@@ -162,9 +222,10 @@ impl Cache {
     {
         // `get_with` cannot return an error, so it never takes the `Fail` policy.
         let options = options.into().on_lock_timeout(OnLockTimeout::Load);
-        let loader = async move { Ok::<_, std::convert::Infallible>(Some(loader.await)) };
+        let loader =
+            async move { Ok::<_, std::convert::Infallible>(Fetched::stored(Some(loader.await))) };
         match self
-            .load(key.into(), options, loader, false)
+            .load(key.into(), options, loader, LoadMode::VALUE)
             .await
             .unwrap_panics()
         {
@@ -188,9 +249,9 @@ impl Cache {
         E: Send + Sync + 'static,
         F: Future<Output = Result<T, E>> + Send + 'static,
     {
-        let loader = async move { loader.await.map(Some) };
+        let loader = async move { loader.await.map(|value| Fetched::stored(Some(value))) };
         match self
-            .load(key.into(), options.into(), loader, false)
+            .load(key.into(), options.into(), loader, LoadMode::VALUE)
             .await
             .outcome
         {
@@ -231,8 +292,9 @@ impl Cache {
         F: Future<Output = Option<T>> + Send + 'static,
     {
         let options = options.into().on_lock_timeout(OnLockTimeout::Load);
-        let loader = async move { Ok::<_, std::convert::Infallible>(loader.await) };
-        self.load(key.into(), options, loader, true)
+        let loader =
+            async move { Ok::<_, std::convert::Infallible>(Fetched::stored(loader.await)) };
+        self.load(key.into(), options, loader, LoadMode::OPTIONAL)
             .await
             .unwrap_panics()
     }
@@ -249,7 +311,8 @@ impl Cache {
         E: Send + Sync + 'static,
         F: Future<Output = Result<Option<T>, E>> + Send + 'static,
     {
-        self.load(key.into(), options.into(), loader, true)
+        let loader = async move { loader.await.map(Fetched::stored) };
+        self.load(key.into(), options.into(), loader, LoadMode::OPTIONAL)
             .await
             .outcome
     }
@@ -266,66 +329,139 @@ impl Cache {
         self.inner.flights.followers(&self.full_key(key))
     }
 
+    /// A load whose loader can run on its own task: refreshes run in the background.
     async fn load<T, E, F>(
         &self,
         key: Key,
         options: LoadOptions,
         loader: F,
-        absent_ok: bool,
+        mode: LoadMode,
+    ) -> Loaded<T, E>
+    where
+        T: Loadable,
+        E: Send + Sync + 'static,
+        F: LoadFuture<T, E> + Send + 'static,
+    {
+        let Some(options) = self.resolve(options) else {
+            return run_loader(loader).await.0;
+        };
+        let full = self.full_key(key);
+        match self.first_read::<T>(&full, options, mode).await {
+            Lookup::Served { value, refresh } => {
+                if let Some((seen, trigger)) = refresh {
+                    self.refresh_in_background(&full, options, loader, seen, trigger);
+                }
+                Loaded::value(value)
+            }
+            Lookup::Miss(stale) => self.load_missing(&full, options, loader, stale, mode).await,
+        }
+    }
+
+    /// A load whose loader borrows from its caller (the `#[cached]` macro's case): a
+    /// refresh runs in the foreground of the read that starts it, which then returns the
+    /// value it read; other readers keep being served at once meanwhile.
+    pub(crate) async fn load_borrowed<T, E, F>(
+        &self,
+        key: Key,
+        options: LoadOptions,
+        loader: F,
+        mode: LoadMode,
     ) -> Loaded<T, E>
     where
         T: Loadable,
         E: Send + Sync + 'static,
         F: LoadFuture<T, E>,
     {
-        let options = match options.resolve(&self.inner.stampede) {
-            Ok(options) => options,
+        let Some(options) = self.resolve(options) else {
+            return run_loader(loader).await.0;
+        };
+        let full = self.full_key(key);
+        match self.first_read::<T>(&full, options, mode).await {
+            Lookup::Served { value, refresh } => {
+                if let Some((seen, trigger)) = refresh
+                    && let Role::Leader(_refreshing) = self.inner.refreshes.join(&full)
+                {
+                    self.refresh::<T, E, F>(&full, options, loader, seen, trigger)
+                        .await;
+                }
+                Loaded::value(value)
+            }
+            Lookup::Miss(stale) => self.load_missing(&full, options, loader, stale, mode).await,
+        }
+    }
+
+    /// The options of one load, or `None` when it must bypass the cache (a zero TTL, or
+    /// invalid options, which are logged).
+    fn resolve(&self, options: LoadOptions) -> Option<Resolved> {
+        match options.resolve(&self.inner.stampede) {
+            Ok(options) if options.ttl.is_zero() => None,
+            Ok(options) => Some(options),
             Err(err) => {
                 tracing::warn!(error = %err, "invalid load options; loading without the cache");
-                return run_loader(loader).await.0;
+                None
             }
+        }
+    }
+
+    /// The first read: serve a fresh value (perhaps asking for an early refresh), a stale one
+    /// within `stale_while_revalidate` (asking for a refresh), or report a miss.
+    async fn first_read<T: Loadable>(&self, full: &str, options: Resolved, mode: LoadMode) -> Lookup<T> {
+        let Some(entry) = self.fetch_entry::<T>(full).await else {
+            metrics::counter!(telemetry::MISSES).increment(1);
+            return Lookup::Miss(None);
         };
-        if options.ttl.is_zero() {
-            return run_loader(loader).await.0;
+        if entry.value.is_none() && !mode.absent_ok {
+            metrics::counter!(telemetry::MISSES).increment(1);
+            return Lookup::Miss(None);
         }
-        let full = self.full_key(key);
-        let mut stale = None;
-        if let Some(entry) = self.fetch_entry::<T>(&full).await
-            && (entry.value.is_some() || absent_ok)
-        {
-            match entry.header.freshness(SystemTime::now()) {
-                Freshness::Fresh { left } => {
-                    count_served(&entry);
-                    let early = self.inner.early.should_refresh(
-                        left,
-                        entry.header.compute_time,
-                        options.settings.early_refresh_beta,
-                    );
-                    if early {
-                        let seen = entry.header.stored_at;
-                        self.refresh_in_background(&full, options, loader, seen, "early");
-                    }
-                    return Loaded::value(entry.value);
-                }
-                Freshness::Stale { by } if within(by, options.settings.stale_while_revalidate) => {
-                    count_served(&entry);
-                    metrics::counter!(telemetry::STALE_SERVED, "reason" => "revalidate")
-                        .increment(1);
-                    let seen = entry.header.stored_at;
-                    self.refresh_in_background(&full, options, loader, seen, "stale");
-                    return Loaded::value(entry.value);
-                }
-                Freshness::Stale { by } => {
-                    stale = Some(StaleValue {
-                        value: entry.value,
-                        by,
-                    });
+        let seen = entry.header.stored_at;
+        match entry.header.freshness(SystemTime::now()) {
+            Freshness::Fresh { left } => {
+                count_served(&entry);
+                let early = self.inner.early.should_refresh(
+                    left,
+                    entry.header.compute_time,
+                    options.settings.early_refresh_beta,
+                );
+                Lookup::Served {
+                    value: entry.value,
+                    refresh: early.then_some((seen, "early")),
                 }
             }
+            Freshness::Stale { by } if within(by, options.settings.stale_while_revalidate) => {
+                count_served(&entry);
+                metrics::counter!(telemetry::STALE_SERVED, "reason" => "revalidate").increment(1);
+                Lookup::Served {
+                    value: entry.value,
+                    refresh: Some((seen, "stale")),
+                }
+            }
+            Freshness::Stale { by } => {
+                metrics::counter!(telemetry::MISSES).increment(1);
+                Lookup::Miss(Some(StaleValue {
+                    value: entry.value,
+                    by,
+                }))
+            }
         }
-        metrics::counter!(telemetry::MISSES).increment(1);
+    }
+
+    /// A miss: join the key's flight, and lead it or wait for its leader.
+    async fn load_missing<T, E, F>(
+        &self,
+        full: &str,
+        options: Resolved,
+        loader: F,
+        stale: Option<StaleValue<T>>,
+        mode: LoadMode,
+    ) -> Loaded<T, E>
+    where
+        T: Loadable,
+        E: Send + Sync + 'static,
+        F: LoadFuture<T, E>,
+    {
         let leader = loop {
-            match self.inner.flights.join(&full) {
+            match self.inner.flights.join(full) {
                 Role::Leader(leader) => break leader,
                 Role::Follower(follower) => {
                     metrics::counter!(telemetry::COALESCED_WAITS).increment(1);
@@ -334,14 +470,14 @@ impl Cache {
                         .as_deref()
                         .and_then(|any| any.downcast_ref::<Outcome<T, E>>());
                     match outcome {
-                        Some(Ok(value)) if value.is_some() || absent_ok => {
+                        Some(Ok(value)) if value.is_some() || mode.absent_ok => {
                             return Loaded::value(value.clone());
                         }
                         Some(Err(err)) => match self.follower_error(err, stale, options) {
                             FollowerError::Return(loaded) => return loaded,
                             FollowerError::LoadUnlocked(stale) => {
                                 return self
-                                    .load_and_store(&full, options, loader, None, stale)
+                                    .load_and_store(full, options, loader, None, stale)
                                     .await;
                             }
                         },
@@ -352,8 +488,19 @@ impl Cache {
                 }
             }
         };
-        let loaded = self.lead(&full, options, loader, stale, absent_ok).await;
-        leader.finish(Arc::new(loaded.outcome.clone()));
+        let loaded = self.lead(full, options, loader, stale, mode.absent_ok).await;
+        let withheld = !mode.share_errors
+            && loaded
+                .outcome
+                .as_ref()
+                .is_err_and(|err| err.kind() == LoadErrorKind::Loader);
+        if withheld {
+            // Followers cannot use it, and must not hold the only other reference to it:
+            // they see an outcome of another type and load themselves.
+            leader.finish(Arc::new(()));
+        } else {
+            leader.finish(Arc::new(loaded.outcome.clone()));
+        }
         loaded
     }
 
@@ -515,12 +662,14 @@ impl Cache {
         };
         let loaded = match loaded.outcome {
             Ok(value) => {
-                self.store_loaded(full, value.as_ref(), options, compute_time)
-                    .await;
+                if loaded.store {
+                    self.store_loaded(full, value.as_ref(), options, compute_time)
+                        .await;
+                }
                 Loaded::value(value)
             }
             Err(err) => match stale {
-                Some(stale) if stale.by <= options.settings.stale_if_error => {
+                Some(stale) if within(stale.by, options.settings.stale_if_error) => {
                     tracing::warn!(key = full, error = ?err.kind(), "load failed; serving the stale value (stale-if-error)");
                     metrics::counter!(telemetry::STALE_SERVED, "reason" => "error").increment(1);
                     Loaded::value(stale.value)
@@ -528,6 +677,7 @@ impl Cache {
                 _ => Loaded {
                     outcome: Err(err),
                     panic: loaded.panic,
+                    store: false,
                 },
             },
         };
@@ -537,10 +687,9 @@ impl Cache {
         loaded
     }
 
-    /// Refresh `full` on a background task, unless a refresh of it already runs here or
-    /// (with the lock) anywhere in the fleet, or the value changed since `seen`. The current
-    /// value keeps being served meanwhile. Misses never wait on a background refresh (they
-    /// have their own flight), so a loader that hangs here cannot hang a caller.
+    /// Refresh `full` on a background task, unless a refresh of it already runs here. Misses
+    /// never wait on a background refresh (they have their own flight), so a loader that
+    /// hangs here cannot hang a caller.
     fn refresh_in_background<T, E, F>(
         &self,
         full: &str,
@@ -551,7 +700,7 @@ impl Cache {
     ) where
         T: Loadable,
         E: Send + Sync + 'static,
-        F: LoadFuture<T, E>,
+        F: LoadFuture<T, E> + Send + 'static,
     {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
@@ -563,31 +712,50 @@ impl Cache {
         let full = full.to_owned();
         runtime.spawn(async move {
             let _refreshing = refreshing;
-            let mut lease = None;
-            if options.settings.lock {
-                let mut candidate = LockLease::new(&cache, &full);
-                // Not taken: someone in the fleet is loading it already. Failed: the store is
-                // unreachable, so a refreshed value could not be stored anyway.
-                if !matches!(candidate.try_take(options.settings.lock_ttl).await, Ok(true)) {
-                    return;
-                }
-                lease = Some(candidate);
-            }
-            // Someone may have refreshed it between our read and now. Inequality, not
-            // "newer": the writer's clock may be behind ours.
-            let current = cache.fetch_entry::<T>(&full).await;
-            if current.is_some_and(|entry| entry.header.stored_at != seen) {
-                if let Some(lease) = lease {
-                    lease.release(false).await;
-                }
+            cache
+                .refresh::<T, E, F>(&full, options, loader, seen, trigger)
+                .await;
+        });
+    }
+
+    /// Reload `full` under the lock, unless someone in the fleet is loading it already or
+    /// it changed since `seen`. Failures are logged; the current value stays.
+    async fn refresh<T, E, F>(
+        &self,
+        full: &str,
+        options: Resolved,
+        loader: F,
+        seen: SystemTime,
+        trigger: &'static str,
+    ) where
+        T: Loadable,
+        E: Send + Sync + 'static,
+        F: LoadFuture<T, E>,
+    {
+        let mut lease = None;
+        if options.settings.lock {
+            let mut candidate = LockLease::new(self, full);
+            // Not taken: someone in the fleet is loading it already. Failed: the store is
+            // unreachable, so a refreshed value could not be stored anyway.
+            if !matches!(candidate.try_take(options.settings.lock_ttl).await, Ok(true)) {
                 return;
             }
-            metrics::counter!(telemetry::REFRESHES, "trigger" => trigger).increment(1);
-            let loaded: Loaded<T, E> = cache.load_and_store(&full, options, loader, lease, None).await;
-            if let Err(err) = &loaded.outcome {
-                tracing::warn!(key = full, error = ?err.kind(), "background refresh failed; the current value is kept");
+            lease = Some(candidate);
+        }
+        // Someone may have refreshed it between our read and now. Inequality, not "newer":
+        // the writer's clock may be behind ours.
+        let current = self.fetch_entry::<T>(full).await;
+        if current.is_some_and(|entry| entry.header.stored_at != seen) {
+            if let Some(lease) = lease {
+                lease.release(false).await;
             }
-        });
+            return;
+        }
+        metrics::counter!(telemetry::REFRESHES, "trigger" => trigger).increment(1);
+        let loaded: Loaded<T, E> = self.load_and_store(full, options, loader, lease, None).await;
+        if let Err(err) = &loaded.outcome {
+            tracing::warn!(key = full, error = ?err.kind(), "refresh failed; the current value is kept");
+        }
     }
 
     /// The value under `full` if the store holds a fresh, usable one.
@@ -714,7 +882,7 @@ impl Cache {
 /// Run a loader, containing a panic, and time it.
 async fn run_loader<T, E, F>(loader: F) -> (Loaded<T, E>, Duration)
 where
-    F: Future<Output = Result<Option<T>, E>>,
+    F: Future<Output = Result<Fetched<T>, E>>,
 {
     metrics::counter!(telemetry::LOADER_CALLS).increment(1);
     let started = Instant::now();
@@ -722,7 +890,10 @@ where
     let elapsed = started.elapsed();
     metrics::histogram!(telemetry::LOADER_DURATION).record(elapsed.as_secs_f64());
     let loaded = match result {
-        Ok(Ok(value)) => Loaded::value(value),
+        Ok(Ok(fetched)) => Loaded {
+            store: fetched.store,
+            ..Loaded::value(fetched.value)
+        },
         Ok(Err(err)) => {
             metrics::counter!(telemetry::LOADER_ERRORS, "kind" => "error").increment(1);
             Loaded::error(LoadError::loader(err))
@@ -734,6 +905,7 @@ where
             Loaded {
                 outcome: Err(LoadError::panicked(message)),
                 panic: Some(payload),
+                store: false,
             }
         }
     };
