@@ -257,6 +257,14 @@ impl<E> LoadError<E> {
         }
     }
 
+    /// The panic's message, when the loader panicked.
+    pub fn panic_message(&self) -> Option<&str> {
+        match &self.repr {
+            LoadErrorRepr::Panicked(message) => Some(message),
+            _ => None,
+        }
+    }
+
     /// The loader's error as shared with every caller of the same load.
     pub fn into_loader_error(self) -> Option<Arc<E>> {
         match self.repr {

@@ -33,6 +33,9 @@
 //! - [`telemetry`]: the names of the metrics emitted through the `metrics` facade.
 //! - `error`: the crate's [`Error`] and [`ErrorKind`].
 
+#[doc(hidden)]
+#[path = "macro_support.rs"]
+pub mod __private;
 mod breaker;
 mod cache;
 pub mod codec;
@@ -53,6 +56,9 @@ pub use crate::stampede::{
     DEFAULT_EARLY_REFRESH_BETA, DEFAULT_LOCK_MAX_WAIT, DEFAULT_LOCK_TTL, LoadOptions,
     OnLockTimeout, StampedeSettings,
 };
+/// Caches an async function: see the `cachelayer-macros` crate's documentation.
+#[cfg(feature = "macros")]
+pub use cachelayer_macros::cached;
 
 /// Compiles the README's examples as doc tests, so they cannot drift from the API.
 #[doc = include_str!("../../../README.md")]

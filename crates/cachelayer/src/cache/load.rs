@@ -405,7 +405,12 @@ impl Cache {
 
     /// The first read: serve a fresh value (perhaps asking for an early refresh), a stale one
     /// within `stale_while_revalidate` (asking for a refresh), or report a miss.
-    async fn first_read<T: Loadable>(&self, full: &str, options: Resolved, mode: LoadMode) -> Lookup<T> {
+    async fn first_read<T: Loadable>(
+        &self,
+        full: &str,
+        options: Resolved,
+        mode: LoadMode,
+    ) -> Lookup<T> {
         let Some(entry) = self.fetch_entry::<T>(full).await else {
             metrics::counter!(telemetry::MISSES).increment(1);
             return Lookup::Miss(None);
@@ -488,7 +493,9 @@ impl Cache {
                 }
             }
         };
-        let loaded = self.lead(full, options, loader, stale, mode.absent_ok).await;
+        let loaded = self
+            .lead(full, options, loader, stale, mode.absent_ok)
+            .await;
         let withheld = !mode.share_errors
             && loaded
                 .outcome
@@ -737,7 +744,10 @@ impl Cache {
             let mut candidate = LockLease::new(self, full);
             // Not taken: someone in the fleet is loading it already. Failed: the store is
             // unreachable, so a refreshed value could not be stored anyway.
-            if !matches!(candidate.try_take(options.settings.lock_ttl).await, Ok(true)) {
+            if !matches!(
+                candidate.try_take(options.settings.lock_ttl).await,
+                Ok(true)
+            ) {
                 return;
             }
             lease = Some(candidate);
@@ -752,7 +762,9 @@ impl Cache {
             return;
         }
         metrics::counter!(telemetry::REFRESHES, "trigger" => trigger).increment(1);
-        let loaded: Loaded<T, E> = self.load_and_store(full, options, loader, lease, None).await;
+        let loaded: Loaded<T, E> = self
+            .load_and_store(full, options, loader, lease, None)
+            .await;
         if let Err(err) = &loaded.outcome {
             tracing::warn!(key = full, error = ?err.kind(), "refresh failed; the current value is kept");
         }

@@ -19,6 +19,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 pub use self::builder::{CacheBuilder, DEFAULT_NAMESPACE, DEFAULT_TTL, DEFAULT_TTL_JITTER};
+pub use self::load::Fetched;
+pub(crate) use self::load::LoadMode;
 use crate::breaker::{Admission, BreakerState, CircuitBreaker};
 use crate::codec::{Codec, DecodeFailure, Decoded, EntryMeta, Freshness};
 use crate::error::{Error, ErrorKind, Result};
@@ -26,6 +28,9 @@ use crate::key::Key;
 use crate::stampede::{EarlyRefresh, FillWaiters, Flights, StampedeSettings};
 use crate::store::{MAX_TTL, Store, StoreEntry, check_ttl};
 use crate::telemetry;
+
+/// The process-wide cache of [`Cache::set_global`].
+static GLOBAL: std::sync::OnceLock<Cache> = std::sync::OnceLock::new();
 
 /// A typed cache over a [`Store`]. Cheap to clone; clones share everything.
 ///
@@ -93,6 +98,27 @@ impl Cache {
     /// A builder with every default: in-process store, JSON, 300 s TTL, 10% jitter.
     pub fn builder() -> CacheBuilder {
         CacheBuilder::default()
+    }
+
+    /// Make this the process-wide cache, used by `#[cached]` functions that have no
+    /// `cache` argument or option. Set once at start-up; a second call returns the cache it
+    /// was given, unchanged.
+    ///
+    /// ```
+    /// use cachelayer::Cache;
+    ///
+    /// let cache = Cache::builder().build().unwrap();
+    /// assert!(Cache::set_global(cache.clone()).is_ok());
+    /// assert!(Cache::global().is_some());
+    /// assert!(Cache::set_global(cache).is_err());
+    /// ```
+    pub fn set_global(cache: Cache) -> std::result::Result<(), Cache> {
+        GLOBAL.set(cache)
+    }
+
+    /// The process-wide cache, if one was set.
+    pub fn global() -> Option<&'static Cache> {
+        GLOBAL.get()
     }
 
     /// The store key for `key`: namespace, version, then the key.
