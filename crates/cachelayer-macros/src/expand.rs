@@ -120,35 +120,34 @@ fn key_expression(
     match &options.key {
         Some(template) => template_key(template, arguments),
         None => {
-            let checks = arguments.iter().map(|a| {
+            let values = arguments.iter().map(|a| {
                 let name = &a.name;
-                quote_spanned!(a.ty.span()=> ::cachelayer::__private::key_argument(#name);)
+                quote_spanned!(a.ty.span()=> ::cachelayer::__private::key_argument(#name))
             });
-            let names = arguments.iter().map(|a| &a.name);
-            quote! {{
-                #(#checks)*
-                ::cachelayer::__private::args_key(&#path, &(#(#names,)*))
-            }}
+            quote! {
+                ::cachelayer::__private::args_key(&#path, ::std::vec![#(#values),*])
+            }
         }
     }
 }
 
 fn template_key(template: &KeyTemplate, arguments: &[&Argument]) -> TokenStream {
-    let checks = arguments.iter().map(|a| {
-        let name = &a.name;
-        quote_spanned!(a.ty.span()=> ::cachelayer::__private::key_template_argument(#name);)
-    });
     let mut parts = template.segments.iter().map(|segment| match segment {
         Segment::Text(text) => quote!(#text),
-        Segment::Argument(name) => quote!(#name),
+        Segment::Argument(name) => {
+            let span = arguments
+                .iter()
+                .find(|a| a.name == *name)
+                .map_or_else(|| name.span(), |a| a.ty.span());
+            quote_spanned!(span=> ::cachelayer::__private::key_template_argument(#name))
+        }
     });
     let first = parts.next().unwrap_or_else(|| quote!(""));
-    quote! {{
-        #(#checks)*
+    quote! {
         ::core::result::Result::Ok::<_, ::cachelayer::Error>(
             ::cachelayer::Key::new(#first)#(.part(#parts))*
         )
-    }}
+    }
 }
 
 fn millis(duration: Duration) -> TokenStream {
@@ -206,7 +205,10 @@ fn cache_source(options: &CachedOptions, analysed: &Analysed, path: &TokenStream
 /// Whether to store a loaded value, given `__cl_value: &T`.
 fn store_check(options: &CachedOptions) -> TokenStream {
     match &options.unless {
-        Some(unless) => quote_spanned!(unless.span()=> !(#unless)(__cl_value)),
+        Some(unless) => quote_spanned!(unless.span()=> {
+            let __cl_unless = #unless;
+            !__cl_unless(__cl_value)
+        }),
         None => quote!(true),
     }
 }

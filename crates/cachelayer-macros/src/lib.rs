@@ -73,16 +73,18 @@ use proc_macro::TokenStream;
 /// Caches an async function; see the [crate documentation](crate).
 #[proc_macro_attribute]
 pub fn cached(attributes: TokenStream, item: TokenStream) -> TokenStream {
-    let options = match syn::parse::<options::CachedOptions>(attributes) {
-        Ok(options) => options,
-        Err(err) => return err.to_compile_error().into(),
-    };
-    let function = match syn::parse::<syn::ItemFn>(item) {
-        Ok(function) => function,
-        Err(err) => return err.to_compile_error().into(),
-    };
-    signature::analyse(&function)
-        .and_then(|analysed| expand::expand(options, function, analysed))
-        .unwrap_or_else(syn::Error::into_compile_error)
-        .into()
+    let original = proc_macro2::TokenStream::from(item.clone());
+    let expanded = syn::parse::<options::CachedOptions>(attributes).and_then(|options| {
+        let function = syn::parse::<syn::ItemFn>(item)?;
+        let analysed = signature::analyse(&function)?;
+        expand::expand(options, function, analysed)
+    });
+    match expanded {
+        Ok(expanded) => expanded.into(),
+        // The function as written stays, so the error above is the only one reported.
+        Err(err) => {
+            let error = err.into_compile_error();
+            quote::quote!(#error #original).into()
+        }
+    }
 }

@@ -158,7 +158,7 @@ async fn different_arguments_are_different_entries(backend: Backend) {
     assert_eq!(catalog.search(&state, "lamp", 2).await, ["lamp #2"]);
     assert_eq!(catalog.search(&state, "lamp", 1).await, ["lamp #1"]);
     assert_eq!(catalog.calls.load(Ordering::SeqCst), 2);
-    let key = Catalog::search_key(&"lamp", &1).expect("key");
+    let key = Catalog::search_key("lamp", &1).expect("key");
     assert!(key.as_str().starts_with("cached.Catalog.search:#"), "{key}");
 }
 
@@ -210,7 +210,7 @@ async fn invalidate_drops_exactly_one_call(backend: Backend) {
     };
     catalog.search(&state, "chair", 1).await;
     catalog.search(&state, "chair", 2).await;
-    Catalog::search_invalidate(&cache, &"chair", &1)
+    Catalog::search_invalidate(&cache, "chair", &1)
         .await
         .expect("invalidate");
     catalog.search(&state, "chair", 1).await;

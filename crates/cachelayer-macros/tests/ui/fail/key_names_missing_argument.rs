@@ -1,0 +1,9 @@
+use cachelayer::{Cache, cached};
+
+#[cached(key = "product:{product_id}")]
+async fn get(cache: &Cache, id: u64) -> u64 {
+    let _ = cache;
+    id
+}
+
+fn main() {}
