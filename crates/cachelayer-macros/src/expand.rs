@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use proc_macro2::TokenStream;
+use proc_macro2::{Span, TokenStream};
 use quote::{format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
 use syn::visit::Visit;
@@ -33,12 +33,24 @@ pub(crate) fn expand(
     }
     let name = &function.sig.ident;
     let name_text = name.to_string();
-    let path = if analysed.has_receiver {
+    let base = if analysed.has_receiver {
         quote!(::cachelayer::__private::method_path::<Self>(#name_text))
     } else {
         quote!(::std::string::String::from(
-            concat!(module_path!(), "::", #name_text)
+            ::core::concat!(::core::module_path!(), "::", #name_text)
         ))
+    };
+    // Type parameters are part of the default key: `load::<User>(1)` is not `load::<Order>(1)`.
+    let type_parameters: Vec<&Ident> = function
+        .sig
+        .generics
+        .type_params()
+        .map(|p| &p.ident)
+        .collect();
+    let path = if type_parameters.is_empty() {
+        base
+    } else {
+        quote!(::cachelayer::__private::generic_path(&#base, &[#(::core::any::type_name::<#type_parameters>()),*]))
     };
     let key = key_expression(&options, &key_arguments, &path);
     let wrapper = wrapper(&options, &function, &analysed, &key_arguments, &key, &path);
@@ -65,26 +77,35 @@ fn key_arguments<'a>(
         }
     }
     if let Some(template) = &options.key {
-        let mut chosen = Vec::new();
+        let mut named = Vec::new();
         for segment in &template.segments {
             if let Segment::Argument(name) = segment {
-                let argument = find(name).ok_or_else(|| {
-                    syn::Error::new(
+                if find(name).is_none() {
+                    return Err(syn::Error::new(
                         template.literal.span(),
-                        format!("the key template names `{{{name}}}`, which is not an argument of this function"),
-                    )
-                })?;
-                chosen.push(argument);
+                        format!(
+                            "the key template names `{{{name}}}`, which is not an argument of this function"
+                        ),
+                    ));
+                }
+                named.push(name);
             }
         }
-        return Ok(chosen);
+        // The helpers take them in signature order, once each.
+        return Ok(analysed
+            .arguments
+            .iter()
+            .filter(|a| named.contains(&&a.name))
+            .collect());
     }
+    // An argument named `cache` is the cache handle, unless the `cache` option says otherwise.
+    let cache_handle = |a: &Argument| options.cache.is_none() && a.name == "cache";
     let used_by_cache = options.cache.as_ref().map(identifiers).unwrap_or_default();
     let chosen: Vec<&Argument> = analysed
         .arguments
         .iter()
         .filter(|a| {
-            a.name != "cache"
+            !cache_handle(a)
                 && !options.ignore.contains(&a.name)
                 && !used_by_cache.contains(&a.name)
         })
@@ -97,12 +118,16 @@ fn key_arguments<'a>(
     Ok(chosen)
 }
 
-/// Every identifier an expression mentions.
+/// Every variable an expression reads (single-segment paths; `state.cache` reads `state`,
+/// not a variable named `cache`).
 fn identifiers(expression: &Expr) -> Vec<Ident> {
     struct Collect(Vec<Ident>);
     impl<'ast> Visit<'ast> for Collect {
-        fn visit_ident(&mut self, ident: &'ast Ident) {
-            self.0.push(ident.clone());
+        fn visit_expr_path(&mut self, path: &'ast syn::ExprPath) {
+            if let Some(ident) = path.path.get_ident() {
+                self.0.push(ident.clone());
+            }
+            syn::visit::visit_expr_path(self, path);
         }
     }
     let mut collect = Collect(Vec::new());
@@ -298,17 +323,20 @@ fn wrapper(
             quote!(__cl_cloner.is_some()),
         ),
     };
+    // Invisible to the body (mixed-site hygiene), so no argument name can be shadowed.
+    let key_local = Ident::new("__cl_key", Span::mixed_site());
+    let cache_local = Ident::new("__cl_cache", Span::mixed_site());
     quote! {
         #(#attrs)*
         #vis #sig {
-            let __cl_key: ::cachelayer::Result<::cachelayer::Key> = { #(#bind)* #key };
-            let __cl_cache: ::core::option::Option<::cachelayer::Cache> = #cache;
+            let #key_local: ::cachelayer::Result<::cachelayer::Key> = { #(#bind)* #key };
+            let #cache_local: ::core::option::Option<::cachelayer::Cache> = #cache;
             let __cl_body = async move {
                 let __cl_out: #output = #block;
                 __cl_out
             };
             #prelude
-            let (__cl_cache, __cl_key) = match (__cl_cache, __cl_key) {
+            let (__cl_cache, __cl_key) = match (#cache_local, #key_local) {
                 (::core::option::Option::Some(__cl_cache), ::core::result::Result::Ok(__cl_key)) => (__cl_cache, __cl_key),
                 (::core::option::Option::None, _) => return __cl_body.await,
                 (::core::option::Option::Some(_), ::core::result::Result::Err(__cl_err)) => {
@@ -333,6 +361,8 @@ fn helpers(function: &ItemFn, key_arguments: &[&Argument], key: &TokenStream) ->
     let key_fn = format_ident!("{}_key", name);
     let invalidate_fn = format_ident!("{}_invalidate", name);
     let generics = &function.sig.generics;
+    // Mixed-site, so a key argument may itself be named `cache`.
+    let cache_param = Ident::new("cache", Span::mixed_site());
     let where_clause = &function.sig.generics.where_clause;
     let params: Vec<TokenStream> = key_arguments
         .iter()
@@ -355,9 +385,9 @@ fn helpers(function: &ItemFn, key_arguments: &[&Argument], key: &TokenStream) ->
 
         #[doc = #invalidate_doc]
         #[allow(dead_code)]
-        #vis async fn #invalidate_fn #generics (cache: &::cachelayer::Cache, #(#params),*) -> ::cachelayer::Result<()> #where_clause {
+        #vis async fn #invalidate_fn #generics (#cache_param: &::cachelayer::Cache, #(#params),*) -> ::cachelayer::Result<()> #where_clause {
             let __cl_key = #key?;
-            cache.invalidate(__cl_key).await
+            #cache_param.invalidate(__cl_key).await
         }
     }
 }

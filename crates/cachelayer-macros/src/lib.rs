@@ -57,6 +57,32 @@
 //! or stale refresh runs in the call that triggers it (other callers keep being served);
 //! the wrapped function's future must be `Send` if the caller needs it to be.
 //!
+//! # Keys: what is and is not in them
+//!
+//! - The receiver (`self`) is **never** part of the default key: two instances of a type
+//!   share entries. If results depend on the instance (a per-tenant repository), put that in
+//!   the key: `key = "tenant:{tenant}:user:{id}"` with the tenant as an argument.
+//! - The default path is `module::function` for free and associated functions and
+//!   `Type::method` (via `std::any::type_name::<Self>()`, stable within one build) for methods
+//!   with a receiver; a generic function adds its type arguments (`load::<User>` and
+//!   `load::<Order>` never share entries). Associated functions *without* a receiver in two
+//!   `impl` blocks of one module would share a path: give them a `key` template.
+//! - A `HashSet` argument (also nested, as in `Option<Vec<HashSet<_>>>`, or an `FxHashSet`) is
+//!   refused because its order differs per process; the macro cannot see a set inside your
+//!   own struct, so keep such fields `BTreeSet`s or leave the argument out with `ignore`.
+//!   Maps are fine: default keys sort map keys.
+//! - `ignore`d arguments are not in the key, so calls that differ only in them share an
+//!   entry: ignore only what does not change the result (pools, clients, tracing context).
+//!
+//! # Limits
+//!
+//! - Not in trait `impl` blocks (the helpers are not trait members): cache a private
+//!   inherent method and call it from the trait method.
+//! - `unless` runs after the body, which has taken ownership of the arguments: the predicate
+//!   can only look at the value.
+//! - Errors (`E`) must be `Send + Sync + 'static`; helpers of a generic function may need a
+//!   turbofish (`f_key::<T>(..)`).
+//!
 //! # Helpers
 //!
 //! Each cached function `f` comes with `f_key(args..) -> cachelayer::Result<Key>` and

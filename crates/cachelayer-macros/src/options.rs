@@ -82,7 +82,16 @@ impl CachedOptions {
             }
         };
         match name.as_str() {
-            "ttl" => self.ttl = Some(duration(value)?),
+            "ttl" => {
+                let ttl = duration(value)?;
+                if ttl.is_zero() {
+                    return Err(syn::Error::new(
+                        value.span(),
+                        "a zero TTL would cache nothing; remove #[cached] instead",
+                    ));
+                }
+                self.ttl = Some(ttl);
+            }
             "key" => self.key = Some(key_template(value)?),
             "cache" => self.cache = Some(value.clone()),
             "stale" => {
@@ -115,14 +124,23 @@ fn duration(value: &Expr) -> syn::Result<Duration> {
         Expr::Lit(ExprLit {
             lit: Lit::Str(text),
             ..
-        }) => humantime::parse_duration(&text.value()).map_err(|err| {
-            syn::Error::new(
-                text.span(),
-                format!(
-                    "invalid duration ({err}); write it like \"300ms\", \"30s\", \"5m\" or \"1h\""
-                ),
-            )
-        }),
+        }) => {
+            let parsed = humantime::parse_duration(&text.value()).map_err(|err| {
+                syn::Error::new(
+                    text.span(),
+                    format!(
+                        "invalid duration ({err}); write it like \"300ms\", \"30s\", \"5m\" or \"1h\""
+                    ),
+                )
+            })?;
+            if parsed.subsec_nanos() % 1_000_000 != 0 {
+                return Err(syn::Error::new(
+                    text.span(),
+                    "durations are whole milliseconds; write at least \"1ms\"",
+                ));
+            }
+            Ok(parsed)
+        }
         Expr::Lit(ExprLit {
             lit: Lit::Int(seconds),
             ..

@@ -101,14 +101,30 @@ fn shape_of(output: &Type) -> Shape {
 
 /// Why a type cannot be part of a key even though it serializes: its serialization order
 /// differs between processes.
+/// Looks through references, tuples, slices and generic arguments (`Option<HashSet<_>>`),
+/// and catches the common `HashSet` variants by name (`FxHashSet`, `AHashSet`). A set inside
+/// a struct of the caller's cannot be seen here; the docs say so.
 pub(crate) fn unstable_key_type(ty: &Type) -> Option<&'static str> {
-    let Type::Path(path) = peel_references(ty) else {
-        return None;
-    };
-    let last = path.path.segments.last()?;
-    (last.ident == "HashSet").then_some(
-        "a HashSet iterates in a different order in every process, so its cache key would differ; use a BTreeSet, or leave it out with `ignore(...)`",
-    )
+    const REASON: &str = "a HashSet iterates in a different order in every process, so its cache key would differ; use a BTreeSet, or leave it out with `ignore(...)`";
+    match peel_references(ty) {
+        Type::Path(path) => {
+            let last = path.path.segments.last()?;
+            if last.ident.to_string().ends_with("HashSet") {
+                return Some(REASON);
+            }
+            let PathArguments::AngleBracketed(arguments) = &last.arguments else {
+                return None;
+            };
+            arguments.args.iter().find_map(|argument| match argument {
+                GenericArgument::Type(inner) => unstable_key_type(inner),
+                _ => None,
+            })
+        }
+        Type::Tuple(tuple) => tuple.elems.iter().find_map(unstable_key_type),
+        Type::Slice(slice) => unstable_key_type(&slice.elem),
+        Type::Array(array) => unstable_key_type(&array.elem),
+        _ => None,
+    }
 }
 
 fn peel_references(ty: &Type) -> &Type {
@@ -123,7 +139,14 @@ fn peel_references(ty: &Type) -> &Type {
 /// or `ty` itself when it already is one.
 pub(crate) fn borrowed(ty: &Type) -> Type {
     match ty {
-        Type::Reference(_) => ty.clone(),
+        // A key only reads its arguments: `&mut T` is taken as `&T`.
+        Type::Reference(reference) => {
+            let mut shared = reference.clone();
+            shared.mutability = None;
+            Type::Reference(shared)
+        }
+        // `&impl A + B` would not parse as intended: parenthesise.
+        Type::ImplTrait(_) | Type::TraitObject(_) => syn::parse_quote!(&(#ty)),
         other => syn::parse_quote!(&#other),
     }
 }

@@ -288,7 +288,7 @@ async fn uncloneable_errors_reach_every_caller(backend: Backend) {
     assert_eq!(cache.get::<Product>("product:0").await, None);
 }
 
-#[cached(ttl = "300ms", stale_while_revalidate = "1m", ignore(calls))]
+#[cached(ttl = "1s", stale_while_revalidate = "1m", ignore(calls))]
 async fn versioned(cache: &Cache, calls: &AtomicUsize) -> usize {
     calls.fetch_add(1, Ordering::SeqCst) + 1
 }
@@ -300,7 +300,7 @@ async fn stale_values_are_refreshed_by_the_reader(backend: Backend) {
     let calls = AtomicUsize::new(0);
     assert_eq!(versioned(&cache, &calls).await, 1);
     // Expiry has no signal: this is time passing.
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(versioned(&cache, &calls).await, 1, "the stale value");
     assert_eq!(versioned(&cache, &calls).await, 2, "refreshed");
     assert_eq!(calls.load(Ordering::SeqCst), 2);
@@ -328,6 +328,50 @@ async fn unless_skips_storing(backend: Backend) {
         3,
         "the draft is loaded every time"
     );
+}
+
+#[cached(ttl = "1m")]
+async fn decode_as<T>(cache: &Cache, id: u64) -> Vec<T>
+where
+    T: Serialize + serde::de::DeserializeOwned + Clone + Send + Sync + Default + 'static,
+{
+    let _ = cache;
+    vec![T::default(); usize::try_from(id).unwrap_or(0)]
+}
+
+/// Instances of a generic function have their own entries.
+async fn generic_instances_have_their_own_keys(backend: Backend) {
+    let cache = backend.cache();
+    assert_eq!(decode_as::<u8>(&cache, 2).await, vec![0u8, 0]);
+    assert_eq!(decode_as::<String>(&cache, 2).await, vec![String::new(); 2]);
+    assert_ne!(
+        decode_as_key::<u8>(&2).expect("key"),
+        decode_as_key::<String>(&2).expect("key")
+    );
+    assert_eq!(
+        cache
+            .get::<Vec<u8>>(decode_as_key::<u8>(&2).expect("key"))
+            .await,
+        Some(vec![0, 0])
+    );
+}
+
+/// Policy differs per call: with a `cache` option, an argument named `cache` is key
+/// material like any other.
+#[cached(ttl = "1m", cache = state.cache)]
+async fn with_policy(state: &AppState, cache: &str, id: u64) -> String {
+    state.calls.fetch_add(1, Ordering::SeqCst);
+    format!("{cache}:{id}")
+}
+
+async fn a_cache_named_argument_is_key_material_with_the_cache_option(backend: Backend) {
+    let state = AppState {
+        cache: backend.cache(),
+        calls: AtomicUsize::new(0),
+    };
+    assert_eq!(with_policy(&state, "hot", 1).await, "hot:1");
+    assert_eq!(with_policy(&state, "cold", 1).await, "cold:1");
+    assert_eq!(state.calls.load(Ordering::SeqCst), 2);
 }
 
 macro_rules! on_every_store {
@@ -363,6 +407,8 @@ on_every_store!(
     stale_values_are_refreshed_by_the_reader,
     not_found_is_cached_with_negative,
     unless_skips_storing,
+    generic_instances_have_their_own_keys,
+    a_cache_named_argument_is_key_material_with_the_cache_option,
 );
 
 #[cached(ttl = 60, ignore(calls))]

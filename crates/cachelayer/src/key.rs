@@ -53,6 +53,14 @@ impl Key {
         self
     }
 
+    /// Append the hash of a function call's serialized arguments (for `#[cached]`), in a
+    /// hash domain of its own, so no template part can reproduce it.
+    pub(crate) fn arguments_part(mut self, serialized: &[u8]) -> Self {
+        self.0.push(':');
+        self.0.push_str(&hash(Domain::Arguments, serialized));
+        self
+    }
+
     /// The rendered key (without namespace). A key longer than [`MAX_KEY_BYTES`] is hashed
     /// whole when it is used, not here, so parts can still be appended.
     pub fn as_str(&self) -> &str {
@@ -129,6 +137,7 @@ fn render_part(part: &str) -> String {
 enum Domain {
     Part,
     WholeKey,
+    Arguments,
 }
 
 /// `#` and the first 128 bits of SHA-256 in hex: collision-resistant against chosen input,
@@ -137,6 +146,7 @@ fn hash(domain: Domain, bytes: &[u8]) -> String {
     let label: &[u8] = match domain {
         Domain::Part => b"part\0",
         Domain::WholeKey => b"key\0",
+        Domain::Arguments => b"args\0",
     };
     let digest = Sha256::new()
         .chain_update(label)

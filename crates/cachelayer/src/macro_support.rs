@@ -44,9 +44,9 @@ pub fn key_argument<T: KeyArgument + ?Sized>(argument: &T) -> serde_json::Result
     serde_json::to_value(argument)
 }
 
-/// One argument of a key template, as the key part it fills.
-pub fn key_template_argument<T: KeyTemplateArgument + ?Sized>(argument: &T) -> &T {
-    argument
+/// One argument of a key template, as the text of the key part it fills.
+pub fn key_template_argument<T: KeyTemplateArgument + ?Sized>(argument: &T) -> String {
+    argument.to_string()
 }
 
 /// The default key of a call: the function's path (`::` turned into `.`), then a hash of its
@@ -71,7 +71,7 @@ pub fn args_key(function: &str, arguments: Vec<serde_json::Result<Value>>) -> Re
             err,
         )
     })?;
-    Ok(base.hashed_part(bytes))
+    Ok(base.arguments_part(&bytes))
 }
 
 /// `value` with every object's keys in sorted order, whatever map type serde_json was built
@@ -98,6 +98,12 @@ fn canonical(value: Value) -> Value {
 /// between compiler releases, which only costs misses after such an upgrade).
 pub fn method_path<S: ?Sized>(method: &str) -> String {
     format!("{}::{method}", std::any::type_name::<S>())
+}
+
+/// The key path of a generic function: its path and the names of its type arguments, so
+/// `load::<User>` and `load::<Order>` never share entries.
+pub fn generic_path(path: &str, type_arguments: &[&str]) -> String {
+    format!("{path}<{}>", type_arguments.join(","))
 }
 
 /// The process-wide cache when a function has no other, logging once when there is none.

@@ -478,6 +478,10 @@ impl Cache {
                         Some(Ok(value)) if value.is_some() || mode.absent_ok => {
                             return Loaded::value(value.clone());
                         }
+                        // This caller cannot take a shared loader error out of its `Arc`
+                        // (another kind of caller shared it): it loads itself.
+                        Some(Err(err))
+                            if !mode.share_errors && err.kind() == LoadErrorKind::Loader => {}
                         Some(Err(err)) => match self.follower_error(err, stale, options) {
                             FollowerError::Return(loaded) => return loaded,
                             FollowerError::LoadUnlocked(stale) => {

@@ -58,6 +58,47 @@ async fn no_arguments(cache: &Cache) -> u32 {
     1
 }
 
+#[cached(ttl = "1ms")]
+pub(crate) async fn generic<'a, T: Serialize + Send + Sync>(
+    cache: &Cache,
+    name: &'a str,
+    label: std::borrow::Cow<'a, str>,
+    mut extra: T,
+    filter: impl Serialize + Send + Sync,
+) -> Result<usize, std::io::Error> {
+    let _ = (cache, &mut extra, filter);
+    if name.is_empty() {
+        return Err(std::io::Error::other("empty"));
+    }
+    let parsed: usize = label.len().to_string().parse().map_err(std::io::Error::other)?;
+    Ok(parsed)
+}
+
+struct Counter(u64);
+
+impl Counter {
+    #[cached(ttl = 60, key = "counter:{step}")]
+    async fn by_value(self, cache: &Cache, step: u64) -> u64 {
+        let _ = cache;
+        self.0 + step
+    }
+
+    #[cached(ttl = 60, ignore(extra))]
+    async fn by_mut(&mut self, cache: &Cache, step: &mut u64, extra: &mut Vec<u8>) -> u64 {
+        let _ = cache;
+        extra.push(1);
+        *step += 1;
+        self.0 += *step;
+        self.0
+    }
+}
+
+#[cached(cache = state.cache, key = "pair:{second}:{first}")]
+async fn template_order(state: &AppState, first: u64, second: u64) -> u64 {
+    let _ = state;
+    first + second
+}
+
 fn main() {
     let _ = by_template_key(&1);
     let _ = optional_key(&1, &HashMap::new());
@@ -67,4 +108,12 @@ fn main() {
     let _ = no_arguments_key();
     let cache = Cache::builder().build().expect("cache");
     let _ = by_template_invalidate(&cache, &1);
+    let _ = generic_key::<u8>(&"n", &std::borrow::Cow::Borrowed("l"), &1u8, &(1, 2));
+    let _ = Counter::by_value_key(&1);
+    let _ = Counter::by_mut_key(&1);
+    // Signature order, whatever the template's order.
+    let _ = template_order_key(&1, &2);
+    let mut counter = Counter(0);
+    let _ = counter.by_mut(&cache, &mut 1, &mut Vec::new());
+    let _ = Counter(0).by_value(&cache, 1);
 }
