@@ -31,7 +31,9 @@
 //! - `breaker`: the circuit breaker in front of the store ([`BreakerState`]).
 //! - [`config`]: [`CacheConfig`], every setting as plain data.
 //! - [`telemetry`]: the names of the metrics emitted through the `metrics` facade.
-//! - `error`: the crate's [`Error`] and [`ErrorKind`].
+//! - `error`: the crate's [`Error`] and [`ErrorKind`], and [`LoadError`] for loads.
+//! - `cached` (feature `macros`): the `#[cached]` attribute from `cachelayer-macros`; what its
+//!   expansion calls lives in a hidden module, not a stable API.
 
 #[doc(hidden)]
 #[path = "macro_support.rs"]
