@@ -43,6 +43,8 @@ mod cache;
 pub mod codec;
 pub mod config;
 mod error;
+#[cfg(feature = "http")]
+pub mod http;
 pub mod key;
 mod stampede;
 pub mod store;

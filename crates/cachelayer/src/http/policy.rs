@@ -1,0 +1,675 @@
+//! RFC 9111 rules for a shared cache, as pure functions over headers and times: what may be
+//! stored, for how long it is fresh, how old a stored response is, and whether a request's
+//! own directives accept it.
+//!
+//! This module decides only; it must never touch a store or a body, so every rule can be
+//! tested on headers alone. Where the RFC lets a cache choose, it chooses the safer reading
+//! (a qualified `private="field"` is treated like `private`).
+
+use std::time::{Duration, SystemTime};
+
+use http::header::{AUTHORIZATION, CACHE_CONTROL, HeaderMap, PRAGMA};
+use http::{Method, StatusCode};
+
+/// Largest delta-seconds honoured (RFC 9111 section 1.2.2: 2^31 is "infinity").
+const MAX_DELTA_SECONDS: u64 = 1 << 31;
+/// Heuristic freshness is this fraction of the time since `Last-Modified` (RFC 9111 section
+/// 4.2.2 suggests 10%), and never more than a day.
+const HEURISTIC_FRACTION: f64 = 0.1;
+const MAX_HEURISTIC: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// The directives of every `Cache-Control` header of a message, names lowercased.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CacheControl {
+    directives: Vec<(String, Option<String>)>,
+}
+
+impl CacheControl {
+    /// Parse every `Cache-Control` field of `headers` (comma-separated directives, values as
+    /// tokens or quoted strings). Unparseable pieces are skipped, never an error.
+    pub fn parse(headers: &HeaderMap) -> Self {
+        let mut directives = Vec::new();
+        for value in headers.get_all(CACHE_CONTROL) {
+            let Ok(text) = value.to_str() else { continue };
+            for piece in split_outside_quotes(text) {
+                let piece = piece.trim();
+                if piece.is_empty() {
+                    continue;
+                }
+                let (name, argument) = match piece.split_once('=') {
+                    Some((name, argument)) => {
+                        let argument = argument.trim();
+                        let unquoted = argument
+                            .strip_prefix('"')
+                            .and_then(|a| a.strip_suffix('"'))
+                            .unwrap_or(argument);
+                        (name.trim(), Some(unquoted.to_owned()))
+                    }
+                    None => (piece, None),
+                };
+                directives.push((name.to_ascii_lowercase(), argument));
+            }
+        }
+        Self { directives }
+    }
+
+    /// Whether the directive is present (with or without an argument).
+    pub fn has(&self, name: &str) -> bool {
+        self.directives.iter().any(|(n, _)| n == name)
+    }
+
+    /// A delta-seconds argument. A repeated or invalid one makes the directive unusable
+    /// (`None`), except where the caller treats presence alone as meaningful.
+    pub fn seconds(&self, name: &str) -> Option<Duration> {
+        let mut found = self.directives.iter().filter(|(n, _)| n == name);
+        let (_, argument) = found.next()?;
+        if found.next().is_some() {
+            return None;
+        }
+        let digits = argument.as_deref()?;
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let seconds = digits.parse::<u64>().unwrap_or(MAX_DELTA_SECONDS);
+        Some(Duration::from_secs(seconds.min(MAX_DELTA_SECONDS)))
+    }
+}
+
+/// Splits on commas that are not inside a quoted string.
+fn split_outside_quotes(text: &str) -> Vec<&str> {
+    let mut pieces = Vec::new();
+    let (mut start, mut quoted, mut escaped) = (0, false, false);
+    for (at, byte) in text.bytes().enumerate() {
+        match byte {
+            _ if escaped => escaped = false,
+            b'\\' if quoted => escaped = true,
+            b'"' => quoted = !quoted,
+            b',' if !quoted => {
+                pieces.push(&text[start..at]);
+                start = at + 1;
+            }
+            _ => {}
+        }
+    }
+    pieces.push(&text[start..]);
+    pieces
+}
+
+/// Statuses a cache may store without explicit freshness (RFC 9110 section 15.1).
+pub fn heuristically_cacheable(status: StatusCode) -> bool {
+    matches!(
+        status.as_u16(),
+        200 | 203 | 204 | 300 | 301 | 308 | 404 | 405 | 410 | 414 | 501
+    )
+}
+
+/// The layer's choices where the RFC leaves one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StoreRules {
+    /// Fresh lifetime of responses that carry no freshness information (the tutorial's
+    /// behaviour), for heuristically cacheable statuses. `None`: such responses are not stored
+    /// unless `heuristic` applies.
+    pub default_ttl: Option<Duration>,
+    /// Derive freshness from `Last-Modified` when nothing explicit is given (RFC 9111
+    /// section 4.2.2). Off by default: explicit is better than guessed.
+    pub heuristic: bool,
+    /// Store responses carrying `Set-Cookie`, with the cookie stripped. Off by default: such
+    /// a response is usually meant for one user.
+    pub strip_set_cookie: bool,
+}
+
+/// Why a response is not stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum NotStored {
+    /// Only GET responses are stored (HEAD is answered from them).
+    Method,
+    /// Not a final status this cache stores (1xx, 206 partial content, or no freshness).
+    Status,
+    /// `no-store` in the request or the response.
+    NoStore,
+    /// `private`: meant for one user.
+    Private,
+    /// `no-cache`: would need revalidation on every use.
+    NoCache,
+    /// The request carried `Authorization` and the response did not allow sharing it
+    /// (`public`, `s-maxage` or `must-revalidate`, RFC 9111 section 3.5).
+    Authorization,
+    /// `Vary: *` can never match a later request.
+    VaryAll,
+    /// The response sets a cookie.
+    SetCookie,
+    /// No freshness information and no default TTL: nothing says how long it may be reused.
+    NoFreshness,
+}
+
+impl NotStored {
+    /// A stable label for metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotStored::Method => "method",
+            NotStored::Status => "status",
+            NotStored::NoStore => "no_store",
+            NotStored::Private => "private",
+            NotStored::NoCache => "no_cache",
+            NotStored::Authorization => "authorization",
+            NotStored::VaryAll => "vary_all",
+            NotStored::SetCookie => "set_cookie",
+            NotStored::NoFreshness => "no_freshness",
+        }
+    }
+}
+
+/// What a shared cache may do with a response it received.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Storable {
+    /// Its freshness lifetime.
+    pub freshness: Duration,
+    /// It may not be served stale (`must-revalidate`, `proxy-revalidate` or `s-maxage`).
+    pub must_revalidate: bool,
+    /// Its `stale-while-revalidate` window (RFC 5861), zero when absent.
+    pub stale_while_revalidate: Duration,
+    /// Its `stale-if-error` window (RFC 5861), zero when absent.
+    pub stale_if_error: Duration,
+}
+
+/// Whether a shared cache may store `status` + `response` received for `method` +
+/// `request`, and for how long it is fresh (RFC 9111 sections 3, 3.5 and 4.2.1).
+pub fn storable(
+    method: &Method,
+    request: &HeaderMap,
+    status: StatusCode,
+    response: &HeaderMap,
+    rules: StoreRules,
+) -> Result<Storable, NotStored> {
+    if method != Method::GET {
+        return Err(NotStored::Method);
+    }
+    if status.is_informational() || status == StatusCode::PARTIAL_CONTENT {
+        return Err(NotStored::Status);
+    }
+    let request_cc = CacheControl::parse(request);
+    let response_cc = CacheControl::parse(response);
+    if request_cc.has("no-store") || response_cc.has("no-store") {
+        return Err(NotStored::NoStore);
+    }
+    if response_cc.has("private") {
+        return Err(NotStored::Private);
+    }
+    if response_cc.has("no-cache") {
+        return Err(NotStored::NoCache);
+    }
+    if request.contains_key(AUTHORIZATION)
+        && !(response_cc.has("public")
+            || response_cc.has("s-maxage")
+            || response_cc.has("must-revalidate"))
+    {
+        return Err(NotStored::Authorization);
+    }
+    if response
+        .get_all(http::header::VARY)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|name| name.trim() == "*")
+    {
+        return Err(NotStored::VaryAll);
+    }
+    if response.contains_key(http::header::SET_COOKIE) && !rules.strip_set_cookie {
+        return Err(NotStored::SetCookie);
+    }
+    let freshness = freshness_lifetime(status, response, &response_cc, rules)?;
+    if freshness.is_zero() {
+        return Err(NotStored::NoFreshness);
+    }
+    Ok(Storable {
+        freshness,
+        must_revalidate: response_cc.has("must-revalidate")
+            || response_cc.has("proxy-revalidate")
+            || response_cc.has("s-maxage"),
+        stale_while_revalidate: response_cc
+            .seconds("stale-while-revalidate")
+            .unwrap_or_default(),
+        stale_if_error: response_cc.seconds("stale-if-error").unwrap_or_default(),
+    })
+}
+
+/// Freshness lifetime for a shared cache: `s-maxage`, then `max-age`, then `Expires` minus
+/// `Date`, then (for heuristically cacheable statuses) the heuristic or the default TTL.
+fn freshness_lifetime(
+    status: StatusCode,
+    response: &HeaderMap,
+    cc: &CacheControl,
+    rules: StoreRules,
+) -> Result<Duration, NotStored> {
+    if let Some(shared) = cc.seconds("s-maxage") {
+        return Ok(shared);
+    }
+    if let Some(max_age) = cc.seconds("max-age") {
+        return Ok(max_age);
+    }
+    if let Some(expires) = response.get(http::header::EXPIRES) {
+        // An invalid Expires (such as "0") means "already expired".
+        let expires = expires
+            .to_str()
+            .ok()
+            .and_then(|e| httpdate::parse_http_date(e).ok());
+        let date = date_of(response).unwrap_or_else(SystemTime::now);
+        return Ok(expires
+            .and_then(|e| e.duration_since(date).ok())
+            .unwrap_or_default());
+    }
+    if !heuristically_cacheable(status) {
+        return Err(if cc.has("public") {
+            NotStored::NoFreshness
+        } else {
+            NotStored::Status
+        });
+    }
+    if rules.heuristic
+        && let Some(heuristic) = heuristic_freshness(response)
+    {
+        return Ok(heuristic);
+    }
+    rules.default_ttl.ok_or(NotStored::NoFreshness)
+}
+
+fn heuristic_freshness(response: &HeaderMap) -> Option<Duration> {
+    let modified = response
+        .get(http::header::LAST_MODIFIED)?
+        .to_str()
+        .ok()
+        .and_then(|m| httpdate::parse_http_date(m).ok())?;
+    let date = date_of(response).unwrap_or_else(SystemTime::now);
+    let since = date.duration_since(modified).ok()?;
+    Some(since.mul_f64(HEURISTIC_FRACTION).min(MAX_HEURISTIC))
+}
+
+fn date_of(headers: &HeaderMap) -> Option<SystemTime> {
+    headers
+        .get(http::header::DATE)?
+        .to_str()
+        .ok()
+        .and_then(|d| httpdate::parse_http_date(d).ok())
+}
+
+/// The age a response had when it arrived (RFC 9111 section 4.2.3): the larger of its
+/// apparent age (`response_time - Date`) and its `Age` header plus the request's round trip.
+pub fn initial_age(
+    response: &HeaderMap,
+    request_time: SystemTime,
+    response_time: SystemTime,
+) -> Duration {
+    let apparent = date_of(response)
+        .and_then(|date| response_time.duration_since(date).ok())
+        .unwrap_or_default();
+    let age_header = response
+        .get(http::header::AGE)
+        .and_then(|a| a.to_str().ok())
+        .and_then(|a| a.trim().parse::<u64>().ok())
+        .map(|seconds| Duration::from_secs(seconds.min(MAX_DELTA_SECONDS)))
+        .unwrap_or_default();
+    let delay = response_time
+        .duration_since(request_time)
+        .unwrap_or_default();
+    apparent.max(age_header.saturating_add(delay))
+}
+
+/// What a request's own directives say about using a stored response (RFC 9111 section
+/// 5.2.1, with `Pragma: no-cache` for HTTP/1.0 clients).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RequestDirectives {
+    /// `no-cache` (or `Pragma: no-cache` without `Cache-Control`): go to the origin.
+    pub no_cache: bool,
+    /// `no-store`: do not store the response to this request.
+    pub no_store: bool,
+    /// `max-age`: accept nothing older.
+    pub max_age: Option<Duration>,
+    /// `max-stale`: accept this much staleness (`Some(None)`: any).
+    pub max_stale: Option<Option<Duration>>,
+    /// `min-fresh`: require this much freshness left.
+    pub min_fresh: Option<Duration>,
+    /// `only-if-cached`: answer from the cache or with 504.
+    pub only_if_cached: bool,
+}
+
+impl RequestDirectives {
+    /// The directives of a request's headers.
+    pub fn of(request: &HeaderMap) -> Self {
+        let cc = CacheControl::parse(request);
+        let pragma_no_cache = !request.contains_key(CACHE_CONTROL)
+            && request
+                .get_all(PRAGMA)
+                .iter()
+                .filter_map(|p| p.to_str().ok())
+                .any(|p| {
+                    p.split(',')
+                        .any(|d| d.trim().eq_ignore_ascii_case("no-cache"))
+                });
+        Self {
+            no_cache: cc.has("no-cache") || pragma_no_cache,
+            no_store: cc.has("no-store"),
+            max_age: cc.seconds("max-age"),
+            max_stale: cc.has("max-stale").then(|| cc.seconds("max-stale")),
+            min_fresh: cc.seconds("min-fresh"),
+            only_if_cached: cc.has("only-if-cached"),
+        }
+    }
+}
+
+/// Whether a stored response may answer a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Usable {
+    /// Fresh, and fresh enough for the request.
+    Fresh,
+    /// Stale, but the request accepts that much staleness.
+    StaleAccepted,
+    /// Stale by this much; usable only under a stale window (`stale-while-revalidate`,
+    /// `stale-if-error`), if the response allows stale serving at all.
+    Stale(Duration),
+    /// The request's own directives refuse it (`no-cache`, `max-age`, `min-fresh`).
+    Refused,
+}
+
+/// How a stored response of `age` with `stored` facts stands for a request with `request`
+/// directives.
+pub fn usable(stored: &Storable, age: Duration, request: &RequestDirectives) -> Usable {
+    if request.no_cache || request.max_age.is_some_and(|max| age > max) {
+        return Usable::Refused;
+    }
+    if let Some(left) = stored.freshness.checked_sub(age).filter(|l| !l.is_zero()) {
+        return match request.min_fresh {
+            Some(min) if left < min => Usable::Refused,
+            _ => Usable::Fresh,
+        };
+    }
+    let staleness = age.saturating_sub(stored.freshness);
+    let accepted = !stored.must_revalidate
+        && match request.max_stale {
+            Some(None) => true,
+            Some(Some(limit)) => staleness <= limit,
+            None => false,
+        };
+    if accepted {
+        Usable::StaleAccepted
+    } else if stored.must_revalidate {
+        Usable::Refused
+    } else {
+        Usable::Stale(staleness)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http::HeaderValue;
+
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(*name, HeaderValue::from_str(value).expect("valid"));
+        }
+        map
+    }
+
+    fn store(response: &[(&'static str, &str)]) -> Result<Storable, NotStored> {
+        storable(
+            &Method::GET,
+            &HeaderMap::new(),
+            StatusCode::OK,
+            &headers(response),
+            StoreRules::default(),
+        )
+    }
+
+    /// Directives are case-insensitive, quoted values and several fields are read, and a
+    /// duplicated or malformed delta makes that directive unusable.
+    #[test]
+    fn cache_control_parsing() {
+        let cc = CacheControl::parse(&headers(&[
+            ("cache-control", "Public, MAX-AGE=60"),
+            (
+                "cache-control",
+                "no-cache=\"set-cookie, x-a\", s-maxage=\"30\"",
+            ),
+        ]));
+        assert!(cc.has("public") && cc.has("no-cache"));
+        assert_eq!(cc.seconds("max-age"), Some(Duration::from_secs(60)));
+        assert_eq!(cc.seconds("s-maxage"), Some(Duration::from_secs(30)));
+        let bad = CacheControl::parse(&headers(&[(
+            "cache-control",
+            "max-age=1, max-age=2, s-maxage=-1",
+        )]));
+        assert_eq!(bad.seconds("max-age"), None);
+        assert_eq!(bad.seconds("s-maxage"), None);
+        let huge = CacheControl::parse(&headers(&[(
+            "cache-control",
+            "max-age=99999999999999999999",
+        )]));
+        assert_eq!(
+            huge.seconds("max-age"),
+            Some(Duration::from_secs(MAX_DELTA_SECONDS))
+        );
+    }
+
+    /// Freshness comes from s-maxage, then max-age, then Expires - Date; nothing else without
+    /// a default TTL or the heuristic.
+    #[test]
+    fn freshness_sources_in_order() {
+        let fresh = |r: &[(&'static str, &str)]| store(r).map(|s| s.freshness);
+        assert_eq!(
+            fresh(&[("cache-control", "max-age=60, s-maxage=10")]),
+            Ok(Duration::from_secs(10))
+        );
+        assert_eq!(
+            fresh(&[("cache-control", "max-age=60")]),
+            Ok(Duration::from_secs(60))
+        );
+        assert_eq!(
+            fresh(&[
+                ("date", "Sat, 28 Nov 2026 08:00:00 GMT"),
+                ("expires", "Sat, 28 Nov 2026 08:05:00 GMT"),
+            ]),
+            Ok(Duration::from_secs(300))
+        );
+        // An invalid Expires means already expired.
+        assert_eq!(fresh(&[("expires", "0")]), Err(NotStored::NoFreshness));
+        assert_eq!(fresh(&[]), Err(NotStored::NoFreshness));
+        let with_default = storable(
+            &Method::GET,
+            &HeaderMap::new(),
+            StatusCode::OK,
+            &HeaderMap::new(),
+            StoreRules {
+                default_ttl: Some(Duration::from_secs(5)),
+                ..StoreRules::default()
+            },
+        );
+        assert_eq!(
+            with_default.map(|s| s.freshness),
+            Ok(Duration::from_secs(5))
+        );
+        let heuristic = storable(
+            &Method::GET,
+            &HeaderMap::new(),
+            StatusCode::OK,
+            &headers(&[
+                ("date", "Sat, 28 Nov 2026 08:00:00 GMT"),
+                ("last-modified", "Sat, 28 Nov 2026 07:00:00 GMT"),
+            ]),
+            StoreRules {
+                heuristic: true,
+                ..StoreRules::default()
+            },
+        );
+        assert_eq!(heuristic.map(|s| s.freshness), Ok(Duration::from_secs(360)));
+        // A status that is not heuristically cacheable needs explicit freshness.
+        let created = storable(
+            &Method::GET,
+            &HeaderMap::new(),
+            StatusCode::CREATED,
+            &HeaderMap::new(),
+            StoreRules {
+                default_ttl: Some(Duration::from_secs(5)),
+                ..StoreRules::default()
+            },
+        );
+        assert_eq!(created, Err(NotStored::Status));
+    }
+
+    /// no-store, private, no-cache, Vary: *, Set-Cookie, partial content and non-GET are
+    /// never stored; Authorization only with public, s-maxage or must-revalidate.
+    #[test]
+    fn what_a_shared_cache_refuses() {
+        let ok = [("cache-control", "max-age=60")];
+        assert_eq!(
+            store(&[("cache-control", "max-age=60, no-store")]),
+            Err(NotStored::NoStore)
+        );
+        assert_eq!(
+            store(&[("cache-control", "private, max-age=60")]),
+            Err(NotStored::Private)
+        );
+        assert_eq!(
+            store(&[("cache-control", "private=\"x-user\", max-age=60")]),
+            Err(NotStored::Private)
+        );
+        assert_eq!(
+            store(&[("cache-control", "no-cache, max-age=60")]),
+            Err(NotStored::NoCache)
+        );
+        assert_eq!(
+            store(&[("cache-control", "max-age=60"), ("vary", "accept, *")]),
+            Err(NotStored::VaryAll)
+        );
+        assert_eq!(
+            store(&[("cache-control", "max-age=60"), ("set-cookie", "id=1")]),
+            Err(NotStored::SetCookie)
+        );
+        let request_no_store = headers(&[("cache-control", "no-store")]);
+        assert_eq!(
+            storable(
+                &Method::GET,
+                &request_no_store,
+                StatusCode::OK,
+                &headers(&ok),
+                StoreRules::default()
+            ),
+            Err(NotStored::NoStore)
+        );
+        assert_eq!(
+            storable(
+                &Method::POST,
+                &HeaderMap::new(),
+                StatusCode::OK,
+                &headers(&ok),
+                StoreRules::default()
+            ),
+            Err(NotStored::Method)
+        );
+        assert_eq!(
+            storable(
+                &Method::GET,
+                &HeaderMap::new(),
+                StatusCode::PARTIAL_CONTENT,
+                &headers(&ok),
+                StoreRules::default()
+            ),
+            Err(NotStored::Status)
+        );
+        let authorized = headers(&[("authorization", "Bearer t")]);
+        let with = |cc: &str| {
+            storable(
+                &Method::GET,
+                &authorized,
+                StatusCode::OK,
+                &headers(&[("cache-control", cc)]),
+                StoreRules::default(),
+            )
+        };
+        assert_eq!(with("max-age=60"), Err(NotStored::Authorization));
+        assert!(with("public, max-age=60").is_ok());
+        assert!(with("s-maxage=60").is_ok());
+        assert!(with("max-age=60, must-revalidate").is_ok());
+    }
+
+    /// Age is the larger of the apparent age and Age plus the round trip.
+    #[test]
+    fn initial_age_per_rfc() {
+        let date = httpdate::parse_http_date("Sat, 28 Nov 2026 08:00:00 GMT").expect("date");
+        let request_time = date + Duration::from_secs(8);
+        let response_time = date + Duration::from_secs(10);
+        let response = headers(&[("date", "Sat, 28 Nov 2026 08:00:00 GMT"), ("age", "30")]);
+        assert_eq!(
+            initial_age(&response, request_time, response_time),
+            Duration::from_secs(32)
+        );
+        let response = headers(&[("date", "Sat, 28 Nov 2026 08:00:00 GMT")]);
+        assert_eq!(
+            initial_age(&response, request_time, response_time),
+            Duration::from_secs(10)
+        );
+    }
+
+    /// Request directives: no-cache, Pragma, max-age, min-fresh and max-stale.
+    #[test]
+    fn request_directives_decide_use() {
+        let stored = Storable {
+            freshness: Duration::from_secs(60),
+            must_revalidate: false,
+            stale_while_revalidate: Duration::ZERO,
+            stale_if_error: Duration::ZERO,
+        };
+        let secs = Duration::from_secs;
+        let of = |pairs: &[(&'static str, &str)]| RequestDirectives::of(&headers(pairs));
+        assert_eq!(usable(&stored, secs(10), &of(&[])), Usable::Fresh);
+        assert_eq!(
+            usable(&stored, secs(10), &of(&[("cache-control", "no-cache")])),
+            Usable::Refused
+        );
+        assert_eq!(
+            usable(&stored, secs(10), &of(&[("pragma", "no-cache")])),
+            Usable::Refused
+        );
+        // Cache-Control wins over Pragma.
+        assert_eq!(
+            usable(
+                &stored,
+                secs(10),
+                &of(&[("pragma", "no-cache"), ("cache-control", "max-stale")])
+            ),
+            Usable::Fresh
+        );
+        assert_eq!(
+            usable(&stored, secs(10), &of(&[("cache-control", "max-age=5")])),
+            Usable::Refused
+        );
+        assert_eq!(
+            usable(&stored, secs(50), &of(&[("cache-control", "min-fresh=20")])),
+            Usable::Refused
+        );
+        assert_eq!(usable(&stored, secs(70), &of(&[])), Usable::Stale(secs(10)));
+        assert_eq!(
+            usable(&stored, secs(70), &of(&[("cache-control", "max-stale=20")])),
+            Usable::StaleAccepted
+        );
+        assert_eq!(
+            usable(&stored, secs(90), &of(&[("cache-control", "max-stale=20")])),
+            Usable::Stale(secs(30))
+        );
+        assert_eq!(
+            usable(&stored, secs(900), &of(&[("cache-control", "max-stale")])),
+            Usable::StaleAccepted
+        );
+        let strict = Storable {
+            must_revalidate: true,
+            ..stored
+        };
+        assert_eq!(
+            usable(&strict, secs(70), &of(&[("cache-control", "max-stale")])),
+            Usable::Refused
+        );
+        assert!(of(&[("cache-control", "only-if-cached, no-store")]).only_if_cached);
+    }
+}
