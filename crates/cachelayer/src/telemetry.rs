@@ -26,6 +26,8 @@
 //! | `cachelayer_refreshes_total` | counter | `trigger` (`early`, `stale`) | background refreshes started |
 //! | `cachelayer_stale_served_total` | counter | `reason` (`revalidate`, `error`, `lock_timeout`) | values served past their TTL |
 //! | `cachelayer_negative_hits_total` | counter | | cached "not found" entries served |
+//! | `cachelayer_http_responses_total` | counter | `cache` (`HIT`, `STALE`, `MISS`, `BYPASS`) | responses through the HTTP layer |
+//! | `cachelayer_http_not_stored_total` | counter | `reason` | cacheable-looking responses the HTTP layer did not store |
 
 /// Typed reads answered from the store.
 pub const HITS: &str = "cachelayer_hits_total";
@@ -69,3 +71,7 @@ pub const REFRESHES: &str = "cachelayer_refreshes_total";
 pub const STALE_SERVED: &str = "cachelayer_stale_served_total";
 /// Cached "not found" entries served.
 pub const NEGATIVE_HITS: &str = "cachelayer_negative_hits_total";
+/// Responses through the HTTP layer, by `cache` status.
+pub const HTTP_RESPONSES: &str = "cachelayer_http_responses_total";
+/// Responses the HTTP layer did not store, by `reason`.
+pub const HTTP_NOT_STORED: &str = "cachelayer_http_not_stored_total";

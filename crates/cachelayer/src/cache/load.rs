@@ -52,6 +52,8 @@ pub(crate) struct Loaded<T, E> {
     panic: Option<Box<dyn Any + Send>>,
     /// False when the loader asked for its value not to be stored.
     store: bool,
+    /// The value's own fresh lifetime and grace, overriding the options'.
+    lifetime: Option<(Duration, Duration)>,
 }
 
 impl<T, E> Loaded<T, E> {
@@ -60,6 +62,7 @@ impl<T, E> Loaded<T, E> {
             outcome: Ok(value),
             panic: None,
             store: true,
+            lifetime: None,
         }
     }
 
@@ -68,7 +71,14 @@ impl<T, E> Loaded<T, E> {
             outcome: Err(err),
             panic: None,
             store: true,
+            lifetime: None,
         }
+    }
+
+    /// What the load produced for every caller that shared it.
+    #[cfg(feature = "http")]
+    pub(crate) fn into_outcome(self) -> Outcome<T, E> {
+        self.outcome
     }
 
     /// The outcome, with a loader panic resumed in this (the loader's) task.
@@ -89,11 +99,33 @@ pub struct Fetched<T> {
     pub value: Option<T>,
     /// Store it (false: return it to every caller of this load, but cache nothing).
     pub store: bool,
+    /// Fresh lifetime and stale grace decided by the value itself (an HTTP response's
+    /// headers), instead of the load's options.
+    pub(crate) lifetime: Option<(Duration, Duration)>,
 }
 
 impl<T> Fetched<T> {
+    /// A loaded value (`None`: not found), stored or not.
+    pub fn new(value: Option<T>, store: bool) -> Self {
+        Self {
+            value,
+            store,
+            lifetime: None,
+        }
+    }
+
     fn stored(value: Option<T>) -> Self {
-        Self { value, store: true }
+        Self::new(value, true)
+    }
+
+    /// A value stored for its own fresh lifetime, kept `grace` longer for stale serving.
+    #[cfg(feature = "http")]
+    pub(crate) fn with_lifetime(value: T, fresh: Duration, grace: Duration) -> Self {
+        Self {
+            value: Some(value),
+            store: true,
+            lifetime: Some((fresh, grace)),
+        }
     }
 }
 
@@ -390,6 +422,27 @@ impl Cache {
         }
     }
 
+    /// A miss that its caller has already established (it read and judged the entry itself,
+    /// as the HTTP layer does): coalesce, take the lock, load and store.
+    #[cfg(feature = "http")]
+    pub(crate) async fn fill<T, E, F>(
+        &self,
+        full: &str,
+        options: LoadOptions,
+        loader: F,
+        mode: LoadMode,
+    ) -> Loaded<T, E>
+    where
+        T: Loadable,
+        E: Send + Sync + 'static,
+        F: LoadFuture<T, E>,
+    {
+        let Some(options) = self.resolve(options) else {
+            return run_loader(loader).await.0;
+        };
+        self.load_missing(full, options, loader, None, mode).await
+    }
+
     /// The options of one load, or `None` when it must bypass the cache (a zero TTL, or
     /// invalid options, which are logged).
     fn resolve(&self, options: LoadOptions) -> Option<Resolved> {
@@ -674,6 +727,10 @@ impl Cache {
         let loaded = match loaded.outcome {
             Ok(value) => {
                 if loaded.store {
+                    let options = match loaded.lifetime {
+                        Some((fresh, grace)) => options.with_lifetime(fresh, grace),
+                        None => options,
+                    };
                     self.store_loaded(full, value.as_ref(), options, compute_time)
                         .await;
                 }
@@ -689,6 +746,7 @@ impl Cache {
                     outcome: Err(err),
                     panic: loaded.panic,
                     store: false,
+                    lifetime: None,
                 },
             },
         };
@@ -908,6 +966,7 @@ where
     let loaded = match result {
         Ok(Ok(fetched)) => Loaded {
             store: fetched.store,
+            lifetime: fetched.lifetime,
             ..Loaded::value(fetched.value)
         },
         Ok(Err(err)) => {
@@ -922,6 +981,7 @@ where
                 outcome: Err(LoadError::panicked(message)),
                 panic: Some(payload),
                 store: false,
+                lifetime: None,
             }
         }
     };

@@ -172,7 +172,10 @@ impl Cache {
     }
 
     /// The entry under `full` whatever its freshness, or `None` (unreadable ones deleted).
-    async fn fetch_entry<T: DeserializeOwned>(&self, full: &str) -> Option<Decoded<Option<T>>> {
+    pub(crate) async fn fetch_entry<T: DeserializeOwned>(
+        &self,
+        full: &str,
+    ) -> Option<Decoded<Option<T>>> {
         let bytes = self
             .call("get", self.inner.store.get(full))
             .await
@@ -319,7 +322,7 @@ impl Cache {
     }
 
     /// Store `value` fresh for `ttl` (jittered), kept `grace` longer for stale serving.
-    async fn store_value<T: Serialize + ?Sized>(
+    pub(crate) async fn store_value<T: Serialize + ?Sized>(
         &self,
         full: String,
         value: &T,

@@ -1,7 +1,22 @@
-//! HTTP response caching as a shared cache (RFC 9111), for tower and axum. Work in progress:
-//! so far the caching rules (`policy`); the layer itself builds on them.
+//! HTTP response caching as a shared cache (RFC 9111), for tower and axum:
+//! `Router::new()....layer(ResponseCacheLayer::new(cache))`.
 //!
-//! This module must never depend on a particular server: it speaks `http` types only, and
-//! stores through [`Cache`](crate::Cache) like every other value.
+//! - `policy`: what may be stored, for how long, and whether a request accepts it;
+//! - `key`: keys from host (checked against an allow-list), path and normalized query, and
+//!   the request values a response's `Vary` names;
+//! - `stored`: the stored form of a response;
+//! - `layer`: the tower layer and service.
+//!
+//! This module must never depend on a particular server: it speaks `http` and `tower` types
+//! only, and stores through [`Cache`](crate::Cache) like every other value. Work in progress
+//! (issue 5): conditional requests (304, ETag), revalidation, stale serving from response
+//! directives, invalidation on writes and tags are not there yet.
 
+pub mod key;
+mod layer;
 pub mod policy;
+mod stored;
+
+pub use self::layer::{
+    BoxError, CacheBody, DEFAULT_MAX_BODY_BYTES, ResponseCache, ResponseCacheLayer,
+};

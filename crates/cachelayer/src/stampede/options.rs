@@ -250,6 +250,14 @@ pub(crate) struct Resolved {
 }
 
 impl Resolved {
+    /// These options with a fresh lifetime and stale grace fixed by the value itself.
+    pub(crate) fn with_lifetime(mut self, fresh: Duration, grace: Duration) -> Self {
+        self.ttl = fresh;
+        self.settings.stale_while_revalidate = grace;
+        self.settings.stale_if_error = Duration::ZERO;
+        self
+    }
+
     /// How long the store keeps an entry past its TTL: the longer stale window.
     pub(crate) fn grace(&self) -> Duration {
         self.settings

@@ -1,0 +1,210 @@
+//! Cache keys of HTTP requests: the normalized host, the path and the normalized query.
+//! The method is not part of it (HEAD is answered from GET's entry), and neither are request
+//! headers: `Vary` is checked against the stored request values instead.
+//!
+//! The host comes from the request and is attacker-controlled, so it is checked against the
+//! configured allow-list before it can become part of a key; the path and query are hashed
+//! into one key part, so nothing in a URL can forge another key's structure.
+
+use http::HeaderMap;
+use http::request::Parts;
+
+use crate::key::Key;
+
+/// How requests map to keys.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyRules {
+    /// Hosts served from the cache (lowercase, without port). Empty: any host, each with
+    /// its own entries.
+    pub allowed_hosts: Vec<String>,
+    /// Sort query parameters, so `?a=1&b=2` and `?b=2&a=1` share an entry.
+    pub sort_query: bool,
+    /// Query parameters left out of the key: exact names, or prefixes ending in `*`
+    /// (`utm_*`).
+    pub ignored_query_params: Vec<String>,
+}
+
+/// Why a request is not cached at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostRefused {
+    /// Its host is not on the allow-list (a forged `Host` cannot poison the cache).
+    NotAllowed,
+}
+
+/// The request's host, lowercase, without a default port; from `Host`, else the URI.
+pub fn normalized_host(parts: &Parts) -> String {
+    let raw = parts
+        .headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| parts.uri.authority().map(|a| a.as_str().to_owned()))
+        .unwrap_or_default();
+    let lower = raw.trim().trim_end_matches('.').to_ascii_lowercase();
+    match lower
+        .strip_suffix(":80")
+        .or_else(|| lower.strip_suffix(":443"))
+    {
+        Some(bare) => bare.to_owned(),
+        None => lower,
+    }
+}
+
+fn host_without_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        // IPv6 literal: "[::1]:8080".
+        return host
+            .split_once(']')
+            .map_or(host, |(ip, _)| ip)
+            .trim_start_matches('[');
+    }
+    host.split_once(':').map_or(host, |(name, _)| name)
+}
+
+/// The primary key of a request, or why it must not be cached.
+pub fn primary_key(parts: &Parts, rules: &KeyRules) -> Result<Key, HostRefused> {
+    let host = normalized_host(parts);
+    if !rules.allowed_hosts.is_empty()
+        && !rules
+            .allowed_hosts
+            .iter()
+            .any(|allowed| allowed == host_without_port(&host))
+    {
+        return Err(HostRefused::NotAllowed);
+    }
+    Ok(url_key(&host, parts.uri.path(), parts.uri.query(), rules))
+}
+
+/// The key of a URL, as [`primary_key`] computes it for a request to it (for purging).
+pub fn url_key(host: &str, path: &str, query: Option<&str>, rules: &KeyRules) -> Key {
+    let mut target = path.to_owned();
+    if let Some(query) = normalized_query(query, rules) {
+        target.push('?');
+        target.push_str(&query);
+    }
+    Key::new("http").part(host).hashed_part(target)
+}
+
+fn normalized_query(query: Option<&str>, rules: &KeyRules) -> Option<String> {
+    let query = query?;
+    let mut pairs: Vec<&str> = query
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .filter(|pair| {
+            let name = pair.split_once('=').map_or(*pair, |(name, _)| name);
+            !rules
+                .ignored_query_params
+                .iter()
+                .any(|ignored| match ignored.strip_suffix('*') {
+                    Some(prefix) => name.starts_with(prefix),
+                    None => name == ignored,
+                })
+        })
+        .collect();
+    if rules.sort_query {
+        pairs.sort_unstable();
+    }
+    (!pairs.is_empty()).then(|| pairs.join("&"))
+}
+
+/// The values a request has for the header names a response's `Vary` lists (names
+/// lowercase; several fields of one name joined with ", "), or `None` for `Vary: *`.
+pub fn vary_values(vary: &HeaderMap, request: &HeaderMap) -> Option<Vec<(String, String)>> {
+    let mut values = Vec::new();
+    for field in vary.get_all(http::header::VARY) {
+        let Ok(field) = field.to_str() else { continue };
+        for name in field.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            if name == "*" {
+                return None;
+            }
+            let name = name.to_ascii_lowercase();
+            let joined = request
+                .get_all(name.as_str())
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect::<Vec<_>>()
+                .join(", ");
+            values.push((name, joined));
+        }
+    }
+    values.sort();
+    values.dedup();
+    Some(values)
+}
+
+#[cfg(test)]
+mod tests {
+    use http::Request;
+
+    use super::*;
+
+    fn parts(uri: &str, host: &str) -> Parts {
+        Request::get(uri)
+            .header("host", host)
+            .body(())
+            .expect("request")
+            .into_parts()
+            .0
+    }
+
+    /// Hosts are case-insensitive and default ports do not matter; the allow-list refuses
+    /// any other host.
+    #[test]
+    fn hosts_are_normalized_and_checked() {
+        let rules = KeyRules {
+            allowed_hosts: vec!["shop.example".into()],
+            ..KeyRules::default()
+        };
+        let a = primary_key(&parts("/p", "Shop.Example:80"), &rules).expect("allowed");
+        let b = primary_key(&parts("/p", "shop.example"), &rules).expect("allowed");
+        assert_eq!(a, b);
+        assert!(primary_key(&parts("/p", "shop.example:8080"), &rules).is_ok());
+        assert_eq!(
+            primary_key(&parts("/p", "evil.example"), &rules),
+            Err(HostRefused::NotAllowed)
+        );
+        let open = KeyRules::default();
+        assert_ne!(
+            primary_key(&parts("/p", "a.example"), &open).expect("key"),
+            primary_key(&parts("/p", "b.example"), &open).expect("key")
+        );
+    }
+
+    /// Sorted parameters and ignored ones (exact or by prefix) give one key; paths differ.
+    #[test]
+    fn queries_are_normalized() {
+        let rules = KeyRules {
+            sort_query: true,
+            ignored_query_params: vec!["utm_*".into(), "fbclid".into()],
+            ..KeyRules::default()
+        };
+        let key = |uri| primary_key(&parts(uri, "h"), &rules).expect("key");
+        assert_eq!(key("/p?b=2&a=1"), key("/p?a=1&b=2&utm_source=x&fbclid=y"));
+        assert_eq!(key("/p?utm_medium=z"), key("/p"));
+        assert_ne!(key("/p?a=1"), key("/p?a=2"));
+        assert_ne!(key("/p"), key("/q"));
+        // A key never shows the raw path, so `/p:x` cannot forge a key's structure.
+        assert!(key("/p:x").as_str().starts_with("http:h:#"));
+    }
+
+    /// Vary values are read per listed header, and `*` never matches.
+    #[test]
+    fn vary_values_per_header() {
+        let mut vary = HeaderMap::new();
+        vary.append(
+            "vary",
+            "Accept-Language, accept-encoding".parse().expect("v"),
+        );
+        let mut request = HeaderMap::new();
+        request.append("accept-language", "fr".parse().expect("v"));
+        assert_eq!(
+            vary_values(&vary, &request),
+            Some(vec![
+                ("accept-encoding".into(), String::new()),
+                ("accept-language".into(), "fr".into())
+            ])
+        );
+        vary.append("vary", "*".parse().expect("v"));
+        assert_eq!(vary_values(&vary, &request), None);
+    }
+}

@@ -1,0 +1,308 @@
+//! A response as stored: status, end-to-end headers, body, and the facts RFC 9111 needs to
+//! judge it later (when it arrived, its age then, its freshness, its `Vary` values).
+//!
+//! Bodies and header values are bytes: in JSON they are base64 strings, in MessagePack raw
+//! bytes. Hop-by-hop headers are never stored (RFC 9110 section 7.6.1), nor `Age` (it is
+//! computed when served). This module must never decide cacheability; `policy` does.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue};
+use http::{HeaderMap, StatusCode};
+use serde::{Deserialize, Serialize};
+
+use super::policy::Storable;
+
+/// Hop-by-hop headers, meaningful for one connection only.
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authenticate",
+    "proxy-authorization",
+];
+
+/// One header field.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Field {
+    name: String,
+    #[serde(with = "binary")]
+    value: Vec<u8>,
+}
+
+/// A stored response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct StoredResponse {
+    status: u16,
+    headers: Vec<Field>,
+    #[serde(with = "binary")]
+    body: Vec<u8>,
+    /// When the response arrived, Unix milliseconds.
+    response_time_ms: u64,
+    /// Its age on arrival, milliseconds.
+    initial_age_ms: u64,
+    /// Its freshness lifetime, milliseconds.
+    freshness_ms: u64,
+    must_revalidate: bool,
+    stale_while_revalidate_ms: u64,
+    stale_if_error_ms: u64,
+    /// The request's values of the headers its `Vary` names.
+    vary: Vec<(String, String)>,
+}
+
+/// When a response arrived, and how old it was then.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Arrival {
+    pub(crate) initial_age: Duration,
+    pub(crate) response_time: SystemTime,
+}
+
+/// What the layer needs back from a stored response to serve it.
+pub(crate) struct Served {
+    pub(crate) status: StatusCode,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: Bytes,
+}
+
+impl StoredResponse {
+    /// A response to store; `drop_headers` are left out as well as hop-by-hop ones.
+    pub(crate) fn new(
+        head: &http::response::Parts,
+        body: Bytes,
+        facts: Storable,
+        arrival: Arrival,
+        vary: Vec<(String, String)>,
+        drop_headers: &[HeaderName],
+    ) -> Self {
+        let (status, headers) = (head.status, &head.headers);
+        let Arrival {
+            initial_age,
+            response_time,
+        } = arrival;
+        let listed_in_connection: Vec<String> = headers
+            .get_all(http::header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(|name| name.trim().to_ascii_lowercase())
+            .collect();
+        let fields = headers
+            .iter()
+            .filter(|(name, _)| {
+                let name = name.as_str();
+                !HOP_BY_HOP.contains(&name)
+                    && name != "age"
+                    && !listed_in_connection.iter().any(|listed| listed == name)
+                    && !drop_headers.iter().any(|dropped| dropped.as_str() == name)
+            })
+            .map(|(name, value)| Field {
+                name: name.as_str().to_owned(),
+                value: value.as_bytes().to_vec(),
+            })
+            .collect();
+        Self {
+            status: status.as_u16(),
+            headers: fields,
+            body: body.to_vec(),
+            response_time_ms: millis(response_time.duration_since(UNIX_EPOCH).unwrap_or_default()),
+            initial_age_ms: millis(initial_age),
+            freshness_ms: millis(facts.freshness),
+            must_revalidate: facts.must_revalidate,
+            stale_while_revalidate_ms: millis(facts.stale_while_revalidate),
+            stale_if_error_ms: millis(facts.stale_if_error),
+            vary,
+        }
+    }
+
+    /// Its storage facts.
+    pub(crate) fn facts(&self) -> Storable {
+        Storable {
+            freshness: Duration::from_millis(self.freshness_ms),
+            must_revalidate: self.must_revalidate,
+            stale_while_revalidate: Duration::from_millis(self.stale_while_revalidate_ms),
+            stale_if_error: Duration::from_millis(self.stale_if_error_ms),
+        }
+    }
+
+    /// Its current age (RFC 9111 section 4.2.3: initial age plus time resident here).
+    pub(crate) fn age(&self, now: SystemTime) -> Duration {
+        let arrived = UNIX_EPOCH + Duration::from_millis(self.response_time_ms);
+        let resident = now.duration_since(arrived).unwrap_or_default();
+        Duration::from_millis(self.initial_age_ms).saturating_add(resident)
+    }
+
+    /// Whether it may answer a request with these `Vary` values.
+    pub(crate) fn matches(&self, vary: &[(String, String)]) -> bool {
+        self.vary == vary
+    }
+
+    /// The header names its `Vary` lists, to compute a request's values.
+    pub(crate) fn vary_headers(&self) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for field in self.headers.iter().filter(|f| f.name == "vary") {
+            if let Ok(value) = HeaderValue::from_bytes(&field.value) {
+                map.append(http::header::VARY, value);
+            }
+        }
+        map
+    }
+
+    /// Status, headers and body to send (fields that no longer parse are skipped).
+    pub(crate) fn served(&self) -> Served {
+        let mut headers = HeaderMap::with_capacity(self.headers.len());
+        for field in &self.headers {
+            if let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(field.name.as_bytes()),
+                HeaderValue::from_bytes(&field.value),
+            ) {
+                headers.append(name, value);
+            }
+        }
+        Served {
+            status: StatusCode::from_u16(self.status).unwrap_or(StatusCode::OK),
+            headers,
+            body: Bytes::from(self.body.clone()),
+        }
+    }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Bytes as base64 text in human-readable formats (JSON), as raw bytes otherwise.
+mod binary {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
+        if serializer.is_human_readable() {
+            serializer.serialize_str(&STANDARD.encode(bytes))
+        } else {
+            serializer.serialize_bytes(bytes)
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Vec<u8>, D::Error> {
+        if deserializer.is_human_readable() {
+            let text = String::deserialize(deserializer)?;
+            STANDARD.decode(text).map_err(serde::de::Error::custom)
+        } else {
+            Ok(serde_bytes_compat::ByteBuf::deserialize(deserializer)?.0)
+        }
+    }
+
+    /// Accepts MessagePack bin (and arrays of bytes) without another dependency.
+    mod serde_bytes_compat {
+        use serde::de::{Deserialize, Deserializer, SeqAccess, Visitor};
+
+        pub(crate) struct ByteBuf(pub(crate) Vec<u8>);
+
+        impl<'de> Deserialize<'de> for ByteBuf {
+            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                struct Bytes;
+                impl<'de> Visitor<'de> for Bytes {
+                    type Value = ByteBuf;
+                    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                        f.write_str("bytes")
+                    }
+                    fn visit_bytes<E>(self, v: &[u8]) -> Result<ByteBuf, E> {
+                        Ok(ByteBuf(v.to_vec()))
+                    }
+                    fn visit_byte_buf<E>(self, v: Vec<u8>) -> Result<ByteBuf, E> {
+                        Ok(ByteBuf(v))
+                    }
+                    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<ByteBuf, A::Error> {
+                        let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+                        while let Some(byte) = seq.next_element::<u8>()? {
+                            out.push(byte);
+                        }
+                        Ok(ByteBuf(out))
+                    }
+                }
+                deserializer.deserialize_byte_buf(Bytes)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Serialization;
+    use crate::codec::{Codec, EntryMeta};
+
+    fn sample() -> StoredResponse {
+        let (mut head, ()) = http::Response::new(()).into_parts();
+        let headers = &mut head.headers;
+        headers.append(
+            "content-type",
+            "application/octet-stream".parse().expect("v"),
+        );
+        headers.append("connection", "close, x-hop".parse().expect("v"));
+        headers.append("x-hop", "1".parse().expect("v"));
+        headers.append("transfer-encoding", "chunked".parse().expect("v"));
+        headers.append("age", "5".parse().expect("v"));
+        headers.append("set-cookie", "id=1".parse().expect("v"));
+        let facts = Storable {
+            freshness: Duration::from_secs(60),
+            must_revalidate: false,
+            stale_while_revalidate: Duration::ZERO,
+            stale_if_error: Duration::ZERO,
+        };
+        let arrival = Arrival {
+            initial_age: Duration::from_secs(5),
+            response_time: SystemTime::now(),
+        };
+        StoredResponse::new(
+            &head,
+            Bytes::from_static(&[0, 159, 146, 150, 255]),
+            facts,
+            arrival,
+            Vec::new(),
+            &[http::header::SET_COOKIE],
+        )
+    }
+
+    /// Hop-by-hop headers (also those named by Connection), Age and dropped headers are
+    /// not stored; binary bodies round-trip through both serializations.
+    #[test]
+    fn stores_end_to_end_headers_and_binary_bodies() {
+        let stored = sample();
+        let served = stored.served();
+        assert_eq!(served.headers.len(), 1, "{:?}", served.headers);
+        assert!(served.headers.contains_key("content-type"));
+        for serialization in [Serialization::Json, Serialization::MessagePack] {
+            let codec = Codec::new(serialization, None, 1, 1 << 20).expect("codec");
+            let encoded = codec
+                .encode(
+                    &stored,
+                    EntryMeta::new(Duration::from_secs(1), Duration::ZERO),
+                )
+                .expect("encode");
+            let back: StoredResponse = codec.decode(&encoded.bytes).expect("decode").value;
+            assert_eq!(back, stored);
+            assert_eq!(&back.served().body[..], &[0, 159, 146, 150, 255]);
+        }
+    }
+
+    /// Age is the initial age plus the time resident.
+    #[test]
+    fn age_grows_with_residence() {
+        let stored = sample();
+        let later = SystemTime::now() + Duration::from_secs(10);
+        let age = stored.age(later);
+        assert!(
+            age >= Duration::from_secs(15) && age < Duration::from_secs(16),
+            "{age:?}"
+        );
+    }
+}
