@@ -254,10 +254,10 @@ where
     let cache = &shared.cache;
     let full = cache.full_key(key);
     let now = SystemTime::now();
-    let stored = cache
-        .fetch_entry::<StoredResponse>(&full)
-        .await
-        .and_then(|entry| entry.value);
+    let stored = match cache.fetch_entry::<Shared>(&full).await.and_then(|entry| entry.value) {
+        Some(Shared::Stored(stored)) => Some(stored),
+        _ => None,
+    };
     let mut fwd = "uri-miss";
     if let Some(stored) = &stored {
         let vary = vary_values(&stored.vary_headers(), &parts.headers);

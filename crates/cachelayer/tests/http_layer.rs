@@ -1,0 +1,435 @@
+//! The HTTP response cache on an axum router whose handlers count their calls, against a
+//! real redis-server and the in-process store.
+
+mod support;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, Request, Response, StatusCode, header};
+use axum::routing;
+use bytes::Bytes;
+use cachelayer::Cache;
+use cachelayer::http::ResponseCacheLayer;
+use cachelayer_testkit::RedisServer;
+use http_body_util::BodyExt;
+use support::{Backend, redis_store};
+use tower::ServiceExt;
+
+/// Calls per route.
+#[derive(Clone, Default)]
+struct Calls(Arc<Mutex<HashMap<&'static str, usize>>>);
+
+impl Calls {
+    fn count(&self, route: &'static str) -> usize {
+        let mut calls = self.0.lock().expect("calls");
+        let n = calls.entry(route).or_default();
+        *n += 1;
+        *n
+    }
+
+    fn of(&self, route: &'static str) -> usize {
+        self.0
+            .lock()
+            .expect("calls")
+            .get(route)
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+fn respond(cache_control: &str, body: String) -> Response<Body> {
+    Response::builder()
+        .header(header::CACHE_CONTROL, cache_control)
+        .header(header::CONTENT_TYPE, "text/plain")
+        .body(Body::from(body))
+        .expect("response")
+}
+
+/// The router under test; every handler returns its own call count in its body.
+fn router(cache: Cache) -> (Router, Calls) {
+    let calls = Calls::default();
+    let app = Router::new()
+        .route(
+            "/fresh",
+            routing::get(|State(c): State<Calls>| async move {
+                respond("max-age=60", format!("fresh {}", c.count("/fresh")))
+            }),
+        )
+        .route(
+            "/shared",
+            routing::get(|State(c): State<Calls>| async move {
+                respond(
+                    "max-age=0, s-maxage=60",
+                    format!("shared {}", c.count("/shared")),
+                )
+            }),
+        )
+        .route(
+            "/public",
+            routing::get(|State(c): State<Calls>| async move {
+                respond(
+                    "public, max-age=60",
+                    format!("public {}", c.count("/public")),
+                )
+            }),
+        )
+        .route(
+            "/private",
+            routing::get(|State(c): State<Calls>| async move {
+                respond(
+                    "private, max-age=60",
+                    format!("private {}", c.count("/private")),
+                )
+            }),
+        )
+        .route(
+            "/plain",
+            routing::get(
+                |State(c): State<Calls>| async move { format!("plain {}", c.count("/plain")) },
+            ),
+        )
+        .route(
+            "/cookie",
+            routing::get(|State(c): State<Calls>| async move {
+                let mut response = respond("max-age=60", format!("cookie {}", c.count("/cookie")));
+                response
+                    .headers_mut()
+                    .insert(header::SET_COOKIE, "session=secret".parse().expect("v"));
+                response
+            }),
+        )
+        .route(
+            "/vary",
+            routing::get(|State(c): State<Calls>, headers: HeaderMap| async move {
+                c.count("/vary");
+                let language = headers
+                    .get(header::ACCEPT_LANGUAGE)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("none")
+                    .to_owned();
+                let mut response = respond("max-age=60", format!("language {language}"));
+                response
+                    .headers_mut()
+                    .insert(header::VARY, "Accept-Language".parse().expect("v"));
+                response
+            }),
+        )
+        .route(
+            "/slow",
+            routing::get(|State(c): State<Calls>| async move {
+                let n = c.count("/slow");
+                // Stands for a slow query: concurrent requests arrive while it runs.
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                respond("max-age=60", format!("slow {n}"))
+            }),
+        )
+        .route(
+            "/big",
+            routing::get(|State(c): State<Calls>| async move {
+                c.count("/big");
+                let chunks =
+                    (0..160).map(|_| Ok::<_, std::io::Error>(Bytes::from(vec![b'x'; 64 * 1024])));
+                Response::builder()
+                    .header(header::CACHE_CONTROL, "max-age=60")
+                    .body(Body::from_stream(futures::stream::iter(chunks)))
+                    .expect("response")
+            }),
+        )
+        .route(
+            "/items",
+            routing::get(|State(c): State<Calls>| async move {
+                respond("max-age=60", format!("items {}", c.count("/items")))
+            })
+            .post(|State(c): State<Calls>| async move {
+                format!("created {}", c.count("/items:post"))
+            }),
+        )
+        .with_state(calls.clone())
+        .layer(
+            ResponseCacheLayer::new(cache)
+                .allowed_hosts(["shop.example"])
+                .ignore_query_params(["utm_*"]),
+        );
+    (app, calls)
+}
+
+struct Reply {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl Reply {
+    fn x_cache(&self) -> &str {
+        self.headers
+            .get("x-cache")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+
+    fn cache_status(&self) -> &str {
+        self.headers
+            .get("cache-status")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+
+    fn text(&self) -> &str {
+        std::str::from_utf8(&self.body).expect("utf-8 body")
+    }
+}
+
+async fn send(app: &Router, request: Request<Body>) -> Reply {
+    let response = app.clone().oneshot(request).await.expect("infallible");
+    let (parts, body) = response.into_parts();
+    Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body: body.collect().await.expect("body").to_bytes(),
+    }
+}
+
+fn get_request(uri: &str) -> axum::http::request::Builder {
+    Request::get(uri).header(header::HOST, "shop.example")
+}
+
+async fn fetch(app: &Router, uri: &str) -> Reply {
+    send(app, get_request(uri).body(Body::empty()).expect("request")).await
+}
+
+/// A fresh response is stored on a miss and served on a hit, with Age, X-Cache and
+/// Cache-Status; HEAD is answered from GET's entry.
+async fn hit_and_miss(backend: Backend) {
+    let (app, calls) = router(backend.cache());
+    let first = fetch(&app, "/fresh").await;
+    assert_eq!(
+        (first.status, first.x_cache(), first.text()),
+        (StatusCode::OK, "MISS", "fresh 1")
+    );
+    assert_eq!(first.cache_status(), "cachelayer; fwd=uri-miss; stored");
+    let second = fetch(&app, "/fresh").await;
+    assert_eq!((second.x_cache(), second.text()), ("HIT", "fresh 1"));
+    assert!(
+        second.cache_status().starts_with("cachelayer; hit; ttl="),
+        "{}",
+        second.cache_status()
+    );
+    assert!(second.headers.contains_key(header::AGE));
+    let head = send(
+        &app,
+        Request::head("/fresh")
+            .header(header::HOST, "shop.example")
+            .body(Body::empty())
+            .expect("r"),
+    )
+    .await;
+    assert_eq!((head.x_cache(), head.body.len()), ("HIT", 0));
+    assert_eq!(calls.of("/fresh"), 1);
+}
+
+/// s-maxage wins over max-age for a shared cache; responses without freshness information,
+/// private ones and ones setting cookies are not stored.
+async fn freshness_sources_and_refusals(backend: Backend) {
+    let (app, calls) = router(backend.cache());
+    for route in ["/shared", "/plain", "/private", "/cookie"] {
+        fetch(&app, route).await;
+        fetch(&app, route).await;
+    }
+    assert_eq!(calls.of("/shared"), 1, "s-maxage=60 overrides max-age=0");
+    assert_eq!(calls.of("/plain"), 2, "no freshness, no default TTL");
+    assert_eq!(calls.of("/private"), 2);
+    assert_eq!(calls.of("/cookie"), 2);
+    // With a default TTL (the tutorial's behaviour), a plain response is stored.
+    let cache = backend.cache();
+    let calls = Calls::default();
+    let app = Router::new()
+        .route(
+            "/plain",
+            routing::get(
+                |State(c): State<Calls>| async move { format!("plain {}", c.count("/plain")) },
+            ),
+        )
+        .with_state(calls.clone())
+        .layer(ResponseCacheLayer::new(cache).default_ttl(Some(Duration::from_secs(60))));
+    assert_eq!(fetch(&app, "/plain").await.text(), "plain 1");
+    assert_eq!(fetch(&app, "/plain").await.text(), "plain 1");
+    assert_eq!(calls.of("/plain"), 1);
+}
+
+/// The client's Cache-Control: no-cache and max-age=0 go to the origin; Pragma: no-cache
+/// from HTTP/1.0 clients too; only-if-cached gets the stored response or a 504.
+async fn request_directives(backend: Backend) {
+    let (app, calls) = router(backend.cache());
+    let only = |uri| {
+        get_request(uri)
+            .header(header::CACHE_CONTROL, "only-if-cached")
+            .body(Body::empty())
+            .expect("r")
+    };
+    let absent = send(&app, only("/fresh")).await;
+    assert_eq!(absent.status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(calls.of("/fresh"), 0);
+    fetch(&app, "/fresh").await;
+    assert_eq!(send(&app, only("/fresh")).await.text(), "fresh 1");
+    for (name, value) in [
+        (header::CACHE_CONTROL, "no-cache"),
+        (header::CACHE_CONTROL, "max-age=0"),
+        (header::PRAGMA, "no-cache"),
+    ] {
+        let reply = send(
+            &app,
+            get_request("/fresh")
+                .header(name, value)
+                .body(Body::empty())
+                .expect("r"),
+        )
+        .await;
+        assert_eq!(reply.x_cache(), "MISS", "{value}");
+        assert!(
+            reply.cache_status().contains("fwd=request"),
+            "{}",
+            reply.cache_status()
+        );
+    }
+    assert_eq!(calls.of("/fresh"), 4);
+    // What those requests fetched was stored: the latest is served.
+    assert_eq!(fetch(&app, "/fresh").await.text(), "fresh 4");
+}
+
+/// Vary: a response is served only to requests with the same values of the named headers.
+async fn vary_is_respected(backend: Backend) {
+    let (app, calls) = router(backend.cache());
+    let in_language = |language| {
+        get_request("/vary")
+            .header(header::ACCEPT_LANGUAGE, language)
+            .body(Body::empty())
+            .expect("r")
+    };
+    assert_eq!(send(&app, in_language("fr")).await.text(), "language fr");
+    let english = send(&app, in_language("en")).await;
+    assert_eq!((english.x_cache(), english.text()), ("MISS", "language en"));
+    assert!(english.cache_status().contains("fwd=vary-miss"));
+    let again = send(&app, in_language("en")).await;
+    assert_eq!((again.x_cache(), again.text()), ("HIT", "language en"));
+    assert_eq!(calls.of("/vary"), 2);
+}
+
+/// A response to a request with Authorization is stored only when it says it may be shared;
+/// requests with cookies bypass the cache; other methods pass through.
+async fn authorization_cookies_and_methods(backend: Backend) {
+    let (app, calls) = router(backend.cache());
+    let authorized = |uri| {
+        get_request(uri)
+            .header(header::AUTHORIZATION, "Bearer alice")
+            .body(Body::empty())
+            .expect("r")
+    };
+    assert_eq!(send(&app, authorized("/fresh")).await.x_cache(), "MISS");
+    assert_eq!(send(&app, authorized("/fresh")).await.x_cache(), "MISS");
+    assert_eq!(
+        calls.of("/fresh"),
+        2,
+        "max-age alone does not allow sharing an authorized response"
+    );
+    send(&app, authorized("/public")).await;
+    assert_eq!(send(&app, authorized("/public")).await.x_cache(), "HIT");
+    let with_cookie = get_request("/public")
+        .header(header::COOKIE, "session=1")
+        .body(Body::empty())
+        .expect("r");
+    assert_eq!(send(&app, with_cookie).await.x_cache(), "BYPASS");
+    let post = Request::post("/items")
+        .header(header::HOST, "shop.example")
+        .body(Body::empty())
+        .expect("r");
+    let created = send(&app, post).await;
+    assert_eq!((created.x_cache(), created.text()), ("BYPASS", "created 1"));
+}
+
+/// A forged Host is never cached, so it cannot poison the entry of the real host.
+async fn forged_host_cannot_poison(backend: Backend) {
+    let (app, calls) = router(backend.cache());
+    let forged = Request::get("/fresh")
+        .header(header::HOST, "evil.example")
+        .body(Body::empty())
+        .expect("r");
+    assert_eq!(send(&app, forged).await.x_cache(), "BYPASS");
+    let real = fetch(&app, "/fresh").await;
+    assert_eq!((real.x_cache(), real.text()), ("MISS", "fresh 2"));
+    assert_eq!(calls.of("/fresh"), 2);
+}
+
+/// Parameter order and ignored parameters (utm_*) do not split entries.
+async fn query_is_normalized(backend: Backend) {
+    let (app, calls) = router(backend.cache());
+    fetch(&app, "/fresh?b=2&a=1&utm_source=mail").await;
+    assert_eq!(fetch(&app, "/fresh?a=1&b=2").await.x_cache(), "HIT");
+    assert_eq!(fetch(&app, "/fresh?a=1&b=3").await.x_cache(), "MISS");
+    assert_eq!(calls.of("/fresh"), 2);
+}
+
+/// 100 concurrent requests for a cold URL make one origin call.
+async fn concurrent_misses_collapse(backend: Backend) {
+    let (app, calls) = router(backend.cache());
+    let requests: Vec<_> = (0..100)
+        .map(|_| {
+            let app = app.clone();
+            tokio::spawn(async move { fetch(&app, "/slow").await })
+        })
+        .collect();
+    for request in requests {
+        let reply = request.await.expect("request");
+        assert_eq!((reply.status, reply.text()), (StatusCode::OK, "slow 1"));
+    }
+    assert_eq!(calls.of("/slow"), 1);
+}
+
+/// A 10 MB streamed body passes through whole and unstored (the limit is 1 MiB).
+async fn large_bodies_stream_through(backend: Backend) {
+    let (app, calls) = router(backend.cache());
+    for _ in 0..2 {
+        let reply = fetch(&app, "/big").await;
+        assert_eq!(reply.body.len(), 160 * 64 * 1024);
+        assert!(reply.body.iter().all(|b| *b == b'x'));
+        assert_eq!(reply.x_cache(), "MISS");
+    }
+    assert_eq!(calls.of("/big"), 2);
+}
+
+on_every_store!(
+    hit_and_miss,
+    freshness_sources_and_refusals,
+    request_directives,
+    vary_is_respected,
+    authorization_cookies_and_methods,
+    forged_host_cannot_poison,
+    query_is_normalized,
+    concurrent_misses_collapse,
+    large_bodies_stream_through,
+);
+
+/// Redis stopped mid-test: every request is still answered by the origin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_stopped_mid_test_serves_the_origin() {
+    let mut server = RedisServer::start();
+    let cache = Cache::builder()
+        .store(redis_store(&server.url()))
+        .namespace("http")
+        .build()
+        .expect("cache");
+    let (app, calls) = router(cache);
+    fetch(&app, "/fresh").await;
+    assert_eq!(fetch(&app, "/fresh").await.x_cache(), "HIT");
+    server.stop();
+    let reply = fetch(&app, "/fresh").await;
+    assert_eq!(
+        (reply.status, reply.x_cache(), reply.text()),
+        (StatusCode::OK, "MISS", "fresh 2")
+    );
+    assert_eq!(calls.of("/fresh"), 2);
+}
