@@ -52,6 +52,15 @@ fn respond(cache_control: &str, body: String) -> Response<Body> {
 
 /// The router under test; every handler returns its own call count in its body.
 fn router(cache: Cache) -> (Router, Calls) {
+    let (app, calls, _) = router_and_layer(cache);
+    (app, calls)
+}
+
+/// The router, and the layer in it (for purges).
+fn router_and_layer(cache: Cache) -> (Router, Calls, ResponseCacheLayer) {
+    let layer = ResponseCacheLayer::new(cache)
+        .allowed_hosts(["shop.example"])
+        .ignore_query_params(["utm_*"]);
     let calls = Calls::default();
     let app = Router::new()
         .route(
@@ -146,16 +155,23 @@ fn router(cache: Cache) -> (Router, Calls) {
                 respond("max-age=60", format!("items {}", c.count("/items")))
             })
             .post(|State(c): State<Calls>| async move {
-                format!("created {}", c.count("/items:post"))
+                let n = c.count("/items:post");
+                Response::builder()
+                    .status(StatusCode::CREATED)
+                    .header(header::LOCATION, "/items/7")
+                    .body(Body::from(format!("created {n}")))
+                    .expect("response")
+            }),
+        )
+        .route(
+            "/items/7",
+            routing::get(|State(c): State<Calls>| async move {
+                respond("max-age=60", format!("item 7 {}", c.count("/items/7")))
             }),
         )
         .with_state(calls.clone())
-        .layer(
-            ResponseCacheLayer::new(cache)
-                .allowed_hosts(["shop.example"])
-                .ignore_query_params(["utm_*"]),
-        );
-    (app, calls)
+        .layer(layer.clone());
+    (app, calls, layer)
 }
 
 struct Reply {
@@ -351,6 +367,40 @@ async fn authorization_cookies_and_methods(backend: Backend) {
     assert_eq!((created.x_cache(), created.text()), ("BYPASS", "created 1"));
 }
 
+/// A successful write invalidates its target URI and its Location; a purge drops one URL.
+async fn writes_and_purges_invalidate(backend: Backend) {
+    let (app, calls, layer) = router_and_layer(backend.cache());
+    for uri in ["/items", "/items/7", "/fresh"] {
+        fetch(&app, uri).await;
+        assert_eq!(fetch(&app, uri).await.x_cache(), "HIT", "{uri}");
+    }
+    let post = Request::post("/items")
+        .header(header::HOST, "shop.example")
+        .body(Body::empty())
+        .expect("r");
+    assert_eq!(send(&app, post).await.status, StatusCode::CREATED);
+    let list = fetch(&app, "/items").await;
+    assert_eq!(
+        (list.x_cache(), list.text()),
+        ("MISS", "items 2"),
+        "the write's target"
+    );
+    let item = fetch(&app, "/items/7").await;
+    assert_eq!(
+        (item.x_cache(), item.text()),
+        ("MISS", "item 7 2"),
+        "its Location"
+    );
+    assert_eq!(
+        fetch(&app, "/fresh").await.x_cache(),
+        "HIT",
+        "other URLs stay"
+    );
+    layer.purge("shop.example", "/fresh").await.expect("purge");
+    assert_eq!(fetch(&app, "/fresh").await.x_cache(), "MISS");
+    assert_eq!(calls.of("/fresh"), 2);
+}
+
 /// A forged Host is never cached, so it cannot poison the entry of the real host.
 async fn forged_host_cannot_poison(backend: Backend) {
     let (app, calls) = router(backend.cache());
@@ -407,6 +457,7 @@ on_every_store!(
     request_directives,
     vary_is_respected,
     authorization_cookies_and_methods,
+    writes_and_purges_invalidate,
     forged_host_cannot_poison,
     query_is_normalized,
     concurrent_misses_collapse,

@@ -155,6 +155,24 @@ impl ResponseCacheLayer {
     }
 }
 
+impl ResponseCacheLayer {
+    /// Drop the stored response of a URL (`path_and_query` as requested, e.g.
+    /// `/products?page=2`) for `host`, in every instance sharing the store. Reports store
+    /// failure, like [`Cache::invalidate`].
+    pub async fn purge(&self, host: &str, path_and_query: &str) -> crate::Result<()> {
+        let uri: http::Uri = path_and_query.parse().map_err(|_| {
+            crate::Error::invalid_input(format!("{path_and_query:?} is not a path and query"))
+        })?;
+        let key = super::key::url_key(
+            &host.to_ascii_lowercase(),
+            uri.path(),
+            uri.query(),
+            &self.shared.keys,
+        );
+        self.shared.cache.invalidate(key).await
+    }
+}
+
 impl<S> Layer<S> for ResponseCacheLayer {
     type Service = ResponseCache<S>;
 
@@ -242,7 +260,16 @@ where
     let (parts, body) = request.into_parts();
     let bypass = |detail| Outcome::Bypass { detail };
     if parts.method != Method::GET && parts.method != Method::HEAD {
-        return forward(&mut inner, parts, body, bypass("method")).await;
+        let unsafe_method = !matches!(
+            parts.method,
+            Method::OPTIONS | Method::TRACE | Method::CONNECT
+        );
+        let target = parts.clone();
+        let response = forward(&mut inner, parts, body, bypass("method")).await?;
+        if unsafe_method {
+            invalidate_after_write(&shared, &target, response.status(), response.headers()).await;
+        }
+        return Ok(response);
     }
     if shared.cookies_vary && parts.headers.contains_key(http::header::COOKIE) {
         return forward(&mut inner, parts, body, bypass("cookie")).await;
@@ -254,7 +281,11 @@ where
     let cache = &shared.cache;
     let full = cache.full_key(key);
     let now = SystemTime::now();
-    let stored = match cache.fetch_entry::<Shared>(&full).await.and_then(|entry| entry.value) {
+    let stored = match cache
+        .fetch_entry::<Shared>(&full)
+        .await
+        .and_then(|entry| entry.value)
+    {
         Some(Shared::Stored(stored)) => Some(stored),
         _ => None,
     };
@@ -304,6 +335,48 @@ where
         .await;
     }
     collapsed(&shared, inner, parts, body, full, fwd).await
+}
+
+/// RFC 9111 section 4.4: a successful unsafe request invalidates its target URI and the
+/// `Location` / `Content-Location` URIs on the same host. A failed invalidation is logged
+/// and counted; the origin's response is returned regardless.
+async fn invalidate_after_write(
+    shared: &Settings,
+    request: &Parts,
+    status: StatusCode,
+    response: &HeaderMap,
+) {
+    if !(status.is_success() || status.is_redirection()) {
+        return;
+    }
+    let Ok(target) = primary_key(request, &shared.keys) else {
+        return;
+    };
+    let host = super::key::normalized_host(request);
+    let mut keys = vec![target];
+    for name in [http::header::LOCATION, http::header::CONTENT_LOCATION] {
+        let Some(uri) = response
+            .get(&name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<http::Uri>().ok())
+        else {
+            continue;
+        };
+        let same_host = uri
+            .authority()
+            .is_none_or(|authority| authority.as_str().eq_ignore_ascii_case(&host));
+        if same_host {
+            keys.push(super::key::url_key(
+                &host,
+                uri.path(),
+                uri.query(),
+                &shared.keys,
+            ));
+        }
+    }
+    if let Err(err) = shared.cache.invalidate_many(keys).await {
+        tracing::warn!(error = %err, uri = %request.uri, "could not invalidate cached responses after a write");
+    }
 }
 
 /// Seconds of freshness left (negative when stale), for `Cache-Status: ttl`.
