@@ -164,6 +164,56 @@ fn router_and_layer(cache: Cache) -> (Router, Calls, ResponseCacheLayer) {
             }),
         )
         .route(
+            "/versioned",
+            routing::get(|State(c): State<Calls>, headers: HeaderMap| async move {
+                // Honours If-None-Match like a careful origin: 304 while version 1 is current.
+                let matched = headers
+                    .get(header::IF_NONE_MATCH)
+                    .is_some_and(|v| v.as_bytes() == b"\"v1\"");
+                let n = c.count(if matched {
+                    "/versioned:304"
+                } else {
+                    "/versioned"
+                });
+                let builder = Response::builder()
+                    .header(header::CACHE_CONTROL, "max-age=1")
+                    .header(header::ETAG, "\"v1\"");
+                if matched {
+                    builder
+                        .status(StatusCode::NOT_MODIFIED)
+                        .body(Body::empty())
+                        .expect("r")
+                } else {
+                    builder
+                        .body(Body::from(format!("versioned {n}")))
+                        .expect("r")
+                }
+            }),
+        )
+        .route(
+            "/swr",
+            routing::get(|State(c): State<Calls>| async move {
+                respond(
+                    "max-age=1, stale-while-revalidate=60",
+                    format!("swr {}", c.count("/swr")),
+                )
+            }),
+        )
+        .route(
+            "/sie",
+            routing::get(|State(c): State<Calls>| async move {
+                let n = c.count("/sie");
+                if n == 1 {
+                    respond("max-age=1, stale-if-error=60", format!("sie {n}"))
+                } else {
+                    Response::builder()
+                        .status(StatusCode::SERVICE_UNAVAILABLE)
+                        .body(Body::from("database down"))
+                        .expect("r")
+                }
+            }),
+        )
+        .route(
             "/items/7",
             routing::get(|State(c): State<Calls>| async move {
                 respond("max-age=60", format!("item 7 {}", c.count("/items/7")))
@@ -367,6 +417,95 @@ async fn authorization_cookies_and_methods(backend: Backend) {
     assert_eq!((created.x_cache(), created.text()), ("BYPASS", "created 1"));
 }
 
+/// Waits past a 1 s freshness lifetime: expiry has no signal, so this is time passing.
+async fn outlive_one_second() {
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+}
+
+/// Clients revalidate with If-None-Match (the generated strong ETag) or If-Modified-Since
+/// and get 304 from the cache.
+async fn conditional_requests_get_304(backend: Backend) {
+    let (app, calls) = router(backend.cache());
+    let first = fetch(&app, "/fresh").await;
+    let etag = first
+        .headers
+        .get(header::ETAG)
+        .expect("generated etag")
+        .clone();
+    assert!(etag.to_str().expect("ascii").starts_with('"'));
+    let revalidate = |value: &str| {
+        get_request("/fresh")
+            .header(header::IF_NONE_MATCH, value)
+            .body(Body::empty())
+            .expect("r")
+    };
+    let not_modified = send(&app, revalidate(etag.to_str().expect("ascii"))).await;
+    assert_eq!(
+        (not_modified.status, not_modified.body.len()),
+        (StatusCode::NOT_MODIFIED, 0)
+    );
+    assert_eq!(not_modified.headers.get(header::ETAG), Some(&etag));
+    assert_eq!(not_modified.x_cache(), "HIT");
+    let weak = format!("W/{}", etag.to_str().expect("ascii"));
+    assert_eq!(
+        send(&app, revalidate(&weak)).await.status,
+        StatusCode::NOT_MODIFIED
+    );
+    assert_eq!(
+        send(&app, revalidate("\"other\"")).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(calls.of("/fresh"), 1);
+}
+
+/// A stale response with the origin's validators is revalidated: the origin answers 304,
+/// and the stored body is served and kept, fresh again.
+async fn stale_responses_are_revalidated(backend: Backend) {
+    let (app, calls) = router(backend.cache());
+    assert_eq!(fetch(&app, "/versioned").await.text(), "versioned 1");
+    outlive_one_second().await;
+    let revalidated = fetch(&app, "/versioned").await;
+    assert_eq!(
+        (revalidated.status, revalidated.text()),
+        (StatusCode::OK, "versioned 1")
+    );
+    assert!(
+        revalidated.cache_status().contains("fwd-status=304"),
+        "{}",
+        revalidated.cache_status()
+    );
+    assert_eq!(calls.of("/versioned:304"), 1);
+    let hit = fetch(&app, "/versioned").await;
+    assert_eq!((hit.x_cache(), hit.text()), ("HIT", "versioned 1"));
+    assert_eq!(calls.of("/versioned"), 1, "the body was never sent again");
+}
+
+/// stale-while-revalidate: the stale response is served at once and refreshed in the
+/// background; stale-if-error: an origin failure is answered with the stale response.
+async fn stale_serving_from_response_directives(backend: Backend) {
+    let (app, calls) = router(backend.cache());
+    assert_eq!(fetch(&app, "/swr").await.text(), "swr 1");
+    outlive_one_second().await;
+    let stale = fetch(&app, "/swr").await;
+    assert_eq!((stale.x_cache(), stale.text()), ("STALE", "swr 1"));
+    // The refresh lands in the background: wait for its observable result.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while fetch(&app, "/swr").await.text() != "swr 2" {
+        assert!(tokio::time::Instant::now() < deadline, "never refreshed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(calls.of("/swr"), 2);
+
+    assert_eq!(fetch(&app, "/sie").await.text(), "sie 1");
+    outlive_one_second().await;
+    let fallback = fetch(&app, "/sie").await;
+    assert_eq!(
+        (fallback.status, fallback.x_cache(), fallback.text()),
+        (StatusCode::OK, "STALE", "sie 1")
+    );
+    assert_eq!(calls.of("/sie"), 2, "the origin was asked and failed");
+}
+
 /// A successful write invalidates its target URI and its Location; a purge drops one URL.
 async fn writes_and_purges_invalidate(backend: Backend) {
     let (app, calls, layer) = router_and_layer(backend.cache());
@@ -458,6 +597,9 @@ on_every_store!(
     vary_is_respected,
     authorization_cookies_and_methods,
     writes_and_purges_invalidate,
+    conditional_requests_get_304,
+    stale_responses_are_revalidated,
+    stale_serving_from_response_directives,
     forged_host_cannot_poison,
     query_is_normalized,
     concurrent_misses_collapse,

@@ -27,7 +27,9 @@ use serde::{Deserialize, Serialize};
 use tower::{Layer, Service};
 
 use super::key::{KeyRules, primary_key, vary_values};
-use super::policy::{RequestDirectives, StoreRules, Usable, initial_age, storable, usable};
+use super::policy::{
+    RequestDirectives, Storable, StoreRules, Usable, initial_age, storable, usable,
+};
 use super::stored::{Arrival, StoredResponse};
 use crate::cache::{Fetched, LoadMode};
 use crate::stampede::LoadOptions;
@@ -71,6 +73,11 @@ struct Settings {
     store: StoreRules,
     max_body_bytes: usize,
     cookies_vary: bool,
+    generate_etag: bool,
+    stale_while_revalidate: Duration,
+    stale_if_error: Duration,
+    /// Keys with a background refresh running in this process.
+    refreshing: Mutex<std::collections::HashSet<String>>,
 }
 
 impl ResponseCacheLayer {
@@ -88,6 +95,10 @@ impl ResponseCacheLayer {
                 store: StoreRules::default(),
                 max_body_bytes: DEFAULT_MAX_BODY_BYTES,
                 cookies_vary: true,
+                generate_etag: true,
+                stale_while_revalidate: Duration::ZERO,
+                stale_if_error: Duration::ZERO,
+                refreshing: Mutex::default(),
             }),
         }
     }
@@ -99,6 +110,10 @@ impl ResponseCacheLayer {
             store: self.shared.store,
             max_body_bytes: self.shared.max_body_bytes,
             cookies_vary: self.shared.cookies_vary,
+            generate_etag: self.shared.generate_etag,
+            stale_while_revalidate: self.shared.stale_while_revalidate,
+            stale_if_error: self.shared.stale_if_error,
+            refreshing: Mutex::default(),
         };
         change(&mut settings);
         self.shared = Arc::new(settings);
@@ -146,6 +161,24 @@ impl ResponseCacheLayer {
     /// Largest body stored (default 1 MiB); larger bodies stream through unstored.
     pub fn max_body_bytes(self, bytes: usize) -> Self {
         self.with(|s| s.max_body_bytes = bytes)
+    }
+
+    /// Give stored responses without an `ETag` a strong one made from their body, so clients
+    /// can revalidate with `If-None-Match` (default true).
+    pub fn generate_etag(self, on: bool) -> Self {
+        self.with(|s| s.generate_etag = on)
+    }
+
+    /// Serve a stale response this long past its freshness while one background request
+    /// refreshes it (RFC 5861), for responses that do not say so themselves (default 0).
+    pub fn stale_while_revalidate(self, window: Duration) -> Self {
+        self.with(|s| s.stale_while_revalidate = window)
+    }
+
+    /// Serve a stale response this long past its freshness when the origin fails or answers
+    /// 5xx (RFC 5861), for responses that do not say so themselves (default 0).
+    pub fn stale_if_error(self, window: Duration) -> Self {
+        self.with(|s| s.stale_if_error = window)
     }
 
     /// Whether requests carrying `Cookie` bypass the cache (default true). Set false only
@@ -241,6 +274,8 @@ enum Outcome {
         stored: bool,
         collapsed: bool,
     },
+    /// A stale response the origin confirmed with a 304.
+    Revalidated,
     Bypass {
         detail: &'static str,
     },
@@ -252,8 +287,10 @@ async fn handle<S, ReqBody, ResBody>(
     request: Request<ReqBody>,
 ) -> Result<Response<CacheBody>, S::Error>
 where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send,
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
     S::Future: Send,
+    S::Error: Send + 'static,
+    ReqBody: Send + 'static,
     ResBody: Body<Data = Bytes> + Send + 'static,
     ResBody::Error: Into<BoxError>,
 {
@@ -290,25 +327,31 @@ where
         _ => None,
     };
     let mut fwd = "uri-miss";
-    if let Some(stored) = &stored {
+    // A stale response kept for stale-if-error and revalidation.
+    let mut stale = None;
+    if let Some(stored) = stored {
         let vary = vary_values(&stored.vary_headers(), &parts.headers);
         if vary.as_deref().is_some_and(|v| stored.matches(v)) {
             let age = stored.age(now);
+            let ttl = signed_secs(stored.facts().freshness, age);
             match usable(&stored.facts(), age, &directives) {
                 Usable::Fresh => {
-                    let ttl = signed_secs(stored.facts().freshness, age);
-                    return Ok(from_store(stored, &parts.method, age, Outcome::Hit { ttl }));
+                    let hit = Outcome::Hit { ttl };
+                    return Ok(from_store(&stored, &parts, age, hit));
                 }
                 Usable::StaleAccepted => {
-                    let ttl = signed_secs(stored.facts().freshness, age);
-                    return Ok(from_store(
-                        stored,
-                        &parts.method,
-                        age,
-                        Outcome::Stale { ttl },
-                    ));
+                    let served = Outcome::Stale { ttl };
+                    return Ok(from_store(&stored, &parts, age, served));
                 }
-                Usable::Stale(_) => fwd = "stale",
+                Usable::Stale(by) if within(by, stored.facts().stale_while_revalidate) => {
+                    let response = from_store(&stored, &parts, age, Outcome::Stale { ttl });
+                    refresh_in_background(&shared, inner, parts, body, full, stored);
+                    return Ok(response);
+                }
+                Usable::Stale(by) => {
+                    fwd = "stale";
+                    stale = Some((stored, by));
+                }
                 Usable::Refused => fwd = "request",
             }
         } else {
@@ -334,7 +377,85 @@ where
         )
         .await;
     }
-    collapsed(&shared, inner, parts, body, full, fwd).await
+    let revalidating = stale.as_ref().map(|(stored, _)| stored.clone());
+    let request_head = parts.clone();
+    let result = collapsed(&shared, inner, parts, body, full, fwd, revalidating).await;
+    // stale-if-error: an origin failure or 5xx is answered with the stale response.
+    let failed = match &result {
+        Ok(response) => response.status().is_server_error(),
+        Err(_) => true,
+    };
+    if failed
+        && let Some((stored, by)) = stale
+        && within(by, stored.facts().stale_if_error)
+    {
+        let age = stored.age(SystemTime::now());
+        let ttl = signed_secs(stored.facts().freshness, age);
+        return Ok(from_store(
+            &stored,
+            &request_head,
+            age,
+            Outcome::Stale { ttl },
+        ));
+    }
+    result
+}
+
+/// Whether staleness `by` falls within a stale window (a zero window is off).
+fn within(by: Duration, window: Duration) -> bool {
+    !window.is_zero() && by <= window
+}
+
+/// stale-while-revalidate: refresh `full` with this request on a task of its own, unless a
+/// refresh of it already runs in this process (across processes, the lock dedupes).
+fn refresh_in_background<S, ReqBody, ResBody>(
+    shared: &Arc<Settings>,
+    inner: S,
+    parts: Parts,
+    body: ReqBody,
+    full: String,
+    stored: StoredResponse,
+) where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
+    S::Future: Send,
+    S::Error: Send + 'static,
+    ReqBody: Send + 'static,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let claimed = shared
+        .refreshing
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .insert(full.clone());
+    if !claimed {
+        return;
+    }
+    metrics::counter!(telemetry::REFRESHES, "trigger" => "http_stale").increment(1);
+    let shared = Arc::clone(shared);
+    runtime.spawn(async move {
+        let refreshed = collapsed(
+            &shared,
+            inner,
+            parts,
+            body,
+            full.clone(),
+            "stale",
+            Some(stored),
+        )
+        .await;
+        if refreshed.is_err() {
+            tracing::warn!(key = full, "background refresh of a stale response failed");
+        }
+        shared
+            .refreshing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&full);
+    });
 }
 
 /// RFC 9111 section 4.4: a successful unsafe request invalidates its target URI and the
@@ -398,6 +519,7 @@ async fn collapsed<S, ReqBody, ResBody>(
     body: ReqBody,
     full: String,
     fwd: &'static str,
+    revalidating: Option<StoredResponse>,
 ) -> Result<Response<CacheBody>, S::Error>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send,
@@ -414,14 +536,15 @@ where
             return Ok::<_, Infallible>(Fetched::new(Some(Shared::Pass), false));
         };
         let request_time = SystemTime::now();
-        let response = match inner.call(Request::from_parts(parts.clone(), body)).await {
+        let (origin_parts, revalidating) = conditional(&parts, revalidating.as_ref());
+        let response = match inner.call(Request::from_parts(origin_parts, body)).await {
             Ok(response) => response,
             Err(err) => {
                 put(&own, Err(err));
                 return Ok(Fetched::new(Some(Shared::Pass), false));
             }
         };
-        let (served, stored) = prepare(shared, &parts, response, request_time).await;
+        let (served, stored) = prepare(shared, &parts, response, request_time, revalidating).await;
         let fetched = match stored {
             Some((stored, fresh, grace)) => {
                 Fetched::with_lifetime(Shared::Stored(stored), fresh, grace)
@@ -462,7 +585,7 @@ where
                 stored: false,
                 collapsed: true,
             };
-            return Ok(from_store(&stored, &parts.method, age, outcome));
+            return Ok(from_store(&stored, &parts, age, outcome));
         }
     }
     let Some(body) = take(&request_body) else {
@@ -470,6 +593,38 @@ where
         return Ok(gateway_timeout());
     };
     forward_and_store(shared, &mut inner, parts, body, &full, true, fwd).await
+}
+
+/// The request to send to the origin: when revalidating a stale response and the client
+/// sent no validators of its own, with the stored response's validators added (then a 304
+/// refreshes the stored response). Returns the stored response only in that case.
+fn conditional<'a>(
+    parts: &Parts,
+    revalidating: Option<&'a StoredResponse>,
+) -> (Parts, Option<&'a StoredResponse>) {
+    let mut origin = parts.clone();
+    let client_conditional = [
+        http::header::IF_NONE_MATCH,
+        http::header::IF_MODIFIED_SINCE,
+        http::header::IF_MATCH,
+        http::header::IF_UNMODIFIED_SINCE,
+        http::header::IF_RANGE,
+    ]
+    .iter()
+    .any(|name| parts.headers.contains_key(name));
+    match revalidating {
+        Some(stored) if !client_conditional => {
+            let validators = stored.origin_validators();
+            if validators.is_empty() {
+                return (origin, None);
+            }
+            for (name, value) in validators {
+                origin.headers.insert(name, value);
+            }
+            (origin, Some(stored))
+        }
+        _ => (origin, None),
+    }
 }
 
 fn take<T>(slot: &Mutex<Option<T>>) -> Option<T> {
@@ -498,7 +653,7 @@ where
 {
     let request_time = SystemTime::now();
     let response = inner.call(Request::from_parts(parts.clone(), body)).await?;
-    let (mut response, stored) = prepare(shared, &parts, response, request_time).await;
+    let (mut response, stored) = prepare(shared, &parts, response, request_time, None).await;
     let mut written = false;
     if store && let Some((stored, fresh, grace)) = stored {
         let value = Shared::Stored(stored);
@@ -545,6 +700,7 @@ async fn prepare<ResBody>(
     parts: &Parts,
     response: Response<ResBody>,
     request_time: SystemTime,
+    revalidating: Option<&StoredResponse>,
 ) -> (
     Response<CacheBody>,
     Option<(StoredResponse, Duration, Duration)>,
@@ -554,14 +710,30 @@ where
     ResBody::Error: Into<BoxError>,
 {
     let response_time = SystemTime::now();
-    let (head, body) = response.into_parts();
+    let (mut head, body) = response.into_parts();
+    if head.status == StatusCode::NOT_MODIFIED
+        && let Some(stored) = revalidating
+        && let Some((refreshed, fresh, grace)) = refresh_from_304(
+            shared,
+            parts,
+            stored,
+            &head.headers,
+            request_time,
+            response_time,
+        )
+    {
+        let age = refreshed.age(SystemTime::now());
+        let response = from_store(&refreshed, parts, age, Outcome::Revalidated);
+        return (response, Some((refreshed, fresh, grace)));
+    }
     let decision = storable(
         &parts.method,
         &parts.headers,
         head.status,
         &head.headers,
         shared.store,
-    );
+    )
+    .map(|facts| with_configured_windows(shared, facts));
     let vary = vary_values(&head.headers, &parts.headers);
     let (Ok(facts), Some(vary)) = (decision, vary) else {
         return (Response::from_parts(head, boxed(body)), None);
@@ -576,6 +748,12 @@ where
     };
     match buffer(body, shared.max_body_bytes).await {
         Buffered::Complete(bytes) => {
+            let generated = shared.generate_etag
+                && head.status == StatusCode::OK
+                && !head.headers.contains_key(http::header::ETAG);
+            if generated {
+                head.headers.insert(http::header::ETAG, strong_etag(&bytes));
+            }
             let dropped: &[HeaderName] = if shared.store.strip_set_cookie {
                 &[http::header::SET_COOKIE]
             } else {
@@ -586,11 +764,12 @@ where
                 response_time,
             };
             let stored = StoredResponse::new(&head, bytes.clone(), facts, arrival, vary, dropped);
-            let grace = if facts.must_revalidate {
-                Duration::ZERO
+            let stored = if generated {
+                stored.with_generated_etag()
             } else {
-                facts.stale_while_revalidate.max(facts.stale_if_error)
+                stored
             };
+            let grace = grace_of(facts, &stored);
             (
                 Response::from_parts(head, full_body(bytes)),
                 Some((stored, fresh, grace)),
@@ -601,6 +780,84 @@ where
             (Response::from_parts(head, body), None)
         }
     }
+}
+
+/// The stale windows of a stored response: its own, else the layer's configured ones.
+fn with_configured_windows(shared: &Settings, mut facts: Storable) -> Storable {
+    if facts.stale_while_revalidate.is_zero() {
+        facts.stale_while_revalidate = shared.stale_while_revalidate;
+    }
+    if facts.stale_if_error.is_zero() {
+        facts.stale_if_error = shared.stale_if_error;
+    }
+    facts
+}
+
+/// Least and most time a response with validators is kept past its freshness, so a stale
+/// copy can be revalidated (a 304 instead of the whole body).
+const MIN_REVALIDATION_GRACE: Duration = Duration::from_secs(60);
+const MAX_REVALIDATION_GRACE: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// How long past its freshness a response is kept: for its stale windows (unless it may
+/// never be served stale), and, when the origin gave validators, for revalidation (as long
+/// as it was fresh, within 1 minute to 1 day).
+fn grace_of(facts: Storable, stored: &StoredResponse) -> Duration {
+    let stale_windows = if facts.must_revalidate {
+        Duration::ZERO
+    } else {
+        facts.stale_while_revalidate.max(facts.stale_if_error)
+    };
+    let revalidation = if stored.origin_validators().is_empty() {
+        Duration::ZERO
+    } else {
+        facts
+            .freshness
+            .clamp(MIN_REVALIDATION_GRACE, MAX_REVALIDATION_GRACE)
+    };
+    stale_windows.max(revalidation)
+}
+
+/// A 304 from the origin refreshes the stored response (RFC 9111 section 4.3.4): merged
+/// headers, new freshness and age; `None` when the merged response may no longer be stored.
+fn refresh_from_304(
+    shared: &Settings,
+    parts: &Parts,
+    stored: &StoredResponse,
+    not_modified: &HeaderMap,
+    request_time: SystemTime,
+    response_time: SystemTime,
+) -> Option<(StoredResponse, Duration, Duration)> {
+    let mut merged = stored.header_map();
+    for name in not_modified.keys() {
+        merged.remove(name);
+        for value in not_modified.get_all(name) {
+            merged.append(name.clone(), value.clone());
+        }
+    }
+    let status = stored.served().status;
+    let facts = storable(&parts.method, &parts.headers, status, &merged, shared.store)
+        .ok()
+        .map(|facts| with_configured_windows(shared, facts))?;
+    let initial = initial_age(not_modified, request_time, response_time);
+    let fresh = facts
+        .freshness
+        .checked_sub(initial)
+        .filter(|f| !f.is_zero())?;
+    let arrival = Arrival {
+        initial_age: initial,
+        response_time,
+    };
+    let refreshed = stored.refreshed(not_modified, facts, arrival);
+    let grace = grace_of(facts, &refreshed);
+    Some((refreshed, fresh, grace))
+}
+
+/// A strong entity tag from the body's SHA-256 (128 bits, hex).
+fn strong_etag(body: &[u8]) -> HeaderValue {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(body);
+    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    HeaderValue::from_str(&format!("\"{hex}\"")).unwrap_or(HeaderValue::from_static("\"\""))
 }
 
 enum Buffered {
@@ -654,15 +911,19 @@ fn full_body(bytes: Bytes) -> CacheBody {
         .boxed_unsync()
 }
 
-/// A response built from a stored one, with `Age` and the status headers.
+/// A response built from a stored one, with `Age` and the status headers; a `304` when
+/// the request's own validators match it (RFC 9110 section 13.1).
 fn from_store(
     stored: &StoredResponse,
-    method: &Method,
+    request: &Parts,
     age: Duration,
     outcome: Outcome,
 ) -> Response<CacheBody> {
     let served = stored.served();
-    let body = if *method == Method::HEAD {
+    if not_modified(&request.headers, stored) {
+        return not_modified_response(&served.headers, age, &outcome);
+    }
+    let body = if request.method == Method::HEAD {
         Bytes::new()
     } else {
         served.body
@@ -674,6 +935,59 @@ fn from_store(
         .headers_mut()
         .insert(http::header::AGE, HeaderValue::from(age.as_secs()));
     decorate(response.headers_mut(), &outcome);
+    response
+}
+
+/// Whether a request's `If-None-Match` (weak comparison), or else its `If-Modified-Since`,
+/// says the client's copy is current.
+fn not_modified(request: &HeaderMap, stored: &StoredResponse) -> bool {
+    let opaque = |tag: &str| tag.trim().trim_start_matches("W/").to_owned();
+    if request.contains_key(http::header::IF_NONE_MATCH) {
+        let Some(etag) = stored.etag().map(opaque) else {
+            return false;
+        };
+        return request
+            .get_all(http::header::IF_NONE_MATCH)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|candidate| candidate.trim() == "*" || opaque(candidate) == etag);
+    }
+    let since = request
+        .get(http::header::IF_MODIFIED_SINCE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| httpdate::parse_http_date(v).ok());
+    match (since, stored.last_modified()) {
+        (Some(since), Some(modified)) => modified <= since,
+        _ => false,
+    }
+}
+
+/// A `304 Not Modified` carrying the fields RFC 9110 section 15.4.5 asks for.
+fn not_modified_response(
+    stored: &HeaderMap,
+    age: Duration,
+    outcome: &Outcome,
+) -> Response<CacheBody> {
+    let mut response = Response::new(full_body(Bytes::new()));
+    *response.status_mut() = StatusCode::NOT_MODIFIED;
+    for name in [
+        http::header::CACHE_CONTROL,
+        http::header::CONTENT_LOCATION,
+        http::header::DATE,
+        http::header::ETAG,
+        http::header::EXPIRES,
+        http::header::VARY,
+        http::header::LAST_MODIFIED,
+    ] {
+        for value in stored.get_all(&name) {
+            response.headers_mut().append(name.clone(), value.clone());
+        }
+    }
+    response
+        .headers_mut()
+        .insert(http::header::AGE, HeaderValue::from(age.as_secs()));
+    decorate(response.headers_mut(), outcome);
     response
 }
 
@@ -717,6 +1031,10 @@ fn decorate(headers: &mut HeaderMap, outcome: &Outcome) {
             }
             ("MISS", status)
         }
+        Outcome::Revalidated => (
+            "MISS",
+            "cachelayer; fwd=stale; fwd-status=304; stored".to_owned(),
+        ),
         Outcome::Bypass { detail } => {
             ("BYPASS", format!("cachelayer; fwd=bypass; detail={detail}"))
         }

@@ -53,6 +53,9 @@ pub(crate) struct StoredResponse {
     stale_if_error_ms: u64,
     /// The request's values of the headers its `Vary` names.
     vary: Vec<(String, String)>,
+    /// Its `ETag` was made here from the body (so the origin does not know it).
+    #[serde(default)]
+    etag_generated: bool,
 }
 
 /// When a response arrived, and how old it was then.
@@ -116,7 +119,90 @@ impl StoredResponse {
             stale_while_revalidate_ms: millis(facts.stale_while_revalidate),
             stale_if_error_ms: millis(facts.stale_if_error),
             vary,
+            etag_generated: false,
         }
+    }
+
+    /// Marks its `ETag` as made here, not by the origin.
+    pub(crate) fn with_generated_etag(mut self) -> Self {
+        self.etag_generated = true;
+        self
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|f| f.name == name)
+            .and_then(|f| std::str::from_utf8(&f.value).ok())
+    }
+
+    /// Its entity tag.
+    pub(crate) fn etag(&self) -> Option<&str> {
+        self.header("etag")
+    }
+
+    /// Its `Last-Modified` time.
+    pub(crate) fn last_modified(&self) -> Option<SystemTime> {
+        self.header("last-modified")
+            .and_then(|v| httpdate::parse_http_date(v).ok())
+    }
+
+    /// Validators the origin understands, for a conditional request: its own `ETag` (not
+    /// one made here) and `Last-Modified`.
+    pub(crate) fn origin_validators(&self) -> Vec<(HeaderName, HeaderValue)> {
+        let mut validators = Vec::new();
+        if !self.etag_generated
+            && let Some(etag) = self.etag().and_then(|e| HeaderValue::from_str(e).ok())
+        {
+            validators.push((http::header::IF_NONE_MATCH, etag));
+        }
+        if let Some(modified) = self
+            .header("last-modified")
+            .and_then(|v| HeaderValue::from_str(v).ok())
+        {
+            validators.push((http::header::IF_MODIFIED_SINCE, modified));
+        }
+        validators
+    }
+
+    /// This response refreshed by a `304 Not Modified` (RFC 9111 section 4.3.4): the 304's
+    /// header fields replace the stored ones of the same name; the body stays.
+    pub(crate) fn refreshed(
+        &self,
+        not_modified: &HeaderMap,
+        facts: Storable,
+        arrival: Arrival,
+    ) -> Self {
+        let mut merged = self.served().headers;
+        for name in not_modified.keys() {
+            if HOP_BY_HOP.contains(&name.as_str()) || name == http::header::AGE {
+                continue;
+            }
+            merged.remove(name);
+            for value in not_modified.get_all(name) {
+                merged.append(name.clone(), value.clone());
+            }
+        }
+        let (mut head, ()) = http::Response::new(()).into_parts();
+        head.status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::OK);
+        head.headers = merged;
+        let refreshed = Self::new(
+            &head,
+            Bytes::from(self.body.clone()),
+            facts,
+            arrival,
+            self.vary.clone(),
+            &[],
+        );
+        Self {
+            etag_generated: self.etag_generated,
+            ..refreshed
+        }
+    }
+
+    /// Its headers as a map (to judge a refreshed copy).
+    pub(crate) fn header_map(&self) -> HeaderMap {
+        self.served().headers
     }
 
     /// Its storage facts.
