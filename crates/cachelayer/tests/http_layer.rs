@@ -214,6 +214,27 @@ fn router_and_layer(cache: Cache) -> (Router, Calls, ResponseCacheLayer) {
             }),
         )
         .route(
+            "/tagged",
+            routing::get(|State(c): State<Calls>| async move {
+                let mut response = respond("max-age=60", format!("tagged {}", c.count("/tagged")));
+                response
+                    .headers_mut()
+                    .insert("cache-tag", "product:7, products".parse().expect("v"));
+                response
+            }),
+        )
+        .route(
+            "/extension",
+            routing::get(|State(c): State<Calls>| async move {
+                let mut response =
+                    respond("max-age=60", format!("extension {}", c.count("/extension")));
+                response
+                    .extensions_mut()
+                    .insert(cachelayer::http::CacheTags::new(["home"]));
+                response
+            }),
+        )
+        .route(
             "/items/7",
             routing::get(|State(c): State<Calls>| async move {
                 respond("max-age=60", format!("item 7 {}", c.count("/items/7")))
@@ -506,6 +527,41 @@ async fn stale_serving_from_response_directives(backend: Backend) {
     assert_eq!(calls.of("/sie"), 2, "the origin was asked and failed");
 }
 
+/// Tags (header or extension) are stripped before clients see them, and invalidating a tag
+/// through one layer drops the responses every other instance on the store would serve.
+async fn tags_invalidate_across_instances(backend: Backend) {
+    let (first, calls_first, layer_first) = router_and_layer(backend.cache());
+    let (second, calls_second, _) = router_and_layer(backend.cache());
+    for uri in ["/tagged", "/extension", "/fresh"] {
+        let reply = fetch(&first, uri).await;
+        assert!(!reply.headers.contains_key("cache-tag"), "{uri}");
+        assert_eq!(
+            fetch(&second, uri).await.x_cache(),
+            "HIT",
+            "{uri}: one shared store"
+        );
+    }
+    layer_first
+        .invalidate_tags(["products", "home"])
+        .await
+        .expect("invalidate");
+    for (uri, text) in [("/tagged", "tagged 1"), ("/extension", "extension 1")] {
+        let reply = fetch(&second, uri).await;
+        assert_eq!((reply.x_cache(), reply.text()), ("MISS", text), "{uri}");
+    }
+    assert_eq!(
+        fetch(&second, "/fresh").await.x_cache(),
+        "HIT",
+        "untagged stays"
+    );
+    assert_eq!(calls_first.of("/tagged") + calls_second.of("/tagged"), 2);
+    assert_eq!(
+        fetch(&first, "/tagged").await.x_cache(),
+        "HIT",
+        "the new copy is valid"
+    );
+}
+
 /// A successful write invalidates its target URI and its Location; a purge drops one URL.
 async fn writes_and_purges_invalidate(backend: Backend) {
     let (app, calls, layer) = router_and_layer(backend.cache());
@@ -598,6 +654,7 @@ on_every_store!(
     authorization_cookies_and_methods,
     writes_and_purges_invalidate,
     conditional_requests_get_304,
+    tags_invalidate_across_instances,
     stale_responses_are_revalidated,
     stale_serving_from_response_directives,
     forged_host_cannot_poison,

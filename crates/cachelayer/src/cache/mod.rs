@@ -420,7 +420,11 @@ impl Cache {
 
     /// Run one store call through the breaker and the command timeout, recording latency,
     /// errors and breaker outcomes.
-    async fn call<R>(&self, op: &'static str, call: impl Future<Output = Result<R>>) -> Result<R> {
+    pub(crate) async fn call<R>(
+        &self,
+        op: &'static str,
+        call: impl Future<Output = Result<R>>,
+    ) -> Result<R> {
         let breaker = &self.inner.breaker;
         if breaker.admit() == Admission::Rejected {
             metrics::counter!(telemetry::STORE_ERRORS, "op" => op, "kind" => ErrorKind::CircuitOpen.as_str())

@@ -74,6 +74,7 @@ struct Settings {
     max_body_bytes: usize,
     cookies_vary: bool,
     generate_etag: bool,
+    expose_tags: bool,
     stale_while_revalidate: Duration,
     stale_if_error: Duration,
     /// Keys with a background refresh running in this process.
@@ -96,6 +97,7 @@ impl ResponseCacheLayer {
                 max_body_bytes: DEFAULT_MAX_BODY_BYTES,
                 cookies_vary: true,
                 generate_etag: true,
+                expose_tags: false,
                 stale_while_revalidate: Duration::ZERO,
                 stale_if_error: Duration::ZERO,
                 refreshing: Mutex::default(),
@@ -111,6 +113,7 @@ impl ResponseCacheLayer {
             max_body_bytes: self.shared.max_body_bytes,
             cookies_vary: self.shared.cookies_vary,
             generate_etag: self.shared.generate_etag,
+            expose_tags: self.shared.expose_tags,
             stale_while_revalidate: self.shared.stale_while_revalidate,
             stale_if_error: self.shared.stale_if_error,
             refreshing: Mutex::default(),
@@ -169,6 +172,12 @@ impl ResponseCacheLayer {
         self.with(|s| s.generate_etag = on)
     }
 
+    /// Send `Cache-Tag` / `Surrogate-Key` on to clients (default false: they are the
+    /// application's instructions to this cache, stripped before the response leaves).
+    pub fn expose_tags(self, on: bool) -> Self {
+        self.with(|s| s.expose_tags = on)
+    }
+
     /// Serve a stale response this long past its freshness while one background request
     /// refreshes it (RFC 5861), for responses that do not say so themselves (default 0).
     pub fn stale_while_revalidate(self, window: Duration) -> Self {
@@ -189,6 +198,17 @@ impl ResponseCacheLayer {
 }
 
 impl ResponseCacheLayer {
+    /// Drop every stored response carrying any of `tags` (from `Cache-Tag`, `Surrogate-Key`
+    /// or [`CacheTags`](super::CacheTags)), in every instance sharing the store, in one
+    /// round trip. Reports store failure, like [`Cache::invalidate`].
+    pub async fn invalidate_tags<S: Into<String>>(
+        &self,
+        tags: impl IntoIterator<Item = S>,
+    ) -> crate::Result<()> {
+        let tags: Vec<String> = tags.into_iter().map(Into::into).collect();
+        super::tags::invalidate(&self.shared.cache, &tags).await
+    }
+
     /// Drop the stored response of a URL (`path_and_query` as requested, e.g.
     /// `/products?page=2`) for `host`, in every instance sharing the store. Reports store
     /// failure, like [`Cache::invalidate`].
@@ -302,17 +322,17 @@ where
             Method::OPTIONS | Method::TRACE | Method::CONNECT
         );
         let target = parts.clone();
-        let response = forward(&mut inner, parts, body, bypass("method")).await?;
+        let response = forward(&shared, &mut inner, parts, body, bypass("method")).await?;
         if unsafe_method {
             invalidate_after_write(&shared, &target, response.status(), response.headers()).await;
         }
         return Ok(response);
     }
     if shared.cookies_vary && parts.headers.contains_key(http::header::COOKIE) {
-        return forward(&mut inner, parts, body, bypass("cookie")).await;
+        return forward(&shared, &mut inner, parts, body, bypass("cookie")).await;
     }
     let Ok(key) = primary_key(&parts, &shared.keys) else {
-        return forward(&mut inner, parts, body, bypass("host")).await;
+        return forward(&shared, &mut inner, parts, body, bypass("host")).await;
     };
     let directives = RequestDirectives::of(&parts.headers);
     let cache = &shared.cache;
@@ -331,7 +351,11 @@ where
     let mut stale = None;
     if let Some(stored) = stored {
         let vary = vary_values(&stored.vary_headers(), &parts.headers);
-        if vary.as_deref().is_some_and(|v| stored.matches(v)) {
+        if !super::tags::still_valid(cache, stored.tags()).await {
+            // Dropped by a tag: delete it, so the collapsed load cannot find it again.
+            let _ = cache.call("delete", cache.store().delete(&full)).await;
+            fwd = "uri-miss";
+        } else if vary.as_deref().is_some_and(|v| stored.matches(v)) {
             let age = stored.age(now);
             let ttl = signed_secs(stored.facts().freshness, age);
             match usable(&stored.facts(), age, &directives) {
@@ -676,6 +700,7 @@ where
 
 /// Call the origin and pass its response through untouched but for the status headers.
 async fn forward<S, ReqBody, ResBody>(
+    shared: &Settings,
     inner: &mut S,
     parts: Parts,
     body: ReqBody,
@@ -689,6 +714,11 @@ where
 {
     let response = inner.call(Request::from_parts(parts, body)).await?;
     let mut response = response.map(boxed);
+    if !shared.expose_tags {
+        for name in super::tags::TAG_HEADERS {
+            response.headers_mut().remove(name);
+        }
+    }
     decorate(response.headers_mut(), &outcome);
     Ok(response)
 }
@@ -734,6 +764,12 @@ where
         shared.store,
     )
     .map(|facts| with_configured_windows(shared, facts));
+    let tags = super::tags::tags_of(&head.headers, head.extensions.get::<super::CacheTags>());
+    if !shared.expose_tags {
+        for name in super::tags::TAG_HEADERS {
+            head.headers.remove(name);
+        }
+    }
     let vary = vary_values(&head.headers, &parts.headers);
     let (Ok(facts), Some(vary)) = (decision, vary) else {
         return (Response::from_parts(head, boxed(body)), None);
@@ -769,6 +805,11 @@ where
             } else {
                 stored
             };
+            let Some(versions) = super::tags::versions_for_store(&shared.cache, &tags).await else {
+                // Without the tags' versions, a later invalidation could miss it: not stored.
+                return (Response::from_parts(head, full_body(bytes)), None);
+            };
+            let stored = stored.with_tags(tags.into_iter().zip(versions).collect());
             let grace = grace_of(facts, &stored);
             (
                 Response::from_parts(head, full_body(bytes)),

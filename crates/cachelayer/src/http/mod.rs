@@ -5,18 +5,20 @@
 //! - `key`: keys from host (checked against an allow-list), path and normalized query, and
 //!   the request values a response's `Vary` names;
 //! - `stored`: the stored form of a response;
+//! - `tags`: tags on responses and their invalidation across instances;
 //! - `layer`: the tower layer and service.
 //!
 //! This module must never depend on a particular server: it speaks `http` and `tower` types
 //! only, and stores through [`Cache`](crate::Cache) like every other value. Work in progress
-//! (issue 5): conditional requests (304, ETag), revalidation, stale serving from response
-//! directives, invalidation on writes and tags are not there yet.
+//! (issue 5): see the README for what is there.
 
 pub mod key;
 mod layer;
 pub mod policy;
 mod stored;
+mod tags;
 
 pub use self::layer::{
     BoxError, CacheBody, DEFAULT_MAX_BODY_BYTES, ResponseCache, ResponseCacheLayer,
 };
+pub use self::tags::CacheTags;

@@ -56,6 +56,9 @@ pub(crate) struct StoredResponse {
     /// Its `ETag` was made here from the body (so the origin does not know it).
     #[serde(default)]
     etag_generated: bool,
+    /// Its tags, each with the tag's version when it was stored.
+    #[serde(default)]
+    tags: Vec<(String, String)>,
 }
 
 /// When a response arrived, and how old it was then.
@@ -120,7 +123,19 @@ impl StoredResponse {
             stale_if_error_ms: millis(facts.stale_if_error),
             vary,
             etag_generated: false,
+            tags: Vec::new(),
         }
+    }
+
+    /// Records its tags and their versions.
+    pub(crate) fn with_tags(mut self, tags: Vec<(String, String)>) -> Self {
+        self.tags = tags;
+        self
+    }
+
+    /// Its tags and their versions when stored.
+    pub(crate) fn tags(&self) -> &[(String, String)] {
+        &self.tags
     }
 
     /// Marks its `ETag` as made here, not by the origin.
@@ -196,6 +211,7 @@ impl StoredResponse {
         );
         Self {
             etag_generated: self.etag_generated,
+            tags: self.tags.clone(),
             ..refreshed
         }
     }
