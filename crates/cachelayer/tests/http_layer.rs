@@ -562,6 +562,46 @@ async fn tags_invalidate_across_instances(backend: Backend) {
     );
 }
 
+/// Extra key parts split entries by what the URL does not show.
+async fn extra_key_parts_split_entries(backend: Backend) {
+    let calls = Calls::default();
+    let app = Router::new()
+        .route(
+            "/tenant",
+            routing::get(|State(c): State<Calls>, headers: HeaderMap| async move {
+                c.count("/tenant");
+                let tenant = headers
+                    .get("x-tenant")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_owned();
+                respond("max-age=60", format!("tenant {tenant}"))
+            }),
+        )
+        .with_state(calls.clone())
+        .layer(ResponseCacheLayer::new(backend.cache()).key_parts(|parts| {
+            vec![
+                parts
+                    .headers
+                    .get("x-tenant")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_owned(),
+            ]
+        }));
+    let as_tenant = |tenant| {
+        get_request("/tenant")
+            .header("x-tenant", tenant)
+            .body(Body::empty())
+            .expect("r")
+    };
+    assert_eq!(send(&app, as_tenant("a")).await.text(), "tenant a");
+    assert_eq!(send(&app, as_tenant("b")).await.text(), "tenant b");
+    let again = send(&app, as_tenant("a")).await;
+    assert_eq!((again.x_cache(), again.text()), ("HIT", "tenant a"));
+    assert_eq!(calls.of("/tenant"), 2);
+}
+
 /// A successful write invalidates its target URI and its Location; a purge drops one URL.
 async fn writes_and_purges_invalidate(backend: Backend) {
     let (app, calls, layer) = router_and_layer(backend.cache());
@@ -655,6 +695,7 @@ on_every_store!(
     writes_and_purges_invalidate,
     conditional_requests_get_304,
     tags_invalidate_across_instances,
+    extra_key_parts_split_entries,
     stale_responses_are_revalidated,
     stale_serving_from_response_directives,
     forged_host_cannot_poison,

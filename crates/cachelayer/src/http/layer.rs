@@ -66,10 +66,24 @@ pub struct ResponseCacheLayer {
     shared: Arc<Settings>,
 }
 
+/// Extra key parts taken from a request (per route: give each route its own layer).
+#[derive(Clone)]
+struct KeyParts(Arc<KeyPartsFn>);
+
+/// A function from a request to extra key parts.
+type KeyPartsFn = dyn Fn(&Parts) -> Vec<String> + Send + Sync;
+
+impl std::fmt::Debug for KeyParts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeyParts(..)")
+    }
+}
+
 #[derive(Debug)]
 struct Settings {
     cache: Cache,
     keys: KeyRules,
+    key_parts: Option<KeyParts>,
     store: StoreRules,
     max_body_bytes: usize,
     cookies_vary: bool,
@@ -93,6 +107,7 @@ impl ResponseCacheLayer {
                     sort_query: true,
                     ..KeyRules::default()
                 },
+                key_parts: None,
                 store: StoreRules::default(),
                 max_body_bytes: DEFAULT_MAX_BODY_BYTES,
                 cookies_vary: true,
@@ -109,6 +124,7 @@ impl ResponseCacheLayer {
         let mut settings = Settings {
             cache: self.shared.cache.clone(),
             keys: self.shared.keys.clone(),
+            key_parts: self.shared.key_parts.clone(),
             store: self.shared.store,
             max_body_bytes: self.shared.max_body_bytes,
             cookies_vary: self.shared.cookies_vary,
@@ -137,6 +153,14 @@ impl ResponseCacheLayer {
     pub fn ignore_query_params<S: Into<String>>(self, names: impl IntoIterator<Item = S>) -> Self {
         let names: Vec<String> = names.into_iter().map(Into::into).collect();
         self.with(|s| s.keys.ignored_query_params = names)
+    }
+
+    /// Extra key parts from each request, for responses that depend on something the URL
+    /// does not show (a tenant header, say). Each part is escaped like any key part. Purges
+    /// by URL do not know these parts; use tags for such routes.
+    pub fn key_parts(self, parts: impl Fn(&Parts) -> Vec<String> + Send + Sync + 'static) -> Self {
+        let parts = KeyParts(Arc::new(parts));
+        self.with(|s| s.key_parts = Some(parts))
     }
 
     /// Sort query parameters in keys (default true).
@@ -331,7 +355,7 @@ where
     if shared.cookies_vary && parts.headers.contains_key(http::header::COOKIE) {
         return forward(&shared, &mut inner, parts, body, bypass("cookie")).await;
     }
-    let Ok(key) = primary_key(&parts, &shared.keys) else {
+    let Ok(key) = request_key(&shared, &parts) else {
         return forward(&shared, &mut inner, parts, body, bypass("host")).await;
     };
     let directives = RequestDirectives::of(&parts.headers);
@@ -494,7 +518,7 @@ async fn invalidate_after_write(
     if !(status.is_success() || status.is_redirection()) {
         return;
     }
-    let Ok(target) = primary_key(request, &shared.keys) else {
+    let Ok(target) = request_key(shared, request) else {
         return;
     };
     let host = super::key::normalized_host(request);
@@ -522,6 +546,15 @@ async fn invalidate_after_write(
     if let Err(err) = shared.cache.invalidate_many(keys).await {
         tracing::warn!(error = %err, uri = %request.uri, "could not invalidate cached responses after a write");
     }
+}
+
+/// The key of a request: its URL's, plus the configured extra parts.
+fn request_key(shared: &Settings, parts: &Parts) -> Result<crate::Key, super::key::HostRefused> {
+    let key = primary_key(parts, &shared.keys)?;
+    Ok(match &shared.key_parts {
+        Some(extra) => (extra.0)(parts).into_iter().fold(key, crate::Key::part),
+        None => key,
+    })
 }
 
 /// Seconds of freshness left (negative when stale), for `Cache-Status: ttl`.
