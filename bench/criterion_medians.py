@@ -22,6 +22,9 @@ RATIOS = [
     ("100 GETs pool 4 / pool 1", "concurrent_100_gets/pool_4", "concurrent_100_gets/pool_1"),
     ("encode 4 KB zstd / plain", "envelope/encode/zstd1_4148B", "envelope/encode/plain_4148B"),
     ("decode 4 KB zstd / plain", "envelope/decode/zstd1_4148B", "envelope/decode/plain_4148B"),
+    ("HTTP hit / no layer", "http_layer/hit", "http_layer/no_layer"),
+    ("HTTP miss and store / no layer", "http_layer/miss_and_store", "http_layer/no_layer"),
+    ("HTTP bypass / no layer", "http_layer/bypass", "http_layer/no_layer"),
 ]
 
 
