@@ -285,6 +285,14 @@ fn get_request(uri: &str) -> axum::http::request::Builder {
     Request::get(uri).header(header::HOST, "shop.example")
 }
 
+async fn head(app: &Router, uri: &str) -> Reply {
+    let request = Request::head(uri)
+        .header(header::HOST, "shop.example")
+        .body(Body::empty())
+        .expect("request");
+    send(app, request).await
+}
+
 async fn fetch(app: &Router, uri: &str) -> Reply {
     send(app, get_request(uri).body(Body::empty()).expect("request")).await
 }
@@ -501,6 +509,47 @@ async fn stale_responses_are_revalidated(backend: Backend) {
     assert_eq!(calls.of("/versioned"), 1, "the body was never sent again");
 }
 
+/// A 304 the origin sends for a client's own validators is that client's answer only: it is
+/// not stored, and the next client gets the whole response. A HEAD that revalidates with the
+/// cache's validators gets a 200 with the stored length, never a bare 304.
+async fn origin_304s_are_never_shared(backend: Backend) {
+    let (app, calls) = router(backend.cache());
+    let with_validator = get_request("/versioned")
+        .header(header::IF_NONE_MATCH, "\"v1\"")
+        .body(Body::empty())
+        .expect("r");
+    assert_eq!(
+        send(&app, with_validator).await.status,
+        StatusCode::NOT_MODIFIED
+    );
+    let plain = fetch(&app, "/versioned").await;
+    assert_eq!(
+        (plain.status, plain.text()),
+        (StatusCode::OK, "versioned 1")
+    );
+    assert_eq!(calls.of("/versioned:304"), 1);
+    let fresh_head = head(&app, "/versioned").await;
+    assert_eq!(
+        fresh_head
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .map(|v| v.as_bytes()),
+        Some(&b"11"[..]),
+        "HEAD carries the stored length"
+    );
+    outlive_one_second().await;
+    let stale_head = head(&app, "/versioned").await;
+    assert_eq!(
+        (stale_head.status, stale_head.body.len()),
+        (StatusCode::OK, 0)
+    );
+    assert_eq!(
+        calls.of("/versioned:304"),
+        2,
+        "revalidated with the cache's validators"
+    );
+}
+
 /// stale-while-revalidate: the stale response is served at once and refreshed in the
 /// background; stale-if-error: an origin failure is answered with the stale response.
 async fn stale_serving_from_response_directives(backend: Backend) {
@@ -697,6 +746,7 @@ on_every_store!(
     tags_invalidate_across_instances,
     extra_key_parts_split_entries,
     stale_responses_are_revalidated,
+    origin_304s_are_never_shared,
     stale_serving_from_response_directives,
     forged_host_cannot_poison,
     query_is_normalized,

@@ -75,12 +75,6 @@ impl<T, E> Loaded<T, E> {
         }
     }
 
-    /// What the load produced for every caller that shared it.
-    #[cfg(feature = "http")]
-    pub(crate) fn into_outcome(self) -> Outcome<T, E> {
-        self.outcome
-    }
-
     /// The outcome, with a loader panic resumed in this (the loader's) task.
     pub(crate) fn resume_panic(self) -> Outcome<T, E> {
         if let Some(payload) = self.panic {

@@ -72,7 +72,26 @@ pub fn primary_key(parts: &Parts, rules: &KeyRules) -> Result<Key, HostRefused> 
     {
         return Err(HostRefused::NotAllowed);
     }
-    Ok(url_key(&host, parts.uri.path(), parts.uri.query(), rules))
+    let key = url_key(&host, parts.uri.path(), parts.uri.query(), rules);
+    Ok(match forwarded(&parts.headers) {
+        // An application may build links from these; a forged value gets its own entry.
+        Some(forwarded) => key.hashed_part(forwarded),
+        None => key,
+    })
+}
+
+/// The values of the headers a proxy uses to pass on the original host and scheme.
+fn forwarded(headers: &HeaderMap) -> Option<String> {
+    let mut seen = String::new();
+    for name in ["forwarded", "x-forwarded-host", "x-forwarded-proto"] {
+        for value in headers.get_all(name) {
+            seen.push_str(name);
+            seen.push('=');
+            seen.push_str(&String::from_utf8_lossy(value.as_bytes()));
+            seen.push('\n');
+        }
+    }
+    (!seen.is_empty()).then_some(seen)
 }
 
 /// The key of a URL, as [`primary_key`] computes it for a request to it (for purging).
@@ -102,7 +121,13 @@ fn normalized_query(query: Option<&str>, rules: &KeyRules) -> Option<String> {
         })
         .collect();
     if rules.sort_query {
-        pairs.sort_unstable();
+        // By name only, and stable: `?id=1&id=2` and `?id=2&id=1` may mean different things.
+        let name = |pair: &str| {
+            pair.split_once('=')
+                .map_or(pair, |(name, _)| name)
+                .to_owned()
+        };
+        pairs.sort_by_key(|pair| name(pair));
     }
     (!pairs.is_empty()).then(|| pairs.join("&"))
 }
@@ -182,6 +207,23 @@ mod tests {
         assert_eq!(key("/p?b=2&a=1"), key("/p?a=1&b=2&utm_source=x&fbclid=y"));
         assert_eq!(key("/p?utm_medium=z"), key("/p"));
         assert_ne!(key("/p?a=1"), key("/p?a=2"));
+        assert_ne!(
+            key("/p?id=1&id=2"),
+            key("/p?id=2&id=1"),
+            "repeated names keep their order"
+        );
+        let forwarded = Request::get("/p")
+            .header("host", "h")
+            .header("x-forwarded-host", "evil.example")
+            .body(())
+            .expect("request")
+            .into_parts()
+            .0;
+        assert_ne!(
+            primary_key(&forwarded, &rules).expect("key"),
+            key("/p"),
+            "a forwarded host gets its own entry"
+        );
         assert_ne!(key("/p"), key("/q"));
         // A key never shows the raw path, so `/p:x` cannot forge a key's structure.
         assert!(key("/p:x").as_str().starts_with("http:h:#"));

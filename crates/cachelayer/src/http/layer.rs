@@ -348,9 +348,27 @@ where
         let target = parts.clone();
         let response = forward(&shared, &mut inner, parts, body, bypass("method")).await?;
         if unsafe_method {
-            invalidate_after_write(&shared, &target, response.status(), response.headers()).await;
+            // On its own task, awaited: the invalidation completes even if the client goes
+            // away, and before this response is returned.
+            let (status, headers) = (response.status(), response.headers().clone());
+            let shared = Arc::clone(&shared);
+            let invalidation = tokio::spawn(async move {
+                invalidate_after_write(&shared, &target, status, &headers).await;
+            });
+            if invalidation.await.is_err() {
+                tracing::warn!("the invalidation after a write did not complete");
+            }
         }
         return Ok(response);
+    }
+    let has_body = parts.headers.contains_key(http::header::TRANSFER_ENCODING)
+        || parts
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .is_some_and(|length| length.as_bytes() != b"0");
+    if has_body {
+        // Its body is not part of the key, so its response cannot be shared.
+        return forward(&shared, &mut inner, parts, body, bypass("body")).await;
     }
     if shared.cookies_vary && parts.headers.contains_key(http::header::COOKIE) {
         return forward(&shared, &mut inner, parts, body, bypass("cookie")).await;
@@ -375,9 +393,12 @@ where
     let mut stale = None;
     if let Some(stored) = stored {
         let vary = vary_values(&stored.vary_headers(), &parts.headers);
-        if !super::tags::still_valid(cache, stored.tags()).await {
-            // Dropped by a tag: delete it, so the collapsed load cannot find it again.
-            let _ = cache.call("delete", cache.store().delete(&full)).await;
+        let tags = super::tags::check(cache, stored.tags()).await;
+        if tags != super::tags::TagCheck::Valid {
+            if tags == super::tags::TagCheck::Invalid {
+                // Dropped by a tag: delete it, so the collapsed load cannot find it again.
+                let _ = cache.call("delete", cache.store().delete(&full)).await;
+            }
             fwd = "uri-miss";
         } else if vary.as_deref().is_some_and(|v| stored.matches(v)) {
             let age = stored.age(now);
@@ -411,7 +432,9 @@ where
     }
     let refusing =
         directives.no_cache || directives.max_age.is_some() || directives.min_fresh.is_some();
-    if refusing || directives.no_store {
+    // A request with credentials rarely gets a shareable response: no waiting on others.
+    let personal = parts.headers.contains_key(http::header::AUTHORIZATION);
+    if refusing || personal || directives.no_store {
         // Straight to the origin: the request refuses what others might have stored, so it
         // must not wait on (or be answered by) their load.
         return forward_and_store(
@@ -447,6 +470,22 @@ where
         ));
     }
     result
+}
+
+/// A key's background refresh in this process; released however the refresh ends.
+struct RefreshClaim {
+    shared: Arc<Settings>,
+    full: String,
+}
+
+impl Drop for RefreshClaim {
+    fn drop(&mut self) {
+        self.shared
+            .refreshing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.full);
+    }
 }
 
 /// Whether staleness `by` falls within a stale window (a zero window is off).
@@ -485,6 +524,10 @@ fn refresh_in_background<S, ReqBody, ResBody>(
     metrics::counter!(telemetry::REFRESHES, "trigger" => "http_stale").increment(1);
     let shared = Arc::clone(shared);
     runtime.spawn(async move {
+        let _claim = RefreshClaim {
+            shared: Arc::clone(&shared),
+            full: full.clone(),
+        };
         let refreshed = collapsed(
             &shared,
             inner,
@@ -498,11 +541,6 @@ fn refresh_in_background<S, ReqBody, ResBody>(
         if refreshed.is_err() {
             tracing::warn!(key = full, "background refresh of a stale response failed");
         }
-        shared
-            .refreshing
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&full);
     });
 }
 
@@ -618,7 +656,13 @@ where
         absent_ok: false,
         share_errors: true,
     };
-    let loaded = shared.cache.fill(&full, options, loader, mode).await;
+    // A panic in the origin service resumes here, in the request that called it, as it
+    // would without the layer.
+    let outcome = shared
+        .cache
+        .fill(&full, options, loader, mode)
+        .await
+        .resume_panic();
     if let Some(own) = take(&own) {
         return own.map(|(mut response, stored)| {
             decorate(
@@ -633,7 +677,7 @@ where
         });
     }
     // Another request (here or in another process) called the origin.
-    if let Ok(Some(Shared::Stored(stored))) = loaded.into_outcome() {
+    if let Ok(Some(Shared::Stored(stored))) = outcome {
         let vary = vary_values(&stored.vary_headers(), &parts.headers);
         if vary.as_deref().is_some_and(|v| stored.matches(v)) {
             let age = stored.age(SystemTime::now());
@@ -646,8 +690,9 @@ where
         }
     }
     let Some(body) = take(&request_body) else {
-        // Unreachable in practice: only our own loader takes the body, and then `own` is set.
-        return Ok(gateway_timeout());
+        unreachable!(
+            "our loader took the body, so it either set `own` or panicked (resumed above)"
+        );
     };
     forward_and_store(shared, &mut inner, parts, body, &full, true, fwd).await
 }
@@ -776,18 +821,37 @@ where
     let (mut head, body) = response.into_parts();
     if head.status == StatusCode::NOT_MODIFIED
         && let Some(stored) = revalidating
-        && let Some((refreshed, fresh, grace)) = refresh_from_304(
+    {
+        // The validators were ours, so the client gets the full response, stored or not.
+        let refreshed = refresh_from_304(
             shared,
             parts,
             stored,
             &head.headers,
             request_time,
             response_time,
-        )
-    {
-        let age = refreshed.age(SystemTime::now());
-        let response = from_store(&refreshed, parts, age, Outcome::Revalidated);
-        return (response, Some((refreshed, fresh, grace)));
+        );
+        return match refreshed {
+            Some((refreshed, fresh, grace)) => {
+                let age = refreshed.age(SystemTime::now());
+                let response = from_store(&refreshed, parts, age, Outcome::Revalidated);
+                (response, Some((refreshed, fresh, grace)))
+            }
+            None => {
+                let arrival = Arrival {
+                    initial_age: initial_age(&head.headers, request_time, response_time),
+                    response_time,
+                };
+                let merged = stored.refreshed(&head.headers, stored.facts(), arrival);
+                let age = merged.age(SystemTime::now());
+                let outcome = Outcome::Miss {
+                    fwd: "stale",
+                    stored: false,
+                    collapsed: false,
+                };
+                (from_store(&merged, parts, age, outcome), None)
+            }
+        };
     }
     let decision = storable(
         &parts.method,
@@ -838,7 +902,9 @@ where
             } else {
                 stored
             };
-            let Some(versions) = super::tags::versions_for_store(&shared.cache, &tags).await else {
+            let Some(versions) =
+                super::tags::versions_for_store(&shared.cache, &tags, request_time).await
+            else {
                 // Without the tags' versions, a later invalidation could miss it: not stored.
                 return (Response::from_parts(head, full_body(bytes)), None);
             };
@@ -901,15 +967,10 @@ fn refresh_from_304(
     request_time: SystemTime,
     response_time: SystemTime,
 ) -> Option<(StoredResponse, Duration, Duration)> {
-    let mut merged = stored.header_map();
-    for name in not_modified.keys() {
-        merged.remove(name);
-        for value in not_modified.get_all(name) {
-            merged.append(name.clone(), value.clone());
-        }
-    }
+    let merged = super::stored::merge_not_modified(&stored.header_map(), not_modified);
     let status = stored.served().status;
-    let facts = storable(&parts.method, &parts.headers, status, &merged, shared.store)
+    // Judged as the GET it stands for, whatever the method of the request that revalidated.
+    let facts = storable(&Method::GET, &parts.headers, status, &merged, shared.store)
         .ok()
         .map(|facts| with_configured_windows(shared, facts))?;
     let initial = initial_age(not_modified, request_time, response_time);
@@ -994,9 +1055,10 @@ fn from_store(
     outcome: Outcome,
 ) -> Response<CacheBody> {
     let served = stored.served();
-    if not_modified(&request.headers, stored) {
+    if served.status == StatusCode::OK && not_modified(&request.headers, stored) {
         return not_modified_response(&served.headers, age, &outcome);
     }
+    let length = HeaderValue::from(served.body.len());
     let body = if request.method == Method::HEAD {
         Bytes::new()
     } else {
@@ -1005,6 +1067,10 @@ fn from_store(
     let mut response = Response::new(full_body(body));
     *response.status_mut() = served.status;
     *response.headers_mut() = served.headers;
+    // The stored body's length, also for HEAD (whose body here is empty).
+    response
+        .headers_mut()
+        .insert(http::header::CONTENT_LENGTH, length);
     response
         .headers_mut()
         .insert(http::header::AGE, HeaderValue::from(age.as_secs()));

@@ -185,7 +185,11 @@ pub fn storable(
     if method != Method::GET {
         return Err(NotStored::Method);
     }
-    if status.is_informational() || status == StatusCode::PARTIAL_CONTENT {
+    // A 304 answers one client's validators; 206 is a part of a body.
+    if status.is_informational()
+        || status == StatusCode::PARTIAL_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
         return Err(NotStored::Status);
     }
     let request_cc = CacheControl::parse(request);
@@ -242,11 +246,11 @@ fn freshness_lifetime(
     cc: &CacheControl,
     rules: StoreRules,
 ) -> Result<Duration, NotStored> {
-    if let Some(shared) = cc.seconds("s-maxage") {
-        return Ok(shared);
-    }
-    if let Some(max_age) = cc.seconds("max-age") {
-        return Ok(max_age);
+    // A present but invalid (or repeated) directive means "stale", not "look elsewhere".
+    for directive in ["s-maxage", "max-age"] {
+        if cc.has(directive) {
+            return Ok(cc.seconds(directive).unwrap_or_default());
+        }
     }
     if let Some(expires) = response.get(http::header::EXPIRES) {
         // An invalid Expires (such as "0") means "already expired".
@@ -350,10 +354,24 @@ impl RequestDirectives {
             no_cache: cc.has("no-cache") || pragma_no_cache,
             no_store: cc.has("no-store"),
             max_age: cc.seconds("max-age"),
-            max_stale: cc.has("max-stale").then(|| cc.seconds("max-stale")),
+            max_stale: max_stale(&cc),
             min_fresh: cc.seconds("min-fresh"),
             only_if_cached: cc.has("only-if-cached"),
         }
+    }
+}
+
+/// `max-stale` alone accepts any staleness; with an invalid argument it accepts none.
+fn max_stale(cc: &CacheControl) -> Option<Option<Duration>> {
+    let argument = cc
+        .directives
+        .iter()
+        .find(|(name, _)| name == "max-stale")
+        .map(|(_, argument)| argument.is_some())?;
+    if argument {
+        cc.seconds("max-stale").map(Some)
+    } else {
+        Some(None)
     }
 }
 
@@ -475,6 +493,26 @@ mod tests {
         );
         // An invalid Expires means already expired.
         assert_eq!(fresh(&[("expires", "0")]), Err(NotStored::NoFreshness));
+        // An invalid max-age means stale, even with a default TTL; a 304 is never stored.
+        let invalid = storable(
+            &Method::GET,
+            &HeaderMap::new(),
+            StatusCode::OK,
+            &headers(&[("cache-control", "max-age=soon")]),
+            StoreRules {
+                default_ttl: Some(Duration::from_secs(5)),
+                ..StoreRules::default()
+            },
+        );
+        assert_eq!(invalid, Err(NotStored::NoFreshness));
+        let not_modified = storable(
+            &Method::GET,
+            &HeaderMap::new(),
+            StatusCode::NOT_MODIFIED,
+            &headers(&[("cache-control", "max-age=60")]),
+            StoreRules::default(),
+        );
+        assert_eq!(not_modified, Err(NotStored::Status));
         assert_eq!(fresh(&[]), Err(NotStored::NoFreshness));
         let with_default = storable(
             &Method::GET,
@@ -671,5 +709,6 @@ mod tests {
             Usable::Refused
         );
         assert!(of(&[("cache-control", "only-if-cached, no-store")]).only_if_cached);
+        assert_eq!(of(&[("cache-control", "max-stale=soon")]).max_stale, None);
     }
 }

@@ -188,16 +188,7 @@ impl StoredResponse {
         facts: Storable,
         arrival: Arrival,
     ) -> Self {
-        let mut merged = self.served().headers;
-        for name in not_modified.keys() {
-            if HOP_BY_HOP.contains(&name.as_str()) || name == http::header::AGE {
-                continue;
-            }
-            merged.remove(name);
-            for value in not_modified.get_all(name) {
-                merged.append(name.clone(), value.clone());
-            }
-        }
+        let merged = merge_not_modified(&self.header_map(), not_modified);
         let (mut head, ()) = http::Response::new(()).into_parts();
         head.status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::OK);
         head.headers = merged;
@@ -271,6 +262,36 @@ impl StoredResponse {
             body: Bytes::from(self.body.clone()),
         }
     }
+}
+
+/// Fields a 304 must not change in a stored response: they describe the body or the
+/// connection, or belong to one client (a cookie), or instruct this cache (tags).
+const KEPT_ON_304: [&str; 8] = [
+    "content-length",
+    "content-encoding",
+    "content-range",
+    "content-type",
+    "set-cookie",
+    "cache-tag",
+    "surrogate-key",
+    "age",
+];
+
+/// A stored response's headers updated from a 304 (RFC 9111 section 3.2): its fields
+/// replace those of the same name, except the ones above and hop-by-hop ones.
+pub(crate) fn merge_not_modified(stored: &HeaderMap, not_modified: &HeaderMap) -> HeaderMap {
+    let mut merged = stored.clone();
+    for name in not_modified.keys() {
+        let name_text = name.as_str();
+        if HOP_BY_HOP.contains(&name_text) || KEPT_ON_304.contains(&name_text) {
+            continue;
+        }
+        merged.remove(name);
+        for value in not_modified.get_all(name) {
+            merged.append(name.clone(), value.clone());
+        }
+    }
+    merged
 }
 
 fn millis(duration: Duration) -> u64 {

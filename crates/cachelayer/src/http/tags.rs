@@ -2,11 +2,15 @@
 //! a [`CacheTags`] response extension), and `invalidate_tags` drops every response with a
 //! tag, in every instance sharing the store, in one round trip, without KEYS or SCAN.
 //!
-//! How: each tag has a version key holding a random token. A stored response records the
-//! token of each of its tags when it was stored; on a hit the current tokens are read (one
-//! MGET) and any difference makes it a miss. Invalidating sets new tokens. A missing version
-//! key (never created, or evicted) never matches a recorded token, so eviction can only cost
-//! misses, never revive a dropped response. This module must never enumerate keys.
+//! How: each tag has a version key holding a token (the time it was set, and a random part).
+//! A stored response records the token of each of its tags when it was stored; on a hit the
+//! current tokens are read (one MGET) and any difference makes it a miss. Invalidating sets
+//! new tokens. A response whose origin call started before one of its tags was invalidated
+//! is not stored (it may show the old data). A missing version key (never created, or
+//! evicted) never matches a recorded token, so eviction can only cost misses, never revive a
+//! dropped response. This module must never enumerate keys.
+
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::HeaderMap;
@@ -80,9 +84,38 @@ fn version_keys(cache: &Cache, tags: &[String]) -> Vec<String> {
         .collect()
 }
 
-/// The current version tokens of `tags`, creating the missing ones, for a response about to
-/// be stored. `None` when the store cannot say (then the response is not stored).
-pub(crate) async fn versions_for_store(cache: &Cache, tags: &[String]) -> Option<Vec<String>> {
+/// A version token set by an invalidation: its time in milliseconds, then a random part.
+fn invalidation_token() -> Bytes {
+    let millis = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis();
+    Bytes::from(format!("{millis}-{}", lock_token()))
+}
+
+/// The first version of a tag, created when a response with it is stored: no invalidation
+/// has happened, so its time is 0.
+fn first_token() -> Bytes {
+    Bytes::from(format!("0-{}", lock_token()))
+}
+
+/// When a token was set (0 when it does not say).
+fn token_time(token: &[u8]) -> u128 {
+    std::str::from_utf8(token)
+        .ok()
+        .and_then(|t| t.split_once('-'))
+        .and_then(|(millis, _)| millis.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The current version tokens of `tags`, creating the missing ones, for a response whose
+/// origin call started at `requested`. `None` when the response must not be stored: the
+/// store cannot say, or a tag was invalidated after the call started.
+pub(crate) async fn versions_for_store(
+    cache: &Cache,
+    tags: &[String],
+    requested: SystemTime,
+) -> Option<Vec<String>> {
     if tags.is_empty() {
         return Some(Vec::new());
     }
@@ -96,7 +129,7 @@ pub(crate) async fn versions_for_store(cache: &Cache, tags: &[String]) -> Option
         let version = match version {
             Some(version) => version,
             None => {
-                let token = Bytes::from(lock_token());
+                let token = first_token();
                 let store = cache.store();
                 let created = cache
                     .call(
@@ -112,16 +145,33 @@ pub(crate) async fn versions_for_store(cache: &Cache, tags: &[String]) -> Option
                 }
             }
         };
+        let started = requested
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis();
+        if token_time(&version) > started {
+            return None;
+        }
         versions.push(String::from_utf8_lossy(&version).into_owned());
     }
     Some(versions)
 }
 
+/// What a hit's tags say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TagCheck {
+    /// Every tag has the recorded version.
+    Valid,
+    /// A tag was invalidated (or its version lost): the response must not be served.
+    Invalid,
+    /// The store did not answer: not served either, but not deleted.
+    Unknown,
+}
+
 /// Whether every tag still has the version recorded with a stored response (one MGET).
-/// Store trouble counts as "changed": a miss is always safe.
-pub(crate) async fn still_valid(cache: &Cache, tagged: &[(String, String)]) -> bool {
+pub(crate) async fn check(cache: &Cache, tagged: &[(String, String)]) -> TagCheck {
     if tagged.is_empty() {
-        return true;
+        return TagCheck::Valid;
     }
     let tags: Vec<String> = tagged.iter().map(|(tag, _)| tag.clone()).collect();
     let keys = version_keys(cache, &tags);
@@ -129,13 +179,18 @@ pub(crate) async fn still_valid(cache: &Cache, tagged: &[(String, String)]) -> b
         .call("tag_versions", cache.store().get_many(&keys))
         .await
     else {
-        return false;
+        return TagCheck::Unknown;
     };
-    current.len() == tagged.len()
+    let same = current.len() == tagged.len()
         && current
             .iter()
             .zip(tagged)
-            .all(|(now, (_, recorded))| now.as_deref() == Some(recorded.as_bytes()))
+            .all(|(now, (_, recorded))| now.as_deref() == Some(recorded.as_bytes()));
+    if same {
+        TagCheck::Valid
+    } else {
+        TagCheck::Invalid
+    }
 }
 
 /// New versions for `tags`: every response stored with one of them becomes a miss, in every
@@ -148,7 +203,7 @@ pub(crate) async fn invalidate(cache: &Cache, tags: &[String]) -> Result<()> {
         .into_iter()
         .map(|key| crate::store::StoreEntry {
             key,
-            value: Bytes::from(lock_token()),
+            value: invalidation_token(),
             ttl: MAX_TTL,
         })
         .collect();
@@ -180,14 +235,19 @@ mod tests {
     async fn versions_change_on_invalidation() {
         let cache = Cache::builder().build().expect("cache");
         let tags = vec!["a".to_owned(), "b".to_owned()];
-        let versions = versions_for_store(&cache, &tags).await.expect("versions");
+        let before = SystemTime::now() - std::time::Duration::from_secs(1);
+        let versions = versions_for_store(&cache, &tags, SystemTime::now())
+            .await
+            .expect("versions");
         let tagged: Vec<(String, String)> = tags.iter().cloned().zip(versions).collect();
-        assert!(still_valid(&cache, &tagged).await);
+        assert_eq!(check(&cache, &tagged).await, TagCheck::Valid);
         invalidate(&cache, &["b".to_owned()])
             .await
             .expect("invalidate");
-        assert!(!still_valid(&cache, &tagged).await);
+        assert_eq!(check(&cache, &tagged).await, TagCheck::Invalid);
         let missing = vec![("never-created".to_owned(), "x".to_owned())];
-        assert!(!still_valid(&cache, &missing).await);
+        assert_eq!(check(&cache, &missing).await, TagCheck::Invalid);
+        // A response whose origin call started before the invalidation is not stored.
+        assert_eq!(versions_for_store(&cache, &tags, before).await, None);
     }
 }
