@@ -611,6 +611,45 @@ async fn tags_invalidate_across_instances(backend: Backend) {
     );
 }
 
+/// A URL whose responses cannot be stored is remembered for a while: later concurrent
+/// requests all reach the origin at once instead of queueing behind one another. The
+/// handler waits until 10 requests are inside it, which only happens if none waits on
+/// another (a queue would never fill the barrier, and the timeout would fail the test).
+async fn uncacheable_urls_are_not_queued(backend: Backend) {
+    let calls = Calls::default();
+    let inside = Arc::new(tokio::sync::Barrier::new(10));
+    let app = Router::new()
+        .route(
+            "/personal",
+            routing::get(move |State(c): State<Calls>| {
+                let inside = Arc::clone(&inside);
+                async move {
+                    if c.count("/personal") > 1 {
+                        inside.wait().await;
+                    }
+                    respond("private, max-age=60", "yours".to_owned())
+                }
+            }),
+        )
+        .with_state(calls.clone())
+        .layer(ResponseCacheLayer::new(backend.cache()));
+    assert_eq!(fetch(&app, "/personal").await.x_cache(), "MISS");
+    let requests: Vec<_> = (0..10)
+        .map(|_| {
+            let app = app.clone();
+            tokio::spawn(async move { fetch(&app, "/personal").await })
+        })
+        .collect();
+    for request in requests {
+        let reply = tokio::time::timeout(Duration::from_secs(10), request)
+            .await
+            .expect("requests were queued")
+            .expect("request");
+        assert_eq!(reply.text(), "yours");
+    }
+    assert_eq!(calls.of("/personal"), 11);
+}
+
 /// Extra key parts split entries by what the URL does not show.
 async fn extra_key_parts_split_entries(backend: Backend) {
     let calls = Calls::default();
@@ -745,6 +784,7 @@ on_every_store!(
     conditional_requests_get_304,
     tags_invalidate_across_instances,
     extra_key_parts_split_entries,
+    uncacheable_urls_are_not_queued,
     stale_responses_are_revalidated,
     origin_304s_are_never_shared,
     stale_serving_from_response_directives,

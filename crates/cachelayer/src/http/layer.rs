@@ -40,6 +40,8 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body of every response through the layer: stored bytes, or the origin's body.
 pub type CacheBody = UnsyncBoxBody<Bytes, BoxError>;
 
+/// Default time a URL whose response could not be stored skips collapsing.
+pub const DEFAULT_PASS_TTL: Duration = Duration::from_secs(30);
 /// Default largest body stored; larger ones stream through unstored.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
 
@@ -89,6 +91,7 @@ struct Settings {
     cookies_vary: bool,
     generate_etag: bool,
     expose_tags: bool,
+    pass_ttl: Duration,
     stale_while_revalidate: Duration,
     stale_if_error: Duration,
     /// Keys with a background refresh running in this process.
@@ -113,6 +116,7 @@ impl ResponseCacheLayer {
                 cookies_vary: true,
                 generate_etag: true,
                 expose_tags: false,
+                pass_ttl: DEFAULT_PASS_TTL,
                 stale_while_revalidate: Duration::ZERO,
                 stale_if_error: Duration::ZERO,
                 refreshing: Mutex::default(),
@@ -130,6 +134,7 @@ impl ResponseCacheLayer {
             cookies_vary: self.shared.cookies_vary,
             generate_etag: self.shared.generate_etag,
             expose_tags: self.shared.expose_tags,
+            pass_ttl: self.shared.pass_ttl,
             stale_while_revalidate: self.shared.stale_while_revalidate,
             stale_if_error: self.shared.stale_if_error,
             refreshing: Mutex::default(),
@@ -194,6 +199,12 @@ impl ResponseCacheLayer {
     /// can revalidate with `If-None-Match` (default true).
     pub fn generate_etag(self, on: bool) -> Self {
         self.with(|s| s.generate_etag = on)
+    }
+
+    /// How long a URL whose response could not be stored goes straight to the origin,
+    /// without waiting on other requests for it (default 30 s; zero turns it off).
+    pub fn pass_ttl(self, ttl: Duration) -> Self {
+        self.with(|s| s.pass_ttl = ttl)
     }
 
     /// Send `Cache-Tag` / `Surrogate-Key` on to clients (default false: they are the
@@ -386,7 +397,12 @@ where
         .and_then(|entry| entry.value)
     {
         Some(Shared::Stored(stored)) => Some(stored),
-        _ => None,
+        Some(Shared::Pass) => {
+            // Recently uncacheable: no collapsing; a cacheable answer replaces the marker.
+            return forward_and_store(&shared, &mut inner, parts, body, &full, true, "uri-miss")
+                .await;
+        }
+        None => None,
     };
     let mut fwd = "uri-miss";
     // A stale response kept for stale-if-error and revalidation.
@@ -644,6 +660,13 @@ where
             Some((stored, fresh, grace)) => {
                 Fetched::with_lifetime(Shared::Stored(stored), fresh, grace)
             }
+            // Remember for a while that this URL's responses are not shareable, so later
+            // requests go straight to the origin instead of queueing behind one another
+            // (here and, through the lock, across processes). A response to a client's own
+            // conditional request says nothing about the URL, so it leaves no marker.
+            None if !has_validators(&parts.headers) && !shared.pass_ttl.is_zero() => {
+                Fetched::with_lifetime(Shared::Pass, shared.pass_ttl, Duration::ZERO)
+            }
             None => Fetched::new(Some(Shared::Pass), false),
         };
         put(&own, Ok((served, fetched.store)));
@@ -705,15 +728,7 @@ fn conditional<'a>(
     revalidating: Option<&'a StoredResponse>,
 ) -> (Parts, Option<&'a StoredResponse>) {
     let mut origin = parts.clone();
-    let client_conditional = [
-        http::header::IF_NONE_MATCH,
-        http::header::IF_MODIFIED_SINCE,
-        http::header::IF_MATCH,
-        http::header::IF_UNMODIFIED_SINCE,
-        http::header::IF_RANGE,
-    ]
-    .iter()
-    .any(|name| parts.headers.contains_key(name));
+    let client_conditional = has_validators(&parts.headers);
     match revalidating {
         Some(stored) if !client_conditional => {
             let validators = stored.origin_validators();
@@ -727,6 +742,19 @@ fn conditional<'a>(
         }
         _ => (origin, None),
     }
+}
+
+/// Whether a request carries conditional headers of its own.
+fn has_validators(headers: &HeaderMap) -> bool {
+    [
+        http::header::IF_NONE_MATCH,
+        http::header::IF_MODIFIED_SINCE,
+        http::header::IF_MATCH,
+        http::header::IF_UNMODIFIED_SINCE,
+        http::header::IF_RANGE,
+    ]
+    .iter()
+    .any(|name| headers.contains_key(name))
 }
 
 fn take<T>(slot: &Mutex<Option<T>>) -> Option<T> {

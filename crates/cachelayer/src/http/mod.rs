@@ -19,6 +19,7 @@ mod stored;
 mod tags;
 
 pub use self::layer::{
-    BoxError, CacheBody, DEFAULT_MAX_BODY_BYTES, ResponseCache, ResponseCacheLayer,
+    BoxError, CacheBody, DEFAULT_MAX_BODY_BYTES, DEFAULT_PASS_TTL, ResponseCache,
+    ResponseCacheLayer,
 };
 pub use self::tags::CacheTags;
