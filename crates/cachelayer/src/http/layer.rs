@@ -397,9 +397,11 @@ where
         .and_then(|entry| entry.value)
     {
         Some(Shared::Stored(stored)) => Some(stored),
+        Some(Shared::Pass) if directives.only_if_cached => return Ok(gateway_timeout()),
         Some(Shared::Pass) => {
             // Recently uncacheable: no collapsing; a cacheable answer replaces the marker.
-            return forward_and_store(&shared, &mut inner, parts, body, &full, true, "uri-miss")
+            let store = !directives.no_store;
+            return forward_and_store(&shared, &mut inner, parts, body, &full, store, "uri-miss")
                 .await;
         }
         None => None,
