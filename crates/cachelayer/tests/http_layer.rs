@@ -238,6 +238,10 @@ fn router_and_layer(cache: Cache) -> (Router, Calls, ResponseCacheLayer) {
             "/items/7",
             routing::get(|State(c): State<Calls>| async move {
                 respond("max-age=60", format!("item 7 {}", c.count("/items/7")))
+            })
+            .put(|State(c): State<Calls>| async move {
+                c.count("/items/7:put");
+                StatusCode::NO_CONTENT
             }),
         )
         .with_state(calls.clone())
@@ -306,7 +310,13 @@ async fn hit_and_miss(backend: Backend) {
         (first.status, first.x_cache(), first.text()),
         (StatusCode::OK, "MISS", "fresh 1")
     );
-    assert_eq!(first.cache_status(), "cachelayer; fwd=uri-miss; stored");
+    assert!(
+        first
+            .cache_status()
+            .starts_with("cachelayer; fwd=uri-miss; stored; key=\"http:shop.example:#"),
+        "{}",
+        first.cache_status()
+    );
     let second = fetch(&app, "/fresh").await;
     assert_eq!((second.x_cache(), second.text()), ("HIT", "fresh 1"));
     assert!(
@@ -719,6 +729,14 @@ async fn writes_and_purges_invalidate(backend: Backend) {
         "HIT",
         "other URLs stay"
     );
+    // PUT then GET returns the new body.
+    assert_eq!(fetch(&app, "/items/7").await.x_cache(), "HIT");
+    let put = Request::put("/items/7")
+        .header(header::HOST, "shop.example")
+        .body(Body::empty())
+        .expect("r");
+    assert_eq!(send(&app, put).await.status, StatusCode::NO_CONTENT);
+    assert_eq!(fetch(&app, "/items/7").await.text(), "item 7 3");
     layer.purge("shop.example", "/fresh").await.expect("purge");
     assert_eq!(fetch(&app, "/fresh").await.x_cache(), "MISS");
     assert_eq!(calls.of("/fresh"), 2);

@@ -387,6 +387,49 @@ where
     let Ok(key) = request_key(&shared, &parts) else {
         return forward(&shared, &mut inner, parts, body, bypass("host")).await;
     };
+    let key_text = key.as_str().to_owned();
+    let response = serve_cacheable(shared, inner, parts, body, key).await?;
+    Ok(with_cache_key(response, &key_text))
+}
+
+/// Adds the cache key to `Cache-Status` (RFC 9211 `key`): it shows only the host and a hash
+/// of the path and query, so it is safe to expose.
+fn with_cache_key(mut response: Response<CacheBody>, key: &str) -> Response<CacheBody> {
+    let name = HeaderName::from_static("cache-status");
+    let mut values: Vec<HeaderValue> = response.headers().get_all(&name).iter().cloned().collect();
+    // Ours is the last entry (caches closer to the origin list theirs first).
+    let Some(ours) = values.pop() else {
+        return response;
+    };
+    let updated = ours
+        .to_str()
+        .ok()
+        .and_then(|status| HeaderValue::from_str(&format!("{status}; key=\"{key}\"")).ok())
+        .unwrap_or(ours);
+    values.push(updated);
+    response.headers_mut().remove(&name);
+    for value in values {
+        response.headers_mut().append(name.clone(), value);
+    }
+    response
+}
+
+/// A GET or HEAD the cache may answer: look up, judge, serve or load.
+async fn serve_cacheable<S, ReqBody, ResBody>(
+    shared: Arc<Settings>,
+    mut inner: S,
+    parts: Parts,
+    body: ReqBody,
+    key: crate::Key,
+) -> Result<Response<CacheBody>, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
+    S::Future: Send,
+    S::Error: Send + 'static,
+    ReqBody: Send + 'static,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
     let directives = RequestDirectives::of(&parts.headers);
     let cache = &shared.cache;
     let full = cache.full_key(key);
