@@ -406,7 +406,8 @@ async fn request_directives(backend: Backend) {
     assert_eq!(fetch(&app, "/fresh").await.text(), "fresh 4");
 }
 
-/// Vary: a response is served only to requests with the same values of the named headers.
+/// Vary: a response is served only to requests with the same values of the named headers,
+/// and each variant is kept under its own secondary key.
 async fn vary_is_respected(backend: Backend) {
     let (app, calls) = router(backend.cache());
     let in_language = |language| {
@@ -421,6 +422,9 @@ async fn vary_is_respected(backend: Backend) {
     assert!(english.cache_status().contains("fwd=vary-miss"));
     let again = send(&app, in_language("en")).await;
     assert_eq!((again.x_cache(), again.text()), ("HIT", "language en"));
+    // Each variant has its own entry: French is still there.
+    let french = send(&app, in_language("fr")).await;
+    assert_eq!((french.x_cache(), french.text()), ("HIT", "language fr"));
     assert_eq!(calls.of("/vary"), 2);
 }
 

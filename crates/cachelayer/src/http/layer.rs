@@ -314,6 +314,9 @@ enum Shared {
     Stored(StoredResponse),
     /// The origin's response could not be stored: each waiter calls the origin itself.
     Pass,
+    /// The URL's responses vary by these request headers: each variant is stored under a
+    /// secondary key made from the request's values of them.
+    Variants(Vec<String>),
 }
 
 /// How the response was produced, for `X-Cache` and `Cache-Status`.
@@ -432,24 +435,38 @@ where
 {
     let directives = RequestDirectives::of(&parts.headers);
     let cache = &shared.cache;
-    let full = cache.full_key(key);
+    let primary = cache.full_key(key);
     let now = SystemTime::now();
-    let stored = match cache
-        .fetch_entry::<Shared>(&full)
+    let mut entry = cache
+        .fetch_entry::<Shared>(&primary)
         .await
-        .and_then(|entry| entry.value)
-    {
+        .and_then(|entry| entry.value);
+    // `full`: where this request's response lives (a variant's own key when the URL varies).
+    let mut full = primary.clone();
+    if let Some(Shared::Variants(names)) = &entry {
+        full = variant_key(&primary, names, &parts.headers);
+        entry = cache
+            .fetch_entry::<Shared>(&full)
+            .await
+            .and_then(|entry| entry.value);
+    }
+    let varies = full != primary;
+    let stored = match entry {
         Some(Shared::Stored(stored)) => Some(stored),
+        Some(Shared::Variants(_)) => None,
         Some(Shared::Pass) if directives.only_if_cached => return Ok(gateway_timeout()),
         Some(Shared::Pass) => {
             // Recently uncacheable: no collapsing; a cacheable answer replaces the marker.
             let store = !directives.no_store;
-            return forward_and_store(&shared, &mut inner, parts, body, &full, store, "uri-miss")
-                .await;
+            return forward_and_store(
+                &shared, &mut inner, parts, body, &primary, store, "uri-miss",
+            )
+            .await;
         }
         None => None,
     };
-    let mut fwd = "uri-miss";
+    // The URL is known to vary, and this request's variant is not stored: a vary miss.
+    let mut fwd = if varies { "vary-miss" } else { "uri-miss" };
     // A stale response kept for stale-if-error and revalidation.
     let mut stale = None;
     if let Some(stored) = stored {
@@ -475,7 +492,7 @@ where
                 }
                 Usable::Stale(by) if within(by, stored.facts().stale_while_revalidate) => {
                     let response = from_store(&stored, &parts, age, Outcome::Stale { ttl });
-                    refresh_in_background(&shared, inner, parts, body, full, stored);
+                    refresh_in_background(&shared, inner, parts, body, (primary, full), stored);
                     return Ok(response);
                 }
                 Usable::Stale(by) => {
@@ -503,7 +520,7 @@ where
             &mut inner,
             parts,
             body,
-            &full,
+            &primary,
             !directives.no_store,
             fwd,
         )
@@ -511,7 +528,16 @@ where
     }
     let revalidating = stale.as_ref().map(|(stored, _)| stored.clone());
     let request_head = parts.clone();
-    let result = collapsed(&shared, inner, parts, body, full, fwd, revalidating).await;
+    let result = collapsed(
+        &shared,
+        inner,
+        parts,
+        body,
+        (primary, full),
+        fwd,
+        revalidating,
+    )
+    .await;
     // stale-if-error: an origin failure or 5xx is answered with the stale response.
     let failed = match &result {
         Ok(response) => response.status().is_server_error(),
@@ -561,7 +587,7 @@ fn refresh_in_background<S, ReqBody, ResBody>(
     inner: S,
     parts: Parts,
     body: ReqBody,
-    full: String,
+    (primary, full): (String, String),
     stored: StoredResponse,
 ) where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
@@ -594,7 +620,7 @@ fn refresh_in_background<S, ReqBody, ResBody>(
             inner,
             parts,
             body,
-            full.clone(),
+            (primary, full.clone()),
             "stale",
             Some(stored),
         )
@@ -673,7 +699,7 @@ async fn collapsed<S, ReqBody, ResBody>(
     mut inner: S,
     parts: Parts,
     body: ReqBody,
-    full: String,
+    (primary, full): (String, String),
     fwd: &'static str,
     revalidating: Option<StoredResponse>,
 ) -> Result<Response<CacheBody>, S::Error>
@@ -701,20 +727,24 @@ where
             }
         };
         let (served, stored) = prepare(shared, &parts, response, request_time, revalidating).await;
-        let fetched = match stored {
+        let (fetched, written) = match stored {
+            // Written here rather than by the load: a response that varies goes under its
+            // variant's key, with a marker under the URL's.
             Some((stored, fresh, grace)) => {
-                Fetched::with_lifetime(Shared::Stored(stored), fresh, grace)
+                let written = store_response(shared, &primary, &stored, fresh, grace).await;
+                (Fetched::new(Some(Shared::Stored(stored)), false), written)
             }
             // Remember for a while that this URL's responses are not shareable, so later
             // requests go straight to the origin instead of queueing behind one another
             // (here and, through the lock, across processes). A response to a client's own
             // conditional request says nothing about the URL, so it leaves no marker.
-            None if !has_validators(&parts.headers) && !shared.pass_ttl.is_zero() => {
-                Fetched::with_lifetime(Shared::Pass, shared.pass_ttl, Duration::ZERO)
-            }
-            None => Fetched::new(Some(Shared::Pass), false),
+            None if !has_validators(&parts.headers) && !shared.pass_ttl.is_zero() => (
+                Fetched::with_lifetime(Shared::Pass, shared.pass_ttl, Duration::ZERO),
+                false,
+            ),
+            None => (Fetched::new(Some(Shared::Pass), false), false),
         };
-        put(&own, Ok((served, fetched.store)));
+        put(&own, Ok((served, written)));
         Ok(fetched)
     };
     // The TTL here is a placeholder: a stored response brings its own lifetime.
@@ -744,8 +774,25 @@ where
             response
         });
     }
-    // Another request (here or in another process) called the origin.
-    if let Ok(Some(Shared::Stored(stored))) = outcome {
+    // Another request (here or in another process) called the origin. When the URL turned
+    // out to vary, this request's variant may be stored already.
+    let shared_response = match outcome {
+        Ok(Some(Shared::Stored(stored))) => Some(stored),
+        Ok(Some(Shared::Variants(names))) => {
+            let key = variant_key(&primary, &names, &parts.headers);
+            match shared
+                .cache
+                .fetch_entry::<Shared>(&key)
+                .await
+                .and_then(|e| e.value)
+            {
+                Some(Shared::Stored(stored)) => Some(stored),
+                _ => None,
+            }
+        }
+        _ => None,
+    };
+    if let Some(stored) = shared_response {
         let vary = vary_values(&stored.vary_headers(), &parts.headers);
         if vary.as_deref().is_some_and(|v| stored.matches(v)) {
             let age = stored.age(SystemTime::now());
@@ -762,7 +809,64 @@ where
             "our loader took the body, so it either set `own` or panicked (resumed above)"
         );
     };
-    forward_and_store(shared, &mut inner, parts, body, &full, true, fwd).await
+    forward_and_store(shared, &mut inner, parts, body, &primary, true, fwd).await
+}
+
+/// The key of a request's variant of a URL whose responses vary by `names`.
+fn variant_key(primary: &str, names: &[String], request: &HeaderMap) -> String {
+    let values: Vec<String> = names
+        .iter()
+        .map(|name| {
+            let joined: Vec<&[u8]> = request
+                .get_all(name.as_str())
+                .iter()
+                .map(HeaderValue::as_bytes)
+                .collect();
+            format!(
+                "{name}={}",
+                String::from_utf8_lossy(&joined.join(&b", "[..]))
+            )
+        })
+        .collect();
+    let part = crate::Key::new("variant").hashed_part(values.join("\n"));
+    format!("{primary}:{part}")
+}
+
+/// Store a response under the URL's key, or, when it varies, under its variant's key with a
+/// marker naming the headers under the URL's key. True when written.
+async fn store_response(
+    shared: &Settings,
+    primary: &str,
+    stored: &StoredResponse,
+    fresh: Duration,
+    grace: Duration,
+) -> bool {
+    let cache = &shared.cache;
+    let names = stored.vary_names();
+    if names.is_empty() {
+        let value = Shared::Stored(stored.clone());
+        return cache
+            .store_value(primary.to_owned(), &value, fresh, grace, Duration::ZERO)
+            .await
+            .is_ok();
+    }
+    let mut request = HeaderMap::new();
+    for (name, value) in stored.vary_pairs() {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            request.append(name, value);
+        }
+    }
+    let variant = variant_key(primary, &names, &request);
+    let marker = Shared::Variants(names);
+    let value = Shared::Stored(stored.clone());
+    let (marked, written) = tokio::join!(
+        cache.store_value(primary.to_owned(), &marker, fresh, grace, Duration::ZERO),
+        cache.store_value(variant, &value, fresh, grace, Duration::ZERO),
+    );
+    marked.is_ok() && written.is_ok()
 }
 
 /// The request to send to the origin: when revalidating a stale response and the client
@@ -831,12 +935,7 @@ where
     let (mut response, stored) = prepare(shared, &parts, response, request_time, None).await;
     let mut written = false;
     if store && let Some((stored, fresh, grace)) = stored {
-        let value = Shared::Stored(stored);
-        written = shared
-            .cache
-            .store_value(full.to_owned(), &value, fresh, grace, Duration::ZERO)
-            .await
-            .is_ok();
+        written = store_response(shared, full, &stored, fresh, grace).await;
     }
     decorate(
         response.headers_mut(),

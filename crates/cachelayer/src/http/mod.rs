@@ -9,8 +9,7 @@
 //! - `layer`: the tower layer and service.
 //!
 //! This module must never depend on a particular server: it speaks `http` and `tower` types
-//! only, and stores through [`Cache`](crate::Cache) like every other value. Work in progress
-//! (issue 5): see the README for what is there.
+//! only, and stores through [`Cache`](crate::Cache) like every other value.
 
 pub mod key;
 mod layer;

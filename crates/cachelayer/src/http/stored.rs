@@ -234,6 +234,16 @@ impl StoredResponse {
         self.vary == vary
     }
 
+    /// The request header names its `Vary` lists (lowercase, sorted).
+    pub(crate) fn vary_names(&self) -> Vec<String> {
+        self.vary.iter().map(|(name, _)| name.clone()).collect()
+    }
+
+    /// The request's values of those headers when it was stored.
+    pub(crate) fn vary_pairs(&self) -> &[(String, String)] {
+        &self.vary
+    }
+
     /// The header names its `Vary` lists, to compute a request's values.
     pub(crate) fn vary_headers(&self) -> HeaderMap {
         let mut map = HeaderMap::new();
