@@ -72,26 +72,7 @@ pub fn primary_key(parts: &Parts, rules: &KeyRules) -> Result<Key, HostRefused> 
     {
         return Err(HostRefused::NotAllowed);
     }
-    let key = url_key(&host, parts.uri.path(), parts.uri.query(), rules);
-    Ok(match forwarded(&parts.headers) {
-        // An application may build links from these; a forged value gets its own entry.
-        Some(forwarded) => key.hashed_part(forwarded),
-        None => key,
-    })
-}
-
-/// The values of the headers a proxy uses to pass on the original host and scheme.
-fn forwarded(headers: &HeaderMap) -> Option<String> {
-    let mut seen = String::new();
-    for name in ["forwarded", "x-forwarded-host", "x-forwarded-proto"] {
-        for value in headers.get_all(name) {
-            seen.push_str(name);
-            seen.push('=');
-            seen.push_str(&String::from_utf8_lossy(value.as_bytes()));
-            seen.push('\n');
-        }
-    }
-    (!seen.is_empty()).then_some(seen)
+    Ok(url_key(&host, parts.uri.path(), parts.uri.query(), rules))
 }
 
 /// The key of a URL, as [`primary_key`] computes it for a request to it (for purging).
@@ -134,27 +115,61 @@ fn normalized_query(query: Option<&str>, rules: &KeyRules) -> Option<String> {
 
 /// The values a request has for the header names a response's `Vary` lists (names
 /// lowercase; several fields of one name joined with ", "), or `None` for `Vary: *`.
-pub fn vary_values(vary: &HeaderMap, request: &HeaderMap) -> Option<Vec<(String, String)>> {
-    let mut values = Vec::new();
+pub fn vary_values(vary: &HeaderMap, request: &HeaderMap) -> Option<Vec<(String, Option<String>)>> {
+    let mut names = Vec::new();
     for field in vary.get_all(http::header::VARY) {
         let Ok(field) = field.to_str() else { continue };
         for name in field.split(',').map(str::trim).filter(|n| !n.is_empty()) {
             if name == "*" {
                 return None;
             }
-            let name = name.to_ascii_lowercase();
-            let joined = request
-                .get_all(name.as_str())
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .collect::<Vec<_>>()
-                .join(", ");
-            values.push((name, joined));
+            names.push(name.to_ascii_lowercase());
         }
     }
-    values.sort();
-    values.dedup();
-    Some(values)
+    // The headers a proxy uses to pass on the original host and scheme are an implicit
+    // `Vary` when present: an application may build links from them, so a forged value must
+    // get its own entry.
+    for name in FORWARDED {
+        if request.contains_key(name) {
+            names.push(name.to_owned());
+        }
+    }
+    names.sort();
+    names.dedup();
+    Some(request_values(&names, request))
+}
+
+/// Forwarding headers, treated as an implicit `Vary` when a request carries them.
+const FORWARDED: [&str; 3] = ["forwarded", "x-forwarded-host", "x-forwarded-proto"];
+
+/// A request's values of `names`: `None` when absent (RFC 9111 section 4.1: absent matches
+/// only absent), else every field of the name joined by ", ", escaped losslessly (bytes
+/// outside visible ASCII, and `%`, as `%XX`), so different values never look alike.
+pub fn request_values(names: &[String], request: &HeaderMap) -> Vec<(String, Option<String>)> {
+    names
+        .iter()
+        .map(|name| {
+            let fields: Vec<&[u8]> = request
+                .get_all(name.as_str())
+                .iter()
+                .map(http::HeaderValue::as_bytes)
+                .collect();
+            let value = (!fields.is_empty()).then(|| escape(&fields.join(&b", "[..])));
+            (name.clone(), value)
+        })
+        .collect()
+}
+
+fn escape(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for &byte in bytes {
+        if (0x20..0x7f).contains(&byte) && byte != b'%' {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -212,18 +227,7 @@ mod tests {
             key("/p?id=2&id=1"),
             "repeated names keep their order"
         );
-        let forwarded = Request::get("/p")
-            .header("host", "h")
-            .header("x-forwarded-host", "evil.example")
-            .body(())
-            .expect("request")
-            .into_parts()
-            .0;
-        assert_ne!(
-            primary_key(&forwarded, &rules).expect("key"),
-            key("/p"),
-            "a forwarded host gets its own entry"
-        );
+
         assert_ne!(key("/p"), key("/q"));
         // A key never shows the raw path, so `/p:x` cannot forge a key's structure.
         assert!(key("/p:x").as_str().starts_with("http:h:#"));
@@ -239,12 +243,35 @@ mod tests {
         );
         let mut request = HeaderMap::new();
         request.append("accept-language", "fr".parse().expect("v"));
+        request.append("x-forwarded-host", "evil.example".parse().expect("v"));
         assert_eq!(
             vary_values(&vary, &request),
             Some(vec![
-                ("accept-encoding".into(), String::new()),
-                ("accept-language".into(), "fr".into())
+                ("accept-encoding".into(), None),
+                ("accept-language".into(), Some("fr".into())),
+                ("x-forwarded-host".into(), Some("evil.example".into())),
             ])
+        );
+        // Empty is not absent, and bytes outside ASCII are kept apart.
+        let names = vec!["x-region".to_owned()];
+        let mut empty = HeaderMap::new();
+        empty.append("x-region", "".parse().expect("v"));
+        let mut umlaut = HeaderMap::new();
+        umlaut.append(
+            "x-region",
+            http::HeaderValue::from_bytes("Österreich".as_bytes()).expect("v"),
+        );
+        assert_eq!(
+            request_values(&names, &empty),
+            vec![("x-region".into(), Some(String::new()))]
+        );
+        assert_eq!(
+            request_values(&names, &HeaderMap::new()),
+            vec![("x-region".into(), None)]
+        );
+        assert_eq!(
+            request_values(&names, &umlaut),
+            vec![("x-region".into(), Some("%C3%96sterreich".into()))]
         );
         vary.append("vary", "*".parse().expect("v"));
         assert_eq!(vary_values(&vary, &request), None);

@@ -26,7 +26,7 @@ use http_body_util::{BodyExt, BodyStream, Full, StreamBody};
 use serde::{Deserialize, Serialize};
 use tower::{Layer, Service};
 
-use super::key::{KeyRules, primary_key, vary_values};
+use super::key::{KeyRules, primary_key, request_values, vary_values};
 use super::policy::{
     RequestDirectives, Storable, StoreRules, Usable, initial_age, storable, usable,
 };
@@ -315,8 +315,12 @@ enum Shared {
     /// The origin's response could not be stored: each waiter calls the origin itself.
     Pass,
     /// The URL's responses vary by these request headers: each variant is stored under a
-    /// secondary key made from the request's values of them.
-    Variants(Vec<String>),
+    /// secondary key made from the request's values of them and this generation (a purge
+    /// drops the marker, and the variants of the old generation become unreachable).
+    Variants {
+        names: Vec<String>,
+        generation: String,
+    },
 }
 
 /// How the response was produced, for `X-Cache` and `Cache-Status`.
@@ -390,7 +394,8 @@ where
     let Ok(key) = request_key(&shared, &parts) else {
         return forward(&shared, &mut inner, parts, body, bypass("host")).await;
     };
-    let key_text = key.as_str().to_owned();
+    // A hash of the key: it may hold extra key parts (a tenant) that must not be echoed.
+    let key_text = crate::Key::new("key").hashed_part(key.as_str()).as_str()[4..].to_owned();
     let response = serve_cacheable(shared, inner, parts, body, key).await?;
     Ok(with_cache_key(response, &key_text))
 }
@@ -443,8 +448,9 @@ where
         .and_then(|entry| entry.value);
     // `full`: where this request's response lives (a variant's own key when the URL varies).
     let mut full = primary.clone();
-    if let Some(Shared::Variants(names)) = &entry {
-        full = variant_key(&primary, names, &parts.headers);
+    if let Some(Shared::Variants { names, generation }) = &entry {
+        let values = request_values(names, &parts.headers);
+        full = variant_key(&primary, generation, &values);
         entry = cache
             .fetch_entry::<Shared>(&full)
             .await
@@ -453,7 +459,7 @@ where
     let varies = full != primary;
     let stored = match entry {
         Some(Shared::Stored(stored)) => Some(stored),
-        Some(Shared::Variants(_)) => None,
+        Some(Shared::Variants { .. }) => None,
         Some(Shared::Pass) if directives.only_if_cached => return Ok(gateway_timeout()),
         Some(Shared::Pass) => {
             // Recently uncacheable: no collapsing; a cacheable answer replaces the marker.
@@ -470,7 +476,7 @@ where
     // A stale response kept for stale-if-error and revalidation.
     let mut stale = None;
     if let Some(stored) = stored {
-        let vary = vary_values(&stored.vary_headers(), &parts.headers);
+        let vary = request_values(&stored.vary_names(), &parts.headers);
         let tags = super::tags::check(cache, stored.tags()).await;
         if tags != super::tags::TagCheck::Valid {
             if tags == super::tags::TagCheck::Invalid {
@@ -478,7 +484,7 @@ where
                 let _ = cache.call("delete", cache.store().delete(&full)).await;
             }
             fwd = "uri-miss";
-        } else if vary.as_deref().is_some_and(|v| stored.matches(v)) {
+        } else if stored.matches(&vary) {
             let age = stored.age(now);
             let ttl = signed_secs(stored.facts().freshness, age);
             match usable(&stored.facts(), age, &directives) {
@@ -507,6 +513,22 @@ where
     }
     if directives.only_if_cached {
         return Ok(gateway_timeout());
+    }
+    if parts.headers.contains_key(http::header::RANGE) || parts.method == Method::HEAD {
+        // A HEAD or a range request cannot fill the cache for a GET: it goes to the origin
+        // (a stored response above answers both).
+        return forward(
+            &shared,
+            &mut inner,
+            parts,
+            body,
+            Outcome::Miss {
+                fwd,
+                stored: false,
+                collapsed: false,
+            },
+        )
+        .await;
     }
     let refusing =
         directives.no_cache || directives.max_age.is_some() || directives.min_fresh.is_some();
@@ -738,10 +760,19 @@ where
             // requests go straight to the origin instead of queueing behind one another
             // (here and, through the lock, across processes). A response to a client's own
             // conditional request says nothing about the URL, so it leaves no marker.
-            None if !has_validators(&parts.headers) && !shared.pass_ttl.is_zero() => (
-                Fetched::with_lifetime(Shared::Pass, shared.pass_ttl, Duration::ZERO),
-                false,
-            ),
+            // Never for a failure (the stale copy must stay for stale-if-error), nor for a
+            // HEAD or a stale copy being revalidated: those say nothing about the URL.
+            None if !has_validators(&parts.headers)
+                && !shared.pass_ttl.is_zero()
+                && !served.status().is_server_error()
+                && parts.method == Method::GET
+                && revalidating.is_none() =>
+            {
+                (
+                    Fetched::with_lifetime(Shared::Pass, shared.pass_ttl, Duration::ZERO),
+                    false,
+                )
+            }
             None => (Fetched::new(Some(Shared::Pass), false), false),
         };
         put(&own, Ok((served, written)));
@@ -763,6 +794,10 @@ where
         .resume_panic();
     if let Some(own) = take(&own) {
         return own.map(|(mut response, stored)| {
+            if response.headers().contains_key("x-cache") {
+                // Already described (answered from the refreshed stored response).
+                return response;
+            }
             decorate(
                 response.headers_mut(),
                 &Outcome::Miss {
@@ -778,8 +813,9 @@ where
     // out to vary, this request's variant may be stored already.
     let shared_response = match outcome {
         Ok(Some(Shared::Stored(stored))) => Some(stored),
-        Ok(Some(Shared::Variants(names))) => {
-            let key = variant_key(&primary, &names, &parts.headers);
+        Ok(Some(Shared::Variants { names, generation })) => {
+            let values = request_values(&names, &parts.headers);
+            let key = variant_key(&primary, &generation, &values);
             match shared
                 .cache
                 .fetch_entry::<Shared>(&key)
@@ -793,8 +829,7 @@ where
         _ => None,
     };
     if let Some(stored) = shared_response {
-        let vary = vary_values(&stored.vary_headers(), &parts.headers);
-        if vary.as_deref().is_some_and(|v| stored.matches(v)) {
+        if stored.matches(&request_values(&stored.vary_names(), &parts.headers)) {
             let age = stored.age(SystemTime::now());
             let outcome = Outcome::Miss {
                 fwd,
@@ -812,23 +847,13 @@ where
     forward_and_store(shared, &mut inner, parts, body, &primary, true, fwd).await
 }
 
-/// The key of a request's variant of a URL whose responses vary by `names`.
-fn variant_key(primary: &str, names: &[String], request: &HeaderMap) -> String {
-    let values: Vec<String> = names
-        .iter()
-        .map(|name| {
-            let joined: Vec<&[u8]> = request
-                .get_all(name.as_str())
-                .iter()
-                .map(HeaderValue::as_bytes)
-                .collect();
-            format!(
-                "{name}={}",
-                String::from_utf8_lossy(&joined.join(&b", "[..]))
-            )
-        })
-        .collect();
-    let part = crate::Key::new("variant").hashed_part(values.join("\n"));
+/// Least lifetime of a `Vary` marker: longer than its variants, so they stay reachable.
+const MARKER_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// The key of one variant (the request's values of the varying headers) of a URL.
+fn variant_key(primary: &str, generation: &str, values: &[(String, Option<String>)]) -> String {
+    let described = serde_json::to_string(values).unwrap_or_default();
+    let part = crate::Key::new("variant").hashed_part(format!("{generation}\n{described}"));
     format!("{primary}:{part}")
 }
 
@@ -850,20 +875,30 @@ async fn store_response(
             .await
             .is_ok();
     }
-    let mut request = HeaderMap::new();
-    for (name, value) in stored.vary_pairs() {
-        if let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_str(value),
-        ) {
-            request.append(name, value);
-        }
-    }
-    let variant = variant_key(primary, &names, &request);
-    let marker = Shared::Variants(names);
+    // Keep the generation of a marker for the same headers, so its variants stay reachable.
+    let generation = match cache
+        .fetch_entry::<Shared>(primary)
+        .await
+        .and_then(|entry| entry.value)
+    {
+        Some(Shared::Variants {
+            names: known,
+            generation,
+        }) if known == names => generation,
+        _ => crate::stampede::lock_token(),
+    };
+    let variant = variant_key(primary, &generation, stored.vary_pairs());
+    let marker = Shared::Variants { names, generation };
     let value = Shared::Stored(stored.clone());
+    let marker_life = MARKER_TTL.max(fresh.saturating_add(grace));
     let (marked, written) = tokio::join!(
-        cache.store_value(primary.to_owned(), &marker, fresh, grace, Duration::ZERO),
+        cache.store_value(
+            primary.to_owned(),
+            &marker,
+            marker_life,
+            Duration::ZERO,
+            Duration::ZERO
+        ),
         cache.store_value(variant, &value, fresh, grace, Duration::ZERO),
     );
     marked.is_ok() && written.is_ok()

@@ -51,8 +51,8 @@ pub(crate) struct StoredResponse {
     must_revalidate: bool,
     stale_while_revalidate_ms: u64,
     stale_if_error_ms: u64,
-    /// The request's values of the headers its `Vary` names.
-    vary: Vec<(String, String)>,
+    /// The request's values of the headers its `Vary` names (`None`: absent).
+    vary: Vec<(String, Option<String>)>,
     /// Its `ETag` was made here from the body (so the origin does not know it).
     #[serde(default)]
     etag_generated: bool,
@@ -82,7 +82,7 @@ impl StoredResponse {
         body: Bytes,
         facts: Storable,
         arrival: Arrival,
-        vary: Vec<(String, String)>,
+        vary: Vec<(String, Option<String>)>,
         drop_headers: &[HeaderName],
     ) -> Self {
         let (status, headers) = (head.status, &head.headers);
@@ -230,7 +230,7 @@ impl StoredResponse {
     }
 
     /// Whether it may answer a request with these `Vary` values.
-    pub(crate) fn matches(&self, vary: &[(String, String)]) -> bool {
+    pub(crate) fn matches(&self, vary: &[(String, Option<String>)]) -> bool {
         self.vary == vary
     }
 
@@ -240,19 +240,8 @@ impl StoredResponse {
     }
 
     /// The request's values of those headers when it was stored.
-    pub(crate) fn vary_pairs(&self) -> &[(String, String)] {
+    pub(crate) fn vary_pairs(&self) -> &[(String, Option<String>)] {
         &self.vary
-    }
-
-    /// The header names its `Vary` lists, to compute a request's values.
-    pub(crate) fn vary_headers(&self) -> HeaderMap {
-        let mut map = HeaderMap::new();
-        for field in self.headers.iter().filter(|f| f.name == "vary") {
-            if let Ok(value) = HeaderValue::from_bytes(&field.value) {
-                map.append(http::header::VARY, value);
-            }
-        }
-        map
     }
 
     /// Status, headers and body to send (fields that no longer parse are skipped).
