@@ -828,16 +828,16 @@ where
         }
         _ => None,
     };
-    if let Some(stored) = shared_response {
-        if stored.matches(&request_values(&stored.vary_names(), &parts.headers)) {
-            let age = stored.age(SystemTime::now());
-            let outcome = Outcome::Miss {
-                fwd,
-                stored: false,
-                collapsed: true,
-            };
-            return Ok(from_store(&stored, &parts, age, outcome));
-        }
+    if let Some(stored) = shared_response
+        && stored.matches(&request_values(&stored.vary_names(), &parts.headers))
+    {
+        let age = stored.age(SystemTime::now());
+        let outcome = Outcome::Miss {
+            fwd,
+            stored: false,
+            collapsed: true,
+        };
+        return Ok(from_store(&stored, &parts, age, outcome));
     }
     let Some(body) = take(&request_body) else {
         unreachable!(
