@@ -847,8 +847,8 @@ impl Cache {
         compute_time: Duration,
     ) {
         let result = match value {
-            Some(value) => {
-                self.store_value(
+            Some(value) => self
+                .store_value(
                     full.to_owned(),
                     value,
                     options.ttl,
@@ -856,7 +856,7 @@ impl Cache {
                     compute_time,
                 )
                 .await
-            }
+                .map(drop),
             None => match options.settings.negative_ttl {
                 Some(ttl) => self.store_absent(full.to_owned(), ttl, compute_time).await,
                 None => Ok(()),

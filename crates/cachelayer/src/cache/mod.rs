@@ -251,6 +251,7 @@ impl Cache {
             Duration::ZERO,
         )
         .await
+        .map(drop)
     }
 
     /// Store many values with the default TTL in one round trip.
@@ -329,9 +330,9 @@ impl Cache {
         ttl: Duration,
         grace: Duration,
         compute_time: Duration,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         if ttl.is_zero() {
-            return Ok(());
+            return Ok(false);
         }
         check_ttl(ttl)?;
         let fresh = self.jittered(ttl);
@@ -340,13 +341,14 @@ impl Cache {
             ..EntryMeta::new(fresh, compute_time)
         };
         let encoded = self.inner.codec.encode(value, meta)?;
-        self.write_entry(
-            full,
-            encoded.bytes,
-            fresh.saturating_add(grace).min(MAX_TTL),
-        )
-        .await;
-        Ok(())
+        let written = self
+            .write_entry(
+                full,
+                encoded.bytes,
+                fresh.saturating_add(grace).min(MAX_TTL),
+            )
+            .await;
+        Ok(written)
     }
 
     /// Store a "not found" for `ttl` (jittered).
@@ -366,14 +368,21 @@ impl Cache {
         Ok(())
     }
 
-    async fn write_entry(&self, full: String, bytes: Bytes, ttl: Duration) {
+    /// Write an encoded entry; false when the store failed (counted as a dropped write).
+    async fn write_entry(&self, full: String, bytes: Bytes, ttl: Duration) -> bool {
         let len = bytes.len() as u64;
         match self
             .call("set", self.inner.store.set(&full, bytes, ttl))
             .await
         {
-            Ok(()) => metrics::counter!(telemetry::BYTES_WRITTEN).increment(len),
-            Err(err) => drop_write(&err, 1),
+            Ok(()) => {
+                metrics::counter!(telemetry::BYTES_WRITTEN).increment(len);
+                true
+            }
+            Err(err) => {
+                drop_write(&err, 1);
+                false
+            }
         }
     }
 

@@ -678,9 +678,14 @@ async fn invalidate_after_write(
         else {
             continue;
         };
-        let same_host = uri
-            .authority()
-            .is_none_or(|authority| authority.as_str().eq_ignore_ascii_case(&host));
+        let same_host = uri.authority().is_none_or(|authority| {
+            let named = authority.as_str().to_ascii_lowercase();
+            let named = named
+                .strip_suffix(":80")
+                .or_else(|| named.strip_suffix(":443"))
+                .unwrap_or(&named);
+            named == host
+        });
         if same_host {
             keys.push(super::key::url_key(
                 &host,
@@ -870,10 +875,12 @@ async fn store_response(
     let names = stored.vary_names();
     if names.is_empty() {
         let value = Shared::Stored(stored.clone());
-        return cache
-            .store_value(primary.to_owned(), &value, fresh, grace, Duration::ZERO)
-            .await
-            .is_ok();
+        return matches!(
+            cache
+                .store_value(primary.to_owned(), &value, fresh, grace, Duration::ZERO)
+                .await,
+            Ok(true)
+        );
     }
     // Keep the generation of a marker for the same headers, so its variants stay reachable.
     let generation = match cache
@@ -901,7 +908,7 @@ async fn store_response(
         ),
         cache.store_value(variant, &value, fresh, grace, Duration::ZERO),
     );
-    marked.is_ok() && written.is_ok()
+    matches!((marked, written), (Ok(true), Ok(true)))
 }
 
 /// The request to send to the origin: when revalidating a stale response and the client
