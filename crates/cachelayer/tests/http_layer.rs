@@ -845,6 +845,39 @@ on_every_store!(
     large_bodies_stream_through,
 );
 
+/// Two layer instances (two processes' caches) on one Redis: 2 x 50 concurrent requests for
+/// a cold URL make one origin call between them, through the cache's fleet-wide lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn misses_collapse_across_instances() {
+    let server = RedisServer::start();
+    let instance = || {
+        Cache::builder()
+            .store(redis_store(&server.url()))
+            .namespace("http")
+            .command_timeout(Duration::from_secs(2))
+            .build()
+            .expect("cache")
+    };
+    let (first, calls_first) = router(instance());
+    let (second, calls_second) = router(instance());
+    let start = Arc::new(tokio::sync::Barrier::new(100));
+    let mut requests = Vec::new();
+    for app in [first, second] {
+        for _ in 0..50 {
+            let (app, start) = (app.clone(), Arc::clone(&start));
+            requests.push(tokio::spawn(async move {
+                start.wait().await;
+                fetch(&app, "/slow").await
+            }));
+        }
+    }
+    for request in requests {
+        let reply = request.await.expect("request");
+        assert_eq!((reply.status, reply.text()), (StatusCode::OK, "slow 1"));
+    }
+    assert_eq!(calls_first.of("/slow") + calls_second.of("/slow"), 1);
+}
+
 /// Redis stopped mid-test: every request is still answered by the origin.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_stopped_mid_test_serves_the_origin() {
