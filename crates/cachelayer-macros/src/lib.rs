@@ -1,4 +1,4 @@
-//! `#[cached]`: cache any async function through a [`cachelayer`] `Cache`, with stable keys,
+//! `#[cached]`: cache any async function through a `cachelayer::Cache`, with stable keys,
 //! stampede protection and per-call invalidation. Use it as `cachelayer::cached` (the
 //! `macros` feature of `cachelayer`).
 //!

@@ -16,8 +16,8 @@
 //!
 //! # Layout
 //!
-//! Dependencies point one way: [`Cache`] → (stampede, [`codec`], [`key`], breaker) →
-//! [`store`].
+//! Dependencies point one way: `http` → [`Cache`] → (stampede, [`codec`], [`key`],
+//! breaker) → [`store`].
 //!
 //! - [`store`]: the [`Store`](store::Store) trait (bytes in, bytes out) and its two
 //!   implementations, [`RedisStore`](store::RedisStore) and [`MemoryStore`](store::MemoryStore).
@@ -32,6 +32,8 @@
 //! - [`config`]: [`CacheConfig`], every setting as plain data.
 //! - [`telemetry`]: the names of the metrics emitted through the `metrics` facade.
 //! - `error`: the crate's [`Error`] and [`ErrorKind`], and [`LoadError`] for loads.
+//! - `http` (feature `http`): `ResponseCacheLayer`, the tower/axum layer that caches HTTP
+//!   responses as an RFC 9111 shared cache.
 //! - `cached` (feature `macros`): the `#[cached]` attribute from `cachelayer-macros`; what its
 //!   expansion calls lives in a hidden module, not a stable API.
 

@@ -4,7 +4,7 @@
 //!
 //! A store moves opaque bytes under string keys with a TTL. It must never know about types,
 //! envelopes, namespaces or HTTP: those belong to the layers above, so any store can back any
-//! of them. Every method reports store trouble as an [`Error`](crate::Error); deciding to fail
+//! of them. Every method reports store trouble as an [`Error`]; deciding to fail
 //! open is the [`Cache`](crate::Cache)'s job, not the store's.
 
 mod memory;
