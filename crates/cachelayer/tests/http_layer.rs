@@ -129,6 +129,24 @@ fn router_and_layer(cache: Cache) -> (Router, Calls, ResponseCacheLayer) {
             }),
         )
         .route(
+            "/vary-slow",
+            routing::get(|State(c): State<Calls>, headers: HeaderMap| async move {
+                c.count("/vary-slow");
+                // Stands for a slow query: concurrent requests arrive while it runs.
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                let language = headers
+                    .get(header::ACCEPT_LANGUAGE)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("none")
+                    .to_owned();
+                let mut response = respond("max-age=60", format!("language {language}"));
+                response
+                    .headers_mut()
+                    .insert(header::VARY, "Accept-Language".parse().expect("v"));
+                response
+            }),
+        )
+        .route(
             "/slow",
             routing::get(|State(c): State<Calls>| async move {
                 let n = c.count("/slow");
@@ -813,6 +831,30 @@ async fn concurrent_misses_collapse(backend: Backend) {
     assert_eq!(calls.of("/slow"), 1);
 }
 
+/// Concurrent misses of a varying URL collapse per variant: 2 languages x 20 requests make
+/// 2 origin calls.
+async fn concurrent_misses_collapse_per_variant(backend: Backend) {
+    let (app, calls) = router(backend.cache());
+    let requests: Vec<_> = (0..40)
+        .map(|i| {
+            let app = app.clone();
+            let language = if i % 2 == 0 { "fr" } else { "en" };
+            tokio::spawn(async move {
+                let request = get_request("/vary-slow")
+                    .header(header::ACCEPT_LANGUAGE, language)
+                    .body(Body::empty())
+                    .expect("r");
+                (language, send(&app, request).await)
+            })
+        })
+        .collect();
+    for request in requests {
+        let (language, reply) = request.await.expect("request");
+        assert_eq!(reply.text(), format!("language {language}"));
+    }
+    assert_eq!(calls.of("/vary-slow"), 2);
+}
+
 /// A 10 MB streamed body passes through whole and unstored (the limit is 1 MiB).
 async fn large_bodies_stream_through(backend: Backend) {
     let (app, calls) = router(backend.cache());
@@ -842,6 +884,7 @@ on_every_store!(
     forged_host_cannot_poison,
     query_is_normalized,
     concurrent_misses_collapse,
+    concurrent_misses_collapse_per_variant,
     large_bodies_stream_through,
 );
 

@@ -849,6 +849,29 @@ where
             "our loader took the body, so it either set `own` or panicked (resumed above)"
         );
     };
+    // The URL turned out to vary, and this request's variant is not stored: collapse once
+    // more, on the variant's own key, with the other requests for the same variant.
+    if full == primary
+        && let Some(Shared::Variants { names, generation }) = shared
+            .cache
+            .fetch_entry::<Shared>(&primary)
+            .await
+            .and_then(|entry| entry.value)
+    {
+        let values = request_values(&names, &parts.headers);
+        let variant = variant_key(&primary, &generation, &values);
+        let keys = (primary, variant);
+        return Box::pin(collapsed(
+            shared,
+            inner,
+            parts,
+            body,
+            keys,
+            "vary-miss",
+            None,
+        ))
+        .await;
+    }
     forward_and_store(shared, &mut inner, parts, body, &primary, true, fwd).await
 }
 
