@@ -54,23 +54,18 @@ pub fn key_template_argument<T: KeyTemplateArgument + ?Sized>(argument: &T) -> S
 /// gives the same key in every process).
 pub fn args_key(function: &str, arguments: Vec<serde_json::Result<Value>>) -> Result<Key> {
     let base = Key::new(function.replace("::", "."));
+    let unserializable = |err| {
+        Error::with_source(
+            ErrorKind::Encode,
+            format!("the arguments of {function} cannot be serialized into a cache key"),
+            err,
+        )
+    };
     let values = arguments
         .into_iter()
-        .collect::<serde_json::Result<Vec<Value>>>();
-    let value = values.map_err(|err| {
-        Error::with_source(
-            ErrorKind::Encode,
-            format!("the arguments of {function} cannot be serialized into a cache key"),
-            err,
-        )
-    })?;
-    let bytes = serde_json::to_vec(&canonical(Value::Array(value))).map_err(|err| {
-        Error::with_source(
-            ErrorKind::Encode,
-            format!("the arguments of {function} cannot be serialized into a cache key"),
-            err,
-        )
-    })?;
+        .collect::<serde_json::Result<Vec<Value>>>()
+        .map_err(unserializable)?;
+    let bytes = serde_json::to_vec(&canonical(Value::Array(values))).map_err(unserializable)?;
     Ok(base.arguments_part(&bytes))
 }
 

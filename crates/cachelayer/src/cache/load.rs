@@ -160,10 +160,7 @@ impl<T> Loaded<T, std::convert::Infallible> {
     /// The value of an infallible load. A panic resumes in the task that ran the loader, and
     /// a shared one is raised again with its message in every caller that waited on it.
     fn unwrap_panics(self) -> Option<T> {
-        if let Some(payload) = self.panic {
-            std::panic::resume_unwind(payload);
-        }
-        match self.outcome {
+        match self.resume_panic() {
             Ok(value) => value,
             Err(err) => panic!("{err}"),
         }

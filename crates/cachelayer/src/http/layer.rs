@@ -81,7 +81,7 @@ impl std::fmt::Debug for KeyParts {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Settings {
     cache: Cache,
     keys: KeyRules,
@@ -95,7 +95,7 @@ struct Settings {
     stale_while_revalidate: Duration,
     stale_if_error: Duration,
     /// Keys with a background refresh running in this process.
-    refreshing: Mutex<std::collections::HashSet<String>>,
+    refreshing: Arc<Mutex<std::collections::HashSet<String>>>,
 }
 
 impl ResponseCacheLayer {
@@ -119,26 +119,13 @@ impl ResponseCacheLayer {
                 pass_ttl: DEFAULT_PASS_TTL,
                 stale_while_revalidate: Duration::ZERO,
                 stale_if_error: Duration::ZERO,
-                refreshing: Mutex::default(),
+                refreshing: Arc::default(),
             }),
         }
     }
 
     fn with(mut self, change: impl FnOnce(&mut Settings)) -> Self {
-        let mut settings = Settings {
-            cache: self.shared.cache.clone(),
-            keys: self.shared.keys.clone(),
-            key_parts: self.shared.key_parts.clone(),
-            store: self.shared.store,
-            max_body_bytes: self.shared.max_body_bytes,
-            cookies_vary: self.shared.cookies_vary,
-            generate_etag: self.shared.generate_etag,
-            expose_tags: self.shared.expose_tags,
-            pass_ttl: self.shared.pass_ttl,
-            stale_while_revalidate: self.shared.stale_while_revalidate,
-            stale_if_error: self.shared.stale_if_error,
-            refreshing: Mutex::default(),
-        };
+        let mut settings = Settings::clone(&self.shared);
         change(&mut settings);
         self.shared = Arc::new(settings);
         self
@@ -1079,7 +1066,9 @@ where
                     initial_age: initial_age(&head.headers, request_time, response_time),
                     response_time,
                 };
-                let merged = stored.refreshed(&head.headers, stored.facts(), arrival);
+                let headers =
+                    super::stored::merge_not_modified(&stored.header_map(), &head.headers);
+                let merged = stored.refreshed(headers, stored.facts(), arrival);
                 let age = merged.age(SystemTime::now());
                 let outcome = Outcome::Miss {
                     fwd: "stale",
@@ -1205,11 +1194,16 @@ fn refresh_from_304(
     response_time: SystemTime,
 ) -> Option<(StoredResponse, Duration, Duration)> {
     let merged = super::stored::merge_not_modified(&stored.header_map(), not_modified);
-    let status = stored.served().status;
     // Judged as the GET it stands for, whatever the method of the request that revalidated.
-    let facts = storable(&Method::GET, &parts.headers, status, &merged, shared.store)
-        .ok()
-        .map(|facts| with_configured_windows(shared, facts))?;
+    let facts = storable(
+        &Method::GET,
+        &parts.headers,
+        stored.status(),
+        &merged,
+        shared.store,
+    )
+    .ok()
+    .map(|facts| with_configured_windows(shared, facts))?;
     let initial = initial_age(not_modified, request_time, response_time);
     let fresh = facts
         .freshness
@@ -1219,7 +1213,7 @@ fn refresh_from_304(
         initial_age: initial,
         response_time,
     };
-    let refreshed = stored.refreshed(not_modified, facts, arrival);
+    let refreshed = stored.refreshed(merged, facts, arrival);
     let grace = grace_of(facts, &refreshed);
     Some((refreshed, fresh, grace))
 }

@@ -41,7 +41,7 @@ pub(crate) struct StoredResponse {
     status: u16,
     headers: Vec<Field>,
     #[serde(with = "binary")]
-    body: Vec<u8>,
+    body: Bytes,
     /// When the response arrived, Unix milliseconds.
     response_time_ms: u64,
     /// Its age on arrival, milliseconds.
@@ -114,7 +114,7 @@ impl StoredResponse {
         Self {
             status: status.as_u16(),
             headers: fields,
-            body: body.to_vec(),
+            body,
             response_time_ms: millis(response_time.duration_since(UNIX_EPOCH).unwrap_or_default()),
             initial_age_ms: millis(initial_age),
             freshness_ms: millis(facts.freshness),
@@ -180,21 +180,15 @@ impl StoredResponse {
         validators
     }
 
-    /// This response refreshed by a `304 Not Modified` (RFC 9111 section 4.3.4): the 304's
-    /// header fields replace the stored ones of the same name; the body stays.
-    pub(crate) fn refreshed(
-        &self,
-        not_modified: &HeaderMap,
-        facts: Storable,
-        arrival: Arrival,
-    ) -> Self {
-        let merged = merge_not_modified(&self.header_map(), not_modified);
+    /// This response refreshed by a `304 Not Modified` (RFC 9111 section 4.3.4), with the
+    /// headers [`merge_not_modified`] made; the body stays.
+    pub(crate) fn refreshed(&self, merged: HeaderMap, facts: Storable, arrival: Arrival) -> Self {
         let (mut head, ()) = http::Response::new(()).into_parts();
-        head.status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::OK);
+        head.status = self.status();
         head.headers = merged;
         let refreshed = Self::new(
             &head,
-            Bytes::from(self.body.clone()),
+            self.body.clone(),
             facts,
             arrival,
             self.vary.clone(),
@@ -207,9 +201,23 @@ impl StoredResponse {
         }
     }
 
-    /// Its headers as a map (to judge a refreshed copy).
+    /// Its status.
+    pub(crate) fn status(&self) -> StatusCode {
+        StatusCode::from_u16(self.status).unwrap_or(StatusCode::OK)
+    }
+
+    /// Its headers as a map (fields that no longer parse are skipped).
     pub(crate) fn header_map(&self) -> HeaderMap {
-        self.served().headers
+        let mut headers = HeaderMap::with_capacity(self.headers.len());
+        for field in &self.headers {
+            if let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(field.name.as_bytes()),
+                HeaderValue::from_bytes(&field.value),
+            ) {
+                headers.append(name, value);
+            }
+        }
+        headers
     }
 
     /// Its storage facts.
@@ -244,21 +252,12 @@ impl StoredResponse {
         &self.vary
     }
 
-    /// Status, headers and body to send (fields that no longer parse are skipped).
+    /// Status, headers and body to send.
     pub(crate) fn served(&self) -> Served {
-        let mut headers = HeaderMap::with_capacity(self.headers.len());
-        for field in &self.headers {
-            if let (Ok(name), Ok(value)) = (
-                HeaderName::from_bytes(field.name.as_bytes()),
-                HeaderValue::from_bytes(&field.value),
-            ) {
-                headers.append(name, value);
-            }
-        }
         Served {
-            status: StatusCode::from_u16(self.status).unwrap_or(StatusCode::OK),
-            headers,
-            body: Bytes::from(self.body.clone()),
+            status: self.status(),
+            headers: self.header_map(),
+            body: self.body.clone(),
         }
     }
 }
@@ -303,7 +302,11 @@ mod binary {
     use base64::engine::general_purpose::STANDARD;
     use serde::{Deserialize, Deserializer, Serializer};
 
-    pub(super) fn serialize<S: Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
+    pub(super) fn serialize<S: Serializer, B: AsRef<[u8]>>(
+        bytes: &B,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        let bytes = bytes.as_ref();
         if serializer.is_human_readable() {
             serializer.serialize_str(&STANDARD.encode(bytes))
         } else {
@@ -311,15 +314,16 @@ mod binary {
         }
     }
 
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+    pub(super) fn deserialize<'de, D: Deserializer<'de>, B: From<Vec<u8>>>(
         deserializer: D,
-    ) -> Result<Vec<u8>, D::Error> {
-        if deserializer.is_human_readable() {
+    ) -> Result<B, D::Error> {
+        let bytes = if deserializer.is_human_readable() {
             let text = String::deserialize(deserializer)?;
-            STANDARD.decode(text).map_err(serde::de::Error::custom)
+            STANDARD.decode(text).map_err(serde::de::Error::custom)?
         } else {
-            Ok(serde_bytes_compat::ByteBuf::deserialize(deserializer)?.0)
-        }
+            serde_bytes_compat::ByteBuf::deserialize(deserializer)?.0
+        };
+        Ok(B::from(bytes))
     }
 
     /// Accepts MessagePack bin (and arrays of bytes) without another dependency.
