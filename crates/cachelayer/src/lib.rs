@@ -53,7 +53,9 @@ pub mod store;
 pub mod telemetry;
 
 pub use crate::breaker::{BreakerState, DEFAULT_COOL_DOWN, DEFAULT_FAILURE_THRESHOLD};
-pub use crate::cache::{Cache, CacheBuilder, DEFAULT_NAMESPACE, DEFAULT_TTL, DEFAULT_TTL_JITTER};
+pub use crate::cache::{
+    Cache, CacheBuilder, DEFAULT_NAMESPACE, DEFAULT_TTL, DEFAULT_TTL_JITTER, LoadSource,
+};
 pub use crate::codec::Serialization;
 pub use crate::config::CacheConfig;
 pub use crate::error::{Error, ErrorKind, LoadError, LoadErrorKind, Result};

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use cachelayer::store::Store;
-use cachelayer::{Cache, LoadErrorKind, LoadOptions, OnLockTimeout, StampedeSettings};
+use cachelayer::{Cache, LoadErrorKind, LoadOptions, LoadSource, OnLockTimeout, StampedeSettings};
 use cachelayer_testkit::RedisServer;
 use serde::{Deserialize, Serialize};
 use support::{Backend, redis_store};
@@ -903,7 +903,74 @@ async fn os_process_three_processes_load_once() {
     assert_eq!(server.cli(["GET", "loader-runs"]), "1");
 }
 
+/// `try_get_optional_with_source` says where each value came from: the caller's own load,
+/// another caller's, a fresh hit, a stale value, a cached "not found", or no cache at all.
+async fn load_source_reports_where_the_value_came_from(backend: Backend) {
+    let cache = backend.cache();
+    let ttl = Duration::from_millis(300);
+    let options = LoadOptions::ttl(ttl)
+        .stale_while_revalidate(MINUTE)
+        .negative_ttl(Some(MINUTE));
+    let (started, gate) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let leader = {
+        let (cache, started, gate) = (cache.clone(), Arc::clone(&started), Arc::clone(&gate));
+        tokio::spawn(async move {
+            cache
+                .try_get_optional_with_source("p", options, async move {
+                    started.notify_one();
+                    gate.notified().await;
+                    Ok::<_, String>(Some(product(1)))
+                })
+                .await
+        })
+    };
+    started.notified().await;
+    let follower = {
+        let cache = cache.clone();
+        tokio::spawn(async move {
+            cache
+                .try_get_optional_with_source("p", options, async {
+                    Ok::<_, String>(Some(product(9)))
+                })
+                .await
+        })
+    };
+    until("follower waiting", 1, || cache.coalesced_callers("p")).await;
+    gate.notify_one();
+    let leader = leader.await.expect("leader");
+    let follower = follower.await.expect("follower");
+    assert_eq!(leader, Ok((Some(product(1)), LoadSource::Loaded)));
+    assert_eq!(follower, Ok((Some(product(1)), LoadSource::Coalesced)));
+    let never = async { Ok::<Option<Product>, String>(Some(product(9))) };
+    let hit = cache
+        .try_get_optional_with_source("p", options, never)
+        .await;
+    assert_eq!(hit, Ok((Some(product(1)), LoadSource::Hit)));
+    outlive(ttl).await;
+    let refreshed = async { Ok::<_, String>(Some(product(2))) };
+    let stale = cache
+        .try_get_optional_with_source("p", options, refreshed)
+        .await;
+    assert_eq!(stale, Ok((Some(product(1)), LoadSource::Stale)));
+    let absent = async { Ok::<Option<Product>, String>(None) };
+    let loaded = cache
+        .try_get_optional_with_source("gone", options, absent)
+        .await;
+    assert_eq!(loaded, Ok((None, LoadSource::Loaded)));
+    let never = async { Ok::<Option<Product>, String>(Some(product(9))) };
+    let negative = cache
+        .try_get_optional_with_source("gone", options, never)
+        .await;
+    assert_eq!(negative, Ok((None, LoadSource::Hit)));
+    let uncached = async { Ok::<_, String>(Some(product(3))) };
+    let bypassed = cache
+        .try_get_optional_with_source("p", Duration::ZERO, uncached)
+        .await;
+    assert_eq!(bypassed, Ok((Some(product(3)), LoadSource::Bypassed)));
+}
+
 on_every_store!(
+    load_source_reports_where_the_value_came_from,
     in_process_callers_share_one_load,
     foreign_locks_are_never_deleted,
     stale_if_error_serves_the_stale_value,

@@ -54,6 +54,58 @@ pub(crate) struct Loaded<T, E> {
     store: bool,
     /// The value's own fresh lifetime and grace, overriding the options'.
     lifetime: Option<(Duration, Duration)>,
+    /// Where the outcome came from.
+    source: LoadSource,
+}
+
+/// Where the value of a load came from: what an `X-Cache` header reports.
+///
+/// ```
+/// use std::time::Duration;
+/// use cachelayer::{Cache, LoadSource};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let cache = Cache::builder().build().unwrap();
+/// let load = || async { Ok::<_, std::io::Error>(Some(7u32)) };
+/// let first = cache.try_get_optional_with_source("n", Duration::from_secs(60), load()).await;
+/// assert_eq!(first.unwrap(), (Some(7), LoadSource::Loaded));
+/// let second = cache.try_get_optional_with_source("n", Duration::from_secs(60), load()).await;
+/// assert_eq!(second.unwrap(), (Some(7), LoadSource::Hit));
+/// # }
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum LoadSource {
+    /// A fresh stored value.
+    Hit,
+    /// A stored value past its TTL: within `stale_while_revalidate` (a refresh was
+    /// started), within `stale_if_error` (the loader failed), or after a lock wait timed out.
+    Stale,
+    /// This caller's loader ran (or failed).
+    Loaded,
+    /// Another caller's load: in this process (coalesced), or in another process that held
+    /// the fleet-wide lock and filled the key.
+    Coalesced,
+    /// The cache was bypassed (a zero TTL or invalid options): the loader ran uncached.
+    Bypassed,
+}
+
+impl LoadSource {
+    /// Lower-case name, for logs and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Hit => "hit",
+            Self::Stale => "stale",
+            Self::Loaded => "loaded",
+            Self::Coalesced => "coalesced",
+            Self::Bypassed => "bypassed",
+        }
+    }
+
+    /// Whether the value came out of the store (fresh or stale) without any load.
+    pub fn is_from_store(self) -> bool {
+        matches!(self, Self::Hit | Self::Stale)
+    }
 }
 
 impl<T, E> Loaded<T, E> {
@@ -63,6 +115,7 @@ impl<T, E> Loaded<T, E> {
             panic: None,
             store: true,
             lifetime: None,
+            source: LoadSource::Loaded,
         }
     }
 
@@ -72,7 +125,13 @@ impl<T, E> Loaded<T, E> {
             panic: None,
             store: true,
             lifetime: None,
+            source: LoadSource::Loaded,
         }
+    }
+
+    fn from(mut self, source: LoadSource) -> Self {
+        self.source = source;
+        self
     }
 
     /// The outcome, with a loader panic resumed in this (the loader's) task.
@@ -340,6 +399,27 @@ impl Cache {
             .outcome
     }
 
+    /// [`try_get_optional_with`](Self::try_get_optional_with), also saying where the value
+    /// came from ([`LoadSource`]), for responses that report it (`X-Cache`). A loader error
+    /// comes back as an error whatever its source.
+    pub async fn try_get_optional_with_source<T, E, F>(
+        &self,
+        key: impl Into<Key>,
+        options: impl Into<LoadOptions>,
+        loader: F,
+    ) -> Result<(Option<T>, LoadSource), LoadError<E>>
+    where
+        T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+        E: Send + Sync + 'static,
+        F: Future<Output = Result<Option<T>, E>> + Send + 'static,
+    {
+        let loader = async move { loader.await.map(Fetched::stored) };
+        let loaded = self
+            .load(key.into(), options.into(), loader, LoadMode::OPTIONAL)
+            .await;
+        loaded.outcome.map(|value| (value, loaded.source))
+    }
+
     /// The store key of `key`'s fleet-wide load lock (`<namespace>:lock:v<version>:<key>`),
     /// for operators asking who is loading what. Its value is the holder's random token.
     pub fn lock_key(&self, key: impl Into<Key>) -> String {
@@ -366,15 +446,16 @@ impl Cache {
         F: LoadFuture<T, E> + Send + 'static,
     {
         let Some(options) = self.resolve(options) else {
-            return run_loader(loader).await.0;
+            return run_loader(loader).await.0.from(LoadSource::Bypassed);
         };
         let full = self.full_key(key);
         match self.first_read::<T>(&full, options, mode).await {
             Lookup::Served { value, refresh } => {
+                let source = served_source(refresh);
                 if let Some((seen, trigger)) = refresh {
                     self.refresh_in_background(&full, options, loader, seen, trigger);
                 }
-                Loaded::value(value)
+                Loaded::value(value).from(source)
             }
             Lookup::Miss(stale) => self.load_missing(&full, options, loader, stale, mode).await,
         }
@@ -396,18 +477,19 @@ impl Cache {
         F: LoadFuture<T, E>,
     {
         let Some(options) = self.resolve(options) else {
-            return run_loader(loader).await.0;
+            return run_loader(loader).await.0.from(LoadSource::Bypassed);
         };
         let full = self.full_key(key);
         match self.first_read::<T>(&full, options, mode).await {
             Lookup::Served { value, refresh } => {
+                let source = served_source(refresh);
                 if let Some((seen, trigger)) = refresh
                     && let Role::Leader(_refreshing) = self.inner.refreshes.join(&full)
                 {
                     self.refresh::<T, E, F>(&full, options, loader, seen, trigger)
                         .await;
                 }
-                Loaded::value(value)
+                Loaded::value(value).from(source)
             }
             Lookup::Miss(stale) => self.load_missing(&full, options, loader, stale, mode).await,
         }
@@ -429,7 +511,7 @@ impl Cache {
         F: LoadFuture<T, E>,
     {
         let Some(options) = self.resolve(options) else {
-            return run_loader(loader).await.0;
+            return run_loader(loader).await.0.from(LoadSource::Bypassed);
         };
         self.load_missing(full, options, loader, None, mode).await
     }
@@ -520,7 +602,7 @@ impl Cache {
                         .and_then(|any| any.downcast_ref::<Outcome<T, E>>());
                     match outcome {
                         Some(Ok(value)) if value.is_some() || mode.absent_ok => {
-                            return Loaded::value(value.clone());
+                            return Loaded::value(value.clone()).from(LoadSource::Coalesced);
                         }
                         // This caller cannot take a shared loader error out of its `Arc`
                         // (another kind of caller shared it): it loads itself.
@@ -572,11 +654,11 @@ impl Cache {
         match stale {
             Some(stale) if timed_out => {
                 metrics::counter!(telemetry::STALE_SERVED, "reason" => "lock_timeout").increment(1);
-                FollowerError::Return(Loaded::value(stale.value))
+                FollowerError::Return(Loaded::value(stale.value).from(LoadSource::Stale))
             }
             Some(stale) if within(stale.by, options.settings.stale_if_error) => {
                 metrics::counter!(telemetry::STALE_SERVED, "reason" => "error").increment(1);
-                FollowerError::Return(Loaded::value(stale.value))
+                FollowerError::Return(Loaded::value(stale.value).from(LoadSource::Stale))
             }
             stale if timed_out && options.settings.on_lock_timeout == OnLockTimeout::Load => {
                 FollowerError::LoadUnlocked(stale)
@@ -609,12 +691,12 @@ impl Cache {
                 // Someone may have filled the key between our miss and our win.
                 if let Some(value) = self.fresh_value::<T>(full, absent_ok).await {
                     lease.release(false).await;
-                    return Loaded::value(value);
+                    return Loaded::value(value).from(LoadSource::Coalesced);
                 }
                 self.load_and_store(full, options, loader, Some(lease), stale)
                     .await
             }
-            LockWait::Filled(value) => Loaded::value(value),
+            LockWait::Filled(value) => Loaded::value(value).from(LoadSource::Coalesced),
             LockWait::Unavailable => {
                 self.load_and_store(full, options, loader, None, stale)
                     .await
@@ -630,7 +712,7 @@ impl Cache {
                 if let Some(stale) = stale {
                     metrics::counter!(telemetry::STALE_SERVED, "reason" => "lock_timeout")
                         .increment(1);
-                    return Loaded::value(stale.value);
+                    return Loaded::value(stale.value).from(LoadSource::Stale);
                 }
                 match options.settings.on_lock_timeout {
                     OnLockTimeout::Load => {
@@ -731,13 +813,14 @@ impl Cache {
                 Some(stale) if within(stale.by, options.settings.stale_if_error) => {
                     tracing::warn!(key = full, error = ?err.kind(), "load failed; serving the stale value (stale-if-error)");
                     metrics::counter!(telemetry::STALE_SERVED, "reason" => "error").increment(1);
-                    Loaded::value(stale.value)
+                    Loaded::value(stale.value).from(LoadSource::Stale)
                 }
                 _ => Loaded {
                     outcome: Err(err),
                     panic: loaded.panic,
                     store: false,
                     lifetime: None,
+                    source: LoadSource::Loaded,
                 },
             },
         };
@@ -973,10 +1056,20 @@ where
                 panic: Some(payload),
                 store: false,
                 lifetime: None,
+                source: LoadSource::Loaded,
             }
         }
     };
     (loaded, elapsed)
+}
+
+/// The source of a value served by the first read: stale when it was served for a stale
+/// refresh.
+fn served_source(refresh: Option<(SystemTime, &'static str)>) -> LoadSource {
+    match refresh {
+        Some((_, "stale")) => LoadSource::Stale,
+        _ => LoadSource::Hit,
+    }
 }
 
 fn panic_message(payload: &(dyn Any + Send)) -> String {

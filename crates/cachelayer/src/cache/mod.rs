@@ -19,8 +19,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 pub use self::builder::{CacheBuilder, DEFAULT_NAMESPACE, DEFAULT_TTL, DEFAULT_TTL_JITTER};
-pub use self::load::Fetched;
 pub(crate) use self::load::LoadMode;
+pub use self::load::{Fetched, LoadSource};
 use crate::breaker::{Admission, BreakerState, CircuitBreaker};
 use crate::codec::{Codec, DecodeFailure, Decoded, EntryMeta, Freshness};
 use crate::error::{Error, ErrorKind, Result};
