@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use crate::error::{Error, Result};
 
 pub use self::memory::{DEFAULT_MEMORY_CAPACITY_BYTES, MemoryStore, MemoryStoreBuilder};
-pub(crate) use self::redis::redact_url;
+pub use self::redis::redact_url;
 pub use self::redis::{
     DEFAULT_COMMAND_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_POOL_SIZE, RedisStore,
     RedisStoreBuilder,

@@ -293,7 +293,7 @@ fn read_lock<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
 
 /// The URL with any password (user info, or a `pass`/`password` query parameter as
 /// `redis+unix` URLs carry it) replaced, for logs and `Debug`.
-pub(crate) fn redact_url(url: &str) -> String {
+pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return "<unparseable url>".to_owned();
     };

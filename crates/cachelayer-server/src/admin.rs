@@ -1,0 +1,245 @@
+//! Admin routes: `POST /admin/invalidate`, for operators who changed data behind the
+//! service's back (a migration, a manual fix) and need the cache to forget it.
+//!
+//! The routes exist only when an admin token is configured, and every request must carry it
+//! as `Authorization: Bearer <token>`, compared in constant time. This module must never
+//! log the token or say how close a wrong one was.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::http::{HeaderMap, header};
+use serde::Serialize;
+use serde_json::Value;
+use subtle::ConstantTimeEq;
+use utoipa::ToSchema;
+
+use crate::app::AppState;
+use crate::error::ApiError;
+use crate::product::FieldError;
+
+/// Most names in one request, per list.
+const MAX_NAMES: usize = 1000;
+
+/// What to invalidate.
+#[derive(Debug, Default, ToSchema)]
+#[allow(dead_code)] // Describes the body for OpenAPI; the handler checks it by hand.
+pub(crate) struct InvalidateRequest {
+    /// Tags of cached list pages (every list page carries `products`).
+    tags: Vec<String>,
+    /// Cache keys as the catalogue writes them, e.g. `product:7`.
+    keys: Vec<String>,
+    /// URLs of cached responses: a path and query (`/products?limit=5`, for this request's
+    /// `Host`) or an absolute `http://host/path?query`.
+    urls: Vec<String>,
+}
+
+/// How many names of each kind were invalidated.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct Invalidated {
+    /// Tags invalidated.
+    pub tags: usize,
+    /// Keys invalidated.
+    pub keys: usize,
+    /// URLs purged.
+    pub urls: usize,
+}
+
+fn authorized(headers: &HeaderMap, token: &str) -> bool {
+    let Some(presented) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    bool::from(presented.trim().as_bytes().ct_eq(token.as_bytes()))
+}
+
+/// Invalidate tags, keys and URLs, in every instance sharing the store.
+#[utoipa::path(
+    post,
+    path = "/admin/invalidate",
+    tag = "admin",
+    request_body = InvalidateRequest,
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "Invalidated (exists only with an admin token configured)", body = Invalidated),
+        (status = 401, description = "Missing or wrong admin token", body = crate::error::ErrorBody),
+        (status = 422, description = "Invalid fields, each named", body = crate::error::ErrorBody),
+        (status = 503, description = "The cache store is unavailable; nothing may have been invalidated", body = crate::error::ErrorBody),
+    )
+)]
+pub(crate) async fn invalidate(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Invalidated>, ApiError> {
+    let token = state.admin_token.as_deref().unwrap_or_default();
+    if token.is_empty() || !authorized(&headers, token) {
+        tracing::warn!("admin request refused: missing or wrong token");
+        return Err(ApiError::unauthorized());
+    }
+    let body = body.map_err(|_| ApiError::too_large(state.max_body_bytes))?;
+    let request_host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("localhost");
+    let (tags, keys, urls) = parse(&body, request_host).map_err(ApiError::validation)?;
+    state
+        .catalogue
+        .invalidate_named(&tags, &keys, &urls)
+        .await
+        .map_err(|err| {
+            tracing::warn!(error = %err, "admin invalidation failed");
+            ApiError::unavailable("the cache store")
+        })?;
+    tracing::info!(tags = ?tags, keys = ?keys, urls = urls.len(), "admin invalidation");
+    Ok(Json(Invalidated {
+        tags: tags.len(),
+        keys: keys.len(),
+        urls: urls.len(),
+    }))
+}
+
+type Names = (Vec<String>, Vec<String>, Vec<(String, String)>);
+
+fn parse(body: &[u8], request_host: &str) -> Result<Names, Vec<FieldError>> {
+    let value: Value = serde_json::from_slice(body).map_err(|err| {
+        vec![FieldError::new(
+            "body",
+            format!("is not valid JSON ({err})"),
+        )]
+    })?;
+    let Value::Object(object) = value else {
+        return Err(vec![FieldError::new("body", "must be a JSON object")]);
+    };
+    let mut errors = Vec::new();
+    for name in object.keys() {
+        if !matches!(name.as_str(), "tags" | "keys" | "urls") {
+            errors.push(FieldError::new(
+                name,
+                "is not a field; send tags, keys and/or urls",
+            ));
+        }
+    }
+    let mut list = |name: &str| -> Vec<String> {
+        match object.get(name) {
+            None => Vec::new(),
+            Some(Value::Array(items))
+                if items.len() <= MAX_NAMES
+                    && items
+                        .iter()
+                        .all(|i| i.as_str().is_some_and(|s| !s.is_empty())) =>
+            {
+                items
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_owned)
+                    .collect()
+            }
+            Some(_) => {
+                errors.push(FieldError::new(
+                    name,
+                    format!("must be an array of at most {MAX_NAMES} non-empty strings"),
+                ));
+                Vec::new()
+            }
+        }
+    };
+    let (tags, keys, raw_urls) = (list("tags"), list("keys"), list("urls"));
+    let mut urls = Vec::with_capacity(raw_urls.len());
+    for url in &raw_urls {
+        match split_url(url, request_host) {
+            Some(parts) => urls.push(parts),
+            None => errors.push(FieldError::new(
+                "urls",
+                format!("{url:?} is neither a path (/products?limit=5) nor an http(s) URL"),
+            )),
+        }
+    }
+    if errors.is_empty() && tags.is_empty() && keys.is_empty() && urls.is_empty() {
+        errors.push(FieldError::new(
+            "body",
+            "names nothing; send tags, keys and/or urls",
+        ));
+    }
+    if errors.is_empty() {
+        Ok((tags, keys, urls))
+    } else {
+        Err(errors)
+    }
+}
+
+/// A URL as (host without port, path and query).
+fn split_url(url: &str, request_host: &str) -> Option<(String, String)> {
+    let host_of = |authority: &str| {
+        let host = authority
+            .rsplit_once(':')
+            .map_or(authority, |(host, _)| host);
+        host.to_ascii_lowercase()
+    };
+    if url.starts_with('/') {
+        return Some((host_of(request_host), url.to_owned()));
+    }
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))?;
+    let (authority, path) = match rest.find('/') {
+        Some(slash) => (&rest[..slash], &rest[slash..]),
+        None => (rest, "/"),
+    };
+    (!authority.is_empty()).then(|| (host_of(authority), path.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_split_into_host_and_path() {
+        assert_eq!(
+            split_url("/products?limit=5", "Shop.example:8000"),
+            Some(("shop.example".to_owned(), "/products?limit=5".to_owned()))
+        );
+        assert_eq!(
+            split_url("https://a.example:443/products", "x"),
+            Some(("a.example".to_owned(), "/products".to_owned()))
+        );
+        assert_eq!(split_url("ftp://a/b", "x"), None);
+        assert_eq!(split_url("products", "x"), None);
+    }
+
+    #[test]
+    fn requests_must_name_something_valid() {
+        let fields = |body: &[u8]| -> Vec<String> {
+            parse(body, "h")
+                .expect_err("invalid")
+                .into_iter()
+                .map(|e| e.field)
+                .collect()
+        };
+        assert_eq!(fields(b"{}"), ["body"]);
+        assert_eq!(fields(br#"{"tags": "products"}"#), ["tags"]);
+        assert_eq!(fields(br#"{"tag": ["x"]}"#), ["tag"]);
+        assert_eq!(fields(br#"{"urls": ["nope"]}"#), ["urls"]);
+        let (tags, keys, urls) =
+            parse(br#"{"tags": ["products"], "keys": ["product:7"]}"#, "h").expect("valid");
+        assert_eq!((tags.len(), keys.len(), urls.len()), (1, 1, 0));
+    }
+
+    #[test]
+    fn only_the_exact_bearer_token_is_accepted() {
+        let with = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::AUTHORIZATION, value.parse().expect("header"));
+            headers
+        };
+        assert!(authorized(&with("Bearer s3cret"), "s3cret"));
+        assert!(!authorized(&with("Bearer s3cre"), "s3cret"));
+        assert!(!authorized(&with("Bearer s3cret2"), "s3cret"));
+        assert!(!authorized(&with("Basic s3cret"), "s3cret"));
+        assert!(!authorized(&HeaderMap::new(), "s3cret"));
+    }
+}

@@ -1,0 +1,358 @@
+//! The product routes: HTTP in, [`Catalogue`](crate::catalogue::Catalogue) calls, JSON out.
+//!
+//! Every read says where it was answered from (`X-Cache`, `Cache-Status`); every bad input is
+//! a JSON error naming the field. This module must never reach the database or the cache
+//! except through the catalogue.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use cachelayer::LoadSource;
+use cachelayer::http::CacheTags;
+use serde::Serialize;
+use utoipa::{IntoParams, ToSchema};
+
+use crate::app::AppState;
+use crate::catalogue::{LIST_TAG, ReadSource};
+use crate::error::{ApiError, ErrorBody};
+use crate::product::{
+    Completeness, FieldError, Product, ProductInput, ProductPatch, parse_changes,
+};
+
+/// Page size when `limit` is not given.
+pub(crate) const DEFAULT_LIMIT: i64 = 20;
+/// Largest page.
+pub(crate) const MAX_LIMIT: i64 = 100;
+/// Largest offset.
+pub(crate) const MAX_OFFSET: i64 = 1_000_000;
+
+/// One page of products.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct ProductPage {
+    /// The products on this page, in id order.
+    pub items: Vec<Product>,
+    /// How many products match the filter, across all pages.
+    pub total: i64,
+    /// The page size asked for.
+    pub limit: i64,
+    /// How many matching products come before this page.
+    pub offset: i64,
+}
+
+/// Query parameters of the product list.
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)] // Describes the query for OpenAPI; the handler parses it by hand.
+pub(crate) struct ListParams {
+    /// Only products of this category (1 to 50 characters).
+    category: Option<String>,
+    /// Page size, 1 to 100 (default 20).
+    limit: Option<i64>,
+    /// Products to skip, 0 to 1,000,000 (default 0).
+    offset: Option<i64>,
+}
+
+/// `X-Cache` and `Cache-Status` (RFC 9211) for a product read.
+fn cache_headers(headers: &mut HeaderMap, source: ReadSource) {
+    let (label, status) = match source {
+        ReadSource::Cache(LoadSource::Hit) => ("HIT", "cachelayer; hit".to_owned()),
+        ReadSource::Cache(LoadSource::Stale) => ("STALE", "cachelayer; hit; fwd=stale".to_owned()),
+        ReadSource::Cache(LoadSource::Coalesced) => {
+            ("MISS", "cachelayer; fwd=miss; collapsed".to_owned())
+        }
+        ReadSource::Cache(LoadSource::Bypassed) => ("BYPASS", "cachelayer; fwd=bypass".to_owned()),
+        ReadSource::Cache(_) => ("MISS", "cachelayer; fwd=miss; stored".to_owned()),
+        ReadSource::Bypassed(reason) => {
+            ("BYPASS", format!("cachelayer; fwd=bypass; detail={reason}"))
+        }
+    };
+    headers.insert("x-cache", HeaderValue::from_static(label));
+    if let Ok(value) = HeaderValue::from_str(&status) {
+        headers.insert("cache-status", value);
+    }
+}
+
+fn product_id(raw: &str) -> Result<i64, ApiError> {
+    raw.parse::<i64>()
+        .ok()
+        .filter(|id| *id > 0)
+        .ok_or_else(|| ApiError::field("id", "must be a positive whole number"))
+}
+
+fn body_bytes(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, ApiError> {
+    body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::too_large(limit)
+        } else {
+            ApiError::field("body", format!("could not be read: {rejection}"))
+        }
+    })
+}
+
+fn no_product(id: i64) -> ApiError {
+    ApiError::not_found(format!("there is no product {id}"))
+}
+
+/// Get one product.
+#[utoipa::path(
+    get,
+    path = "/products/{id}",
+    tag = "products",
+    params(("id" = i64, Path, description = "Product id")),
+    responses(
+        (status = 200, description = "The product; `X-Cache` says whether the cache answered", body = Product),
+        (status = 404, description = "No such product (cached briefly)", body = ErrorBody),
+        (status = 422, description = "The id is not a positive whole number", body = ErrorBody),
+        (status = 503, description = "The database is unavailable", body = ErrorBody),
+    )
+)]
+pub(crate) async fn get_product(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = product_id(&raw)?;
+    let (product, source) = state.catalogue.product(id).await?;
+    let mut response = match product {
+        Some(product) => Json(product).into_response(),
+        None => no_product(id).into_response(),
+    };
+    cache_headers(response.headers_mut(), source);
+    Ok(response)
+}
+
+/// List products, a page at a time.
+#[utoipa::path(
+    get,
+    path = "/products",
+    tag = "products",
+    params(ListParams),
+    responses(
+        (status = 200, description = "A page of products; cached by the HTTP layer (`X-Cache`, `Cache-Status`, `ETag`)", body = ProductPage),
+        (status = 422, description = "A query parameter is invalid", body = ErrorBody),
+    )
+)]
+pub(crate) async fn list_products(
+    State(state): State<AppState>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(params) =
+        query.map_err(|err| ApiError::field("query", format!("could not be parsed: {err}")))?;
+    let (category, limit, offset) = list_params(&params)?;
+    let page = state
+        .catalogue
+        .page(category.as_deref(), limit, offset)
+        .await?;
+    let mut response = Json(ProductPage {
+        items: page.items,
+        total: page.total,
+        limit,
+        offset,
+    })
+    .into_response();
+    response.extensions_mut().insert(CacheTags::new([LIST_TAG]));
+    Ok(response)
+}
+
+/// Checked list parameters: every bad one named. Unknown parameters are ignored.
+fn list_params(params: &[(String, String)]) -> Result<(Option<String>, i64, i64), ApiError> {
+    let mut errors = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let (mut category, mut limit, mut offset) = (None, DEFAULT_LIMIT, 0);
+    for (name, value) in params {
+        if matches!(name.as_str(), "category" | "limit" | "offset") && !seen.insert(name.as_str()) {
+            errors.push(FieldError::new(name, "must be given at most once"));
+            continue;
+        }
+        match name.as_str() {
+            "category" => {
+                let chars = value.chars().count();
+                if chars == 0 || chars > crate::product::MAX_CATEGORY_CHARS {
+                    errors.push(FieldError::new(name, "must be 1 to 50 characters"));
+                }
+                category = Some(value.clone());
+            }
+            "limit" => match value.parse::<i64>() {
+                Ok(n) if (1..=MAX_LIMIT).contains(&n) => limit = n,
+                _ => errors.push(FieldError::new(
+                    name,
+                    format!("must be a whole number from 1 to {MAX_LIMIT}"),
+                )),
+            },
+            "offset" => match value.parse::<i64>() {
+                Ok(n) if (0..=MAX_OFFSET).contains(&n) => offset = n,
+                _ => errors.push(FieldError::new(
+                    name,
+                    format!("must be a whole number from 0 to {MAX_OFFSET}"),
+                )),
+            },
+            _ => {}
+        }
+    }
+    if errors.is_empty() {
+        Ok((category, limit, offset))
+    } else {
+        Err(ApiError::validation(errors))
+    }
+}
+
+/// Create a product.
+#[utoipa::path(
+    post,
+    path = "/products",
+    tag = "products",
+    request_body = ProductInput,
+    responses(
+        (status = 201, description = "Created; `Location` names it", body = Product),
+        (status = 413, description = "The body is too large", body = ErrorBody),
+        (status = 422, description = "Invalid fields, each named", body = ErrorBody),
+        (status = 503, description = "The database is unavailable", body = ErrorBody),
+    )
+)]
+pub(crate) async fn create_product(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body_bytes(body, state.max_body_bytes)?;
+    let changes = parse_changes(&body, Completeness::Full).map_err(ApiError::validation)?;
+    let product = state.catalogue.create(&changes).await?;
+    let location = format!("/products/{}", product.id);
+    let mut response = (StatusCode::CREATED, Json(product)).into_response();
+    if let Ok(location) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    Ok(response)
+}
+
+/// Replace a product's fields.
+#[utoipa::path(
+    put,
+    path = "/products/{id}",
+    tag = "products",
+    params(("id" = i64, Path, description = "Product id")),
+    request_body = ProductInput,
+    responses(
+        (status = 200, description = "The product as stored", body = Product),
+        (status = 404, description = "No such product", body = ErrorBody),
+        (status = 413, description = "The body is too large", body = ErrorBody),
+        (status = 422, description = "Invalid fields, each named", body = ErrorBody),
+    )
+)]
+pub(crate) async fn replace_product(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    write_product(state, &raw, body, Completeness::Full).await
+}
+
+/// Change some of a product's fields.
+#[utoipa::path(
+    patch,
+    path = "/products/{id}",
+    tag = "products",
+    params(("id" = i64, Path, description = "Product id")),
+    request_body = ProductPatch,
+    responses(
+        (status = 200, description = "The product as stored", body = Product),
+        (status = 404, description = "No such product", body = ErrorBody),
+        (status = 413, description = "The body is too large", body = ErrorBody),
+        (status = 422, description = "Invalid fields, each named", body = ErrorBody),
+    )
+)]
+pub(crate) async fn patch_product(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    write_product(state, &raw, body, Completeness::Partial).await
+}
+
+async fn write_product(
+    state: AppState,
+    raw: &str,
+    body: Result<Bytes, BytesRejection>,
+    completeness: Completeness,
+) -> Result<Response, ApiError> {
+    let body = body_bytes(body, state.max_body_bytes)?;
+    let id = product_id(raw);
+    let changes = parse_changes(&body, completeness);
+    // Report the id and the fields together when both are wrong.
+    let (id, changes) = match (id, changes) {
+        (Ok(id), Ok(changes)) => (id, changes),
+        (Err(_), Err(mut fields)) => {
+            fields.insert(0, FieldError::new("id", "must be a positive whole number"));
+            return Err(ApiError::validation(fields));
+        }
+        (Err(err), _) => return Err(err),
+        (_, Err(fields)) => return Err(ApiError::validation(fields)),
+    };
+    match state.catalogue.update(id, &changes).await? {
+        Some(product) => Ok(Json(product).into_response()),
+        None => Err(no_product(id)),
+    }
+}
+
+/// Delete a product.
+#[utoipa::path(
+    delete,
+    path = "/products/{id}",
+    tag = "products",
+    params(("id" = i64, Path, description = "Product id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "No such product", body = ErrorBody),
+        (status = 422, description = "The id is not a positive whole number", body = ErrorBody),
+    )
+)]
+pub(crate) async fn delete_product(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let id = product_id(&raw)?;
+    if state.catalogue.delete(id).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(no_product(id))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn list_parameters_default_and_are_checked() {
+        assert_eq!(list_params(&[]).expect("valid"), (None, DEFAULT_LIMIT, 0));
+        let ok = list_params(&params(&[
+            ("category", "garden"),
+            ("limit", "5"),
+            ("offset", "10"),
+        ]));
+        assert_eq!(ok.expect("valid"), (Some("garden".to_owned()), 5, 10));
+        let bad = list_params(&params(&[
+            ("limit", "0"),
+            ("offset", "-1"),
+            ("category", ""),
+        ]));
+        let status = bad.expect_err("invalid").status();
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    }
+
+    #[test]
+    fn ids_must_be_positive_whole_numbers() {
+        assert_eq!(product_id("7").expect("valid"), 7);
+        for raw in ["0", "-3", "x", "1.5", "99999999999999999999"] {
+            assert!(product_id(raw).is_err(), "{raw}");
+        }
+    }
+}

@@ -1,0 +1,265 @@
+//! The catalogue: product reads through the cache, writes to the database followed by the
+//! invalidation of everything they change, in every instance sharing the store.
+//!
+//! Reads of one product go through [`Cache::try_get_optional_with_source`] (stampede
+//! protection, negative caching of unknown ids, stale-if-error); list pages are cached by the
+//! HTTP layer in front of the list route and tagged [`LIST_TAG`]. A write commits first, then
+//! drops the product's entry and every list page. This module must never answer a write
+//! before its commit, nor let a failed invalidation go unrecorded: one that fails is retried
+//! in the background, and until it succeeds this instance reads around the cache.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use cachelayer::http::ResponseCacheLayer;
+use cachelayer::{Cache, Key, LoadErrorKind, LoadOptions, LoadSource};
+use tokio::time::Instant;
+
+use crate::db::{Database, Page};
+use crate::error::ApiError;
+use crate::product::{Product, ProductChanges};
+
+/// The tag of every cached list page: any write can change any page (its items, or the
+/// total and the page boundaries), so every write drops them all.
+pub(crate) const LIST_TAG: &str = "products";
+/// Counter of invalidations that failed (and were queued for retry), by `what`.
+pub const INVALIDATION_FAILURES: &str = "cachelayer_invalidation_failures_total";
+/// How often failed invalidations are retried.
+pub(crate) const RETRY_EVERY: Duration = Duration::from_secs(1);
+/// How often a write checks whether a load that may have read the old row still runs.
+const FENCE_POLL: Duration = Duration::from_millis(5);
+
+/// Where a product read was answered from, for `X-Cache` and `Cache-Status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ReadSource {
+    Cache(LoadSource),
+    /// Around the cache: caching is off, or an invalidation of this product is pending.
+    Bypassed(&'static str),
+}
+
+/// Invalidations that failed, retried until the store takes them.
+#[derive(Debug, Default)]
+struct Pending {
+    keys: HashSet<String>,
+    lists: bool,
+}
+
+/// Products, cached. Cheap to clone.
+#[derive(Debug, Clone)]
+pub(crate) struct Catalogue {
+    db: Database,
+    cache: Cache,
+    lists: ResponseCacheLayer,
+    options: Option<LoadOptions>,
+    pending: Arc<Mutex<Pending>>,
+}
+
+fn product_key(id: i64) -> Key {
+    Key::new("product").part(id)
+}
+
+impl Catalogue {
+    /// `ttl` zero turns product caching off.
+    pub(crate) fn new(
+        db: Database,
+        cache: Cache,
+        lists: ResponseCacheLayer,
+        ttl: Duration,
+    ) -> Self {
+        let options = (!ttl.is_zero()).then(|| LoadOptions::ttl(ttl));
+        Self {
+            db,
+            cache,
+            lists,
+            options,
+            pending: Arc::default(),
+        }
+    }
+
+    pub(crate) fn db(&self) -> &Database {
+        &self.db
+    }
+
+    pub(crate) fn cache(&self) -> &Cache {
+        &self.cache
+    }
+
+    pub(crate) fn lists(&self) -> &ResponseCacheLayer {
+        &self.lists
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether list pages must be read around the cache (their invalidation is pending).
+    pub(crate) fn lists_pending(&self) -> bool {
+        self.pending().lists
+    }
+
+    /// Whether any failed invalidation is still being retried.
+    pub(crate) fn invalidations_pending(&self) -> bool {
+        let pending = self.pending();
+        !pending.keys.is_empty() || pending.lists
+    }
+
+    /// One product, and where it came from.
+    pub(crate) async fn product(&self, id: i64) -> Result<(Option<Product>, ReadSource), ApiError> {
+        let key = product_key(id);
+        let Some(options) = self.options else {
+            return self.uncached(id, "off").await;
+        };
+        if self.pending().keys.contains(key.as_str()) {
+            return self.uncached(id, "pending-invalidation").await;
+        }
+        let db = self.db.clone();
+        let loaded = self
+            .cache
+            .try_get_optional_with_source(key, options, async move { db.product(id).await })
+            .await;
+        match loaded {
+            Ok((product, source)) => Ok((product, ReadSource::Cache(source))),
+            Err(err) => match err.kind() {
+                LoadErrorKind::Loader => Err(ApiError::unavailable("the database")),
+                LoadErrorKind::LockWaitTimedOut => Err(ApiError::unavailable(
+                    "this product (another instance is loading it)",
+                )),
+                _ => {
+                    tracing::error!(error = %err, product = id, "product load panicked");
+                    Err(ApiError::internal())
+                }
+            },
+        }
+    }
+
+    async fn uncached(
+        &self,
+        id: i64,
+        reason: &'static str,
+    ) -> Result<(Option<Product>, ReadSource), ApiError> {
+        let product = self.db.product(id).await?;
+        Ok((product, ReadSource::Bypassed(reason)))
+    }
+
+    /// A page of products (the HTTP layer in front caches it).
+    pub(crate) async fn page(
+        &self,
+        category: Option<&str>,
+        limit: i64,
+        offset: i64,
+    ) -> Result<Page, ApiError> {
+        Ok(self.db.page(category, limit, offset).await?)
+    }
+
+    /// Create a product; its id's "not found" entry and every list page are dropped.
+    pub(crate) async fn create(&self, changes: &ProductChanges) -> Result<Product, ApiError> {
+        let product = self.db.insert(changes).await?;
+        self.invalidate(product.id).await;
+        Ok(product)
+    }
+
+    /// Change a product (`None`: no such product).
+    pub(crate) async fn update(
+        &self,
+        id: i64,
+        changes: &ProductChanges,
+    ) -> Result<Option<Product>, ApiError> {
+        let product = self.db.update(id, changes).await?;
+        if product.is_some() {
+            self.invalidate(id).await;
+        }
+        Ok(product)
+    }
+
+    /// Delete a product (false: no such product).
+    pub(crate) async fn delete(&self, id: i64) -> Result<bool, ApiError> {
+        let deleted = self.db.delete(id).await?;
+        if deleted {
+            self.invalidate(id).await;
+        }
+        Ok(deleted)
+    }
+
+    /// After a committed write of product `id`: drop its entry and every list page, in every
+    /// instance sharing the store. What fails is queued for retry (and read around here).
+    async fn invalidate(&self, id: i64) {
+        let key = product_key(id);
+        if let Err(err) = self.invalidate_fenced(&key).await {
+            metrics::counter!(INVALIDATION_FAILURES, "what" => "product").increment(1);
+            tracing::warn!(error = %err, key = key.as_str(), "invalidation failed; retrying in the background");
+            self.pending().keys.insert(key.as_str().to_owned());
+        }
+        if let Err(err) = self.lists.invalidate_tags([LIST_TAG]).await {
+            metrics::counter!(INVALIDATION_FAILURES, "what" => "lists").increment(1);
+            tracing::warn!(error = %err, "list invalidation failed; retrying in the background");
+            self.pending().lists = true;
+        }
+    }
+
+    /// Drop `key`; then, if a load of it is running (it holds the key's lock, and may have
+    /// read the row before the commit), wait for it to store and drop the key again. Loads
+    /// read the database only while holding the lock, so once the lock is free no load can
+    /// store the old row.
+    async fn invalidate_fenced(&self, key: &Key) -> cachelayer::Result<()> {
+        self.cache.invalidate(key).await?;
+        let lock = self.cache.lock_key(key);
+        let deadline = Instant::now() + self.cache.stampede_settings().lock_ttl * 2;
+        let mut raced = false;
+        while self.cache.store().get(&lock).await?.is_some() {
+            raced = true;
+            if Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(FENCE_POLL).await;
+        }
+        if raced {
+            self.cache.invalidate(key).await?;
+        }
+        Ok(())
+    }
+
+    /// Retry failed invalidations; returns whether any remain.
+    pub(crate) async fn retry_pending(&self) -> bool {
+        let (keys, lists) = {
+            let pending = self.pending();
+            (
+                pending.keys.iter().cloned().collect::<Vec<_>>(),
+                pending.lists,
+            )
+        };
+        for key in keys {
+            if self.cache.invalidate(key.as_str()).await.is_ok() {
+                self.pending().keys.remove(&key);
+                tracing::info!(key, "pending invalidation done");
+            }
+        }
+        if lists && self.lists.invalidate_tags([LIST_TAG]).await.is_ok() {
+            self.pending().lists = false;
+            tracing::info!("pending list invalidation done");
+        }
+        self.invalidations_pending()
+    }
+
+    /// Drop what an operator names: tags (of cached list pages), keys (as the catalogue
+    /// writes them, e.g. `product:7`) and URLs (path and query, for `host`).
+    pub(crate) async fn invalidate_named(
+        &self,
+        tags: &[String],
+        keys: &[String],
+        urls: &[(String, String)],
+    ) -> cachelayer::Result<()> {
+        if !tags.is_empty() {
+            self.lists.invalidate_tags(tags.iter().cloned()).await?;
+        }
+        if !keys.is_empty() {
+            self.cache
+                .invalidate_many(keys.iter().map(String::as_str))
+                .await?;
+        }
+        for (host, path) in urls {
+            self.lists.purge(host, path).await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,196 @@
+//! Errors: the crate's [`Error`] (start-up and configuration failures, which end the process
+//! with a message naming what to fix), and [`ApiError`], every error answer the API gives, as
+//! JSON.
+//!
+//! An `ApiError` is what a client sees; it must never carry internal details (SQL, Redis
+//! addresses) beyond a short reason. Those go to the log.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::product::FieldError;
+
+/// What kind of failure an [`Error`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// A setting is invalid; the message names it.
+    Config,
+    /// The database could not be opened or migrated.
+    Database,
+    /// Binding the listener or another operating-system call failed.
+    Io,
+}
+
+/// A failure that stops the server from starting or running.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Error {
+    kind: ErrorKind,
+    message: String,
+    #[source]
+    source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+impl Error {
+    /// What kind of failure this is.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// An invalid setting: `setting` is its flag (and environment variable), `problem`
+    /// says what is wrong and what is accepted.
+    pub(crate) fn config(setting: &str, problem: impl Into<String>) -> Self {
+        Self {
+            kind: ErrorKind::Config,
+            message: format!("invalid {setting}: {}", problem.into()),
+            source: None,
+        }
+    }
+
+    pub(crate) fn database(
+        doing: &str,
+        err: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            kind: ErrorKind::Database,
+            message: format!(
+                "database error while {doing}: {err}; check --database-url (DATABASE_URL) and that the database is reachable"
+            ),
+            source: Some(Box::new(err)),
+        }
+    }
+
+    pub(crate) fn io(doing: &str, err: std::io::Error) -> Self {
+        Self {
+            kind: ErrorKind::Io,
+            message: format!("{doing}: {err}"),
+            source: Some(Box::new(err)),
+        }
+    }
+}
+
+impl From<sqlx::Error> for Error {
+    fn from(err: sqlx::Error) -> Self {
+        Self::database("seeding the sample data", err)
+    }
+}
+
+/// The JSON body of every error answer.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub(crate) struct ErrorBody {
+    /// A stable, machine-readable code (`not_found`, `validation_failed`, ...).
+    pub error: &'static str,
+    /// A sentence for humans.
+    pub message: String,
+    /// For `validation_failed`: each bad field and what is wrong with it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub fields: Vec<FieldError>,
+}
+
+/// An error answer: a status and a JSON [`ErrorBody`].
+#[derive(Debug, Clone)]
+pub(crate) struct ApiError {
+    status: StatusCode,
+    body: ErrorBody,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, error: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            body: ErrorBody {
+                error,
+                message: message.into(),
+                fields: Vec::new(),
+            },
+        }
+    }
+
+    pub(crate) fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    pub(crate) fn validation(fields: Vec<FieldError>) -> Self {
+        let names: Vec<&str> = fields.iter().map(|f| f.field.as_str()).collect();
+        let mut err = Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            format!("the request has invalid fields: {}", names.join(", ")),
+        );
+        err.body.fields = fields;
+        err
+    }
+
+    pub(crate) fn field(field: &str, message: impl Into<String>) -> Self {
+        Self::validation(vec![FieldError::new(field, message)])
+    }
+
+    pub(crate) fn too_large(limit: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the request body is larger than the limit of {limit} bytes"),
+        )
+    }
+
+    pub(crate) fn unavailable(what: &str) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            format!("{what} is unavailable; try again shortly"),
+        )
+    }
+
+    pub(crate) fn unauthorized() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "send the admin token as `Authorization: Bearer <token>`",
+        )
+    }
+
+    pub(crate) fn method_not_allowed() -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "this route does not accept that method; see /openapi.json",
+        )
+    }
+
+    pub(crate) fn internal() -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the server failed to answer this request; it has been logged",
+        )
+    }
+
+    /// The HTTP status of this answer.
+    #[cfg(test)]
+    pub(crate) fn status(&self) -> StatusCode {
+        self.status
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(err: sqlx::Error) -> Self {
+        tracing::error!(error = %err, "database query failed");
+        Self::unavailable("the database")
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, Json(self.body)).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}

@@ -1,0 +1,154 @@
+//! What the server says about itself: the Prometheus recorder behind `/metrics`, and a
+//! middleware that, for every request, records a count and a latency by route and status,
+//! counts cache outcomes (for `/health`), and writes one structured log line.
+//!
+//! Labels use the matched route (`/products/{id}`), never the raw path, so a client cannot
+//! create unbounded metric series. This module must never change a response.
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use serde::Serialize;
+use tokio::time::Instant;
+use utoipa::ToSchema;
+
+use crate::app::AppState;
+
+/// Counter of requests, by `method`, `route` and `status`.
+pub const HTTP_REQUESTS: &str = "cachelayer_http_requests_total";
+/// Histogram of request latency in seconds, by `method`, `route` and `status`.
+pub const HTTP_DURATION: &str = "cachelayer_http_request_duration_seconds";
+
+/// Latency buckets, in seconds: fine below 10 ms, where cache hits are.
+const LATENCY_BUCKETS: [f64; 16] = [
+    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+/// The process-wide Prometheus recorder (the `metrics` facade has one global recorder),
+/// installed on first use.
+pub(crate) fn prometheus() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), &LATENCY_BUCKETS)
+                .expect("the bucket list is not empty");
+            match builder.install_recorder() {
+                Ok(handle) => handle,
+                Err(err) => {
+                    // Another recorder is installed (an embedding program's): render ours
+                    // empty rather than fail to start.
+                    tracing::warn!(error = %err, "a metrics recorder is already installed; /metrics will be empty");
+                    PrometheusBuilder::new().build_recorder().handle()
+                }
+            }
+        })
+        .clone()
+}
+
+/// Keeps the recorder's histograms from growing without bound (the exporter's upkeep).
+pub(crate) async fn run_upkeep(handle: PrometheusHandle) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tick.tick().await;
+        handle.run_upkeep();
+    }
+}
+
+/// Cache outcomes of reads answered by this instance, by `X-Cache`.
+#[derive(Debug, Default)]
+pub(crate) struct CacheOutcomes {
+    hits: AtomicU64,
+    stale: AtomicU64,
+    misses: AtomicU64,
+    bypasses: AtomicU64,
+}
+
+/// [`CacheOutcomes`] as `/health` reports them.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct CacheStats {
+    /// Reads answered from a fresh cached value.
+    pub hits: u64,
+    /// Reads answered from a stale cached value.
+    pub stale: u64,
+    /// Reads that went to the database.
+    pub misses: u64,
+    /// Reads that did not use the cache.
+    pub bypasses: u64,
+    /// (hits + stale) / (hits + stale + misses); null before any cacheable read.
+    pub hit_ratio: Option<f64>,
+}
+
+impl CacheOutcomes {
+    fn record(&self, x_cache: &[u8]) {
+        let counter = match x_cache {
+            b"HIT" => &self.hits,
+            b"STALE" => &self.stale,
+            b"MISS" => &self.misses,
+            b"BYPASS" => &self.bypasses,
+            _ => return,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn stats(&self) -> CacheStats {
+        let hits = self.hits.load(Ordering::Relaxed);
+        let stale = self.stale.load(Ordering::Relaxed);
+        let misses = self.misses.load(Ordering::Relaxed);
+        let served = hits + stale;
+        let total = served + misses;
+        CacheStats {
+            hits,
+            stale,
+            misses,
+            bypasses: self.bypasses.load(Ordering::Relaxed),
+            hit_ratio: (total > 0).then(|| served as f64 / total as f64),
+        }
+    }
+}
+
+/// The per-request middleware: metrics, cache outcome, one log line.
+pub(crate) async fn observe(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let response = next.run(request).await;
+    let elapsed = started.elapsed();
+    let status = response.status().as_u16().to_string();
+    let labels = [
+        ("method", method.as_str().to_owned()),
+        ("route", route.clone()),
+        ("status", status),
+    ];
+    metrics::counter!(HTTP_REQUESTS, &labels).increment(1);
+    metrics::histogram!(HTTP_DURATION, &labels).record(elapsed.as_secs_f64());
+    let cache = response.headers().get("x-cache").map(|v| v.as_bytes());
+    if let Some(cache) = cache {
+        state.outcomes.record(cache);
+    }
+    tracing::info!(
+        target: "cachelayer::request",
+        method = %method,
+        path,
+        route,
+        status = response.status().as_u16(),
+        latency_ms = elapsed.as_secs_f64() * 1000.0,
+        cache = cache.and_then(|v| std::str::from_utf8(v).ok()).unwrap_or("-"),
+        "request"
+    );
+    response
+}

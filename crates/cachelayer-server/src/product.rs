@@ -1,0 +1,456 @@
+//! Products: the catalogue's one resource, what a client may send for it, and the checks
+//! that turn a JSON body into a valid write.
+//!
+//! Validation reads the body as a JSON value and checks every field, so a client learns about
+//! every bad field in one answer, each by name. This module must never touch the database or
+//! the cache.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use utoipa::ToSchema;
+
+/// Longest product name, in characters.
+pub(crate) const MAX_NAME_CHARS: usize = 200;
+/// Longest description, in characters.
+pub(crate) const MAX_DESCRIPTION_CHARS: usize = 4000;
+/// Longest category, in characters.
+pub(crate) const MAX_CATEGORY_CHARS: usize = 50;
+/// Most tags on one product.
+pub(crate) const MAX_TAGS: usize = 20;
+/// Longest tag, in characters.
+pub(crate) const MAX_TAG_CHARS: usize = 40;
+/// Highest price accepted, in currency units.
+pub(crate) const MAX_PRICE: f64 = 1_000_000.0;
+/// Highest stock level accepted.
+pub(crate) const MAX_STOCK: i64 = 1_000_000_000;
+
+/// A product as the API returns it (and as it is cached).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub(crate) struct Product {
+    /// Assigned by the database.
+    pub id: i64,
+    /// 1 to 200 characters.
+    pub name: String,
+    /// Up to 4000 characters.
+    pub description: String,
+    /// In currency units, with at most two decimals (kept exactly as cents).
+    pub price: f64,
+    /// 1 to 50 characters; lists can be filtered by it.
+    pub category: String,
+    /// Up to 20 tags of 1 to 40 characters.
+    pub tags: Vec<String>,
+    /// Units in stock, 0 or more.
+    pub stock: i64,
+    /// When the product was created.
+    pub created_at: DateTime<Utc>,
+    /// When the product was last changed.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// The writable fields of a product, all checked (a create or a full replace).
+#[derive(Debug, Clone, PartialEq, Deserialize, ToSchema)]
+pub(crate) struct ProductInput {
+    /// Required, 1 to 200 characters.
+    pub name: String,
+    /// Optional (default empty), up to 4000 characters.
+    #[serde(default)]
+    pub description: String,
+    /// Required, 0 to 1,000,000 with at most two decimals.
+    pub price: f64,
+    /// Required, 1 to 50 characters.
+    pub category: String,
+    /// Optional (default none), up to 20 tags of 1 to 40 characters.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Optional (default 0), 0 to 1,000,000,000.
+    #[serde(default)]
+    pub stock: i64,
+}
+
+/// Some writable fields of a product (a partial update); at least one is required.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, ToSchema)]
+pub(crate) struct ProductPatch {
+    /// 1 to 200 characters.
+    pub name: Option<String>,
+    /// Up to 4000 characters.
+    pub description: Option<String>,
+    /// 0 to 1,000,000 with at most two decimals.
+    pub price: Option<f64>,
+    /// 1 to 50 characters.
+    pub category: Option<String>,
+    /// Up to 20 tags of 1 to 40 characters.
+    pub tags: Option<Vec<String>>,
+    /// 0 to 1,000,000,000.
+    pub stock: Option<i64>,
+}
+
+/// A checked write, with the price in cents as the database keeps it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct ProductChanges {
+    pub(crate) name: Option<String>,
+    pub(crate) description: Option<String>,
+    pub(crate) price_cents: Option<i64>,
+    pub(crate) category: Option<String>,
+    pub(crate) tags: Option<Vec<String>>,
+    pub(crate) stock: Option<i64>,
+}
+
+/// One rejected field of a request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub(crate) struct FieldError {
+    /// The field's name (`body` for the request body as a whole).
+    pub field: String,
+    /// What is wrong with it and what is accepted.
+    pub message: String,
+}
+
+impl FieldError {
+    pub(crate) fn new(field: &str, message: impl Into<String>) -> Self {
+        Self {
+            field: field.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Whether every writable field must be present (create, replace) or any may be (patch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Completeness {
+    Full,
+    Partial,
+}
+
+/// Fields a client may send back unchanged (from a `GET`) but cannot set.
+const READ_ONLY: [&str; 3] = ["id", "created_at", "updated_at"];
+const WRITABLE: [&str; 6] = ["name", "description", "price", "category", "tags", "stock"];
+
+/// Check a request body: every problem, by field, or the changes it asks for.
+pub(crate) fn parse_changes(
+    body: &[u8],
+    completeness: Completeness,
+) -> Result<ProductChanges, Vec<FieldError>> {
+    let value: Value = serde_json::from_slice(body).map_err(|err| {
+        vec![FieldError::new(
+            "body",
+            format!("is not valid JSON ({err}); send a JSON object"),
+        )]
+    })?;
+    let Value::Object(object) = value else {
+        return Err(vec![FieldError::new("body", "must be a JSON object")]);
+    };
+    let mut errors = Vec::new();
+    for name in object.keys() {
+        if !WRITABLE.contains(&name.as_str()) && !READ_ONLY.contains(&name.as_str()) {
+            errors.push(FieldError::new(
+                name,
+                format!(
+                    "is not a product field; the fields are {}",
+                    WRITABLE.join(", ")
+                ),
+            ));
+        }
+    }
+    let mut fields = Fields {
+        object: &object,
+        completeness,
+        errors: &mut errors,
+    };
+    let changes = ProductChanges {
+        name: fields.text("name", true, 1, MAX_NAME_CHARS),
+        description: fields.text("description", false, 0, MAX_DESCRIPTION_CHARS),
+        price_cents: fields.price("price"),
+        category: fields.text("category", true, 1, MAX_CATEGORY_CHARS),
+        tags: fields.tags("tags"),
+        stock: fields.stock("stock"),
+    };
+    if completeness == Completeness::Partial
+        && errors.is_empty()
+        && changes == ProductChanges::default()
+    {
+        errors.push(FieldError::new(
+            "body",
+            format!(
+                "names no field to change; send one or more of {}",
+                WRITABLE.join(", ")
+            ),
+        ));
+    }
+    if errors.is_empty() {
+        Ok(changes.with_defaults(completeness))
+    } else {
+        Err(errors)
+    }
+}
+
+impl ProductChanges {
+    /// A full write sets every field: optional ones take their defaults.
+    fn with_defaults(mut self, completeness: Completeness) -> Self {
+        if completeness == Completeness::Full {
+            self.description.get_or_insert_with(String::new);
+            self.tags.get_or_insert_with(Vec::new);
+            self.stock.get_or_insert(0);
+        }
+        self
+    }
+}
+
+/// The checks of one body, collecting errors as it goes.
+struct Fields<'a> {
+    object: &'a Map<String, Value>,
+    completeness: Completeness,
+    errors: &'a mut Vec<FieldError>,
+}
+
+impl<'a> Fields<'a> {
+    /// The field's value; `None` when absent (an error if it is required), or `null`.
+    fn value(&mut self, name: &str, required: bool) -> Option<&'a Value> {
+        match self.object.get(name) {
+            None if required && self.completeness == Completeness::Full => {
+                self.errors.push(FieldError::new(name, "is required"));
+                None
+            }
+            Some(Value::Null) => {
+                self.errors.push(FieldError::new(
+                    name,
+                    "must not be null; leave the field out to keep its value",
+                ));
+                None
+            }
+            other => other,
+        }
+    }
+
+    fn reject<T>(&mut self, name: &str, message: impl Into<String>) -> Option<T> {
+        self.errors.push(FieldError::new(name, message));
+        None
+    }
+
+    fn text(&mut self, name: &str, required: bool, min: usize, max: usize) -> Option<String> {
+        let value = self.value(name, required)?;
+        let Some(text) = value.as_str() else {
+            return self.reject(name, "must be a string");
+        };
+        let text = text.trim().to_owned();
+        let chars = text.chars().count();
+        if chars < min || chars > max {
+            let range = if min == 0 {
+                format!("at most {max} characters")
+            } else {
+                format!("{min} to {max} characters (after trimming spaces)")
+            };
+            return self.reject(name, format!("must be {range}; it has {chars}"));
+        }
+        if text.chars().any(char::is_control) && name != "description" {
+            return self.reject(name, "must not contain control characters");
+        }
+        Some(text)
+    }
+
+    fn price(&mut self, name: &str) -> Option<i64> {
+        let value = self.value(name, true)?;
+        let Some(price) = value.as_f64().filter(|_| value.is_number()) else {
+            return self.reject(name, "must be a number");
+        };
+        if !(0.0..=MAX_PRICE).contains(&price) {
+            return self.reject(name, format!("must be between 0 and {MAX_PRICE}"));
+        }
+        let cents = (price * 100.0).round();
+        if (price * 100.0 - cents).abs() > 1e-6 {
+            return self.reject(name, "must have at most two decimals");
+        }
+        // In range and whole: the cast is exact.
+        Some(cents as i64)
+    }
+
+    fn tags(&mut self, name: &str) -> Option<Vec<String>> {
+        let value = self.value(name, false)?;
+        let Some(items) = value.as_array() else {
+            return self.reject(name, "must be an array of strings");
+        };
+        if items.len() > MAX_TAGS {
+            return self.reject(name, format!("must hold at most {MAX_TAGS} tags"));
+        }
+        let mut tags = Vec::with_capacity(items.len());
+        for item in items {
+            let tag = item.as_str().map(str::trim).unwrap_or_default();
+            let chars = tag.chars().count();
+            if !item.is_string() || chars == 0 || chars > MAX_TAG_CHARS {
+                return self.reject(
+                    name,
+                    format!("must hold strings of 1 to {MAX_TAG_CHARS} characters"),
+                );
+            }
+            tags.push(tag.to_owned());
+        }
+        Some(tags)
+    }
+
+    fn stock(&mut self, name: &str) -> Option<i64> {
+        let value = self.value(name, false)?;
+        let Some(stock) = value.as_i64() else {
+            return self.reject(name, "must be a whole number");
+        };
+        if !(0..=MAX_STOCK).contains(&stock) {
+            return self.reject(name, format!("must be between 0 and {MAX_STOCK}"));
+        }
+        Some(stock)
+    }
+}
+
+/// Sample products for an empty database: deterministic, each about 1 KB of JSON.
+pub(crate) fn samples(count: u32) -> impl Iterator<Item = ProductChanges> {
+    const CATEGORIES: [&str; 8] = [
+        "kitchen", "garden", "office", "lighting", "outdoor", "audio", "storage", "textiles",
+    ];
+    const MATERIALS: [&str; 6] = ["oak", "steel", "linen", "ceramic", "bamboo", "recycled"];
+    const WORDS: [&str; 16] = [
+        "durable",
+        "compact",
+        "handmade",
+        "modular",
+        "quiet",
+        "washable",
+        "stackable",
+        "light",
+        "sturdy",
+        "weatherproof",
+        "adjustable",
+        "classic",
+        "minimal",
+        "warm",
+        "bright",
+        "soft",
+    ];
+    let mut rng = fastrand::Rng::with_seed(0x5EED);
+    (1..=count).map(move |n| {
+        let category = CATEGORIES[rng.usize(..CATEGORIES.len())];
+        let material = MATERIALS[rng.usize(..MATERIALS.len())];
+        let mut description = format!("Made of {material}, for {category}. ");
+        while description.len() < 760 {
+            let word = WORDS[rng.usize(..WORDS.len())];
+            description.push_str(word);
+            description.push_str(if rng.u8(..8) == 0 { ". " } else { " " });
+        }
+        let tags = (0..rng.usize(3..=5))
+            .map(|_| WORDS[rng.usize(..WORDS.len())].to_owned())
+            .collect();
+        ProductChanges {
+            name: Some(format!("{} {material} item {n}", capitalised(category))),
+            description: Some(description.trim_end().to_owned()),
+            price_cents: Some(rng.i64(199..=49_999)),
+            category: Some(category.to_owned()),
+            tags: Some(tags),
+            stock: Some(rng.i64(0..=500)),
+        }
+    })
+}
+
+fn capitalised(word: &str) -> String {
+    let mut chars = word.chars();
+    chars
+        .next()
+        .map(|first| first.to_uppercase().chain(chars).collect())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields_of(result: Result<ProductChanges, Vec<FieldError>>) -> Vec<String> {
+        result
+            .expect_err("rejected")
+            .into_iter()
+            .map(|e| e.field)
+            .collect()
+    }
+
+    #[test]
+    fn a_full_write_takes_defaults_for_optional_fields() {
+        let body = br#"{"name": " Lamp ", "price": 19.99, "category": "lighting"}"#;
+        let changes = parse_changes(body, Completeness::Full).expect("valid");
+        assert_eq!(changes.name.as_deref(), Some("Lamp"));
+        assert_eq!(changes.price_cents, Some(1999));
+        assert_eq!(changes.description.as_deref(), Some(""));
+        assert_eq!(changes.tags, Some(Vec::new()));
+        assert_eq!(changes.stock, Some(0));
+    }
+
+    #[test]
+    fn every_bad_field_is_named() {
+        let body = br#"{"name": "", "price": "cheap", "category": 4, "tags": [1], "stock": -1, "colour": "red"}"#;
+        let mut fields = fields_of(parse_changes(body, Completeness::Full));
+        fields.sort();
+        assert_eq!(
+            fields,
+            ["category", "colour", "name", "price", "stock", "tags"]
+        );
+    }
+
+    #[test]
+    fn missing_required_fields_are_named() {
+        let fields = fields_of(parse_changes(b"{}", Completeness::Full));
+        assert_eq!(fields, ["name", "price", "category"]);
+    }
+
+    #[test]
+    fn prices_keep_two_decimals_exactly() {
+        let ok = parse_changes(br#"{"price": 0.1}"#, Completeness::Partial).expect("valid");
+        assert_eq!(ok.price_cents, Some(10));
+        let fields = fields_of(parse_changes(br#"{"price": 1.005}"#, Completeness::Partial));
+        assert_eq!(fields, ["price"]);
+        let fields = fields_of(parse_changes(br#"{"price": 1e12}"#, Completeness::Partial));
+        assert_eq!(fields, ["price"]);
+    }
+
+    #[test]
+    fn a_patch_needs_one_field_and_refuses_null() {
+        assert_eq!(
+            fields_of(parse_changes(b"{}", Completeness::Partial)),
+            ["body"]
+        );
+        let fields = fields_of(parse_changes(br#"{"name": null}"#, Completeness::Partial));
+        assert_eq!(fields, ["name"]);
+        let ok = parse_changes(br#"{"stock": 3}"#, Completeness::Partial).expect("valid");
+        assert_eq!(ok.stock, Some(3));
+        assert_eq!(ok.name, None);
+    }
+
+    #[test]
+    fn bodies_that_are_not_objects_are_refused() {
+        assert_eq!(fields_of(parse_changes(b"{", Completeness::Full)), ["body"]);
+        assert_eq!(
+            fields_of(parse_changes(b"[1]", Completeness::Full)),
+            ["body"]
+        );
+    }
+
+    #[test]
+    fn read_only_fields_sent_back_are_ignored() {
+        let body = br#"{"id": 3, "created_at": "x", "updated_at": "y", "stock": 1}"#;
+        let ok = parse_changes(body, Completeness::Partial).expect("valid");
+        assert_eq!(ok.stock, Some(1));
+    }
+
+    #[test]
+    fn samples_are_about_one_kilobyte_and_deterministic() {
+        let first: Vec<_> = samples(50).collect();
+        assert_eq!(first, samples(50).collect::<Vec<_>>());
+        for sample in first {
+            let product = Product {
+                id: 1000,
+                name: sample.name.unwrap_or_default(),
+                description: sample.description.unwrap_or_default(),
+                price: 12.5,
+                category: sample.category.unwrap_or_default(),
+                tags: sample.tags.unwrap_or_default(),
+                stock: 10,
+                created_at: Utc::now(),
+                updated_at: Utc::now(),
+            };
+            let bytes = serde_json::to_vec(&product).expect("json").len();
+            assert!((900..=1200).contains(&bytes), "{bytes} bytes");
+        }
+    }
+}

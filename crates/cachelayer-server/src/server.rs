@@ -1,0 +1,168 @@
+//! Running `serve`: logging, the database, the cache, the listener, background tasks, and
+//! the graceful shutdown that ends them in order.
+//!
+//! Start-up never needs Redis (the cache connects lazily and fails open); it needs the
+//! database, and says so if it cannot reach it. Shutdown stops accepting, marks the instance
+//! not ready, drains in-flight requests within the timeout, makes a last attempt at pending
+//! invalidations, and closes the database pool. This module must never exit silently:
+//! every way out is logged.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use cachelayer::http::ResponseCacheLayer;
+use tokio::net::TcpListener;
+use tokio::time::Instant;
+use tracing_subscriber::EnvFilter;
+
+use crate::app::{AppState, router};
+use crate::catalogue::{Catalogue, RETRY_EVERY};
+use crate::config::{LogFormat, ServeConfig};
+use crate::db::Database;
+use crate::error::Error;
+use crate::observe::{CacheOutcomes, prometheus, run_upkeep};
+
+/// Install the log subscriber (stdout; text or one JSON object per line).
+pub fn init_logging(format: LogFormat, filter: &str) -> Result<(), Error> {
+    let filter = EnvFilter::try_new(filter).map_err(|err| {
+        Error::config(
+            "--log (CACHELAYER_LOG)",
+            format!("{err}; write e.g. info or cachelayer=debug"),
+        )
+    })?;
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let installed = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+    // Already installed (an embedding program's subscriber): keep it.
+    drop(installed);
+    Ok(())
+}
+
+/// Run the catalogue API until SIGTERM or SIGINT, then shut down gracefully.
+pub async fn serve(config: ServeConfig) -> Result<(), Error> {
+    let metrics = prometheus();
+    tracing::info!(config = ?config, "starting cachelayer serve");
+    let db = Database::open(&config.database_url, config.db_pool_size).await?;
+    let seeded = db.seed(config.seed).await?;
+    tracing::info!(database = db.kind(), seeded, "database ready");
+    let cache = config
+        .cache
+        .build()
+        .map_err(|err| Error::config("cache settings", err.to_string()))?;
+    if config.cache.redis_url.is_none() {
+        tracing::info!(
+            "no Redis URL: the cache is local to this process; other instances neither share it nor see its invalidations"
+        );
+    }
+    let lists = ResponseCacheLayer::new(cache.clone()).default_ttl(Some(config.list_ttl));
+    let catalogue = Catalogue::new(db.clone(), cache, lists, config.cache_ttl);
+    let state = AppState {
+        catalogue: catalogue.clone(),
+        max_body_bytes: config.max_body_bytes,
+        admin_token: config.admin_token.as_deref().map(Arc::from),
+        started: Instant::now(),
+        shutting_down: Arc::new(AtomicBool::new(false)),
+        outcomes: Arc::new(CacheOutcomes::default()),
+        redis_pool_size: config.cache.redis_pool_size,
+        prometheus: metrics.clone(),
+        cache_lists: !config.cache_ttl.is_zero() && !config.list_ttl.is_zero(),
+    };
+    if state.admin_token.is_none() {
+        tracing::info!("no admin token: the admin routes are off");
+    }
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|err| Error::io(&format!("listening on {}", config.listen), err))?;
+    let address = listener
+        .local_addr()
+        .map_err(|err| Error::io("reading the listening address", err))?;
+    let upkeep = tokio::spawn(run_upkeep(metrics));
+    let retries = tokio::spawn(retry_invalidations(catalogue.clone()));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let app = router(state.clone());
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                drop(stopped.await);
+            })
+            .await
+    });
+    tracing::info!(address = %address, "listening");
+
+    let signal = shutdown_signal().await;
+    tracing::info!(signal, timeout = ?config.shutdown_timeout, "shutting down: draining in-flight requests");
+    state.shutting_down.store(true, Ordering::Relaxed);
+    // The receiver lives as long as the server task; an error means it already ended.
+    let _ = stop.send(());
+    drain(server, config.shutdown_timeout).await;
+    retries.abort();
+    upkeep.abort();
+    if catalogue.retry_pending().await {
+        tracing::warn!(
+            "some invalidations could not be delivered before exit; entries may be stale until their TTL"
+        );
+    }
+    db.close().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Wait for the server to finish its in-flight requests, up to `timeout`; past it, the
+/// remaining connections are dropped (their loads release their locks as they are dropped).
+async fn drain(server: tokio::task::JoinHandle<std::io::Result<()>>, timeout: Duration) {
+    let abort = server.abort_handle();
+    match tokio::time::timeout(timeout, server).await {
+        Ok(Ok(Ok(()))) => tracing::info!("all in-flight requests finished"),
+        Ok(Ok(Err(err))) => tracing::error!(error = %err, "the server failed while draining"),
+        Ok(Err(err)) => tracing::error!(error = %err, "the server task failed"),
+        Err(_) => {
+            abort.abort();
+            tracing::warn!(
+                ?timeout,
+                "in-flight requests did not finish in time; dropping them"
+            );
+        }
+    }
+}
+
+/// Retry failed invalidations until they succeed.
+async fn retry_invalidations(catalogue: Catalogue) {
+    let mut tick = tokio::time::interval(RETRY_EVERY);
+    loop {
+        tick.tick().await;
+        if catalogue.invalidations_pending() {
+            catalogue.retry_pending().await;
+        }
+    }
+}
+
+/// The name of the signal that asked us to stop.
+async fn shutdown_signal() -> &'static str {
+    let interrupt = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => tokio::select! {
+                () = interrupt => "SIGINT",
+                _ = terminate.recv() => "SIGTERM",
+            },
+            Err(_) => {
+                interrupt.await;
+                "SIGINT"
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        interrupt.await;
+        "SIGINT"
+    }
+}
