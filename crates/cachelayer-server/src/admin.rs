@@ -172,13 +172,14 @@ fn parse(body: &[u8], request_host: &str) -> Result<Names, Vec<FieldError>> {
     }
 }
 
-/// A URL as (host without port, path and query).
+/// A URL as (host, path and query), the host as the HTTP layer keys it: lowercase, with
+/// its port unless it is 80 or 443.
 fn split_url(url: &str, request_host: &str) -> Option<(String, String)> {
     let host_of = |authority: &str| {
-        let host = authority
-            .rsplit_once(':')
-            .map_or(authority, |(host, _)| host);
-        host.to_ascii_lowercase()
+        let host = authority.trim().trim_end_matches('.').to_ascii_lowercase();
+        host.strip_suffix(":80")
+            .or_else(|| host.strip_suffix(":443"))
+            .map_or_else(|| host.clone(), str::to_owned)
     };
     if url.starts_with('/') {
         return Some((host_of(request_host), url.to_owned()));
@@ -201,7 +202,10 @@ mod tests {
     fn urls_are_split_into_host_and_path() {
         assert_eq!(
             split_url("/products?limit=5", "Shop.example:8000"),
-            Some(("shop.example".to_owned(), "/products?limit=5".to_owned()))
+            Some((
+                "shop.example:8000".to_owned(),
+                "/products?limit=5".to_owned()
+            ))
         );
         assert_eq!(
             split_url("https://a.example:443/products", "x"),

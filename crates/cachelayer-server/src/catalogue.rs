@@ -263,3 +263,55 @@ impl Catalogue {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+
+    /// A load elsewhere took the lock and read the old row before our commit; it stores
+    /// after our first delete. The write must wait for its lock and delete again.
+    #[tokio::test]
+    async fn a_write_outlasts_a_load_that_read_the_old_row() {
+        let db = Database::open("sqlite::memory:", 1).await.expect("db");
+        let cache = Cache::builder().build().expect("cache");
+        let lists = ResponseCacheLayer::new(cache.clone());
+        let catalogue = Catalogue::new(db, cache.clone(), lists, Duration::from_secs(60));
+        let key = product_key(1);
+        cache.insert(&key, "before").await.expect("insert");
+        let lock = cache.lock_key(&key);
+        let token = Bytes::from_static(b"another instance");
+        let lease = Duration::from_secs(5);
+        cache
+            .store()
+            .set(&lock, token.clone(), lease)
+            .await
+            .expect("lock");
+
+        let write = tokio::spawn({
+            let catalogue = catalogue.clone();
+            async move { catalogue.invalidate(1).await }
+        });
+        while cache.get::<String>(&key).await.is_some() {
+            tokio::task::yield_now().await;
+        }
+        assert!(
+            !write.is_finished(),
+            "the write waits while the load holds the lock"
+        );
+        cache
+            .insert(&key, "old row")
+            .await
+            .expect("the load stores");
+        let released = cache.store().compare_and_delete(&lock, &token).await;
+        assert!(released.expect("release"));
+        write.await.expect("write");
+        assert_eq!(
+            cache.get::<String>(&key).await,
+            None,
+            "the old row was dropped"
+        );
+        assert!(!catalogue.invalidations_pending());
+    }
+}

@@ -39,6 +39,6 @@ pub use crate::catalogue::INVALIDATION_FAILURES;
 pub use crate::config::{Cli, Command, ServeConfig};
 pub use crate::db::DB_QUERIES;
 pub use crate::error::{Error, ErrorKind};
-pub use crate::observe::{HTTP_DURATION, HTTP_REQUESTS};
+pub use crate::observe::{HTTP_DURATION, HTTP_IN_FLIGHT, HTTP_REQUESTS};
 pub use crate::openapi::ApiDoc;
 pub use crate::server::{init_logging, serve};

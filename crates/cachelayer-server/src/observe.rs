@@ -24,6 +24,9 @@ pub const HTTP_REQUESTS: &str = "cachelayer_http_requests_total";
 /// Histogram of request latency in seconds, by `method`, `route` and `status`.
 pub const HTTP_DURATION: &str = "cachelayer_http_request_duration_seconds";
 
+/// Gauge of requests being answered right now.
+pub const HTTP_IN_FLIGHT: &str = "cachelayer_http_requests_in_flight";
+
 /// Latency buckets, in seconds: fine below 10 ms, where cache hits are.
 const LATENCY_BUCKETS: [f64; 16] = [
     0.000_1, 0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -113,6 +116,23 @@ impl CacheOutcomes {
     }
 }
 
+/// Counts a request in [`HTTP_IN_FLIGHT`] until dropped (also when the client goes away
+/// and the request is cancelled).
+struct InFlight;
+
+impl InFlight {
+    fn enter() -> Self {
+        metrics::gauge!(HTTP_IN_FLIGHT).increment(1.0);
+        Self
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        metrics::gauge!(HTTP_IN_FLIGHT).decrement(1.0);
+    }
+}
+
 /// The per-request middleware: metrics, cache outcome, one log line.
 pub(crate) async fn observe(
     State(state): State<AppState>,
@@ -120,6 +140,7 @@ pub(crate) async fn observe(
     next: Next,
 ) -> Response {
     let started = Instant::now();
+    let _in_flight = InFlight::enter();
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let route = request

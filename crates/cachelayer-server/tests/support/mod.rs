@@ -1,0 +1,245 @@
+//! Test support: the real `cachelayer` binary as a child process, on a free port, with its
+//! JSON logs captured, and the databases it runs against (an SQLite file in a temporary
+//! directory, or a fresh database on the local PostgreSQL).
+
+#![allow(dead_code, unreachable_pub)] // Each test file uses part of this module.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use serde_json::Value;
+
+/// Longest wait for anything the server is expected to do.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// Log lines of a server, shared with the thread reading its stdout.
+#[derive(Default)]
+struct Logs {
+    lines: Mutex<Vec<Value>>,
+    grew: Condvar,
+}
+
+/// A running `cachelayer serve`.
+pub struct Server {
+    child: Child,
+    logs: Arc<Logs>,
+    /// `http://127.0.0.1:PORT`
+    pub base: String,
+}
+
+/// A database for a server.
+pub struct TestDatabase {
+    pub url: String,
+    _dir: Option<tempfile::TempDir>,
+    /// The admin URL and the name of a PostgreSQL database to drop.
+    postgres: Option<(String, String)>,
+}
+
+impl TestDatabase {
+    /// An SQLite file in a new temporary directory.
+    pub fn sqlite() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path: PathBuf = dir.path().join("catalogue.db");
+        Self {
+            url: format!("sqlite://{}", path.display()),
+            _dir: Some(dir),
+            postgres: None,
+        }
+    }
+
+    /// A new, empty database on the local PostgreSQL (`CACHELAYER_TEST_POSTGRES_URL`, by
+    /// default the trust-auth server on 127.0.0.1:5432), dropped afterwards. Fails the test
+    /// when PostgreSQL is not reachable: `scripts/test` makes sure it is.
+    pub async fn postgres() -> Self {
+        let admin_url = std::env::var("CACHELAYER_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+        let name = format!("cachelayer_test_{}", fastrand::u64(..));
+        let admin = sqlx::PgPool::connect(&admin_url)
+            .await
+            .unwrap_or_else(|err| {
+                panic!("PostgreSQL at {admin_url} is not reachable ({err}); scripts/test starts it")
+            });
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&admin)
+            .await
+            .expect("create the test database");
+        admin.close().await;
+        let (base, _) = admin_url.rsplit_once('/').expect("a database in the URL");
+        Self {
+            url: format!("{base}/{name}"),
+            _dir: None,
+            postgres: Some((admin_url, name)),
+        }
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let Some((admin_url, name)) = self.postgres.take() else {
+            return;
+        };
+        // Dropping runs outside the test's runtime: psql is the simplest synchronous client.
+        let _ = Command::new("psql")
+            .args([
+                admin_url.as_str(),
+                "-q",
+                "-c",
+                &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+impl Server {
+    /// Start `cachelayer serve` on a free port with `args` after the defaults (JSON logs,
+    /// 50 sample products, a short shutdown timeout); returns once it listens.
+    pub fn start(database: &TestDatabase, args: &[&str]) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_cachelayer"));
+        command
+            .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
+            .args(["--database-url", &database.url, "--seed", "50"])
+            .args(["--shutdown-timeout", "10s", "--workers", "2"])
+            .args(args)
+            // The tests set everything they rely on; the environment must not.
+            .env_remove("REDIS_URL")
+            .env_remove("DATABASE_URL")
+            .env_remove("CACHELAYER_ADMIN_TOKEN")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = command.spawn().expect("start the cachelayer binary");
+        let stdout = child.stdout.take().expect("stdout");
+        let logs = Arc::new(Logs::default());
+        let reader_logs = Arc::clone(&logs);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let value =
+                    serde_json::from_str(&line).unwrap_or_else(|_| Value::String(line.clone()));
+                let mut lines = reader_logs.lines.lock().expect("logs");
+                lines.push(value);
+                reader_logs.grew.notify_all();
+            }
+            // Wake waiters at EOF too, so they stop waiting for a dead server.
+            let _lines = reader_logs.lines.lock().expect("logs");
+            reader_logs.grew.notify_all();
+        });
+        let mut server = Self {
+            child,
+            logs,
+            base: String::new(),
+        };
+        let listening = server.wait_for_log("listening");
+        let address = listening["address"].as_str().expect("address").to_owned();
+        server.base = format!("http://{address}");
+        server
+    }
+
+    /// The first log line with this message, waiting for it.
+    ///
+    /// # Panics
+    /// If it does not come within [`PATIENCE`] or the server exits first.
+    pub fn wait_for_log(&mut self, message: &str) -> Value {
+        let deadline = std::time::Instant::now() + PATIENCE;
+        let mut lines = self.logs.lines.lock().expect("logs");
+        loop {
+            if let Some(line) = lines.iter().find(|l| l["message"] == message) {
+                return line.clone();
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("the server exited ({status}) before logging {message:?}: {lines:#?}");
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            assert!(
+                !left.is_zero(),
+                "no {message:?} log line within {PATIENCE:?}: {lines:#?}"
+            );
+            // Woken by each new line; the timeout only bounds checks of the exit status.
+            lines = self
+                .logs
+                .grew
+                .wait_timeout(lines, left.min(Duration::from_millis(200)))
+                .expect("logs")
+                .0;
+        }
+    }
+
+    /// Every log line so far.
+    pub fn logs(&self) -> Vec<Value> {
+        self.logs.lines.lock().expect("logs").clone()
+    }
+
+    /// Send SIGTERM, as an orchestrator stopping the instance would.
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM failed");
+    }
+
+    /// Wait for the process to exit.
+    pub fn wait(&mut self) -> ExitStatus {
+        let deadline = std::time::Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the server did not exit"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An HTTP client that ignores proxy settings of the environment.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(PATIENCE)
+        .build()
+        .expect("client")
+}
+
+/// A response's `X-Cache`.
+pub fn x_cache(response: &reqwest::Response) -> String {
+    response
+        .headers()
+        .get("x-cache")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-")
+        .to_owned()
+}
+
+/// The value of a Prometheus counter (summed over series whose labels contain `labels`).
+pub async fn counter(server: &Server, name: &str, labels: &str) -> f64 {
+    let text = client()
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    text.lines()
+        .filter(|line| line.starts_with(name) && line.contains(labels))
+        .filter_map(|line| line.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
