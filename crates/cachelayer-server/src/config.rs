@@ -39,7 +39,7 @@ pub struct ServeArgs {
     #[arg(long, env = "CACHELAYER_LISTEN", default_value = "127.0.0.1:8000")]
     pub listen: String,
     /// Database: `sqlite://PATH` (created if missing) or `postgres://USER:PASS@HOST/DB`.
-    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
+    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, hide_env_values = true)]
     pub database_url: String,
     /// Database connections in the pool.
     #[arg(long, env = "CACHELAYER_DB_POOL_SIZE", default_value_t = 10)]
@@ -66,7 +66,7 @@ pub struct ServeArgs {
 pub struct CommonArgs {
     /// Redis to share the cache with other instances (`redis://`, `rediss://` for TLS);
     /// without it the cache is in this process only.
-    #[arg(long, env = "REDIS_URL")]
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
     /// Multiplexed Redis connections.
     #[arg(long, env = "CACHELAYER_REDIS_POOL_SIZE", default_value_t = cachelayer::store::DEFAULT_POOL_SIZE)]
