@@ -11,7 +11,7 @@ use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, header};
 use serde::Serialize;
-use serde_json::Value;
+use serde_json::{Map, Value};
 use subtle::ConstantTimeEq;
 use utoipa::ToSchema;
 
@@ -81,7 +81,7 @@ pub(crate) async fn invalidate(
         tracing::warn!("admin request refused: missing or wrong token");
         return Err(ApiError::unauthorized());
     }
-    let body = body.map_err(|_| ApiError::too_large(state.max_body_bytes))?;
+    let body = crate::api::body_bytes(body, state.max_body_bytes)?;
     let request_host = headers
         .get(header::HOST)
         .and_then(|v| v.to_str().ok())
@@ -105,6 +105,7 @@ pub(crate) async fn invalidate(
 
 type Names = (Vec<String>, Vec<String>, Vec<(String, String)>);
 
+/// The request body, checked: every bad field named.
 fn parse(body: &[u8], request_host: &str) -> Result<Names, Vec<FieldError>> {
     let value: Value = serde_json::from_slice(body).map_err(|err| {
         vec![FieldError::new(
@@ -115,50 +116,26 @@ fn parse(body: &[u8], request_host: &str) -> Result<Names, Vec<FieldError>> {
     let Value::Object(object) = value else {
         return Err(vec![FieldError::new("body", "must be a JSON object")]);
     };
-    let mut errors = Vec::new();
-    for name in object.keys() {
-        if !matches!(name.as_str(), "tags" | "keys" | "urls") {
-            errors.push(FieldError::new(
-                name,
-                "is not a field; send tags, keys and/or urls",
-            ));
-        }
-    }
-    let mut list = |name: &str| -> Vec<String> {
-        match object.get(name) {
-            None => Vec::new(),
-            Some(Value::Array(items))
-                if items.len() <= MAX_NAMES
-                    && items
-                        .iter()
-                        .all(|i| i.as_str().is_some_and(|s| !s.is_empty())) =>
-            {
-                items
-                    .iter()
-                    .filter_map(Value::as_str)
-                    .map(str::to_owned)
-                    .collect()
-            }
-            Some(_) => {
+    let mut errors: Vec<FieldError> = object
+        .keys()
+        .filter(|name| !matches!(name.as_str(), "tags" | "keys" | "urls"))
+        .map(|name| FieldError::new(name, "is not a field; send tags, keys and/or urls"))
+        .collect();
+    let tags = names(&object, "tags", &mut errors);
+    let keys = names(&object, "keys", &mut errors);
+    let urls: Vec<(String, String)> = names(&object, "urls", &mut errors)
+        .iter()
+        .filter_map(|url| {
+            let parts = split_url(url, request_host);
+            if parts.is_none() {
                 errors.push(FieldError::new(
-                    name,
-                    format!("must be an array of at most {MAX_NAMES} non-empty strings"),
+                    "urls",
+                    format!("{url:?} is neither a path (/products?limit=5) nor an http(s) URL"),
                 ));
-                Vec::new()
             }
-        }
-    };
-    let (tags, keys, raw_urls) = (list("tags"), list("keys"), list("urls"));
-    let mut urls = Vec::with_capacity(raw_urls.len());
-    for url in &raw_urls {
-        match split_url(url, request_host) {
-            Some(parts) => urls.push(parts),
-            None => errors.push(FieldError::new(
-                "urls",
-                format!("{url:?} is neither a path (/products?limit=5) nor an http(s) URL"),
-            )),
-        }
-    }
+            parts
+        })
+        .collect();
     if errors.is_empty() && tags.is_empty() && keys.is_empty() && urls.is_empty() {
         errors.push(FieldError::new(
             "body",
@@ -172,6 +149,25 @@ fn parse(body: &[u8], request_host: &str) -> Result<Names, Vec<FieldError>> {
     }
 }
 
+/// The field `name`: absent (none), or an array of non-empty strings (else an error).
+fn names(object: &Map<String, Value>, name: &str, errors: &mut Vec<FieldError>) -> Vec<String> {
+    let strings = match object.get(name) {
+        None => return Vec::new(),
+        Some(Value::Array(items)) if items.len() <= MAX_NAMES => items
+            .iter()
+            .map(|item| item.as_str().filter(|s| !s.is_empty()).map(str::to_owned))
+            .collect::<Option<Vec<String>>>(),
+        Some(_) => None,
+    };
+    strings.unwrap_or_else(|| {
+        errors.push(FieldError::new(
+            name,
+            format!("must be an array of at most {MAX_NAMES} non-empty strings"),
+        ));
+        Vec::new()
+    })
+}
+
 /// A URL as (host, path and query), the host as the HTTP layer keys it: lowercase, with
 /// its port unless it is 80 or 443.
 fn split_url(url: &str, request_host: &str) -> Option<(String, String)> {
@@ -181,8 +177,10 @@ fn split_url(url: &str, request_host: &str) -> Option<(String, String)> {
             .or_else(|| host.strip_suffix(":443"))
             .map_or_else(|| host.clone(), str::to_owned)
     };
+    // Only what the HTTP layer can purge: a path and query it would parse.
+    let valid_path = |path: &str| path.parse::<http::uri::PathAndQuery>().is_ok();
     if url.starts_with('/') {
-        return Some((host_of(request_host), url.to_owned()));
+        return valid_path(url).then(|| (host_of(request_host), url.to_owned()));
     }
     let rest = url
         .strip_prefix("http://")
@@ -191,7 +189,7 @@ fn split_url(url: &str, request_host: &str) -> Option<(String, String)> {
         Some(slash) => (&rest[..slash], &rest[slash..]),
         None => (rest, "/"),
     };
-    (!authority.is_empty()).then(|| (host_of(authority), path.to_owned()))
+    (!authority.is_empty() && valid_path(path)).then(|| (host_of(authority), path.to_owned()))
 }
 
 #[cfg(test)]
@@ -213,6 +211,7 @@ mod tests {
         );
         assert_eq!(split_url("ftp://a/b", "x"), None);
         assert_eq!(split_url("products", "x"), None);
+        assert_eq!(split_url("/a b", "x"), None);
     }
 
     #[test]

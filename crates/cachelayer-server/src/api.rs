@@ -6,7 +6,7 @@
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -75,14 +75,25 @@ fn cache_headers(headers: &mut HeaderMap, source: ReadSource) {
     }
 }
 
-fn product_id(raw: &str) -> Result<i64, ApiError> {
-    raw.parse::<i64>()
-        .ok()
+/// The `{id}` of a path: a positive whole number, written plainly (`7`, not `07` or `+7`,
+/// so one product has one URL).
+fn product_id(raw: Result<Path<String>, PathRejection>) -> Result<i64, ApiError> {
+    let invalid = || ApiError::field("id", "must be a positive whole number");
+    let Path(raw) = raw.map_err(|_| invalid())?;
+    canonical_number(&raw)
         .filter(|id| *id > 0)
-        .ok_or_else(|| ApiError::field("id", "must be a positive whole number"))
+        .ok_or_else(invalid)
 }
 
-fn body_bytes(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, ApiError> {
+/// A whole number written the one way Rust prints it; anything else is `None`.
+fn canonical_number(raw: &str) -> Option<i64> {
+    raw.parse::<i64>().ok().filter(|n| n.to_string() == raw)
+}
+
+pub(crate) fn body_bytes(
+    body: Result<Bytes, BytesRejection>,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
     body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::too_large(limit)
@@ -111,9 +122,9 @@ fn no_product(id: i64) -> ApiError {
 )]
 pub(crate) async fn get_product(
     State(state): State<AppState>,
-    Path(raw): Path<String>,
+    raw: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
-    let id = product_id(&raw)?;
+    let id = product_id(raw)?;
     let (product, source) = state.catalogue.product(id).await?;
     let mut response = match product {
         Some(product) => Json(product).into_response(),
@@ -156,7 +167,9 @@ pub(crate) async fn list_products(
     Ok(response)
 }
 
-/// Checked list parameters: every bad one named. Unknown parameters are ignored.
+/// Checked list parameters: every bad one named. Unknown parameters and numbers not written
+/// plainly are refused, so that each page has one URL and one cache entry (a client cannot
+/// fill the cache with `?limit=05`, `?limit=005`, `?x=1`, ...).
 fn list_params(params: &[(String, String)]) -> Result<(Option<String>, i64, i64), ApiError> {
     let mut errors = Vec::new();
     let mut seen = std::collections::HashSet::new();
@@ -174,21 +187,24 @@ fn list_params(params: &[(String, String)]) -> Result<(Option<String>, i64, i64)
                 }
                 category = Some(value.clone());
             }
-            "limit" => match value.parse::<i64>() {
-                Ok(n) if (1..=MAX_LIMIT).contains(&n) => limit = n,
+            "limit" => match canonical_number(value) {
+                Some(n) if (1..=MAX_LIMIT).contains(&n) => limit = n,
                 _ => errors.push(FieldError::new(
                     name,
                     format!("must be a whole number from 1 to {MAX_LIMIT}"),
                 )),
             },
-            "offset" => match value.parse::<i64>() {
-                Ok(n) if (0..=MAX_OFFSET).contains(&n) => offset = n,
+            "offset" => match canonical_number(value) {
+                Some(n) if (0..=MAX_OFFSET).contains(&n) => offset = n,
                 _ => errors.push(FieldError::new(
                     name,
                     format!("must be a whole number from 0 to {MAX_OFFSET}"),
                 )),
             },
-            _ => {}
+            _ => errors.push(FieldError::new(
+                name,
+                "is not a parameter of this list; use category, limit and offset",
+            )),
         }
     }
     if errors.is_empty() {
@@ -217,7 +233,7 @@ pub(crate) async fn create_product(
 ) -> Result<Response, ApiError> {
     let body = body_bytes(body, state.max_body_bytes)?;
     let changes = parse_changes(&body, Completeness::Full).map_err(ApiError::validation)?;
-    let product = state.catalogue.create(&changes).await?;
+    let product = state.catalogue.create(changes).await?;
     let location = format!("/products/{}", product.id);
     let mut response = (StatusCode::CREATED, Json(product)).into_response();
     if let Ok(location) = HeaderValue::from_str(&location) {
@@ -242,10 +258,10 @@ pub(crate) async fn create_product(
 )]
 pub(crate) async fn replace_product(
     State(state): State<AppState>,
-    Path(raw): Path<String>,
+    raw: Result<Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    write_product(state, &raw, body, Completeness::Full).await
+    write_product(state, raw, body, Completeness::Full).await
 }
 
 /// Change some of a product's fields.
@@ -264,15 +280,15 @@ pub(crate) async fn replace_product(
 )]
 pub(crate) async fn patch_product(
     State(state): State<AppState>,
-    Path(raw): Path<String>,
+    raw: Result<Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    write_product(state, &raw, body, Completeness::Partial).await
+    write_product(state, raw, body, Completeness::Partial).await
 }
 
 async fn write_product(
     state: AppState,
-    raw: &str,
+    raw: Result<Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
     completeness: Completeness,
 ) -> Result<Response, ApiError> {
@@ -289,7 +305,7 @@ async fn write_product(
         (Err(err), _) => return Err(err),
         (_, Err(fields)) => return Err(ApiError::validation(fields)),
     };
-    match state.catalogue.update(id, &changes).await? {
+    match state.catalogue.update(id, changes).await? {
         Some(product) => Ok(Json(product).into_response()),
         None => Err(no_product(id)),
     }
@@ -309,9 +325,9 @@ async fn write_product(
 )]
 pub(crate) async fn delete_product(
     State(state): State<AppState>,
-    Path(raw): Path<String>,
+    raw: Result<Path<String>, PathRejection>,
 ) -> Result<StatusCode, ApiError> {
-    let id = product_id(&raw)?;
+    let id = product_id(raw)?;
     if state.catalogue.delete(id).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
@@ -349,10 +365,23 @@ mod tests {
     }
 
     #[test]
-    fn ids_must_be_positive_whole_numbers() {
-        assert_eq!(product_id("7").expect("valid"), 7);
-        for raw in ["0", "-3", "x", "1.5", "99999999999999999999"] {
-            assert!(product_id(raw).is_err(), "{raw}");
+    fn ids_must_be_positive_whole_numbers_written_plainly() {
+        let id = |raw: &str| product_id(Ok(Path(raw.to_owned())));
+        assert_eq!(id("7").expect("valid"), 7);
+        for raw in ["0", "-3", "x", "1.5", "07", "+7", "99999999999999999999"] {
+            assert!(id(raw).is_err(), "{raw}");
+        }
+    }
+
+    #[test]
+    fn unknown_or_oddly_written_list_parameters_are_refused() {
+        for pairs in [
+            &[("x", "1")][..],
+            &[("limit", "05")],
+            &[("offset", "+1")],
+            &[("limit", "1"), ("limit", "2")],
+        ] {
+            assert!(list_params(&params(pairs)).is_err(), "{pairs:?}");
         }
     }
 }

@@ -8,7 +8,7 @@
 //! before its commit, nor let a failed invalidation go unrecorded: one that fails is retried
 //! in the background, and until it succeeds this instance reads around the cache.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -38,11 +38,21 @@ pub(crate) enum ReadSource {
     Bypassed(&'static str),
 }
 
-/// Invalidations that failed, retried until the store takes them.
+/// Invalidations that failed, retried until the store takes them. Each carries the
+/// generation of its latest failure, so a retry that succeeds clears only what it retried,
+/// never a newer failure of the same key that arrived meanwhile.
 #[derive(Debug, Default)]
 struct Pending {
-    keys: HashSet<String>,
-    lists: bool,
+    keys: HashMap<String, u64>,
+    lists: Option<u64>,
+    generation: u64,
+}
+
+impl Pending {
+    fn next(&mut self) -> u64 {
+        self.generation += 1;
+        self.generation
+    }
 }
 
 /// Products, cached. Cheap to clone.
@@ -95,13 +105,13 @@ impl Catalogue {
 
     /// Whether list pages must be read around the cache (their invalidation is pending).
     pub(crate) fn lists_pending(&self) -> bool {
-        self.pending().lists
+        self.pending().lists.is_some()
     }
 
     /// Whether any failed invalidation is still being retried.
     pub(crate) fn invalidations_pending(&self) -> bool {
         let pending = self.pending();
-        !pending.keys.is_empty() || pending.lists
+        !pending.keys.is_empty() || pending.lists.is_some()
     }
 
     /// One product, and where it came from.
@@ -110,7 +120,7 @@ impl Catalogue {
         let Some(options) = self.options else {
             return self.uncached(id, "off").await;
         };
-        if self.pending().keys.contains(key.as_str()) {
+        if self.pending().keys.contains_key(key.as_str()) {
             return self.uncached(id, "pending-invalidation").await;
         }
         let db = self.db.clone();
@@ -121,7 +131,11 @@ impl Catalogue {
         match loaded {
             Ok((product, source)) => Ok((product, ReadSource::Cache(source))),
             Err(err) => match err.kind() {
-                LoadErrorKind::Loader => Err(ApiError::unavailable("the database")),
+                LoadErrorKind::Loader => {
+                    let cause = err.loader_error().map(ToString::to_string);
+                    tracing::error!(product = id, error = ?cause, "product read failed");
+                    Err(ApiError::unavailable("the database"))
+                }
                 LoadErrorKind::LockWaitTimedOut => Err(ApiError::unavailable(
                     "this product (another instance is loading it)",
                 )),
@@ -152,33 +166,57 @@ impl Catalogue {
         Ok(self.db.page(category, limit, offset).await?)
     }
 
+    /// Run a write and its invalidation on their own task, so that a client going away
+    /// (which drops the request's future) cannot leave a committed row with its old copies
+    /// in the cache.
+    async fn detached<T: Send + 'static>(
+        work: impl Future<Output = Result<T, ApiError>> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        tokio::spawn(work).await.unwrap_or_else(|err| {
+            tracing::error!(error = %err, "a write task failed");
+            Err(ApiError::internal())
+        })
+    }
+
     /// Create a product; its id's "not found" entry and every list page are dropped.
-    pub(crate) async fn create(&self, changes: &ProductChanges) -> Result<Product, ApiError> {
-        let product = self.db.insert(changes).await?;
-        self.invalidate(product.id).await;
-        Ok(product)
+    pub(crate) async fn create(&self, changes: ProductChanges) -> Result<Product, ApiError> {
+        let this = self.clone();
+        Self::detached(async move {
+            let product = this.db.insert(&changes).await?;
+            this.invalidate(product.id).await;
+            Ok(product)
+        })
+        .await
     }
 
     /// Change a product (`None`: no such product).
     pub(crate) async fn update(
         &self,
         id: i64,
-        changes: &ProductChanges,
+        changes: ProductChanges,
     ) -> Result<Option<Product>, ApiError> {
-        let product = self.db.update(id, changes).await?;
-        if product.is_some() {
-            self.invalidate(id).await;
-        }
-        Ok(product)
+        let this = self.clone();
+        Self::detached(async move {
+            let product = this.db.update(id, &changes).await?;
+            if product.is_some() {
+                this.invalidate(id).await;
+            }
+            Ok(product)
+        })
+        .await
     }
 
     /// Delete a product (false: no such product).
     pub(crate) async fn delete(&self, id: i64) -> Result<bool, ApiError> {
-        let deleted = self.db.delete(id).await?;
-        if deleted {
-            self.invalidate(id).await;
-        }
-        Ok(deleted)
+        let this = self.clone();
+        Self::detached(async move {
+            let deleted = this.db.delete(id).await?;
+            if deleted {
+                this.invalidate(id).await;
+            }
+            Ok(deleted)
+        })
+        .await
     }
 
     /// After a committed write of product `id`: drop its entry and every list page, in every
@@ -188,54 +226,80 @@ impl Catalogue {
         if let Err(err) = self.invalidate_fenced(&key).await {
             metrics::counter!(INVALIDATION_FAILURES, "what" => "product").increment(1);
             tracing::warn!(error = %err, key = key.as_str(), "invalidation failed; retrying in the background");
-            self.pending().keys.insert(key.as_str().to_owned());
+            let mut pending = self.pending();
+            let generation = pending.next();
+            pending.keys.insert(key.as_str().to_owned(), generation);
         }
         if let Err(err) = self.lists.invalidate_tags([LIST_TAG]).await {
             metrics::counter!(INVALIDATION_FAILURES, "what" => "lists").increment(1);
             tracing::warn!(error = %err, "list invalidation failed; retrying in the background");
-            self.pending().lists = true;
+            let mut pending = self.pending();
+            pending.lists = Some(pending.next());
         }
     }
 
-    /// Drop `key`; then, if a load of it is running (it holds the key's lock, and may have
-    /// read the row before the commit), wait for it to store and drop the key again. Loads
-    /// read the database only while holding the lock, so once the lock is free no load can
-    /// store the old row.
-    async fn invalidate_fenced(&self, key: &Key) -> cachelayer::Result<()> {
-        self.cache.invalidate(key).await?;
+    /// Drop `key`; wait until no load of it runs (a load holds the key's lock, and may have
+    /// read the row before the commit); drop it again. Loads read the database only while
+    /// holding the lock and release it only after storing, so what the second delete leaves
+    /// cannot be the old row. A lock held past two lock TTLs counts as a failure (retried).
+    async fn invalidate_fenced(&self, key: &Key) -> Result<(), String> {
+        self.cache
+            .invalidate(key)
+            .await
+            .map_err(|e| e.to_string())?;
         let lock = self.cache.lock_key(key);
         let deadline = Instant::now() + self.cache.stampede_settings().lock_ttl * 2;
-        let mut raced = false;
-        while self.cache.store().get(&lock).await?.is_some() {
-            raced = true;
-            if Instant::now() >= deadline {
+        loop {
+            let held = self
+                .cache
+                .store()
+                .get(&lock)
+                .await
+                .map_err(|e| e.to_string())?;
+            if held.is_none() {
                 break;
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "a load of {} held its lock past the deadline",
+                    key.as_str()
+                ));
             }
             tokio::time::sleep(FENCE_POLL).await;
         }
-        if raced {
-            self.cache.invalidate(key).await?;
-        }
-        Ok(())
+        // Unconditional: a load may have stored and released between the first delete and
+        // the look at its lock.
+        self.cache.invalidate(key).await.map_err(|e| e.to_string())
     }
 
     /// Retry failed invalidations; returns whether any remain.
     pub(crate) async fn retry_pending(&self) -> bool {
         let (keys, lists) = {
             let pending = self.pending();
-            (
-                pending.keys.iter().cloned().collect::<Vec<_>>(),
-                pending.lists,
-            )
+            let keys: Vec<(String, u64)> =
+                pending.keys.iter().map(|(k, g)| (k.clone(), *g)).collect();
+            (keys, pending.lists)
         };
-        for key in keys {
-            if self.cache.invalidate(key.as_str()).await.is_ok() {
-                self.pending().keys.remove(&key);
+        for (key, generation) in keys {
+            if self
+                .invalidate_fenced(&Key::from(key.as_str()))
+                .await
+                .is_ok()
+            {
+                let mut pending = self.pending();
+                if pending.keys.get(&key) == Some(&generation) {
+                    pending.keys.remove(&key);
+                }
                 tracing::info!(key, "pending invalidation done");
             }
         }
-        if lists && self.lists.invalidate_tags([LIST_TAG]).await.is_ok() {
-            self.pending().lists = false;
+        if let Some(generation) = lists
+            && self.lists.invalidate_tags([LIST_TAG]).await.is_ok()
+        {
+            let mut pending = self.pending();
+            if pending.lists == Some(generation) {
+                pending.lists = None;
+            }
             tracing::info!("pending list invalidation done");
         }
         self.invalidations_pending()

@@ -116,6 +116,10 @@ pub struct CommonArgs {
     /// Serve a value this long past its TTL when the database fails.
     #[arg(long, env = "CACHELAYER_STALE_IF_ERROR", default_value = "5m", value_parser = duration)]
     pub stale_if_error: Duration,
+    /// Hosts whose list pages are cached (comma-separated, without ports); requests for
+    /// other hosts are answered uncached. Empty: every host, each with its own entries.
+    #[arg(long, env = "CACHELAYER_ALLOWED_HOSTS", value_delimiter = ',')]
+    pub allowed_hosts: Vec<String>,
     /// Token for the admin routes (`Authorization: Bearer ...`); without it they do not exist.
     #[arg(long, env = "CACHELAYER_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
@@ -173,6 +177,8 @@ pub struct ServeConfig {
     pub cache_ttl: Duration,
     /// Fresh lifetime of cached list pages.
     pub list_ttl: Duration,
+    /// Hosts whose responses the HTTP cache stores (empty: any).
+    pub allowed_hosts: Vec<String>,
     /// Admin token, if the admin routes are on.
     pub admin_token: Option<String>,
     /// Log format.
@@ -196,6 +202,7 @@ impl std::fmt::Debug for ServeConfig {
             .field("shutdown_timeout", &self.shutdown_timeout)
             .field("cache_ttl", &self.cache_ttl)
             .field("list_ttl", &self.list_ttl)
+            .field("allowed_hosts", &self.allowed_hosts)
             .field("admin_token", &self.admin_token.as_ref().map(|_| "***"))
             .field("log_format", &self.log_format)
             .field("cache", &self.cache)
@@ -251,6 +258,12 @@ impl ServeArgs {
             cache,
             cache_ttl: common.cache_ttl,
             list_ttl: common.list_ttl,
+            allowed_hosts: common
+                .allowed_hosts
+                .iter()
+                .map(|host| host.trim().to_ascii_lowercase())
+                .filter(|host| !host.is_empty())
+                .collect(),
             admin_token: common.admin_token.filter(|token| !token.is_empty()),
             log_format: common.log_format,
             log: common.log,

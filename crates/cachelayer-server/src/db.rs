@@ -165,6 +165,12 @@ impl Database {
         if count == 0 {
             return Ok(0);
         }
+        self.seed_once(count)
+            .await
+            .map_err(|err| Error::database("creating the sample data", err))
+    }
+
+    async fn seed_once(&self, count: u32) -> Result<u64, sqlx::Error> {
         let created = on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
             self::count("seed");
@@ -300,21 +306,25 @@ impl Database {
 
 async fn open_sqlite(url: &str, pool_size: u32) -> Result<SqlitePool, Error> {
     let options = SqliteConnectOptions::from_str(url)
-        .map_err(|err| Error::config("--database-url", format!("{err}")))?
+        .map_err(|err| Error::config("--database-url (DATABASE_URL)", format!("{err}")))?
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
         .busy_timeout(SQLITE_BUSY_TIMEOUT)
         .foreign_keys(true);
-    // Each connection to `sqlite::memory:` is a database of its own: one connection only.
-    let pool_size = if url.contains(":memory:") {
-        1
-    } else {
-        pool_size
-    };
-    SqlitePoolOptions::new()
+    let mut pool = SqlitePoolOptions::new()
         .max_connections(pool_size)
-        .acquire_timeout(ACQUIRE_TIMEOUT)
-        .connect_with(options)
+        .acquire_timeout(ACQUIRE_TIMEOUT);
+    if url.contains(":memory:") {
+        // An in-memory database lives as long as a connection to it: keep exactly one open
+        // for the life of the pool (idle and lifetime limits would close it, and the data
+        // with it).
+        pool = pool
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None);
+    }
+    pool.connect_with(options)
         .await
         .map_err(|err| Error::database("opening the SQLite database", err))
 }

@@ -73,12 +73,6 @@ impl Error {
     }
 }
 
-impl From<sqlx::Error> for Error {
-    fn from(err: sqlx::Error) -> Self {
-        Self::database("seeding the sample data", err)
-    }
-}
-
 /// The JSON body of every error answer.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub(crate) struct ErrorBody {

@@ -4,7 +4,8 @@
 //! default, PostgreSQL by URL), cached end to end with the `cachelayer` library: single
 //! products through `Cache::try_get_optional_with_source`, list pages through the HTTP cache
 //! layer, with health checks, Prometheus metrics, admin invalidation and an OpenAPI
-//! description.
+//! description. Nothing here is a stable API for other crates: it must never grow types
+//! that the `cachelayer` library should own (stores, caching policy), only the service.
 //!
 //! # Layout
 //!

@@ -1,5 +1,6 @@
 //! `cachelayer`: the command line. Parses flags (with environment fallbacks), refuses
 //! invalid settings with a message naming them (exit status 2), and runs the subcommand.
+//! It must never start serving with a setting it could not check.
 
 use std::process::ExitCode;
 
@@ -31,7 +32,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(config)) {
+    let outcome = runtime.block_on(serve(config));
+    // Connections still open past the drain deadline are dropped here, not waited for.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!(error = %err, "cachelayer serve failed");

@@ -116,6 +116,22 @@ impl CacheOutcomes {
     }
 }
 
+/// The method as a metric label: the standard ones by name, any other token (clients may
+/// send anything) as `other`, so labels stay bounded.
+fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
 /// Counts a request in [`HTTP_IN_FLIGHT`] until dropped (also when the client goes away
 /// and the request is cancelled).
 struct InFlight;
@@ -141,7 +157,7 @@ pub(crate) async fn observe(
 ) -> Response {
     let started = Instant::now();
     let _in_flight = InFlight::enter();
-    let method = request.method().clone();
+    let method = method_label(request.method());
     let path = request.uri().path().to_owned();
     let route = request
         .extensions()
@@ -151,7 +167,7 @@ pub(crate) async fn observe(
     let elapsed = started.elapsed();
     let status = response.status().as_u16().to_string();
     let labels = [
-        ("method", method.as_str().to_owned()),
+        ("method", method.to_owned()),
         ("route", route.clone()),
         ("status", status),
     ];
@@ -163,7 +179,7 @@ pub(crate) async fn observe(
     }
     tracing::info!(
         target: "cachelayer::request",
-        method = %method,
+        method,
         path,
         route,
         status = response.status().as_u16(),

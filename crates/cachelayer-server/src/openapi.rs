@@ -1,5 +1,6 @@
 //! `GET /openapi.json`: the API described by the handlers' own annotations (utoipa), so the
-//! description cannot drift from the routes. A test checks that every route is in it.
+//! description cannot drift from the routes. A test checks that every route is in it. This
+//! module must never describe a route by hand that a handler annotation could describe.
 
 use axum::Json;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};

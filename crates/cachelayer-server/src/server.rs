@@ -41,24 +41,14 @@ pub fn init_logging(format: LogFormat, filter: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// How long closing the database pool may take at exit.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Run the catalogue API until SIGTERM or SIGINT, then shut down gracefully.
 pub async fn serve(config: ServeConfig) -> Result<(), Error> {
     let metrics = prometheus();
     tracing::info!(config = ?config, "starting cachelayer serve");
-    let db = Database::open(&config.database_url, config.db_pool_size).await?;
-    let seeded = db.seed(config.seed).await?;
-    tracing::info!(database = db.kind(), seeded, "database ready");
-    let cache = config
-        .cache
-        .build()
-        .map_err(|err| Error::config("cache settings", err.to_string()))?;
-    if config.cache.redis_url.is_none() {
-        tracing::info!(
-            "no Redis URL: the cache is local to this process; other instances neither share it nor see its invalidations"
-        );
-    }
-    let lists = ResponseCacheLayer::new(cache.clone()).default_ttl(Some(config.list_ttl));
-    let catalogue = Catalogue::new(db.clone(), cache, lists, config.cache_ttl);
+    let catalogue = open_catalogue(&config).await?;
     let state = AppState {
         catalogue: catalogue.clone(),
         max_body_bytes: config.max_body_bytes,
@@ -79,8 +69,10 @@ pub async fn serve(config: ServeConfig) -> Result<(), Error> {
     let address = listener
         .local_addr()
         .map_err(|err| Error::io("reading the listening address", err))?;
-    let upkeep = tokio::spawn(run_upkeep(metrics));
-    let retries = tokio::spawn(retry_invalidations(catalogue.clone()));
+    let background = [
+        tokio::spawn(run_upkeep(metrics)),
+        tokio::spawn(retry_invalidations(catalogue.clone())),
+    ];
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let app = router(state.clone());
     let server = tokio::spawn(async move {
@@ -98,20 +90,55 @@ pub async fn serve(config: ServeConfig) -> Result<(), Error> {
     // The receiver lives as long as the server task; an error means it already ended.
     let _ = stop.send(());
     drain(server, config.shutdown_timeout).await;
-    retries.abort();
-    upkeep.abort();
+    for task in background {
+        task.abort();
+    }
+    close(&catalogue).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// The database (migrated and seeded) and the cache, as the catalogue.
+async fn open_catalogue(config: &ServeConfig) -> Result<Catalogue, Error> {
+    let db = Database::open(&config.database_url, config.db_pool_size).await?;
+    let seeded = db.seed(config.seed).await?;
+    tracing::info!(database = db.kind(), seeded, "database ready");
+    let cache = config
+        .cache
+        .build()
+        .map_err(|err| Error::config("cache settings", err.to_string()))?;
+    if config.cache.redis_url.is_none() {
+        tracing::info!(
+            "no Redis URL: the cache is local to this process; other instances neither share it nor see its invalidations"
+        );
+    }
+    let mut lists = ResponseCacheLayer::new(cache.clone()).default_ttl(Some(config.list_ttl));
+    if !config.allowed_hosts.is_empty() {
+        lists = lists.allowed_hosts(config.allowed_hosts.iter().cloned());
+    }
+    Ok(Catalogue::new(db, cache, lists, config.cache_ttl))
+}
+
+/// A last attempt at pending invalidations, then the database pool, each bounded.
+async fn close(catalogue: &Catalogue) {
     if catalogue.retry_pending().await {
         tracing::warn!(
             "some invalidations could not be delivered before exit; entries may be stale until their TTL"
         );
     }
-    db.close().await;
-    tracing::info!("stopped");
-    Ok(())
+    // Requests still running past the drain deadline hold connections; do not wait on them
+    // for ever (the runtime drops them when `serve` returns).
+    if tokio::time::timeout(CLOSE_TIMEOUT, catalogue.db().close())
+        .await
+        .is_err()
+    {
+        tracing::warn!(timeout = ?CLOSE_TIMEOUT, "database connections still in use at exit");
+    }
 }
 
-/// Wait for the server to finish its in-flight requests, up to `timeout`; past it, the
-/// remaining connections are dropped (their loads release their locks as they are dropped).
+/// Wait for the server to finish its in-flight requests, up to `timeout`. Past it, the
+/// connections still open are left to the runtime, which drops them when `serve` returns
+/// (their loads release their locks as they are dropped).
 async fn drain(server: tokio::task::JoinHandle<std::io::Result<()>>, timeout: Duration) {
     let abort = server.abort_handle();
     match tokio::time::timeout(timeout, server).await {

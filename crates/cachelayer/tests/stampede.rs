@@ -907,8 +907,11 @@ async fn os_process_three_processes_load_once() {
 /// another caller's, a fresh hit, a stale value, a cached "not found", or no cache at all.
 async fn load_source_reports_where_the_value_came_from(backend: Backend) {
     let cache = backend.cache();
-    let ttl = Duration::from_millis(300);
+    // Long enough that the hit below is fresh on a loaded machine; no early refresh, which
+    // would replace the value the stale step expects.
+    let ttl = Duration::from_secs(1);
     let options = LoadOptions::ttl(ttl)
+        .early_refresh_beta(0.0)
         .stale_while_revalidate(MINUTE)
         .negative_ttl(Some(MINUTE));
     let (started, gate) = (Arc::new(Notify::new()), Arc::new(Notify::new()));

@@ -1,6 +1,7 @@
 //! Test support: the real `cachelayer` binary as a child process, on a free port, with its
 //! JSON logs captured, and the databases it runs against (an SQLite file in a temporary
-//! directory, or a fresh database on the local PostgreSQL).
+//! directory, or a fresh database on the local PostgreSQL). It must never leave a process or
+//! a database behind: everything it starts is stopped or dropped when its handle is.
 
 #![allow(dead_code, unreachable_pub)] // Each test file uses part of this module.
 

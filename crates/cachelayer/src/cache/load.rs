@@ -597,12 +597,21 @@ impl Cache {
                 Role::Follower(follower) => {
                     metrics::counter!(telemetry::COALESCED_WAITS).increment(1);
                     let shared = follower.outcome().await;
-                    let outcome = shared
+                    let shared = shared
                         .as_deref()
-                        .and_then(|any| any.downcast_ref::<Outcome<T, E>>());
+                        .and_then(|any| any.downcast_ref::<(Outcome<T, E>, LoadSource)>());
+                    let (outcome, source) = match shared {
+                        Some((outcome, source)) => (Some(outcome), *source),
+                        None => (None, LoadSource::Coalesced),
+                    };
                     match outcome {
                         Some(Ok(value)) if value.is_some() || mode.absent_ok => {
-                            return Loaded::value(value.clone()).from(LoadSource::Coalesced);
+                            // A stale value stays stale for every caller it is shared with.
+                            let source = match source {
+                                LoadSource::Stale => LoadSource::Stale,
+                                _ => LoadSource::Coalesced,
+                            };
+                            return Loaded::value(value.clone()).from(source);
                         }
                         // This caller cannot take a shared loader error out of its `Arc`
                         // (another kind of caller shared it): it loads itself.
@@ -623,7 +632,7 @@ impl Cache {
                 }
             }
         };
-        let loaded = self
+        let (loaded, lease) = self
             .lead(full, options, loader, stale, mode.absent_ok)
             .await;
         let withheld = !mode.share_errors
@@ -636,7 +645,13 @@ impl Cache {
             // they see an outcome of another type and load themselves.
             leader.finish(Arc::new(()));
         } else {
-            leader.finish(Arc::new(loaded.outcome.clone()));
+            leader.finish(Arc::new((loaded.outcome.clone(), loaded.source)));
+        }
+        // Only now, with this process's flight closed: a writer that waits for the lock to
+        // be free (to drop what this load stored) must not be followed by a caller that
+        // joins the flight and gets the value it dropped.
+        if let Some(lease) = lease {
+            lease.release(true).await;
         }
         loaded
     }
@@ -675,31 +690,36 @@ impl Cache {
         loader: F,
         stale: Option<StaleValue<T>>,
         absent_ok: bool,
-    ) -> Loaded<T, E>
+    ) -> (Loaded<T, E>, Option<LockLease>)
     where
         T: Loadable,
         E: Send + Sync + 'static,
         F: LoadFuture<T, E>,
     {
         if !options.settings.lock {
-            return self
+            let loaded = self
                 .load_and_store(full, options, loader, None, stale)
                 .await;
+            return (loaded, None);
         }
         match self.wait_for_lock::<T>(full, options, absent_ok).await {
             LockWait::Acquired(lease) => {
                 // Someone may have filled the key between our miss and our win.
                 if let Some(value) = self.fresh_value::<T>(full, absent_ok).await {
                     lease.release(false).await;
-                    return Loaded::value(value).from(LoadSource::Coalesced);
+                    return (Loaded::value(value).from(LoadSource::Coalesced), None);
                 }
-                self.load_and_store(full, options, loader, Some(lease), stale)
-                    .await
+                let loaded = self
+                    .load_and_store(full, options, loader, Some(&lease), stale)
+                    .await;
+                (loaded, Some(lease))
             }
-            LockWait::Filled(value) => Loaded::value(value).from(LoadSource::Coalesced),
+            LockWait::Filled(value) => (Loaded::value(value).from(LoadSource::Coalesced), None),
             LockWait::Unavailable => {
-                self.load_and_store(full, options, loader, None, stale)
-                    .await
+                let loaded = self
+                    .load_and_store(full, options, loader, None, stale)
+                    .await;
+                (loaded, None)
             }
             LockWait::TimedOut => {
                 lock_event("timed_out");
@@ -712,14 +732,15 @@ impl Cache {
                 if let Some(stale) = stale {
                     metrics::counter!(telemetry::STALE_SERVED, "reason" => "lock_timeout")
                         .increment(1);
-                    return Loaded::value(stale.value).from(LoadSource::Stale);
+                    return (Loaded::value(stale.value).from(LoadSource::Stale), None);
                 }
-                match options.settings.on_lock_timeout {
+                let loaded = match options.settings.on_lock_timeout {
                     OnLockTimeout::Load => {
                         self.load_and_store(full, options, loader, None, None).await
                     }
                     OnLockTimeout::Fail => Loaded::error(LoadError::lock_wait_timed_out(waited)),
-                }
+                };
+                (loaded, None)
             }
         }
     }
@@ -769,15 +790,15 @@ impl Cache {
         }
     }
 
-    /// Run the loader (extending the lease meanwhile), store what it returns, announce the
-    /// fill, and release the lock. A failed load serves the stale value within
+    /// Run the loader (extending the lease meanwhile) and store what it returns; the caller
+    /// releases the lock (announcing the fill). A failed load serves the stale value within
     /// `stale_if_error`.
     async fn load_and_store<T, E, F>(
         &self,
         full: &str,
         options: Resolved,
         loader: F,
-        lease: Option<LockLease>,
+        lease: Option<&LockLease>,
         stale: Option<StaleValue<T>>,
     ) -> Loaded<T, E>
     where
@@ -785,7 +806,7 @@ impl Cache {
         E: Send + Sync + 'static,
         F: LoadFuture<T, E>,
     {
-        let (loaded, compute_time) = match &lease {
+        let (loaded, compute_time) = match lease {
             Some(lease) => {
                 let keep_alive = lease.keep_alive(options.settings.lock_ttl);
                 match futures::future::select(Box::pin(run_loader(loader)), Box::pin(keep_alive))
@@ -797,7 +818,7 @@ impl Cache {
             }
             None => run_loader(loader).await,
         };
-        let loaded = match loaded.outcome {
+        match loaded.outcome {
             Ok(value) => {
                 if loaded.store {
                     let options = match loaded.lifetime {
@@ -823,11 +844,7 @@ impl Cache {
                     source: LoadSource::Loaded,
                 },
             },
-        };
-        if let Some(lease) = lease {
-            lease.release(true).await;
         }
-        loaded
     }
 
     /// Refresh `full` on a background task, unless a refresh of it already runs here. Misses
@@ -899,8 +916,11 @@ impl Cache {
         }
         metrics::counter!(telemetry::REFRESHES, "trigger" => trigger).increment(1);
         let loaded: Loaded<T, E> = self
-            .load_and_store(full, options, loader, lease, None)
+            .load_and_store(full, options, loader, lease.as_ref(), None)
             .await;
+        if let Some(lease) = lease {
+            lease.release(true).await;
+        }
         if let Err(err) = &loaded.outcome {
             tracing::warn!(key = full, error = ?err.kind(), "refresh failed; the current value is kept");
         }
