@@ -98,6 +98,21 @@ fn now() -> DateTime<Utc> {
     Utc::now().trunc_subsecs(6)
 }
 
+/// Binds the writable fields in column order (name, description, price, category, tags,
+/// stock), then the time of the write: the parameters every write statement ends with.
+macro_rules! bind_changes {
+    ($query:expr, $changes:expr) => {
+        $query
+            .bind($changes.name.as_deref())
+            .bind($changes.description.as_deref())
+            .bind($changes.price_cents)
+            .bind($changes.category.as_deref())
+            .bind($changes.tags.clone().map(Json))
+            .bind($changes.stock)
+            .bind(now())
+    };
+}
+
 /// The insert statement, run on any executor (a pool, or a transaction while seeding); a
 /// macro because each backend's executor is a different type.
 macro_rules! insert_row {
@@ -108,16 +123,8 @@ macro_rules! insert_row {
             "INSERT INTO products (name, description, price_cents, category, tags, stock, \
              created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $7) RETURNING {COLUMNS}"
         );
-        let row: ProductRow = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .bind(changes.name.as_deref())
-            .bind(changes.description.as_deref())
-            .bind(changes.price_cents)
-            .bind(changes.category.as_deref())
-            .bind(changes.tags.clone().map(Json))
-            .bind(changes.stock)
-            .bind(now())
-            .fetch_one($executor)
-            .await?;
+        let query = sqlx::query_as(sqlx::AssertSqlSafe(sql));
+        let row: ProductRow = bind_changes!(query, changes).fetch_one($executor).await?;
         row
     }};
 }
@@ -261,17 +268,8 @@ impl Database {
              WHERE id = $1 RETURNING {COLUMNS}"
         );
         let row: Option<ProductRow> = on_pool!(self, pool => {
-            sqlx::query_as(sqlx::AssertSqlSafe(sql))
-                .bind(id)
-                .bind(changes.name.as_deref())
-                .bind(changes.description.as_deref())
-                .bind(changes.price_cents)
-                .bind(changes.category.as_deref())
-                .bind(changes.tags.clone().map(Json))
-                .bind(changes.stock)
-                .bind(now())
-                .fetch_optional(pool)
-                .await?
+            let query = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id);
+            bind_changes!(query, changes).fetch_optional(pool).await?
         });
         Ok(row.map(Product::from))
     }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use cachelayer_testkit::RedisServer;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use support::{PATIENCE, Server, TestDatabase, client, counter, x_cache};
+use support::{PATIENCE, Server, TestDatabase, client, counter, metrics_text, x_cache};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
@@ -520,20 +520,6 @@ async fn a_write_whose_invalidation_fails_is_not_served_stale() {
     assert_eq!(page["items"][5]["name"], "During outage");
 }
 
-/// Returns once the wall clock's millisecond has changed.
-async fn next_millisecond() {
-    let millis = || {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis())
-            .unwrap_or_default()
-    };
-    let now = millis();
-    while millis() == now {
-        tokio::task::yield_now().await;
-    }
-}
-
 async fn until_pending_cleared(server: &Server) {
     let deadline = Instant::now() + PATIENCE;
     loop {
@@ -611,7 +597,7 @@ async fn admin_invalidation_needs_the_token() {
     assert_eq!(body, json!({"tags": 1, "keys": 1, "urls": 0}));
     // A page whose query starts in the invalidation's millisecond is not stored (it may
     // have started before it); the HIT below needs a later start.
-    next_millisecond().await;
+    cachelayer_testkit::wait_for_next_millisecond();
     for path in ["/products/8", "/products?limit=4"] {
         assert_eq!(get(&server, path).await.1, "MISS", "{path} invalidated");
     }
@@ -704,14 +690,7 @@ async fn metrics_health_and_openapi_describe_the_service() {
     let server = Server::start(&db, &["--admin-token", TOKEN]);
     get(&server, "/products/1").await;
     get(&server, "/products/1").await;
-    let text = client()
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let text = metrics_text(&server).await;
     for needle in [
         "cachelayer_http_requests_total{method=\"GET\",route=\"/products/{id}\",status=\"200\"} 2",
         "cachelayer_http_request_duration_seconds_bucket{method=\"GET\",route=\"/products/{id}\",status=\"200\",le=\"0.001\"}",

@@ -620,21 +620,6 @@ async fn stale_serving_from_response_directives(backend: Backend) {
     );
 }
 
-/// Returns once the wall clock's millisecond has changed: the resolution at which tag
-/// invalidations are compared with the start of origin calls.
-async fn next_millisecond() {
-    let millis = || {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis())
-            .unwrap_or_default()
-    };
-    let now = millis();
-    while millis() == now {
-        tokio::task::yield_now().await;
-    }
-}
-
 /// Tags (header or extension) are stripped before clients see them, and invalidating a tag
 /// through one layer drops the responses every other instance on the store would serve.
 async fn tags_invalidate_across_instances(backend: Backend) {
@@ -655,7 +640,7 @@ async fn tags_invalidate_across_instances(backend: Backend) {
         .expect("invalidate");
     // A response whose origin call starts in the invalidation's millisecond is not stored
     // (it may have started before the invalidation): start the next calls after it.
-    next_millisecond().await;
+    cachelayer_testkit::wait_for_next_millisecond();
     for (uri, text) in [("/tagged", "tagged 1"), ("/extension", "extension 1")] {
         let reply = fetch(&second, uri).await;
         assert_eq!((reply.x_cache(), reply.text()), ("MISS", text), "{uri}");

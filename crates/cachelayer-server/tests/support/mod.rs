@@ -229,16 +229,21 @@ pub fn x_cache(response: &reqwest::Response) -> String {
         .to_owned()
 }
 
-/// The value of a Prometheus counter (summed over series whose labels contain `labels`).
-pub async fn counter(server: &Server, name: &str, labels: &str) -> f64 {
-    let text = client()
+/// The server's `/metrics` text.
+pub async fn metrics_text(server: &Server) -> String {
+    client()
         .get(server.url("/metrics"))
         .send()
         .await
         .expect("metrics")
         .text()
         .await
-        .expect("metrics text");
+        .expect("metrics text")
+}
+
+/// The value of a Prometheus counter (summed over series whose labels contain `labels`).
+pub async fn counter(server: &Server, name: &str, labels: &str) -> f64 {
+    let text = metrics_text(server).await;
     text.lines()
         .filter(|line| line.starts_with(name) && line.contains(labels))
         .filter_map(|line| line.rsplit_once(' ')?.1.parse::<f64>().ok())
