@@ -179,6 +179,30 @@ async fn crud_with_the_in_process_store() {
     assert_eq!(local["level"], "INFO");
 }
 
+/// Three instances starting at once on an empty PostgreSQL database (as `docker compose up`
+/// starts them) migrate it once and seed it once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_starting_together_seed_once() {
+    let db = TestDatabase::postgres().await;
+    let mut servers: Vec<Server> = (0..3).map(|_| Server::spawn(&db, &[])).collect();
+    for server in &mut servers {
+        server.wait_until_listening();
+    }
+    let seeded: Vec<u64> = servers
+        .iter_mut()
+        .map(|server| {
+            server.wait_for_log("database ready")["seeded"]
+                .as_u64()
+                .expect("seeded")
+        })
+        .collect();
+    assert_eq!(seeded.iter().sum::<u64>(), 50, "{seeded:?}");
+    for server in &servers {
+        let (_, _, page) = get(server, "/products?limit=1").await;
+        assert_eq!(page["total"], 50);
+    }
+}
+
 fn field_names(body: &Value) -> Vec<String> {
     body["fields"]
         .as_array()

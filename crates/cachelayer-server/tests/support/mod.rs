@@ -100,6 +100,15 @@ impl Server {
     /// Start `cachelayer serve` on a free port with `args` after the defaults (JSON logs,
     /// 50 sample products, a short shutdown timeout); returns once it listens.
     pub fn start(database: &TestDatabase, args: &[&str]) -> Self {
+        let mut server = Self::spawn(database, args);
+        server.wait_until_listening();
+        server
+    }
+
+    /// Start `cachelayer serve` without waiting for it ([`wait_until_listening`] does).
+    ///
+    /// [`wait_until_listening`]: Self::wait_until_listening
+    pub fn spawn(database: &TestDatabase, args: &[&str]) -> Self {
         let mut command = Command::new(env!("CARGO_BIN_EXE_cachelayer"));
         command
             .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
@@ -129,15 +138,18 @@ impl Server {
             let _lines = reader_logs.lines.lock().expect("logs");
             reader_logs.grew.notify_all();
         });
-        let mut server = Self {
+        Self {
             child,
             logs,
             base: String::new(),
-        };
-        let listening = server.wait_for_log("listening");
+        }
+    }
+
+    /// Wait for the "listening" log line, and take the address from it.
+    pub fn wait_until_listening(&mut self) {
+        let listening = self.wait_for_log("listening");
         let address = listening["address"].as_str().expect("address").to_owned();
-        server.base = format!("http://{address}");
-        server
+        self.base = format!("http://{address}");
     }
 
     /// The first log line with this message, waiting for it.
