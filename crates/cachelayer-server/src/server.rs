@@ -31,7 +31,11 @@ pub fn init_logging(format: LogFormat, filter: &str) -> Result<(), Error> {
             format!("{err}; write e.g. info or cachelayer=debug"),
         )
     })?;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // Colours only for a terminal: escape codes in a log file or collector are noise.
+    let colours = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(colours);
     let installed = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
