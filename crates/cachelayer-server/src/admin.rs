@@ -15,7 +15,11 @@ use serde_json::{Map, Value};
 use subtle::ConstantTimeEq;
 use utoipa::ToSchema;
 
-use crate::app::AppState;
+use std::sync::Arc;
+
+use cachelayer::Cache;
+use cachelayer::http::ResponseCacheLayer;
+
 use crate::error::ApiError;
 use crate::product::FieldError;
 
@@ -46,6 +50,40 @@ pub(crate) struct Invalidated {
     pub urls: usize,
 }
 
+/// What the admin routes need: the token, and the cache and HTTP layer to invalidate in
+/// (shared with every instance on the same store).
+#[derive(Debug, Clone)]
+pub(crate) struct AdminState {
+    pub(crate) token: Option<Arc<str>>,
+    pub(crate) max_body_bytes: usize,
+    pub(crate) cache: Cache,
+    pub(crate) layer: ResponseCacheLayer,
+}
+
+impl AdminState {
+    /// Drop tags (of cached responses), keys (as the application writes them, e.g.
+    /// `product:7`) and URLs (path and query, for a host).
+    async fn invalidate_named(
+        &self,
+        tags: &[String],
+        keys: &[String],
+        urls: &[(String, String)],
+    ) -> cachelayer::Result<()> {
+        if !tags.is_empty() {
+            self.layer.invalidate_tags(tags.iter().cloned()).await?;
+        }
+        if !keys.is_empty() {
+            self.cache
+                .invalidate_many(keys.iter().map(String::as_str))
+                .await?;
+        }
+        for (host, path) in urls {
+            self.layer.purge(host, path).await?;
+        }
+        Ok(())
+    }
+}
+
 fn authorized(headers: &HeaderMap, token: &str) -> bool {
     let Some(presented) = headers
         .get(header::AUTHORIZATION)
@@ -72,11 +110,11 @@ fn authorized(headers: &HeaderMap, token: &str) -> bool {
     )
 )]
 pub(crate) async fn invalidate(
-    State(state): State<AppState>,
+    State(state): State<AdminState>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Invalidated>, ApiError> {
-    let token = state.admin_token.as_deref().unwrap_or_default();
+    let token = state.token.as_deref().unwrap_or_default();
     if token.is_empty() || !authorized(&headers, token) {
         tracing::warn!("admin request refused: missing or wrong token");
         return Err(ApiError::unauthorized());
@@ -88,7 +126,6 @@ pub(crate) async fn invalidate(
         .unwrap_or("localhost");
     let (tags, keys, urls) = parse(&body, request_host).map_err(ApiError::validation)?;
     state
-        .catalogue
         .invalidate_named(&tags, &keys, &urls)
         .await
         .map_err(|err| {

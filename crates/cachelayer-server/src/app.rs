@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRef, Request, State};
 use axum::http::{HeaderValue, header};
 use axum::middleware::{Next, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
@@ -17,6 +17,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::time::Instant;
 use tower_http::catch_panic::CatchPanicLayer;
 
+use crate::admin::AdminState;
 use crate::catalogue::Catalogue;
 use crate::error::ApiError;
 use crate::observe::CacheOutcomes;
@@ -35,6 +36,17 @@ pub(crate) struct AppState {
     pub(crate) prometheus: PrometheusHandle,
     /// Whether list pages are cached (false when caching is off).
     pub(crate) cache_lists: bool,
+}
+
+impl FromRef<AppState> for AdminState {
+    fn from_ref(state: &AppState) -> Self {
+        Self {
+            token: state.admin_token.clone(),
+            max_body_bytes: state.max_body_bytes,
+            cache: state.catalogue.cache().clone(),
+            layer: state.catalogue.lists().clone(),
+        }
+    }
 }
 
 /// The application's routes and layers.
@@ -61,7 +73,13 @@ pub(crate) fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.max_body_bytes))
         .layer(CatchPanicLayer::custom(panicked))
-        .layer(from_fn_with_state(state.clone(), observe::observe))
+        .layer(from_fn_with_state(
+            observe::Observed {
+                outcomes: Arc::clone(&state.outcomes),
+                unmatched: "unmatched",
+            },
+            observe::observe,
+        ))
         .with_state(state)
 }
 

@@ -304,28 +304,6 @@ impl Catalogue {
         }
         self.invalidations_pending()
     }
-
-    /// Drop what an operator names: tags (of cached list pages), keys (as the catalogue
-    /// writes them, e.g. `product:7`) and URLs (path and query, for `host`).
-    pub(crate) async fn invalidate_named(
-        &self,
-        tags: &[String],
-        keys: &[String],
-        urls: &[(String, String)],
-    ) -> cachelayer::Result<()> {
-        if !tags.is_empty() {
-            self.lists.invalidate_tags(tags.iter().cloned()).await?;
-        }
-        if !keys.is_empty() {
-            self.cache
-                .invalidate_many(keys.iter().map(String::as_str))
-                .await?;
-        }
-        for (host, path) in urls {
-            self.lists.purge(host, path).await?;
-        }
-        Ok(())
-    }
 }
 
 #[cfg(test)]

@@ -30,6 +30,192 @@ pub struct Cli {
 pub enum Command {
     /// Run the product catalogue API, cached end to end.
     Serve(Box<ServeArgs>),
+    /// Put the HTTP cache in front of an existing API (a shared caching reverse proxy).
+    Proxy(Box<ProxyArgs>),
+}
+
+/// Flags of `cachelayer proxy`.
+#[derive(Debug, Clone, Args)]
+pub struct ProxyArgs {
+    /// The API to cache: `http://HOST:PORT` (requests keep their path and query).
+    #[arg(long, env = "CACHELAYER_UPSTREAM")]
+    pub upstream: String,
+    /// Address to listen on for clients.
+    #[arg(long, env = "CACHELAYER_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: String,
+    /// Address of /metrics, /health and /admin, apart from the upstream's paths.
+    #[arg(
+        long,
+        env = "CACHELAYER_ADMIN_LISTEN",
+        default_value = "127.0.0.1:9090"
+    )]
+    pub admin_listen: String,
+    /// TOML file of per-path rules: default TTLs for responses without cache headers, and
+    /// paths that bypass the cache.
+    #[arg(long, env = "CACHELAYER_PROXY_RULES")]
+    pub rules: Option<std::path::PathBuf>,
+    /// The `Host` sent upstream: the client's (`forward`) or the upstream's (`rewrite`).
+    #[arg(long, env = "CACHELAYER_HOST_MODE", value_enum, default_value_t = HostMode::Forward)]
+    pub host_mode: HostMode,
+    /// Longest wait for the upstream's response headers; past it, 504.
+    #[arg(long, env = "CACHELAYER_UPSTREAM_TIMEOUT", default_value = "30s", value_parser = duration)]
+    pub upstream_timeout: Duration,
+    /// Longest wait for a connection to the upstream; past it, 502.
+    #[arg(long, env = "CACHELAYER_UPSTREAM_CONNECT_TIMEOUT", default_value = "5s", value_parser = duration)]
+    pub upstream_connect_timeout: Duration,
+    /// Largest response body stored; larger ones stream through unstored.
+    #[arg(long, env = "CACHELAYER_MAX_CACHED_BODY_BYTES", default_value_t = cachelayer::http::DEFAULT_MAX_BODY_BYTES)]
+    pub max_cached_body_bytes: usize,
+    /// Runtime worker threads (default: one per CPU).
+    #[arg(long, env = "CACHELAYER_WORKERS")]
+    pub workers: Option<usize>,
+    /// How long shutdown waits for in-flight requests.
+    #[arg(long, env = "CACHELAYER_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = duration)]
+    pub shutdown_timeout: Duration,
+    /// Cache, Redis, admin and logging settings.
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+/// `--host-mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum HostMode {
+    /// Send the client's `Host` upstream unchanged.
+    Forward,
+    /// Send the upstream's own host and port (the client's goes in `X-Forwarded-Host`).
+    Rewrite,
+}
+
+/// The checked settings of `cachelayer proxy`.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// The upstream's base URI (scheme and authority).
+    pub upstream: http::Uri,
+    /// Where clients connect.
+    pub listen: SocketAddr,
+    /// Where /metrics, /health and /admin are.
+    pub admin_listen: SocketAddr,
+    /// Per-path rules.
+    pub rules: Vec<crate::proxy::Rule>,
+    /// `Host` handling.
+    pub host_mode: HostMode,
+    /// Upstream response-header deadline.
+    pub upstream_timeout: Duration,
+    /// Upstream connect deadline.
+    pub upstream_connect_timeout: Duration,
+    /// Largest stored body.
+    pub max_cached_body_bytes: usize,
+    /// Runtime worker threads.
+    pub workers: usize,
+    /// Drain deadline at shutdown.
+    pub shutdown_timeout: Duration,
+    /// The cache (its Debug redacts the Redis password).
+    pub cache: CacheConfig,
+    /// Hosts served (others get 421), empty: any.
+    pub allowed_hosts: Vec<String>,
+    /// Serve stale responses this long when the upstream fails.
+    pub stale_if_error: Duration,
+    /// Serve stale responses this long while one refresh runs.
+    pub stale_while_revalidate: Duration,
+    /// Admin token (redacted in Debug by `Secret`).
+    pub admin_token: Option<Secret>,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Log filter.
+    pub log: String,
+}
+
+/// A secret setting: shown as `***` by `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl ProxyArgs {
+    /// Check every setting; the first invalid one is named in the error.
+    pub fn into_config(self) -> Result<ProxyConfig, Error> {
+        let upstream = parse_upstream(&self.upstream)?;
+        let listen = parse_address("--listen (CACHELAYER_LISTEN)", &self.listen)?;
+        let admin_listen = parse_address(
+            "--admin-listen (CACHELAYER_ADMIN_LISTEN)",
+            &self.admin_listen,
+        )?;
+        let rules = match &self.rules {
+            Some(path) => crate::proxy::load_rules(path)?,
+            None => Vec::new(),
+        };
+        let workers = check_workers(self.workers)?;
+        let common = self.common;
+        let cache = common.cache_config(cachelayer::DEFAULT_TTL, Duration::ZERO)?;
+        Ok(ProxyConfig {
+            upstream,
+            listen,
+            admin_listen,
+            rules,
+            host_mode: self.host_mode,
+            upstream_timeout: self.upstream_timeout,
+            upstream_connect_timeout: self.upstream_connect_timeout,
+            max_cached_body_bytes: self.max_cached_body_bytes,
+            workers,
+            shutdown_timeout: self.shutdown_timeout,
+            cache,
+            allowed_hosts: common.hosts(),
+            stale_if_error: common.stale_if_error,
+            stale_while_revalidate: common.stale_while_revalidate,
+            admin_token: common.token().map(Secret),
+            log_format: common.log_format,
+            log: common.log,
+        })
+    }
+}
+
+fn parse_upstream(raw: &str) -> Result<http::Uri, Error> {
+    let flag = "--upstream (CACHELAYER_UPSTREAM)";
+    let uri: http::Uri = raw.parse().map_err(|_| {
+        Error::config(
+            flag,
+            format!("{raw:?} is not a URL; write http://HOST:PORT"),
+        )
+    })?;
+    if uri.scheme_str() != Some("http") || uri.authority().is_none() {
+        return Err(Error::config(
+            flag,
+            format!(
+                "{raw:?} must be http://HOST[:PORT] (the proxy speaks plain HTTP/1.1 upstream)"
+            ),
+        ));
+    }
+    if uri.path_and_query().is_some_and(|p| p.as_str() != "/") {
+        return Err(Error::config(
+            flag,
+            format!("{raw:?} has a path; give only http://HOST[:PORT]"),
+        ));
+    }
+    Ok(uri)
+}
+
+fn parse_address(flag: &str, raw: &str) -> Result<SocketAddr, Error> {
+    raw.parse().map_err(|_| {
+        Error::config(
+            flag,
+            format!("{raw:?} is not an address; write IP:PORT, e.g. 127.0.0.1:8000"),
+        )
+    })
+}
+
+fn check_workers(workers: Option<usize>) -> Result<usize, Error> {
+    match workers {
+        Some(0) => Err(Error::config(
+            "--workers (CACHELAYER_WORKERS)",
+            "must be at least 1",
+        )),
+        Some(workers) => Ok(workers),
+        None => Ok(std::thread::available_parallelism().map_or(1, usize::from)),
+    }
 }
 
 /// Flags of `cachelayer serve`.
@@ -56,6 +242,15 @@ pub struct ServeArgs {
     /// How long shutdown waits for in-flight requests (e.g. `30s`).
     #[arg(long, env = "CACHELAYER_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = duration)]
     pub shutdown_timeout: Duration,
+    /// How long a cached product stays fresh (`0s` turns the cache off).
+    #[arg(long, env = "CACHELAYER_CACHE_TTL", default_value = "5m", value_parser = duration)]
+    pub cache_ttl: Duration,
+    /// How long a cached list page stays fresh (writes invalidate it at once).
+    #[arg(long, env = "CACHELAYER_LIST_TTL", default_value = "60s", value_parser = duration)]
+    pub list_ttl: Duration,
+    /// How long a "not found" is cached (`0s`: never).
+    #[arg(long, env = "CACHELAYER_NEGATIVE_TTL", default_value = "5s", value_parser = duration)]
+    pub negative_ttl: Duration,
     /// Cache, Redis, admin and logging settings.
     #[command(flatten)]
     pub common: CommonArgs,
@@ -83,15 +278,6 @@ pub struct CommonArgs {
     /// Key prefix in the store; instances sharing a cache must agree on it.
     #[arg(long, env = "CACHELAYER_NAMESPACE", default_value = "cachelayer")]
     pub namespace: String,
-    /// How long a cached product stays fresh (`0s` turns the cache off).
-    #[arg(long, env = "CACHELAYER_CACHE_TTL", default_value = "5m", value_parser = duration)]
-    pub cache_ttl: Duration,
-    /// How long a cached list page stays fresh (writes invalidate it at once).
-    #[arg(long, env = "CACHELAYER_LIST_TTL", default_value = "60s", value_parser = duration)]
-    pub list_ttl: Duration,
-    /// How long a "not found" is cached (`0s`: never).
-    #[arg(long, env = "CACHELAYER_NEGATIVE_TTL", default_value = "5s", value_parser = duration)]
-    pub negative_ttl: Duration,
     /// Compress cached values of at least this many bytes (0: never).
     #[arg(long, env = "CACHELAYER_COMPRESSION_THRESHOLD", default_value_t = 1024)]
     pub compression_threshold: usize,
@@ -116,8 +302,9 @@ pub struct CommonArgs {
     /// Serve a value this long past its TTL when the database fails.
     #[arg(long, env = "CACHELAYER_STALE_IF_ERROR", default_value = "5m", value_parser = duration)]
     pub stale_if_error: Duration,
-    /// Hosts whose list pages are cached (comma-separated, without ports); requests for
-    /// other hosts are answered uncached. Empty: every host, each with its own entries.
+    /// Comma-separated hosts, without ports. `serve`: list pages are cached only for these
+    /// (others are answered uncached); `proxy`: only these are served (others get 421).
+    /// Empty: every host, each with its own entries.
     #[arg(long, env = "CACHELAYER_ALLOWED_HOSTS", value_delimiter = ',')]
     pub allowed_hosts: Vec<String>,
     /// Token for the admin routes (`Authorization: Bearer ...`); without it they do not exist.
@@ -213,15 +400,7 @@ impl std::fmt::Debug for ServeConfig {
 impl ServeArgs {
     /// Check every setting; the first invalid one is named in the error.
     pub fn into_config(self) -> Result<ServeConfig, Error> {
-        let listen = self.listen.parse().map_err(|_| {
-            Error::config(
-                "--listen (CACHELAYER_LISTEN)",
-                format!(
-                    "{:?} is not an address; write IP:PORT, e.g. 127.0.0.1:8000",
-                    self.listen
-                ),
-            )
-        })?;
+        let listen = parse_address("--listen (CACHELAYER_LISTEN)", &self.listen)?;
         check_database_url(&self.database_url)?;
         if self.db_pool_size == 0 {
             return Err(Error::config(
@@ -229,16 +408,7 @@ impl ServeArgs {
                 "must be at least 1",
             ));
         }
-        let workers = match self.workers {
-            Some(0) => {
-                return Err(Error::config(
-                    "--workers (CACHELAYER_WORKERS)",
-                    "must be at least 1",
-                ));
-            }
-            Some(workers) => workers,
-            None => std::thread::available_parallelism().map_or(1, usize::from),
-        };
+        let workers = check_workers(self.workers)?;
         if self.max_body_bytes == 0 {
             return Err(Error::config(
                 "--max-body-bytes (CACHELAYER_MAX_BODY_BYTES)",
@@ -246,7 +416,7 @@ impl ServeArgs {
             ));
         }
         let common = self.common;
-        let cache = common.cache_config()?;
+        let cache = common.cache_config(self.cache_ttl, self.negative_ttl)?;
         Ok(ServeConfig {
             listen,
             database_url: self.database_url,
@@ -256,15 +426,10 @@ impl ServeArgs {
             max_body_bytes: self.max_body_bytes,
             shutdown_timeout: self.shutdown_timeout,
             cache,
-            cache_ttl: common.cache_ttl,
-            list_ttl: common.list_ttl,
-            allowed_hosts: common
-                .allowed_hosts
-                .iter()
-                .map(|host| host.trim().to_ascii_lowercase())
-                .filter(|host| !host.is_empty())
-                .collect(),
-            admin_token: common.admin_token.filter(|token| !token.is_empty()),
+            cache_ttl: self.cache_ttl,
+            list_ttl: self.list_ttl,
+            allowed_hosts: common.hosts(),
+            admin_token: common.token(),
             log_format: common.log_format,
             log: common.log,
         })
@@ -289,8 +454,27 @@ fn check_database_url(url: &str) -> Result<(), Error> {
 }
 
 impl CommonArgs {
-    /// The library's cache settings these flags describe, checked.
-    pub fn cache_config(&self) -> Result<CacheConfig, Error> {
+    /// The allowed hosts, lowercase, without empty entries.
+    fn hosts(&self) -> Vec<String> {
+        self.allowed_hosts
+            .iter()
+            .map(|host| host.trim().to_ascii_lowercase())
+            .filter(|host| !host.is_empty())
+            .collect()
+    }
+
+    /// The admin token, unless empty.
+    fn token(&self) -> Option<String> {
+        self.admin_token.clone().filter(|token| !token.is_empty())
+    }
+
+    /// The library's cache settings these flags describe, checked, with the cache's
+    /// default TTL and the TTL of cached "not found" results (zero: none).
+    pub fn cache_config(
+        &self,
+        default_ttl: Duration,
+        negative_ttl: Duration,
+    ) -> Result<CacheConfig, Error> {
         if let Some(url) = &self.redis_url
             && !(url.starts_with("redis://") || url.starts_with("rediss://"))
         {
@@ -336,7 +520,7 @@ impl CommonArgs {
             command_timeout_ms: millis(self.redis_command_timeout),
             memory_capacity_bytes: self.memory_capacity_bytes,
             namespace: self.namespace.clone(),
-            default_ttl_ms: millis(self.cache_ttl).max(1),
+            default_ttl_ms: millis(default_ttl).max(1),
             compression_threshold_bytes: self.compression_threshold,
             lock: self.lock,
             lock_ttl_ms: millis(self.lock_ttl),
@@ -348,7 +532,7 @@ impl CommonArgs {
             early_refresh_beta: self.early_refresh_beta,
             stale_while_revalidate_ms: millis(self.stale_while_revalidate),
             stale_if_error_ms: millis(self.stale_if_error),
-            negative_ttl_ms: millis(self.negative_ttl),
+            negative_ttl_ms: millis(negative_ttl),
             ..CacheConfig::default()
         })
     }
@@ -366,8 +550,10 @@ mod tests {
         let mut argv = vec!["cachelayer", "serve"];
         argv.extend_from_slice(args);
         let cli = Cli::try_parse_from(argv).map_err(|err| err.to_string())?;
-        let Command::Serve(args) = cli.command;
-        args.into_config().map_err(|err| err.to_string())
+        match cli.command {
+            Command::Serve(args) => args.into_config().map_err(|err| err.to_string()),
+            Command::Proxy(_) => Err("not serve".to_owned()),
+        }
     }
 
     #[test]

@@ -95,7 +95,7 @@ pub(crate) struct DatabaseHealth {
 /// A time-boxed check of `what`: its latency, or a short reason it failed (`error` or
 /// `timeout`). The detail (addresses, driver messages) goes to the log, not to whoever can
 /// read `/health`.
-async fn timed<E: std::fmt::Display>(
+pub(crate) async fn timed<E: std::fmt::Display>(
     what: &'static str,
     check: impl Future<Output = Result<(), E>>,
 ) -> Result<Duration, String> {
@@ -113,7 +113,7 @@ async fn timed<E: std::fmt::Display>(
     }
 }
 
-fn millis(duration: Duration) -> f64 {
+pub(crate) fn millis(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1000.0
 }
 

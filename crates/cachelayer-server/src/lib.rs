@@ -21,6 +21,8 @@
 //! - `db`: SQLite and PostgreSQL behind one type, with embedded migrations.
 //! - `product`: the product, its writable fields, and their validation.
 //! - `observe`: metrics and request logs.
+//! - `proxy`: `cachelayer proxy`, the HTTP cache in front of any upstream: forwarding
+//!   (`proxy::forward`), per-path rules (`proxy::rules`) and the admin listener.
 //! - `error`: [`Error`] (start-up) and the API's JSON errors.
 
 mod admin;
@@ -34,12 +36,14 @@ mod health;
 mod observe;
 mod openapi;
 mod product;
+mod proxy;
 mod server;
 
 pub use crate::catalogue::INVALIDATION_FAILURES;
-pub use crate::config::{Cli, Command, ServeConfig};
+pub use crate::config::{Cli, Command, ProxyConfig, ServeConfig};
 pub use crate::db::DB_QUERIES;
 pub use crate::error::{Error, ErrorKind};
 pub use crate::observe::{HTTP_DURATION, HTTP_IN_FLIGHT, HTTP_REQUESTS};
 pub use crate::openapi::ApiDoc;
+pub use crate::proxy::{Rule, RuleAction, proxy_main};
 pub use crate::server::{init_logging, serve};

@@ -1,28 +1,54 @@
-//! `cachelayer`: the command line. Parses flags (with environment fallbacks), refuses
+//! `cachelayer`: the command line (`serve`, `proxy`). Parses flags (with environment fallbacks), refuses
 //! invalid settings with a message naming them (exit status 2), and runs the subcommand.
 //! It must never start serving with a setting it could not check.
 
 use std::process::ExitCode;
 
-use cachelayer_server::{Cli, Command, ErrorKind, init_logging, serve};
+use cachelayer_server::config::LogFormat;
+use cachelayer_server::{Cli, Command, Error, ErrorKind, init_logging, proxy_main, serve};
 use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let Command::Serve(args) = cli.command;
-    let config = match args.into_config() {
-        Ok(config) => config,
-        Err(err) => {
-            eprintln!("cachelayer: {err}");
-            return ExitCode::from(2);
-        }
-    };
-    if let Err(err) = init_logging(config.log_format, &config.log) {
-        eprintln!("cachelayer: {err}");
-        return ExitCode::from(2);
+    match cli.command {
+        Command::Serve(args) => match args.into_config() {
+            Ok(config) => run(
+                config.workers,
+                config.log_format,
+                &config.log.clone(),
+                serve(config),
+            ),
+            Err(err) => refuse(&err),
+        },
+        Command::Proxy(args) => match args.into_config() {
+            Ok(config) => run(
+                config.workers,
+                config.log_format,
+                &config.log.clone(),
+                proxy_main(config),
+            ),
+            Err(err) => refuse(&err),
+        },
+    }
+}
+
+fn refuse(err: &Error) -> ExitCode {
+    eprintln!("cachelayer: {err}");
+    ExitCode::from(2)
+}
+
+/// Install logging, start the runtime with `workers` threads, and run `main` on it.
+fn run(
+    workers: usize,
+    format: LogFormat,
+    filter: &str,
+    main: impl Future<Output = Result<(), Error>>,
+) -> ExitCode {
+    if let Err(err) = init_logging(format, filter) {
+        return refuse(&err);
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(config.workers)
+        .worker_threads(workers)
         .enable_all()
         .build();
     let runtime = match runtime {
@@ -32,13 +58,13 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let outcome = runtime.block_on(serve(config));
+    let outcome = runtime.block_on(main);
     // Connections still open past the drain deadline are dropped here, not waited for.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            tracing::error!(error = %err, "cachelayer serve failed");
+            tracing::error!(error = %err, "cachelayer failed");
             eprintln!("cachelayer: {err}");
             match err.kind() {
                 ErrorKind::Config => ExitCode::from(2),

@@ -17,7 +17,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 use utoipa::ToSchema;
 
-use crate::app::AppState;
+use std::sync::Arc;
 
 /// Counter of requests, by `method`, `route` and `status`.
 pub const HTTP_REQUESTS: &str = "cachelayer_http_requests_total";
@@ -149,9 +149,17 @@ impl Drop for InFlight {
     }
 }
 
+/// What the per-request middleware records into.
+#[derive(Debug, Clone)]
+pub(crate) struct Observed {
+    pub(crate) outcomes: Arc<CacheOutcomes>,
+    /// The `route` label of requests no route matched (the proxy's are all of them).
+    pub(crate) unmatched: &'static str,
+}
+
 /// The per-request middleware: metrics, cache outcome, one log line.
 pub(crate) async fn observe(
-    State(state): State<AppState>,
+    State(state): State<Observed>,
     request: Request,
     next: Next,
 ) -> Response {
@@ -162,7 +170,7 @@ pub(crate) async fn observe(
     let route = request
         .extensions()
         .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+        .map_or_else(|| state.unmatched.to_owned(), |p| p.as_str().to_owned());
     let response = next.run(request).await;
     let elapsed = started.elapsed();
     let status = response.status().as_u16().to_string();

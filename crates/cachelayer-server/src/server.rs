@@ -143,7 +143,7 @@ async fn close(catalogue: &Catalogue) {
 /// Wait for the server to finish its in-flight requests, up to `timeout`. Past it, the
 /// connections still open are left to the runtime, which drops them when `serve` returns
 /// (their loads release their locks as they are dropped).
-async fn drain(server: tokio::task::JoinHandle<std::io::Result<()>>, timeout: Duration) {
+pub(crate) async fn drain(server: tokio::task::JoinHandle<std::io::Result<()>>, timeout: Duration) {
     let abort = server.abort_handle();
     match tokio::time::timeout(timeout, server).await {
         Ok(Ok(Ok(()))) => tracing::info!("all in-flight requests finished"),
@@ -171,7 +171,7 @@ async fn retry_invalidations(catalogue: Catalogue) {
 }
 
 /// The name of the signal that asked us to stop.
-async fn shutdown_signal() -> &'static str {
+pub(crate) async fn shutdown_signal() -> &'static str {
     let interrupt = async {
         if tokio::signal::ctrl_c().await.is_err() {
             std::future::pending::<()>().await;

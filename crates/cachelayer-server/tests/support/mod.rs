@@ -29,6 +29,8 @@ pub struct Server {
     logs: Arc<Logs>,
     /// `http://127.0.0.1:PORT`
     pub base: String,
+    /// The admin listener's `http://127.0.0.1:PORT` (proxy only).
+    pub admin: String,
 }
 
 /// A database for a server.
@@ -109,12 +111,36 @@ impl Server {
     ///
     /// [`wait_until_listening`]: Self::wait_until_listening
     pub fn spawn(database: &TestDatabase, args: &[&str]) -> Self {
+        let mut all = vec!["serve", "--database-url", &database.url, "--seed", "50"];
+        all.extend_from_slice(args);
+        Self::spawn_command(&all)
+    }
+
+    /// Start `cachelayer proxy` in front of `upstream` on free ports (clients and admin),
+    /// with `args` after the defaults; returns once it listens.
+    pub fn proxy(upstream: &str, args: &[&str]) -> Self {
+        let mut all = vec![
+            "proxy",
+            "--upstream",
+            upstream,
+            "--admin-listen",
+            "127.0.0.1:0",
+        ];
+        all.extend_from_slice(args);
+        let mut server = Self::spawn_command(&all);
+        server.wait_until_listening();
+        server
+    }
+
+    /// Start the binary with `args` (a subcommand first), JSON logs, a free port, two
+    /// workers and a short shutdown timeout.
+    fn spawn_command(args: &[&str]) -> Self {
         let mut command = Command::new(env!("CARGO_BIN_EXE_cachelayer"));
         command
-            .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
-            .args(["--database-url", &database.url, "--seed", "50"])
+            .args(&args[..1])
+            .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
             .args(["--shutdown-timeout", "10s", "--workers", "2"])
-            .args(args)
+            .args(&args[1..])
             // The tests set everything they rely on; the environment must not.
             .env_remove("REDIS_URL")
             .env_remove("DATABASE_URL")
@@ -142,6 +168,7 @@ impl Server {
             child,
             logs,
             base: String::new(),
+            admin: String::new(),
         }
     }
 
@@ -150,6 +177,9 @@ impl Server {
         let listening = self.wait_for_log("listening");
         let address = listening["address"].as_str().expect("address").to_owned();
         self.base = format!("http://{address}");
+        if let Some(admin) = listening["admin"].as_str() {
+            self.admin = format!("http://{admin}");
+        }
     }
 
     /// The first log line with this message, waiting for it.
@@ -213,6 +243,11 @@ impl Server {
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
+
+    /// A URL on the admin listener (proxy only).
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("{}{path}", self.admin)
+    }
 }
 
 impl Drop for Server {
@@ -241,10 +276,15 @@ pub fn x_cache(response: &reqwest::Response) -> String {
         .to_owned()
 }
 
-/// The server's `/metrics` text.
+/// The server's `/metrics` text (on the admin listener for the proxy).
 pub async fn metrics_text(server: &Server) -> String {
+    let url = if server.admin.is_empty() {
+        server.url("/metrics")
+    } else {
+        server.admin_url("/metrics")
+    };
     client()
-        .get(server.url("/metrics"))
+        .get(url)
         .send()
         .await
         .expect("metrics")
