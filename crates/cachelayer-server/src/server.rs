@@ -45,6 +45,20 @@ pub fn init_logging(format: LogFormat, filter: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// The listener with TCP_NODELAY on every accepted connection: a response written in more
+/// than one piece (headers, then body) must not wait for the client's delayed ACK.
+pub(crate) fn without_nagle(
+    listener: TcpListener,
+) -> axum::serve::TapIo<TcpListener, fn(&mut tokio::net::TcpStream)> {
+    use axum::serve::ListenerExt;
+    fn no_delay(tcp: &mut tokio::net::TcpStream) {
+        if let Err(err) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %err, "could not set TCP_NODELAY");
+        }
+    }
+    listener.tap_io(no_delay as fn(&mut tokio::net::TcpStream))
+}
+
 /// How long closing the database pool may take at exit.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -80,7 +94,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), Error> {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let app = router(state.clone());
     let server = tokio::spawn(async move {
-        axum::serve(listener, app)
+        axum::serve(without_nagle(listener), app)
             .with_graceful_shutdown(async {
                 drop(stopped.await);
             })

@@ -39,7 +39,7 @@ use crate::config::ProxyConfig;
 use crate::error::{ApiError, Error};
 use crate::health::{CHECK_TIMEOUT, millis, timed};
 use crate::observe::{CacheOutcomes, Observed, observe, prometheus, run_upkeep};
-use crate::server::{drain, shutdown_signal};
+use crate::server::{drain, shutdown_signal, without_nagle};
 
 /// A way to answer a proxied request: through a cache layer, or straight upstream.
 type Route = BoxCloneSyncService<Request, Response, Infallible>;
@@ -338,7 +338,7 @@ pub async fn proxy_main(config: ProxyConfig) -> Result<(), Error> {
         let mut stopped = stopped.clone();
         tokio::spawn(async move {
             axum::serve(
-                listener,
+                without_nagle(listener),
                 router.into_make_service_with_connect_info::<SocketAddr>(),
             )
             .with_graceful_shutdown(async move {
