@@ -22,6 +22,9 @@ use crate::product::{
     Completeness, FieldError, Product, ProductInput, ProductPatch, parse_changes,
 };
 
+/// The `Content-Type` of every JSON answer.
+const APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
+
 /// Page size when `limit` is not given.
 pub(crate) const DEFAULT_LIMIT: i64 = 20;
 /// Largest page.
@@ -127,7 +130,10 @@ pub(crate) async fn get_product(
     let id = product_id(raw)?;
     let (product, source) = state.catalogue.product(id).await?;
     let mut response = match product {
-        Some(product) => Json(product).into_response(),
+        Some(json) => {
+            let body = String::from(Box::<str>::from(json));
+            ([(header::CONTENT_TYPE, APPLICATION_JSON)], body).into_response()
+        }
         None => no_product(id).into_response(),
     };
     cache_headers(response.headers_mut(), source);

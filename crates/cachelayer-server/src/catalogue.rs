@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use cachelayer::http::ResponseCacheLayer;
 use cachelayer::{Cache, Key, LoadErrorKind, LoadOptions, LoadSource};
+use serde_json::value::RawValue;
 use tokio::time::Instant;
 
 use crate::db::{Database, Page};
@@ -63,6 +64,22 @@ pub(crate) struct Catalogue {
     lists: ResponseCacheLayer,
     options: Option<LoadOptions>,
     pending: Arc<Mutex<Pending>>,
+}
+
+/// A product's JSON exactly as the API sends it. This, not the `Product`, is what the cache
+/// holds: a hit then costs no parsing of fields and timestamps and no serializing back,
+/// only a check that the stored text is JSON (measured in BENCHMARKS.md).
+pub(crate) type ProductJson = Box<RawValue>;
+
+/// One product from the database, as its JSON.
+async fn product_json(
+    db: &Database,
+    id: i64,
+) -> Result<Option<ProductJson>, Box<dyn std::error::Error + Send + Sync>> {
+    match db.product(id).await? {
+        Some(product) => Ok(Some(serde_json::value::to_raw_value(&product)?)),
+        None => Ok(None),
+    }
 }
 
 fn product_key(id: i64) -> Key {
@@ -115,7 +132,10 @@ impl Catalogue {
     }
 
     /// One product, and where it came from.
-    pub(crate) async fn product(&self, id: i64) -> Result<(Option<Product>, ReadSource), ApiError> {
+    pub(crate) async fn product(
+        &self,
+        id: i64,
+    ) -> Result<(Option<ProductJson>, ReadSource), ApiError> {
         let key = product_key(id);
         let Some(options) = self.options else {
             return self.uncached(id, "off").await;
@@ -126,7 +146,7 @@ impl Catalogue {
         let db = self.db.clone();
         let loaded = self
             .cache
-            .try_get_optional_with_source(key, options, async move { db.product(id).await })
+            .try_get_optional_with_source(key, options, async move { product_json(&db, id).await })
             .await;
         match loaded {
             Ok((product, source)) => Ok((product, ReadSource::Cache(source))),
@@ -151,9 +171,14 @@ impl Catalogue {
         &self,
         id: i64,
         reason: &'static str,
-    ) -> Result<(Option<Product>, ReadSource), ApiError> {
-        let product = self.db.product(id).await?;
-        Ok((product, ReadSource::Bypassed(reason)))
+    ) -> Result<(Option<ProductJson>, ReadSource), ApiError> {
+        match product_json(&self.db, id).await {
+            Ok(product) => Ok((product, ReadSource::Bypassed(reason))),
+            Err(err) => {
+                tracing::error!(product = id, error = %err, "product read failed");
+                Err(ApiError::unavailable("the database"))
+            }
+        }
     }
 
     /// A page of products (the HTTP layer in front caches it).
