@@ -23,9 +23,27 @@ use crate::error::ApiError;
 use crate::observe::CacheOutcomes;
 use crate::{admin, api, health, observe, openapi};
 
-/// What every handler can reach. Cheap to clone.
+/// What every handler can reach: one `Arc`, because axum clones the state for every
+/// request and every middleware (cloning the fields one by one showed in the profile).
 #[derive(Clone)]
-pub(crate) struct AppState {
+pub(crate) struct AppState(Arc<Shared>);
+
+impl AppState {
+    pub(crate) fn new(shared: Shared) -> Self {
+        Self(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// The fields of [`AppState`].
+pub(crate) struct Shared {
     pub(crate) catalogue: Catalogue,
     pub(crate) max_body_bytes: usize,
     pub(crate) admin_token: Option<Arc<str>>,
@@ -74,10 +92,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(state.max_body_bytes))
         .layer(CatchPanicLayer::custom(panicked))
         .layer(from_fn_with_state(
-            observe::Observed {
-                outcomes: Arc::clone(&state.outcomes),
-                unmatched: "unmatched",
-            },
+            observe::Observed::new(Arc::clone(&state.outcomes), "unmatched"),
             observe::observe,
         ))
         .with_state(state)

@@ -8,6 +8,11 @@ use cachelayer_server::config::LogFormat;
 use cachelayer_server::{Cli, Command, Error, ErrorKind, init_logging, proxy_main, serve};
 use clap::Parser;
 
+/// mimalloc instead of the system allocator: glibc's malloc and free were about 9% of the
+/// server's time per cached request in the profile (BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {

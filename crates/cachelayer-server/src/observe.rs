@@ -17,7 +17,10 @@ use serde::Serialize;
 use tokio::time::Instant;
 use utoipa::ToSchema;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use metrics::{Counter, Histogram};
 
 /// Counter of requests, by `method`, `route` and `status`.
 pub const HTTP_REQUESTS: &str = "cachelayer_http_requests_total";
@@ -155,7 +158,42 @@ pub(crate) struct Observed {
     pub(crate) outcomes: Arc<CacheOutcomes>,
     /// The `route` label of requests no route matched (the proxy's are all of them).
     pub(crate) unmatched: &'static str,
+    /// Metric handles by method and status, then route: registering a labelled series
+    /// builds and hashes its key, which showed in the profile; a handle is reused.
+    pub(crate) series: Arc<Mutex<SeriesHandles>>,
 }
+
+impl Observed {
+    pub(crate) fn new(outcomes: Arc<CacheOutcomes>, unmatched: &'static str) -> Self {
+        Self {
+            outcomes,
+            unmatched,
+            series: Arc::default(),
+        }
+    }
+
+    fn series(&self, method: &'static str, status: u16, route: &str) -> (Counter, Histogram) {
+        let mut series = self.series.lock().unwrap_or_else(PoisonError::into_inner);
+        let by_route = series.entry((method, status)).or_default();
+        if let Some(handles) = by_route.get(route) {
+            return handles.clone();
+        }
+        let labels = [
+            ("method", method.to_owned()),
+            ("route", route.to_owned()),
+            ("status", status.to_string()),
+        ];
+        let handles = (
+            metrics::counter!(HTTP_REQUESTS, &labels),
+            metrics::histogram!(HTTP_DURATION, &labels),
+        );
+        by_route.insert(route.to_owned(), handles.clone());
+        handles
+    }
+}
+
+/// Counter and histogram handles of each (method, status) and route.
+pub(crate) type SeriesHandles = HashMap<(&'static str, u16), HashMap<String, (Counter, Histogram)>>;
 
 /// The per-request middleware: metrics, cache outcome, one log line.
 pub(crate) async fn observe(
@@ -167,20 +205,15 @@ pub(crate) async fn observe(
     let _in_flight = InFlight::enter();
     let method = method_label(request.method());
     let path = request.uri().path().to_owned();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| state.unmatched.to_owned(), |p| p.as_str().to_owned());
+    let matched = request.extensions().get::<MatchedPath>().cloned();
+    let route = matched
+        .as_ref()
+        .map_or(state.unmatched, MatchedPath::as_str);
     let response = next.run(request).await;
     let elapsed = started.elapsed();
-    let status = response.status().as_u16().to_string();
-    let labels = [
-        ("method", method.to_owned()),
-        ("route", route.clone()),
-        ("status", status),
-    ];
-    metrics::counter!(HTTP_REQUESTS, &labels).increment(1);
-    metrics::histogram!(HTTP_DURATION, &labels).record(elapsed.as_secs_f64());
+    let (requests, duration) = state.series(method, response.status().as_u16(), route);
+    requests.increment(1);
+    duration.record(elapsed.as_secs_f64());
     let cache = response.headers().get("x-cache").map(|v| v.as_bytes());
     if let Some(cache) = cache {
         state.outcomes.record(cache);

@@ -16,7 +16,7 @@ use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tracing_subscriber::EnvFilter;
 
-use crate::app::{AppState, router};
+use crate::app::{AppState, Shared, router};
 use crate::catalogue::{Catalogue, RETRY_EVERY};
 use crate::config::{LogFormat, ServeConfig};
 use crate::db::Database;
@@ -67,7 +67,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), Error> {
     let metrics = prometheus();
     tracing::info!(config = ?config, "starting cachelayer serve");
     let catalogue = open_catalogue(&config).await?;
-    let state = AppState {
+    let state = AppState::new(Shared {
         catalogue: catalogue.clone(),
         max_body_bytes: config.max_body_bytes,
         admin_token: config.admin_token.as_deref().map(Arc::from),
@@ -77,7 +77,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), Error> {
         redis_pool_size: config.cache.redis_pool_size,
         prometheus: metrics.clone(),
         cache_lists: !config.cache_ttl.is_zero() && !config.list_ttl.is_zero(),
-    };
+    });
     if state.admin_token.is_none() {
         tracing::info!("no admin token: the admin routes are off");
     }

@@ -300,10 +300,7 @@ pub async fn proxy_main(config: ProxyConfig) -> Result<(), Error> {
     let (dispatch, layer) = Dispatch::new(&config, &cache, &forwarder);
     let outcomes = Arc::new(CacheOutcomes::default());
     let shutting_down = Arc::new(AtomicBool::new(false));
-    let observed = Observed {
-        outcomes: Arc::clone(&outcomes),
-        unmatched: "proxy",
-    };
+    let observed = Observed::new(Arc::clone(&outcomes), "proxy");
     let app = Router::new()
         .fallback(proxy)
         .with_state(dispatch)
@@ -324,10 +321,7 @@ pub async fn proxy_main(config: ProxyConfig) -> Result<(), Error> {
         prometheus: metrics.clone(),
     })
     .layer(from_fn_with_state(
-        Observed {
-            unmatched: "admin-unmatched",
-            ..observed
-        },
+        Observed::new(Arc::clone(&observed.outcomes), "admin-unmatched"),
         observe,
     ));
     let (listener, address) = bind(config.listen, "clients").await?;
