@@ -58,6 +58,9 @@ pub(crate) struct AdminState {
     pub(crate) max_body_bytes: usize,
     pub(crate) cache: Cache,
     pub(crate) layer: ResponseCacheLayer,
+    /// Whether a URL may be a bare path, for the admin request's own `Host` (true where the
+    /// admin routes share the clients' listener).
+    pub(crate) bare_paths: bool,
 }
 
 impl AdminState {
@@ -124,6 +127,7 @@ pub(crate) async fn invalidate(
         .get(header::HOST)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("localhost");
+    let request_host = state.bare_paths.then_some(request_host);
     let (tags, keys, urls) = parse(&body, request_host).map_err(ApiError::validation)?;
     state
         .invalidate_named(&tags, &keys, &urls)
@@ -143,7 +147,7 @@ pub(crate) async fn invalidate(
 type Names = (Vec<String>, Vec<String>, Vec<(String, String)>);
 
 /// The request body, checked: every bad field named.
-fn parse(body: &[u8], request_host: &str) -> Result<Names, Vec<FieldError>> {
+fn parse(body: &[u8], request_host: Option<&str>) -> Result<Names, Vec<FieldError>> {
     let value: Value = serde_json::from_slice(body).map_err(|err| {
         vec![FieldError::new(
             "body",
@@ -165,9 +169,14 @@ fn parse(body: &[u8], request_host: &str) -> Result<Names, Vec<FieldError>> {
         .filter_map(|url| {
             let parts = split_url(url, request_host);
             if parts.is_none() {
+                let accepted = if request_host.is_some() {
+                    "a path (/products?limit=5) or an http(s) URL"
+                } else {
+                    "an http(s) URL naming the host clients use (http://api.example/items/7)"
+                };
                 errors.push(FieldError::new(
                     "urls",
-                    format!("{url:?} is neither a path (/products?limit=5) nor an http(s) URL"),
+                    format!("{url:?} is not {accepted}"),
                 ));
             }
             parts
@@ -207,7 +216,7 @@ fn names(object: &Map<String, Value>, name: &str, errors: &mut Vec<FieldError>) 
 
 /// A URL as (host, path and query), the host as the HTTP layer keys it: lowercase, with
 /// its port unless it is 80 or 443.
-fn split_url(url: &str, request_host: &str) -> Option<(String, String)> {
+fn split_url(url: &str, request_host: Option<&str>) -> Option<(String, String)> {
     let host_of = |authority: &str| {
         let host = authority.trim().trim_end_matches('.').to_ascii_lowercase();
         host.strip_suffix(":80")
@@ -217,7 +226,8 @@ fn split_url(url: &str, request_host: &str) -> Option<(String, String)> {
     // Only what the HTTP layer can purge: a path and query it would parse.
     let valid_path = |path: &str| path.parse::<http::uri::PathAndQuery>().is_ok();
     if url.starts_with('/') {
-        return valid_path(url).then(|| (host_of(request_host), url.to_owned()));
+        let host = request_host?;
+        return valid_path(url).then(|| (host_of(host), url.to_owned()));
     }
     let rest = url
         .strip_prefix("http://")
@@ -236,25 +246,30 @@ mod tests {
     #[test]
     fn urls_are_split_into_host_and_path() {
         assert_eq!(
-            split_url("/products?limit=5", "Shop.example:8000"),
+            split_url("/products?limit=5", Some("Shop.example:8000")),
             Some((
                 "shop.example:8000".to_owned(),
                 "/products?limit=5".to_owned()
             ))
         );
         assert_eq!(
-            split_url("https://a.example:443/products", "x"),
+            split_url("https://a.example:443/products", None),
             Some(("a.example".to_owned(), "/products".to_owned()))
         );
-        assert_eq!(split_url("ftp://a/b", "x"), None);
-        assert_eq!(split_url("products", "x"), None);
-        assert_eq!(split_url("/a b", "x"), None);
+        assert_eq!(split_url("ftp://a/b", Some("x")), None);
+        assert_eq!(split_url("products", Some("x")), None);
+        assert_eq!(
+            split_url("/products", None),
+            None,
+            "a bare path needs a host"
+        );
+        assert_eq!(split_url("/a b", Some("x")), None);
     }
 
     #[test]
     fn requests_must_name_something_valid() {
         let fields = |body: &[u8]| -> Vec<String> {
-            parse(body, "h")
+            parse(body, Some("h"))
                 .expect_err("invalid")
                 .into_iter()
                 .map(|e| e.field)
@@ -264,8 +279,11 @@ mod tests {
         assert_eq!(fields(br#"{"tags": "products"}"#), ["tags"]);
         assert_eq!(fields(br#"{"tag": ["x"]}"#), ["tag"]);
         assert_eq!(fields(br#"{"urls": ["nope"]}"#), ["urls"]);
-        let (tags, keys, urls) =
-            parse(br#"{"tags": ["products"], "keys": ["product:7"]}"#, "h").expect("valid");
+        let (tags, keys, urls) = parse(
+            br#"{"tags": ["products"], "keys": ["product:7"]}"#,
+            Some("h"),
+        )
+        .expect("valid");
         assert_eq!((tags.len(), keys.len(), urls.len()), (1, 1, 0));
     }
 

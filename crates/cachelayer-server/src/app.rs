@@ -63,6 +63,7 @@ impl FromRef<AppState> for AdminState {
             max_body_bytes: state.max_body_bytes,
             cache: state.catalogue.cache().clone(),
             layer: state.catalogue.lists().clone(),
+            bare_paths: true,
         }
     }
 }

@@ -72,6 +72,14 @@ pub struct ProxyArgs {
     /// How long shutdown waits for in-flight requests.
     #[arg(long, env = "CACHELAYER_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = duration)]
     pub shutdown_timeout: Duration,
+    /// Serve a stored response this long past its freshness while one request refreshes
+    /// it, for responses that do not say (default 0: only when the upstream says so).
+    #[arg(long, env = "CACHELAYER_STALE_WHILE_REVALIDATE", default_value = "0s", value_parser = duration)]
+    pub stale_while_revalidate: Duration,
+    /// Serve a stored response this long past its freshness when the upstream fails, for
+    /// responses that do not say (default 0: only when the upstream says so).
+    #[arg(long, env = "CACHELAYER_STALE_IF_ERROR", default_value = "0s", value_parser = duration)]
+    pub stale_if_error: Duration,
     /// Cache, Redis, admin and logging settings.
     #[command(flatten)]
     pub common: CommonArgs,
@@ -150,7 +158,8 @@ impl ProxyArgs {
         };
         let workers = check_workers(self.workers)?;
         let common = self.common;
-        let cache = common.cache_config(cachelayer::DEFAULT_TTL, Duration::ZERO)?;
+        let cache =
+            common.cache_config(cachelayer::DEFAULT_TTL, Duration::ZERO, Stale::default())?;
         Ok(ProxyConfig {
             upstream,
             listen,
@@ -164,8 +173,8 @@ impl ProxyArgs {
             shutdown_timeout: self.shutdown_timeout,
             cache,
             allowed_hosts: common.hosts(),
-            stale_if_error: common.stale_if_error,
-            stale_while_revalidate: common.stale_while_revalidate,
+            stale_if_error: self.stale_if_error,
+            stale_while_revalidate: self.stale_while_revalidate,
             admin_token: common.token().map(Secret),
             log_format: common.log_format,
             log: common.log,
@@ -187,6 +196,12 @@ fn parse_upstream(raw: &str) -> Result<http::Uri, Error> {
             format!(
                 "{raw:?} must be http://HOST[:PORT] (the proxy speaks plain HTTP/1.1 upstream)"
             ),
+        ));
+    }
+    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+        return Err(Error::config(
+            flag,
+            "must not carry user information (user:password@); the upstream sees the client's own headers",
         ));
     }
     if uri.path_and_query().is_some_and(|p| p.as_str() != "/") {
@@ -251,6 +266,12 @@ pub struct ServeArgs {
     /// How long a "not found" is cached (`0s`: never).
     #[arg(long, env = "CACHELAYER_NEGATIVE_TTL", default_value = "5s", value_parser = duration)]
     pub negative_ttl: Duration,
+    /// Serve a product this long past its TTL while one refresh runs.
+    #[arg(long, env = "CACHELAYER_STALE_WHILE_REVALIDATE", default_value = "0s", value_parser = duration)]
+    pub stale_while_revalidate: Duration,
+    /// Serve a product this long past its TTL when the database fails.
+    #[arg(long, env = "CACHELAYER_STALE_IF_ERROR", default_value = "5m", value_parser = duration)]
+    pub stale_if_error: Duration,
     /// Cache, Redis, admin and logging settings.
     #[command(flatten)]
     pub common: CommonArgs,
@@ -296,12 +317,6 @@ pub struct CommonArgs {
     /// XFetch early-refresh beta (0: off; 1: the usual).
     #[arg(long, env = "CACHELAYER_EARLY_REFRESH_BETA", default_value_t = cachelayer::DEFAULT_EARLY_REFRESH_BETA)]
     pub early_refresh_beta: f64,
-    /// Serve a value this long past its TTL while one refresh runs.
-    #[arg(long, env = "CACHELAYER_STALE_WHILE_REVALIDATE", default_value = "0s", value_parser = duration)]
-    pub stale_while_revalidate: Duration,
-    /// Serve a value this long past its TTL when the database fails.
-    #[arg(long, env = "CACHELAYER_STALE_IF_ERROR", default_value = "5m", value_parser = duration)]
-    pub stale_if_error: Duration,
     /// Comma-separated hosts, without ports. `serve`: list pages are cached only for these
     /// (others are answered uncached); `proxy`: only these are served (others get 421).
     /// Empty: every host, each with its own entries.
@@ -316,6 +331,15 @@ pub struct CommonArgs {
     /// Log filter, in `tracing` directives (e.g. `info`, `cachelayer=debug`).
     #[arg(long, env = "CACHELAYER_LOG", default_value = "info")]
     pub log: String,
+}
+
+/// Stale-serving windows of cached values (zero: off).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Stale {
+    /// While one refresh runs.
+    pub while_revalidate: Duration,
+    /// When the loader fails.
+    pub if_error: Duration,
 }
 
 /// `--on-lock-timeout`.
@@ -416,7 +440,11 @@ impl ServeArgs {
             ));
         }
         let common = self.common;
-        let cache = common.cache_config(self.cache_ttl, self.negative_ttl)?;
+        let stale = Stale {
+            while_revalidate: self.stale_while_revalidate,
+            if_error: self.stale_if_error,
+        };
+        let cache = common.cache_config(self.cache_ttl, self.negative_ttl, stale)?;
         Ok(ServeConfig {
             listen,
             database_url: self.database_url,
@@ -474,6 +502,7 @@ impl CommonArgs {
         &self,
         default_ttl: Duration,
         negative_ttl: Duration,
+        stale: Stale,
     ) -> Result<CacheConfig, Error> {
         if let Some(url) = &self.redis_url
             && !(url.starts_with("redis://") || url.starts_with("rediss://"))
@@ -530,8 +559,8 @@ impl CommonArgs {
                 LockTimeoutPolicy::Fail => OnLockTimeout::Fail,
             },
             early_refresh_beta: self.early_refresh_beta,
-            stale_while_revalidate_ms: millis(self.stale_while_revalidate),
-            stale_if_error_ms: millis(self.stale_if_error),
+            stale_while_revalidate_ms: millis(stale.while_revalidate),
+            stale_if_error_ms: millis(stale.if_error),
             negative_ttl_ms: millis(negative_ttl),
             ..CacheConfig::default()
         })

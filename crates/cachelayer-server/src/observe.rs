@@ -83,7 +83,7 @@ pub(crate) struct CacheStats {
     pub hits: u64,
     /// Reads answered from a stale cached value.
     pub stale: u64,
-    /// Reads that went to the database.
+    /// Reads that went to the source (the database, or the proxy's upstream).
     pub misses: u64,
     /// Reads that did not use the cache.
     pub bypasses: u64,

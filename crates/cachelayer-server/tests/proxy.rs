@@ -38,10 +38,30 @@ impl Calls {
     }
 }
 
+/// The origin's state: call counts, and the gate of `/held`.
+#[derive(Clone, Default)]
+struct OriginState {
+    calls: Calls,
+    release: Arc<tokio::sync::Notify>,
+}
+
+impl axum::extract::FromRef<OriginState> for Calls {
+    fn from_ref(state: &OriginState) -> Self {
+        state.calls.clone()
+    }
+}
+
+impl axum::extract::FromRef<OriginState> for Arc<tokio::sync::Notify> {
+    fn from_ref(state: &OriginState) -> Self {
+        Arc::clone(&state.release)
+    }
+}
+
 /// The origin: each route answers with the cache headers its name says.
 struct Origin {
     address: SocketAddr,
     calls: Calls,
+    release: Arc<tokio::sync::Notify>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -63,6 +83,8 @@ async fn cache_controlled(
         "private" => with_cache_control("private, max-age=60", body),
         "s-maxage" => with_cache_control("max-age=0, s-maxage=60", body),
         "stale-if-error" => with_cache_control("max-age=1, stale-if-error=600", body),
+        // What a cache in front of the origin (Varnish, a CDN) would add.
+        "labelled" => ([("cache-control", "max-age=60"), ("x-cache", "HIT")], body).into_response(),
         _ => body.into_response(),
     }
 }
@@ -100,6 +122,29 @@ async fn big(State(calls): State<Calls>) -> Response {
     ([("cache-control", "max-age=60")], body).into_response()
 }
 
+/// The first 64 KiB, then the rest only once the test releases it: a client can read the
+/// first part only if the proxy streams.
+async fn held(
+    State(calls): State<Calls>,
+    State(release): State<Arc<tokio::sync::Notify>>,
+) -> Response {
+    calls.record("/held");
+    let first = futures::stream::once(async {
+        Ok::<_, std::io::Error>(bytes::Bytes::from(vec![1u8; 65_536]))
+    });
+    let rest = futures::stream::once(async move {
+        release.notified().await;
+        Ok::<_, std::io::Error>(bytes::Bytes::from(vec![2u8; 65_536]))
+    });
+    Body::from_stream(futures::StreamExt::chain(first, rest)).into_response()
+}
+
+/// Answers with the length of the request body it received.
+async fn echo_length(State(calls): State<Calls>, body: bytes::Bytes) -> String {
+    calls.record("/echo");
+    body.len().to_string()
+}
+
 async fn slow(State(calls): State<Calls>) -> &'static str {
     calls.record("/slow");
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -108,7 +153,7 @@ async fn slow(State(calls): State<Calls>) -> &'static str {
 
 impl Origin {
     async fn start() -> Self {
-        let calls = Calls::default();
+        let state = OriginState::default();
         let app = Router::new()
             .route("/cc/{name}", get(cache_controlled))
             .route("/plain/{name}", get(cache_controlled))
@@ -116,7 +161,9 @@ impl Origin {
             .route("/headers", get(headers))
             .route("/big", get(big))
             .route("/slow", get(slow))
-            .with_state(calls.clone());
+            .route("/held", get(held))
+            .route("/echo", axum::routing::post(echo_length))
+            .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -132,7 +179,8 @@ impl Origin {
         });
         Self {
             address,
-            calls,
+            calls: state.calls,
+            release: state.release,
             stop: Some(stop),
             task: Some(task),
         }
@@ -194,8 +242,13 @@ async fn the_upstreams_cache_control_decides() {
         ("/cc/s-maxage", true),
         ("/cc/max-age", true),
         ("/plain/none", false),
+        ("/cc/labelled", true),
     ] {
-        get_via(&proxy, path).await;
+        let (_, first, _) = get_via(&proxy, path).await;
+        assert_eq!(
+            first, "MISS",
+            "{path}: this proxy's label, not the upstream's"
+        );
         let (_, cache, _) = get_via(&proxy, path).await;
         let calls = origin.calls.count(path);
         if stored {
@@ -227,6 +280,9 @@ async fn rules_give_default_ttls_and_bypasses() {
     get_via(&proxy, "/cc/max-age").await;
     assert_eq!(get_via(&proxy, "/cc/max-age").await.1, "BYPASS");
     assert_eq!(origin.calls.count("/cc/max-age"), 2);
+    for disguised in ["/cc/%6Dax-age", "/cc//max-age", "/cc/x/../max-age"] {
+        assert_eq!(get_via(&proxy, disguised).await.1, "BYPASS", "{disguised}");
+    }
     get_via(&proxy, "/cc/no-store").await;
     assert_eq!(
         get_via(&proxy, "/cc/no-store").await.1,
@@ -317,8 +373,10 @@ async fn upstream_down_is_502_or_stale_and_slow_is_504() {
         &origin.url(),
         &["--upstream-timeout", "500ms", "--stale-if-error", "0s"],
     );
-    let (status, _, _) = get_via(&proxy, "/slow").await;
+    let (status, _, body) = get_via(&proxy, "/slow").await;
     assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+    let body: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(body["error"], "upstream_timeout");
     get_via(&proxy, "/cc/stale-if-error").await;
     origin.stop().await;
     let (status, _, body) = get_via(&proxy, "/cc/no-store").await;
@@ -474,4 +532,82 @@ fn invalid_proxy_settings_exit_naming_the_flag() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(stderr.contains(named), "{args:?}: {stderr}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_clients_host_is_part_of_the_key() {
+    let origin = Origin::start().await;
+    let proxy = Server::proxy(&origin.url(), &[]);
+    for host in ["a.example", "b.example", "a.example", "b.example"] {
+        let response = client()
+            .get(proxy.url("/cc/max-age"))
+            .header("host", host)
+            .send()
+            .await
+            .expect("GET");
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    assert_eq!(
+        origin.calls.count("/cc/max-age"),
+        2,
+        "one upstream call per host"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_stream_through_in_both_directions() {
+    let origin = Origin::start().await;
+    let proxy = Server::proxy(&origin.url(), &[]);
+    // Download: the first part arrives while the origin still holds the rest.
+    let mut response = client().get(proxy.url("/held")).send().await.expect("GET");
+    let mut received = 0;
+    while received < 65_536 {
+        let chunk = tokio::time::timeout(PATIENCE, response.chunk())
+            .await
+            .expect("the first part arrives before the rest is released")
+            .expect("chunk")
+            .expect("not the end");
+        assert!(chunk.iter().all(|b| *b == 1));
+        received += chunk.len();
+    }
+    origin.release.notify_one();
+    let rest = response.bytes().await.expect("rest");
+    assert_eq!(received + rest.len(), 2 * 65_536);
+    // Upload: a 1 MiB body of unknown length, sent as a stream.
+    let chunks = (0..16).map(|_| {
+        Ok::<_, std::io::Error>(hyper::body::Frame::data(bytes::Bytes::from(vec![
+            7u8;
+            65_536
+        ])))
+    });
+    let body = reqwest::Body::wrap(http_body_util::StreamBody::new(futures::stream::iter(
+        chunks,
+    )));
+    let response = client()
+        .post(proxy.url("/echo"))
+        .body(body)
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(x_cache(&response), "BYPASS");
+    assert_eq!(response.text().await.expect("text"), "1048576");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_purges_on_the_proxy_name_their_host() {
+    let origin = Origin::start().await;
+    let proxy = Server::proxy(&origin.url(), &["--admin-token", "t"]);
+    let response = client()
+        .post(proxy.admin_url("/admin/invalidate"))
+        .bearer_auth("t")
+        .json(&json!({"urls": ["/cc/max-age"]}))
+        .send()
+        .await
+        .expect("admin");
+    assert_eq!(
+        response.status(),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "a bare path names no client host"
+    );
 }

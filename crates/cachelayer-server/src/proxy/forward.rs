@@ -59,7 +59,18 @@ impl Forwarder {
         }
     }
 
-    /// The upstream's `host:port`.
+    /// The upstream's `host:port`, with the scheme's default port when the URL gives none.
+    pub(crate) fn connect_address(&self) -> String {
+        let host = self.upstream.host().unwrap_or_default();
+        let port = self.upstream.port_u16().unwrap_or(80);
+        if host.contains(':') {
+            format!("[{}]:{port}", host.trim_matches(|c| c == '[' || c == ']'))
+        } else {
+            format!("{host}:{port}")
+        }
+    }
+
+    /// The upstream's authority as its URL gives it (the `Host` of rewrite mode).
     pub(crate) fn authority(&self) -> String {
         self.upstream
             .authority()
@@ -74,6 +85,7 @@ impl Forwarder {
             .get::<ConnectInfo<SocketAddr>>()
             .map(|info| info.0.ip());
         let (mut parts, body) = request.into_parts();
+        // HTTP/2 clients send no Host field (only :authority); HTTP/1.1 upstreams need one.
         let client_host = parts.headers.get(header::HOST).cloned().or_else(|| {
             parts
                 .uri
@@ -95,15 +107,16 @@ impl Forwarder {
                 );
             }
         };
-        // HTTP/2 clients send no Host field (only :authority); HTTP/1.1 upstreams need one.
+        // The upstream connection is HTTP/1.1 whatever the client spoke.
         parts.version = axum::http::Version::HTTP_11;
         strip_hop_by_hop(&mut parts.headers);
         self.set_host(&mut parts.headers, client_host);
         append_forwarded_for(&mut parts.headers, client_ip);
-        parts.headers.insert(
-            HeaderName::from_static("x-forwarded-proto"),
-            HeaderValue::from_static("http"),
-        );
+        // Kept when a TLS terminator in front of this proxy set it; this listener is plain.
+        parts
+            .headers
+            .entry(HeaderName::from_static("x-forwarded-proto"))
+            .or_insert(HeaderValue::from_static("http"));
         append_via(&mut parts.headers);
         let request = Request::from_parts(parts, body);
         match tokio::time::timeout(self.timeout, self.client.request(request)).await {
@@ -113,6 +126,9 @@ impl Forwarder {
                 // not turn it into a close-after-each-response connection).
                 parts.version = axum::http::Version::HTTP_11;
                 strip_hop_by_hop(&mut parts.headers);
+                // An upstream cache's own label (Varnish, a CDN) would be taken for this
+                // proxy's; its `Cache-Status` entries stay (RFC 9211 lists every cache).
+                parts.headers.remove("x-cache");
                 append_via(&mut parts.headers);
                 Response::from_parts(parts, Body::new(body))
             }

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
-use axum::body::Body;
+use axum::body::{Body, HttpBody as _};
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::from_fn_with_state;
@@ -33,6 +33,7 @@ use tower::util::BoxCloneSyncService;
 
 use self::forward::Forwarder;
 pub(crate) use self::rules::load_rules;
+use self::rules::normalized_path;
 pub use self::rules::{Rule, RuleAction};
 use crate::admin::AdminState;
 use crate::config::ProxyConfig;
@@ -51,6 +52,8 @@ struct Dispatch {
     rules: Arc<Vec<(Rule, Route)>>,
     /// Paths no rule matches: cached as the upstream says.
     default: Route,
+    /// Straight upstream, for requests the cache must not key (a body on a GET).
+    uncached: Route,
     /// Hosts served; empty: any.
     allowed_hosts: Arc<Vec<String>>,
 }
@@ -67,8 +70,8 @@ fn cached(layer: &ResponseCacheLayer, forwarder: &Forwarder) -> Route {
     BoxCloneSyncService::new(service)
 }
 
-/// A route straight upstream, reported as `X-Cache: BYPASS`.
-fn bypass(forwarder: &Forwarder) -> Route {
+/// A route straight upstream, reported as `X-Cache: BYPASS` with `detail`.
+fn bypass(forwarder: &Forwarder, detail: &'static str) -> Route {
     let forwarder = forwarder.clone();
     BoxCloneSyncService::new(tower::service_fn(move |request: Request| {
         let forwarder = forwarder.clone();
@@ -76,10 +79,11 @@ fn bypass(forwarder: &Forwarder) -> Route {
             let mut response = forwarder.forward(request).await;
             let headers = response.headers_mut();
             headers.insert("x-cache", HeaderValue::from_static("BYPASS"));
-            headers.insert(
-                "cache-status",
-                HeaderValue::from_static("cachelayer; fwd=bypass; detail=rule"),
-            );
+            if let Ok(status) =
+                HeaderValue::from_str(&format!("cachelayer; fwd=bypass; detail={detail}"))
+            {
+                headers.insert("cache-status", status);
+            }
             Ok::<_, Infallible>(response)
         }
     }))
@@ -103,7 +107,7 @@ impl Dispatch {
             .iter()
             .map(|rule| {
                 let route = match rule.action {
-                    RuleAction::Bypass => bypass(forwarder),
+                    RuleAction::Bypass => bypass(forwarder, "rule"),
                     RuleAction::DefaultTtl(ttl) => {
                         cached(&base.clone().default_ttl(Some(ttl)), forwarder)
                     }
@@ -114,15 +118,17 @@ impl Dispatch {
         let dispatch = Self {
             rules: Arc::new(rules),
             default: cached(&base, forwarder),
+            uncached: bypass(forwarder, "request-body"),
             allowed_hosts: Arc::new(config.allowed_hosts.clone()),
         };
         (dispatch, base)
     }
 
     fn route(&self, path: &str) -> Route {
+        let path = normalized_path(path);
         self.rules
             .iter()
-            .find(|(rule, _)| rule.matches(path))
+            .find(|(rule, _)| rule.matches(&path))
             .map_or_else(|| self.default.clone(), |(_, route)| route.clone())
     }
 
@@ -135,14 +141,23 @@ impl Dispatch {
             .get(axum::http::header::HOST)
             .and_then(|h| h.to_str().ok())
             .map(str::to_owned)
-            .or_else(|| request.uri().host().map(str::to_owned))
-            .unwrap_or_default()
-            .to_ascii_lowercase();
-        let name = host
-            .rsplit_once(':')
-            .map_or(host.as_str(), |(name, _)| name);
-        self.allowed_hosts.iter().any(|allowed| allowed == name)
+            .or_else(|| request.uri().authority().map(|a| a.as_str().to_owned()))
+            .unwrap_or_default();
+        let name = host_name(&host);
+        self.allowed_hosts.contains(&name)
     }
+}
+
+/// A `Host` value's name, as the allow-list holds it: lowercase, without the port, the
+/// trailing dot or IPv6 brackets.
+fn host_name(host: &str) -> String {
+    let host = host.trim().to_ascii_lowercase();
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        rest.split_once(']').map_or(rest, |(ip, _)| ip)
+    } else {
+        host.split_once(':').map_or(host.as_str(), |(name, _)| name)
+    };
+    name.trim_end_matches('.').to_owned()
 }
 
 async fn proxy(State(dispatch): State<Dispatch>, request: Request) -> Response {
@@ -156,7 +171,13 @@ async fn proxy(State(dispatch): State<Dispatch>, request: Request) -> Response {
         )
             .into_response();
     }
-    let route = dispatch.route(request.uri().path());
+    // A request body the client sends without declaring it (HTTP/2 DATA on a GET) would
+    // not be part of the cache key: such requests are never cached.
+    let route = if request.body().is_end_stream() {
+        dispatch.route(request.uri().path())
+    } else {
+        dispatch.uncached.clone()
+    };
     match route.oneshot(request).await {
         Ok(response) => response,
         Err(never) => match never {},
@@ -210,7 +231,7 @@ async fn metrics(State(app): State<AdminApp>) -> Response {
 /// `healthy`.
 async fn health(State(app): State<AdminApp>) -> Response {
     let uses_redis = app.cache.store().kind() == "redis";
-    let authority = app.forwarder.authority();
+    let authority = app.forwarder.connect_address();
     let (redis, upstream) = tokio::join!(
         async {
             if uses_redis {
@@ -291,6 +312,15 @@ pub async fn proxy_main(config: ProxyConfig) -> Result<(), Error> {
     if config.cache.redis_url.is_none() {
         tracing::info!("no Redis URL: the cache is local to this process");
     }
+    let lock_max_wait = std::time::Duration::from_millis(config.cache.lock_max_wait_ms);
+    if config.cache.lock && lock_max_wait < config.upstream_timeout {
+        // Waiters give up on an upstream call slower than this and make their own.
+        tracing::warn!(
+            ?lock_max_wait,
+            upstream_timeout = ?config.upstream_timeout,
+            "--lock-max-wait is shorter than --upstream-timeout: requests waiting on a slower upstream call make their own"
+        );
+    }
     let forwarder = Forwarder::new(
         config.upstream.clone(),
         config.host_mode,
@@ -311,6 +341,8 @@ pub async fn proxy_main(config: ProxyConfig) -> Result<(), Error> {
             max_body_bytes: 64 * 1024,
             cache: cache.clone(),
             layer,
+            // This listener's own Host is no client's: purges must name the host.
+            bare_paths: false,
         },
         cache,
         forwarder,

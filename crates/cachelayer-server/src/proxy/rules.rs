@@ -70,6 +70,52 @@ struct RawRule {
 
 const FLAG: &str = "--rules (CACHELAYER_PROXY_RULES)";
 
+/// A request path as rules see it: percent-encoded unreserved characters decoded, repeated
+/// slashes merged, `.` and `..` segments resolved; so `/api/%63art`, `/api//cart` and
+/// `/api/x/../cart` cannot slip past a rule for `/api/cart`. (The upstream still gets the
+/// path as sent.) Matching stays case-sensitive, as paths are.
+pub(crate) fn normalized_path(path: &str) -> String {
+    let decoded = decode_unreserved(path);
+    let mut segments: Vec<&str> = Vec::new();
+    for segment in decoded.split('/') {
+        match segment {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            other => segments.push(other),
+        }
+    }
+    format!("/{}", segments.join("/"))
+}
+
+/// Decode `%XX` where it stands for a letter, digit, `-`, `.`, `_` or `~` (RFC 3986 section
+/// 2.3: those are equivalent to their encoding); leave every other escape as it is.
+fn decode_unreserved(path: &str) -> String {
+    let bytes = path.as_bytes();
+    let mut out = String::with_capacity(path.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = (bytes[i] == b'%' && i + 2 < bytes.len())
+            .then(|| std::str::from_utf8(&bytes[i + 1..i + 3]).ok())
+            .flatten()
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok())
+            .filter(|b| b.is_ascii_alphanumeric() || b"-._~".contains(b));
+        match escaped {
+            Some(byte) => {
+                out.push(char::from(byte));
+                i += 3;
+            }
+            None => {
+                let ch = path[i..].chars().next().unwrap_or_default();
+                out.push(ch);
+                i += ch.len_utf8();
+            }
+        }
+    }
+    out
+}
+
 /// Read and check a rules file; the rules come back longest prefix first.
 pub(crate) fn load_rules(path: &Path) -> Result<Vec<Rule>, Error> {
     let text = std::fs::read_to_string(path)
@@ -86,6 +132,15 @@ fn parse_rules(text: &str) -> Result<Vec<Rule>, String> {
         if !raw.path.starts_with('/') {
             return Err(format!("{name}: path must start with /"));
         }
+        if raw.path.contains(['*', '?', '#', '%']) {
+            return Err(format!(
+                "{name}: path is a plain prefix (no wildcards, query, fragment or escapes)"
+            ));
+        }
+        let prefix = normalized_path(&raw.path);
+        if rules.iter().any(|rule: &Rule| rule.prefix == prefix) {
+            return Err(format!("{name}: another rule has the same path"));
+        }
         let action = match (raw.bypass, raw.default_ttl) {
             (true, None) => RuleAction::Bypass,
             (false, Some(ttl)) => {
@@ -101,10 +156,7 @@ fn parse_rules(text: &str) -> Result<Vec<Rule>, String> {
             (true, Some(_)) => return Err(format!("{name}: give bypass or default_ttl, not both")),
             (false, None) => return Err(format!("{name}: give bypass = true or a default_ttl")),
         };
-        rules.push(Rule {
-            prefix: raw.path,
-            action,
-        });
+        rules.push(Rule { prefix, action });
     }
     rules.sort_by_key(|rule| std::cmp::Reverse(rule.prefix.len()));
     Ok(rules)
@@ -153,6 +205,30 @@ mod tests {
             let err = parse_rules(text).expect_err(text);
             assert!(err.contains(expected), "{text}: {err}");
         }
+    }
+
+    #[test]
+    fn globs_and_duplicates_are_refused() {
+        for text in [
+            "[[rules]]\npath = \"/api/*\"\nbypass = true",
+            "[[rules]]\npath = \"/a\"\nbypass = true\n[[rules]]\npath = \"/a/\"\nbypass = true",
+        ] {
+            assert!(parse_rules(text).is_err(), "{text}");
+        }
+    }
+
+    #[test]
+    fn paths_are_normalized_before_matching() {
+        assert_eq!(normalized_path("/api/%63art"), "/api/cart");
+        assert_eq!(normalized_path("/api//cart/"), "/api/cart");
+        assert_eq!(normalized_path("/api/x/../cart"), "/api/cart");
+        assert_eq!(
+            normalized_path("/api/%2Fcart"),
+            "/api/%2Fcart",
+            "reserved escapes stay"
+        );
+        assert_eq!(normalized_path("/%"), "/%");
+        assert_eq!(normalized_path("/é%41"), "/éA");
     }
 
     #[test]
