@@ -155,7 +155,7 @@ impl Origin {
     async fn start() -> Self {
         let state = OriginState::default();
         let app = Router::new()
-            .route("/cc/{name}", get(cache_controlled))
+            .route("/cc/{name}", get(cache_controlled).post(echo_length))
             .route("/plain/{name}", get(cache_controlled))
             .route("/slow-cached/{name}", get(slow_cached))
             .route("/headers", get(headers))
@@ -592,6 +592,37 @@ async fn bodies_stream_through_in_both_directions() {
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(x_cache(&response), "BYPASS");
     assert_eq!(response.text().await.expect("text"), "1048576");
+    // A successful POST goes through the cache layer, which drops what it changes
+    // (RFC 9111 section 4.4): the target's stored response.
+    let response = client()
+        .get(proxy.url("/cc/max-age"))
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(x_cache(&response), "MISS");
+    let response = client()
+        .get(proxy.url("/cc/max-age"))
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(x_cache(&response), "HIT");
+    let response = client()
+        .post(proxy.url("/cc/max-age"))
+        .body("x")
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(response.status(), StatusCode::OK);
+    let response = client()
+        .get(proxy.url("/cc/max-age"))
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(
+        x_cache(&response),
+        "MISS",
+        "the POST dropped the stored response"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

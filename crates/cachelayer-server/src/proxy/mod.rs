@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use axum::Router;
 use axum::body::{Body, HttpBody as _};
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::{HeaderValue, Method, StatusCode};
 use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -171,12 +171,14 @@ async fn proxy(State(dispatch): State<Dispatch>, request: Request) -> Response {
         )
             .into_response();
     }
-    // A request body the client sends without declaring it (HTTP/2 DATA on a GET) would
-    // not be part of the cache key: such requests are never cached.
-    let route = if request.body().is_end_stream() {
-        dispatch.route(request.uri().path())
-    } else {
+    // A GET or HEAD body the client sends without declaring it (HTTP/2 DATA) would not be
+    // part of the cache key: such requests are never cached. Other methods go through the
+    // layer, which does not cache them but invalidates what a successful one changes.
+    let safe = matches!(*request.method(), Method::GET | Method::HEAD);
+    let route = if safe && !request.body().is_end_stream() {
         dispatch.uncached.clone()
+    } else {
+        dispatch.route(request.uri().path())
     };
     match route.oneshot(request).await {
         Ok(response) => response,
