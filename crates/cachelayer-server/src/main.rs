@@ -1,6 +1,6 @@
-//! `cachelayer`: the command line (`serve`, `proxy`). Parses flags (with environment fallbacks), refuses
-//! invalid settings with a message naming them (exit status 2), and runs the subcommand.
-//! It must never start serving with a setting it could not check.
+//! `cachelayer`: the command line (`serve`, `proxy`). Parses flags (with environment
+//! fallbacks), refuses invalid settings with a message naming them (exit status 2), and runs
+//! the subcommand. It must never start serving with a setting it could not check.
 
 use std::process::ExitCode;
 
