@@ -642,3 +642,48 @@ async fn admin_purges_on_the_proxy_name_their_host() {
         "a bare path names no client host"
     );
 }
+
+/// Over HTTP/2 a GET can carry a body without declaring its length; the body is not part of
+/// the cache key, so such a request must neither be served from the cache nor fill it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_get_with_an_undeclared_body_is_not_cached() {
+    let origin = Origin::start().await;
+    let proxy = Server::proxy(&origin.url(), &[]);
+    let h2 = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .timeout(PATIENCE)
+        .build()
+        .expect("client");
+    let plain = h2.get(proxy.url("/cc/max-age")).send().await.expect("GET");
+    assert_eq!(
+        (plain.version(), x_cache(&plain).as_str()),
+        (reqwest::Version::HTTP_2, "MISS")
+    );
+    for _ in 0..2 {
+        let frames = futures::stream::iter([Ok::<_, std::io::Error>(hyper::body::Frame::data(
+            bytes::Bytes::from_static(b"{\"filter\": 1}"),
+        ))]);
+        let body = reqwest::Body::wrap(http_body_util::StreamBody::new(frames));
+        let response = h2
+            .get(proxy.url("/cc/max-age"))
+            .body(body)
+            .send()
+            .await
+            .expect("GET with a body");
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(x_cache(&response), "BYPASS", "not answered from the cache");
+    }
+    assert_eq!(
+        origin.calls.count("/cc/max-age"),
+        3,
+        "each request with a body went upstream"
+    );
+    let again = h2.get(proxy.url("/cc/max-age")).send().await.expect("GET");
+    assert_eq!(
+        x_cache(&again),
+        "HIT",
+        "the plain GET's entry was not replaced"
+    );
+    assert_eq!(again.text().await.expect("text"), "max-age call 1");
+}

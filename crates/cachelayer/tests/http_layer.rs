@@ -870,7 +870,34 @@ async fn large_bodies_stream_through(backend: Backend) {
     assert_eq!(calls.of("/big"), 2);
 }
 
+/// A GET carrying a body is never answered from the cache nor stored: declared by
+/// `Content-Length`, or not declared at all (a stream, as HTTP/2 data frames arrive).
+async fn requests_with_bodies_bypass(backend: Backend) {
+    let (app, calls) = router(backend.cache());
+    fetch(&app, "/fresh").await;
+    assert_eq!(fetch(&app, "/fresh").await.x_cache(), "HIT");
+    let declared = get_request("/fresh")
+        .header(header::CONTENT_LENGTH, "2")
+        .body(Body::from("{}"))
+        .expect("request");
+    let chunks = [Ok::<_, std::io::Error>(bytes::Bytes::from_static(b"{}"))];
+    let undeclared = get_request("/fresh")
+        .body(Body::from_stream(futures::stream::iter(chunks)))
+        .expect("request");
+    for request in [declared, undeclared] {
+        let reply = send(&app, request).await;
+        assert_eq!(reply.x_cache(), "BYPASS");
+    }
+    assert_eq!(calls.of("/fresh"), 3, "both went to the origin");
+    assert_eq!(
+        fetch(&app, "/fresh").await.text(),
+        "fresh 1",
+        "the stored entry is intact"
+    );
+}
+
 on_every_store!(
+    requests_with_bodies_bypass,
     hit_and_miss,
     freshness_sources_and_refusals,
     request_directives,

@@ -18,9 +18,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
-use axum::body::{Body, HttpBody as _};
+use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, Method, StatusCode};
+use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -52,8 +52,6 @@ struct Dispatch {
     rules: Arc<Vec<(Rule, Route)>>,
     /// Paths no rule matches: cached as the upstream says.
     default: Route,
-    /// Straight upstream, for requests the cache must not key (a body on a GET).
-    uncached: Route,
     /// Hosts served; empty: any.
     allowed_hosts: Arc<Vec<String>>,
 }
@@ -118,7 +116,6 @@ impl Dispatch {
         let dispatch = Self {
             rules: Arc::new(rules),
             default: cached(&base, forwarder),
-            uncached: bypass(forwarder, "request-body"),
             allowed_hosts: Arc::new(config.allowed_hosts.clone()),
         };
         (dispatch, base)
@@ -171,15 +168,10 @@ async fn proxy(State(dispatch): State<Dispatch>, request: Request) -> Response {
         )
             .into_response();
     }
-    // A GET or HEAD body the client sends without declaring it (HTTP/2 DATA) would not be
-    // part of the cache key: such requests are never cached. Other methods go through the
-    // layer, which does not cache them but invalidates what a successful one changes.
-    let safe = matches!(*request.method(), Method::GET | Method::HEAD);
-    let route = if safe && !request.body().is_end_stream() {
-        dispatch.uncached.clone()
-    } else {
-        dispatch.route(request.uri().path())
-    };
+    // Every request goes through a route's layer (unless a rule bypasses it): the layer
+    // never caches a request carrying a body, declared or not, and invalidates what a
+    // successful unsafe request changes.
+    let route = dispatch.route(request.uri().path());
     match route.oneshot(request).await {
         Ok(response) => response,
         Err(never) => match never {},

@@ -273,7 +273,7 @@ where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
     S::Future: Send,
     S::Error: Send + 'static,
-    ReqBody: Send + 'static,
+    ReqBody: Body + Send + 'static,
     ResBody: Body<Data = Bytes> + Send + 'static,
     ResBody::Error: Into<BoxError>,
 {
@@ -339,7 +339,7 @@ where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
     S::Future: Send,
     S::Error: Send + 'static,
-    ReqBody: Send + 'static,
+    ReqBody: Body + Send + 'static,
     ResBody: Body<Data = Bytes> + Send + 'static,
     ResBody::Error: Into<BoxError>,
 {
@@ -366,11 +366,13 @@ where
         }
         return Ok(response);
     }
+    // Declared by its headers, or (HTTP/2 data frames need neither) by the body itself.
     let has_body = parts.headers.contains_key(http::header::TRANSFER_ENCODING)
         || parts
             .headers
             .get(http::header::CONTENT_LENGTH)
-            .is_some_and(|length| length.as_bytes() != b"0");
+            .is_some_and(|length| length.as_bytes() != b"0")
+        || !body.is_end_stream();
     if has_body {
         // Its body is not part of the key, so its response cannot be shared.
         return forward(&shared, &mut inner, parts, body, bypass("body")).await;
