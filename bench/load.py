@@ -83,7 +83,8 @@ def wait_http(url, deadline_s=120):
 
 
 def check_cached(scenario, base):
-    """A cached scenario must be measuring hits: after the warm-up, a read says HIT."""
+    """A cached scenario must be measuring hits: /products/1, stored by the readiness probe
+    and read again by the warm-up, must now be answered from the cache."""
     if scenario in ("limit", "serve-miss"):
         return
     with urllib.request.urlopen(f"{base}/products/1", timeout=5) as response:
