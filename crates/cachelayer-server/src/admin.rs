@@ -217,12 +217,7 @@ fn names(object: &Map<String, Value>, name: &str, errors: &mut Vec<FieldError>) 
 /// A URL as (host, path and query), the host as the HTTP layer keys it: lowercase, with
 /// its port unless it is 80 or 443.
 fn split_url(url: &str, request_host: Option<&str>) -> Option<(String, String)> {
-    let host_of = |authority: &str| {
-        let host = authority.trim().trim_end_matches('.').to_ascii_lowercase();
-        host.strip_suffix(":80")
-            .or_else(|| host.strip_suffix(":443"))
-            .map_or_else(|| host.clone(), str::to_owned)
-    };
+    let host_of = cachelayer::http::key::normalize_host;
     // Only what the HTTP layer can purge: a path and query it would parse.
     let valid_path = |path: &str| path.parse::<http::uri::PathAndQuery>().is_ok();
     if url.starts_with('/') {

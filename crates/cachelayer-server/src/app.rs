@@ -128,14 +128,7 @@ async fn read_around_pending(
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; version=0.0.4"),
-        )],
-        state.prometheus.render(),
-    )
-        .into_response()
+    observe::render_metrics(&state.prometheus)
 }
 
 async fn not_found() -> ApiError {

@@ -58,6 +58,14 @@ pub(crate) fn prometheus() -> PrometheusHandle {
         .clone()
 }
 
+/// `/metrics`: the recorder's series in the Prometheus text format.
+pub(crate) fn render_metrics(handle: &PrometheusHandle) -> axum::response::Response {
+    use axum::http::{HeaderValue, header};
+    use axum::response::IntoResponse;
+    let content_type = HeaderValue::from_static("text/plain; version=0.0.4");
+    ([(header::CONTENT_TYPE, content_type)], handle.render()).into_response()
+}
+
 /// Keeps the recorder's histograms from growing without bound (the exporter's upkeep).
 pub(crate) async fn run_upkeep(handle: PrometheusHandle) {
     let mut tick = tokio::time::interval(Duration::from_secs(5));

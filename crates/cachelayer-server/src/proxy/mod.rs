@@ -26,6 +26,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use cachelayer::Cache;
 use cachelayer::http::ResponseCacheLayer;
+use cachelayer::http::key::{host_without_port, normalize_host};
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tower::ServiceExt;
@@ -38,8 +39,8 @@ pub use self::rules::{Rule, RuleAction};
 use crate::admin::AdminState;
 use crate::config::ProxyConfig;
 use crate::error::{ApiError, Error};
-use crate::health::{CHECK_TIMEOUT, millis, timed};
-use crate::observe::{CacheOutcomes, Observed, observe, prometheus, run_upkeep};
+use crate::health::{CHECK_TIMEOUT, Status, millis, timed};
+use crate::observe::{CacheOutcomes, Observed, observe, prometheus, render_metrics, run_upkeep};
 use crate::server::{drain, shutdown_signal, without_nagle};
 
 /// A way to answer a proxied request: through a cache layer, or straight upstream.
@@ -140,21 +141,11 @@ impl Dispatch {
             .map(str::to_owned)
             .or_else(|| request.uri().authority().map(|a| a.as_str().to_owned()))
             .unwrap_or_default();
-        let name = host_name(&host);
-        self.allowed_hosts.contains(&name)
+        // Compared as the cache layer compares its own allow-list.
+        let host = normalize_host(&host);
+        let name = host_without_port(&host);
+        self.allowed_hosts.iter().any(|allowed| allowed == name)
     }
-}
-
-/// A `Host` value's name, as the allow-list holds it: lowercase, without the port, the
-/// trailing dot or IPv6 brackets.
-fn host_name(host: &str) -> String {
-    let host = host.trim().to_ascii_lowercase();
-    let name = if let Some(rest) = host.strip_prefix('[') {
-        rest.split_once(']').map_or(rest, |(ip, _)| ip)
-    } else {
-        host.split_once(':').map_or(host.as_str(), |(name, _)| name)
-    };
-    name.trim_end_matches('.').to_owned()
 }
 
 async fn proxy(State(dispatch): State<Dispatch>, request: Request) -> Response {
@@ -212,12 +203,7 @@ fn admin_router(app: AdminApp) -> Router {
 }
 
 async fn metrics(State(app): State<AdminApp>) -> Response {
-    let content_type = HeaderValue::from_static("text/plain; version=0.0.4");
-    (
-        [(axum::http::header::CONTENT_TYPE, content_type)],
-        app.prometheus.render(),
-    )
-        .into_response()
+    render_metrics(&app.prometheus)
 }
 
 /// The proxy's health: `unhealthy` (503) when the upstream cannot be connected to,
@@ -242,10 +228,10 @@ async fn health(State(app): State<AdminApp>) -> Response {
     );
     let breaker = app.cache.breaker_state().as_str();
     let status = match (&upstream, &redis) {
-        (Err(_), _) => "unhealthy",
-        (Ok(_), Some(Err(_))) => "degraded",
-        (Ok(_), _) if breaker == "open" => "degraded",
-        _ => "healthy",
+        (Err(_), _) => Status::Unhealthy,
+        (Ok(_), Some(Err(_))) => Status::Degraded,
+        (Ok(_), _) if breaker == "open" => Status::Degraded,
+        _ => Status::Healthy,
     };
     let body = serde_json::json!({
         "status": status,
@@ -269,7 +255,7 @@ async fn health(State(app): State<AdminApp>) -> Response {
             "stats": app.outcomes.stats(),
         },
     });
-    let code = if status == "unhealthy" {
+    let code = if status == Status::Unhealthy {
         StatusCode::SERVICE_UNAVAILABLE
     } else {
         StatusCode::OK

@@ -205,10 +205,12 @@ impl LoadMode {
 
 /// What the first read of a load found.
 enum Lookup<T> {
-    /// A value to serve now, perhaps with a refresh to start (`seen` is the stored-at of the
-    /// entry served, and the trigger its metric label).
+    /// A value to serve now (a hit, or stale within `stale_while_revalidate`), perhaps with
+    /// a refresh to start (`seen` is the stored-at of the entry served, and the trigger its
+    /// metric label).
     Served {
         value: Option<T>,
+        source: LoadSource,
         refresh: Option<(SystemTime, &'static str)>,
     },
     /// Nothing usable: load, keeping what is stale for `stale_if_error`.
@@ -446,12 +448,15 @@ impl Cache {
         F: LoadFuture<T, E> + Send + 'static,
     {
         let Some(options) = self.resolve(options) else {
-            return run_loader(loader).await.0.from(LoadSource::Bypassed);
+            return bypass(loader).await;
         };
         let full = self.full_key(key);
         match self.first_read::<T>(&full, options, mode).await {
-            Lookup::Served { value, refresh } => {
-                let source = served_source(refresh);
+            Lookup::Served {
+                value,
+                source,
+                refresh,
+            } => {
                 if let Some((seen, trigger)) = refresh {
                     self.refresh_in_background(&full, options, loader, seen, trigger);
                 }
@@ -477,12 +482,15 @@ impl Cache {
         F: LoadFuture<T, E>,
     {
         let Some(options) = self.resolve(options) else {
-            return run_loader(loader).await.0.from(LoadSource::Bypassed);
+            return bypass(loader).await;
         };
         let full = self.full_key(key);
         match self.first_read::<T>(&full, options, mode).await {
-            Lookup::Served { value, refresh } => {
-                let source = served_source(refresh);
+            Lookup::Served {
+                value,
+                source,
+                refresh,
+            } => {
                 if let Some((seen, trigger)) = refresh
                     && let Role::Leader(_refreshing) = self.inner.refreshes.join(&full)
                 {
@@ -511,7 +519,7 @@ impl Cache {
         F: LoadFuture<T, E>,
     {
         let Some(options) = self.resolve(options) else {
-            return run_loader(loader).await.0.from(LoadSource::Bypassed);
+            return bypass(loader).await;
         };
         self.load_missing(full, options, loader, None, mode).await
     }
@@ -556,6 +564,7 @@ impl Cache {
                 );
                 Lookup::Served {
                     value: entry.value,
+                    source: LoadSource::Hit,
                     refresh: early.then_some((seen, "early")),
                 }
             }
@@ -564,6 +573,7 @@ impl Cache {
                 metrics::counter!(telemetry::STALE_SERVED, "reason" => "revalidate").increment(1);
                 Lookup::Served {
                     value: entry.value,
+                    source: LoadSource::Stale,
                     refresh: Some((seen, "stale")),
                 }
             }
@@ -1047,6 +1057,14 @@ impl Cache {
     }
 }
 
+/// A load around the cache (zero TTL, invalid options): the loader alone.
+async fn bypass<T, E, F>(loader: F) -> Loaded<T, E>
+where
+    F: Future<Output = Result<Fetched<T>, E>>,
+{
+    run_loader(loader).await.0.from(LoadSource::Bypassed)
+}
+
 /// Run a loader, containing a panic, and time it.
 async fn run_loader<T, E, F>(loader: F) -> (Loaded<T, E>, Duration)
 where
@@ -1081,15 +1099,6 @@ where
         }
     };
     (loaded, elapsed)
-}
-
-/// The source of a value served by the first read: stale when it was served for a stale
-/// refresh.
-fn served_source(refresh: Option<(SystemTime, &'static str)>) -> LoadSource {
-    match refresh {
-        Some((_, "stale")) => LoadSource::Stale,
-        _ => LoadSource::Hit,
-    }
 }
 
 fn panic_message(payload: &(dyn Any + Send)) -> String {

@@ -40,6 +40,12 @@ pub fn normalized_host(parts: &Parts) -> String {
         .map(str::to_owned)
         .or_else(|| parts.uri.authority().map(|a| a.as_str().to_owned()))
         .unwrap_or_default();
+    normalize_host(&raw)
+}
+
+/// A `Host` value as keys hold it: trimmed, lowercase, without a trailing dot or a default
+/// port (80, 443). For hosts named elsewhere than in a request, such as purges.
+pub fn normalize_host(raw: &str) -> String {
     let lower = raw.trim().trim_end_matches('.').to_ascii_lowercase();
     match lower
         .strip_suffix(":80")
@@ -50,7 +56,9 @@ pub fn normalized_host(parts: &Parts) -> String {
     }
 }
 
-fn host_without_port(host: &str) -> &str {
+/// A normalized host without its port (and an IPv6 literal without brackets): what
+/// allow-lists compare.
+pub fn host_without_port(host: &str) -> &str {
     if host.starts_with('[') {
         // IPv6 literal: "[::1]:8080".
         return host
