@@ -185,3 +185,64 @@ pub(crate) async fn ready(State(readiness): State<Readiness>) -> Response {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use axum::body::to_bytes;
+    use futures::FutureExt;
+
+    use super::*;
+
+    async fn answer(readiness: Readiness) -> (StatusCode, serde_json::Value) {
+        let response = ready(State(readiness)).await;
+        let status = response.status();
+        let body = to_bytes(response.into_body(), 1024).await.expect("body");
+        (status, serde_json::from_slice(&body).expect("json"))
+    }
+
+    /// Without a requirement, ready until draining begins; then 503 `shutting_down`.
+    #[tokio::test]
+    async fn ready_until_draining() {
+        let draining = Draining::default();
+        let readiness = Readiness::new(draining.clone());
+        let (status, body) = answer(readiness.clone()).await;
+        assert_eq!((status, &body["status"]), (StatusCode::OK, &"ready".into()));
+        draining.begin_for_test();
+        let (status, body) = answer(readiness).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body["status"], "shutting_down");
+    }
+
+    /// A failing requirement is 503 `not_ready` with the short reason, never its detail.
+    #[tokio::test]
+    async fn a_failing_requirement_is_not_ready() {
+        let readiness = Readiness::new(Draining::default()).requiring("database", || {
+            async { Err(BoxError::from("connection refused at 10.0.0.7")) }.boxed()
+        });
+        let (status, body) = answer(readiness).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            body,
+            serde_json::json!({ "status": "not_ready", "error": "error" })
+        );
+    }
+
+    /// The breaker is spelt as before the enum: `closed`, `half_open`, `open`.
+    #[test]
+    fn redis_health_spells_the_breaker_as_a_word() {
+        let health = RedisHealth {
+            reachable: false,
+            latency_ms: None,
+            breaker: BreakerState::HalfOpen,
+            pool_connections: 4,
+            error: Some("timeout".to_owned()),
+        };
+        let json = serde_json::to_value(&health).expect("json");
+        assert_eq!(json["breaker"], "half_open");
+        assert_eq!(Status::Degraded.http_status(), StatusCode::OK);
+        assert_eq!(
+            Status::Unhealthy.http_status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+    }
+}

@@ -1,6 +1,6 @@
 //! Listening and graceful drain, the same for both commands: binding addresses, serving
-//! routers on them, and [`serve_until_signal`], the one start-to-shutdown sequence. On
-//! SIGTERM or SIGINT it marks the instance [`Draining`] (readiness turns 503), stops
+//! routers on them, and [`serve_until`], the one start-to-shutdown sequence. On SIGTERM or
+//! SIGINT ([`shutdown_signal`]) it marks the instance [`Draining`] (readiness turns 503), stops
 //! accepting on every listener at once, then waits for each listener's in-flight requests
 //! within that listener's deadline.
 //!
@@ -21,7 +21,7 @@ use tokio::task::JoinHandle;
 
 use crate::error::Error;
 
-/// Whether the instance is draining for shutdown: set once by [`serve_until_signal`], read
+/// Whether the instance is draining for shutdown: set once by [`serve_until`], read
 /// by readiness. Cheap to clone (all clones share one flag).
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Draining(Arc<AtomicBool>);
@@ -34,6 +34,12 @@ impl Draining {
 
     fn begin(&self) {
         self.0.store(true, Ordering::Relaxed);
+    }
+
+    /// Begin draining without a signal (tests of what reads the flag).
+    #[cfg(test)]
+    pub(crate) fn begin_for_test(&self) {
+        self.begin();
     }
 }
 
@@ -67,15 +73,17 @@ pub(crate) async fn bind(
     Ok((listener, local))
 }
 
-/// Serve every listener until SIGTERM or SIGINT, then drain them: mark `draining`, stop
-/// accepting everywhere, and wait for each listener in turn, within its own deadline.
-/// `listening` runs once every listener is served (the command logs where it listens);
-/// `shutdown_timeout` is what the shutdown log line reports.
-pub(crate) async fn serve_until_signal(
+/// Serve every listener until `shutdown` completes (commands pass [`shutdown_signal`]:
+/// SIGTERM or SIGINT), then drain them: mark `draining`, stop accepting everywhere, and wait
+/// for each listener in turn, within its own deadline. `listening` runs once every listener
+/// is served (the command logs where it listens); `shutdown_timeout` is what the shutdown
+/// log line reports.
+pub(crate) async fn serve_until(
     listeners: Vec<Listener>,
     draining: &Draining,
     shutdown_timeout: Duration,
     listening: impl FnOnce(),
+    shutdown: impl Future<Output = &'static str>,
 ) {
     let (stop, stopped) = watch::channel(false);
     let running: Vec<(JoinHandle<std::io::Result<()>>, Duration)> = listeners
@@ -87,7 +95,7 @@ pub(crate) async fn serve_until_signal(
         .collect();
     listening();
 
-    let signal = shutdown_signal().await;
+    let signal = shutdown.await;
     tracing::info!(signal, timeout = ?shutdown_timeout, "shutting down: draining in-flight requests");
     draining.begin();
     // Receivers live as long as the server tasks; an error means they already ended.
@@ -145,8 +153,8 @@ async fn drain(server: JoinHandle<std::io::Result<()>>, timeout: Duration) {
     }
 }
 
-/// The name of the signal that asked us to stop.
-async fn shutdown_signal() -> &'static str {
+/// Completes on SIGTERM or SIGINT, with the name of the signal that asked us to stop.
+pub(crate) async fn shutdown_signal() -> &'static str {
     let interrupt = async {
         if tokio::signal::ctrl_c().await.is_err() {
             std::future::pending::<()>().await;
@@ -170,5 +178,75 @@ async fn shutdown_signal() -> &'static str {
     {
         interrupt.await;
         "SIGINT"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::routing::get;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::sync::{Notify, mpsc, oneshot};
+
+    use super::*;
+
+    /// Shutdown marks the instance draining, stops accepting, and still answers the request
+    /// that was in flight before it returns.
+    #[tokio::test]
+    async fn shutdown_drains_the_request_in_flight() {
+        let (socket, address) = bind(([127, 0, 0, 1], 0).into(), None).await.expect("bind");
+        let (started, mut handler_started) = mpsc::unbounded_channel::<()>();
+        let release = Arc::new(Notify::new());
+        let router = Router::new().route(
+            "/slow",
+            get({
+                let release = Arc::clone(&release);
+                move || async move {
+                    let _ = started.send(());
+                    release.notified().await;
+                    "done"
+                }
+            }),
+        );
+        let draining = Draining::default();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server = tokio::spawn({
+            let draining = draining.clone();
+            let listener = Listener {
+                socket,
+                router,
+                drain_within: Duration::from_secs(10),
+            };
+            async move {
+                let shutdown = async {
+                    drop(stopped.await);
+                    "test"
+                };
+                serve_until(vec![listener], &draining, Duration::ZERO, || {}, shutdown).await;
+            }
+        });
+        let mut connection = TcpStream::connect(address).await.expect("connect");
+        connection
+            .write_all(b"GET /slow HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n")
+            .await
+            .expect("request");
+        handler_started.recv().await.expect("the handler runs");
+
+        stop.send(()).expect("shutdown");
+        while !draining.is_draining() {
+            tokio::task::yield_now().await;
+        }
+        assert!(!server.is_finished(), "a request is still in flight");
+        release.notify_one();
+        let mut response = String::new();
+        connection
+            .read_to_string(&mut response)
+            .await
+            .expect("response");
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+        assert!(response.ends_with("done"), "{response}");
+        tokio::time::timeout(Duration::from_secs(10), server)
+            .await
+            .expect("drained in time")
+            .expect("server task");
     }
 }

@@ -1,16 +1,15 @@
 //! `cachelayer proxy`: the HTTP cache layer in front of any existing API, as a reverse proxy.
 //! This file runs it: the cache, the two listeners, and what is cleaned up after the shared
-//! drain ([`crate::listen`]).
+//! drain (`crate::listen`).
 //!
 //! Two listeners: clients on `--listen`, where every request goes through the cache (or a
-//! rule's bypass) to the upstream ([`dispatch`](self::dispatch), [`forward`](self::forward));
-//! and operators on `--admin-listen` ([`admin_listener`](self::admin_listener)), so they
-//! never collide with the upstream's paths. Cache behaviour is the upstream's
-//! `Cache-Control` (RFC 9111, as the layer implements it), with per-path default TTLs and
-//! bypasses from a rules file ([`rules`](self::rules)). Instances sharing one Redis share one
-//! cache: one upstream call per key across them, and purges reach all of them. This module
-//! must never answer a client with an error of its own making when the upstream answered,
-//! and nothing in `proxy` may import `serve`.
+//! rule's bypass) to the upstream (`dispatch`, `forward`); and operators on `--admin-listen`
+//! (`admin_listener`), so they never collide with the upstream's paths. Cache behaviour is
+//! the upstream's `Cache-Control` (RFC 9111, as the layer implements it), with per-path
+//! default TTLs and bypasses from a rules file (`rules`). Instances sharing one Redis share
+//! one cache: one upstream call per key across them, and purges reach all of them. This
+//! module must never answer a client with an error of its own making when the upstream
+//! answered, and nothing in `proxy` may import `serve`.
 //!
 //! Dependencies point one way: `mod.rs` → `admin_listener` → `health` → `forward` →
 //! `config` → `rules`; `dispatch` → `forward`, `config`, `rules`.
@@ -37,7 +36,7 @@ pub use self::rules::{Rule, RuleAction};
 use crate::admin::AdminState;
 use crate::error::Error;
 use crate::health::{CHECK_TIMEOUT, Readiness};
-use crate::listen::{Draining, Listener, bind, serve_until_signal};
+use crate::listen::{Draining, Listener, bind, serve_until, shutdown_signal};
 use crate::metrics::{prometheus, run_upkeep};
 use crate::observe::{CacheOutcomes, Observed, observe};
 
@@ -119,9 +118,15 @@ pub async fn run(config: ProxyConfig) -> Result<(), Error> {
             drain_within: CHECK_TIMEOUT,
         },
     ];
-    serve_until_signal(listeners, &draining, config.shutdown_timeout, || {
-        tracing::info!(address = %address, admin = %admin_address, upstream = %config.upstream, "listening");
-    })
+    let listening = || tracing::info!(address = %address, admin = %admin_address, upstream = %config.upstream, "listening");
+    let shutdown = shutdown_signal();
+    serve_until(
+        listeners,
+        &draining,
+        config.shutdown_timeout,
+        listening,
+        shutdown,
+    )
     .await;
     upkeep.abort();
     tracing::info!("stopped");

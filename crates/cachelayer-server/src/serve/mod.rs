@@ -1,6 +1,6 @@
 //! `cachelayer serve`: a product catalogue API over a real SQL database, cached end to end.
 //! This file runs it: the database, the cache, the listener, background tasks, and what is
-//! cleaned up after the shared drain ([`crate::listen`]).
+//! cleaned up after the shared drain (`crate::listen`).
 //!
 //! Start-up never needs Redis (the cache connects lazily and fails open); it needs the
 //! database, and says so if it cannot reach it. Shutdown stops accepting, marks the instance
@@ -37,7 +37,7 @@ use self::db::Database;
 pub use self::openapi::ApiDoc;
 use self::state::{AppContext, AppState};
 use crate::error::Error;
-use crate::listen::{Draining, Listener, bind, serve_until_signal};
+use crate::listen::{Draining, Listener, bind, serve_until, shutdown_signal};
 use crate::metrics::{prometheus, run_upkeep};
 use crate::observe::CacheOutcomes;
 
@@ -74,9 +74,15 @@ pub async fn run(config: ServeConfig) -> Result<(), Error> {
         router: router(state),
         drain_within: config.shutdown_timeout,
     };
-    serve_until_signal(vec![listener], &draining, config.shutdown_timeout, || {
-        tracing::info!(address = %address, "listening");
-    })
+    let listening = || tracing::info!(address = %address, "listening");
+    let shutdown = shutdown_signal();
+    serve_until(
+        vec![listener],
+        &draining,
+        config.shutdown_timeout,
+        listening,
+        shutdown,
+    )
     .await;
     for task in background {
         task.abort();
