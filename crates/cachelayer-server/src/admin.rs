@@ -1,27 +1,26 @@
 //! Admin routes: `POST /admin/invalidate`, for operators who changed data behind the
-//! service's back (a migration, a manual fix) and need the cache to forget it.
+//! service's back (a migration, a manual fix) and need the cache to forget it. Both
+//! commands serve it: `serve` beside its API, `proxy` on its admin listener.
 //!
 //! The routes exist only when an admin token is configured, and every request must carry it
 //! as `Authorization: Bearer <token>`, compared in constant time. This module must never
 //! log the token or say how close a wrong one was.
+
+use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, header};
+use cachelayer::Cache;
+use cachelayer::http::ResponseCacheLayer;
 use serde::Serialize;
 use serde_json::{Map, Value};
 use subtle::ConstantTimeEq;
 use utoipa::ToSchema;
 
-use std::sync::Arc;
-
-use cachelayer::Cache;
-use cachelayer::http::ResponseCacheLayer;
-
-use crate::error::ApiError;
-use crate::product::FieldError;
+use crate::error::{ApiError, FieldError, body_within};
 
 /// Most names in one request, per list.
 const MAX_NAMES: usize = 1000;
@@ -122,7 +121,7 @@ pub(crate) async fn invalidate(
         tracing::warn!("admin request refused: missing or wrong token");
         return Err(ApiError::unauthorized());
     }
-    let body = crate::api::body_bytes(body, state.max_body_bytes)?;
+    let body = body_within(body, state.max_body_bytes)?;
     let request_host = headers
         .get(header::HOST)
         .and_then(|v| v.to_str().ok())

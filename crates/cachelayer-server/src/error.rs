@@ -1,17 +1,17 @@
 //! Errors: the crate's [`Error`] (start-up and configuration failures, which end the process
-//! with a message naming what to fix), and [`ApiError`], every error answer the API gives, as
-//! JSON.
+//! with a message naming what to fix), and `ApiError`, every error answer either command
+//! gives of its own, as JSON (with `FieldError`, one rejected field of a request).
 //!
 //! An `ApiError` is what a client sees; it must never carry internal details (SQL, Redis
 //! addresses) beyond a short reason. Those go to the log.
 
 use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
-
-use crate::product::FieldError;
 
 /// What kind of failure an [`Error`] is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,6 +69,24 @@ impl Error {
             kind: ErrorKind::Io,
             message: format!("{doing}: {err}"),
             source: Some(Box::new(err)),
+        }
+    }
+}
+
+/// One rejected field of a request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub(crate) struct FieldError {
+    /// The field's name (`body` for the request body as a whole).
+    pub field: String,
+    /// What is wrong with it and what is accepted.
+    pub message: String,
+}
+
+impl FieldError {
+    pub(crate) fn new(field: &str, message: impl Into<String>) -> Self {
+        Self {
+            field: field.to_owned(),
+            message: message.into(),
         }
     }
 }
@@ -170,11 +188,19 @@ impl ApiError {
     }
 }
 
-impl From<sqlx::Error> for ApiError {
-    fn from(err: sqlx::Error) -> Self {
-        tracing::error!(error = %err, "database query failed");
-        Self::unavailable("the database")
-    }
+/// A request body read within `limit` bytes, or the error answer saying why it was not:
+/// 413 past the limit, 422 naming the body otherwise.
+pub(crate) fn body_within(
+    body: Result<Bytes, BytesRejection>,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
+    body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::too_large(limit)
+        } else {
+            ApiError::field("body", format!("could not be read: {rejection}"))
+        }
+    })
 }
 
 impl IntoResponse for ApiError {

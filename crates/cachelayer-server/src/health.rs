@@ -1,24 +1,26 @@
-//! Health: `/health` for people and monitors (the state of Redis, the database and the
-//! cache), `/health/live` and `/health/ready` for orchestrators.
+//! Health and readiness, as both commands report them: the overall [`Status`], time-boxed
+//! checks, Redis as `/health` shows it, `/health/live`, and the one `/health/ready` handler.
 //!
-//! Every check is time-boxed, so a hung Redis or database makes `/health` slow by at most
-//! [`CHECK_TIMEOUT`], never hang. Redis down is `degraded` (requests are still served from
-//! the database) and answers 200; only a database that does not answer is `unhealthy` (503).
-//! This module must never change what it checks.
+//! Every check is time-boxed, so a hung Redis, database or upstream makes `/health` slow by
+//! at most [`CHECK_TIMEOUT`], never hang. Each command's `/health` report (what it checks
+//! besides Redis) is its own, in its folder. This module must never change what a command
+//! checks, nor put a failure's detail (addresses, driver messages) in an answer: that goes
+//! to the log.
 
-use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde::Serialize;
+use cachelayer::{BreakerState, Cache};
+use futures::future::BoxFuture;
+use serde::{Serialize, Serializer};
 use tokio::time::Instant;
 use utoipa::ToSchema;
 
-use crate::app::AppState;
-use crate::observe::CacheStats;
+use crate::listen::Draining;
 
 /// Longest wait for one check.
 pub(crate) const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
@@ -36,32 +38,14 @@ pub(crate) enum Status {
     Unhealthy,
 }
 
-/// The body of `/health`.
-#[derive(Debug, Serialize, ToSchema)]
-pub(crate) struct Health {
-    /// Overall state; HTTP 200 for healthy and degraded, 503 for unhealthy.
-    pub status: Status,
-    /// The server's version.
-    pub version: &'static str,
-    /// Seconds since start.
-    pub uptime_seconds: f64,
-    /// The cache store and its statistics.
-    pub cache: CacheHealth,
-    /// The database.
-    pub database: DatabaseHealth,
-}
-
-/// The cache part of `/health`.
-#[derive(Debug, Serialize, ToSchema)]
-pub(crate) struct CacheHealth {
-    /// `redis`, or `memory` (the in-process store, local to this instance).
-    pub store: &'static str,
-    /// Redis, when the store is Redis.
-    pub redis: Option<RedisHealth>,
-    /// Read outcomes in this instance since start.
-    pub stats: CacheStats,
-    /// Writes whose invalidation failed and is being retried.
-    pub invalidations_pending: bool,
+impl Status {
+    /// The HTTP status `/health` answers with: 503 only when unhealthy.
+    pub(crate) fn http_status(self) -> StatusCode {
+        match self {
+            Status::Unhealthy => StatusCode::SERVICE_UNAVAILABLE,
+            Status::Healthy | Status::Degraded => StatusCode::OK,
+        }
+    }
 }
 
 /// Redis as `/health` sees it.
@@ -72,24 +56,39 @@ pub(crate) struct RedisHealth {
     /// PING round trip, in milliseconds.
     pub latency_ms: Option<f64>,
     /// The circuit breaker: `closed`, `half_open` or `open`.
-    pub breaker: &'static str,
+    #[serde(serialize_with = "breaker_label")]
+    #[schema(value_type = String)]
+    pub breaker: BreakerState,
     /// Multiplexed connections in the pool.
     pub pool_connections: usize,
     /// Why it is unreachable: `error` or `timeout` (the detail is logged).
     pub error: Option<String>,
 }
 
-/// The database as `/health` sees it.
-#[derive(Debug, Serialize, ToSchema)]
-pub(crate) struct DatabaseHealth {
-    /// `sqlite` or `postgres`.
-    pub kind: &'static str,
-    /// Whether a trivial query was answered within the check timeout.
-    pub reachable: bool,
-    /// That query's time, in milliseconds.
-    pub latency_ms: Option<f64>,
-    /// Why it is unreachable: `error` or `timeout` (the detail is logged).
-    pub error: Option<String>,
+/// The breaker's state as `/health` spells it.
+fn breaker_label<S: Serializer>(state: &BreakerState, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(state.as_str())
+}
+
+/// The name of the cache's store, as `/health` reports it (`redis` or `memory`).
+pub(crate) fn store_kind(cache: &Cache) -> &'static str {
+    cache.store().kind()
+}
+
+/// Redis, pinged within [`CHECK_TIMEOUT`], when the cache's store is Redis (`None` for the
+/// in-process store). `pool_connections` is the configured pool size.
+pub(crate) async fn check_redis(cache: &Cache, pool_connections: usize) -> Option<RedisHealth> {
+    if store_kind(cache) != "redis" {
+        return None;
+    }
+    let ping = timed("redis", async { cache.ping().await.map(drop) }).await;
+    Some(RedisHealth {
+        reachable: ping.is_ok(),
+        latency_ms: ping.as_ref().ok().copied().map(millis),
+        breaker: cache.breaker_state(),
+        pool_connections,
+        error: ping.err(),
+    })
 }
 
 /// A time-boxed check of `what`: its latency, or a short reason it failed (`error` or
@@ -113,74 +112,9 @@ pub(crate) async fn timed<E: std::fmt::Display>(
     }
 }
 
+/// A duration in (fractional) milliseconds, as `/health` reports latencies.
 pub(crate) fn millis(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1000.0
-}
-
-/// Full health report.
-#[utoipa::path(
-    get,
-    path = "/health",
-    tag = "health",
-    responses(
-        (status = 200, description = "Healthy or degraded", body = Health),
-        (status = 503, description = "Unhealthy: the database does not answer", body = Health),
-    )
-)]
-pub(crate) async fn health(State(state): State<AppState>) -> Response {
-    let catalogue = &state.catalogue;
-    let cache = catalogue.cache();
-    let db = catalogue.db();
-    let uses_redis = cache.store().kind() == "redis";
-    let (redis, database) = tokio::join!(
-        async {
-            if uses_redis {
-                Some(timed("redis", async { cache.ping().await.map(drop) }).await)
-            } else {
-                None
-            }
-        },
-        timed("database", db.ping())
-    );
-    let redis = redis.map(|ping| RedisHealth {
-        reachable: ping.is_ok(),
-        latency_ms: ping.as_ref().ok().copied().map(millis),
-        breaker: cache.breaker_state().as_str(),
-        pool_connections: state.redis_pool_size,
-        error: ping.err(),
-    });
-    let status = if database.is_err() {
-        Status::Unhealthy
-    } else if redis
-        .as_ref()
-        .is_some_and(|r| !r.reachable || r.breaker == "open")
-    {
-        Status::Degraded
-    } else {
-        Status::Healthy
-    };
-    let body = Health {
-        status,
-        version: env!("CARGO_PKG_VERSION"),
-        uptime_seconds: state.started.elapsed().as_secs_f64(),
-        cache: CacheHealth {
-            store: cache.store().kind(),
-            redis,
-            stats: state.outcomes.stats(),
-            invalidations_pending: catalogue.invalidations_pending(),
-        },
-        database: DatabaseHealth {
-            kind: db.kind(),
-            reachable: database.is_ok(),
-            latency_ms: database.as_ref().ok().copied().map(millis),
-            error: database.err(),
-        },
-    };
-    let code = match status {
-        Status::Unhealthy => StatusCode::SERVICE_UNAVAILABLE,
-        Status::Healthy | Status::Degraded => StatusCode::OK,
-    };
-    (code, Json(body)).into_response()
 }
 
 /// Liveness: the process answers.
@@ -190,22 +124,125 @@ pub(crate) async fn live() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "live" }))
 }
 
+/// A check readiness needs to pass, by name (the name is the log's `check` field).
+type Requirement = (
+    &'static str,
+    Arc<dyn Fn() -> BoxFuture<'static, Result<(), BoxError>> + Send + Sync>,
+);
+
+/// Any error a readiness requirement reports (logged, never answered).
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What `/health/ready` looks at: whether the instance is draining, and the one dependency
+/// without which it cannot answer, if any (serve's database; the proxy requires none, as
+/// an unreachable upstream is answered with 502s, not by taking the instance out).
+#[derive(Clone)]
+pub(crate) struct Readiness {
+    draining: Draining,
+    requires: Option<Requirement>,
+}
+
+impl Readiness {
+    /// Ready until `draining` is set.
+    pub(crate) fn new(draining: Draining) -> Self {
+        Self {
+            draining,
+            requires: None,
+        }
+    }
+
+    /// Also not ready while `check` fails or times out.
+    pub(crate) fn requiring<F>(mut self, name: &'static str, check: F) -> Self
+    where
+        F: Fn() -> BoxFuture<'static, Result<(), BoxError>> + Send + Sync + 'static,
+    {
+        self.requires = Some((name, Arc::new(check)));
+        self
+    }
+}
+
+// The doc line below is the route's description in serve's OpenAPI document (the proxy,
+// which has none, requires nothing but not draining).
 /// Readiness: not shutting down, and the database answers (Redis is not required).
 #[utoipa::path(get, path = "/health/ready", tag = "health",
     responses(
         (status = 200, description = "Ready to serve"),
         (status = 503, description = "Shutting down, or the database does not answer"),
     ))]
-pub(crate) async fn ready(State(state): State<AppState>) -> Response {
-    if state.shutting_down.load(Ordering::Relaxed) {
+pub(crate) async fn ready(State(readiness): State<Readiness>) -> Response {
+    if readiness.draining.is_draining() {
         let body = serde_json::json!({ "status": "shutting_down" });
         return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
     }
-    match timed("database", state.catalogue.db().ping()).await {
+    let Some((name, check)) = &readiness.requires else {
+        return Json(serde_json::json!({ "status": "ready" })).into_response();
+    };
+    match timed(name, check()).await {
         Ok(_) => Json(serde_json::json!({ "status": "ready" })).into_response(),
         Err(error) => {
             let body = serde_json::json!({ "status": "not_ready", "error": error });
             (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::to_bytes;
+    use futures::FutureExt;
+
+    use super::*;
+
+    async fn answer(readiness: Readiness) -> (StatusCode, serde_json::Value) {
+        let response = ready(State(readiness)).await;
+        let status = response.status();
+        let body = to_bytes(response.into_body(), 1024).await.expect("body");
+        (status, serde_json::from_slice(&body).expect("json"))
+    }
+
+    /// Without a requirement, ready until draining begins; then 503 `shutting_down`.
+    #[tokio::test]
+    async fn ready_until_draining() {
+        let draining = Draining::default();
+        let readiness = Readiness::new(draining.clone());
+        let (status, body) = answer(readiness.clone()).await;
+        assert_eq!((status, &body["status"]), (StatusCode::OK, &"ready".into()));
+        draining.begin_for_test();
+        let (status, body) = answer(readiness).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body["status"], "shutting_down");
+    }
+
+    /// A failing requirement is 503 `not_ready` with the short reason, never its detail.
+    #[tokio::test]
+    async fn a_failing_requirement_is_not_ready() {
+        let readiness = Readiness::new(Draining::default()).requiring("database", || {
+            async { Err(BoxError::from("connection refused at 10.0.0.7")) }.boxed()
+        });
+        let (status, body) = answer(readiness).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            body,
+            serde_json::json!({ "status": "not_ready", "error": "error" })
+        );
+    }
+
+    /// The breaker is spelt as before the enum: `closed`, `half_open`, `open`.
+    #[test]
+    fn redis_health_spells_the_breaker_as_a_word() {
+        let health = RedisHealth {
+            reachable: false,
+            latency_ms: None,
+            breaker: BreakerState::HalfOpen,
+            pool_connections: 4,
+            error: Some("timeout".to_owned()),
+        };
+        let json = serde_json::to_value(&health).expect("json");
+        assert_eq!(json["breaker"], "half_open");
+        assert_eq!(Status::Degraded.http_status(), StatusCode::OK);
+        assert_eq!(
+            Status::Unhealthy.http_status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
     }
 }

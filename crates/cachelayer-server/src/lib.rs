@@ -1,49 +1,54 @@
 //! The `cachelayer` binary, as a library so its tests and benchmarks can reach its parts.
 //!
-//! `cachelayer serve` runs a product catalogue API over a real SQL database (SQLite by
-//! default, PostgreSQL by URL), cached end to end with the `cachelayer` library: single
-//! products through `Cache::try_get_optional_with_source`, list pages through the HTTP cache
-//! layer, with health checks, Prometheus metrics, admin invalidation and an OpenAPI
-//! description. Nothing here is a stable API for other crates: it must never grow types
-//! that the `cachelayer` library should own (stores, caching policy), only the service.
+//! Two commands: `cachelayer serve` runs a product catalogue API over a real SQL database
+//! (SQLite by default, PostgreSQL by URL), cached end to end with the `cachelayer` library;
+//! `cachelayer proxy` puts the library's HTTP cache layer in front of any existing API.
+//! Nothing here is a stable API for other crates: it must never grow types that the
+//! `cachelayer` library should own (stores, caching policy), only the two services.
 //!
 //! # Layout
 //!
-//! Dependencies point one way: `server` → `app` (routes) → `api` / `health` / `admin` →
-//! `catalogue` (cache and invalidation) → `db` (SQL) and `product` (the resource and its
-//! validation).
+//! One folder per command, and beside them what both use, each module named for what it
+//! does:
 //!
-//! - [`config`]: the command line and environment, checked into a [`ServeConfig`].
-//! - `server`: start-up, background tasks, graceful shutdown ([`serve`]).
-//! - `app`: the router and its layers.
-//! - `api`, `health`, `admin`, `openapi`: the routes.
-//! - `catalogue`: reads through the cache; writes, then invalidation everywhere.
-//! - `db`: SQLite and PostgreSQL behind one type, with embedded migrations.
-//! - `product`: the product, its writable fields, and their validation.
-//! - `observe`: metrics and request logs.
-//! - `proxy`: `cachelayer proxy`, the HTTP cache in front of any upstream: forwarding
-//!   (`proxy::forward`), per-path rules (`proxy::rules`) and the admin listener.
-//! - `error`: [`Error`] (start-up) and the API's JSON errors.
+//! - [`cli`]: the command line and its dispatch; the only module that knows both commands.
+//! - [`serve`]: `cachelayer serve`: its flags (`serve::config`), the router and its state,
+//!   the product routes, its `/health` report, the catalogue (reads through the cache;
+//!   writes, then invalidation everywhere), the database, the product and its validation,
+//!   and the OpenAPI description.
+//! - [`proxy`]: `cachelayer proxy`: its flags and rules file, the dispatch of client
+//!   requests (a cache layer or a bypass), forwarding upstream, its `/health` report and
+//!   its admin listener.
+//! - [`flags`]: the flags both commands take (cache, Redis, admin token, logging) and the
+//!   parsers of durations, addresses and worker counts.
+//! - `listen`: binding, serving, and the one graceful shutdown and drain sequence.
+//! - [`logging`]: the log subscriber. `metrics`: the Prometheus recorder and `/metrics`.
+//!   `observe`: the per-request metrics, cache outcomes and log line.
+//! - `health`: health statuses, time-boxed checks, Redis's health, liveness and the one
+//!   readiness handler.
+//! - `admin`: `POST /admin/invalidate`.
+//! - `error`: [`Error`] (start-up) and the JSON error answers.
+//!
+//! # Dependency direction
+//!
+//! `main.rs` → `cli` → `serve` and `proxy` → the shared modules (`admin`, `health`,
+//! `listen`, `observe`, `metrics`, `flags`, `logging`) → `error`. `serve` and `proxy`
+//! never import each other; the shared modules import neither. Inside a command folder,
+//! `mod.rs` runs the command and its files never import `mod.rs`. There is no import cycle
+//! between any two modules.
 
 mod admin;
-mod api;
-mod app;
-mod catalogue;
-pub mod config;
-mod db;
+pub mod cli;
 mod error;
+pub mod flags;
 mod health;
+mod listen;
+pub mod logging;
+mod metrics;
 mod observe;
-mod openapi;
-mod product;
-mod proxy;
-mod server;
+pub mod proxy;
+pub mod serve;
 
-pub use crate::catalogue::INVALIDATION_FAILURES;
-pub use crate::config::{Cli, Command, ProxyConfig, ServeConfig};
-pub use crate::db::DB_QUERIES;
 pub use crate::error::{Error, ErrorKind};
 pub use crate::observe::{HTTP_DURATION, HTTP_IN_FLIGHT, HTTP_REQUESTS};
-pub use crate::openapi::ApiDoc;
-pub use crate::proxy::{Rule, RuleAction, proxy_main};
-pub use crate::server::{init_logging, serve};
+pub use crate::serve::{ApiDoc, DB_QUERIES, INVALIDATION_FAILURES};

@@ -1,26 +1,21 @@
-//! What the server says about itself: the Prometheus recorder behind `/metrics`, and a
-//! middleware that, for every request, records a count and a latency by route and status,
-//! counts cache outcomes (for `/health`), and writes one structured log line.
+//! Observing each request: a middleware both commands put outermost that records a count
+//! and a latency by route and status, counts cache outcomes by `X-Cache` (for `/health`),
+//! and writes one structured log line per request.
 //!
 //! Labels use the matched route (`/products/{id}`), never the raw path, so a client cannot
 //! create unbounded metric series. This module must never change a response.
 
-use std::sync::OnceLock;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics::{Counter, Histogram};
 use serde::Serialize;
 use tokio::time::Instant;
 use utoipa::ToSchema;
-
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
-
-use metrics::{Counter, Histogram};
 
 /// Counter of requests, by `method`, `route` and `status`.
 pub const HTTP_REQUESTS: &str = "cachelayer_http_requests_total";
@@ -29,51 +24,6 @@ pub const HTTP_DURATION: &str = "cachelayer_http_request_duration_seconds";
 
 /// Gauge of requests being answered right now.
 pub const HTTP_IN_FLIGHT: &str = "cachelayer_http_requests_in_flight";
-
-/// Latency buckets, in seconds: fine below 10 ms, where cache hits are.
-const LATENCY_BUCKETS: [f64; 16] = [
-    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-    5.0, 10.0,
-];
-
-/// The process-wide Prometheus recorder (the `metrics` facade has one global recorder),
-/// installed on first use.
-pub(crate) fn prometheus() -> PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    HANDLE
-        .get_or_init(|| {
-            let builder = PrometheusBuilder::new()
-                .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), &LATENCY_BUCKETS)
-                .expect("the bucket list is not empty");
-            match builder.install_recorder() {
-                Ok(handle) => handle,
-                Err(err) => {
-                    // Another recorder is installed (an embedding program's): render ours
-                    // empty rather than fail to start.
-                    tracing::warn!(error = %err, "a metrics recorder is already installed; /metrics will be empty");
-                    PrometheusBuilder::new().build_recorder().handle()
-                }
-            }
-        })
-        .clone()
-}
-
-/// `/metrics`: the recorder's series in the Prometheus text format.
-pub(crate) fn render_metrics(handle: &PrometheusHandle) -> axum::response::Response {
-    use axum::http::{HeaderValue, header};
-    use axum::response::IntoResponse;
-    let content_type = HeaderValue::from_static("text/plain; version=0.0.4");
-    ([(header::CONTENT_TYPE, content_type)], handle.render()).into_response()
-}
-
-/// Keeps the recorder's histograms from growing without bound (the exporter's upkeep).
-pub(crate) async fn run_upkeep(handle: PrometheusHandle) {
-    let mut tick = tokio::time::interval(Duration::from_secs(5));
-    loop {
-        tick.tick().await;
-        handle.run_upkeep();
-    }
-}
 
 /// Cache outcomes of reads answered by this instance, by `X-Cache`.
 #[derive(Debug, Default)]

@@ -19,7 +19,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
-use crate::config::HostMode;
+use super::config::HostMode;
 
 /// The `Via` entry this proxy adds (RFC 9110 section 7.6.3).
 const VIA: &str = "1.1 cachelayer";

@@ -17,9 +17,9 @@ use cachelayer::{Cache, Key, LoadErrorKind, LoadOptions, LoadSource};
 use serde_json::value::RawValue;
 use tokio::time::Instant;
 
-use crate::db::{Database, Page};
+use super::db::{Database, Page};
+use super::product::{Product, ProductChanges};
 use crate::error::ApiError;
-use crate::product::{Product, ProductChanges};
 
 /// The tag of every cached list page: any write can change any page (its items, or the
 /// total and the page boundaries), so every write drops them all.

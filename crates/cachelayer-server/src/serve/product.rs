@@ -10,6 +10,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
+use crate::error::FieldError;
+
 /// Longest product name, in characters.
 pub(crate) const MAX_NAME_CHARS: usize = 200;
 /// Longest description, in characters.
@@ -94,24 +96,6 @@ pub(crate) struct ProductChanges {
     pub(crate) category: Option<String>,
     pub(crate) tags: Option<Vec<String>>,
     pub(crate) stock: Option<i64>,
-}
-
-/// One rejected field of a request.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
-pub(crate) struct FieldError {
-    /// The field's name (`body` for the request body as a whole).
-    pub field: String,
-    /// What is wrong with it and what is accepted.
-    pub message: String,
-}
-
-impl FieldError {
-    pub(crate) fn new(field: &str, message: impl Into<String>) -> Self {
-        Self {
-            field: field.to_owned(),
-            message: message.into(),
-        }
-    }
 }
 
 /// Whether every writable field must be present (create, replace) or any may be (patch).

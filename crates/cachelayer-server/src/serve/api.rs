@@ -1,4 +1,4 @@
-//! The product routes: HTTP in, [`Catalogue`](crate::catalogue::Catalogue) calls, JSON out.
+//! The product routes: HTTP in, [`Catalogue`](super::catalogue::Catalogue) calls, JSON out.
 //!
 //! Every read says where it was answered from (`X-Cache`, `Cache-Status`); every bad input is
 //! a JSON error naming the field. This module must never reach the database or the cache
@@ -15,12 +15,10 @@ use cachelayer::http::CacheTags;
 use serde::Serialize;
 use utoipa::{IntoParams, ToSchema};
 
-use crate::app::AppState;
-use crate::catalogue::{LIST_TAG, ReadSource};
-use crate::error::{ApiError, ErrorBody};
-use crate::product::{
-    Completeness, FieldError, Product, ProductInput, ProductPatch, parse_changes,
-};
+use super::catalogue::{LIST_TAG, ReadSource};
+use super::product::{Completeness, Product, ProductInput, ProductPatch, parse_changes};
+use super::state::AppState;
+use crate::error::{ApiError, ErrorBody, FieldError, body_within};
 
 /// The `Content-Type` of every JSON answer.
 const APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
@@ -91,19 +89,6 @@ fn product_id(raw: Result<Path<String>, PathRejection>) -> Result<i64, ApiError>
 /// A whole number written the one way Rust prints it; anything else is `None`.
 fn canonical_number(raw: &str) -> Option<i64> {
     raw.parse::<i64>().ok().filter(|n| n.to_string() == raw)
-}
-
-pub(crate) fn body_bytes(
-    body: Result<Bytes, BytesRejection>,
-    limit: usize,
-) -> Result<Bytes, ApiError> {
-    body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::too_large(limit)
-        } else {
-            ApiError::field("body", format!("could not be read: {rejection}"))
-        }
-    })
 }
 
 fn no_product(id: i64) -> ApiError {
@@ -188,7 +173,7 @@ fn list_params(params: &[(String, String)]) -> Result<(Option<String>, i64, i64)
         match name.as_str() {
             "category" => {
                 let chars = value.chars().count();
-                if chars == 0 || chars > crate::product::MAX_CATEGORY_CHARS {
+                if chars == 0 || chars > super::product::MAX_CATEGORY_CHARS {
                     errors.push(FieldError::new(name, "must be 1 to 50 characters"));
                 }
                 category = Some(value.clone());
@@ -237,7 +222,7 @@ pub(crate) async fn create_product(
     State(state): State<AppState>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let body = body_bytes(body, state.max_body_bytes)?;
+    let body = body_within(body, state.max_body_bytes)?;
     let changes = parse_changes(&body, Completeness::Full).map_err(ApiError::validation)?;
     let product = state.catalogue.create(changes).await?;
     let location = format!("/products/{}", product.id);
@@ -298,7 +283,7 @@ async fn write_product(
     body: Result<Bytes, BytesRejection>,
     completeness: Completeness,
 ) -> Result<Response, ApiError> {
-    let body = body_bytes(body, state.max_body_bytes)?;
+    let body = body_within(body, state.max_body_bytes)?;
     let id = product_id(raw);
     let changes = parse_changes(&body, completeness);
     // Report the id and the fields together when both are wrong.

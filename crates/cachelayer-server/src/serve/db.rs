@@ -14,8 +14,8 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use sqlx::types::Json;
 
-use crate::error::Error;
-use crate::product::{Product, ProductChanges, samples};
+use super::product::{Product, ProductChanges, samples};
+use crate::error::{ApiError, Error};
 
 /// Counter of database statements, labelled by `query`.
 pub const DB_QUERIES: &str = "cachelayer_db_queries_total";
@@ -325,4 +325,11 @@ async fn open_sqlite(url: &str, pool_size: u32) -> Result<SqlitePool, Error> {
     pool.connect_with(options)
         .await
         .map_err(|err| Error::database("opening the SQLite database", err))
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(err: sqlx::Error) -> Self {
+        tracing::error!(error = %err, "database query failed");
+        Self::unavailable("the database")
+    }
 }

@@ -1,6 +1,7 @@
-//! `GET /openapi.json`: the API described by the handlers' own annotations (utoipa), so the
-//! description cannot drift from the routes. A test checks that every route is in it. This
-//! module must never describe a route by hand that a handler annotation could describe.
+//! `GET /openapi.json` of `cachelayer serve`: the API described by the handlers' own
+//! annotations (utoipa), so the description cannot drift from the routes. A test checks that
+//! every route is in it. This module must never describe a route by hand that a handler
+//! annotation could describe.
 
 use axum::Json;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
@@ -14,13 +15,13 @@ use utoipa::{Modify, OpenApi};
         description = "A product catalogue API cached end to end by cachelayer. Reads report the cache's part in `X-Cache` (HIT, MISS, STALE, BYPASS) and `Cache-Status` (RFC 9211)."
     ),
     paths(
-        crate::api::get_product,
-        crate::api::list_products,
-        crate::api::create_product,
-        crate::api::replace_product,
-        crate::api::patch_product,
-        crate::api::delete_product,
-        crate::health::health,
+        super::api::get_product,
+        super::api::list_products,
+        super::api::create_product,
+        super::api::replace_product,
+        super::api::patch_product,
+        super::api::delete_product,
+        super::health::health,
         crate::health::live,
         crate::health::ready,
         crate::admin::invalidate,
@@ -52,7 +53,7 @@ impl Modify for AdminToken {
 /// Prometheus metrics, in the text exposition format.
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
-#[allow(dead_code)] // Described here; served by `app::metrics`.
+#[allow(dead_code)] // Described here; served by `crate::metrics::metrics`.
 fn metrics() {}
 
 /// This document.

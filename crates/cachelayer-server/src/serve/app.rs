@@ -1,72 +1,22 @@
-//! The router: every route of `cachelayer serve`, the state they share, and the layers
-//! around them (metrics and logs outermost, then panics, body limits, and the HTTP cache on
-//! the list route only).
+//! The router of `cachelayer serve`: every route, and the layers around them (metrics and
+//! logs outermost, then panics, body limits, and the HTTP cache on the list route only).
 //!
 //! This module wires; it must never hold business rules (those live in the catalogue).
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, FromRef, Request, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderValue, header};
 use axum::middleware::{Next, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, post};
-use metrics_exporter_prometheus::PrometheusHandle;
-use tokio::time::Instant;
 use tower_http::catch_panic::CatchPanicLayer;
 
-use crate::admin::AdminState;
-use crate::catalogue::Catalogue;
+use super::state::AppState;
+use super::{api, health, openapi};
 use crate::error::ApiError;
-use crate::observe::CacheOutcomes;
-use crate::{admin, api, health, observe, openapi};
-
-/// What every handler can reach: one `Arc`, because axum clones the state for every
-/// request and every middleware (cloning the fields one by one showed in the profile).
-#[derive(Clone)]
-pub(crate) struct AppState(Arc<Shared>);
-
-impl AppState {
-    pub(crate) fn new(shared: Shared) -> Self {
-        Self(Arc::new(shared))
-    }
-}
-
-impl std::ops::Deref for AppState {
-    type Target = Shared;
-
-    fn deref(&self) -> &Shared {
-        &self.0
-    }
-}
-
-/// The fields of [`AppState`].
-pub(crate) struct Shared {
-    pub(crate) catalogue: Catalogue,
-    pub(crate) max_body_bytes: usize,
-    pub(crate) admin_token: Option<Arc<str>>,
-    pub(crate) started: Instant,
-    pub(crate) shutting_down: Arc<AtomicBool>,
-    pub(crate) outcomes: Arc<CacheOutcomes>,
-    pub(crate) redis_pool_size: usize,
-    pub(crate) prometheus: PrometheusHandle,
-    /// Whether list pages are cached (false when caching is off).
-    pub(crate) cache_lists: bool,
-}
-
-impl FromRef<AppState> for AdminState {
-    fn from_ref(state: &AppState) -> Self {
-        Self {
-            token: state.admin_token.clone(),
-            max_body_bytes: state.max_body_bytes,
-            cache: state.catalogue.cache().clone(),
-            layer: state.catalogue.lists().clone(),
-            bare_paths: true,
-        }
-    }
-}
+use crate::{admin, metrics, observe};
 
 /// The application's routes and layers.
 pub(crate) fn router(state: AppState) -> Router {
@@ -80,9 +30,9 @@ pub(crate) fn router(state: AppState) -> Router {
                 .delete(api::delete_product),
         )
         .route("/health", get(health::health))
-        .route("/health/live", get(health::live))
-        .route("/health/ready", get(health::ready))
-        .route("/metrics", get(metrics))
+        .route("/health/live", get(crate::health::live))
+        .route("/health/ready", get(crate::health::ready))
+        .route("/metrics", get(metrics::metrics))
         .route("/openapi.json", get(openapi::openapi));
     if state.admin_token.is_some() {
         routes = routes.route("/admin/invalidate", post(admin::invalidate));
@@ -125,10 +75,6 @@ async fn read_around_pending(
             .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     }
     next.run(request).await
-}
-
-async fn metrics(State(state): State<AppState>) -> Response {
-    observe::render_metrics(&state.prometheus)
 }
 
 async fn not_found() -> ApiError {

@@ -1,0 +1,221 @@
+//! The flags both commands take, and their checks: the cache and Redis, the admin token,
+//! logging and allowed hosts ([`CommonArgs`]), and the parsers of durations, addresses and
+//! worker counts. Each flag falls back to an environment variable; a bad value is refused
+//! with a message naming the flag and its variable, before anything starts.
+//!
+//! Each command's own flags live in its `config` module. This module must never hold a flag
+//! only one command reads, nor show a secret in `Debug` output (the effective configuration
+//! is logged at start).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use cachelayer::{CacheConfig, OnLockTimeout};
+use clap::{Args, ValueEnum};
+
+use crate::error::Error;
+use crate::logging::LogFormat;
+
+/// Settings shared by every subcommand that caches: Redis, the cache, admin and logging.
+#[derive(Debug, Clone, Args)]
+pub struct CommonArgs {
+    /// Redis to share the cache with other instances (`redis://`, `rediss://` for TLS);
+    /// without it the cache is in this process only.
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+    /// Multiplexed Redis connections.
+    #[arg(long, env = "CACHELAYER_REDIS_POOL_SIZE", default_value_t = cachelayer::store::DEFAULT_POOL_SIZE)]
+    pub redis_pool_size: usize,
+    /// Bound on connecting to Redis.
+    #[arg(long, env = "CACHELAYER_REDIS_CONNECT_TIMEOUT", default_value = "1s", value_parser = duration)]
+    pub redis_connect_timeout: Duration,
+    /// Bound on one Redis command; past it the request goes to the database.
+    #[arg(long, env = "CACHELAYER_REDIS_COMMAND_TIMEOUT", default_value = "250ms", value_parser = duration)]
+    pub redis_command_timeout: Duration,
+    /// Bytes the in-process store may hold (without --redis-url).
+    #[arg(long, env = "CACHELAYER_MEMORY_CAPACITY_BYTES", default_value_t = cachelayer::store::DEFAULT_MEMORY_CAPACITY_BYTES)]
+    pub memory_capacity_bytes: u64,
+    /// Key prefix in the store; instances sharing a cache must agree on it.
+    #[arg(long, env = "CACHELAYER_NAMESPACE", default_value = "cachelayer")]
+    pub namespace: String,
+    /// Compress cached values of at least this many bytes (0: never).
+    #[arg(long, env = "CACHELAYER_COMPRESSION_THRESHOLD", default_value_t = 1024)]
+    pub compression_threshold: usize,
+    /// Take the fleet-wide lock so one instance loads a missing key for all.
+    #[arg(long, env = "CACHELAYER_LOCK", default_value_t = true, action = clap::ArgAction::Set)]
+    pub lock: bool,
+    /// Initial lease of the load lock (renewed while loading).
+    #[arg(long, env = "CACHELAYER_LOCK_TTL", default_value = "5s", value_parser = duration)]
+    pub lock_ttl: Duration,
+    /// Longest wait for another instance's load.
+    #[arg(long, env = "CACHELAYER_LOCK_MAX_WAIT", default_value = "5s", value_parser = duration)]
+    pub lock_max_wait: Duration,
+    /// What a wait past --lock-max-wait does when nothing stale is cached.
+    #[arg(long, env = "CACHELAYER_ON_LOCK_TIMEOUT", value_enum, default_value_t = LockTimeoutPolicy::Load)]
+    pub on_lock_timeout: LockTimeoutPolicy,
+    /// XFetch early-refresh beta (0: off; 1: the usual).
+    #[arg(long, env = "CACHELAYER_EARLY_REFRESH_BETA", default_value_t = cachelayer::DEFAULT_EARLY_REFRESH_BETA)]
+    pub early_refresh_beta: f64,
+    /// Comma-separated hosts, without ports. `serve`: list pages are cached only for these
+    /// (others are answered uncached); `proxy`: only these are served (others get 421).
+    /// Empty: every host, each with its own entries.
+    #[arg(long, env = "CACHELAYER_ALLOWED_HOSTS", value_delimiter = ',')]
+    pub allowed_hosts: Vec<String>,
+    /// Token for the admin routes (`Authorization: Bearer ...`); without it they do not exist.
+    #[arg(long, env = "CACHELAYER_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Log format.
+    #[arg(long, env = "CACHELAYER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Log filter, in `tracing` directives (e.g. `info`, `cachelayer=debug`).
+    #[arg(long, env = "CACHELAYER_LOG", default_value = "info")]
+    pub log: String,
+}
+
+/// Stale-serving windows of cached values (zero: off).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Stale {
+    /// While one refresh runs.
+    pub while_revalidate: Duration,
+    /// When the loader fails.
+    pub if_error: Duration,
+}
+
+/// `--on-lock-timeout`: the library's `OnLockTimeout` as the command line spells it (the
+/// one place it is mirrored; [`CommonArgs::cache_config`] maps it across).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LockTimeoutPolicy {
+    /// Load anyway.
+    Load,
+    /// Answer 503.
+    Fail,
+}
+
+/// A duration flag (`250ms`, `30s`, `5m`), with a hint of the format when it is not one.
+pub(crate) fn duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text)
+        .map_err(|err| format!("{err}; write a duration such as 250ms, 30s or 5m"))
+}
+
+/// A secret setting: shown as `***` by `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// An `IP:PORT` flag, or an error naming `flag`.
+pub(crate) fn parse_address(flag: &str, raw: &str) -> Result<SocketAddr, Error> {
+    raw.parse().map_err(|_| {
+        Error::config(
+            flag,
+            format!("{raw:?} is not an address; write IP:PORT, e.g. 127.0.0.1:8000"),
+        )
+    })
+}
+
+/// `--workers`: at least 1; by default one per CPU.
+pub(crate) fn check_workers(workers: Option<usize>) -> Result<usize, Error> {
+    match workers {
+        Some(0) => Err(Error::config(
+            "--workers (CACHELAYER_WORKERS)",
+            "must be at least 1",
+        )),
+        Some(workers) => Ok(workers),
+        None => Ok(std::thread::available_parallelism().map_or(1, usize::from)),
+    }
+}
+
+impl CommonArgs {
+    /// The allowed hosts, lowercase, without empty entries.
+    pub(crate) fn hosts(&self) -> Vec<String> {
+        self.allowed_hosts
+            .iter()
+            .map(|host| host.trim().to_ascii_lowercase())
+            .filter(|host| !host.is_empty())
+            .collect()
+    }
+
+    /// The admin token, unless empty.
+    pub(crate) fn token(&self) -> Option<String> {
+        self.admin_token.clone().filter(|token| !token.is_empty())
+    }
+
+    /// The library's cache settings these flags describe, checked, with the cache's
+    /// default TTL and the TTL of cached "not found" results (zero: none).
+    pub fn cache_config(
+        &self,
+        default_ttl: Duration,
+        negative_ttl: Duration,
+        stale: Stale,
+    ) -> Result<CacheConfig, Error> {
+        if let Some(url) = &self.redis_url
+            && !(url.starts_with("redis://") || url.starts_with("rediss://"))
+        {
+            return Err(Error::config(
+                "--redis-url (REDIS_URL)",
+                format!(
+                    "{} is not a Redis URL; use redis://HOST:PORT/DB or rediss:// for TLS",
+                    cachelayer::store::redact_url(url)
+                ),
+            ));
+        }
+        if !(self.early_refresh_beta.is_finite() && self.early_refresh_beta >= 0.0) {
+            return Err(Error::config(
+                "--early-refresh-beta (CACHELAYER_EARLY_REFRESH_BETA)",
+                "must be a number of 0 or more (0 turns early refresh off)",
+            ));
+        }
+        for (flag, value) in [
+            ("--lock-ttl (CACHELAYER_LOCK_TTL)", self.lock_ttl),
+            (
+                "--redis-command-timeout (CACHELAYER_REDIS_COMMAND_TIMEOUT)",
+                self.redis_command_timeout,
+            ),
+            (
+                "--redis-connect-timeout (CACHELAYER_REDIS_CONNECT_TIMEOUT)",
+                self.redis_connect_timeout,
+            ),
+        ] {
+            if value < Duration::from_millis(1) {
+                return Err(Error::config(flag, "must be at least 1ms"));
+            }
+        }
+        if self.namespace.is_empty() || self.namespace.contains(char::is_whitespace) {
+            return Err(Error::config(
+                "--namespace (CACHELAYER_NAMESPACE)",
+                "must be a non-empty word without spaces",
+            ));
+        }
+        Ok(CacheConfig {
+            redis_url: self.redis_url.clone(),
+            redis_pool_size: self.redis_pool_size,
+            connect_timeout_ms: millis(self.redis_connect_timeout),
+            command_timeout_ms: millis(self.redis_command_timeout),
+            memory_capacity_bytes: self.memory_capacity_bytes,
+            namespace: self.namespace.clone(),
+            default_ttl_ms: millis(default_ttl).max(1),
+            compression_threshold_bytes: self.compression_threshold,
+            lock: self.lock,
+            lock_ttl_ms: millis(self.lock_ttl),
+            lock_max_wait_ms: millis(self.lock_max_wait),
+            on_lock_timeout: match self.on_lock_timeout {
+                LockTimeoutPolicy::Load => OnLockTimeout::Load,
+                LockTimeoutPolicy::Fail => OnLockTimeout::Fail,
+            },
+            early_refresh_beta: self.early_refresh_beta,
+            stale_while_revalidate_ms: millis(stale.while_revalidate),
+            stale_if_error_ms: millis(stale.if_error),
+            negative_ttl_ms: millis(negative_ttl),
+            ..CacheConfig::default()
+        })
+    }
+}
+
+/// Whole milliseconds, saturating (the library's settings are `_ms` integers).
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}

@@ -1,0 +1,60 @@
+//! Metrics: the process-wide Prometheus recorder, the `/metrics` route both commands serve,
+//! and the upkeep that keeps its histograms bounded.
+//!
+//! What is recorded is decided where it happens (requests in [`crate::observe`], queries
+//! and invalidations in `serve`, the cache in the library); this module must never define a
+//! series of its own, nor fail start-up because another recorder is installed.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Latency buckets, in seconds: fine below 10 ms, where cache hits are.
+const LATENCY_BUCKETS: [f64; 16] = [
+    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+/// How often the recorder's upkeep runs.
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// The process-wide Prometheus recorder (the `metrics` facade has one global recorder),
+/// installed on first use.
+pub(crate) fn prometheus() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), &LATENCY_BUCKETS)
+                .expect("the bucket list is not empty");
+            match builder.install_recorder() {
+                Ok(handle) => handle,
+                Err(err) => {
+                    // Another recorder is installed (an embedding program's): render ours
+                    // empty rather than fail to start.
+                    tracing::warn!(error = %err, "a metrics recorder is already installed; /metrics will be empty");
+                    PrometheusBuilder::new().build_recorder().handle()
+                }
+            }
+        })
+        .clone()
+}
+
+/// `GET /metrics`: the recorder's series in the Prometheus text format.
+pub(crate) async fn metrics(State(handle): State<PrometheusHandle>) -> Response {
+    let content_type = HeaderValue::from_static("text/plain; version=0.0.4");
+    ([(header::CONTENT_TYPE, content_type)], handle.render()).into_response()
+}
+
+/// Keeps the recorder's histograms from growing without bound (the exporter's upkeep).
+pub(crate) async fn run_upkeep(handle: PrometheusHandle) {
+    let mut tick = tokio::time::interval(UPKEEP_EVERY);
+    loop {
+        tick.tick().await;
+        handle.run_upkeep();
+    }
+}

@@ -1,0 +1,187 @@
+//! The settings of `cachelayer proxy`: its flags ([`ProxyArgs`], with those both commands
+//! take flattened in), checked into a [`ProxyConfig`], the upstream URL and the rules file
+//! included. Invalid settings are refused here, with a message naming the flag and its
+//! variable, before anything starts.
+//!
+//! This module must never log secrets: [`ProxyConfig`]'s `Debug` redacts the admin token
+//! and the Redis password, because the effective configuration is logged at start.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use cachelayer::CacheConfig;
+use clap::{Args, ValueEnum};
+
+use super::rules::{Rule, load_rules};
+use crate::error::Error;
+use crate::flags::{CommonArgs, Secret, Stale, check_workers, duration, parse_address};
+use crate::logging::LogFormat;
+
+/// Flags of `cachelayer proxy`.
+#[derive(Debug, Clone, Args)]
+pub struct ProxyArgs {
+    /// The API to cache: `http://HOST:PORT` (requests keep their path and query).
+    #[arg(long, env = "CACHELAYER_UPSTREAM")]
+    pub upstream: String,
+    /// Address to listen on for clients.
+    #[arg(long, env = "CACHELAYER_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: String,
+    /// Address of /metrics, /health and /admin, apart from the upstream's paths.
+    #[arg(
+        long,
+        env = "CACHELAYER_ADMIN_LISTEN",
+        default_value = "127.0.0.1:9090"
+    )]
+    pub admin_listen: String,
+    /// TOML file of per-path rules: default TTLs for responses without cache headers, and
+    /// paths that bypass the cache.
+    #[arg(long, env = "CACHELAYER_PROXY_RULES")]
+    pub rules: Option<std::path::PathBuf>,
+    /// The `Host` sent upstream: the client's (`forward`) or the upstream's (`rewrite`).
+    #[arg(long, env = "CACHELAYER_HOST_MODE", value_enum, default_value_t = HostMode::Forward)]
+    pub host_mode: HostMode,
+    /// Longest wait for the upstream's response headers; past it, 504.
+    #[arg(long, env = "CACHELAYER_UPSTREAM_TIMEOUT", default_value = "30s", value_parser = duration)]
+    pub upstream_timeout: Duration,
+    /// Longest wait for a connection to the upstream; past it, 502.
+    #[arg(long, env = "CACHELAYER_UPSTREAM_CONNECT_TIMEOUT", default_value = "5s", value_parser = duration)]
+    pub upstream_connect_timeout: Duration,
+    /// Largest response body stored; larger ones stream through unstored.
+    #[arg(long, env = "CACHELAYER_MAX_CACHED_BODY_BYTES", default_value_t = cachelayer::http::DEFAULT_MAX_BODY_BYTES)]
+    pub max_cached_body_bytes: usize,
+    /// Runtime worker threads (default: one per CPU).
+    #[arg(long, env = "CACHELAYER_WORKERS")]
+    pub workers: Option<usize>,
+    /// How long shutdown waits for in-flight requests.
+    #[arg(long, env = "CACHELAYER_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = duration)]
+    pub shutdown_timeout: Duration,
+    /// Serve a stored response this long past its freshness while one request refreshes
+    /// it, for responses that do not say (default 0: only when the upstream says so).
+    #[arg(long, env = "CACHELAYER_STALE_WHILE_REVALIDATE", default_value = "0s", value_parser = duration)]
+    pub stale_while_revalidate: Duration,
+    /// Serve a stored response this long past its freshness when the upstream fails, for
+    /// responses that do not say (default 0: only when the upstream says so).
+    #[arg(long, env = "CACHELAYER_STALE_IF_ERROR", default_value = "0s", value_parser = duration)]
+    pub stale_if_error: Duration,
+    /// Cache, Redis, admin and logging settings.
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+/// `--host-mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum HostMode {
+    /// Send the client's `Host` upstream unchanged.
+    Forward,
+    /// Send the upstream's own host and port (the client's goes in `X-Forwarded-Host`).
+    Rewrite,
+}
+
+/// The checked settings of `cachelayer proxy`.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// The upstream's base URI (scheme and authority).
+    pub upstream: http::Uri,
+    /// Where clients connect.
+    pub listen: SocketAddr,
+    /// Where /metrics, /health and /admin are.
+    pub admin_listen: SocketAddr,
+    /// Per-path rules.
+    pub rules: Vec<Rule>,
+    /// `Host` handling.
+    pub host_mode: HostMode,
+    /// Upstream response-header deadline.
+    pub upstream_timeout: Duration,
+    /// Upstream connect deadline.
+    pub upstream_connect_timeout: Duration,
+    /// Largest stored body.
+    pub max_cached_body_bytes: usize,
+    /// Runtime worker threads.
+    pub workers: usize,
+    /// Drain deadline at shutdown.
+    pub shutdown_timeout: Duration,
+    /// The cache (its Debug redacts the Redis password).
+    pub cache: CacheConfig,
+    /// Hosts served (others get 421), empty: any.
+    pub allowed_hosts: Vec<String>,
+    /// Serve stale responses this long when the upstream fails.
+    pub stale_if_error: Duration,
+    /// Serve stale responses this long while one refresh runs.
+    pub stale_while_revalidate: Duration,
+    /// Admin token (redacted in Debug by `Secret`).
+    pub admin_token: Option<Secret>,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Log filter.
+    pub log: String,
+}
+
+impl ProxyArgs {
+    /// Check every setting; the first invalid one is named in the error.
+    pub fn into_config(self) -> Result<ProxyConfig, Error> {
+        let upstream = parse_upstream(&self.upstream)?;
+        let listen = parse_address("--listen (CACHELAYER_LISTEN)", &self.listen)?;
+        let admin_listen = parse_address(
+            "--admin-listen (CACHELAYER_ADMIN_LISTEN)",
+            &self.admin_listen,
+        )?;
+        let rules = match &self.rules {
+            Some(path) => load_rules(path)?,
+            None => Vec::new(),
+        };
+        let workers = check_workers(self.workers)?;
+        let common = self.common;
+        let cache =
+            common.cache_config(cachelayer::DEFAULT_TTL, Duration::ZERO, Stale::default())?;
+        Ok(ProxyConfig {
+            upstream,
+            listen,
+            admin_listen,
+            rules,
+            host_mode: self.host_mode,
+            upstream_timeout: self.upstream_timeout,
+            upstream_connect_timeout: self.upstream_connect_timeout,
+            max_cached_body_bytes: self.max_cached_body_bytes,
+            workers,
+            shutdown_timeout: self.shutdown_timeout,
+            cache,
+            allowed_hosts: common.hosts(),
+            stale_if_error: self.stale_if_error,
+            stale_while_revalidate: self.stale_while_revalidate,
+            admin_token: common.token().map(Secret),
+            log_format: common.log_format,
+            log: common.log,
+        })
+    }
+}
+
+fn parse_upstream(raw: &str) -> Result<http::Uri, Error> {
+    let flag = "--upstream (CACHELAYER_UPSTREAM)";
+    let uri: http::Uri = raw.parse().map_err(|_| {
+        Error::config(
+            flag,
+            format!("{raw:?} is not a URL; write http://HOST:PORT"),
+        )
+    })?;
+    if uri.scheme_str() != Some("http") || uri.authority().is_none() {
+        return Err(Error::config(
+            flag,
+            format!(
+                "{raw:?} must be http://HOST[:PORT] (the proxy speaks plain HTTP/1.1 upstream)"
+            ),
+        ));
+    }
+    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+        return Err(Error::config(
+            flag,
+            "must not carry user information (user:password@); the upstream sees the client's own headers",
+        ));
+    }
+    if uri.path_and_query().is_some_and(|p| p.as_str() != "/") {
+        return Err(Error::config(
+            flag,
+            format!("{raw:?} has a path; give only http://HOST[:PORT]"),
+        ));
+    }
+    Ok(uri)
+}

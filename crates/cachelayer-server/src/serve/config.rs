@@ -1,0 +1,240 @@
+//! The settings of `cachelayer serve`: its flags ([`ServeArgs`], with those both commands
+//! take flattened in), checked into a [`ServeConfig`]. Invalid settings are refused here,
+//! with a message naming the flag and its variable, before anything starts.
+//!
+//! This module must never log secrets: [`ServeConfig`]'s `Debug` redacts the admin token
+//! and the passwords in URLs, because the effective configuration is logged at start.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use cachelayer::CacheConfig;
+use clap::Args;
+
+use crate::error::Error;
+use crate::flags::{CommonArgs, Stale, check_workers, duration, parse_address};
+use crate::logging::LogFormat;
+
+/// The default database: an SQLite file in the working directory.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://cachelayer.db";
+
+/// Flags of `cachelayer serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "CACHELAYER_LISTEN", default_value = "127.0.0.1:8000")]
+    pub listen: String,
+    /// Database: `sqlite://PATH` (created if missing) or `postgres://USER:PASS@HOST/DB`.
+    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, hide_env_values = true)]
+    pub database_url: String,
+    /// Database connections in the pool.
+    #[arg(long, env = "CACHELAYER_DB_POOL_SIZE", default_value_t = 10)]
+    pub db_pool_size: u32,
+    /// Sample products created in an empty database (0: none).
+    #[arg(long, env = "CACHELAYER_SEED", default_value_t = 1000)]
+    pub seed: u32,
+    /// Runtime worker threads (default: one per CPU).
+    #[arg(long, env = "CACHELAYER_WORKERS")]
+    pub workers: Option<usize>,
+    /// Largest request body accepted, in bytes; larger ones get 413.
+    #[arg(long, env = "CACHELAYER_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
+    pub max_body_bytes: usize,
+    /// How long shutdown waits for in-flight requests (e.g. `30s`).
+    #[arg(long, env = "CACHELAYER_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = duration)]
+    pub shutdown_timeout: Duration,
+    /// How long a cached product stays fresh (`0s` turns the cache off).
+    #[arg(long, env = "CACHELAYER_CACHE_TTL", default_value = "5m", value_parser = duration)]
+    pub cache_ttl: Duration,
+    /// How long a cached list page stays fresh (writes invalidate it at once).
+    #[arg(long, env = "CACHELAYER_LIST_TTL", default_value = "60s", value_parser = duration)]
+    pub list_ttl: Duration,
+    /// How long a "not found" is cached (`0s`: never).
+    #[arg(long, env = "CACHELAYER_NEGATIVE_TTL", default_value = "5s", value_parser = duration)]
+    pub negative_ttl: Duration,
+    /// Serve a product this long past its TTL while one refresh runs.
+    #[arg(long, env = "CACHELAYER_STALE_WHILE_REVALIDATE", default_value = "0s", value_parser = duration)]
+    pub stale_while_revalidate: Duration,
+    /// Serve a product this long past its TTL when the database fails.
+    #[arg(long, env = "CACHELAYER_STALE_IF_ERROR", default_value = "5m", value_parser = duration)]
+    pub stale_if_error: Duration,
+    /// Cache, Redis, admin and logging settings.
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+/// The checked settings of `cachelayer serve`.
+#[derive(Clone)]
+pub struct ServeConfig {
+    /// Where to listen.
+    pub listen: SocketAddr,
+    /// Database URL.
+    pub database_url: String,
+    /// Database pool size.
+    pub db_pool_size: u32,
+    /// Sample products for an empty database.
+    pub seed: u32,
+    /// Runtime worker threads.
+    pub workers: usize,
+    /// Largest request body.
+    pub max_body_bytes: usize,
+    /// Drain deadline at shutdown.
+    pub shutdown_timeout: Duration,
+    /// The cache.
+    pub cache: CacheConfig,
+    /// Fresh lifetime of cached products (zero: no caching).
+    pub cache_ttl: Duration,
+    /// Fresh lifetime of cached list pages.
+    pub list_ttl: Duration,
+    /// Hosts whose responses the HTTP cache stores (empty: any).
+    pub allowed_hosts: Vec<String>,
+    /// Admin token, if the admin routes are on.
+    pub admin_token: Option<String>,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Log filter.
+    pub log: String,
+}
+
+impl std::fmt::Debug for ServeConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServeConfig")
+            .field("listen", &self.listen)
+            .field(
+                "database_url",
+                &cachelayer::store::redact_url(&self.database_url),
+            )
+            .field("db_pool_size", &self.db_pool_size)
+            .field("seed", &self.seed)
+            .field("workers", &self.workers)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("shutdown_timeout", &self.shutdown_timeout)
+            .field("cache_ttl", &self.cache_ttl)
+            .field("list_ttl", &self.list_ttl)
+            .field("allowed_hosts", &self.allowed_hosts)
+            .field("admin_token", &self.admin_token.as_ref().map(|_| "***"))
+            .field("log_format", &self.log_format)
+            .field("cache", &self.cache)
+            .finish()
+    }
+}
+
+impl ServeArgs {
+    /// Check every setting; the first invalid one is named in the error.
+    pub fn into_config(self) -> Result<ServeConfig, Error> {
+        let listen = parse_address("--listen (CACHELAYER_LISTEN)", &self.listen)?;
+        check_database_url(&self.database_url)?;
+        if self.db_pool_size == 0 {
+            return Err(Error::config(
+                "--db-pool-size (CACHELAYER_DB_POOL_SIZE)",
+                "must be at least 1",
+            ));
+        }
+        let workers = check_workers(self.workers)?;
+        if self.max_body_bytes == 0 {
+            return Err(Error::config(
+                "--max-body-bytes (CACHELAYER_MAX_BODY_BYTES)",
+                "must be at least 1",
+            ));
+        }
+        let common = self.common;
+        let stale = Stale {
+            while_revalidate: self.stale_while_revalidate,
+            if_error: self.stale_if_error,
+        };
+        let cache = common.cache_config(self.cache_ttl, self.negative_ttl, stale)?;
+        Ok(ServeConfig {
+            listen,
+            database_url: self.database_url,
+            db_pool_size: self.db_pool_size,
+            seed: self.seed,
+            workers,
+            max_body_bytes: self.max_body_bytes,
+            shutdown_timeout: self.shutdown_timeout,
+            cache,
+            cache_ttl: self.cache_ttl,
+            list_ttl: self.list_ttl,
+            allowed_hosts: common.hosts(),
+            admin_token: common.token(),
+            log_format: common.log_format,
+            log: common.log,
+        })
+    }
+}
+
+fn check_database_url(url: &str) -> Result<(), Error> {
+    let supported = url.starts_with("sqlite:")
+        || url.starts_with("postgres://")
+        || url.starts_with("postgresql://");
+    if supported {
+        Ok(())
+    } else {
+        Err(Error::config(
+            "--database-url (DATABASE_URL)",
+            format!(
+                "{} is not supported; use sqlite://PATH or postgres://USER:PASSWORD@HOST/DATABASE",
+                cachelayer::store::redact_url(url)
+            ),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `cachelayer serve`'s flags alone, as the command line parses them.
+    #[derive(Debug, clap::Parser)]
+    struct Serve {
+        #[command(flatten)]
+        args: ServeArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<ServeConfig, String> {
+        let mut argv = vec!["serve"];
+        argv.extend_from_slice(args);
+        let serve = <Serve as clap::Parser>::try_parse_from(argv).map_err(|err| err.to_string())?;
+        serve.args.into_config().map_err(|err| err.to_string())
+    }
+
+    #[test]
+    fn defaults_are_sqlite_and_the_in_process_store() {
+        let config = parse(&[]).expect("defaults are valid");
+        assert_eq!(config.database_url, DEFAULT_DATABASE_URL);
+        assert_eq!(config.cache.redis_url, None);
+        assert_eq!(config.listen.to_string(), "127.0.0.1:8000");
+        assert_eq!(config.seed, 1000);
+    }
+
+    #[test]
+    fn invalid_settings_are_named() {
+        let err = parse(&["--database-url", "mysql://x"]).expect_err("refused");
+        assert!(err.contains("--database-url (DATABASE_URL)"), "{err}");
+        let err = parse(&["--redis-url", "http://x"]).expect_err("refused");
+        assert!(err.contains("--redis-url (REDIS_URL)"), "{err}");
+        let err = parse(&["--cache-ttl", "soon"]).expect_err("refused");
+        assert!(err.contains("--cache-ttl"), "{err}");
+        let err = parse(&["--listen", "localhost"]).expect_err("refused");
+        assert!(err.contains("--listen (CACHELAYER_LISTEN)"), "{err}");
+        let err = parse(&["--workers", "0"]).expect_err("refused");
+        assert!(err.contains("--workers"), "{err}");
+        let err = parse(&["--early-refresh-beta=-1"]).expect_err("refused");
+        assert!(err.contains("--early-refresh-beta"), "{err}");
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_debug_output() {
+        let config = parse(&[
+            "--admin-token",
+            "s3cret-token",
+            "--database-url",
+            "postgres://app:dbpass@db/cat",
+            "--redis-url",
+            "redis://:redispass@cache:6379/0",
+        ])
+        .expect("valid");
+        let shown = format!("{config:?}");
+        for secret in ["s3cret-token", "dbpass", "redispass"] {
+            assert!(!shown.contains(secret), "{secret} leaked: {shown}");
+        }
+    }
+}

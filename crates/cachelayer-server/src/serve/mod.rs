@@ -1,0 +1,142 @@
+//! `cachelayer serve`: a product catalogue API over a real SQL database, cached end to end.
+//! This file runs it: the database, the cache, the listener, background tasks, and what is
+//! cleaned up after the shared drain (`crate::listen`).
+//!
+//! Start-up never needs Redis (the cache connects lazily and fails open); it needs the
+//! database, and says so if it cannot reach it. Shutdown stops accepting, marks the instance
+//! not ready, drains in-flight requests within the timeout, makes a last attempt at pending
+//! invalidations, and closes the database pool. This module must never exit silently:
+//! every way out is logged; and nothing in `serve` may import `proxy`.
+//!
+//! Dependencies point one way: `mod.rs` → `app` (routes) → `api` / `health` / `openapi`
+//! → `state` → `catalogue` (cache and invalidation) → `db` (SQL) → `product` (the
+//! resource and its validation); `config` holds the flags.
+
+mod api;
+mod app;
+mod catalogue;
+mod config;
+mod db;
+mod health;
+mod openapi;
+mod product;
+mod state;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cachelayer::http::ResponseCacheLayer;
+use tokio::time::Instant;
+
+use self::app::router;
+pub use self::catalogue::INVALIDATION_FAILURES;
+use self::catalogue::{Catalogue, RETRY_EVERY};
+pub use self::config::{DEFAULT_DATABASE_URL, ServeArgs, ServeConfig};
+pub use self::db::DB_QUERIES;
+use self::db::Database;
+pub use self::openapi::ApiDoc;
+use self::state::{AppContext, AppState};
+use crate::error::Error;
+use crate::listen::{Draining, Listener, bind, serve_until, shutdown_signal};
+use crate::metrics::{prometheus, run_upkeep};
+use crate::observe::CacheOutcomes;
+
+/// How long closing the database pool may take at exit.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Run the catalogue API until SIGTERM or SIGINT, then shut down gracefully.
+pub async fn run(config: ServeConfig) -> Result<(), Error> {
+    let metrics = prometheus();
+    tracing::info!(config = ?config, "starting cachelayer serve");
+    let catalogue = open_catalogue(&config).await?;
+    let draining = Draining::default();
+    let state = AppState::new(AppContext {
+        catalogue: catalogue.clone(),
+        max_body_bytes: config.max_body_bytes,
+        admin_token: config.admin_token.as_deref().map(Arc::from),
+        started: Instant::now(),
+        draining: draining.clone(),
+        outcomes: Arc::new(CacheOutcomes::default()),
+        redis_pool_size: config.cache.redis_pool_size,
+        prometheus: metrics.clone(),
+        cache_lists: !config.cache_ttl.is_zero() && !config.list_ttl.is_zero(),
+    });
+    if state.admin_token.is_none() {
+        tracing::info!("no admin token: the admin routes are off");
+    }
+    let (socket, address) = bind(config.listen, None).await?;
+    let background = [
+        tokio::spawn(run_upkeep(metrics)),
+        tokio::spawn(retry_invalidations(catalogue.clone())),
+    ];
+    let listener = Listener {
+        socket,
+        router: router(state),
+        drain_within: config.shutdown_timeout,
+    };
+    let listening = || tracing::info!(address = %address, "listening");
+    let shutdown = shutdown_signal();
+    serve_until(
+        vec![listener],
+        &draining,
+        config.shutdown_timeout,
+        listening,
+        shutdown,
+    )
+    .await;
+    for task in background {
+        task.abort();
+    }
+    close(&catalogue).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// The database (migrated and seeded) and the cache, as the catalogue.
+async fn open_catalogue(config: &ServeConfig) -> Result<Catalogue, Error> {
+    let db = Database::open(&config.database_url, config.db_pool_size).await?;
+    let seeded = db.seed(config.seed).await?;
+    tracing::info!(database = db.kind(), seeded, "database ready");
+    let cache = config
+        .cache
+        .build()
+        .map_err(|err| Error::config("cache settings", err.to_string()))?;
+    if config.cache.redis_url.is_none() {
+        tracing::info!(
+            "no Redis URL: the cache is local to this process; other instances neither share it nor see its invalidations"
+        );
+    }
+    let mut lists = ResponseCacheLayer::new(cache.clone()).default_ttl(Some(config.list_ttl));
+    if !config.allowed_hosts.is_empty() {
+        lists = lists.allowed_hosts(config.allowed_hosts.iter().cloned());
+    }
+    Ok(Catalogue::new(db, cache, lists, config.cache_ttl))
+}
+
+/// A last attempt at pending invalidations, then the database pool, each bounded.
+async fn close(catalogue: &Catalogue) {
+    if catalogue.retry_pending().await {
+        tracing::warn!(
+            "some invalidations could not be delivered before exit; entries may be stale until their TTL"
+        );
+    }
+    // Requests still running past the drain deadline hold connections; do not wait on them
+    // for ever (the runtime drops them when `run` returns).
+    if tokio::time::timeout(CLOSE_TIMEOUT, catalogue.db().close())
+        .await
+        .is_err()
+    {
+        tracing::warn!(timeout = ?CLOSE_TIMEOUT, "database connections still in use at exit");
+    }
+}
+
+/// Retry failed invalidations until they succeed.
+async fn retry_invalidations(catalogue: Catalogue) {
+    let mut tick = tokio::time::interval(RETRY_EVERY);
+    loop {
+        tick.tick().await;
+        if catalogue.invalidations_pending() {
+            catalogue.retry_pending().await;
+        }
+    }
+}
