@@ -420,6 +420,68 @@ mod tests {
         }
     }
 
+    /// A stored response of the present form, at a fixed time, with a tag and a Vary value.
+    fn pinned() -> StoredResponse {
+        let (mut head, ()) = http::Response::new(()).into_parts();
+        head.headers
+            .append("content-type", "text/plain".parse().expect("v"));
+        head.headers.append("etag", "\"v1\"".parse().expect("v"));
+        let facts = Storable {
+            freshness: Duration::from_secs(60),
+            must_revalidate: true,
+            stale_while_revalidate: Duration::from_secs(5),
+            stale_if_error: Duration::from_secs(7),
+        };
+        let arrival = Arrival {
+            initial_age: Duration::from_millis(1500),
+            response_time: UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
+        };
+        let vary = vec![("accept".to_owned(), Some("text/plain".to_owned()))];
+        StoredResponse::new(
+            &head,
+            Bytes::from_static(&[0, 159, 255]),
+            facts,
+            arrival,
+            vary,
+            &[],
+        )
+        .with_tags(vec![("home".to_owned(), "7".to_owned())])
+    }
+
+    /// Entries stored by earlier versions still decode, and new ones are written the same
+    /// way: the serialized form of both formats is pinned.
+    #[test]
+    fn the_stored_form_is_pinned() {
+        const JSON: &str = r#"{"status":200,"headers":[{"name":"content-type","value":"dGV4dC9wbGFpbg=="},{"name":"etag","value":"InYxIg=="}],"body":"AJ//","response_time_ms":1700000000123,"initial_age_ms":1500,"freshness_ms":60000,"must_revalidate":true,"stale_while_revalidate_ms":5000,"stale_if_error_ms":7000,"vary":[["accept","text/plain"]],"etag_generated":false,"tags":[["home","7"]]}"#;
+        const PACKED: &str = "8ca6737461747573ccc8a7686561646572739282a46e616d65ac636f6e74656e742d74797065a576616c7565c40a746578742f706c61696e82a46e616d65a465746167a576616c7565c40422763122a4626f6479c403009fffb0726573706f6e73655f74696d655f6d73cf0000018bcfe5687bae696e697469616c5f6167655f6d73cd05dcac66726573686e6573735f6d73cdea60af6d7573745f726576616c6964617465c3b97374616c655f7768696c655f726576616c69646174655f6d73cd1388b17374616c655f69665f6572726f725f6d73cd1b58a4766172799192a6616363657074aa746578742f706c61696eae657461675f67656e657261746564c2a4746167739192a4686f6d65a137";
+        let stored = pinned();
+        assert_eq!(serde_json::to_string(&stored).expect("json"), JSON);
+        let packed = rmp_serde::to_vec_named(&stored).expect("msgpack");
+        let hex: String = packed.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex, PACKED);
+        let from_json: StoredResponse = serde_json::from_str(JSON).expect("decode json");
+        assert_eq!(from_json, stored);
+        let from_packed: StoredResponse = rmp_serde::from_slice(&packed).expect("decode msgpack");
+        assert_eq!(from_packed, stored);
+    }
+
+    /// Bytes written as a MessagePack array of numbers (not `bin`) decode too.
+    #[test]
+    fn bytes_as_arrays_decode() {
+        #[derive(Serialize)]
+        struct AsArray {
+            name: String,
+            value: Vec<u8>,
+        }
+        let packed = rmp_serde::to_vec_named(&AsArray {
+            name: "etag".to_owned(),
+            value: b"\"1\"".to_vec(),
+        })
+        .expect("msgpack");
+        let field: Field = rmp_serde::from_slice(&packed).expect("decode");
+        assert_eq!(field.value, b"\"1\"");
+    }
+
     /// Age is the initial age plus the time resident.
     #[test]
     fn age_grows_with_residence() {
