@@ -6,14 +6,18 @@
 //!   the request values a response's `Vary` names;
 //! - `stored`: the stored form of a response;
 //! - `tags`: tags on responses and their invalidation across instances;
+//! - `headers`: the hop-by-hop fields, never stored nor forwarded;
+//! - `status`: `X-Cache` and `Cache-Status`, rendered from how a response was produced;
 //! - `layer`: the tower layer and service.
 //!
 //! This module must never depend on a particular server: it speaks `http` and `tower` types
 //! only, and stores through [`Cache`](crate::Cache) like every other value.
 
+pub mod headers;
 pub mod key;
 mod layer;
 pub mod policy;
+pub mod status;
 mod stored;
 mod tags;
 

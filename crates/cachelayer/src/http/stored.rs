@@ -12,20 +12,8 @@ use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, StatusCode};
 use serde::{Deserialize, Serialize};
 
+use super::headers::{is_hop_by_hop, strip_hop_by_hop};
 use super::policy::Storable;
-
-/// Hop-by-hop headers, meaningful for one connection only.
-const HOP_BY_HOP: [&str; 9] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "proxy-authenticate",
-    "proxy-authorization",
-];
 
 /// One header field.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -90,22 +78,11 @@ impl StoredResponse {
             initial_age,
             response_time,
         } = arrival;
-        let listed_in_connection: Vec<String> = headers
-            .get_all(http::header::CONNECTION)
+        let mut end_to_end = headers.clone();
+        strip_hop_by_hop(&mut end_to_end);
+        let fields = end_to_end
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(|name| name.trim().to_ascii_lowercase())
-            .collect();
-        let fields = headers
-            .iter()
-            .filter(|(name, _)| {
-                let name = name.as_str();
-                !HOP_BY_HOP.contains(&name)
-                    && name != "age"
-                    && !listed_in_connection.iter().any(|listed| listed == name)
-                    && !drop_headers.iter().any(|dropped| dropped.as_str() == name)
-            })
+            .filter(|(name, _)| *name != http::header::AGE && !drop_headers.contains(name))
             .map(|(name, value)| Field {
                 name: name.as_str().to_owned(),
                 value: value.as_bytes().to_vec(),
@@ -280,8 +257,7 @@ const KEPT_ON_304: [&str; 8] = [
 pub(crate) fn merge_not_modified(stored: &HeaderMap, not_modified: &HeaderMap) -> HeaderMap {
     let mut merged = stored.clone();
     for name in not_modified.keys() {
-        let name_text = name.as_str();
-        if HOP_BY_HOP.contains(&name_text) || KEPT_ON_304.contains(&name_text) {
+        if is_hop_by_hop(name) || KEPT_ON_304.contains(&name.as_str()) {
             continue;
         }
         merged.remove(name);
@@ -296,11 +272,12 @@ fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Bytes as base64 text in human-readable formats (JSON), as raw bytes otherwise.
+/// Bytes as base64 text in human-readable formats (JSON), as raw bytes otherwise (MessagePack
+/// `bin`; arrays of numbers are accepted too).
 mod binary {
     use base64::Engine;
     use base64::engine::general_purpose::STANDARD;
-    use serde::{Deserialize, Deserializer, Serializer};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
     pub(super) fn serialize<S: Serializer, B: AsRef<[u8]>>(
         bytes: &B,
@@ -310,7 +287,7 @@ mod binary {
         if serializer.is_human_readable() {
             serializer.serialize_str(&STANDARD.encode(bytes))
         } else {
-            serializer.serialize_bytes(bytes)
+            serde_bytes::Bytes::new(bytes).serialize(serializer)
         }
     }
 
@@ -321,42 +298,9 @@ mod binary {
             let text = String::deserialize(deserializer)?;
             STANDARD.decode(text).map_err(serde::de::Error::custom)?
         } else {
-            serde_bytes_compat::ByteBuf::deserialize(deserializer)?.0
+            serde_bytes::ByteBuf::deserialize(deserializer)?.into_vec()
         };
         Ok(B::from(bytes))
-    }
-
-    /// Accepts MessagePack bin (and arrays of bytes) without another dependency.
-    mod serde_bytes_compat {
-        use serde::de::{Deserialize, Deserializer, SeqAccess, Visitor};
-
-        pub(crate) struct ByteBuf(pub(crate) Vec<u8>);
-
-        impl<'de> Deserialize<'de> for ByteBuf {
-            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-                struct Bytes;
-                impl<'de> Visitor<'de> for Bytes {
-                    type Value = ByteBuf;
-                    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                        f.write_str("bytes")
-                    }
-                    fn visit_bytes<E>(self, v: &[u8]) -> Result<ByteBuf, E> {
-                        Ok(ByteBuf(v.to_vec()))
-                    }
-                    fn visit_byte_buf<E>(self, v: Vec<u8>) -> Result<ByteBuf, E> {
-                        Ok(ByteBuf(v))
-                    }
-                    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<ByteBuf, A::Error> {
-                        let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0));
-                        while let Some(byte) = seq.next_element::<u8>()? {
-                            out.push(byte);
-                        }
-                        Ok(ByteBuf(out))
-                    }
-                }
-                deserializer.deserialize_byte_buf(Bytes)
-            }
-        }
     }
 }
 
