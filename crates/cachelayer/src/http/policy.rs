@@ -106,9 +106,8 @@ pub fn heuristically_cacheable(status: StatusCode) -> bool {
 /// The layer's choices where the RFC leaves one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct StoreRules {
-    /// Fresh lifetime of responses that carry no freshness information (the tutorial's
-    /// behaviour), for heuristically cacheable statuses. `None`: such responses are not stored
-    /// unless `heuristic` applies.
+    /// Fresh lifetime of responses that carry no freshness information, for heuristically
+    /// cacheable statuses. `None`: such responses are not stored unless `heuristic` applies.
     pub default_ttl: Option<Duration>,
     /// Derive freshness from `Last-Modified` when nothing explicit is given (RFC 9111
     /// section 4.2.2). Off by default: explicit is better than guessed.

@@ -1,5 +1,6 @@
 //! A response as stored: status, end-to-end headers, body, and the facts RFC 9111 needs to
-//! judge it later (when it arrived, its age then, its freshness, its `Vary` values).
+//! judge it later (when it arrived, its age then, its freshness, its `Vary` values), and the
+//! entries stored under a response key ([`CachedEntry`]: a response, or a marker).
 //!
 //! Bodies and header values are bytes: in JSON they are base64 strings, in MessagePack raw
 //! bytes. Hop-by-hop headers are never stored (RFC 9110 section 7.6.1), nor `Age` (it is
@@ -14,6 +15,25 @@ use serde::{Deserialize, Serialize};
 
 use super::headers::{is_hop_by_hop, strip_hop_by_hop};
 use super::policy::Storable;
+
+/// What is stored under a response key: a response, or a marker telling what to do instead.
+///
+/// The variant names are part of the stored form (entries of earlier versions decode).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) enum CachedEntry {
+    /// A stored response.
+    Stored(StoredResponse),
+    /// The URL's response could not be stored: each request calls the origin itself (also
+    /// what a collapsed origin call shares when its response was not stored).
+    Pass,
+    /// The URL's responses vary by these request headers: each variant is stored under a
+    /// secondary key made from the request's values of them and this generation (a purge
+    /// drops the marker, and the variants of the old generation become unreachable).
+    Variants {
+        names: Vec<String>,
+        generation: String,
+    },
+}
 
 /// One header field.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
