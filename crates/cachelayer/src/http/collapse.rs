@@ -39,10 +39,16 @@ pub(super) struct Keys {
     pub(super) full: String,
 }
 
+/// What an origin call shares with its waiters, the load itself storing nothing (the layer
+/// writes responses itself, under the keys it knows).
+fn unstored(entry: CachedEntry) -> Fetched<CachedEntry> {
+    Fetched::new(Some(entry), false)
+}
+
 /// What an origin call shares when nothing it produced may be kept: each waiter calls the
 /// origin itself.
 fn not_shared() -> Fetched<CachedEntry> {
-    Fetched::new(Some(CachedEntry::Pass), false)
+    unstored(CachedEntry::Pass)
 }
 
 /// Call the origin once for every request waiting on this key, store what may be stored,
@@ -94,8 +100,7 @@ where
                     admitted.grace,
                 )
                 .await;
-                let entry = CachedEntry::Stored(admitted.stored);
-                (Fetched::new(Some(entry), false), written)
+                (unstored(CachedEntry::Stored(admitted.stored)), written)
             }
             // Remember for a while that this URL's responses are not shareable, so later
             // requests go straight to the origin instead of queueing behind one another

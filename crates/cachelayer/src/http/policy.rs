@@ -5,6 +5,10 @@
 //! This module decides only; it must never touch a store or a body, so every rule can be
 //! tested on headers alone. Where the RFC lets a cache choose, it chooses the safer reading
 //! (a qualified `private="field"` is treated like `private`).
+//!
+//! One concept, kept in one file past 600 lines with its tests: the rules read one another
+//! (`Cache-Control` parsing, freshness, age, the request's directives), and their tests
+//! read best beside them.
 
 use std::time::{Duration, SystemTime};
 
