@@ -25,6 +25,15 @@ pub(super) fn miss(fwd: Forward, stored: bool, collapsed: bool) -> CacheStatus {
     }
 }
 
+/// A stored response served stale, `ttl` seconds past its freshness (negative), for the
+/// status headers.
+pub(super) fn stale_hit(ttl: i64) -> CacheStatus {
+    CacheStatus::Stale {
+        ttl: Some(ttl),
+        fwd: None,
+    }
+}
+
 /// `X-Cache` and `Cache-Status` (RFC 9211) for a response, counted.
 pub(super) fn describe(headers: &mut HeaderMap, status: &CacheStatus) {
     metrics::counter!(telemetry::HTTP_RESPONSES, "cache" => status.label()).increment(1);

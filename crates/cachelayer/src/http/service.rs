@@ -25,7 +25,7 @@ use super::invalidate::invalidate_after_write;
 use super::lookup::{Found, Phase, Serve, judge, signed_secs, within};
 use super::policy::RequestDirectives;
 use super::refresh::refresh_in_background;
-use super::respond::{from_store, gateway_timeout, miss};
+use super::respond::{from_store, gateway_timeout, miss, stale_hit};
 use super::settings::Settings;
 use super::status::{self, CacheStatus, Forward};
 use super::stored::{CachedEntry, StoredResponse};
@@ -224,28 +224,19 @@ where
         },
     };
     let keys = Keys { primary, full };
-    let stale = |serve: Serve| {
-        (
-            serve.stored,
-            serve.age,
-            CacheStatus::Stale {
-                ttl: Some(serve.ttl),
-                fwd: None,
-            },
-        )
-    };
     match judge(found, &parts.headers, &directives, now) {
-        Phase::Fresh(Serve { stored, age, ttl }) => {
-            let hit = CacheStatus::Hit { ttl: Some(ttl) };
-            Ok(from_store(&stored, &parts, age, hit))
+        Phase::Fresh(serve) => {
+            let hit = CacheStatus::Hit {
+                ttl: Some(serve.ttl),
+            };
+            Ok(from_store(&serve.stored, &parts, serve.age, hit))
         }
         Phase::StaleServed(serve) => {
-            let (stored, age, status) = stale(serve);
-            Ok(from_store(&stored, &parts, age, status))
+            let status = stale_hit(serve.ttl);
+            Ok(from_store(&serve.stored, &parts, serve.age, status))
         }
-        Phase::StaleWhileRevalidate(serve) => {
-            let (stored, age, status) = stale(serve);
-            let response = from_store(&stored, &parts, age, status);
+        Phase::StaleWhileRevalidate(Serve { stored, age, ttl }) => {
+            let response = from_store(&stored, &parts, age, stale_hit(ttl));
             refresh_in_background(&shared, inner, parts, body, keys, stored);
             Ok(response)
         }
@@ -325,11 +316,55 @@ where
     {
         let age = stored.age(SystemTime::now());
         let ttl = signed_secs(stored.facts().freshness, age);
-        let status = CacheStatus::Stale {
-            ttl: Some(ttl),
-            fwd: None,
-        };
-        return Ok(from_store(&stored, &request_head, age, status));
+        return Ok(from_store(&stored, &request_head, age, stale_hit(ttl)));
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::{Empty, Full};
+
+    use super::*;
+
+    fn head(headers: &[(&'static str, &'static str)]) -> Parts {
+        let mut request = Request::new(());
+        for (name, value) in headers {
+            request
+                .headers_mut()
+                .insert(*name, http::HeaderValue::from_static(value));
+        }
+        request.into_parts().0
+    }
+
+    /// A body counts when its headers declare one or when it has data of its own.
+    #[test]
+    fn a_body_is_declared_or_present() {
+        let empty = Empty::<Bytes>::new();
+        assert!(!has_body(&head(&[]), &empty));
+        assert!(!has_body(&head(&[("content-length", "0")]), &empty));
+        assert!(has_body(&head(&[("content-length", "3")]), &empty));
+        assert!(has_body(&head(&[("transfer-encoding", "chunked")]), &empty));
+        let data = Full::new(Bytes::from_static(b"x"));
+        assert!(has_body(&head(&[]), &data));
+    }
+
+    /// Each reason to go around the cache is told in `Cache-Status`.
+    #[test]
+    fn bypasses_say_why() {
+        let details = [
+            (Bypass::Method, "method"),
+            (Bypass::Body, "body"),
+            (Bypass::Cookie, "cookie"),
+            (Bypass::Host, "host"),
+        ];
+        for (bypass, detail) in details {
+            let status = bypass.status();
+            assert_eq!(status.x_cache(), "BYPASS");
+            assert_eq!(
+                status.cache_status_text(),
+                format!("cachelayer; fwd=bypass; detail={detail}")
+            );
+        }
+    }
 }
