@@ -29,7 +29,7 @@ pub fn is_hop_by_hop(name: &HeaderName) -> bool {
 }
 
 /// The field names a message's `Connection` field lists (lowercase; unparsable ones skipped).
-pub fn listed_in_connection(headers: &HeaderMap) -> Vec<HeaderName> {
+fn listed_in_connection(headers: &HeaderMap) -> Vec<HeaderName> {
     headers
         .get_all(http::header::CONNECTION)
         .iter()
