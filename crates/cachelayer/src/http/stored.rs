@@ -429,6 +429,34 @@ mod tests {
         assert_eq!(from_packed, stored);
     }
 
+    /// The entries under a response key keep their variant names, the stored form's tags.
+    #[test]
+    fn entry_markers_are_pinned() {
+        let marker = CachedEntry::Variants {
+            names: vec!["accept".to_owned()],
+            generation: "g1".to_owned(),
+        };
+        let json = serde_json::to_string(&marker).expect("json");
+        assert_eq!(
+            json,
+            r#"{"Variants":{"names":["accept"],"generation":"g1"}}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&CachedEntry::Pass).expect("json"),
+            r#""Pass""#
+        );
+        let stored = serde_json::to_string(&CachedEntry::Stored(pinned())).expect("json");
+        assert!(
+            stored.starts_with(r#"{"Stored":{"status":200,"#),
+            "{stored}"
+        );
+        for entry in [marker, CachedEntry::Pass, CachedEntry::Stored(pinned())] {
+            let packed = rmp_serde::to_vec_named(&entry).expect("msgpack");
+            let back: CachedEntry = rmp_serde::from_slice(&packed).expect("decode");
+            assert_eq!(format!("{back:?}"), format!("{entry:?}"));
+        }
+    }
+
     /// Bytes written as a MessagePack array of numbers (not `bin`) decode too.
     #[test]
     fn bytes_as_arrays_decode() {
