@@ -367,7 +367,7 @@ async fn freshness_sources_and_refusals(backend: Backend) {
     assert_eq!(calls.of("/plain"), 2, "no freshness, no default TTL");
     assert_eq!(calls.of("/private"), 2);
     assert_eq!(calls.of("/cookie"), 2);
-    // With a default TTL (the tutorial's behaviour), a plain response is stored.
+    // With a default TTL, a plain response is stored.
     let cache = backend.cache();
     let calls = Calls::default();
     let app = Router::new()

@@ -1,24 +1,53 @@
 //! HTTP response caching as a shared cache (RFC 9111), for tower and axum:
 //! `Router::new()....layer(ResponseCacheLayer::new(cache))`.
 //!
-//! - `policy`: what may be stored, for how long, and whether a request accepts it;
-//! - `key`: keys from host (checked against an allow-list), path and normalized query, and
+//! The layer, one concept per module:
+//! - `layer`: the builder ([`ResponseCacheLayer`]) and purges; `settings`: what it hands to
+//!   each service;
+//! - `service`: the tower service ([`ResponseCache`]) and the flow of one request;
+//! - `lookup`: judging what was stored for a request, a pure function to a phase;
+//! - `collapse`: one origin call for concurrent misses of a key; `forward`: origin calls
+//!   that wait on no one;
+//! - `vary`: `Vary` markers, variant keys, reading and writing entries;
+//! - `revalidate`: conditional requests to the origin and refreshing from a 304;
+//! - `admit`: what of an origin's response is stored; `lifetime`: for how long;
+//! - `respond`: responses the cache makes itself; `body`: bodies, buffered and boxed;
+//! - `refresh`: background refresh; `invalidate`: invalidation after writes.
+//!
+//! What the layer builds on, public where a server needs it too:
+//! - [`policy`]: what may be stored, for how long, and whether a request accepts it;
+//! - [`key`]: keys from host (checked against an allow-list), path and normalized query, and
 //!   the request values a response's `Vary` names;
-//! - `stored`: the stored form of a response;
-//! - `tags`: tags on responses and their invalidation across instances;
-//! - `layer`: the tower layer and service.
+//! - [`headers`]: the hop-by-hop fields, never stored nor forwarded;
+//! - [`status`]: `X-Cache` and `Cache-Status`, rendered from how a response was produced;
+//! - `stored`: the stored form of a response; `tags`: tags on responses and their
+//!   invalidation across instances.
 //!
 //! This module must never depend on a particular server: it speaks `http` and `tower` types
 //! only, and stores through [`Cache`](crate::Cache) like every other value.
 
+mod admit;
+mod body;
+mod collapse;
+mod forward;
+pub mod headers;
+mod invalidate;
 pub mod key;
 mod layer;
+mod lifetime;
+mod lookup;
 pub mod policy;
+mod refresh;
+mod respond;
+mod revalidate;
+mod service;
+mod settings;
+pub mod status;
 mod stored;
 mod tags;
+mod vary;
 
-pub use self::layer::{
-    BoxError, CacheBody, DEFAULT_MAX_BODY_BYTES, DEFAULT_PASS_TTL, ResponseCache,
-    ResponseCacheLayer,
-};
+pub use self::body::{BoxError, CacheBody};
+pub use self::layer::{DEFAULT_MAX_BODY_BYTES, DEFAULT_PASS_TTL, ResponseCacheLayer};
+pub use self::service::ResponseCache;
 pub use self::tags::CacheTags;

@@ -5,6 +5,10 @@
 //! This module decides only; it must never touch a store or a body, so every rule can be
 //! tested on headers alone. Where the RFC lets a cache choose, it chooses the safer reading
 //! (a qualified `private="field"` is treated like `private`).
+//!
+//! One concept, kept in one file past 600 lines with its tests: the rules read one another
+//! (`Cache-Control` parsing, freshness, age, the request's directives), and their tests
+//! read best beside them.
 
 use std::time::{Duration, SystemTime};
 
@@ -106,9 +110,8 @@ pub fn heuristically_cacheable(status: StatusCode) -> bool {
 /// The layer's choices where the RFC leaves one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct StoreRules {
-    /// Fresh lifetime of responses that carry no freshness information (the tutorial's
-    /// behaviour), for heuristically cacheable statuses. `None`: such responses are not stored
-    /// unless `heuristic` applies.
+    /// Fresh lifetime of responses that carry no freshness information, for heuristically
+    /// cacheable statuses. `None`: such responses are not stored unless `heuristic` applies.
     pub default_ttl: Option<Duration>,
     /// Derive freshness from `Last-Modified` when nothing explicit is given (RFC 9111
     /// section 4.2.2). Off by default: explicit is better than guessed.

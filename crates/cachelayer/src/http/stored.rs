@@ -1,5 +1,6 @@
 //! A response as stored: status, end-to-end headers, body, and the facts RFC 9111 needs to
-//! judge it later (when it arrived, its age then, its freshness, its `Vary` values).
+//! judge it later (when it arrived, its age then, its freshness, its `Vary` values), and the
+//! entries stored under a response key ([`CachedEntry`]: a response, or a marker).
 //!
 //! Bodies and header values are bytes: in JSON they are base64 strings, in MessagePack raw
 //! bytes. Hop-by-hop headers are never stored (RFC 9110 section 7.6.1), nor `Age` (it is
@@ -12,20 +13,27 @@ use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, StatusCode};
 use serde::{Deserialize, Serialize};
 
+use super::headers::{is_hop_by_hop, strip_hop_by_hop};
 use super::policy::Storable;
 
-/// Hop-by-hop headers, meaningful for one connection only.
-const HOP_BY_HOP: [&str; 9] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "proxy-authenticate",
-    "proxy-authorization",
-];
+/// What is stored under a response key: a response, or a marker telling what to do instead.
+///
+/// The variant names are part of the stored form (entries of earlier versions decode).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) enum CachedEntry {
+    /// A stored response.
+    Stored(StoredResponse),
+    /// The URL's response could not be stored: each request calls the origin itself (also
+    /// what a collapsed origin call shares when its response was not stored).
+    Pass,
+    /// The URL's responses vary by these request headers: each variant is stored under a
+    /// secondary key made from the request's values of them and this generation (a purge
+    /// drops the marker, and the variants of the old generation become unreachable).
+    Variants {
+        names: Vec<String>,
+        generation: String,
+    },
+}
 
 /// One header field.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -90,22 +98,11 @@ impl StoredResponse {
             initial_age,
             response_time,
         } = arrival;
-        let listed_in_connection: Vec<String> = headers
-            .get_all(http::header::CONNECTION)
+        let mut end_to_end = headers.clone();
+        strip_hop_by_hop(&mut end_to_end);
+        let fields = end_to_end
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(|name| name.trim().to_ascii_lowercase())
-            .collect();
-        let fields = headers
-            .iter()
-            .filter(|(name, _)| {
-                let name = name.as_str();
-                !HOP_BY_HOP.contains(&name)
-                    && name != "age"
-                    && !listed_in_connection.iter().any(|listed| listed == name)
-                    && !drop_headers.iter().any(|dropped| dropped.as_str() == name)
-            })
+            .filter(|(name, _)| *name != http::header::AGE && !drop_headers.contains(name))
             .map(|(name, value)| Field {
                 name: name.as_str().to_owned(),
                 value: value.as_bytes().to_vec(),
@@ -280,8 +277,7 @@ const KEPT_ON_304: [&str; 8] = [
 pub(crate) fn merge_not_modified(stored: &HeaderMap, not_modified: &HeaderMap) -> HeaderMap {
     let mut merged = stored.clone();
     for name in not_modified.keys() {
-        let name_text = name.as_str();
-        if HOP_BY_HOP.contains(&name_text) || KEPT_ON_304.contains(&name_text) {
+        if is_hop_by_hop(name) || KEPT_ON_304.contains(&name.as_str()) {
             continue;
         }
         merged.remove(name);
@@ -296,11 +292,12 @@ fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Bytes as base64 text in human-readable formats (JSON), as raw bytes otherwise.
+/// Bytes as base64 text in human-readable formats (JSON), as raw bytes otherwise (MessagePack
+/// `bin`; arrays of numbers are accepted too).
 mod binary {
     use base64::Engine;
     use base64::engine::general_purpose::STANDARD;
-    use serde::{Deserialize, Deserializer, Serializer};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
     pub(super) fn serialize<S: Serializer, B: AsRef<[u8]>>(
         bytes: &B,
@@ -310,7 +307,7 @@ mod binary {
         if serializer.is_human_readable() {
             serializer.serialize_str(&STANDARD.encode(bytes))
         } else {
-            serializer.serialize_bytes(bytes)
+            serde_bytes::Bytes::new(bytes).serialize(serializer)
         }
     }
 
@@ -321,42 +318,9 @@ mod binary {
             let text = String::deserialize(deserializer)?;
             STANDARD.decode(text).map_err(serde::de::Error::custom)?
         } else {
-            serde_bytes_compat::ByteBuf::deserialize(deserializer)?.0
+            serde_bytes::ByteBuf::deserialize(deserializer)?.into_vec()
         };
         Ok(B::from(bytes))
-    }
-
-    /// Accepts MessagePack bin (and arrays of bytes) without another dependency.
-    mod serde_bytes_compat {
-        use serde::de::{Deserialize, Deserializer, SeqAccess, Visitor};
-
-        pub(crate) struct ByteBuf(pub(crate) Vec<u8>);
-
-        impl<'de> Deserialize<'de> for ByteBuf {
-            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-                struct Bytes;
-                impl<'de> Visitor<'de> for Bytes {
-                    type Value = ByteBuf;
-                    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                        f.write_str("bytes")
-                    }
-                    fn visit_bytes<E>(self, v: &[u8]) -> Result<ByteBuf, E> {
-                        Ok(ByteBuf(v.to_vec()))
-                    }
-                    fn visit_byte_buf<E>(self, v: Vec<u8>) -> Result<ByteBuf, E> {
-                        Ok(ByteBuf(v))
-                    }
-                    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<ByteBuf, A::Error> {
-                        let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0));
-                        while let Some(byte) = seq.next_element::<u8>()? {
-                            out.push(byte);
-                        }
-                        Ok(ByteBuf(out))
-                    }
-                }
-                deserializer.deserialize_byte_buf(Bytes)
-            }
-        }
     }
 }
 
@@ -418,6 +382,96 @@ mod tests {
             assert_eq!(back, stored);
             assert_eq!(&back.served().body[..], &[0, 159, 146, 150, 255]);
         }
+    }
+
+    /// A stored response of the present form, at a fixed time, with a tag and a Vary value.
+    fn pinned() -> StoredResponse {
+        let (mut head, ()) = http::Response::new(()).into_parts();
+        head.headers
+            .append("content-type", "text/plain".parse().expect("v"));
+        head.headers.append("etag", "\"v1\"".parse().expect("v"));
+        let facts = Storable {
+            freshness: Duration::from_secs(60),
+            must_revalidate: true,
+            stale_while_revalidate: Duration::from_secs(5),
+            stale_if_error: Duration::from_secs(7),
+        };
+        let arrival = Arrival {
+            initial_age: Duration::from_millis(1500),
+            response_time: UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
+        };
+        let vary = vec![("accept".to_owned(), Some("text/plain".to_owned()))];
+        StoredResponse::new(
+            &head,
+            Bytes::from_static(&[0, 159, 255]),
+            facts,
+            arrival,
+            vary,
+            &[],
+        )
+        .with_tags(vec![("home".to_owned(), "7".to_owned())])
+    }
+
+    /// Entries stored by earlier versions still decode, and new ones are written the same
+    /// way: the serialized form of both formats is pinned.
+    #[test]
+    fn the_stored_form_is_pinned() {
+        const JSON: &str = r#"{"status":200,"headers":[{"name":"content-type","value":"dGV4dC9wbGFpbg=="},{"name":"etag","value":"InYxIg=="}],"body":"AJ//","response_time_ms":1700000000123,"initial_age_ms":1500,"freshness_ms":60000,"must_revalidate":true,"stale_while_revalidate_ms":5000,"stale_if_error_ms":7000,"vary":[["accept","text/plain"]],"etag_generated":false,"tags":[["home","7"]]}"#;
+        const PACKED: &str = "8ca6737461747573ccc8a7686561646572739282a46e616d65ac636f6e74656e742d74797065a576616c7565c40a746578742f706c61696e82a46e616d65a465746167a576616c7565c40422763122a4626f6479c403009fffb0726573706f6e73655f74696d655f6d73cf0000018bcfe5687bae696e697469616c5f6167655f6d73cd05dcac66726573686e6573735f6d73cdea60af6d7573745f726576616c6964617465c3b97374616c655f7768696c655f726576616c69646174655f6d73cd1388b17374616c655f69665f6572726f725f6d73cd1b58a4766172799192a6616363657074aa746578742f706c61696eae657461675f67656e657261746564c2a4746167739192a4686f6d65a137";
+        let stored = pinned();
+        assert_eq!(serde_json::to_string(&stored).expect("json"), JSON);
+        let packed = rmp_serde::to_vec_named(&stored).expect("msgpack");
+        let hex: String = packed.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex, PACKED);
+        let from_json: StoredResponse = serde_json::from_str(JSON).expect("decode json");
+        assert_eq!(from_json, stored);
+        let from_packed: StoredResponse = rmp_serde::from_slice(&packed).expect("decode msgpack");
+        assert_eq!(from_packed, stored);
+    }
+
+    /// The entries under a response key keep their variant names, the stored form's tags.
+    #[test]
+    fn entry_markers_are_pinned() {
+        let marker = CachedEntry::Variants {
+            names: vec!["accept".to_owned()],
+            generation: "g1".to_owned(),
+        };
+        let json = serde_json::to_string(&marker).expect("json");
+        assert_eq!(
+            json,
+            r#"{"Variants":{"names":["accept"],"generation":"g1"}}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&CachedEntry::Pass).expect("json"),
+            r#""Pass""#
+        );
+        let stored = serde_json::to_string(&CachedEntry::Stored(pinned())).expect("json");
+        assert!(
+            stored.starts_with(r#"{"Stored":{"status":200,"#),
+            "{stored}"
+        );
+        for entry in [marker, CachedEntry::Pass, CachedEntry::Stored(pinned())] {
+            let packed = rmp_serde::to_vec_named(&entry).expect("msgpack");
+            let back: CachedEntry = rmp_serde::from_slice(&packed).expect("decode");
+            assert_eq!(format!("{back:?}"), format!("{entry:?}"));
+        }
+    }
+
+    /// Bytes written as a MessagePack array of numbers (not `bin`) decode too.
+    #[test]
+    fn bytes_as_arrays_decode() {
+        #[derive(Serialize)]
+        struct AsArray {
+            name: String,
+            value: Vec<u8>,
+        }
+        let packed = rmp_serde::to_vec_named(&AsArray {
+            name: "etag".to_owned(),
+            value: b"\"1\"".to_vec(),
+        })
+        .expect("msgpack");
+        let field: Field = rmp_serde::from_slice(&packed).expect("decode");
+        assert_eq!(field.value, b"\"1\"");
     }
 
     /// Age is the initial age plus the time resident.

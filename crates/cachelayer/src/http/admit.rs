@@ -1,0 +1,132 @@
+//! Admission of an origin's response: what the client gets, and what of it the cache may
+//! store and for how long (RFC 9111 section 3 and the layer's settings), with its tags'
+//! versions and, when asked, a generated `ETag`.
+//!
+//! This module must never write to the store (the caller stores, under the keys it knows),
+//! nor hold more of a body than the layer's limit.
+
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue};
+use http::request::Parts;
+use http::{Response, StatusCode};
+use http_body::Body;
+
+use super::body::{BoxError, Buffered, CacheBody, boxed, buffer, full_body};
+use super::key::vary_values;
+use super::lifetime::{Admitted, with_configured_windows};
+use super::policy::{initial_age, storable};
+use super::revalidate::answer_not_modified;
+use super::settings::Settings;
+use super::stored::{Arrival, StoredResponse};
+use crate::telemetry;
+
+/// The origin's response for its caller, and what to store of it when RFC 9111 and the
+/// settings allow. A 304 to the cache's own revalidation of `revalidating` is answered
+/// with the refreshed stored response.
+pub(super) async fn admit<ResBody>(
+    shared: &Settings,
+    parts: &Parts,
+    response: Response<ResBody>,
+    request_time: SystemTime,
+    revalidating: Option<&StoredResponse>,
+) -> (Response<CacheBody>, Option<Admitted>)
+where
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    let response_time = SystemTime::now();
+    let (mut head, body) = response.into_parts();
+    if head.status == StatusCode::NOT_MODIFIED
+        && let Some(stored) = revalidating
+    {
+        return answer_not_modified(
+            shared,
+            parts,
+            stored,
+            &head.headers,
+            request_time,
+            response_time,
+        );
+    }
+    let decision = storable(
+        &parts.method,
+        &parts.headers,
+        head.status,
+        &head.headers,
+        shared.store,
+    )
+    .map(|facts| with_configured_windows(shared, facts));
+    let tags = super::tags::tags_of(&head.headers, head.extensions.get::<super::CacheTags>());
+    if !shared.expose_tags {
+        strip_tag_headers(&mut head.headers);
+    }
+    let vary = vary_values(&head.headers, &parts.headers);
+    let (Ok(facts), Some(vary)) = (decision, vary) else {
+        return (Response::from_parts(head, boxed(body)), None);
+    };
+    let initial = initial_age(&head.headers, request_time, response_time);
+    let Some(fresh) = facts
+        .freshness
+        .checked_sub(initial)
+        .filter(|f| !f.is_zero())
+    else {
+        return (Response::from_parts(head, boxed(body)), None);
+    };
+    match buffer(body, shared.max_body_bytes).await {
+        Buffered::Complete(bytes) => {
+            let generated = shared.generate_etag
+                && head.status == StatusCode::OK
+                && !head.headers.contains_key(http::header::ETAG);
+            if generated {
+                head.headers.insert(http::header::ETAG, strong_etag(&bytes));
+            }
+            let dropped: &[HeaderName] = if shared.store.strip_set_cookie {
+                &[http::header::SET_COOKIE]
+            } else {
+                &[]
+            };
+            let arrival = Arrival {
+                initial_age: initial,
+                response_time,
+            };
+            let stored = StoredResponse::new(&head, bytes.clone(), facts, arrival, vary, dropped);
+            let stored = if generated {
+                stored.with_generated_etag()
+            } else {
+                stored
+            };
+            let Some(versions) =
+                super::tags::versions_for_store(&shared.cache, &tags, request_time).await
+            else {
+                // Without the tags' versions, a later invalidation could miss it: not stored.
+                return (Response::from_parts(head, full_body(bytes)), None);
+            };
+            let stored = stored.with_tags(tags.into_iter().zip(versions).collect());
+            (
+                Response::from_parts(head, full_body(bytes)),
+                Some(Admitted::new(stored, facts, fresh)),
+            )
+        }
+        Buffered::Streaming(body) => {
+            metrics::counter!(telemetry::HTTP_NOT_STORED, "reason" => "too_large").increment(1);
+            (Response::from_parts(head, body), None)
+        }
+    }
+}
+
+/// Drops `Cache-Tag` / `Surrogate-Key`: the application's instructions to this cache.
+pub(super) fn strip_tag_headers(headers: &mut http::HeaderMap) {
+    for name in super::tags::TAG_HEADERS {
+        headers.remove(name);
+    }
+}
+
+/// A strong entity tag from the body's SHA-256 (128 bits, hex).
+fn strong_etag(body: &[u8]) -> HeaderValue {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(body);
+    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    HeaderValue::from_str(&format!("\"{hex}\"")).unwrap_or(HeaderValue::from_static("\"\""))
+}

@@ -1,0 +1,78 @@
+//! Calling the origin for one request, without waiting on others: passing its response
+//! through, or storing it when allowed.
+//!
+//! This module must never turn the origin's response into an error: whatever the store
+//! does, the origin's response (or error) is what the caller gets.
+
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use http::request::Parts;
+use http::{Request, Response};
+use http_body::Body;
+use tower::Service;
+
+use super::admit::{admit, strip_tag_headers};
+use super::body::{BoxError, CacheBody, boxed};
+use super::respond::{describe, miss};
+use super::settings::Settings;
+use super::status::{CacheStatus, Forward};
+use super::vary::store_response;
+
+/// Call the origin and pass its response through untouched but for the status headers.
+pub(super) async fn forward<S, ReqBody, ResBody>(
+    shared: &Settings,
+    inner: &mut S,
+    parts: Parts,
+    body: ReqBody,
+    status: CacheStatus,
+) -> Result<Response<CacheBody>, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send,
+    S::Future: Send,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    let response = inner.call(Request::from_parts(parts, body)).await?;
+    let mut response = response.map(boxed);
+    if !shared.expose_tags {
+        strip_tag_headers(response.headers_mut());
+    }
+    describe(response.headers_mut(), &status);
+    Ok(response)
+}
+
+/// Call the origin without collapsing; store the response under `primary` (the URL's key)
+/// when it may be stored and `store` is set.
+pub(super) async fn forward_and_store<S, ReqBody, ResBody>(
+    shared: &Settings,
+    inner: &mut S,
+    parts: Parts,
+    body: ReqBody,
+    primary: &str,
+    store: bool,
+    fwd: Forward,
+) -> Result<Response<CacheBody>, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send,
+    S::Future: Send,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    let request_time = SystemTime::now();
+    let response = inner.call(Request::from_parts(parts.clone(), body)).await?;
+    let (mut response, admitted) = admit(shared, &parts, response, request_time, None).await;
+    let mut written = false;
+    if store && let Some(admitted) = admitted {
+        written = store_response(
+            &shared.cache,
+            primary,
+            &admitted.stored,
+            admitted.fresh,
+            admitted.grace,
+        )
+        .await;
+    }
+    describe(response.headers_mut(), &miss(fwd, written, false));
+    Ok(response)
+}

@@ -1,0 +1,95 @@
+//! Background refresh (RFC 5861 stale-while-revalidate): a stale response is served while
+//! one request per key and process refreshes it on a task of its own.
+//!
+//! This module must never run two refreshes of one key in a process at once, nor leave a
+//! key claimed after its refresh ends (however it ends).
+
+use std::sync::{Arc, PoisonError};
+
+use bytes::Bytes;
+use http::request::Parts;
+use http::{Request, Response};
+use http_body::Body;
+use tower::Service;
+
+use super::body::BoxError;
+use super::collapse::{Keys, collapsed};
+use super::settings::Settings;
+use super::status::Forward;
+use super::stored::StoredResponse;
+use crate::telemetry;
+
+/// A key's background refresh in this process; released however the refresh ends.
+struct RefreshClaim {
+    shared: Arc<Settings>,
+    full: String,
+}
+
+impl RefreshClaim {
+    /// Claims `full`, unless a refresh of it already runs in this process.
+    fn claim(shared: &Arc<Settings>, full: &str) -> Option<Self> {
+        let claimed = shared
+            .refreshing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(full.to_owned());
+        claimed.then(|| Self {
+            shared: Arc::clone(shared),
+            full: full.to_owned(),
+        })
+    }
+}
+
+impl Drop for RefreshClaim {
+    fn drop(&mut self) {
+        self.shared
+            .refreshing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.full);
+    }
+}
+
+/// Refresh `keys.full` with this request on a task of its own, unless a refresh of it
+/// already runs in this process (across processes, the lock dedupes).
+pub(super) fn refresh_in_background<S, ReqBody, ResBody>(
+    shared: &Arc<Settings>,
+    inner: S,
+    parts: Parts,
+    body: ReqBody,
+    keys: Keys,
+    stored: StoredResponse,
+) where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
+    S::Future: Send,
+    S::Error: Send + 'static,
+    ReqBody: Send + 'static,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let Some(claim) = RefreshClaim::claim(shared, &keys.full) else {
+        return;
+    };
+    metrics::counter!(telemetry::REFRESHES, "trigger" => "http_stale").increment(1);
+    let shared = Arc::clone(shared);
+    runtime.spawn(async move {
+        let _claim = claim;
+        let full = keys.full.clone();
+        let refreshed = collapsed(
+            &shared,
+            inner,
+            parts,
+            body,
+            keys,
+            Forward::Stale,
+            Some(stored),
+        )
+        .await;
+        if refreshed.is_err() {
+            tracing::warn!(key = full, "background refresh of a stale response failed");
+        }
+    });
+}

@@ -1,0 +1,143 @@
+//! Responses the cache makes itself: a stored response served (or a `304` when the client's
+//! copy is current), a `504` for `only-if-cached`, and the status headers on every response.
+//!
+//! This module must never call the origin nor touch the store; it renders what it is given.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::HeaderValue;
+use http::request::Parts;
+use http::{HeaderMap, Method, Response, StatusCode};
+
+use super::body::{CacheBody, full_body};
+use super::status::{CacheStatus, Forward};
+use super::stored::StoredResponse;
+use crate::telemetry;
+
+/// A response that went to the origin, for the status headers.
+pub(super) fn miss(fwd: Forward, stored: bool, collapsed: bool) -> CacheStatus {
+    CacheStatus::Miss {
+        fwd,
+        fwd_status: None,
+        stored,
+        collapsed,
+    }
+}
+
+/// A stored response served stale, `ttl` seconds past its freshness (negative), for the
+/// status headers.
+pub(super) fn stale_hit(ttl: i64) -> CacheStatus {
+    CacheStatus::Stale {
+        ttl: Some(ttl),
+        fwd: None,
+    }
+}
+
+/// `X-Cache` and `Cache-Status` (RFC 9211) for a response, counted.
+pub(super) fn describe(headers: &mut HeaderMap, status: &CacheStatus) {
+    metrics::counter!(telemetry::HTTP_RESPONSES, "cache" => status.label()).increment(1);
+    status.write_to(headers);
+}
+
+/// A response built from a stored one, with `Age` and the status headers; a `304` when
+/// the request's own validators match it (RFC 9110 section 13.1).
+pub(super) fn from_store(
+    stored: &StoredResponse,
+    request: &Parts,
+    age: Duration,
+    status: CacheStatus,
+) -> Response<CacheBody> {
+    let served = stored.served();
+    if served.status == StatusCode::OK && not_modified(&request.headers, stored) {
+        return not_modified_response(&served.headers, age, &status);
+    }
+    let length = HeaderValue::from(served.body.len());
+    let body = if request.method == Method::HEAD {
+        Bytes::new()
+    } else {
+        served.body
+    };
+    let mut response = Response::new(full_body(body));
+    *response.status_mut() = served.status;
+    *response.headers_mut() = served.headers;
+    // The stored body's length, also for HEAD (whose body here is empty).
+    response
+        .headers_mut()
+        .insert(http::header::CONTENT_LENGTH, length);
+    response
+        .headers_mut()
+        .insert(http::header::AGE, HeaderValue::from(age.as_secs()));
+    describe(response.headers_mut(), &status);
+    response
+}
+
+/// Whether a request's `If-None-Match` (weak comparison), or else its `If-Modified-Since`,
+/// says the client's copy is current.
+fn not_modified(request: &HeaderMap, stored: &StoredResponse) -> bool {
+    let opaque = |tag: &str| tag.trim().trim_start_matches("W/").to_owned();
+    if request.contains_key(http::header::IF_NONE_MATCH) {
+        let Some(etag) = stored.etag().map(opaque) else {
+            return false;
+        };
+        return request
+            .get_all(http::header::IF_NONE_MATCH)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|candidate| candidate.trim() == "*" || opaque(candidate) == etag);
+    }
+    let since = request
+        .get(http::header::IF_MODIFIED_SINCE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| httpdate::parse_http_date(v).ok());
+    match (since, stored.last_modified()) {
+        (Some(since), Some(modified)) => modified <= since,
+        _ => false,
+    }
+}
+
+/// A `304 Not Modified` carrying the fields RFC 9110 section 15.4.5 asks for.
+fn not_modified_response(
+    stored: &HeaderMap,
+    age: Duration,
+    status: &CacheStatus,
+) -> Response<CacheBody> {
+    let mut response = Response::new(full_body(Bytes::new()));
+    *response.status_mut() = StatusCode::NOT_MODIFIED;
+    for name in [
+        http::header::CACHE_CONTROL,
+        http::header::CONTENT_LOCATION,
+        http::header::DATE,
+        http::header::ETAG,
+        http::header::EXPIRES,
+        http::header::VARY,
+        http::header::LAST_MODIFIED,
+    ] {
+        for value in stored.get_all(&name) {
+            response.headers_mut().append(name.clone(), value.clone());
+        }
+    }
+    response
+        .headers_mut()
+        .insert(http::header::AGE, HeaderValue::from(age.as_secs()));
+    describe(response.headers_mut(), status);
+    response
+}
+
+/// `504` for `only-if-cached` with nothing usable stored (RFC 9111 section 5.2.1.7).
+pub(super) fn gateway_timeout() -> Response<CacheBody> {
+    let mut response = Response::new(full_body(Bytes::from_static(
+        br#"{"error":"not in cache","detail":"the request said only-if-cached"}"#,
+    )));
+    *response.status_mut() = StatusCode::GATEWAY_TIMEOUT;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    describe(
+        response.headers_mut(),
+        &miss(Forward::UriMiss, false, false),
+    );
+    response
+}

@@ -1,0 +1,128 @@
+//! Revalidation with the origin (RFC 9111 section 4.3): the conditional request made from a
+//! stale stored response, and what a `304 Not Modified` to it makes of the stored response.
+//!
+//! This module must never add its own validators to a request that carries the client's
+//! (the client's `304` is the client's), nor store anything: the caller stores what it gets.
+
+use std::time::SystemTime;
+
+use http::request::Parts;
+use http::{HeaderMap, Method, Response};
+
+use super::body::CacheBody;
+use super::lifetime::{Admitted, with_configured_windows};
+use super::policy::{initial_age, storable};
+use super::respond::{from_store, miss};
+use super::settings::Settings;
+use super::status::{CacheStatus, Forward};
+use super::stored::{Arrival, StoredResponse, merge_not_modified};
+
+/// The request to send to the origin: when revalidating a stale response and the client
+/// sent no validators of its own, with the stored response's validators added (then a 304
+/// refreshes the stored response). Returns the stored response only in that case.
+pub(super) fn conditional<'a>(
+    parts: &Parts,
+    revalidating: Option<&'a StoredResponse>,
+) -> (Parts, Option<&'a StoredResponse>) {
+    let mut origin = parts.clone();
+    let client_conditional = has_validators(&parts.headers);
+    match revalidating {
+        Some(stored) if !client_conditional => {
+            let validators = stored.origin_validators();
+            if validators.is_empty() {
+                return (origin, None);
+            }
+            for (name, value) in validators {
+                origin.headers.insert(name, value);
+            }
+            (origin, Some(stored))
+        }
+        _ => (origin, None),
+    }
+}
+
+/// Whether a request carries conditional headers of its own.
+pub(super) fn has_validators(headers: &HeaderMap) -> bool {
+    [
+        http::header::IF_NONE_MATCH,
+        http::header::IF_MODIFIED_SINCE,
+        http::header::IF_MATCH,
+        http::header::IF_UNMODIFIED_SINCE,
+        http::header::IF_RANGE,
+    ]
+    .iter()
+    .any(|name| headers.contains_key(name))
+}
+
+/// The answer to a request whose revalidation of `stored` got a 304: the full response (the
+/// validators were ours, not the client's), refreshed, and what to store of it when the
+/// refreshed response may still be stored.
+pub(super) fn answer_not_modified(
+    shared: &Settings,
+    parts: &Parts,
+    stored: &StoredResponse,
+    not_modified: &HeaderMap,
+    request_time: SystemTime,
+    response_time: SystemTime,
+) -> (Response<CacheBody>, Option<Admitted>) {
+    let refreshed = refresh_from_304(
+        shared,
+        parts,
+        stored,
+        not_modified,
+        request_time,
+        response_time,
+    );
+    match refreshed {
+        Some(admitted) => {
+            let age = admitted.stored.age(SystemTime::now());
+            let response = from_store(&admitted.stored, parts, age, CacheStatus::REVALIDATED);
+            (response, Some(admitted))
+        }
+        None => {
+            let arrival = Arrival {
+                initial_age: initial_age(not_modified, request_time, response_time),
+                response_time,
+            };
+            let headers = merge_not_modified(&stored.header_map(), not_modified);
+            let merged = stored.refreshed(headers, stored.facts(), arrival);
+            let age = merged.age(SystemTime::now());
+            let status = miss(Forward::Stale, false, false);
+            (from_store(&merged, parts, age, status), None)
+        }
+    }
+}
+
+/// A 304 from the origin refreshes the stored response (RFC 9111 section 4.3.4): merged
+/// headers, new freshness and age; `None` when the merged response may no longer be stored.
+fn refresh_from_304(
+    shared: &Settings,
+    parts: &Parts,
+    stored: &StoredResponse,
+    not_modified: &HeaderMap,
+    request_time: SystemTime,
+    response_time: SystemTime,
+) -> Option<Admitted> {
+    let merged = merge_not_modified(&stored.header_map(), not_modified);
+    // Judged as the GET it stands for, whatever the method of the request that revalidated.
+    let facts = storable(
+        &Method::GET,
+        &parts.headers,
+        stored.status(),
+        &merged,
+        shared.store,
+    )
+    .ok()
+    .map(|facts| with_configured_windows(shared, facts))?;
+    let initial = initial_age(not_modified, request_time, response_time);
+    let fresh = facts
+        .freshness
+        .checked_sub(initial)
+        .filter(|f| !f.is_zero())?;
+    let arrival = Arrival {
+        initial_age: initial,
+        response_time,
+    };
+    let refreshed = stored.refreshed(merged, facts, arrival);
+    Some(Admitted::new(refreshed, facts, fresh))
+}

@@ -1,0 +1,370 @@
+//! The tower service: [`ResponseCache`] and the flow of one request through it.
+//!
+//! For each request: decide whether the cache applies at all (method, body, cookies, host
+//! allow-list), look up and judge what is stored (`lookup`), then serve it, or call the
+//! origin, with concurrent misses of one key collapsed into one origin call (`collapse`).
+//! Whatever goes wrong in the cache, the origin's response is served unchanged: this module
+//! must never turn a good response into an error.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::request::Parts;
+use http::{Method, Request, Response};
+use http_body::Body;
+use tower::Service;
+
+use super::body::{BoxError, CacheBody};
+use super::collapse::{Keys, collapsed};
+use super::forward::{forward, forward_and_store};
+use super::invalidate::invalidate_after_write;
+use super::lookup::{Found, Phase, Serve, judge, signed_secs, within};
+use super::policy::RequestDirectives;
+use super::refresh::refresh_in_background;
+use super::respond::{from_store, gateway_timeout, miss, stale_hit};
+use super::settings::Settings;
+use super::status::{self, CacheStatus, Forward};
+use super::stored::{CachedEntry, StoredResponse};
+use super::tags::TagCheck;
+use super::vary::find;
+
+/// The service [`ResponseCacheLayer`](super::ResponseCacheLayer) produces.
+#[derive(Clone, Debug)]
+pub struct ResponseCache<S> {
+    inner: S,
+    shared: Arc<Settings>,
+}
+
+impl<S> ResponseCache<S> {
+    /// `inner` behind the cache, with the layer's settings.
+    pub(super) fn new(inner: S, shared: Arc<Settings>) -> Self {
+        Self { inner, shared }
+    }
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for ResponseCache<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: Send + 'static,
+    ReqBody: Body + Send + 'static,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    type Response = Response<CacheBody>;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        // The clone is not ready; the ready one handles this request (tower's usual swap).
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        let shared = Arc::clone(&self.shared);
+        Box::pin(handle(shared, inner, request))
+    }
+}
+
+/// Why a request goes around the cache, for `Cache-Status: detail`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Bypass {
+    /// Not a GET or HEAD.
+    Method,
+    /// It carries a body, which is not part of the key.
+    Body,
+    /// It carries cookies, and the layer bypasses such requests.
+    Cookie,
+    /// Its host is not allowed (or missing).
+    Host,
+}
+
+impl Bypass {
+    fn status(self) -> CacheStatus {
+        let detail = match self {
+            Self::Method => "method",
+            Self::Body => "body",
+            Self::Cookie => "cookie",
+            Self::Host => "host",
+        };
+        CacheStatus::Bypass {
+            detail: Some(detail),
+        }
+    }
+}
+
+/// Whether a request carries a body: declared by its headers, or (HTTP/2 data frames need
+/// neither) by the body itself.
+fn has_body<B: Body>(parts: &Parts, body: &B) -> bool {
+    parts.headers.contains_key(http::header::TRANSFER_ENCODING)
+        || parts
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .is_some_and(|length| length.as_bytes() != b"0")
+        || !body.is_end_stream()
+}
+
+async fn handle<S, ReqBody, ResBody>(
+    shared: Arc<Settings>,
+    mut inner: S,
+    request: Request<ReqBody>,
+) -> Result<Response<CacheBody>, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
+    S::Future: Send,
+    S::Error: Send + 'static,
+    ReqBody: Body + Send + 'static,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    let (parts, body) = request.into_parts();
+    if parts.method != Method::GET && parts.method != Method::HEAD {
+        return write_through(shared, inner, parts, body).await;
+    }
+    let bypass = if has_body(&parts, &body) {
+        // Its body is not part of the key, so its response cannot be shared.
+        Some(Bypass::Body)
+    } else if shared.bypass_cookie_requests && parts.headers.contains_key(http::header::COOKIE) {
+        Some(Bypass::Cookie)
+    } else {
+        None
+    };
+    if let Some(bypass) = bypass {
+        return forward(&shared, &mut inner, parts, body, bypass.status()).await;
+    }
+    let Ok(key) = shared.request_key(&parts) else {
+        return forward(&shared, &mut inner, parts, body, Bypass::Host.status()).await;
+    };
+    // A hash of the key: it may hold extra key parts (a tenant) that must not be echoed.
+    let key_text = crate::Key::new("key").hashed_part(key.as_str()).as_str()[4..].to_owned();
+    let mut response = serve_cacheable(shared, inner, parts, body, key).await?;
+    // The key (RFC 9211 `key`) shows only the host and a hash, so it is safe to expose.
+    status::append_key(response.headers_mut(), &key_text);
+    Ok(response)
+}
+
+/// A request of another method: straight to the origin, then, for an unsafe method, the
+/// invalidation of what it changed.
+async fn write_through<S, ReqBody, ResBody>(
+    shared: Arc<Settings>,
+    mut inner: S,
+    parts: Parts,
+    body: ReqBody,
+) -> Result<Response<CacheBody>, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
+    S::Future: Send,
+    S::Error: Send + 'static,
+    ReqBody: Body + Send + 'static,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    let unsafe_method = !matches!(
+        parts.method,
+        Method::OPTIONS | Method::TRACE | Method::CONNECT
+    );
+    let target = parts.clone();
+    let response = forward(&shared, &mut inner, parts, body, Bypass::Method.status()).await?;
+    if unsafe_method {
+        // On its own task, awaited: the invalidation completes even if the client goes
+        // away, and before this response is returned.
+        let (status, headers) = (response.status(), response.headers().clone());
+        let shared = Arc::clone(&shared);
+        let invalidation = tokio::spawn(async move {
+            invalidate_after_write(&shared, &target, status, &headers).await;
+        });
+        if invalidation.await.is_err() {
+            tracing::warn!("the invalidation after a write did not complete");
+        }
+    }
+    Ok(response)
+}
+
+/// A GET or HEAD the cache may answer: look up, judge, serve or load.
+async fn serve_cacheable<S, ReqBody, ResBody>(
+    shared: Arc<Settings>,
+    mut inner: S,
+    parts: Parts,
+    body: ReqBody,
+    key: crate::Key,
+) -> Result<Response<CacheBody>, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
+    S::Future: Send,
+    S::Error: Send + 'static,
+    ReqBody: Send + 'static,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    let directives = RequestDirectives::of(&parts.headers);
+    let cache = &shared.cache;
+    let primary = cache.full_key(key);
+    let now = SystemTime::now();
+    let (full, entry) = find(cache, &primary, &parts.headers).await;
+    let found = match entry {
+        Some(CachedEntry::Stored(stored)) => {
+            let tags = super::tags::check(cache, stored.tags()).await;
+            if tags == TagCheck::Invalid {
+                // Dropped by a tag: delete it, so the collapsed load cannot find it again.
+                let _ = cache.call("delete", cache.store().delete(&full)).await;
+            }
+            Found::Stored { stored, tags }
+        }
+        Some(CachedEntry::Pass) => Found::Pass,
+        Some(CachedEntry::Variants { .. }) | None => Found::Nothing {
+            varies: full != primary,
+        },
+    };
+    let keys = Keys { primary, full };
+    match judge(found, &parts.headers, &directives, now) {
+        Phase::Fresh(serve) => {
+            let hit = CacheStatus::Hit {
+                ttl: Some(serve.ttl),
+            };
+            Ok(from_store(&serve.stored, &parts, serve.age, hit))
+        }
+        Phase::StaleServed(serve) => {
+            let status = stale_hit(serve.ttl);
+            Ok(from_store(&serve.stored, &parts, serve.age, status))
+        }
+        Phase::StaleWhileRevalidate(Serve { stored, age, ttl }) => {
+            let response = from_store(&stored, &parts, age, stale_hit(ttl));
+            refresh_in_background(&shared, inner, parts, body, keys, stored);
+            Ok(response)
+        }
+        Phase::OnlyIfCachedMiss => Ok(gateway_timeout()),
+        Phase::Pass => {
+            // Recently uncacheable: no collapsing; a cacheable answer replaces the marker.
+            let store = !directives.no_store;
+            let primary = &keys.primary;
+            forward_and_store(
+                &shared,
+                &mut inner,
+                parts,
+                body,
+                primary,
+                store,
+                Forward::UriMiss,
+            )
+            .await
+        }
+        Phase::Miss(fwd) => go_forward(shared, inner, parts, body, keys, fwd, None).await,
+        Phase::Revalidate { stored, by } => {
+            let stale = Some((stored, by));
+            go_forward(shared, inner, parts, body, keys, Forward::Stale, stale).await
+        }
+    }
+}
+
+/// Nothing stored may answer the request: call the origin, alone or collapsed with others,
+/// and answer with the `stale` response (and how stale it is) if the origin fails within
+/// its stale-if-error window.
+async fn go_forward<S, ReqBody, ResBody>(
+    shared: Arc<Settings>,
+    mut inner: S,
+    parts: Parts,
+    body: ReqBody,
+    keys: Keys,
+    fwd: Forward,
+    stale: Option<(StoredResponse, Duration)>,
+) -> Result<Response<CacheBody>, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
+    S::Future: Send,
+    S::Error: Send + 'static,
+    ReqBody: Send + 'static,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    let directives = RequestDirectives::of(&parts.headers);
+    if parts.headers.contains_key(http::header::RANGE) || parts.method == Method::HEAD {
+        // A HEAD or a range request cannot fill the cache for a GET: it goes to the origin
+        // (a stored response above answers both).
+        let status = miss(fwd, false, false);
+        return forward(&shared, &mut inner, parts, body, status).await;
+    }
+    let refusing =
+        directives.no_cache || directives.max_age.is_some() || directives.min_fresh.is_some();
+    // A request with credentials rarely gets a shareable response: no waiting on others.
+    let personal = parts.headers.contains_key(http::header::AUTHORIZATION);
+    if refusing || personal || directives.no_store {
+        // Straight to the origin: the request refuses what others might have stored, so it
+        // must not wait on (or be answered by) their load.
+        let store = !directives.no_store;
+        let primary = &keys.primary;
+        return forward_and_store(&shared, &mut inner, parts, body, primary, store, fwd).await;
+    }
+    let revalidating = stale.as_ref().map(|(stored, _)| stored.clone());
+    let request_head = parts.clone();
+    let result = collapsed(&shared, inner, parts, body, keys, fwd, revalidating).await;
+    // stale-if-error: an origin failure or 5xx is answered with the stale response.
+    let failed = match &result {
+        Ok(response) => response.status().is_server_error(),
+        Err(_) => true,
+    };
+    if failed
+        && let Some((stored, by)) = stale
+        && within(by, stored.facts().stale_if_error)
+    {
+        let age = stored.age(SystemTime::now());
+        let ttl = signed_secs(stored.facts().freshness, age);
+        return Ok(from_store(&stored, &request_head, age, stale_hit(ttl)));
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::{Empty, Full};
+
+    use super::*;
+
+    fn head(headers: &[(&'static str, &'static str)]) -> Parts {
+        let mut request = Request::new(());
+        for (name, value) in headers {
+            request
+                .headers_mut()
+                .insert(*name, http::HeaderValue::from_static(value));
+        }
+        request.into_parts().0
+    }
+
+    /// A body counts when its headers declare one or when it has data of its own.
+    #[test]
+    fn a_body_is_declared_or_present() {
+        let empty = Empty::<Bytes>::new();
+        assert!(!has_body(&head(&[]), &empty));
+        assert!(!has_body(&head(&[("content-length", "0")]), &empty));
+        assert!(has_body(&head(&[("content-length", "3")]), &empty));
+        assert!(has_body(&head(&[("transfer-encoding", "chunked")]), &empty));
+        let data = Full::new(Bytes::from_static(b"x"));
+        assert!(has_body(&head(&[]), &data));
+    }
+
+    /// Each reason to go around the cache is told in `Cache-Status`.
+    #[test]
+    fn bypasses_say_why() {
+        let details = [
+            (Bypass::Method, "method"),
+            (Bypass::Body, "body"),
+            (Bypass::Cookie, "cookie"),
+            (Bypass::Host, "host"),
+        ];
+        for (bypass, detail) in details {
+            let status = bypass.status();
+            assert_eq!(status.x_cache(), "BYPASS");
+            assert_eq!(
+                status.cache_status_text(),
+                format!("cachelayer; fwd=bypass; detail={detail}")
+            );
+        }
+    }
+}

@@ -1,0 +1,136 @@
+//! Responses that vary (RFC 9111 section 4.1): a marker under the URL's key names the request
+//! headers, and each variant lives under a key of its own made from the request's values of
+//! them and the marker's generation. Also where entries are read and responses written.
+//!
+//! This module must never judge a stored response (`lookup` does), only find and store it.
+
+use std::time::Duration;
+
+use http::HeaderMap;
+
+use super::key::request_values;
+use super::stored::{CachedEntry, StoredResponse};
+use crate::Cache;
+
+/// Least lifetime of a `Vary` marker: longer than its variants, so they stay reachable.
+const MARKER_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// The entry under `key`, if any can be read.
+pub(super) async fn fetch(cache: &Cache, key: &str) -> Option<CachedEntry> {
+    cache
+        .fetch_entry::<CachedEntry>(key)
+        .await
+        .and_then(|entry| entry.value)
+}
+
+/// The entry for a request: under the URL's key, or, when a marker there says the URL
+/// varies, under the request's variant's key. Returns that key too (the URL's when it does
+/// not vary).
+pub(super) async fn find(
+    cache: &Cache,
+    primary: &str,
+    request: &HeaderMap,
+) -> (String, Option<CachedEntry>) {
+    match fetch(cache, primary).await {
+        Some(CachedEntry::Variants { names, generation }) => {
+            let values = request_values(&names, request);
+            let full = variant_key(primary, &generation, &values);
+            let entry = fetch(cache, &full).await;
+            (full, entry)
+        }
+        entry => (primary.to_owned(), entry),
+    }
+}
+
+/// The key of the request's variant, when the entry under the URL's key is a marker.
+pub(super) async fn variant_of(
+    cache: &Cache,
+    primary: &str,
+    request: &HeaderMap,
+) -> Option<String> {
+    match fetch(cache, primary).await {
+        Some(CachedEntry::Variants { names, generation }) => {
+            let values = request_values(&names, request);
+            Some(variant_key(primary, &generation, &values))
+        }
+        _ => None,
+    }
+}
+
+/// The stored response a marker or a response shared by another request's origin call
+/// leaves for this request, if any.
+pub(super) async fn shared_response(
+    cache: &Cache,
+    primary: &str,
+    shared: Option<CachedEntry>,
+    request: &HeaderMap,
+) -> Option<StoredResponse> {
+    match shared {
+        Some(CachedEntry::Stored(stored)) => Some(stored),
+        Some(CachedEntry::Variants { names, generation }) => {
+            let values = request_values(&names, request);
+            let key = variant_key(primary, &generation, &values);
+            match fetch(cache, &key).await {
+                Some(CachedEntry::Stored(stored)) => Some(stored),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+/// The key of one variant (the request's values of the varying headers) of a URL.
+fn variant_key(primary: &str, generation: &str, values: &[(String, Option<String>)]) -> String {
+    let described = serde_json::to_string(values).unwrap_or_default();
+    let part = crate::Key::new("variant").hashed_part(format!("{generation}\n{described}"));
+    format!("{primary}:{part}")
+}
+
+/// A new generation of a URL's variants.
+fn new_generation() -> String {
+    crate::stampede::lock_token()
+}
+
+/// Store a response under the URL's key, or, when it varies, under its variant's key with a
+/// marker naming the headers under the URL's key. True when written.
+pub(super) async fn store_response(
+    cache: &Cache,
+    primary: &str,
+    stored: &StoredResponse,
+    fresh: Duration,
+    grace: Duration,
+) -> bool {
+    let names = stored.vary_names();
+    if names.is_empty() {
+        let value = CachedEntry::Stored(stored.clone());
+        return matches!(
+            cache
+                .store_value(primary.to_owned(), &value, fresh, grace, Duration::ZERO)
+                .await,
+            Ok(true)
+        );
+    }
+    // Keep the generation of a marker for the same headers, so its variants stay reachable.
+    let generation = match fetch(cache, primary).await {
+        Some(CachedEntry::Variants {
+            names: known,
+            generation,
+        }) if known == names => generation,
+        _ => new_generation(),
+    };
+    let variant = variant_key(primary, &generation, stored.vary_pairs());
+    let marker = CachedEntry::Variants { names, generation };
+    let value = CachedEntry::Stored(stored.clone());
+    let marker_life = MARKER_TTL.max(fresh.saturating_add(grace));
+    let (marked, written) = tokio::join!(
+        cache.store_value(
+            primary.to_owned(),
+            &marker,
+            marker_life,
+            Duration::ZERO,
+            Duration::ZERO
+        ),
+        cache.store_value(variant, &value, fresh, grace, Duration::ZERO),
+    );
+    matches!((marked, written), (Ok(true), Ok(true)))
+}
