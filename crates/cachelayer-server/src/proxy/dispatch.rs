@@ -10,11 +10,12 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use cachelayer::Cache;
 use cachelayer::http::ResponseCacheLayer;
 use cachelayer::http::key::{host_without_port, normalize_host};
+use cachelayer::http::status::{CACHE_STATUS, CacheStatus, X_CACHE};
 use tower::ServiceExt;
 use tower::util::BoxCloneSyncService;
 
@@ -56,12 +57,12 @@ fn bypass(forwarder: &Forwarder, detail: &'static str) -> Route {
         async move {
             let mut response = forwarder.forward(request).await;
             let headers = response.headers_mut();
-            headers.insert("x-cache", HeaderValue::from_static("BYPASS"));
-            if let Ok(status) =
-                HeaderValue::from_str(&format!("cachelayer; fwd=bypass; detail={detail}"))
-            {
-                headers.insert("cache-status", status);
-            }
+            let status = CacheStatus::Bypass {
+                detail: Some(detail),
+            };
+            // Inserted, not appended: this route has always replaced the upstream's entries.
+            headers.insert(X_CACHE, status.x_cache());
+            headers.insert(CACHE_STATUS, status.cache_status());
             Ok::<_, Infallible>(response)
         }
     }))

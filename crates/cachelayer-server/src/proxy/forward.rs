@@ -1,8 +1,8 @@
 //! Forwarding to the upstream: one request in, the upstream's response out, bodies streamed
 //! both ways over a pool of keep-alive connections (hyper's client).
 //!
-//! As RFC 9110 section 7.6.1 asks of a proxy, hop-by-hop fields (`Connection`, the fields it
-//! names, `Keep-Alive`, `Proxy-Connection`, `TE`, `Transfer-Encoding`, `Upgrade`) are
+//! As RFC 9110 section 7.6.1 asks of a proxy, hop-by-hop fields (the library's one list,
+//! [`cachelayer::http::headers::HOP_BY_HOP`], and the fields `Connection` names) are
 //! dropped in both directions, and `Via` is added; the client's address goes upstream in
 //! `X-Forwarded-For`. Upstream failures become short JSON answers: 502 when it cannot be
 //! reached, 504 when it does not answer in time. This module must never buffer a body.
@@ -18,6 +18,8 @@ use axum::response::IntoResponse;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+
+use cachelayer::http::headers::strip_hop_by_hop;
 
 use super::config::HostMode;
 
@@ -184,30 +186,6 @@ impl Forwarder {
     }
 }
 
-/// Drop the hop-by-hop fields: the fixed ones and any the `Connection` field names.
-pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
-    }
-    for name in [
-        header::CONNECTION,
-        HeaderName::from_static("keep-alive"),
-        HeaderName::from_static("proxy-connection"),
-        header::TE,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-    ] {
-        headers.remove(name);
-    }
-}
-
 fn append_via(headers: &mut HeaderMap) {
     headers.append(header::VIA, HeaderValue::from_static(VIA));
 }
@@ -232,29 +210,6 @@ fn gateway_error(status: StatusCode, error: &'static str, message: &str) -> Resp
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn hop_by_hop_fields_and_those_connection_names_are_dropped() {
-        let mut headers = HeaderMap::new();
-        for (name, value) in [
-            ("connection", "keep-alive, x-secret-hop"),
-            ("keep-alive", "timeout=5"),
-            ("x-secret-hop", "1"),
-            ("transfer-encoding", "chunked"),
-            ("upgrade", "websocket"),
-            ("te", "trailers"),
-            ("proxy-connection", "keep-alive"),
-            ("cache-control", "max-age=60"),
-        ] {
-            headers.insert(
-                HeaderName::from_static(name),
-                HeaderValue::from_static(value),
-            );
-        }
-        strip_hop_by_hop(&mut headers);
-        let left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
-        assert_eq!(left, ["cache-control"]);
-    }
 
     #[test]
     fn forwarded_for_appends_to_what_came_before() {

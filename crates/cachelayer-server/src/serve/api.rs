@@ -12,6 +12,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use cachelayer::LoadSource;
 use cachelayer::http::CacheTags;
+use cachelayer::http::status::{CacheStatus, Forward};
 use serde::Serialize;
 use utoipa::{IntoParams, ToSchema};
 
@@ -58,22 +59,31 @@ pub(crate) struct ListParams {
 
 /// `X-Cache` and `Cache-Status` (RFC 9211) for a product read.
 fn cache_headers(headers: &mut HeaderMap, source: ReadSource) {
-    let (label, status) = match source {
-        ReadSource::Cache(LoadSource::Hit) => ("HIT", "cachelayer; hit".to_owned()),
-        ReadSource::Cache(LoadSource::Stale) => ("STALE", "cachelayer; hit; fwd=stale".to_owned()),
-        ReadSource::Cache(LoadSource::Coalesced) => {
-            ("MISS", "cachelayer; fwd=miss; collapsed".to_owned())
-        }
-        ReadSource::Cache(LoadSource::Bypassed) => ("BYPASS", "cachelayer; fwd=bypass".to_owned()),
-        ReadSource::Cache(_) => ("MISS", "cachelayer; fwd=miss; stored".to_owned()),
-        ReadSource::Bypassed(reason) => {
-            ("BYPASS", format!("cachelayer; fwd=bypass; detail={reason}"))
-        }
+    let status = match source {
+        ReadSource::Cache(LoadSource::Hit) => CacheStatus::Hit { ttl: None },
+        ReadSource::Cache(LoadSource::Stale) => CacheStatus::Stale {
+            ttl: None,
+            fwd: Some(Forward::Stale),
+        },
+        ReadSource::Cache(LoadSource::Coalesced) => CacheStatus::Miss {
+            fwd: Forward::Miss,
+            fwd_status: None,
+            stored: false,
+            collapsed: true,
+        },
+        ReadSource::Cache(LoadSource::Bypassed) => CacheStatus::Bypass { detail: None },
+        ReadSource::Cache(_) => CacheStatus::Miss {
+            fwd: Forward::Miss,
+            fwd_status: None,
+            stored: true,
+            collapsed: false,
+        },
+        ReadSource::Bypassed(reason) => CacheStatus::Bypass {
+            detail: Some(reason),
+        },
     };
-    headers.insert("x-cache", HeaderValue::from_static(label));
-    if let Ok(value) = HeaderValue::from_str(&status) {
-        headers.insert("cache-status", value);
-    }
+    // A fresh response: appending `Cache-Status` is the only entry.
+    status.write_to(headers);
 }
 
 /// The `{id}` of a path: a positive whole number, written plainly (`7`, not `07` or `+7`,
