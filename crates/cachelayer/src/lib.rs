@@ -87,8 +87,8 @@
 //!
 //! # Caching a function: `#[cached]` (feature `macros`)
 //!
-//! [`cached`] wraps an async function in the same machinery, with stable keys, a
-//! `<name>_key` and an `<name>_invalidate` helper beside it; its page lists every option.
+//! The `cached` attribute wraps an async function in the same machinery, with stable keys,
+//! a `<name>_key` and a `<name>_invalidate` helper beside it; its page lists every option.
 //!
 #![cfg_attr(feature = "macros", doc = "```")]
 #![cfg_attr(not(feature = "macros"), doc = "```ignore")]
