@@ -32,7 +32,7 @@ use crate::store::{
 /// let config: CacheConfig = serde_json::from_str(r#"{ "namespace": "shop", "default_ttl_ms": 60000 }"#).unwrap();
 /// assert_eq!(config.redis_url, None); // no Redis URL: the in-process store
 /// let cache = config.build()?;
-/// assert_eq!(cache.store().kind(), "memory");
+/// assert_eq!(cache.store().kind(), cachelayer::store::StoreKind::Memory);
 /// # Ok(()) }
 /// ```
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
@@ -252,12 +252,15 @@ mod tests {
     #[tokio::test]
     async fn defaults_and_redis_selection() {
         let cache = CacheConfig::default().build().expect("defaults");
-        assert_eq!(cache.store().kind(), "memory");
+        assert_eq!(cache.store().kind(), crate::store::StoreKind::Memory);
         let config = CacheConfig {
             redis_url: Some("redis://127.0.0.1:1".into()),
             ..CacheConfig::default()
         };
-        assert_eq!(config.build().expect("lazy").store().kind(), "redis");
+        assert_eq!(
+            config.build().expect("lazy").store().kind(),
+            crate::store::StoreKind::Redis
+        );
     }
 
     /// Stampede settings map onto the cache, and bad ones are configuration errors.

@@ -48,9 +48,11 @@ mod error;
 #[cfg(feature = "http")]
 pub mod http;
 pub mod key;
+mod random;
 mod stampede;
 pub mod store;
 pub mod telemetry;
+mod token;
 
 pub use crate::breaker::{BreakerState, DEFAULT_COOL_DOWN, DEFAULT_FAILURE_THRESHOLD};
 pub use crate::cache::{

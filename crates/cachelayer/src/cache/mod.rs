@@ -25,7 +25,8 @@ use crate::breaker::{Admission, BreakerState, CircuitBreaker};
 use crate::codec::{Codec, DecodeFailure, Decoded, EntryMeta, Freshness};
 use crate::error::{Error, ErrorKind, Result};
 use crate::key::Key;
-use crate::stampede::{EarlyRefresh, FillWaiters, Flights, StampedeSettings};
+use crate::random::SeededRandom;
+use crate::stampede::{Flights, NoticeWaiters, StampedeSettings};
 use crate::store::{MAX_TTL, Store, StoreEntry, check_ttl};
 use crate::telemetry;
 
@@ -75,13 +76,14 @@ struct CacheInner {
     /// Background refreshes running here, kept apart from `flights` so a caller never waits
     /// on one.
     refreshes: Arc<Flights>,
-    fills: Arc<FillWaiters>,
-    /// When subscribing to fill announcements last failed (waiters then poll for a while).
-    fill_listener_failed: std::sync::Mutex<Option<tokio::time::Instant>>,
-    /// Set once the fill announcements are subscribed; dropping it stops the listener task.
-    fill_listener: tokio::sync::OnceCell<tokio::sync::oneshot::Sender<()>>,
+    /// Waiters for store notices (another process announcing it stored a key).
+    notices: Arc<NoticeWaiters>,
+    /// When subscribing to store notices last failed (waiters then poll for a while).
+    notice_listener_failed: std::sync::Mutex<Option<tokio::time::Instant>>,
+    /// Set once store notices are subscribed; dropping it stops the listener task.
+    notice_listener: tokio::sync::OnceCell<tokio::sync::oneshot::Sender<()>>,
     /// Every random choice of this cache (XFetch, jitter), seedable for reproducible runs.
-    early: EarlyRefresh,
+    random: SeededRandom,
 }
 
 impl std::fmt::Debug for Cache {
@@ -423,7 +425,7 @@ impl Cache {
         if self.inner.ttl_jitter == 0.0 {
             return ttl;
         }
-        let cut = ttl.mul_f64(self.inner.ttl_jitter * self.inner.early.unit());
+        let cut = ttl.mul_f64(self.inner.ttl_jitter * self.inner.random.unit());
         ttl.saturating_sub(cut).max(Duration::from_millis(1))
     }
 

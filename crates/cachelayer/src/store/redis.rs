@@ -20,7 +20,7 @@ use redis::io::tcp::TcpSettings;
 use redis::{Client, IntoConnectionInfo, Script, TlsCertificates};
 use tokio::sync::mpsc;
 
-use super::{KeyTtl, Store, StoreEntry, Subscription, ttl_millis};
+use super::{KeyTtl, Store, StoreEntry, StoreKind, Subscription, ttl_millis};
 use crate::error::{Error, ErrorKind, Result};
 
 /// Default number of multiplexed connections; see the README's "Pool sizing".
@@ -411,8 +411,8 @@ impl RedisStore {
 
 #[async_trait]
 impl Store for RedisStore {
-    fn kind(&self) -> &'static str {
-        "redis"
+    fn kind(&self) -> StoreKind {
+        StoreKind::Redis
     }
 
     async fn get(&self, key: &str) -> Result<Option<Bytes>> {

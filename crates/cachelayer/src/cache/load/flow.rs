@@ -14,12 +14,12 @@ use serde::Serialize;
 use super::lock::{LockLease, lock_event};
 use super::run::{bypass, run_loader};
 use super::wait::LockWait;
-use super::{LoadFuture, LoadMode, LoadSource, Loadable, Loaded, Outcome};
+use super::{LoadFuture, LoadMode, LoadResult, LoadSource, Loadable, Loaded};
 use crate::cache::Cache;
 use crate::codec::{Decoded, Freshness};
 use crate::error::{LoadError, LoadErrorKind};
 use crate::key::Key;
-use crate::stampede::{LoadOptions, OnLockTimeout, Resolved, Role};
+use crate::stampede::{LoadOptions, OnLockTimeout, Resolved, Role, should_refresh_early};
 use crate::telemetry;
 
 /// What the first read of a load found.
@@ -179,10 +179,11 @@ impl Cache {
         match entry.header.freshness(SystemTime::now()) {
             Freshness::Fresh { left } => {
                 count_served(&entry);
-                let early = self.inner.early.should_refresh(
+                let early = should_refresh_early(
                     left,
                     entry.header.compute_time,
                     options.settings.early_refresh_beta,
+                    &self.inner.random,
                 );
                 Lookup::Served {
                     value: entry.value,
@@ -231,7 +232,7 @@ impl Cache {
                     let shared = follower.outcome().await;
                     let shared = shared
                         .as_deref()
-                        .and_then(|any| any.downcast_ref::<(Outcome<T, E>, LoadSource)>());
+                        .and_then(|any| any.downcast_ref::<(LoadResult<T, E>, LoadSource)>());
                     let (outcome, source) = match shared {
                         Some((outcome, source)) => (Some(outcome), *source),
                         None => (None, LoadSource::Coalesced),
@@ -378,7 +379,7 @@ impl Cache {
     }
 
     /// Run the loader (extending the lease meanwhile) and store what it returns; the caller
-    /// releases the lock (announcing the fill). A failed load serves the stale value within
+    /// releases the lock (sending the store notice). A failed load serves the stale value within
     /// `stale_if_error`.
     pub(super) async fn load_and_store<T, E, F>(
         &self,

@@ -10,8 +10,8 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 use crate::cache::Cache;
-use crate::stampede::lock_token;
 use crate::telemetry;
+use crate::token::random_token;
 
 impl Cache {
     /// The lock key of `full`: in the namespace, beside but never equal to any value key
@@ -57,7 +57,7 @@ impl LockLease {
             cache: cache.clone(),
             full: full.to_owned(),
             key: cache.lock_key_of(full),
-            token: Bytes::from(lock_token()),
+            token: Bytes::from(random_token()),
             held: false,
         }
     }
@@ -129,7 +129,8 @@ impl LockLease {
         }
     }
 
-    /// Release the lock, then (when `announce`) tell waiters the load finished. In that
+    /// Release the lock, then (when `announce`) send the store notice that tells waiters the
+    /// load finished. In that
     /// order, so a woken waiter that finds no value (the load failed) can take the lock
     /// at once.
     pub(super) async fn release(mut self, announce: bool) {
@@ -147,7 +148,7 @@ impl LockLease {
             self.held = false;
         }
         if announce {
-            self.cache.announce_fill(&self.full).await;
+            self.cache.announce_stored(&self.full).await;
         }
     }
 }

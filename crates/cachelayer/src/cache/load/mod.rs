@@ -7,16 +7,18 @@
 //!    refresh. Otherwise it is a miss (a stale value is kept for `stale_if_error`).
 //! 2. Join the key's in-process flight: one caller leads, the others wait for its outcome.
 //! 3. The leader takes the fleet-wide lock (`SET NX PX` with a random token), or waits for the
-//!    holder's fill announcement (polling as a fallback) up to `lock_max_wait`.
+//!    holder's store notice (polling as a fallback) up to `lock_max_wait`.
 //! 4. Holding the lock, it re-checks the store, runs the loader while extending the lease,
-//!    stores the value, announces the fill and releases the lock only if it still owns it.
+//!    stores the value, releases the lock only if it still owns it and sends a store notice
+//!    (announces it stored the key). "Fill" means loading a miss; the announcement is a
+//!    store notice.
 //!
 //! The parts, one file each:
 //! - `flow`: the request flow (first read, lead or follow, load and store).
 //! - `wait`: waiting for another process's hold on the fleet-wide lock.
 //! - `lock`: the fleet-wide lock itself, [`LockLease`](lock::LockLease).
 //! - `refresh`: background (and foreground) refreshes of a value still being served.
-//! - `notices`: fill announcements over the store's pub/sub.
+//! - `notices`: store notices over the store's pub/sub.
 //! - `run`: running a loader (panics contained, timing, bypass).
 //!
 //! Store trouble at any step degrades to a plain load (coalesced per process); it never
@@ -44,11 +46,11 @@ use crate::key::Key;
 use crate::stampede::{LoadOptions, OnLockTimeout};
 
 /// What a load gives every caller that shared it.
-type Outcome<T, E> = Result<Option<T>, LoadError<E>>;
+type LoadResult<T, E> = Result<Option<T>, LoadError<E>>;
 
 /// A load's outcome, plus the loader's panic payload for the caller whose task ran it.
 pub(crate) struct Loaded<T, E> {
-    outcome: Outcome<T, E>,
+    outcome: LoadResult<T, E>,
     panic: Option<Box<dyn Any + Send>>,
     /// False when the loader asked for its value not to be stored.
     store: bool,
@@ -135,7 +137,7 @@ impl<T, E> Loaded<T, E> {
     }
 
     /// The outcome, with a loader panic resumed in this (the loader's) task.
-    pub(crate) fn resume_panic(self) -> Outcome<T, E> {
+    pub(crate) fn resume_panic(self) -> LoadResult<T, E> {
         if let Some(payload) = self.panic {
             std::panic::resume_unwind(payload);
         }
@@ -144,31 +146,55 @@ impl<T, E> Loaded<T, E> {
 }
 
 /// What a loader produced: a value (or `None` for "not found"), and whether to store it.
-/// Public for the `#[cached]` macro's `unless` option; not a stable API.
-#[doc(hidden)]
+/// Built by the `#[cached]` macro for its `unless` option.
+///
+/// ```
+/// use cachelayer::Fetched;
+///
+/// let kept = Fetched::cacheable(Some(3));
+/// let passed_on = Fetched::uncacheable(Some(4));
+/// # let _ = (kept, passed_on);
+/// ```
 #[derive(Debug)]
 pub struct Fetched<T> {
     /// The value, or `None` for "not found".
-    pub value: Option<T>,
+    pub(crate) value: Option<T>,
     /// Store it (false: return it to every caller of this load, but cache nothing).
-    pub store: bool,
+    pub(crate) store: bool,
     /// Fresh lifetime and stale grace decided by the value itself (an HTTP response's
     /// headers), instead of the load's options.
     pub(crate) lifetime: Option<(Duration, Duration)>,
 }
 
 impl<T> Fetched<T> {
-    /// A loaded value (`None`: not found), stored or not.
-    pub fn new(value: Option<T>, store: bool) -> Self {
+    /// A loaded value (`None`: not found) to store.
+    pub fn cacheable(value: Option<T>) -> Self {
         Self {
             value,
-            store,
+            store: true,
             lifetime: None,
         }
     }
 
-    fn stored(value: Option<T>) -> Self {
-        Self::new(value, true)
+    /// A loaded value (`None`: not found) to return to every caller of this load without
+    /// storing it.
+    pub fn uncacheable(value: Option<T>) -> Self {
+        Self {
+            store: false,
+            ..Self::cacheable(value)
+        }
+    }
+
+    /// A loaded value, stored or not.
+    // kept for http until the merge: the HTTP layer calls `Fetched::new(.., false)`; it
+    // should call `Fetched::uncacheable` instead.
+    #[cfg(feature = "http")]
+    pub(crate) fn new(value: Option<T>, store: bool) -> Self {
+        if store {
+            Self::cacheable(value)
+        } else {
+            Self::uncacheable(value)
+        }
     }
 
     /// A value stored for its own fresh lifetime, kept `grace` longer for stale serving.
@@ -263,8 +289,9 @@ impl Cache {
     {
         // `get_with` cannot return an error, so it never takes the `Fail` policy.
         let options = options.into().on_lock_timeout(OnLockTimeout::Load);
-        let loader =
-            async move { Ok::<_, std::convert::Infallible>(Fetched::stored(Some(loader.await))) };
+        let loader = async move {
+            Ok::<_, std::convert::Infallible>(Fetched::cacheable(Some(loader.await)))
+        };
         match self
             .load(key.into(), options, loader, LoadMode::VALUE)
             .await
@@ -290,7 +317,7 @@ impl Cache {
         E: Send + Sync + 'static,
         F: Future<Output = Result<T, E>> + Send + 'static,
     {
-        let loader = async move { loader.await.map(|value| Fetched::stored(Some(value))) };
+        let loader = async move { loader.await.map(|value| Fetched::cacheable(Some(value))) };
         match self
             .load(key.into(), options.into(), loader, LoadMode::VALUE)
             .await
@@ -334,7 +361,7 @@ impl Cache {
     {
         let options = options.into().on_lock_timeout(OnLockTimeout::Load);
         let loader =
-            async move { Ok::<_, std::convert::Infallible>(Fetched::stored(loader.await)) };
+            async move { Ok::<_, std::convert::Infallible>(Fetched::cacheable(loader.await)) };
         self.load(key.into(), options, loader, LoadMode::OPTIONAL)
             .await
             .unwrap_panics()
@@ -352,7 +379,7 @@ impl Cache {
         E: Send + Sync + 'static,
         F: Future<Output = Result<Option<T>, E>> + Send + 'static,
     {
-        let loader = async move { loader.await.map(Fetched::stored) };
+        let loader = async move { loader.await.map(Fetched::cacheable) };
         self.load(key.into(), options.into(), loader, LoadMode::OPTIONAL)
             .await
             .outcome
@@ -372,7 +399,7 @@ impl Cache {
         E: Send + Sync + 'static,
         F: Future<Output = Result<Option<T>, E>> + Send + 'static,
     {
-        let loader = async move { loader.await.map(Fetched::stored) };
+        let loader = async move { loader.await.map(Fetched::cacheable) };
         let loaded = self
             .load(key.into(), options.into(), loader, LoadMode::OPTIONAL)
             .await;

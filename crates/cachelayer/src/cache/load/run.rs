@@ -82,7 +82,7 @@ mod tests {
             if true {
                 panic!("loader broke");
             }
-            Ok::<Fetched<u32>, ()>(Fetched::stored(Some(1)))
+            Ok::<Fetched<u32>, ()>(Fetched::cacheable(Some(1)))
         };
         let (loaded, _) = run_loader(loader).await;
         assert!(loaded.panic.is_some());
@@ -99,7 +99,7 @@ mod tests {
         let err = failed.outcome.expect_err("loader error");
         assert_eq!(err.kind(), LoadErrorKind::Loader);
         assert_eq!(err.loader_error(), Some(&"down"));
-        let (kept, _) = run_loader(async { Ok::<_, ()>(Fetched::new(Some(5u32), false)) }).await;
+        let (kept, _) = run_loader(async { Ok::<_, ()>(Fetched::uncacheable(Some(5u32))) }).await;
         assert!(!kept.store);
         assert_eq!(kept.outcome.ok(), Some(Some(5)));
     }
@@ -107,7 +107,7 @@ mod tests {
     /// A bypassing load runs the loader and says so.
     #[tokio::test]
     async fn bypass_runs_the_loader_alone() {
-        let loaded = bypass(async { Ok::<_, ()>(Fetched::stored(Some(3u32))) }).await;
+        let loaded = bypass(async { Ok::<_, ()>(Fetched::cacheable(Some(3u32))) }).await;
         assert_eq!(loaded.source, LoadSource::Bypassed);
         assert_eq!(loaded.outcome.ok(), Some(Some(3)));
     }

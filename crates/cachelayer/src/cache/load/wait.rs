@@ -1,5 +1,5 @@
 //! Waiting for the fleet-wide lock while another process holds it: take it, or wait for the
-//! holder's fill announcement (polling, bounded and jittered, as a fallback) until the key is
+//! holder's store notice (polling, bounded and jittered, as a fallback) until the key is
 //! filled, the holder's lease lapses, or `lock_max_wait` runs out.
 //!
 //! It only waits and reports how the wait ended; it must never run a loader.
@@ -13,7 +13,7 @@ use super::lock::{LockLease, lock_event};
 use crate::cache::Cache;
 use crate::stampede::Resolved;
 
-/// First poll of a waiter whose fill announcement may have been lost.
+/// First poll of a waiter whose store notice may have been lost.
 const FIRST_POLL: Duration = Duration::from_millis(20);
 /// Longest gap between polls: bounds how late a waiter notices a dead holder's lock expiry.
 const MAX_POLL: Duration = Duration::from_millis(250);
@@ -40,7 +40,7 @@ impl Cache {
         let mut lease = LockLease::new(self, full);
         let deadline = Instant::now() + options.settings.lock_max_wait;
         let mut poll = FIRST_POLL;
-        let mut fills = None;
+        let mut notices = None;
         loop {
             match lease.try_take(options.settings.lock_ttl).await {
                 Ok(true) => return LockWait::Acquired(lease),
@@ -50,20 +50,20 @@ impl Cache {
             if Instant::now() >= deadline {
                 return LockWait::TimedOut;
             }
-            if fills.is_none() {
+            if notices.is_none() {
                 lock_event("contended");
-                // Register before re-checking, so a fill announced in between still wakes us.
-                fills = Some(self.fill_wait(full).await);
+                // Register before re-checking, so a notice sent in between still wakes us.
+                notices = Some(self.notice_wait(full).await);
             }
             if let Some(value) = self.fresh_value::<T>(full, absent_ok).await {
                 return LockWait::Filled(value);
             }
             let nap = poll
-                .mul_f64(0.5 + self.inner.early.unit())
+                .mul_f64(0.5 + self.inner.random.unit())
                 .min(deadline.saturating_duration_since(Instant::now()));
-            if let Some(fills) = fills.as_mut() {
+            if let Some(notices) = notices.as_mut() {
                 tokio::select! {
-                    () = fills.filled() => {}
+                    () = notices.announced() => {}
                     () = tokio::time::sleep(nap) => {}
                 }
             }
