@@ -344,7 +344,7 @@ pub struct Decoded<T> {
 ///
 /// ```
 /// use std::time::Duration;
-/// use cachelayer::codec::{Codec, Compression, EntryMeta};
+/// use cachelayer::__private::codec::{Codec, Compression, EntryMeta};
 ///
 /// let codec = Codec::default();
 /// let meta = EntryMeta::new(Duration::from_secs(60), Duration::ZERO);

@@ -40,32 +40,27 @@
 #[doc(hidden)]
 #[path = "macro_support.rs"]
 pub mod __private;
-mod breaker;
-mod cache;
-pub mod codec;
+pub mod breaker;
+pub mod cache;
+mod codec;
 pub mod config;
-mod error;
+pub mod error;
 #[cfg(feature = "http")]
 pub mod http;
 pub mod key;
 mod random;
-mod stampede;
+pub mod stampede;
 pub mod store;
 pub mod telemetry;
 mod token;
 
-pub use crate::breaker::{BreakerState, DEFAULT_COOL_DOWN, DEFAULT_FAILURE_THRESHOLD};
-pub use crate::cache::{
-    Cache, CacheBuilder, DEFAULT_NAMESPACE, DEFAULT_TTL, DEFAULT_TTL_JITTER, LoadSource,
-};
+pub use crate::breaker::BreakerState;
+pub use crate::cache::{Cache, CacheBuilder, Entry, Fetched, LoadSource};
 pub use crate::codec::Serialization;
 pub use crate::config::CacheConfig;
 pub use crate::error::{Error, ErrorKind, LoadError, LoadErrorKind, Result};
 pub use crate::key::Key;
-pub use crate::stampede::{
-    DEFAULT_EARLY_REFRESH_BETA, DEFAULT_LOCK_MAX_WAIT, DEFAULT_LOCK_TTL, LoadOptions,
-    OnLockTimeout, StampedeSettings,
-};
+pub use crate::stampede::{LoadOptions, OnLockTimeout, StampedeSettings};
 /// Caches an async function: see the `cachelayer-macros` crate's documentation.
 #[cfg(feature = "macros")]
 pub use cachelayer_macros::cached;

@@ -20,9 +20,13 @@ use serde::de::DeserializeOwned;
 
 pub use self::builder::{CacheBuilder, DEFAULT_NAMESPACE, DEFAULT_TTL, DEFAULT_TTL_JITTER};
 pub(crate) use self::load::LoadMode;
-pub use self::load::{Fetched, LoadSource};
+pub use self::load::{Entry, EntrySelector, Fetched, LoadSource};
 use crate::breaker::{Admission, BreakerState, CircuitBreaker};
-use crate::codec::{Codec, DecodeFailure, Decoded, EntryMeta, Freshness};
+use crate::codec::{Codec, EntryMeta};
+pub use crate::codec::{
+    Compression, DEFAULT_COMPRESSION_THRESHOLD_BYTES, DEFAULT_MAX_VALUE_BYTES, DEFAULT_ZSTD_LEVEL,
+    DecodeFailure, Decoded, EnvelopeHeader, Freshness,
+};
 use crate::error::{Error, ErrorKind, Result};
 use crate::key::Key;
 use crate::random::SeededRandom;

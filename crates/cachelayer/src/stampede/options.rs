@@ -70,7 +70,7 @@ pub struct StampedeSettings {
     /// How long past its TTL a value is served when the loader fails (RFC 5861
     /// `stale-if-error`). Zero turns it off.
     pub stale_if_error: Duration,
-    /// TTL of a cached "not found" (`get_optional_with`); `None` (the default) caches none.
+    /// TTL of a cached "not found" (`optionally_get_with`); `None` (the default) caches none.
     pub negative_ttl: Option<Duration>,
 }
 

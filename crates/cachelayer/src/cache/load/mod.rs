@@ -14,6 +14,7 @@
 //!    store notice.
 //!
 //! The parts, one file each:
+//! - `entry`: [`Cache::entry`], the same loads saying where their value came from.
 //! - `flow`: the request flow (first read, lead or follow, load and store).
 //! - `wait`: waiting for another process's hold on the fleet-wide lock.
 //! - `lock`: the fleet-wide lock itself, [`LockLease`](lock::LockLease).
@@ -26,12 +27,15 @@
 //! the loader of the read that triggered it, on its own task, after that read has returned.
 //! This module holds the API and its types only; it must never talk to the store itself.
 
+mod entry;
 mod flow;
 mod lock;
 mod notices;
 mod refresh;
 mod run;
 mod wait;
+
+pub use self::entry::{Entry, EntrySelector};
 
 use std::any::Any;
 use std::future::Future;
@@ -69,10 +73,10 @@ pub(crate) struct Loaded<T, E> {
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
 /// let cache = Cache::builder().build().unwrap();
 /// let load = || async { Ok::<_, std::io::Error>(Some(7u32)) };
-/// let first = cache.try_get_optional_with_source("n", Duration::from_secs(60), load()).await;
-/// assert_eq!(first.unwrap(), (Some(7), LoadSource::Loaded));
-/// let second = cache.try_get_optional_with_source("n", Duration::from_secs(60), load()).await;
-/// assert_eq!(second.unwrap(), (Some(7), LoadSource::Hit));
+/// let first = cache.entry("n").or_try_optionally_insert_with(Duration::from_secs(60), load()).await;
+/// assert_eq!(first.unwrap().source(), LoadSource::Loaded);
+/// let second = cache.entry("n").or_try_optionally_insert_with(Duration::from_secs(60), load()).await;
+/// assert_eq!(second.unwrap().source(), LoadSource::Hit);
 /// # }
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -263,7 +267,7 @@ impl Cache {
     /// reaches the caller. If the loader panics, the panic resumes in the caller whose task
     /// ran it and every caller that shared the load panics with its message, as each would
     /// have without coalescing; use [`try_get_with`](Self::try_get_with) to get it as an
-    /// error instead.
+    /// error instead. [`entry`](Self::entry) also says where the value came from.
     ///
     /// ```
     /// use std::time::Duration;
@@ -281,25 +285,13 @@ impl Cache {
         &self,
         key: impl Into<Key>,
         options: impl Into<LoadOptions>,
-        loader: F,
+        init: F,
     ) -> T
     where
         T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
         F: Future<Output = T> + Send + 'static,
     {
-        // `get_with` cannot return an error, so it never takes the `Fail` policy.
-        let options = options.into().on_lock_timeout(OnLockTimeout::Load);
-        let loader = async move {
-            Ok::<_, std::convert::Infallible>(Fetched::cacheable(Some(loader.await)))
-        };
-        match self
-            .load(key.into(), options, loader, LoadMode::VALUE)
-            .await
-            .unwrap_panics()
-        {
-            Some(value) => value,
-            None => unreachable!("value loads never produce a \"not found\""),
-        }
+        self.load_value(key.into(), options.into(), init).await.0
     }
 
     /// Like [`get_with`](Self::get_with) for fallible loaders. A loader error is shared
@@ -310,23 +302,16 @@ impl Cache {
         &self,
         key: impl Into<Key>,
         options: impl Into<LoadOptions>,
-        loader: F,
+        init: F,
     ) -> Result<T, LoadError<E>>
     where
         T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
         E: Send + Sync + 'static,
         F: Future<Output = Result<T, E>> + Send + 'static,
     {
-        let loader = async move { loader.await.map(|value| Fetched::cacheable(Some(value))) };
-        match self
-            .load(key.into(), options.into(), loader, LoadMode::VALUE)
+        self.try_load_value(key.into(), options.into(), init)
             .await
-            .outcome
-        {
-            Ok(Some(value)) => Ok(value),
-            Err(err) => Err(err),
-            Ok(None) => unreachable!("value loads never produce a \"not found\""),
-        }
+            .map(|(value, _)| value)
     }
 
     /// Like [`get_with`](Self::get_with) for loaders that may find nothing: with a
@@ -340,69 +325,118 @@ impl Cache {
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
     /// let cache = Cache::builder().build().unwrap();
     /// let options = LoadOptions::ttl(Duration::from_secs(60)).negative_ttl(Some(Duration::from_secs(5)));
-    /// let missing: Option<String> = cache.get_optional_with("product:404", options, async { None }).await;
+    /// let missing: Option<String> = cache.optionally_get_with("product:404", options, async { None }).await;
     /// assert_eq!(missing, None);
     /// // Served from the cache for 5 s: this loader does not run.
     /// let again: Option<String> = cache
-    ///     .get_optional_with("product:404", options, async { Some("never".to_owned()) })
+    ///     .optionally_get_with("product:404", options, async { Some("never".to_owned()) })
     ///     .await;
     /// assert_eq!(again, None);
     /// # }
     /// ```
-    pub async fn get_optional_with<T, F>(
+    pub async fn optionally_get_with<T, F>(
         &self,
         key: impl Into<Key>,
         options: impl Into<LoadOptions>,
-        loader: F,
+        init: F,
     ) -> Option<T>
     where
         T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
         F: Future<Output = Option<T>> + Send + 'static,
     {
-        let options = options.into().on_lock_timeout(OnLockTimeout::Load);
-        let loader =
-            async move { Ok::<_, std::convert::Infallible>(Fetched::cacheable(loader.await)) };
-        self.load(key.into(), options, loader, LoadMode::OPTIONAL)
-            .await
-            .unwrap_panics()
+        self.load_optional(key.into(), options.into(), init).await.0
     }
 
-    /// The fallible form of [`get_optional_with`](Self::get_optional_with).
-    pub async fn try_get_optional_with<T, E, F>(
+    /// The fallible form of [`optionally_get_with`](Self::optionally_get_with).
+    pub async fn try_optionally_get_with<T, E, F>(
         &self,
         key: impl Into<Key>,
         options: impl Into<LoadOptions>,
-        loader: F,
+        init: F,
     ) -> Result<Option<T>, LoadError<E>>
     where
         T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
         E: Send + Sync + 'static,
         F: Future<Output = Result<Option<T>, E>> + Send + 'static,
     {
-        let loader = async move { loader.await.map(Fetched::cacheable) };
-        self.load(key.into(), options.into(), loader, LoadMode::OPTIONAL)
+        self.try_load_optional(key.into(), options.into(), init)
             .await
-            .outcome
+            .map(|(value, _)| value)
     }
 
-    /// [`try_get_optional_with`](Self::try_get_optional_with), also saying where the value
-    /// came from ([`LoadSource`]), for responses that report it (`X-Cache`). A loader error
-    /// comes back as an error whatever its source.
-    pub async fn try_get_optional_with_source<T, E, F>(
+    /// [`get_with`](Self::get_with), with where the value came from.
+    async fn load_value<T, F>(&self, key: Key, options: LoadOptions, init: F) -> (T, LoadSource)
+    where
+        T: Loadable,
+        F: Future<Output = T> + Send + 'static,
+    {
+        // `get_with` cannot return an error, so it never takes the `Fail` policy.
+        let options = options.on_lock_timeout(OnLockTimeout::Load);
+        let loader =
+            async move { Ok::<_, std::convert::Infallible>(Fetched::cacheable(Some(init.await))) };
+        let loaded = self.load(key, options, loader, LoadMode::VALUE).await;
+        let source = loaded.source;
+        match loaded.unwrap_panics() {
+            Some(value) => (value, source),
+            None => unreachable!("value loads never produce a \"not found\""),
+        }
+    }
+
+    /// [`try_get_with`](Self::try_get_with), with where the value came from.
+    async fn try_load_value<T, E, F>(
         &self,
-        key: impl Into<Key>,
-        options: impl Into<LoadOptions>,
-        loader: F,
+        key: Key,
+        options: LoadOptions,
+        init: F,
+    ) -> Result<(T, LoadSource), LoadError<E>>
+    where
+        T: Loadable,
+        E: Send + Sync + 'static,
+        F: Future<Output = Result<T, E>> + Send + 'static,
+    {
+        let loader = async move { init.await.map(|value| Fetched::cacheable(Some(value))) };
+        let loaded = self.load(key, options, loader, LoadMode::VALUE).await;
+        match loaded.outcome {
+            Ok(Some(value)) => Ok((value, loaded.source)),
+            Err(err) => Err(err),
+            Ok(None) => unreachable!("value loads never produce a \"not found\""),
+        }
+    }
+
+    /// [`optionally_get_with`](Self::optionally_get_with), with where the value came from.
+    async fn load_optional<T, F>(
+        &self,
+        key: Key,
+        options: LoadOptions,
+        init: F,
+    ) -> (Option<T>, LoadSource)
+    where
+        T: Loadable,
+        F: Future<Output = Option<T>> + Send + 'static,
+    {
+        let options = options.on_lock_timeout(OnLockTimeout::Load);
+        let loader =
+            async move { Ok::<_, std::convert::Infallible>(Fetched::cacheable(init.await)) };
+        let loaded = self.load(key, options, loader, LoadMode::OPTIONAL).await;
+        let source = loaded.source;
+        (loaded.unwrap_panics(), source)
+    }
+
+    /// [`try_optionally_get_with`](Self::try_optionally_get_with), with where the value
+    /// came from.
+    async fn try_load_optional<T, E, F>(
+        &self,
+        key: Key,
+        options: LoadOptions,
+        init: F,
     ) -> Result<(Option<T>, LoadSource), LoadError<E>>
     where
-        T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+        T: Loadable,
         E: Send + Sync + 'static,
         F: Future<Output = Result<Option<T>, E>> + Send + 'static,
     {
-        let loader = async move { loader.await.map(Fetched::cacheable) };
-        let loaded = self
-            .load(key.into(), options.into(), loader, LoadMode::OPTIONAL)
-            .await;
+        let loader = async move { init.await.map(Fetched::cacheable) };
+        let loaded = self.load(key, options, loader, LoadMode::OPTIONAL).await;
         loaded.outcome.map(|value| (value, loaded.source))
     }
 
