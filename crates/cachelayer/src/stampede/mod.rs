@@ -20,11 +20,11 @@ mod xfetch;
 
 pub(crate) use self::flight::{Flights, Role};
 pub(crate) use self::notices::{NoticeWait, NoticeWaiters};
-pub(crate) use self::options::Resolved;
 pub use self::options::{
     DEFAULT_EARLY_REFRESH_BETA, DEFAULT_LOCK_MAX_WAIT, DEFAULT_LOCK_TTL, LoadOptions,
     OnLockTimeout, StampedeSettings,
 };
+pub(crate) use self::options::{Resolved, within};
 pub(crate) use self::xfetch::should_refresh_early;
 
 // kept for http until the merge: the HTTP layer mints tag versions and Vary generations

@@ -19,7 +19,7 @@ use crate::cache::Cache;
 use crate::codec::{Decoded, Freshness};
 use crate::error::{LoadError, LoadErrorKind};
 use crate::key::Key;
-use crate::stampede::{LoadOptions, OnLockTimeout, Resolved, Role, should_refresh_early};
+use crate::stampede::{LoadOptions, OnLockTimeout, Resolved, Role, should_refresh_early, within};
 use crate::telemetry;
 
 /// What the first read of a load found.
@@ -48,11 +48,6 @@ enum FollowerError<T, E> {
     /// The leader gave up waiting for another process's lock; this caller's policy is to load
     /// anyway.
     LoadUnlocked(Option<StaleValue<T>>),
-}
-
-/// Whether `by` falls in a stale window; a zero window is off.
-fn within(by: Duration, window: Duration) -> bool {
-    !window.is_zero() && by <= window
 }
 
 impl Cache {

@@ -3,7 +3,6 @@
 //!
 //! It runs the loader and reports what happened; it must never store or share the result.
 
-use std::any::Any;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::time::Duration;
@@ -12,7 +11,7 @@ use futures::FutureExt;
 use tokio::time::Instant;
 
 use super::{Fetched, LoadSource, Loaded};
-use crate::error::LoadError;
+use crate::error::{LoadError, panic_message};
 use crate::telemetry;
 
 /// A load around the cache (zero TTL, invalid options): the loader alone.
@@ -57,16 +56,6 @@ where
         }
     };
     (loaded, elapsed)
-}
-
-fn panic_message(payload: &(dyn Any + Send)) -> String {
-    if let Some(message) = payload.downcast_ref::<&str>() {
-        (*message).to_owned()
-    } else if let Some(message) = payload.downcast_ref::<String>() {
-        message.clone()
-    } else {
-        "non-string panic payload".to_owned()
-    }
 }
 
 #[cfg(test)]
