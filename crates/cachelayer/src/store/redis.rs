@@ -225,9 +225,6 @@ impl RedisStoreBuilder {
     }
 
     fn client(&self) -> redis::RedisResult<Client> {
-        if self.url.starts_with("rediss") {
-            install_crypto_provider();
-        }
         let info = self
             .url
             .as_str()
@@ -265,15 +262,6 @@ fn tcp_settings() -> TcpSettings {
     #[cfg(any(target_os = "android", target_os = "fuchsia", target_os = "linux"))]
     let settings = settings.set_user_timeout(TCP_USER_TIMEOUT);
     settings
-}
-
-/// The `redis` crate's rustls support picks no crypto provider, and rustls panics at the
-/// first handshake without one; install ring unless the application already chose.
-fn install_crypto_provider() {
-    if rustls::crypto::CryptoProvider::get_default().is_none() {
-        // Losing a race to another installer is fine: some provider is then in place.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    }
 }
 
 /// `ConnectionManager` reconnects only after I/O errors. A connection whose handshake was
