@@ -92,3 +92,74 @@ impl Cache {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use super::*;
+    use crate::cache::load::Fetched;
+    use crate::stampede::LoadOptions;
+
+    const MINUTE: Duration = Duration::from_secs(60);
+
+    fn counted(
+        runs: &Arc<AtomicUsize>,
+        value: u32,
+    ) -> impl Future<Output = Result<Fetched<u32>, ()>> {
+        let runs = Arc::clone(runs);
+        async move {
+            runs.fetch_add(1, Ordering::SeqCst);
+            Ok(Fetched::cacheable(Some(value)))
+        }
+    }
+
+    /// A cache holding 1 under "k", the key's full name, its load options, and when the
+    /// value was stored.
+    async fn cache_with_value() -> (Cache, String, Resolved, SystemTime) {
+        let cache = Cache::builder().build().expect("cache");
+        let full = cache.full_key("k");
+        let options = cache.resolve(LoadOptions::ttl(MINUTE)).expect("options");
+        cache
+            .store_value(full.clone(), &1u32, MINUTE, Duration::ZERO, Duration::ZERO)
+            .await
+            .expect("stored");
+        let entry = cache.fetch_entry::<u32>(&full).await.expect("entry");
+        (cache, full, options, entry.header.stored_at)
+    }
+
+    /// A refresh replaces the value it read, but not one that changed since it was read.
+    #[tokio::test]
+    async fn a_refresh_never_replaces_a_newer_value() {
+        let (cache, full, options, seen) = cache_with_value().await;
+        let runs = Arc::new(AtomicUsize::new(0));
+        let earlier = seen.checked_sub(Duration::from_secs(1)).expect("earlier");
+        cache
+            .refresh::<u32, (), _>(&full, options, counted(&runs, 2), earlier, "early")
+            .await;
+        assert_eq!(runs.load(Ordering::SeqCst), 0);
+        assert_eq!(cache.get::<u32>("k").await, Some(1));
+        cache
+            .refresh::<u32, (), _>(&full, options, counted(&runs, 3), seen, "early")
+            .await;
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+        assert_eq!(cache.get::<u32>("k").await, Some(3));
+    }
+
+    /// While someone in the fleet holds the key's lock, a refresh leaves the load to them.
+    #[tokio::test]
+    async fn a_refresh_defers_to_the_lock_holder() {
+        let (cache, full, options, seen) = cache_with_value().await;
+        let mut holder = LockLease::new(&cache, &full);
+        assert!(holder.try_take(MINUTE).await.expect("take"));
+        let runs = Arc::new(AtomicUsize::new(0));
+        cache
+            .refresh::<u32, (), _>(&full, options, counted(&runs, 2), seen, "stale")
+            .await;
+        assert_eq!(runs.load(Ordering::SeqCst), 0);
+        assert_eq!(cache.get::<u32>("k").await, Some(1));
+    }
+}
