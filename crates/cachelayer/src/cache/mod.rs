@@ -241,7 +241,7 @@ impl Cache {
 
     /// Store `value` under `key` for `ttl` (jittered). A zero TTL means "do not cache" and
     /// writes nothing. Errors only for the caller's mistakes (a value that cannot be encoded,
-    /// a TTL over [`MAX_TTL`](crate::store::MAX_TTL)); a store failure drops the write
+    /// a TTL over [`MAX_TTL`]); a store failure drops the write
     /// (counted and logged).
     pub async fn insert_with_ttl<T: Serialize + ?Sized>(
         &self,
