@@ -481,3 +481,87 @@ fn count_served<T>(entry: &Decoded<Option<T>>) {
         metrics::counter!(telemetry::NEGATIVE_HITS).increment(1);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINUTE: Duration = Duration::from_secs(60);
+
+    fn options(cache: &Cache, load: LoadOptions) -> Resolved {
+        cache.resolve(load).expect("valid options")
+    }
+
+    fn stale(by: Duration) -> Option<StaleValue<u32>> {
+        Some(StaleValue { value: Some(1), by })
+    }
+
+    fn served(answer: FollowerError<u32, ()>) -> Option<(Option<u32>, LoadSource)> {
+        match answer {
+            FollowerError::Return(loaded) => loaded.outcome.ok().map(|v| (v, loaded.source)),
+            FollowerError::LoadUnlocked(_) => None,
+        }
+    }
+
+    /// A follower serves its own stale value on its leader's lock timeout, and on a loader
+    /// error only within its own `stale_if_error`.
+    #[test]
+    fn followers_fall_back_to_their_own_stale_value() {
+        let cache = Cache::builder().build().expect("cache");
+        let timed_out = LoadError::<()>::lock_wait_timed_out(MINUTE);
+        let failed = LoadError::loader(());
+        let plain = options(&cache, LoadOptions::ttl(MINUTE));
+        let tolerant = options(&cache, LoadOptions::ttl(MINUTE).stale_if_error(MINUTE));
+        let stale_hit = Some((Some(1), LoadSource::Stale));
+        let second = Duration::from_secs(1);
+        assert_eq!(
+            served(cache.follower_error(&timed_out, stale(second), plain)),
+            stale_hit
+        );
+        assert_eq!(
+            served(cache.follower_error(&failed, stale(second), tolerant)),
+            stale_hit
+        );
+        assert_eq!(
+            served(cache.follower_error(&failed, stale(second), plain)),
+            None
+        );
+        let too_old = stale(MINUTE * 2);
+        assert_eq!(
+            served(cache.follower_error(&failed, too_old, tolerant)),
+            None
+        );
+    }
+
+    /// Without a stale value, a lock timeout makes a follower load by its own policy; a
+    /// loader error is shared as it is.
+    #[test]
+    fn followers_apply_their_own_lock_timeout_policy() {
+        let cache = Cache::builder().build().expect("cache");
+        let timed_out = LoadError::<()>::lock_wait_timed_out(MINUTE);
+        let load = options(&cache, LoadOptions::ttl(MINUTE));
+        let fail = options(
+            &cache,
+            LoadOptions::ttl(MINUTE).on_lock_timeout(OnLockTimeout::Fail),
+        );
+        assert!(matches!(
+            cache.follower_error::<u32, ()>(&timed_out, None, load),
+            FollowerError::LoadUnlocked(None)
+        ));
+        let FollowerError::Return(loaded) = cache.follower_error::<u32, ()>(&timed_out, None, fail)
+        else {
+            panic!("a Fail policy returns the error");
+        };
+        let err = loaded.outcome.expect_err("timed out");
+        assert_eq!(err.kind(), LoadErrorKind::LockWaitTimedOut);
+        let FollowerError::Return(loaded) =
+            cache.follower_error::<u32, ()>(&LoadError::loader(()), None, load)
+        else {
+            panic!("a loader error is returned");
+        };
+        assert_eq!(
+            loaded.outcome.expect_err("shared").kind(),
+            LoadErrorKind::Loader
+        );
+    }
+}
