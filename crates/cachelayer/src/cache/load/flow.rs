@@ -6,13 +6,11 @@
 //! command timeout.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
-use futures::future::Either;
-use serde::Serialize;
-
+use super::fill::StaleValue;
 use super::lock::{LockLease, lock_event};
-use super::run::{bypass, run_loader};
+use super::run::bypass;
 use super::wait::LockWait;
 use super::{LoadFuture, LoadMode, LoadResult, LoadSource, Loadable, Loaded};
 use crate::cache::Cache;
@@ -34,12 +32,6 @@ enum Lookup<T> {
     },
     /// Nothing usable: load, keeping what is stale for `stale_if_error`.
     Miss(Option<StaleValue<T>>),
-}
-
-/// A value past its TTL that the store still holds, kept in case the load fails.
-pub(super) struct StaleValue<T> {
-    value: Option<T>,
-    by: Duration,
 }
 
 /// What a follower does with its leader's error.
@@ -372,107 +364,6 @@ impl Cache {
             }
         }
     }
-
-    /// Run the loader (extending the lease meanwhile) and store what it returns; the caller
-    /// releases the lock (sending the store notice). A failed load serves the stale value within
-    /// `stale_if_error`.
-    pub(super) async fn load_and_store<T, E, F>(
-        &self,
-        full: &str,
-        options: Resolved,
-        loader: F,
-        lease: Option<&LockLease>,
-        stale: Option<StaleValue<T>>,
-    ) -> Loaded<T, E>
-    where
-        T: Loadable,
-        E: Send + Sync + 'static,
-        F: LoadFuture<T, E>,
-    {
-        let (loaded, compute_time) = match lease {
-            Some(lease) => {
-                let keep_alive = lease.keep_alive(options.settings.lock_ttl);
-                match futures::future::select(Box::pin(run_loader(loader)), Box::pin(keep_alive))
-                    .await
-                {
-                    Either::Left((loaded, _)) => loaded,
-                    Either::Right(((), load)) => load.await,
-                }
-            }
-            None => run_loader(loader).await,
-        };
-        match loaded.outcome {
-            Ok(value) => {
-                if loaded.store {
-                    let options = match loaded.lifetime {
-                        Some((fresh, grace)) => options.with_lifetime(fresh, grace),
-                        None => options,
-                    };
-                    self.store_loaded(full, value.as_ref(), options, compute_time)
-                        .await;
-                }
-                Loaded::value(value)
-            }
-            Err(err) => match stale {
-                Some(stale) if within(stale.by, options.settings.stale_if_error) => {
-                    tracing::warn!(key = full, error = ?err.kind(), "load failed; serving the stale value (stale-if-error)");
-                    metrics::counter!(telemetry::STALE_SERVED, "reason" => "error").increment(1);
-                    Loaded::value(stale.value).from(LoadSource::Stale)
-                }
-                _ => Loaded {
-                    outcome: Err(err),
-                    panic: loaded.panic,
-                    store: false,
-                    lifetime: None,
-                    source: LoadSource::Loaded,
-                },
-            },
-        }
-    }
-    /// The value under `full` if the store holds a fresh, usable one.
-    pub(super) async fn fresh_value<T: Loadable>(
-        &self,
-        full: &str,
-        absent_ok: bool,
-    ) -> Option<Option<T>> {
-        let entry = self.fetch_entry::<T>(full).await?;
-        let usable = entry.value.is_some() || absent_ok;
-        let fresh = matches!(
-            entry.header.freshness(SystemTime::now()),
-            Freshness::Fresh { .. }
-        );
-        (usable && fresh).then_some(entry.value)
-    }
-
-    /// Store a loaded value (or, with a negative TTL, a "not found") for the options' TTL
-    /// plus their stale grace.
-    async fn store_loaded<T: Serialize>(
-        &self,
-        full: &str,
-        value: Option<&T>,
-        options: Resolved,
-        compute_time: Duration,
-    ) {
-        let result = match value {
-            Some(value) => self
-                .store_value(
-                    full.to_owned(),
-                    value,
-                    options.ttl,
-                    options.grace(),
-                    compute_time,
-                )
-                .await
-                .map(drop),
-            None => match options.settings.negative_ttl {
-                Some(ttl) => self.store_absent(full.to_owned(), ttl, compute_time).await,
-                None => Ok(()),
-            },
-        };
-        if let Err(err) = result {
-            tracing::warn!(key = full, error = %err, "loaded value returned but not cached");
-        }
-    }
 }
 
 fn count_served<T>(entry: &Decoded<Option<T>>) {
@@ -484,6 +375,8 @@ fn count_served<T>(entry: &Decoded<Option<T>>) {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     const MINUTE: Duration = Duration::from_secs(60);

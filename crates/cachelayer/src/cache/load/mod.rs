@@ -15,7 +15,8 @@
 //!
 //! The parts, one file each:
 //! - `entry`: [`Cache::entry`], the same loads saying where their value came from.
-//! - `flow`: the request flow (first read, lead or follow, load and store).
+//! - `flow`: the request flow (first read, lead or follow).
+//! - `fill`: running the loader under the lease and storing its value.
 //! - `wait`: waiting for another process's hold on the fleet-wide lock.
 //! - `lock`: the fleet-wide lock itself, [`LockLease`](lock::LockLease).
 //! - `refresh`: background (and foreground) refreshes of a value still being served.
@@ -28,6 +29,7 @@
 //! This module holds the API and its types only; it must never talk to the store itself.
 
 mod entry;
+mod fill;
 mod flow;
 mod lock;
 mod notices;
