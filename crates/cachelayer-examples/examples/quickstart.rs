@@ -8,6 +8,7 @@
 
 use std::time::{Duration, Instant};
 
+use cachelayer::config::Secret;
 use cachelayer::{CacheConfig, Key};
 use serde::{Deserialize, Serialize};
 
@@ -37,7 +38,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .init();
 
     let config = CacheConfig {
-        redis_url: std::env::var("CACHELAYER_REDIS_URL").ok(),
+        redis_url: std::env::var("CACHELAYER_REDIS_URL").ok().map(Secret::new),
         namespace: "quickstart".into(),
         ..CacheConfig::default()
     };

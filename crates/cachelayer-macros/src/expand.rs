@@ -267,7 +267,7 @@ fn wrapper(
                 let __cl_value = __cl_body.await;
                 let __cl_store = { let __cl_value = &__cl_value; #store };
                 ::core::result::Result::Ok::<_, ::core::convert::Infallible>(
-                    ::cachelayer::__private::Fetched::new(::core::option::Option::Some(__cl_value), __cl_store))
+                    if __cl_store { ::cachelayer::__private::Fetched::cacheable(::core::option::Option::Some(__cl_value)) } else { ::cachelayer::__private::Fetched::uncacheable(::core::option::Option::Some(__cl_value)) })
             },
             quote! {
                 ::core::result::Result::Ok(::core::option::Option::Some(__cl_value)) => __cl_value,
@@ -287,7 +287,7 @@ fn wrapper(
                     ::core::option::Option::None => true,
                 };
                 ::core::result::Result::Ok::<_, ::core::convert::Infallible>(
-                    ::cachelayer::__private::Fetched::new(__cl_found, __cl_store))
+                    if __cl_store { ::cachelayer::__private::Fetched::cacheable(__cl_found) } else { ::cachelayer::__private::Fetched::uncacheable(__cl_found) })
             },
             quote! {
                 ::core::result::Result::Ok(__cl_found) => __cl_found,
@@ -306,8 +306,7 @@ fn wrapper(
                 match __cl_body.await {
                     ::core::result::Result::Ok(__cl_ok) => {
                         let __cl_store = { let __cl_value = &__cl_ok; #store };
-                        ::core::result::Result::Ok(::cachelayer::__private::Fetched::new(
-                            ::core::option::Option::Some(__cl_ok), __cl_store))
+                        ::core::result::Result::Ok(if __cl_store { ::cachelayer::__private::Fetched::cacheable(::core::option::Option::Some(__cl_ok)) } else { ::cachelayer::__private::Fetched::uncacheable(::core::option::Option::Some(__cl_ok)) })
                     }
                     ::core::result::Result::Err(__cl_err) => ::core::result::Result::Err(__cl_err),
                 }

@@ -10,8 +10,10 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use cachelayer::config::Secret;
 use cachelayer::{CacheConfig, OnLockTimeout};
-use clap::{Args, ValueEnum};
+use clap::Args;
+use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 
 use crate::error::Error;
 use crate::logging::LogFormat;
@@ -51,10 +53,10 @@ pub struct CommonArgs {
     #[arg(long, env = "CACHELAYER_LOCK_MAX_WAIT", default_value = "5s", value_parser = duration)]
     pub lock_max_wait: Duration,
     /// What a wait past --lock-max-wait does when nothing stale is cached.
-    #[arg(long, env = "CACHELAYER_ON_LOCK_TIMEOUT", value_enum, default_value_t = LockTimeoutPolicy::Load)]
-    pub on_lock_timeout: LockTimeoutPolicy,
+    #[arg(long, env = "CACHELAYER_ON_LOCK_TIMEOUT", default_value = "load", value_parser = lock_timeout_policy())]
+    pub on_lock_timeout: OnLockTimeout,
     /// XFetch early-refresh beta (0: off; 1: the usual).
-    #[arg(long, env = "CACHELAYER_EARLY_REFRESH_BETA", default_value_t = cachelayer::DEFAULT_EARLY_REFRESH_BETA)]
+    #[arg(long, env = "CACHELAYER_EARLY_REFRESH_BETA", default_value_t = cachelayer::stampede::DEFAULT_EARLY_REFRESH_BETA)]
     pub early_refresh_beta: f64,
     /// Comma-separated hosts, without ports. `serve`: list pages are cached only for these
     /// (others are answered uncached); `proxy`: only these are served (others get 421).
@@ -81,30 +83,20 @@ pub struct Stale {
     pub if_error: Duration,
 }
 
-/// `--on-lock-timeout`: the library's `OnLockTimeout` as the command line spells it (the
-/// one place it is mirrored; [`CommonArgs::cache_config`] maps it across).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LockTimeoutPolicy {
-    /// Load anyway.
-    Load,
-    /// Answer 503.
-    Fail,
+/// `--on-lock-timeout`: the library's [`OnLockTimeout`], parsed by the library itself; the
+/// values are listed here only so `--help` can say what each one does.
+fn lock_timeout_policy() -> impl TypedValueParser<Value = OnLockTimeout> {
+    PossibleValuesParser::new([
+        PossibleValue::new("load").help("Load anyway"),
+        PossibleValue::new("fail").help("Answer 503"),
+    ])
+    .try_map(|policy| policy.parse::<OnLockTimeout>())
 }
 
 /// A duration flag (`250ms`, `30s`, `5m`), with a hint of the format when it is not one.
 pub(crate) fn duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text)
         .map_err(|err| format!("{err}; write a duration such as 250ms, 30s or 5m"))
-}
-
-/// A secret setting: shown as `***` by `Debug`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(pub String);
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("***")
-    }
 }
 
 /// An `IP:PORT` flag, or an error naming `flag`.
@@ -140,8 +132,11 @@ impl CommonArgs {
     }
 
     /// The admin token, unless empty.
-    pub(crate) fn token(&self) -> Option<String> {
-        self.admin_token.clone().filter(|token| !token.is_empty())
+    pub(crate) fn token(&self) -> Option<Secret> {
+        self.admin_token
+            .clone()
+            .filter(|token| !token.is_empty())
+            .map(Secret::new)
     }
 
     /// The library's cache settings these flags describe, checked, with the cache's
@@ -191,31 +186,25 @@ impl CommonArgs {
             ));
         }
         Ok(CacheConfig {
-            redis_url: self.redis_url.clone(),
+            redis_url: self.redis_url.clone().map(Secret::new),
             redis_pool_size: self.redis_pool_size,
-            connect_timeout_ms: millis(self.redis_connect_timeout),
-            command_timeout_ms: millis(self.redis_command_timeout),
+            connect_timeout: self.redis_connect_timeout,
+            command_timeout: self.redis_command_timeout,
             memory_capacity_bytes: self.memory_capacity_bytes,
             namespace: self.namespace.clone(),
-            default_ttl_ms: millis(default_ttl).max(1),
+            // `--cache-ttl 0s` turns caching off for serve's loads; the cache's own default
+            // TTL must still be positive.
+            default_ttl: default_ttl.max(Duration::from_millis(1)),
             compression_threshold_bytes: self.compression_threshold,
             lock: self.lock,
-            lock_ttl_ms: millis(self.lock_ttl),
-            lock_max_wait_ms: millis(self.lock_max_wait),
-            on_lock_timeout: match self.on_lock_timeout {
-                LockTimeoutPolicy::Load => OnLockTimeout::Load,
-                LockTimeoutPolicy::Fail => OnLockTimeout::Fail,
-            },
+            lock_ttl: self.lock_ttl,
+            lock_max_wait: self.lock_max_wait,
+            on_lock_timeout: self.on_lock_timeout,
             early_refresh_beta: self.early_refresh_beta,
-            stale_while_revalidate_ms: millis(stale.while_revalidate),
-            stale_if_error_ms: millis(stale.if_error),
-            negative_ttl_ms: millis(negative_ttl),
+            stale_while_revalidate: stale.while_revalidate,
+            stale_if_error: stale.if_error,
+            negative_ttl,
             ..CacheConfig::default()
         })
     }
-}
-
-/// Whole milliseconds, saturating (the library's settings are `_ms` integers).
-fn millis(duration: Duration) -> u64 {
-    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }

@@ -14,6 +14,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use cachelayer::store::StoreKind;
 use cachelayer::{BreakerState, Cache};
 use futures::future::BoxFuture;
 use serde::{Serialize, Serializer};
@@ -71,14 +72,14 @@ fn breaker_label<S: Serializer>(state: &BreakerState, serializer: S) -> Result<S
 }
 
 /// The name of the cache's store, as `/health` reports it (`redis` or `memory`).
-pub(crate) fn store_kind(cache: &Cache) -> &'static str {
+pub(crate) fn store_kind(cache: &Cache) -> StoreKind {
     cache.store().kind()
 }
 
 /// Redis, pinged within [`CHECK_TIMEOUT`], when the cache's store is Redis (`None` for the
 /// in-process store). `pool_connections` is the configured pool size.
 pub(crate) async fn check_redis(cache: &Cache, pool_connections: usize) -> Option<RedisHealth> {
-    if store_kind(cache) != "redis" {
+    if store_kind(cache) != StoreKind::Redis {
         return None;
     }
     let ping = timed("redis", async { cache.ping().await.map(drop) }).await;

@@ -9,8 +9,8 @@ mod product_docs;
 use std::hint::black_box;
 use std::time::Duration;
 
+use cachelayer::__private::codec::{Codec, DEFAULT_MAX_VALUE_BYTES, EntryMeta};
 use cachelayer::Serialization;
-use cachelayer::codec::{Codec, DEFAULT_MAX_VALUE_BYTES, EntryMeta};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use product_docs::{Product, products_of_json_size};
 

@@ -1,4 +1,5 @@
-//! The crate's one error type: an opaque [`Error`] with a [`kind()`](Error::kind).
+//! The crate's one error type: an opaque [`Error`] with a [`kind()`](Error::kind), the
+//! [`LoadError`] of loads, and [`panic_message`] for turning a panic payload into text.
 //!
 //! Reads and loads through [`Cache`](crate::Cache) never return these for store trouble (they
 //! fail open); errors reach the caller only for bad configuration, a value that cannot be
@@ -331,6 +332,25 @@ impl<E: std::error::Error + 'static> std::error::Error for LoadError<E> {
             LoadErrorRepr::Loader(err) => Some(&**err),
             _ => None,
         }
+    }
+}
+
+/// The message of a panic payload (what `catch_unwind` or a `JoinError` gives back): the
+/// `&str` or `String` it was raised with, or a placeholder for any other payload.
+///
+/// ```
+/// use cachelayer::error::panic_message;
+///
+/// let payload = std::panic::catch_unwind(|| panic!("broke at {}", 7)).expect_err("panicked");
+/// assert_eq!(panic_message(payload.as_ref()), "broke at 7");
+/// ```
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(message) = payload.downcast_ref::<&str>() {
+        (*message).to_owned()
+    } else if let Some(message) = payload.downcast_ref::<String>() {
+        message.clone()
+    } else {
+        "non-string panic payload".to_owned()
     }
 }
 

@@ -212,31 +212,28 @@
 #[doc(hidden)]
 #[path = "macro_support.rs"]
 pub mod __private;
-mod breaker;
-mod cache;
-pub mod codec;
+pub mod breaker;
+pub mod cache;
+mod codec;
 pub mod config;
-mod error;
+pub mod error;
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub mod http;
 pub mod key;
-mod stampede;
+mod random;
+pub mod stampede;
 pub mod store;
 pub mod telemetry;
+mod token;
 
-pub use crate::breaker::{BreakerState, DEFAULT_COOL_DOWN, DEFAULT_FAILURE_THRESHOLD};
-pub use crate::cache::{
-    Cache, CacheBuilder, DEFAULT_NAMESPACE, DEFAULT_TTL, DEFAULT_TTL_JITTER, LoadSource,
-};
+pub use crate::breaker::BreakerState;
+pub use crate::cache::{Cache, CacheBuilder, Entry, Fetched, LoadSource};
 pub use crate::codec::Serialization;
 pub use crate::config::CacheConfig;
 pub use crate::error::{Error, ErrorKind, LoadError, LoadErrorKind, Result};
 pub use crate::key::Key;
-pub use crate::stampede::{
-    DEFAULT_EARLY_REFRESH_BETA, DEFAULT_LOCK_MAX_WAIT, DEFAULT_LOCK_TTL, LoadOptions,
-    OnLockTimeout, StampedeSettings,
-};
+pub use crate::stampede::{LoadOptions, OnLockTimeout, StampedeSettings};
 #[cfg(feature = "macros")]
 #[cfg_attr(docsrs, doc(cfg(feature = "macros")))]
 #[doc(inline)]

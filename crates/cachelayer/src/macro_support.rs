@@ -20,6 +20,11 @@ use crate::error::{Error, ErrorKind, LoadError, LoadErrorKind, Result};
 use crate::key::Key;
 use crate::stampede::{LoadOptions, OnLockTimeout};
 
+/// The value envelope (not a stable API), for this crate's tests and benchmarks.
+pub mod codec {
+    pub use crate::codec::*;
+}
+
 /// Marks an argument that is part of a default cache key.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be part of a cache key: it does not implement `serde::Serialize`",

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use cachelayer::codec::{Compression, EnvelopeHeader, HEADER_LEN};
+use cachelayer::__private::codec::HEADER_LEN;
+use cachelayer::cache::{Compression, EnvelopeHeader};
 use cachelayer::store::KeyTtl;
 use cachelayer::{Key, Serialization};
 use serde::{Deserialize, Serialize};

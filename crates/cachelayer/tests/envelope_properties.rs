@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use cachelayer::__private::codec::{Codec, EntryMeta, EnvelopeHeader};
 use cachelayer::Serialization;
-use cachelayer::codec::{Codec, EntryMeta, EnvelopeHeader};
 use proptest::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -130,7 +130,7 @@ proptest! {
         bytes.extend(declared.to_be_bytes());
         bytes.extend(&payload);
         let codec = Codec::new(Serialization::Json, Some(1024), 1, 1 << 20).expect("codec");
-        prop_assert_eq!(codec.decode::<serde_json::Value>(&bytes).err(), Some(cachelayer::codec::DecodeFailure::TooLarge));
+        prop_assert_eq!(codec.decode::<serde_json::Value>(&bytes).err(), Some(cachelayer::__private::codec::DecodeFailure::TooLarge));
     }
 
     /// Flipping any one byte of a valid entry yields a failure or a value, never a panic.

@@ -260,7 +260,7 @@ fn stampede_events_are_measured() {
         for _ in 0..2 {
             assert_eq!(
                 cache
-                    .get_optional_with::<u32, _>("none", negative, async { None })
+                    .optionally_get_with::<u32, _>("none", negative, async { None })
                     .await,
                 None
             );

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use cachelayer::config::Secret;
 use cachelayer::store::{RedisStore, Store};
 use cachelayer::{Cache, CacheConfig, ErrorKind};
 use cachelayer_testkit::{RedisServer, TestCertificates};
@@ -93,7 +94,7 @@ async fn tls_insecure_fragment_skips_verification() {
 async fn config_with_ca_file_uses_tls() {
     let server = RedisServer::builder().tls().start();
     let config = CacheConfig {
-        redis_url: server.tls_url(),
+        redis_url: server.tls_url().map(Secret::new),
         redis_tls_ca_file: Some(server.certificates().expect("certs").ca_cert_file.clone()),
         ..CacheConfig::default()
     };

@@ -15,7 +15,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use cachelayer::store::Store;
-use cachelayer::{Cache, LoadErrorKind, LoadOptions, LoadSource, OnLockTimeout, StampedeSettings};
+use cachelayer::{
+    Cache, Entry, LoadError, LoadErrorKind, LoadOptions, LoadSource, OnLockTimeout,
+    StampedeSettings,
+};
 use cachelayer_testkit::RedisServer;
 use serde::{Deserialize, Serialize};
 use support::{Backend, redis_store};
@@ -438,11 +441,11 @@ async fn not_found_is_cached_only_with_a_negative_ttl(backend: Backend) {
     };
     let plain = LoadOptions::ttl(MINUTE);
     assert_eq!(
-        cache.get_optional_with("a", plain, missing(&loads)).await,
+        cache.optionally_get_with("a", plain, missing(&loads)).await,
         None
     );
     assert_eq!(
-        cache.get_optional_with("a", plain, missing(&loads)).await,
+        cache.optionally_get_with("a", plain, missing(&loads)).await,
         None
     );
     assert_eq!(
@@ -455,11 +458,15 @@ async fn not_found_is_cached_only_with_a_negative_ttl(backend: Backend) {
     let negative = Duration::from_millis(400);
     let options = plain.negative_ttl(Some(negative));
     assert_eq!(
-        cache.get_optional_with("b", options, missing(&loads)).await,
+        cache
+            .optionally_get_with("b", options, missing(&loads))
+            .await,
         None
     );
     assert_eq!(
-        cache.get_optional_with("b", options, missing(&loads)).await,
+        cache
+            .optionally_get_with("b", options, missing(&loads))
+            .await,
         None
     );
     assert_eq!(
@@ -476,18 +483,24 @@ async fn not_found_is_cached_only_with_a_negative_ttl(backend: Backend) {
         product(9)
     );
     assert_eq!(
-        cache.get_optional_with("b", options, missing(&loads)).await,
+        cache
+            .optionally_get_with("b", options, missing(&loads))
+            .await,
         Some(product(9))
     );
     assert_eq!(loads.load(Ordering::SeqCst), 3);
 
     assert_eq!(
-        cache.get_optional_with("c", options, missing(&loads)).await,
+        cache
+            .optionally_get_with("c", options, missing(&loads))
+            .await,
         None
     );
     outlive(negative).await;
     assert_eq!(
-        cache.get_optional_with("c", options, missing(&loads)).await,
+        cache
+            .optionally_get_with("c", options, missing(&loads))
+            .await,
         None
     );
     assert_eq!(
@@ -903,9 +916,19 @@ async fn os_process_three_processes_load_once() {
     assert_eq!(server.cli(["GET", "loader-runs"]), "1");
 }
 
-/// `try_get_optional_with_source` says where each value came from: the caller's own load,
+/// The entry API says where each value came from: the caller's own load,
 /// another caller's, a fresh hit, a stale value, a cached "not found", or no cache at all.
 async fn load_source_reports_where_the_value_came_from(backend: Backend) {
+    /// An entry as the value and its source, and whether it is fresh as its source says.
+    fn parts<T>(
+        entry: Result<Entry<Option<T>>, LoadError<String>>,
+    ) -> Result<(Option<T>, LoadSource), LoadError<String>> {
+        entry.map(|entry| {
+            let source = entry.source();
+            assert_eq!(entry.is_fresh(), !source.is_from_store());
+            (entry.into_value(), source)
+        })
+    }
     let cache = backend.cache();
     // Long enough that the hit below is fresh on a loaded machine; no early refresh, which
     // would replace the value the stale step expects.
@@ -919,7 +942,8 @@ async fn load_source_reports_where_the_value_came_from(backend: Backend) {
         let (cache, started, gate) = (cache.clone(), Arc::clone(&started), Arc::clone(&gate));
         tokio::spawn(async move {
             cache
-                .try_get_optional_with_source("p", options, async move {
+                .entry("p")
+                .or_try_optionally_insert_with(options, async move {
                     started.notify_one();
                     gate.notified().await;
                     Ok::<_, String>(Some(product(1)))
@@ -932,9 +956,8 @@ async fn load_source_reports_where_the_value_came_from(backend: Backend) {
         let cache = cache.clone();
         tokio::spawn(async move {
             cache
-                .try_get_optional_with_source("p", options, async {
-                    Ok::<_, String>(Some(product(9)))
-                })
+                .entry("p")
+                .or_try_optionally_insert_with(options, async { Ok::<_, String>(Some(product(9))) })
                 .await
         })
     };
@@ -942,34 +965,45 @@ async fn load_source_reports_where_the_value_came_from(backend: Backend) {
     gate.notify_one();
     let leader = leader.await.expect("leader");
     let follower = follower.await.expect("follower");
-    assert_eq!(leader, Ok((Some(product(1)), LoadSource::Loaded)));
-    assert_eq!(follower, Ok((Some(product(1)), LoadSource::Coalesced)));
+    assert_eq!(parts(leader), Ok((Some(product(1)), LoadSource::Loaded)));
+    assert_eq!(
+        parts(follower),
+        Ok((Some(product(1)), LoadSource::Coalesced))
+    );
     let never = async { Ok::<Option<Product>, String>(Some(product(9))) };
     let hit = cache
-        .try_get_optional_with_source("p", options, never)
+        .entry("p")
+        .or_try_optionally_insert_with(options, never)
         .await;
-    assert_eq!(hit, Ok((Some(product(1)), LoadSource::Hit)));
+    assert_eq!(parts(hit), Ok((Some(product(1)), LoadSource::Hit)));
     outlive(ttl).await;
     let refreshed = async { Ok::<_, String>(Some(product(2))) };
     let stale = cache
-        .try_get_optional_with_source("p", options, refreshed)
+        .entry("p")
+        .or_try_optionally_insert_with(options, refreshed)
         .await;
-    assert_eq!(stale, Ok((Some(product(1)), LoadSource::Stale)));
+    assert_eq!(parts(stale), Ok((Some(product(1)), LoadSource::Stale)));
     let absent = async { Ok::<Option<Product>, String>(None) };
     let loaded = cache
-        .try_get_optional_with_source("gone", options, absent)
+        .entry("gone")
+        .or_try_optionally_insert_with(options, absent)
         .await;
-    assert_eq!(loaded, Ok((None, LoadSource::Loaded)));
+    assert_eq!(parts(loaded), Ok((None, LoadSource::Loaded)));
     let never = async { Ok::<Option<Product>, String>(Some(product(9))) };
     let negative = cache
-        .try_get_optional_with_source("gone", options, never)
+        .entry("gone")
+        .or_try_optionally_insert_with(options, never)
         .await;
-    assert_eq!(negative, Ok((None, LoadSource::Hit)));
+    assert_eq!(parts(negative), Ok((None, LoadSource::Hit)));
     let uncached = async { Ok::<_, String>(Some(product(3))) };
     let bypassed = cache
-        .try_get_optional_with_source("p", Duration::ZERO, uncached)
+        .entry("p")
+        .or_try_optionally_insert_with(Duration::ZERO, uncached)
         .await;
-    assert_eq!(bypassed, Ok((Some(product(3)), LoadSource::Bypassed)));
+    assert_eq!(
+        parts(bypassed),
+        Ok((Some(product(3)), LoadSource::Bypassed))
+    );
 }
 
 on_every_store!(

@@ -14,7 +14,9 @@ use clap::{Args, ValueEnum};
 
 use super::rules::{Rule, load_rules};
 use crate::error::Error;
-use crate::flags::{CommonArgs, Secret, Stale, check_workers, duration, parse_address};
+use cachelayer::config::Secret;
+
+use crate::flags::{CommonArgs, Stale, check_workers, duration, parse_address};
 use crate::logging::LogFormat;
 
 /// Flags of `cachelayer proxy`.
@@ -131,8 +133,11 @@ impl ProxyArgs {
         };
         let workers = check_workers(self.workers)?;
         let common = self.common;
-        let cache =
-            common.cache_config(cachelayer::DEFAULT_TTL, Duration::ZERO, Stale::default())?;
+        let cache = common.cache_config(
+            cachelayer::cache::DEFAULT_TTL,
+            Duration::ZERO,
+            Stale::default(),
+        )?;
         Ok(ProxyConfig {
             upstream,
             listen,
@@ -148,7 +153,7 @@ impl ProxyArgs {
             allowed_hosts: common.hosts(),
             stale_if_error: self.stale_if_error,
             stale_while_revalidate: self.stale_while_revalidate,
-            admin_token: common.token().map(Secret),
+            admin_token: common.token(),
             log_format: common.log_format,
             log: common.log,
         })

@@ -54,7 +54,7 @@ pub async fn run(config: ProxyConfig) -> Result<(), Error> {
     if config.cache.redis_url.is_none() {
         tracing::info!("no Redis URL: the cache is local to this process");
     }
-    let lock_max_wait = std::time::Duration::from_millis(config.cache.lock_max_wait_ms);
+    let lock_max_wait = config.cache.lock_max_wait;
     if config.cache.lock && lock_max_wait < config.upstream_timeout {
         // Waiters give up on an upstream call slower than this and make their own.
         tracing::warn!(
@@ -81,7 +81,7 @@ pub async fn run(config: ProxyConfig) -> Result<(), Error> {
         ));
     let operators = admin_listener::router(AdminApp {
         admin: AdminState {
-            token: config.admin_token.as_ref().map(|t| Arc::from(t.0.as_str())),
+            token: config.admin_token.as_ref().map(|t| Arc::from(t.expose())),
             max_body_bytes: ADMIN_MAX_BODY_BYTES,
             cache: cache.clone(),
             layer,

@@ -86,11 +86,7 @@ async fn method_not_allowed() -> ApiError {
 }
 
 fn panicked(payload: Box<dyn std::any::Any + Send>) -> Response {
-    let message = payload
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_default();
+    let message = cachelayer::error::panic_message(payload.as_ref());
     tracing::error!(panic = %message, "a request handler panicked");
     ApiError::internal().into_response()
 }

@@ -1,7 +1,7 @@
 //! The catalogue: product reads through the cache, writes to the database followed by the
 //! invalidation of everything they change, in every instance sharing the store.
 //!
-//! Reads of one product go through [`Cache::try_get_optional_with_source`] (stampede
+//! Reads of one product go through [`Cache::entry`] (stampede
 //! protection, negative caching of unknown ids, stale-if-error); list pages are cached by the
 //! HTTP layer in front of the list route and tagged [`LIST_TAG`]. A write commits first, then
 //! drops the product's entry and every list page. This module must never answer a write
@@ -146,10 +146,14 @@ impl Catalogue {
         let db = self.db.clone();
         let loaded = self
             .cache
-            .try_get_optional_with_source(key, options, async move { product_json(&db, id).await })
+            .entry(key)
+            .or_try_optionally_insert_with(options, async move { product_json(&db, id).await })
             .await;
         match loaded {
-            Ok((product, source)) => Ok((product, ReadSource::Cache(source))),
+            Ok(entry) => {
+                let source = ReadSource::Cache(entry.source());
+                Ok((entry.into_value(), source))
+            }
             Err(err) => match err.kind() {
                 LoadErrorKind::Loader => {
                     let cause = err.loader_error().map(ToString::to_string);

@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use cachelayer::CacheConfig;
+use cachelayer::config::Secret;
 use clap::Args;
 
 use crate::error::Error;
@@ -88,7 +89,7 @@ pub struct ServeConfig {
     /// Hosts whose responses the HTTP cache stores (empty: any).
     pub allowed_hosts: Vec<String>,
     /// Admin token, if the admin routes are on.
-    pub admin_token: Option<String>,
+    pub admin_token: Option<Secret>,
     /// Log format.
     pub log_format: LogFormat,
     /// Log filter.
@@ -111,7 +112,7 @@ impl std::fmt::Debug for ServeConfig {
             .field("cache_ttl", &self.cache_ttl)
             .field("list_ttl", &self.list_ttl)
             .field("allowed_hosts", &self.allowed_hosts)
-            .field("admin_token", &self.admin_token.as_ref().map(|_| "***"))
+            .field("admin_token", &self.admin_token)
             .field("log_format", &self.log_format)
             .field("cache", &self.cache)
             .finish()
@@ -200,7 +201,7 @@ mod tests {
     fn defaults_are_sqlite_and_the_in_process_store() {
         let config = parse(&[]).expect("defaults are valid");
         assert_eq!(config.database_url, DEFAULT_DATABASE_URL);
-        assert_eq!(config.cache.redis_url, None);
+        assert!(config.cache.redis_url.is_none());
         assert_eq!(config.listen.to_string(), "127.0.0.1:8000");
         assert_eq!(config.seed, 1000);
     }

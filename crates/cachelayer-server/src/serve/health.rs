@@ -9,6 +9,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use cachelayer::BreakerState;
+use cachelayer::store::StoreKind;
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -35,7 +36,8 @@ pub(crate) struct Health {
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct CacheHealth {
     /// `redis`, or `memory` (the in-process store, local to this instance).
-    pub store: &'static str,
+    #[schema(value_type = String)]
+    pub store: StoreKind,
     /// Redis, when the store is Redis.
     pub redis: Option<RedisHealth>,
     /// Read outcomes in this instance since start.

@@ -53,7 +53,7 @@ pub async fn run(config: ServeConfig) -> Result<(), Error> {
     let state = AppState::new(AppContext {
         catalogue: catalogue.clone(),
         max_body_bytes: config.max_body_bytes,
-        admin_token: config.admin_token.as_deref().map(Arc::from),
+        admin_token: config.admin_token.as_ref().map(|t| Arc::from(t.expose())),
         started: Instant::now(),
         draining: draining.clone(),
         outcomes: Arc::new(CacheOutcomes::default()),

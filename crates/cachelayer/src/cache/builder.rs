@@ -10,7 +10,8 @@ use crate::codec::{
     Serialization,
 };
 use crate::error::{Error, Result};
-use crate::stampede::{EarlyRefresh, StampedeSettings};
+use crate::random::SeededRandom;
+use crate::stampede::StampedeSettings;
 use crate::store::{DEFAULT_COMMAND_TIMEOUT, MAX_TTL, MemoryStore, Store};
 
 /// Default namespace prefix of every key.
@@ -228,10 +229,10 @@ impl CacheBuilder {
                 stampede: self.stampede,
                 flights: Arc::default(),
                 refreshes: Arc::default(),
-                fills: Arc::default(),
-                fill_listener_failed: std::sync::Mutex::new(None),
-                fill_listener: tokio::sync::OnceCell::new(),
-                early: EarlyRefresh::new(self.random_seed),
+                notices: Arc::default(),
+                notice_listener_failed: std::sync::Mutex::new(None),
+                notice_listener: tokio::sync::OnceCell::new(),
+                random: SeededRandom::new(self.random_seed),
             }),
         })
     }

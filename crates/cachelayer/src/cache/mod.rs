@@ -20,12 +20,17 @@ use serde::de::DeserializeOwned;
 
 pub use self::builder::{CacheBuilder, DEFAULT_NAMESPACE, DEFAULT_TTL, DEFAULT_TTL_JITTER};
 pub(crate) use self::load::LoadMode;
-pub use self::load::{Fetched, LoadSource};
+pub use self::load::{Entry, EntrySelector, Fetched, LoadSource};
 use crate::breaker::{Admission, BreakerState, CircuitBreaker};
-use crate::codec::{Codec, DecodeFailure, Decoded, EntryMeta, Freshness};
+use crate::codec::{Codec, EntryMeta};
+pub use crate::codec::{
+    Compression, DEFAULT_COMPRESSION_THRESHOLD_BYTES, DEFAULT_MAX_VALUE_BYTES, DEFAULT_ZSTD_LEVEL,
+    DecodeFailure, Decoded, EnvelopeHeader, Freshness,
+};
 use crate::error::{Error, ErrorKind, Result};
 use crate::key::Key;
-use crate::stampede::{EarlyRefresh, FillWaiters, Flights, StampedeSettings};
+use crate::random::SeededRandom;
+use crate::stampede::{Flights, NoticeWaiters, StampedeSettings};
 use crate::store::{MAX_TTL, Store, StoreEntry, check_ttl};
 use crate::telemetry;
 
@@ -75,13 +80,14 @@ struct CacheInner {
     /// Background refreshes running here, kept apart from `flights` so a caller never waits
     /// on one.
     refreshes: Arc<Flights>,
-    fills: Arc<FillWaiters>,
-    /// When subscribing to fill announcements last failed (waiters then poll for a while).
-    fill_listener_failed: std::sync::Mutex<Option<tokio::time::Instant>>,
-    /// Set once the fill announcements are subscribed; dropping it stops the listener task.
-    fill_listener: tokio::sync::OnceCell<tokio::sync::oneshot::Sender<()>>,
+    /// Waiters for store notices (another process announcing it stored a key).
+    notices: Arc<NoticeWaiters>,
+    /// When subscribing to store notices last failed (waiters then poll for a while).
+    notice_listener_failed: std::sync::Mutex<Option<tokio::time::Instant>>,
+    /// Set once store notices are subscribed; dropping it stops the listener task.
+    notice_listener: tokio::sync::OnceCell<tokio::sync::oneshot::Sender<()>>,
     /// Every random choice of this cache (XFetch, jitter), seedable for reproducible runs.
-    early: EarlyRefresh,
+    random: SeededRandom,
 }
 
 impl std::fmt::Debug for Cache {
@@ -235,7 +241,7 @@ impl Cache {
 
     /// Store `value` under `key` for `ttl` (jittered). A zero TTL means "do not cache" and
     /// writes nothing. Errors only for the caller's mistakes (a value that cannot be encoded,
-    /// a TTL over [`MAX_TTL`](crate::store::MAX_TTL)); a store failure drops the write
+    /// a TTL over [`MAX_TTL`]); a store failure drops the write
     /// (counted and logged).
     pub async fn insert_with_ttl<T: Serialize + ?Sized>(
         &self,
@@ -423,7 +429,7 @@ impl Cache {
         if self.inner.ttl_jitter == 0.0 {
             return ttl;
         }
-        let cut = ttl.mul_f64(self.inner.ttl_jitter * self.inner.early.unit());
+        let cut = ttl.mul_f64(self.inner.ttl_jitter * self.inner.random.unit());
         ttl.saturating_sub(cut).max(Duration::from_millis(1))
     }
 

@@ -42,7 +42,7 @@ pub(super) struct Keys {
 /// What an origin call shares with its waiters, the load itself storing nothing (the layer
 /// writes responses itself, under the keys it knows).
 fn unstored(entry: CachedEntry) -> Fetched<CachedEntry> {
-    Fetched::new(Some(entry), false)
+    Fetched::uncacheable(Some(entry))
 }
 
 /// What an origin call shares when nothing it produced may be kept: each waiter calls the

@@ -13,6 +13,7 @@ use super::policy::{RequestDirectives, Usable, usable};
 use super::status::Forward;
 use super::stored::StoredResponse;
 use super::tags::TagCheck;
+use crate::stampede::within;
 
 /// What the store held for a request, looked up under the URL's key and, when the URL
 /// varies, under the request's variant's key.
@@ -100,11 +101,6 @@ pub(super) fn judge(
         Usable::Stale(by) => Phase::Revalidate { stored, by },
         Usable::Refused => miss(Forward::Request),
     }
-}
-
-/// Whether staleness `by` falls within a stale window (a zero window is off).
-pub(super) fn within(by: Duration, window: Duration) -> bool {
-    !window.is_zero() && by <= window
 }
 
 /// Seconds of freshness left (negative when stale), for `Cache-Status: ttl`.
@@ -278,7 +274,5 @@ mod tests {
     #[test]
     fn ttl_is_signed() {
         assert_eq!(signed_secs(FRESH_FOR, Duration::from_secs(75)), -15);
-        assert!(!within(Duration::from_secs(1), Duration::ZERO));
-        assert!(within(Duration::from_secs(1), Duration::from_secs(1)));
     }
 }

@@ -22,7 +22,7 @@ use super::body::{BoxError, CacheBody};
 use super::collapse::{Keys, collapsed};
 use super::forward::{forward, forward_and_store};
 use super::invalidate::invalidate_after_write;
-use super::lookup::{Found, Phase, Serve, judge, signed_secs, within};
+use super::lookup::{Found, Phase, Serve, judge, signed_secs};
 use super::policy::RequestDirectives;
 use super::refresh::refresh_in_background;
 use super::respond::{from_store, gateway_timeout, miss, stale_hit};
@@ -31,6 +31,7 @@ use super::status::{self, CacheStatus, Forward};
 use super::stored::{CachedEntry, StoredResponse};
 use super::tags::TagCheck;
 use super::vary::find;
+use crate::stampede::within;
 
 /// The service [`ResponseCacheLayer`](super::ResponseCacheLayer) produces.
 #[derive(Clone, Debug)]

@@ -17,8 +17,8 @@ use http::HeaderMap;
 
 use crate::Cache;
 use crate::error::Result;
-use crate::stampede::lock_token;
 use crate::store::MAX_TTL;
+use crate::token::random_token;
 
 /// Tags a handler attaches to its response, as an extension (not sent to clients).
 ///
@@ -90,13 +90,13 @@ fn invalidation_token() -> Bytes {
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_millis();
-    Bytes::from(format!("{millis}-{}", lock_token()))
+    Bytes::from(format!("{millis}-{}", random_token()))
 }
 
 /// The first version of a tag, created when a response with it is stored: no invalidation
 /// has happened, so its time is 0.
 fn first_token() -> Bytes {
-    Bytes::from(format!("0-{}", lock_token()))
+    Bytes::from(format!("0-{}", random_token()))
 }
 
 /// When a token was set (0 when it does not say).

@@ -88,7 +88,7 @@ fn variant_key(primary: &str, generation: &str, values: &[(String, Option<String
 
 /// A new generation of a URL's variants.
 fn new_generation() -> String {
-    crate::stampede::lock_token()
+    crate::token::random_token()
 }
 
 /// Store a response under the URL's key, or, when it varies, under its variant's key with a

@@ -33,6 +33,52 @@ pub enum OnLockTimeout {
     Fail,
 }
 
+impl OnLockTimeout {
+    /// Lower-case name, as in configuration: `"load"` or `"fail"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Load => "load",
+            Self::Fail => "fail",
+        }
+    }
+}
+
+impl std::fmt::Display for OnLockTimeout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Parses `"load"` or `"fail"`, so a command line can take the policy as it is.
+///
+/// ```
+/// use cachelayer::OnLockTimeout;
+///
+/// assert_eq!("fail".parse::<OnLockTimeout>().unwrap(), OnLockTimeout::Fail);
+/// assert_eq!(OnLockTimeout::Load.to_string(), "load");
+/// assert!("wait".parse::<OnLockTimeout>().is_err());
+/// ```
+impl std::str::FromStr for OnLockTimeout {
+    type Err = Error;
+
+    fn from_str(text: &str) -> Result<Self> {
+        match text {
+            "load" => Ok(Self::Load),
+            "fail" => Ok(Self::Fail),
+            other => Err(Error::new(
+                crate::ErrorKind::Config,
+                format!("unknown lock timeout policy `{other}`; use `load` or `fail`"),
+            )),
+        }
+    }
+}
+
+/// Whether `by` (how long past its TTL a value is) falls in a stale window; a zero window
+/// is off.
+pub(crate) fn within(by: Duration, window: Duration) -> bool {
+    !window.is_zero() && by <= window
+}
+
 /// Cache-wide stampede settings: the defaults every [`LoadOptions`] falls back to. Set them
 /// with [`CacheBuilder::stampede`](crate::CacheBuilder::stampede).
 ///
@@ -70,7 +116,7 @@ pub struct StampedeSettings {
     /// How long past its TTL a value is served when the loader fails (RFC 5861
     /// `stale-if-error`). Zero turns it off.
     pub stale_if_error: Duration,
-    /// TTL of a cached "not found" (`get_optional_with`); `None` (the default) caches none.
+    /// TTL of a cached "not found" (`optionally_get_with`); `None` (the default) caches none.
     pub negative_ttl: Option<Duration>,
 }
 
@@ -271,6 +317,13 @@ mod tests {
     use super::*;
 
     /// Per-call options override the cache's settings; unset ones inherit them.
+    #[test]
+    fn a_stale_window_includes_its_end_and_zero_is_off() {
+        assert!(!within(Duration::from_secs(1), Duration::ZERO));
+        assert!(within(Duration::from_secs(1), Duration::from_secs(1)));
+        assert!(!within(Duration::from_secs(2), Duration::from_secs(1)));
+    }
+
     #[test]
     fn options_override_settings() {
         let settings = StampedeSettings {

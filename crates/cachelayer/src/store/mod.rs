@@ -25,6 +25,41 @@ pub use self::redis::{
     RedisStoreBuilder,
 };
 
+/// Which implementation a [`Store`] is, for metrics, logs and health reports.
+///
+/// ```
+/// use cachelayer::store::{MemoryStore, Store, StoreKind};
+///
+/// let store = MemoryStore::builder().build();
+/// assert_eq!(store.kind(), StoreKind::Memory);
+/// assert_eq!(store.kind().to_string(), "memory");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum StoreKind {
+    /// [`RedisStore`]: shared by every instance of a service.
+    Redis,
+    /// [`MemoryStore`]: in this process only.
+    Memory,
+}
+
+impl StoreKind {
+    /// Lower-case name: `"redis"` or `"memory"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Redis => "redis",
+            Self::Memory => "memory",
+        }
+    }
+}
+
+impl std::fmt::Display for StoreKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// How long a key has left to live, as Redis' `PTTL` reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyTtl {
@@ -67,8 +102,8 @@ pub struct StoreEntry {
 /// ```
 #[async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug + 'static {
-    /// A short label for metrics and logs: `"redis"` or `"memory"`.
-    fn kind(&self) -> &'static str;
+    /// Which implementation this is (its `as_str()` labels metrics and logs).
+    fn kind(&self) -> StoreKind;
 
     /// The bytes under `key`, or `None` when absent.
     async fn get(&self, key: &str) -> Result<Option<Bytes>>;

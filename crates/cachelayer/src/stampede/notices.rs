@@ -1,8 +1,8 @@
-//! Fill notifications: wake the callers of this process that wait on another process's
-//! load of a key, when that process announces the key is filled.
+//! Store notices: wake the callers of this process that wait on another process's load of
+//! a key, when that process announces it stored the key.
 //!
-//! One pub/sub subscription per cache feeds [`FillWaiters::notify`]; waiters register before
-//! they re-check the store, so a fill between the check and the wait is not lost. Delivery is
+//! One pub/sub subscription per cache feeds [`NoticeWaiters::notify`]; waiters register
+//! before they re-check the store, so a notice between the check and the wait is not lost. Delivery is
 //! at most once, so waiters also poll (bounded and jittered). This module keeps only the
 //! in-process registry; it must never subscribe or poll itself.
 
@@ -13,23 +13,23 @@ use tokio::sync::watch;
 
 /// Waiters by full key.
 #[derive(Debug, Default)]
-pub(crate) struct FillWaiters {
+pub(crate) struct NoticeWaiters {
     waiting: Mutex<HashMap<String, watch::Sender<()>>>,
 }
 
-impl FillWaiters {
+impl NoticeWaiters {
     fn lock(&self) -> MutexGuard<'_, HashMap<String, watch::Sender<()>>> {
         self.waiting.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Start listening for fills of `key`.
-    pub(crate) fn register(self: &Arc<Self>, key: &str) -> FillWait {
+    /// Start listening for store notices of `key`.
+    pub(crate) fn register(self: &Arc<Self>, key: &str) -> NoticeWait {
         let receiver = self
             .lock()
             .entry(key.to_owned())
             .or_insert_with(|| watch::channel(()).0)
             .subscribe();
-        FillWait {
+        NoticeWait {
             waiters: Arc::clone(self),
             key: key.to_owned(),
             receiver: Some(receiver),
@@ -45,16 +45,16 @@ impl FillWaiters {
 }
 
 /// One caller's registration; dropping it deregisters.
-pub(crate) struct FillWait {
-    waiters: Arc<FillWaiters>,
+pub(crate) struct NoticeWait {
+    waiters: Arc<NoticeWaiters>,
     key: String,
     receiver: Option<watch::Receiver<()>>,
 }
 
-impl FillWait {
-    /// Resolves once a fill of the key is announced after registration (or after the last
+impl NoticeWait {
+    /// Resolves once the key is announced stored after registration (or after the last
     /// call).
-    pub(crate) async fn filled(&mut self) {
+    pub(crate) async fn announced(&mut self) {
         if let Some(receiver) = self.receiver.as_mut()
             && receiver.changed().await.is_err()
         {
@@ -64,7 +64,7 @@ impl FillWait {
     }
 }
 
-impl Drop for FillWait {
+impl Drop for NoticeWait {
     fn drop(&mut self) {
         let mut waiting = self.waiters.lock();
         drop(self.receiver.take());
@@ -81,17 +81,17 @@ impl Drop for FillWait {
 mod tests {
     use super::*;
 
-    /// A fill announced after registration wakes the waiter even if it was not yet waiting;
+    /// A notice sent after registration wakes the waiter even if it was not yet waiting;
     /// registrations are removed when the last waiter leaves.
     #[tokio::test]
     async fn notify_wakes_registered_waiters() {
-        let waiters = Arc::new(FillWaiters::default());
+        let waiters = Arc::new(NoticeWaiters::default());
         let mut first = waiters.register("k");
         let mut second = waiters.register("k");
         waiters.notify("other");
         waiters.notify("k");
-        first.filled().await;
-        second.filled().await;
+        first.announced().await;
+        second.announced().await;
         drop(first);
         assert_eq!(waiters.lock().len(), 1);
         drop(second);
