@@ -13,7 +13,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::Cache;
+use crate::cache::Cache;
 pub use crate::cache::Fetched;
 use crate::cache::LoadMode;
 use crate::error::{Error, ErrorKind, LoadError, LoadErrorKind, Result};

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Cache, CacheInner};
+use super::handle::{Cache, CacheInner};
 use crate::breaker::{CircuitBreaker, DEFAULT_COOL_DOWN, DEFAULT_FAILURE_THRESHOLD};
 use crate::codec::{
     Codec, DEFAULT_COMPRESSION_THRESHOLD_BYTES, DEFAULT_MAX_VALUE_BYTES, DEFAULT_ZSTD_LEVEL,
@@ -253,10 +253,17 @@ fn validate_namespace(namespace: &str) -> Result<()> {
     }
 }
 
+impl Cache {
+    /// A builder with every default: in-process store, JSON, 300 s TTL, 10% jitter.
+    pub fn builder() -> CacheBuilder {
+        CacheBuilder::default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ErrorKind;
+    use crate::error::ErrorKind;
 
     fn kind_of(builder: CacheBuilder) -> Option<ErrorKind> {
         builder.build().err().map(|e| e.kind())

@@ -58,7 +58,10 @@ where
         shared.store,
     )
     .map(|facts| with_configured_windows(shared, facts));
-    let tags = super::tags::tags_of(&head.headers, head.extensions.get::<super::CacheTags>());
+    let tags = super::tags::tags_of(
+        &head.headers,
+        head.extensions.get::<super::tags::CacheTags>(),
+    );
     if !shared.expose_tags {
         strip_tag_headers(&mut head.headers);
     }

@@ -125,8 +125,8 @@ where
         Ok(fetched)
     };
     // The TTL here is a placeholder: a stored response brings its own lifetime.
-    let options =
-        LoadOptions::ttl(Duration::from_secs(1)).on_lock_timeout(crate::OnLockTimeout::Load);
+    let options = LoadOptions::ttl(Duration::from_secs(1))
+        .on_lock_timeout(crate::stampede::OnLockTimeout::Load);
     let mode = LoadMode {
         absent_ok: false,
         share_errors: true,

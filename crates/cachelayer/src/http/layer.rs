@@ -13,7 +13,7 @@ use super::key::KeyRules;
 use super::policy::StoreRules;
 use super::service::ResponseCache;
 use super::settings::{KeyParts, Settings};
-use crate::Cache;
+use crate::cache::Cache;
 
 /// Default time a URL whose response could not be stored skips collapsing.
 pub const DEFAULT_PASS_TTL: Duration = Duration::from_secs(30);
@@ -171,7 +171,7 @@ impl ResponseCacheLayer {
     pub async fn invalidate_tags<S: Into<String>>(
         &self,
         tags: impl IntoIterator<Item = S>,
-    ) -> crate::Result<()> {
+    ) -> crate::error::Result<()> {
         let tags: Vec<String> = tags.into_iter().map(Into::into).collect();
         super::tags::invalidate(&self.shared.cache, &tags).await
     }
@@ -179,9 +179,11 @@ impl ResponseCacheLayer {
     /// Drop the stored response of a URL (`path_and_query` as requested, e.g.
     /// `/products?page=2`) for `host`, in every instance sharing the store. Reports store
     /// failure, like [`Cache::invalidate`].
-    pub async fn purge(&self, host: &str, path_and_query: &str) -> crate::Result<()> {
+    pub async fn purge(&self, host: &str, path_and_query: &str) -> crate::error::Result<()> {
         let uri: http::Uri = path_and_query.parse().map_err(|_| {
-            crate::Error::invalid_input(format!("{path_and_query:?} is not a path and query"))
+            crate::error::Error::invalid_input(format!(
+                "{path_and_query:?} is not a path and query"
+            ))
         })?;
         let key = super::key::url_key(
             &super::key::normalize_host(host),

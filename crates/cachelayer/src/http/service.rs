@@ -145,7 +145,10 @@ where
         return forward(&shared, &mut inner, parts, body, Bypass::Host.status()).await;
     };
     // A hash of the key: it may hold extra key parts (a tenant) that must not be echoed.
-    let key_text = crate::Key::new("key").hashed_part(key.as_str()).as_str()[4..].to_owned();
+    let key_text = crate::key::Key::new("key")
+        .hashed_part(key.as_str())
+        .as_str()[4..]
+        .to_owned();
     let mut response = serve_cacheable(shared, inner, parts, body, key).await?;
     // The key (RFC 9211 `key`) shows only the host and a hash, so it is safe to expose.
     status::append_key(response.headers_mut(), &key_text);
@@ -195,7 +198,7 @@ async fn serve_cacheable<S, ReqBody, ResBody>(
     mut inner: S,
     parts: Parts,
     body: ReqBody,
-    key: crate::Key,
+    key: crate::key::Key,
 ) -> Result<Response<CacheBody>, S::Error>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,

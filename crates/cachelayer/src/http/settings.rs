@@ -14,7 +14,7 @@ use http::request::Parts;
 
 use super::key::{HostRefused, KeyRules, primary_key};
 use super::policy::StoreRules;
-use crate::Cache;
+use crate::cache::Cache;
 
 /// Extra key parts taken from a request (per route: give each route its own layer).
 #[derive(Clone)]
@@ -50,10 +50,12 @@ pub(super) struct Settings {
 
 impl Settings {
     /// The key of a request: its URL's, plus the configured extra parts.
-    pub(super) fn request_key(&self, parts: &Parts) -> Result<crate::Key, HostRefused> {
+    pub(super) fn request_key(&self, parts: &Parts) -> Result<crate::key::Key, HostRefused> {
         let key = primary_key(parts, &self.keys)?;
         Ok(match &self.key_parts {
-            Some(extra) => (extra.0)(parts).into_iter().fold(key, crate::Key::part),
+            Some(extra) => (extra.0)(parts)
+                .into_iter()
+                .fold(key, crate::key::Key::part),
             None => key,
         })
     }

@@ -327,7 +327,7 @@ mod binary {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Serialization;
+    use crate::codec::Serialization;
     use crate::codec::{Codec, EntryMeta};
 
     fn sample() -> StoredResponse {

@@ -15,7 +15,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use http::HeaderMap;
 
-use crate::Cache;
+use crate::cache::Cache;
 use crate::error::Result;
 use crate::store::MAX_TTL;
 use crate::token::random_token;
@@ -80,7 +80,7 @@ pub(crate) fn tags_of(headers: &HeaderMap, extension: Option<&CacheTags>) -> Vec
 
 fn version_keys(cache: &Cache, tags: &[String]) -> Vec<String> {
     tags.iter()
-        .map(|tag| cache.full_key(crate::Key::new("tag").hashed_part(tag)))
+        .map(|tag| cache.full_key(crate::key::Key::new("tag").hashed_part(tag)))
         .collect()
 }
 

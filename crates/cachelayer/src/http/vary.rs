@@ -10,7 +10,7 @@ use http::HeaderMap;
 
 use super::key::request_values;
 use super::stored::{CachedEntry, StoredResponse};
-use crate::Cache;
+use crate::cache::Cache;
 
 /// Least lifetime of a `Vary` marker: longer than its variants, so they stay reachable.
 const MARKER_TTL: Duration = Duration::from_secs(24 * 60 * 60);
@@ -82,7 +82,7 @@ pub(super) async fn shared_response(
 /// The key of one variant (the request's values of the varying headers) of a URL.
 fn variant_key(primary: &str, generation: &str, values: &[(String, Option<String>)]) -> String {
     let described = serde_json::to_string(values).unwrap_or_default();
-    let part = crate::Key::new("variant").hashed_part(format!("{generation}\n{described}"));
+    let part = crate::key::Key::new("variant").hashed_part(format!("{generation}\n{described}"));
     format!("{primary}:{part}")
 }
 

@@ -66,7 +66,7 @@ impl std::str::FromStr for OnLockTimeout {
             "load" => Ok(Self::Load),
             "fail" => Ok(Self::Fail),
             other => Err(Error::new(
-                crate::ErrorKind::Config,
+                crate::error::ErrorKind::Config,
                 format!("unknown lock timeout policy `{other}`; use `load` or `fail`"),
             )),
         }

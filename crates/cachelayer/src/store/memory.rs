@@ -18,7 +18,7 @@ use moka::future::Cache as MokaCache;
 use moka::ops::compute::{CompResult, Op};
 use tokio::sync::mpsc;
 
-use super::{KeyTtl, Store, StoreEntry, StoreKind, Subscription, ttl_millis};
+use super::contract::{KeyTtl, Store, StoreEntry, StoreKind, Subscription, ttl_millis};
 use crate::error::Result;
 
 /// Default bound on the bytes held (keys plus values plus per-entry overhead): 256 MiB, the

@@ -20,7 +20,7 @@ use redis::io::tcp::TcpSettings;
 use redis::{Client, IntoConnectionInfo, Script, TlsCertificates};
 use tokio::sync::mpsc;
 
-use super::{KeyTtl, Store, StoreEntry, StoreKind, Subscription, ttl_millis};
+use super::contract::{KeyTtl, Store, StoreEntry, StoreKind, Subscription, ttl_millis};
 use crate::error::{Error, ErrorKind, Result};
 
 /// Default number of multiplexed connections; see the README's "Pool sizing".

@@ -12,7 +12,7 @@ use serde::Serialize;
 use super::lock::LockLease;
 use super::run::run_loader;
 use super::{LoadFuture, LoadSource, Loadable, Loaded};
-use crate::cache::Cache;
+use crate::cache::handle::Cache;
 use crate::codec::Freshness;
 use crate::stampede::{Resolved, within};
 use crate::telemetry;

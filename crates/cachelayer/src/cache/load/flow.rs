@@ -13,7 +13,7 @@ use super::lock::{LockLease, lock_event};
 use super::run::bypass;
 use super::wait::LockWait;
 use super::{LoadFuture, LoadMode, LoadResult, LoadSource, Loadable, Loaded};
-use crate::cache::Cache;
+use crate::cache::handle::Cache;
 use crate::codec::{Decoded, Freshness};
 use crate::error::{LoadError, LoadErrorKind};
 use crate::key::Key;

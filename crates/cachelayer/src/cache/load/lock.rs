@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use crate::cache::Cache;
+use crate::cache::handle::Cache;
 use crate::telemetry;
 use crate::token::random_token;
 
@@ -63,7 +63,7 @@ impl LockLease {
     }
 
     /// Try once to take the lock (`SET NX PX`).
-    pub(super) async fn try_take(&mut self, ttl: Duration) -> crate::Result<bool> {
+    pub(super) async fn try_take(&mut self, ttl: Duration) -> crate::error::Result<bool> {
         self.held = true;
         let taken = self
             .cache

@@ -37,7 +37,7 @@ mod refresh;
 mod run;
 mod wait;
 
-pub use self::entry::{Entry, EntrySelector};
+pub use self::entry::{Entry, EntrySelector, LoadSource};
 
 use std::any::Any;
 use std::future::Future;
@@ -46,7 +46,7 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::Cache;
+use crate::cache::handle::Cache;
 use crate::error::LoadError;
 use crate::key::Key;
 use crate::stampede::{LoadOptions, OnLockTimeout};
@@ -64,56 +64,6 @@ pub(crate) struct Loaded<T, E> {
     lifetime: Option<(Duration, Duration)>,
     /// Where the outcome came from.
     source: LoadSource,
-}
-
-/// Where the value of a load came from: what an `X-Cache` header reports.
-///
-/// ```
-/// use std::time::Duration;
-/// use cachelayer::{Cache, LoadSource};
-///
-/// # #[tokio::main(flavor = "current_thread")] async fn main() {
-/// let cache = Cache::builder().build().unwrap();
-/// let load = || async { Ok::<_, std::io::Error>(Some(7u32)) };
-/// let first = cache.entry("n").or_try_optionally_insert_with(Duration::from_secs(60), load()).await;
-/// assert_eq!(first.unwrap().source(), LoadSource::Loaded);
-/// let second = cache.entry("n").or_try_optionally_insert_with(Duration::from_secs(60), load()).await;
-/// assert_eq!(second.unwrap().source(), LoadSource::Hit);
-/// # }
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum LoadSource {
-    /// A fresh stored value.
-    Hit,
-    /// A stored value past its TTL: within `stale_while_revalidate` (a refresh was
-    /// started), within `stale_if_error` (the loader failed), or after a lock wait timed out.
-    Stale,
-    /// This caller's loader ran (or failed).
-    Loaded,
-    /// Another caller's load: in this process (coalesced), or in another process that held
-    /// the fleet-wide lock and filled the key.
-    Coalesced,
-    /// The cache was bypassed (a zero TTL or invalid options): the loader ran uncached.
-    Bypassed,
-}
-
-impl LoadSource {
-    /// Lower-case name, for logs and metric labels.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Hit => "hit",
-            Self::Stale => "stale",
-            Self::Loaded => "loaded",
-            Self::Coalesced => "coalesced",
-            Self::Bypassed => "bypassed",
-        }
-    }
-
-    /// Whether the value came out of the store (fresh or stale) without any load.
-    pub fn is_from_store(self) -> bool {
-        matches!(self, Self::Hit | Self::Stale)
-    }
 }
 
 impl<T, E> Loaded<T, E> {

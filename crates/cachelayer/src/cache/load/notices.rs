@@ -12,7 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use crate::cache::Cache;
+use crate::cache::handle::Cache;
 
 /// Least time allowed for subscribing to store notices (a new connection).
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -51,13 +51,15 @@ impl Cache {
     /// Subscribe to store notices and forward them to this cache's waiters until the
     /// cache is dropped. Not through the breaker: a subscription opens its own connection,
     /// which may take longer than a command, and its failure says little about the store.
-    async fn start_notice_listener(&self) -> crate::Result<tokio::sync::oneshot::Sender<()>> {
+    async fn start_notice_listener(
+        &self,
+    ) -> crate::error::Result<tokio::sync::oneshot::Sender<()>> {
         let channel = self.notice_channel();
         let budget = self.inner.command_timeout.max(SUBSCRIBE_TIMEOUT);
         let mut subscription =
             match tokio::time::timeout(budget, self.inner.store.subscribe(&channel)).await {
                 Ok(subscription) => subscription?,
-                Err(_) => return Err(crate::cache::timeout_error()),
+                Err(_) => return Err(crate::cache::handle::timeout_error()),
             };
         let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
         let notices = Arc::downgrade(&self.inner.notices);

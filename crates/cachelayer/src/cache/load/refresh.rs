@@ -8,7 +8,7 @@ use std::time::SystemTime;
 
 use super::lock::LockLease;
 use super::{LoadFuture, Loadable, Loaded};
-use crate::cache::Cache;
+use crate::cache::handle::Cache;
 use crate::stampede::{Resolved, Role};
 use crate::telemetry;
 

@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 use super::Loadable;
 use super::lock::{LockLease, lock_event};
-use crate::cache::Cache;
+use crate::cache::handle::Cache;
 use crate::stampede::Resolved;
 
 /// First poll of a waiter whose store notice may have been lost.

@@ -1,0 +1,493 @@
+//! The [`Cache`] handle itself: its shared state, reads, writes, invalidation and the
+//! failure policy every store call goes through (timeouts, the circuit breaker, metrics).
+//!
+//! Loads with stampede protection are `impl Cache` blocks in `load`, the builder in `builder`;
+//! both depend on this module, never the other way round. This module must never let store
+//! trouble fail a read or a write: only invalidation reports it.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::breaker::{Admission, BreakerState, CircuitBreaker};
+use crate::codec::{Codec, DecodeFailure, Decoded, EntryMeta};
+use crate::error::{Error, ErrorKind, Result};
+use crate::key::Key;
+use crate::random::SeededRandom;
+use crate::stampede::{Flights, NoticeWaiters, StampedeSettings};
+use crate::store::{MAX_TTL, Store, StoreEntry, check_ttl};
+use crate::telemetry;
+
+/// The process-wide cache of [`Cache::set_global`].
+static GLOBAL: std::sync::OnceLock<Cache> = std::sync::OnceLock::new();
+
+/// A typed cache over a [`Store`]. Cheap to clone; clones share everything.
+///
+/// ```
+/// use std::time::Duration;
+/// use cachelayer::Cache;
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// struct Product { id: u64, name: String }
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> cachelayer::Result<()> {
+/// let cache = Cache::builder().namespace("shop").build()?; // in-process store
+/// let key = cachelayer::Key::new("product").part(7);
+///
+/// // Cache-aside: the loader runs on a miss, and its value is stored for 60 s.
+/// let loaded = cache
+///     .get_with(&key, Duration::from_secs(60), async { Product { id: 7, name: "lamp".into() } })
+///     .await;
+/// assert_eq!(cache.get::<Product>(&key).await, Some(loaded));
+///
+/// cache.invalidate(&key).await?;
+/// assert_eq!(cache.get::<Product>(&key).await, None);
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Cache {
+    pub(super) inner: Arc<CacheInner>,
+}
+
+pub(super) struct CacheInner {
+    pub(super) store: Arc<dyn Store>,
+    pub(super) namespace: String,
+    pub(super) prefix: String,
+    pub(super) default_ttl: Duration,
+    pub(super) ttl_jitter: f64,
+    pub(super) command_timeout: Duration,
+    pub(super) codec: Codec,
+    pub(super) breaker: CircuitBreaker,
+    pub(super) stampede: StampedeSettings,
+    pub(super) flights: Arc<Flights>,
+    /// Background refreshes running here, kept apart from `flights` so a caller never waits
+    /// on one.
+    pub(super) refreshes: Arc<Flights>,
+    /// Waiters for store notices (another process announcing it stored a key).
+    pub(super) notices: Arc<NoticeWaiters>,
+    /// When subscribing to store notices last failed (waiters then poll for a while).
+    pub(super) notice_listener_failed: std::sync::Mutex<Option<tokio::time::Instant>>,
+    /// Set once store notices are subscribed; dropping it stops the listener task.
+    pub(super) notice_listener: tokio::sync::OnceCell<tokio::sync::oneshot::Sender<()>>,
+    /// Every random choice of this cache (XFetch, jitter), seedable for reproducible runs.
+    pub(super) random: SeededRandom,
+}
+
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache")
+            .field("store", &self.inner.store)
+            .field("prefix", &self.inner.prefix)
+            .field("breaker", &self.breaker_state())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Cache {
+    /// Make this the process-wide cache, used by `#[cached]` functions that have no
+    /// `cache` argument or option. Set once at start-up; a second call returns the cache it
+    /// was given, unchanged.
+    ///
+    /// ```
+    /// use cachelayer::Cache;
+    ///
+    /// let cache = Cache::builder().build().unwrap();
+    /// assert!(Cache::set_global(cache.clone()).is_ok());
+    /// assert!(Cache::global().is_some());
+    /// assert!(Cache::set_global(cache).is_err());
+    /// ```
+    pub fn set_global(cache: Cache) -> std::result::Result<(), Cache> {
+        GLOBAL.set(cache)
+    }
+
+    /// The process-wide cache, if one was set.
+    pub fn global() -> Option<&'static Cache> {
+        GLOBAL.get()
+    }
+
+    /// The store key for `key`: namespace, version, then the key.
+    pub fn full_key(&self, key: impl Into<Key>) -> String {
+        let mut full = self.inner.prefix.clone();
+        full.push_str(&key.into().into_capped());
+        full
+    }
+
+    /// The underlying store, for operations the typed API does not cover.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    /// The TTL used by [`insert`](Self::insert) and [`insert_many`](Self::insert_many).
+    pub fn default_ttl(&self) -> Duration {
+        self.inner.default_ttl
+    }
+
+    /// The circuit breaker's state: `Open` means the store is being bypassed.
+    pub fn breaker_state(&self) -> BreakerState {
+        self.inner.breaker.state()
+    }
+
+    /// Round-trip time to the store, bounded by the command timeout. Bypasses the breaker,
+    /// so a health check always sees the store's real state.
+    pub async fn ping(&self) -> Result<Duration> {
+        let started = Instant::now();
+        match tokio::time::timeout(self.inner.command_timeout, self.inner.store.ping()).await {
+            Ok(result) => result.map(|()| started.elapsed()),
+            Err(_) => Err(timeout_error()),
+        }
+    }
+
+    /// The stampede settings every load falls back to.
+    pub fn stampede_settings(&self) -> &StampedeSettings {
+        &self.inner.stampede
+    }
+
+    /// The fresh value under `key`, or `None` on a miss. Store failures and unreadable
+    /// entries are misses (unreadable ones are deleted); so are values past their TTL that
+    /// are kept only for stale serving, and cached "not found" entries.
+    pub async fn get<T: DeserializeOwned>(&self, key: impl Into<Key>) -> Option<T> {
+        self.get_entry(key).await.map(|entry| entry.value)
+    }
+
+    /// Like [`get`](Self::get), with the entry's header (when it was stored, its TTL, how
+    /// long it took to compute).
+    pub async fn get_entry<T: DeserializeOwned>(&self, key: impl Into<Key>) -> Option<Decoded<T>> {
+        self.lookup(&self.full_key(key)).await
+    }
+
+    /// The entry under `full` whatever its freshness, or `None` (unreadable ones deleted).
+    pub(crate) async fn fetch_entry<T: DeserializeOwned>(
+        &self,
+        full: &str,
+    ) -> Option<Decoded<Option<T>>> {
+        let bytes = self
+            .call("get", self.inner.store.get(full))
+            .await
+            .ok()
+            .flatten()?;
+        self.decode_or_discard(full, bytes).await
+    }
+
+    async fn lookup<T: DeserializeOwned>(&self, full: &str) -> Option<Decoded<T>> {
+        let decoded = self.fetch_entry::<T>(full).await.and_then(fresh_value);
+        count_lookup(decoded.is_some());
+        decoded
+    }
+
+    /// Values for many keys, in order, in one store round trip (`MGET`).
+    pub async fn get_many<T: DeserializeOwned, K: Into<Key>>(
+        &self,
+        keys: impl IntoIterator<Item = K>,
+    ) -> Vec<Option<T>> {
+        let full: Vec<String> = keys.into_iter().map(|k| self.full_key(k)).collect();
+        if full.is_empty() {
+            return Vec::new();
+        }
+        let raw = match self
+            .call("get_many", self.inner.store.get_many(&full))
+            .await
+        {
+            Ok(raw) if raw.len() == full.len() => raw,
+            _ => vec![None; full.len()],
+        };
+        let mut values = Vec::with_capacity(full.len());
+        for (key, bytes) in full.iter().zip(raw) {
+            let value = match bytes {
+                Some(bytes) => self
+                    .decode_or_discard::<T>(key, bytes)
+                    .await
+                    .and_then(fresh_value)
+                    .map(|d| d.value),
+                None => None,
+            };
+            count_lookup(value.is_some());
+            values.push(value);
+        }
+        values
+    }
+
+    /// Store `value` under `key` with the default TTL. See
+    /// [`insert_with_ttl`](Self::insert_with_ttl).
+    pub async fn insert<T: Serialize + ?Sized>(
+        &self,
+        key: impl Into<Key>,
+        value: &T,
+    ) -> Result<()> {
+        self.insert_with_ttl(key, value, self.inner.default_ttl)
+            .await
+    }
+
+    /// Store `value` under `key` for `ttl` (jittered). A zero TTL means "do not cache" and
+    /// writes nothing. Errors only for the caller's mistakes (a value that cannot be encoded,
+    /// a TTL over [`MAX_TTL`]); a store failure drops the write
+    /// (counted and logged).
+    pub async fn insert_with_ttl<T: Serialize + ?Sized>(
+        &self,
+        key: impl Into<Key>,
+        value: &T,
+        ttl: Duration,
+    ) -> Result<()> {
+        self.store_value(
+            self.full_key(key),
+            value,
+            ttl,
+            Duration::ZERO,
+            Duration::ZERO,
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Store many values with the default TTL in one round trip.
+    pub async fn insert_many<K: Into<Key>, T: Serialize>(
+        &self,
+        entries: impl IntoIterator<Item = (K, T)>,
+    ) -> Result<()> {
+        self.insert_many_with_ttl(entries, self.inner.default_ttl)
+            .await
+    }
+
+    /// Store many values for `ttl` (each jittered on its own) in one round trip. Nothing is
+    /// written if any value cannot be encoded.
+    pub async fn insert_many_with_ttl<K: Into<Key>, T: Serialize>(
+        &self,
+        entries: impl IntoIterator<Item = (K, T)>,
+        ttl: Duration,
+    ) -> Result<()> {
+        if ttl.is_zero() {
+            return Ok(());
+        }
+        check_ttl(ttl)?;
+        let batch = entries
+            .into_iter()
+            .map(|(key, value)| {
+                let fresh = self.jittered(ttl);
+                let meta = EntryMeta::new(fresh, Duration::ZERO);
+                let encoded = self.inner.codec.encode(&value, meta)?;
+                Ok(StoreEntry {
+                    key: self.full_key(key),
+                    value: encoded.bytes,
+                    ttl: fresh,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let written: usize = batch.iter().map(|e| e.value.len()).sum();
+        match self
+            .call("set_many", self.inner.store.set_many(&batch))
+            .await
+        {
+            Ok(()) => metrics::counter!(telemetry::BYTES_WRITTEN).increment(written as u64),
+            Err(err) => drop_write(&err, batch.len()),
+        }
+        Ok(())
+    }
+
+    /// Remove `key`. Unlike reads and writes this reports store failure, because a lost
+    /// invalidation leaves a stale value to be served later.
+    pub async fn invalidate(&self, key: impl Into<Key>) -> Result<()> {
+        let full = self.full_key(key);
+        self.call("delete", self.inner.store.delete(&full))
+            .await
+            .map(drop)
+    }
+
+    /// Remove many keys in one round trip; reports store failure like
+    /// [`invalidate`](Self::invalidate).
+    pub async fn invalidate_many<K: Into<Key>>(
+        &self,
+        keys: impl IntoIterator<Item = K>,
+    ) -> Result<()> {
+        let full: Vec<String> = keys.into_iter().map(|k| self.full_key(k)).collect();
+        self.call("delete_many", self.inner.store.delete_many(&full))
+            .await
+            .map(drop)
+    }
+
+    /// Store `value` fresh for `ttl` (jittered), kept `grace` longer for stale serving.
+    pub(crate) async fn store_value<T: Serialize + ?Sized>(
+        &self,
+        full: String,
+        value: &T,
+        ttl: Duration,
+        grace: Duration,
+        compute_time: Duration,
+    ) -> Result<bool> {
+        if ttl.is_zero() {
+            return Ok(false);
+        }
+        check_ttl(ttl)?;
+        let fresh = self.jittered(ttl);
+        let meta = EntryMeta {
+            kept_stale: !grace.is_zero(),
+            ..EntryMeta::new(fresh, compute_time)
+        };
+        let encoded = self.inner.codec.encode(value, meta)?;
+        let written = self
+            .write_entry(
+                full,
+                encoded.bytes,
+                fresh.saturating_add(grace).min(MAX_TTL),
+            )
+            .await;
+        Ok(written)
+    }
+
+    /// Store a "not found" for `ttl` (jittered).
+    pub(super) async fn store_absent(
+        &self,
+        full: String,
+        ttl: Duration,
+        compute_time: Duration,
+    ) -> Result<()> {
+        check_ttl(ttl)?;
+        let fresh = self.jittered(ttl);
+        let encoded = self
+            .inner
+            .codec
+            .encode_absent(EntryMeta::new(fresh, compute_time));
+        self.write_entry(full, encoded.bytes, fresh).await;
+        Ok(())
+    }
+
+    /// Write an encoded entry; false when the store failed (counted as a dropped write).
+    async fn write_entry(&self, full: String, bytes: Bytes, ttl: Duration) -> bool {
+        let len = bytes.len() as u64;
+        match self
+            .call("set", self.inner.store.set(&full, bytes, ttl))
+            .await
+        {
+            Ok(()) => {
+                metrics::counter!(telemetry::BYTES_WRITTEN).increment(len);
+                true
+            }
+            Err(err) => {
+                drop_write(&err, 1);
+                false
+            }
+        }
+    }
+
+    /// Decode stored bytes; unreadable ones are counted and removed (only if unchanged, so
+    /// a good value written meanwhile survives).
+    async fn decode_or_discard<T: DeserializeOwned>(
+        &self,
+        full: &str,
+        bytes: Bytes,
+    ) -> Option<Decoded<Option<T>>> {
+        metrics::counter!(telemetry::BYTES_READ).increment(bytes.len() as u64);
+        match self.inner.codec.decode_optional::<T>(&bytes) {
+            Ok(decoded) => Some(decoded),
+            Err(reason) => {
+                self.discard(full, &bytes, reason).await;
+                None
+            }
+        }
+    }
+
+    async fn discard(&self, full: &str, bytes: &[u8], reason: DecodeFailure) {
+        metrics::counter!(telemetry::DECODE_FAILURES, "reason" => reason.as_str()).increment(1);
+        tracing::warn!(
+            key = full,
+            reason = reason.as_str(),
+            "unreadable cache entry; deleting it"
+        );
+        let _ = self
+            .call(
+                "compare_and_delete",
+                self.inner.store.compare_and_delete(full, bytes),
+            )
+            .await;
+    }
+
+    /// `ttl` shortened by a random fraction up to the jitter, never below 1 ms.
+    pub(super) fn jittered(&self, ttl: Duration) -> Duration {
+        if self.inner.ttl_jitter == 0.0 {
+            return ttl;
+        }
+        let cut = ttl.mul_f64(self.inner.ttl_jitter * self.inner.random.unit());
+        ttl.saturating_sub(cut).max(Duration::from_millis(1))
+    }
+
+    /// Run one store call through the breaker and the command timeout, recording latency,
+    /// errors and breaker outcomes.
+    pub(crate) async fn call<R>(
+        &self,
+        op: &'static str,
+        call: impl Future<Output = Result<R>>,
+    ) -> Result<R> {
+        let breaker = &self.inner.breaker;
+        if breaker.admit() == Admission::Rejected {
+            metrics::counter!(telemetry::STORE_ERRORS, "op" => op, "kind" => ErrorKind::CircuitOpen.as_str())
+                .increment(1);
+            return Err(Error::new(
+                ErrorKind::CircuitOpen,
+                "the cache store is failing and is bypassed until the circuit breaker's cool-down ends",
+            ));
+        }
+        let started = Instant::now();
+        let result = match tokio::time::timeout(self.inner.command_timeout, call).await {
+            Ok(result) => result,
+            Err(_) => Err(timeout_error()),
+        };
+        metrics::histogram!(telemetry::STORE_DURATION, "op" => op)
+            .record(started.elapsed().as_secs_f64());
+        match &result {
+            Ok(_) => breaker.record_success(),
+            Err(err) => {
+                metrics::counter!(telemetry::STORE_ERRORS, "op" => op, "kind" => err.kind().as_str())
+                    .increment(1);
+                tracing::warn!(op, kind = err.kind().as_str(), error = %err, "cache store call failed; failing open");
+                if err.is_unavailable() {
+                    breaker.record_failure();
+                } else if err.kind() == ErrorKind::Server {
+                    // The store answered, so it is up, even if it refused this request.
+                    breaker.record_success();
+                }
+                // Other kinds (invalid input) never reached the store and say nothing of it.
+            }
+        }
+        result
+    }
+}
+
+pub(super) fn timeout_error() -> Error {
+    Error::new(
+        ErrorKind::Timeout,
+        "the cache store did not answer within command_timeout; check its load or raise the timeout",
+    )
+}
+
+/// A decoded entry as a plain read sees it: only fresh values (stale ones and cached "not
+/// found" entries are for loads).
+fn fresh_value<T>(entry: Decoded<Option<T>>) -> Option<Decoded<T>> {
+    let fresh = matches!(
+        entry.header.freshness(SystemTime::now()),
+        Freshness::Fresh { .. }
+    );
+    let value = entry.value.filter(|_| fresh)?;
+    Some(Decoded {
+        value,
+        header: entry.header,
+    })
+}
+
+fn count_lookup(hit: bool) {
+    if hit {
+        metrics::counter!(telemetry::HITS).increment(1);
+    } else {
+        metrics::counter!(telemetry::MISSES).increment(1);
+    }
+}
+
+fn drop_write(err: &Error, entries: usize) {
+    metrics::counter!(telemetry::WRITES_DROPPED, "reason" => err.kind().as_str())
+        .increment(entries as u64);
+}

@@ -1,0 +1,213 @@
+//! What every store promises: the [`Store`] trait, the types it speaks in ([`StoreEntry`],
+//! [`KeyTtl`], [`Subscription`], [`StoreKind`]) and the TTL bounds all stores share.
+//!
+//! This module must never name an implementation: `memory` and `redis` depend on it, never
+//! the other way round.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use crate::error::{Error, Result};
+
+/// Which implementation a [`Store`] is, for metrics, logs and health reports.
+///
+/// ```
+/// use cachelayer::store::{MemoryStore, Store, StoreKind};
+///
+/// let store = MemoryStore::builder().build();
+/// assert_eq!(store.kind(), StoreKind::Memory);
+/// assert_eq!(store.kind().to_string(), "memory");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum StoreKind {
+    /// [`RedisStore`]: shared by every instance of a service.
+    Redis,
+    /// [`MemoryStore`]: in this process only.
+    Memory,
+}
+
+impl StoreKind {
+    /// Lower-case name: `"redis"` or `"memory"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Redis => "redis",
+            Self::Memory => "memory",
+        }
+    }
+}
+
+impl std::fmt::Display for StoreKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How long a key has left to live, as Redis' `PTTL` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyTtl {
+    /// No such key (or it has expired).
+    Missing,
+    /// The key exists and never expires.
+    Persistent,
+    /// The key exists and expires after this long.
+    ExpiresIn(Duration),
+}
+
+/// One entry of a batch write: a key, its bytes and its own TTL (batches carry per-entry TTLs
+/// so jitter can spread their expiry).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreEntry {
+    /// The full store key.
+    pub key: String,
+    /// The bytes to store.
+    pub value: Bytes,
+    /// How long the entry lives; must be non-zero.
+    pub ttl: Duration,
+}
+
+/// A store of bytes under string keys, each with a time to live.
+///
+/// Semantics follow Redis: expired keys are absent; `set` replaces value and TTL;
+/// `set_if_absent` writes only when the key is absent or expired; a TTL is never zero
+/// (the callers skip the write instead, see [`Cache`](crate::Cache)).
+///
+/// ```
+/// use std::time::Duration;
+/// use cachelayer::store::{MemoryStore, Store};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> cachelayer::Result<()> {
+/// let store = MemoryStore::builder().build();
+/// store.set("greeting", "hello".into(), Duration::from_secs(60)).await?;
+/// assert_eq!(store.get("greeting").await?.as_deref(), Some(&b"hello"[..]));
+/// assert!(!store.set_if_absent("greeting", "other".into(), Duration::from_secs(60)).await?);
+/// # Ok(()) }
+/// ```
+#[async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug + 'static {
+    /// Which implementation this is (its `as_str()` labels metrics and logs).
+    fn kind(&self) -> StoreKind;
+
+    /// The bytes under `key`, or `None` when absent.
+    async fn get(&self, key: &str) -> Result<Option<Bytes>>;
+
+    /// The bytes under each key, in order, in one round trip.
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>>;
+
+    /// Store `value` under `key` for `ttl`, replacing any value and TTL.
+    async fn set(&self, key: &str, value: Bytes, ttl: Duration) -> Result<()>;
+
+    /// Store every entry, each with its own TTL, in one round trip. Not atomic: after an
+    /// error some entries may have been written.
+    async fn set_many(&self, entries: &[StoreEntry]) -> Result<()>;
+
+    /// Remove `key`; true when it existed.
+    async fn delete(&self, key: &str) -> Result<bool>;
+
+    /// Remove every key in one round trip; returns how many existed.
+    async fn delete_many(&self, keys: &[String]) -> Result<u64>;
+
+    /// Store `value` only when `key` is absent (Redis `SET NX PX`); true when written.
+    async fn set_if_absent(&self, key: &str, value: Bytes, ttl: Duration) -> Result<bool>;
+
+    /// Remove `key` only while it still holds exactly `expected`, atomically; true when
+    /// removed. This is how a lock owner releases its lock without removing someone else's.
+    async fn compare_and_delete(&self, key: &str, expected: &[u8]) -> Result<bool>;
+
+    /// Give `key` a new TTL only while it still holds exactly `expected`, atomically; true
+    /// when extended. This is how a lock owner extends its lease while its work runs.
+    async fn compare_and_expire(&self, key: &str, expected: &[u8], ttl: Duration) -> Result<bool>;
+
+    /// How long `key` has left to live.
+    async fn ttl(&self, key: &str) -> Result<KeyTtl>;
+
+    /// Send `message` to every current subscriber of `channel`; returns how many received
+    /// it. Delivery is at most once, as with Redis pub/sub: a subscriber that is
+    /// disconnected or too slow misses messages, so callers must bound their waits.
+    async fn publish(&self, channel: &str, message: Bytes) -> Result<u64>;
+
+    /// Subscribe to `channel`. The subscription is active when this returns: a message
+    /// published afterwards is delivered. It lasts until the [`Subscription`] is dropped.
+    async fn subscribe(&self, channel: &str) -> Result<Subscription>;
+
+    /// Round trip to the store, for health checks and breaker probes.
+    async fn ping(&self) -> Result<()>;
+}
+
+/// How many messages a subscription buffers before newer ones are dropped.
+pub const SUBSCRIPTION_BUFFER: usize = 1024;
+
+/// Messages of one subscribed channel, in publish order.
+#[derive(Debug)]
+pub struct Subscription {
+    channel: String,
+    receiver: mpsc::Receiver<Bytes>,
+}
+
+impl Subscription {
+    fn channel_pair(channel: &str) -> (mpsc::Sender<Bytes>, Self) {
+        let (sender, receiver) = mpsc::channel(SUBSCRIPTION_BUFFER);
+        let subscription = Self {
+            channel: channel.to_owned(),
+            receiver,
+        };
+        (sender, subscription)
+    }
+
+    /// The channel this subscription listens to.
+    pub fn channel(&self) -> &str {
+        &self.channel
+    }
+
+    /// The next message; `None` only when the store has shut the subscription down.
+    pub async fn recv(&mut self) -> Option<Bytes> {
+        self.receiver.recv().await
+    }
+}
+
+/// Longest TTL accepted: ten years. Longer ones are almost surely a unit mistake, and Redis
+/// refuses expiry times past what its clock can represent.
+pub const MAX_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 60 * 60);
+
+/// Store TTLs are whole milliseconds, at least one, as `PX` takes them.
+pub(crate) fn ttl_millis(ttl: Duration) -> Result<u64> {
+    check_ttl(ttl)?;
+    let millis = ttl.as_millis().max(1);
+    Ok(u64::try_from(millis).unwrap_or(u64::MAX))
+}
+
+/// A TTL a store can take: non-zero and at most [`MAX_TTL`].
+pub(crate) fn check_ttl(ttl: Duration) -> Result<()> {
+    if ttl.is_zero() {
+        return Err(Error::invalid_input(
+            "a store TTL must be non-zero; skip the write to mean \"do not cache\"",
+        ));
+    }
+    if ttl > MAX_TTL {
+        return Err(Error::invalid_input(format!(
+            "a TTL of {} s is over the 10-year maximum; check its unit",
+            ttl.as_secs()
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Sub-millisecond TTLs round up instead of becoming "no expiry" or an error.
+    #[test]
+    fn ttl_millis_rounds_up_and_rejects_zero() {
+        assert_eq!(ttl_millis(Duration::from_micros(10)).ok(), Some(1));
+        assert_eq!(ttl_millis(Duration::from_secs(2)).ok(), Some(2000));
+        assert!(ttl_millis(Duration::ZERO).is_err());
+        assert!(ttl_millis(MAX_TTL).is_ok());
+        assert!(ttl_millis(MAX_TTL + Duration::from_millis(1)).is_err());
+        assert!(ttl_millis(Duration::MAX).is_err());
+    }
+}
