@@ -191,16 +191,18 @@
 //!
 //! - [`store`]: the [`Store`](store::Store) trait (bytes in, bytes out) and its two
 //!   implementations, [`RedisStore`](store::RedisStore) and [`MemoryStore`](store::MemoryStore).
-//! - `codec`: the versioned envelope every value is stored in (serialization, compression,
-//!   metadata); unreadable bytes decode to a failure counted by reason, never a panic.
+//! - `codec` (internal): the versioned envelope every value is stored in (serialization,
+//!   compression, metadata); unreadable bytes decode to a failure counted by reason, never a
+//!   panic.
 //! - [`key`]: keys that are safe to build from untrusted input.
-//! - `cache`: the typed [`Cache`] handle, its [`CacheBuilder`] and the failure policy.
-//! - `stampede`: one load per key across the fleet: [`LoadOptions`], [`StampedeSettings`],
-//!   in-process single flight, fill announcements and the early refresh decision (XFetch).
-//! - `breaker`: the circuit breaker in front of the store ([`BreakerState`]).
-//! - [`config`]: [`CacheConfig`], every setting as plain data.
+//! - [`cache`]: the typed [`Cache`] handle, its [`CacheBuilder`], the failure policy, and loads
+//!   with stampede protection ([`Cache::get_with`], [`Cache::entry`]).
+//! - [`stampede`]: one load per key across the fleet: [`LoadOptions`], [`StampedeSettings`],
+//!   in-process single flight, store notices and the early refresh decision (XFetch).
+//! - [`breaker`]: the circuit breaker in front of the store ([`BreakerState`]).
+//! - [`config`]: [`CacheConfig`], every setting as plain data, and [`Secret`](config::Secret).
 //! - [`telemetry`]: the names of the metrics emitted through the `metrics` facade.
-//! - `error`: the crate's [`Error`] and [`ErrorKind`], and [`LoadError`] for loads.
+//! - [`error`]: the crate's [`Error`] and [`ErrorKind`], and [`LoadError`] for loads.
 //! - `http` (feature `http`): `ResponseCacheLayer`, the tower/axum layer that caches HTTP
 //!   responses as an RFC 9111 shared cache.
 //! - `cached` (feature `macros`): the `#[cached]` attribute from `cachelayer-macros`; what its
