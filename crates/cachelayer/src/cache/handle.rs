@@ -14,7 +14,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::breaker::{Admission, BreakerState, CircuitBreaker};
-use crate::codec::{Codec, DecodeFailure, Decoded, EntryMeta};
+use crate::codec::{Codec, DecodeFailure, Decoded, EntryMeta, Freshness};
 use crate::error::{Error, ErrorKind, Result};
 use crate::key::Key;
 use crate::random::SeededRandom;

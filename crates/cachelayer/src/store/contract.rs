@@ -25,9 +25,9 @@ use crate::error::{Error, Result};
 #[serde(rename_all = "lowercase")]
 #[non_exhaustive]
 pub enum StoreKind {
-    /// [`RedisStore`]: shared by every instance of a service.
+    /// [`RedisStore`](super::RedisStore): shared by every instance of a service.
     Redis,
-    /// [`MemoryStore`]: in this process only.
+    /// [`MemoryStore`](super::MemoryStore): in this process only.
     Memory,
 }
 
@@ -149,7 +149,7 @@ pub struct Subscription {
 }
 
 impl Subscription {
-    fn channel_pair(channel: &str) -> (mpsc::Sender<Bytes>, Self) {
+    pub(super) fn channel_pair(channel: &str) -> (mpsc::Sender<Bytes>, Self) {
         let (sender, receiver) = mpsc::channel(SUBSCRIPTION_BUFFER);
         let subscription = Self {
             channel: channel.to_owned(),

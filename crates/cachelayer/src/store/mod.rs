@@ -4,17 +4,17 @@
 //!
 //! A store moves opaque bytes under string keys with a TTL. It must never know about types,
 //! envelopes, namespaces or HTTP: those belong to the layers above, so any store can back any
-//! of them. Every method reports store trouble as an [`Error`]; deciding to fail
+//! of them. Every method reports store trouble as an [`Error`](crate::error::Error); deciding to fail
 //! open is the [`Cache`](crate::Cache)'s job, not the store's.
 
 mod contract;
 mod memory;
 mod redis;
 
+pub(crate) use self::contract::check_ttl;
 pub use self::contract::{
     KeyTtl, MAX_TTL, SUBSCRIPTION_BUFFER, Store, StoreEntry, StoreKind, Subscription,
 };
-pub(crate) use self::contract::{check_ttl, ttl_millis};
 pub use self::memory::{DEFAULT_MEMORY_CAPACITY_BYTES, MemoryStore, MemoryStoreBuilder};
 pub use self::redis::redact_url;
 pub use self::redis::{
