@@ -18,11 +18,11 @@ use tower::Service;
 
 use super::admit::admit;
 use super::body::{BoxError, CacheBody};
-use super::forward::forward_and_store;
-use super::respond::{describe, from_store, miss};
+use super::forward::{Storing, forward_and_store};
+use super::respond::{describe, from_store};
 use super::revalidate::{conditional, has_validators};
 use super::settings::Settings;
-use super::status::{Forward, X_CACHE};
+use super::status::{CacheStatus, Forward, X_CACHE};
 use super::stored::{CachedEntry, StoredResponse};
 use super::vary::{shared_response, store_response, variant_of};
 use crate::cache::{Fetched, LoadMode};
@@ -144,7 +144,7 @@ where
                 // Already described (answered from the refreshed stored response).
                 return response;
             }
-            describe(response.headers_mut(), &miss(fwd, stored, false));
+            describe(response.headers_mut(), &CacheStatus::forwarded(fwd).with_stored(stored));
             response
         });
     }
@@ -159,7 +159,7 @@ where
         ))
     {
         let age = stored.age(SystemTime::now());
-        return Ok(from_store(&stored, &parts, age, miss(fwd, false, true)));
+        return Ok(from_store(&stored, &parts, age, CacheStatus::forwarded(fwd).collapsed()));
     }
     let Some(body) = take(&request_body) else {
         unreachable!(
@@ -186,7 +186,16 @@ where
         ))
         .await;
     }
-    forward_and_store(shared, &mut inner, parts, body, &primary, true, fwd).await
+    forward_and_store(
+        shared,
+        &mut inner,
+        parts,
+        body,
+        &primary,
+        Storing::IfStorable,
+        fwd,
+    )
+    .await
 }
 
 fn take<T>(slot: &Mutex<Option<T>>) -> Option<T> {

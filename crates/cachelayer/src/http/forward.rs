@@ -14,7 +14,8 @@ use tower::Service;
 
 use super::admit::{admit, strip_tag_headers};
 use super::body::{BoxError, CacheBody, boxed};
-use super::respond::{describe, miss};
+use super::policy::RequestDirectives;
+use super::respond::describe;
 use super::settings::Settings;
 use super::status::{CacheStatus, Forward};
 use super::vary::store_response;
@@ -42,15 +43,35 @@ where
     Ok(response)
 }
 
+/// Whether a response fetched without collapsing may be written to the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Storing {
+    /// Store it when the response allows.
+    IfStorable,
+    /// The request said `no-store`: pass the response through only.
+    Never,
+}
+
+impl Storing {
+    /// What the request's own `Cache-Control` allows.
+    pub(super) fn allowed_by(directives: &RequestDirectives) -> Self {
+        if directives.no_store {
+            Self::Never
+        } else {
+            Self::IfStorable
+        }
+    }
+}
+
 /// Call the origin without collapsing; store the response under `primary` (the URL's key)
-/// when it may be stored and `store` is set.
+/// when `storing` and the response allow it.
 pub(super) async fn forward_and_store<S, ReqBody, ResBody>(
     shared: &Settings,
     inner: &mut S,
     parts: Parts,
     body: ReqBody,
     primary: &str,
-    store: bool,
+    storing: Storing,
     fwd: Forward,
 ) -> Result<Response<CacheBody>, S::Error>
 where
@@ -63,7 +84,9 @@ where
     let response = inner.call(Request::from_parts(parts.clone(), body)).await?;
     let (mut response, admitted) = admit(shared, &parts, response, request_time, None).await;
     let mut written = false;
-    if store && let Some(admitted) = admitted {
+    if storing == Storing::IfStorable
+        && let Some(admitted) = admitted
+    {
         written = store_response(
             &shared.cache,
             primary,
@@ -73,6 +96,6 @@ where
         )
         .await;
     }
-    describe(response.headers_mut(), &miss(fwd, written, false));
+    describe(response.headers_mut(), &CacheStatus::forwarded(fwd).with_stored(written));
     Ok(response)
 }

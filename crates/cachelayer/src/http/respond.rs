@@ -15,16 +15,6 @@ use super::status::{CacheStatus, Forward};
 use super::stored::StoredResponse;
 use crate::telemetry;
 
-/// A response that went to the origin, for the status headers.
-pub(super) fn miss(fwd: Forward, stored: bool, collapsed: bool) -> CacheStatus {
-    CacheStatus::Miss {
-        fwd,
-        fwd_status: None,
-        stored,
-        collapsed,
-    }
-}
-
 /// A stored response served stale, `ttl` seconds past its freshness (negative), for the
 /// status headers.
 pub(super) fn stale_hit(ttl: i64) -> CacheStatus {
@@ -137,7 +127,7 @@ pub(super) fn gateway_timeout() -> Response<CacheBody> {
     );
     describe(
         response.headers_mut(),
-        &miss(Forward::UriMiss, false, false),
+        &CacheStatus::forwarded(Forward::UriMiss),
     );
     response
 }

@@ -12,7 +12,7 @@ use http::{HeaderMap, Method, Response};
 use super::body::CacheBody;
 use super::lifetime::{Admitted, with_configured_windows};
 use super::policy::{initial_age, storable};
-use super::respond::{from_store, miss};
+use super::respond::from_store;
 use super::settings::Settings;
 use super::status::{CacheStatus, Forward};
 use super::stored::{Arrival, StoredResponse, merge_not_modified};
@@ -87,7 +87,7 @@ pub(super) fn answer_not_modified(
             let headers = merge_not_modified(&stored.header_map(), not_modified);
             let merged = stored.refreshed(headers, stored.facts(), arrival);
             let age = merged.age(SystemTime::now());
-            let status = miss(Forward::Stale, false, false);
+            let status = CacheStatus::forwarded(Forward::Stale);
             (from_store(&merged, parts, age, status), None)
         }
     }

@@ -20,12 +20,12 @@ use tower::Service;
 
 use super::body::{BoxError, CacheBody};
 use super::collapse::{Keys, collapsed};
-use super::forward::{forward, forward_and_store};
+use super::forward::{Storing, forward, forward_and_store};
 use super::invalidate::invalidate_after_write;
 use super::lookup::{Found, Phase, Serve, judge, signed_secs};
 use super::policy::RequestDirectives;
 use super::refresh::refresh_in_background;
-use super::respond::{from_store, gateway_timeout, miss, stale_hit};
+use super::respond::{from_store, gateway_timeout, stale_hit};
 use super::settings::Settings;
 use super::status::{self, CacheStatus, Forward};
 use super::stored::{CachedEntry, StoredResponse};
@@ -247,7 +247,7 @@ where
         Phase::OnlyIfCachedMiss => Ok(gateway_timeout()),
         Phase::Pass => {
             // Recently uncacheable: no collapsing; a cacheable answer replaces the marker.
-            let store = !directives.no_store;
+            let storing = Storing::allowed_by(&directives);
             let primary = &keys.primary;
             forward_and_store(
                 &shared,
@@ -255,7 +255,7 @@ where
                 parts,
                 body,
                 primary,
-                store,
+                storing,
                 Forward::UriMiss,
             )
             .await
@@ -292,7 +292,7 @@ where
     if parts.headers.contains_key(http::header::RANGE) || parts.method == Method::HEAD {
         // A HEAD or a range request cannot fill the cache for a GET: it goes to the origin
         // (a stored response above answers both).
-        let status = miss(fwd, false, false);
+        let status = CacheStatus::forwarded(fwd);
         return forward(&shared, &mut inner, parts, body, status).await;
     }
     let refusing =
@@ -302,9 +302,9 @@ where
     if refusing || personal || directives.no_store {
         // Straight to the origin: the request refuses what others might have stored, so it
         // must not wait on (or be answered by) their load.
-        let store = !directives.no_store;
+        let storing = Storing::allowed_by(&directives);
         let primary = &keys.primary;
-        return forward_and_store(&shared, &mut inner, parts, body, primary, store, fwd).await;
+        return forward_and_store(&shared, &mut inner, parts, body, primary, storing, fwd).await;
     }
     let revalidating = stale.as_ref().map(|(stored, _)| stored.clone());
     let request_head = parts.clone();

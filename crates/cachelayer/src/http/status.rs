@@ -110,6 +110,54 @@ impl CacheStatus {
         collapsed: false,
     };
 
+    /// A response from the origin, `fwd` saying why; neither stored nor collapsed (yet).
+    pub const fn forwarded(fwd: Forward) -> Self {
+        Self::Miss {
+            fwd,
+            fwd_status: None,
+            stored: false,
+            collapsed: false,
+        }
+    }
+
+    /// The same status, noting whether the response was written to the store.
+    #[must_use]
+    pub const fn with_stored(self, written: bool) -> Self {
+        match self {
+            Self::Miss {
+                fwd,
+                fwd_status,
+                collapsed,
+                ..
+            } => Self::Miss {
+                fwd,
+                fwd_status,
+                stored: written,
+                collapsed,
+            },
+            other => other,
+        }
+    }
+
+    /// The same status, noting that the response came from another request's origin call.
+    #[must_use]
+    pub const fn collapsed(self) -> Self {
+        match self {
+            Self::Miss {
+                fwd,
+                fwd_status,
+                stored,
+                ..
+            } => Self::Miss {
+                fwd,
+                fwd_status,
+                stored,
+                collapsed: true,
+            },
+            other => other,
+        }
+    }
+
     /// The `X-Cache` label.
     pub const fn label(&self) -> &'static str {
         match self {
@@ -217,15 +265,6 @@ pub(crate) fn append_key(headers: &mut HeaderMap, key: &str) {
 mod tests {
     use super::*;
 
-    fn miss(fwd: Forward, stored: bool, collapsed: bool) -> CacheStatus {
-        CacheStatus::Miss {
-            fwd,
-            fwd_status: None,
-            stored,
-            collapsed,
-        }
-    }
-
     fn rendered(status: CacheStatus) -> (&'static str, String) {
         (status.label(), status.cache_status_text())
     }
@@ -248,27 +287,27 @@ mod tests {
                 "cachelayer; hit; ttl=-5",
             ),
             (
-                miss(Forward::UriMiss, false, false),
+                CacheStatus::forwarded(Forward::UriMiss),
                 "MISS",
                 "cachelayer; fwd=uri-miss",
             ),
             (
-                miss(Forward::UriMiss, true, false),
+                CacheStatus::forwarded(Forward::UriMiss).with_stored(true),
                 "MISS",
                 "cachelayer; fwd=uri-miss; stored",
             ),
             (
-                miss(Forward::VaryMiss, false, true),
+                CacheStatus::forwarded(Forward::VaryMiss).collapsed(),
                 "MISS",
                 "cachelayer; fwd=vary-miss; collapsed",
             ),
             (
-                miss(Forward::Request, true, false),
+                CacheStatus::forwarded(Forward::Request).with_stored(true),
                 "MISS",
                 "cachelayer; fwd=request; stored",
             ),
             (
-                miss(Forward::Stale, false, false),
+                CacheStatus::forwarded(Forward::Stale),
                 "MISS",
                 "cachelayer; fwd=stale",
             ),
@@ -304,12 +343,12 @@ mod tests {
                 "cachelayer; hit; fwd=stale",
             ),
             (
-                miss(Forward::Miss, false, true),
+                CacheStatus::forwarded(Forward::Miss).collapsed(),
                 "MISS",
                 "cachelayer; fwd=miss; collapsed",
             ),
             (
-                miss(Forward::Miss, true, false),
+                CacheStatus::forwarded(Forward::Miss).with_stored(true),
                 "MISS",
                 "cachelayer; fwd=miss; stored",
             ),
@@ -337,7 +376,7 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert(X_CACHE, HeaderValue::from_static("HIT from upstream"));
         headers.append(CACHE_STATUS, HeaderValue::from_static("upstream; hit"));
-        miss(Forward::UriMiss, true, false).write_to(&mut headers);
+        CacheStatus::forwarded(Forward::UriMiss).with_stored(true).write_to(&mut headers);
         assert_eq!(headers[X_CACHE], "MISS");
         let entries: Vec<_> = headers.get_all(CACHE_STATUS).iter().collect();
         assert_eq!(
