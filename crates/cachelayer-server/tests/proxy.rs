@@ -1,6 +1,9 @@
 //! End-to-end tests of `cachelayer proxy`: the real binary in front of a small origin that
 //! this test runs (an axum server on a free port, counting its calls per path), with real
 //! `redis-server` processes. They must never use the shared Redis on 6379.
+//!
+//! One suite, kept in one file past 600 lines on purpose: its tests share one set of
+//! helpers and each reads on its own, so splitting it would only scatter the helpers.
 
 mod support;
 

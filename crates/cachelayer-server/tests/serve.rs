@@ -1,6 +1,9 @@
 //! End-to-end tests of `cachelayer serve`: the real binary, on a real socket, against real
 //! `redis-server` processes (started on free ports by the testkit), SQLite files, and the
 //! local PostgreSQL. They must never use the shared Redis on 6379 or a mock of anything.
+//!
+//! One suite, kept in one file past 600 lines on purpose: its tests share one set of
+//! helpers and each reads on its own, so splitting it would only scatter the helpers.
 
 mod support;
 

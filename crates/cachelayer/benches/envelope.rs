@@ -1,5 +1,5 @@
 //! Envelope encode/decode of 1 KB and 4 KB JSON product documents, with and without zstd,
-//! and the stored sizes (compare with the tutorial's 4 KB -> 800 B).
+//! and the stored sizes (compare with the often quoted 4 KB -> 800 B).
 //!
 //! Run with: `taskset -c 0 cargo bench -p cachelayer --bench envelope`
 

@@ -1,5 +1,5 @@
 //! Ten keys against a real redis-server: ten sequential commands versus one MGET versus one
-//! pipeline (the tutorial's "5 ms -> 0.5 ms" claim, measured as a ratio), through the store
+//! pipeline (the common "5 ms -> 0.5 ms" claim for batching, measured as a ratio), through the store
 //! and through the typed cache.
 //!
 //! Run with: `taskset -c 0 cargo bench -p cachelayer --bench redis_round_trips`

@@ -31,8 +31,7 @@ const LOAD: Duration = Duration::from_millis(50);
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Protection {
-    /// Naive cache-aside: `get`, and on a miss load and `insert` (the tutorial without its
-    /// lock).
+    /// Naive cache-aside: `get`, and on a miss load and `insert`, with no lock.
     None,
     /// `get_with` with in-process coalescing only.
     Coalescing,

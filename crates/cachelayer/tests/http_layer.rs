@@ -1,5 +1,8 @@
 //! The HTTP response cache on an axum router whose handlers count their calls, against a
 //! real redis-server and the in-process store.
+//!
+//! One suite, kept in one file past 600 lines on purpose: its tests share one set of
+//! helpers and each reads on its own, so splitting it would only scatter the helpers.
 
 mod support;
 

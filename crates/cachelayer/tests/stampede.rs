@@ -4,6 +4,9 @@
 //! Several `Cache` handles, each with its own Redis connections, stand for separate app
 //! processes; the tests named `os_process_*` start real child processes (this test binary,
 //! re-run as [`child_process_entry`]).
+//!
+//! One suite, kept in one file past 600 lines on purpose: its tests share one set of
+//! helpers and each reads on its own, so splitting it would only scatter the helpers.
 
 mod support;
 

@@ -14,7 +14,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use cachelayer::Cache;
 use cachelayer::http::ResponseCacheLayer;
-use cachelayer::http::key::{host_without_port, normalize_host};
+use cachelayer::http::key::{host_allowed, request_host};
 use cachelayer::http::status::{CACHE_STATUS, CacheStatus, X_CACHE};
 use tower::ServiceExt;
 use tower::util::BoxCloneSyncService;
@@ -113,20 +113,9 @@ impl Dispatch {
     }
 
     fn host_allowed(&self, request: &Request) -> bool {
-        if self.allowed_hosts.is_empty() {
-            return true;
-        }
-        let host = request
-            .headers()
-            .get(axum::http::header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .map(str::to_owned)
-            .or_else(|| request.uri().authority().map(|a| a.as_str().to_owned()))
-            .unwrap_or_default();
         // Compared as the cache layer compares its own allow-list.
-        let host = normalize_host(&host);
-        let name = host_without_port(&host);
-        self.allowed_hosts.iter().any(|allowed| allowed == name)
+        let host = request_host(request.headers(), request.uri());
+        host_allowed(&host, &self.allowed_hosts)
     }
 }
 

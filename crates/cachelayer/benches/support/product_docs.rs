@@ -1,5 +1,5 @@
-//! Product documents of a chosen JSON size, shared by the benches (the tutorial's "typical
-//! 4 KB JSON response").
+//! Product documents of a chosen JSON size, shared by the benches (1 KB and the 4 KB of a
+//! typical API response).
 
 use serde::{Deserialize, Serialize};
 

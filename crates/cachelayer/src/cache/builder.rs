@@ -1,4 +1,7 @@
 //! `CacheBuilder`: a consuming builder that validates every setting in `build()`.
+//!
+//! It must never hand out a [`Cache`] with a setting it has not checked: a bad value is an
+//! [`Error`] of kind `Config` from `build()`, never a panic or a silent clamp.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +19,8 @@ use crate::store::{DEFAULT_COMMAND_TIMEOUT, MAX_TTL, MemoryStore, Store};
 
 /// Default namespace prefix of every key.
 pub const DEFAULT_NAMESPACE: &str = "cachelayer";
-/// Default TTL of [`Cache::insert`] and [`Cache::insert_many`]: the tutorial's 300 s.
+/// Default TTL of [`Cache::insert`] and [`Cache::insert_many`]: five minutes, long enough to
+/// take most reads off the source, short enough that a missed invalidation heals soon.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(300);
 /// Default jitter: each entry's TTL is cut by a random 0–10%, so entries written together
 /// do not all expire (and reload) together.

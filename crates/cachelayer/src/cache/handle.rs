@@ -174,7 +174,7 @@ impl Cache {
     }
 
     async fn lookup<T: DeserializeOwned>(&self, full: &str) -> Option<Decoded<T>> {
-        let decoded = self.fetch_entry::<T>(full).await.and_then(fresh_value);
+        let decoded = self.fetch_entry::<T>(full).await.and_then(plain_read);
         count_lookup(decoded.is_some());
         decoded
     }
@@ -201,7 +201,7 @@ impl Cache {
                 Some(bytes) => self
                     .decode_or_discard::<T>(key, bytes)
                     .await
-                    .and_then(fresh_value)
+                    .and_then(plain_read)
                     .map(|d| d.value),
                 None => None,
             };
@@ -467,7 +467,7 @@ pub(super) fn timeout_error() -> Error {
 
 /// A decoded entry as a plain read sees it: only fresh values (stale ones and cached "not
 /// found" entries are for loads).
-fn fresh_value<T>(entry: Decoded<Option<T>>) -> Option<Decoded<T>> {
+fn plain_read<T>(entry: Decoded<Option<T>>) -> Option<Decoded<T>> {
     let fresh = matches!(
         entry.header.freshness(SystemTime::now()),
         Freshness::Fresh { .. }

@@ -6,6 +6,11 @@
 //! each such event is counted and logged. Every store call is bounded by the command timeout
 //! and passes the circuit breaker. The one exception is invalidation, which reports failure:
 //! a lost invalidation means stale data later, and only the caller can decide what to do.
+//!
+//! This module only declares and re-exports; each part depends on `handle` (the [`Cache`]
+//! itself), never on this facade. The envelope's metadata types are re-exported here because
+//! [`Cache::get_entry`] returns a [`Decoded`] value with its header; the envelope's encoding
+//! itself stays private.
 
 mod builder;
 mod handle;

@@ -26,7 +26,7 @@ use crate::telemetry;
 /// settings allow. A 304 to the cache's own revalidation of `revalidating` is answered
 /// with the refreshed stored response.
 pub(super) async fn admit<ResBody>(
-    shared: &Settings,
+    settings: &Settings,
     parts: &Parts,
     response: Response<ResBody>,
     request_time: SystemTime,
@@ -42,7 +42,7 @@ where
         && let Some(stored) = revalidating
     {
         return answer_not_modified(
-            shared,
+            settings,
             parts,
             stored,
             &head.headers,
@@ -55,14 +55,14 @@ where
         &parts.headers,
         head.status,
         &head.headers,
-        shared.store,
+        settings.store,
     )
-    .map(|facts| with_configured_windows(shared, facts));
+    .map(|facts| with_configured_windows(settings, facts));
     let tags = super::tags::tags_of(
         &head.headers,
         head.extensions.get::<super::tags::CacheTags>(),
     );
-    if !shared.expose_tags {
+    if !settings.expose_tags {
         strip_tag_headers(&mut head.headers);
     }
     let vary = vary_values(&head.headers, &parts.headers);
@@ -77,15 +77,15 @@ where
     else {
         return (Response::from_parts(head, boxed(body)), None);
     };
-    match buffer(body, shared.max_body_bytes).await {
+    match buffer(body, settings.max_body_bytes).await {
         Buffered::Complete(bytes) => {
-            let generated = shared.generate_etag
+            let generated = settings.generate_etag
                 && head.status == StatusCode::OK
                 && !head.headers.contains_key(http::header::ETAG);
             if generated {
                 head.headers.insert(http::header::ETAG, strong_etag(&bytes));
             }
-            let dropped: &[HeaderName] = if shared.store.strip_set_cookie {
+            let dropped: &[HeaderName] = if settings.store.strip_set_cookie {
                 &[http::header::SET_COOKIE]
             } else {
                 &[]
@@ -101,7 +101,7 @@ where
                 stored
             };
             let Some(versions) =
-                super::tags::versions_for_store(&shared.cache, &tags, request_time).await
+                super::tags::versions_for_store(&settings.cache, &tags, request_time).await
             else {
                 // Without the tags' versions, a later invalidation could miss it: not stored.
                 return (Response::from_parts(head, full_body(bytes)), None);

@@ -55,7 +55,7 @@ fn not_shared() -> Fetched<CachedEntry> {
 /// and answer each waiter from the shared result (or let it call the origin itself when the
 /// result could not be shared).
 pub(super) async fn collapsed<S, ReqBody, ResBody>(
-    shared: &Arc<Settings>,
+    settings: &Arc<Settings>,
     mut inner: S,
     parts: Parts,
     body: ReqBody,
@@ -87,13 +87,14 @@ where
                 return Ok(not_shared());
             }
         };
-        let (served, admitted) = admit(shared, &parts, response, request_time, revalidating).await;
+        let (served, admitted) =
+            admit(settings, &parts, response, request_time, revalidating).await;
         let (fetched, written) = match admitted {
             // Written here rather than by the load: a response that varies goes under its
             // variant's key, with a marker under the URL's.
             Some(admitted) => {
                 let written = store_response(
-                    &shared.cache,
+                    &settings.cache,
                     &primary,
                     &admitted.stored,
                     admitted.fresh,
@@ -109,13 +110,13 @@ where
             // Never for a failure (the stale copy must stay for stale-if-error), nor for a
             // HEAD or a stale copy being revalidated: those say nothing about the URL.
             None if !has_validators(&parts.headers)
-                && !shared.pass_ttl.is_zero()
+                && !settings.pass_ttl.is_zero()
                 && !served.status().is_server_error()
                 && parts.method == Method::GET
                 && revalidating.is_none() =>
             {
                 (
-                    Fetched::with_lifetime(CachedEntry::Pass, shared.pass_ttl, Duration::ZERO),
+                    Fetched::with_lifetime(CachedEntry::Pass, settings.pass_ttl, Duration::ZERO),
                     false,
                 )
             }
@@ -133,7 +134,7 @@ where
     };
     // A panic in the origin service resumes here, in the request that called it, as it
     // would without the layer.
-    let outcome = shared
+    let outcome = settings
         .cache
         .fill(&full, options, loader, mode)
         .await
@@ -144,13 +145,16 @@ where
                 // Already described (answered from the refreshed stored response).
                 return response;
             }
-            describe(response.headers_mut(), &CacheStatus::forwarded(fwd).with_stored(stored));
+            describe(
+                response.headers_mut(),
+                &CacheStatus::forwarded(fwd).with_stored(stored),
+            );
             response
         });
     }
     // Another request (here or in another process) called the origin. When the URL turned
     // out to vary, this request's variant may be stored already.
-    let cache = &shared.cache;
+    let cache = &settings.cache;
     let shared_stored = shared_response(cache, &primary, outcome.ok().flatten(), &parts.headers);
     if let Some(stored) = shared_stored.await
         && stored.matches(&super::key::request_values(
@@ -159,7 +163,12 @@ where
         ))
     {
         let age = stored.age(SystemTime::now());
-        return Ok(from_store(&stored, &parts, age, CacheStatus::forwarded(fwd).collapsed()));
+        return Ok(from_store(
+            &stored,
+            &parts,
+            age,
+            CacheStatus::forwarded(fwd).collapsed(),
+        ));
     }
     let Some(body) = take(&request_body) else {
         unreachable!(
@@ -176,7 +185,7 @@ where
             full: variant,
         };
         return Box::pin(collapsed(
-            shared,
+            settings,
             inner,
             parts,
             body,
@@ -187,7 +196,7 @@ where
         .await;
     }
     forward_and_store(
-        shared,
+        settings,
         &mut inner,
         parts,
         body,

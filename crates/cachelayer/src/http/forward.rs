@@ -22,7 +22,7 @@ use super::vary::store_response;
 
 /// Call the origin and pass its response through untouched but for the status headers.
 pub(super) async fn forward<S, ReqBody, ResBody>(
-    shared: &Settings,
+    settings: &Settings,
     inner: &mut S,
     parts: Parts,
     body: ReqBody,
@@ -36,7 +36,7 @@ where
 {
     let response = inner.call(Request::from_parts(parts, body)).await?;
     let mut response = response.map(boxed);
-    if !shared.expose_tags {
+    if !settings.expose_tags {
         strip_tag_headers(response.headers_mut());
     }
     describe(response.headers_mut(), &status);
@@ -66,7 +66,7 @@ impl Storing {
 /// Call the origin without collapsing; store the response under `primary` (the URL's key)
 /// when `storing` and the response allow it.
 pub(super) async fn forward_and_store<S, ReqBody, ResBody>(
-    shared: &Settings,
+    settings: &Settings,
     inner: &mut S,
     parts: Parts,
     body: ReqBody,
@@ -82,13 +82,13 @@ where
 {
     let request_time = SystemTime::now();
     let response = inner.call(Request::from_parts(parts.clone(), body)).await?;
-    let (mut response, admitted) = admit(shared, &parts, response, request_time, None).await;
+    let (mut response, admitted) = admit(settings, &parts, response, request_time, None).await;
     let mut written = false;
     if storing == Storing::IfStorable
         && let Some(admitted) = admitted
     {
         written = store_response(
-            &shared.cache,
+            &settings.cache,
             primary,
             &admitted.stored,
             admitted.fresh,
@@ -96,6 +96,9 @@ where
         )
         .await;
     }
-    describe(response.headers_mut(), &CacheStatus::forwarded(fwd).with_stored(written));
+    describe(
+        response.headers_mut(),
+        &CacheStatus::forwarded(fwd).with_stored(written),
+    );
     Ok(response)
 }

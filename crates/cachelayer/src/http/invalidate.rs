@@ -13,7 +13,7 @@ use super::settings::Settings;
 
 /// Drops what a write with `status` and `response` headers made stale.
 pub(super) async fn invalidate_after_write(
-    shared: &Settings,
+    settings: &Settings,
     request: &Parts,
     status: StatusCode,
     response: &HeaderMap,
@@ -21,7 +21,7 @@ pub(super) async fn invalidate_after_write(
     if !(status.is_success() || status.is_redirection()) {
         return;
     }
-    let Ok(target) = shared.request_key(request) else {
+    let Ok(target) = settings.request_key(request) else {
         return;
     };
     let host = normalized_host(request);
@@ -38,10 +38,10 @@ pub(super) async fn invalidate_after_write(
             .authority()
             .is_none_or(|authority| normalize_host(authority.as_str()) == host);
         if same_host {
-            keys.push(url_key(&host, uri.path(), uri.query(), &shared.keys));
+            keys.push(url_key(&host, uri.path(), uri.query(), &settings.keys));
         }
     }
-    if let Err(err) = shared.cache.invalidate_many(keys).await {
+    if let Err(err) = settings.cache.invalidate_many(keys).await {
         tracing::warn!(error = %err, uri = %request.uri, "could not invalidate cached responses after a write");
     }
 }

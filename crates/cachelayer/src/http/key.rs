@@ -6,8 +6,8 @@
 //! configured allow-list before it can become part of a key; the path and query are hashed
 //! into one key part, so nothing in a URL can forge another key's structure.
 
-use http::HeaderMap;
 use http::request::Parts;
+use http::{HeaderMap, Uri};
 
 use crate::key::Key;
 
@@ -33,14 +33,24 @@ pub enum HostRefused {
 
 /// The request's host, lowercase, without a default port; from `Host`, else the URI.
 pub fn normalized_host(parts: &Parts) -> String {
-    let raw = parts
-        .headers
+    request_host(&parts.headers, &parts.uri)
+}
+
+/// [`normalized_host`] of a request known by its headers and target.
+pub fn request_host(headers: &HeaderMap, uri: &Uri) -> String {
+    let raw = headers
         .get(http::header::HOST)
         .and_then(|h| h.to_str().ok())
         .map(str::to_owned)
-        .or_else(|| parts.uri.authority().map(|a| a.as_str().to_owned()))
+        .or_else(|| uri.authority().map(|a| a.as_str().to_owned()))
         .unwrap_or_default();
     normalize_host(&raw)
+}
+
+/// Whether a normalized `host` passes an allow-list of host names (an empty list allows
+/// every host). Ports are not compared.
+pub fn host_allowed(host: &str, allowed: &[String]) -> bool {
+    allowed.is_empty() || allowed.iter().any(|name| name == host_without_port(host))
 }
 
 /// A `Host` value as keys hold it: trimmed, lowercase, without a trailing dot or a default
@@ -72,12 +82,7 @@ pub fn host_without_port(host: &str) -> &str {
 /// The primary key of a request, or why it must not be cached.
 pub fn primary_key(parts: &Parts, rules: &KeyRules) -> Result<Key, HostRefused> {
     let host = normalized_host(parts);
-    if !rules.allowed_hosts.is_empty()
-        && !rules
-            .allowed_hosts
-            .iter()
-            .any(|allowed| allowed == host_without_port(&host))
-    {
+    if !host_allowed(&host, &rules.allowed_hosts) {
         return Err(HostRefused::NotAllowed);
     }
     Ok(url_key(&host, parts.uri.path(), parts.uri.query(), rules))

@@ -40,7 +40,7 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
 /// ```
 #[derive(Clone, Debug)]
 pub struct ResponseCacheLayer {
-    shared: Arc<Settings>,
+    settings: Arc<Settings>,
 }
 
 impl ResponseCacheLayer {
@@ -49,7 +49,7 @@ impl ResponseCacheLayer {
     /// bodies up to 1 MiB, requests with cookies bypassing the cache.
     pub fn new(cache: Cache) -> Self {
         Self {
-            shared: Arc::new(Settings {
+            settings: Arc::new(Settings {
                 cache,
                 keys: KeyRules {
                     sort_query: true,
@@ -70,9 +70,9 @@ impl ResponseCacheLayer {
     }
 
     fn with(mut self, change: impl FnOnce(&mut Settings)) -> Self {
-        let mut settings = Settings::clone(&self.shared);
+        let mut settings = Settings::clone(&self.settings);
         change(&mut settings);
-        self.shared = Arc::new(settings);
+        self.settings = Arc::new(settings);
         self
     }
 
@@ -173,7 +173,7 @@ impl ResponseCacheLayer {
         tags: impl IntoIterator<Item = S>,
     ) -> crate::error::Result<()> {
         let tags: Vec<String> = tags.into_iter().map(Into::into).collect();
-        super::tags::invalidate(&self.shared.cache, &tags).await
+        super::tags::invalidate(&self.settings.cache, &tags).await
     }
 
     /// Drop the stored response of a URL (`path_and_query` as requested, e.g.
@@ -189,9 +189,9 @@ impl ResponseCacheLayer {
             &super::key::normalize_host(host),
             uri.path(),
             uri.query(),
-            &self.shared.keys,
+            &self.settings.keys,
         );
-        self.shared.cache.invalidate(key).await
+        self.settings.cache.invalidate(key).await
     }
 }
 
@@ -199,6 +199,6 @@ impl<S> Layer<S> for ResponseCacheLayer {
     type Service = ResponseCache<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        ResponseCache::new(inner, Arc::clone(&self.shared))
+        ResponseCache::new(inner, Arc::clone(&self.settings))
     }
 }

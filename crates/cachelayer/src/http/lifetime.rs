@@ -37,12 +37,12 @@ impl Admitted {
 }
 
 /// The stale windows of a stored response: its own, else the layer's configured ones.
-pub(super) fn with_configured_windows(shared: &Settings, mut facts: Storable) -> Storable {
+pub(super) fn with_configured_windows(settings: &Settings, mut facts: Storable) -> Storable {
     if facts.stale_while_revalidate.is_zero() {
-        facts.stale_while_revalidate = shared.stale_while_revalidate;
+        facts.stale_while_revalidate = settings.stale_while_revalidate;
     }
     if facts.stale_if_error.is_zero() {
-        facts.stale_if_error = shared.stale_if_error;
+        facts.stale_if_error = settings.stale_if_error;
     }
     facts
 }

@@ -21,20 +21,20 @@ use crate::telemetry;
 
 /// A key's background refresh in this process; released however the refresh ends.
 struct RefreshClaim {
-    shared: Arc<Settings>,
+    settings: Arc<Settings>,
     full: String,
 }
 
 impl RefreshClaim {
     /// Claims `full`, unless a refresh of it already runs in this process.
-    fn claim(shared: &Arc<Settings>, full: &str) -> Option<Self> {
-        let claimed = shared
+    fn claim(settings: &Arc<Settings>, full: &str) -> Option<Self> {
+        let claimed = settings
             .refreshing
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(full.to_owned());
         claimed.then(|| Self {
-            shared: Arc::clone(shared),
+            settings: Arc::clone(settings),
             full: full.to_owned(),
         })
     }
@@ -42,7 +42,7 @@ impl RefreshClaim {
 
 impl Drop for RefreshClaim {
     fn drop(&mut self) {
-        self.shared
+        self.settings
             .refreshing
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -53,7 +53,7 @@ impl Drop for RefreshClaim {
 /// Refresh `keys.full` with this request on a task of its own, unless a refresh of it
 /// already runs in this process (across processes, the lock dedupes).
 pub(super) fn refresh_in_background<S, ReqBody, ResBody>(
-    shared: &Arc<Settings>,
+    settings: &Arc<Settings>,
     inner: S,
     parts: Parts,
     body: ReqBody,
@@ -70,16 +70,16 @@ pub(super) fn refresh_in_background<S, ReqBody, ResBody>(
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         return;
     };
-    let Some(claim) = RefreshClaim::claim(shared, &keys.full) else {
+    let Some(claim) = RefreshClaim::claim(settings, &keys.full) else {
         return;
     };
     metrics::counter!(telemetry::REFRESHES, "trigger" => "http_stale").increment(1);
-    let shared = Arc::clone(shared);
+    let settings = Arc::clone(settings);
     runtime.spawn(async move {
         let _claim = claim;
         let full = keys.full.clone();
         let refreshed = collapsed(
-            &shared,
+            &settings,
             inner,
             parts,
             body,

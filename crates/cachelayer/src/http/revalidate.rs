@@ -58,7 +58,7 @@ pub(super) fn has_validators(headers: &HeaderMap) -> bool {
 /// validators were ours, not the client's), refreshed, and what to store of it when the
 /// refreshed response may still be stored.
 pub(super) fn answer_not_modified(
-    shared: &Settings,
+    settings: &Settings,
     parts: &Parts,
     stored: &StoredResponse,
     not_modified: &HeaderMap,
@@ -66,7 +66,7 @@ pub(super) fn answer_not_modified(
     response_time: SystemTime,
 ) -> (Response<CacheBody>, Option<Admitted>) {
     let refreshed = refresh_from_304(
-        shared,
+        settings,
         parts,
         stored,
         not_modified,
@@ -96,7 +96,7 @@ pub(super) fn answer_not_modified(
 /// A 304 from the origin refreshes the stored response (RFC 9111 section 4.3.4): merged
 /// headers, new freshness and age; `None` when the merged response may no longer be stored.
 fn refresh_from_304(
-    shared: &Settings,
+    settings: &Settings,
     parts: &Parts,
     stored: &StoredResponse,
     not_modified: &HeaderMap,
@@ -110,10 +110,10 @@ fn refresh_from_304(
         &parts.headers,
         stored.status(),
         &merged,
-        shared.store,
+        settings.store,
     )
     .ok()
-    .map(|facts| with_configured_windows(shared, facts))?;
+    .map(|facts| with_configured_windows(settings, facts))?;
     let initial = initial_age(not_modified, request_time, response_time);
     let fresh = facts
         .freshness

@@ -37,13 +37,13 @@ use crate::stampede::within;
 #[derive(Clone, Debug)]
 pub struct ResponseCache<S> {
     inner: S,
-    shared: Arc<Settings>,
+    settings: Arc<Settings>,
 }
 
 impl<S> ResponseCache<S> {
     /// `inner` behind the cache, with the layer's settings.
-    pub(super) fn new(inner: S, shared: Arc<Settings>) -> Self {
-        Self { inner, shared }
+    pub(super) fn new(inner: S, settings: Arc<Settings>) -> Self {
+        Self { inner, settings }
     }
 }
 
@@ -70,8 +70,8 @@ where
         // The clone is not ready; the ready one handles this request (tower's usual swap).
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
-        let shared = Arc::clone(&self.shared);
-        Box::pin(handle(shared, inner, request))
+        let settings = Arc::clone(&self.settings);
+        Box::pin(handle(settings, inner, request))
     }
 }
 
@@ -114,7 +114,7 @@ fn has_body<B: Body>(parts: &Parts, body: &B) -> bool {
 }
 
 async fn handle<S, ReqBody, ResBody>(
-    shared: Arc<Settings>,
+    settings: Arc<Settings>,
     mut inner: S,
     request: Request<ReqBody>,
 ) -> Result<Response<CacheBody>, S::Error>
@@ -128,28 +128,28 @@ where
 {
     let (parts, body) = request.into_parts();
     if parts.method != Method::GET && parts.method != Method::HEAD {
-        return write_through(shared, inner, parts, body).await;
+        return write_through(settings, inner, parts, body).await;
     }
     let bypass = if has_body(&parts, &body) {
         // Its body is not part of the key, so its response cannot be shared.
         Some(Bypass::Body)
-    } else if shared.bypass_cookie_requests && parts.headers.contains_key(http::header::COOKIE) {
+    } else if settings.bypass_cookie_requests && parts.headers.contains_key(http::header::COOKIE) {
         Some(Bypass::Cookie)
     } else {
         None
     };
     if let Some(bypass) = bypass {
-        return forward(&shared, &mut inner, parts, body, bypass.status()).await;
+        return forward(&settings, &mut inner, parts, body, bypass.status()).await;
     }
-    let Ok(key) = shared.request_key(&parts) else {
-        return forward(&shared, &mut inner, parts, body, Bypass::Host.status()).await;
+    let Ok(key) = settings.request_key(&parts) else {
+        return forward(&settings, &mut inner, parts, body, Bypass::Host.status()).await;
     };
     // A hash of the key: it may hold extra key parts (a tenant) that must not be echoed.
     let key_text = crate::key::Key::new("key")
         .hashed_part(key.as_str())
         .as_str()[4..]
         .to_owned();
-    let mut response = serve_cacheable(shared, inner, parts, body, key).await?;
+    let mut response = serve_cacheable(settings, inner, parts, body, key).await?;
     // The key (RFC 9211 `key`) shows only the host and a hash, so it is safe to expose.
     status::append_key(response.headers_mut(), &key_text);
     Ok(response)
@@ -158,7 +158,7 @@ where
 /// A request of another method: straight to the origin, then, for an unsafe method, the
 /// invalidation of what it changed.
 async fn write_through<S, ReqBody, ResBody>(
-    shared: Arc<Settings>,
+    settings: Arc<Settings>,
     mut inner: S,
     parts: Parts,
     body: ReqBody,
@@ -176,14 +176,14 @@ where
         Method::OPTIONS | Method::TRACE | Method::CONNECT
     );
     let target = parts.clone();
-    let response = forward(&shared, &mut inner, parts, body, Bypass::Method.status()).await?;
+    let response = forward(&settings, &mut inner, parts, body, Bypass::Method.status()).await?;
     if unsafe_method {
         // On its own task, awaited: the invalidation completes even if the client goes
         // away, and before this response is returned.
         let (status, headers) = (response.status(), response.headers().clone());
-        let shared = Arc::clone(&shared);
+        let settings = Arc::clone(&settings);
         let invalidation = tokio::spawn(async move {
-            invalidate_after_write(&shared, &target, status, &headers).await;
+            invalidate_after_write(&settings, &target, status, &headers).await;
         });
         if invalidation.await.is_err() {
             tracing::warn!("the invalidation after a write did not complete");
@@ -194,7 +194,7 @@ where
 
 /// A GET or HEAD the cache may answer: look up, judge, serve or load.
 async fn serve_cacheable<S, ReqBody, ResBody>(
-    shared: Arc<Settings>,
+    settings: Arc<Settings>,
     mut inner: S,
     parts: Parts,
     body: ReqBody,
@@ -209,7 +209,7 @@ where
     ResBody::Error: Into<BoxError>,
 {
     let directives = RequestDirectives::of(&parts.headers);
-    let cache = &shared.cache;
+    let cache = &settings.cache;
     let primary = cache.full_key(key);
     let now = SystemTime::now();
     let (full, entry) = find(cache, &primary, &parts.headers).await;
@@ -241,7 +241,7 @@ where
         }
         Phase::StaleWhileRevalidate(Serve { stored, age, ttl }) => {
             let response = from_store(&stored, &parts, age, stale_hit(ttl));
-            refresh_in_background(&shared, inner, parts, body, keys, stored);
+            refresh_in_background(&settings, inner, parts, body, keys, stored);
             Ok(response)
         }
         Phase::OnlyIfCachedMiss => Ok(gateway_timeout()),
@@ -250,7 +250,7 @@ where
             let storing = Storing::allowed_by(&directives);
             let primary = &keys.primary;
             forward_and_store(
-                &shared,
+                &settings,
                 &mut inner,
                 parts,
                 body,
@@ -260,10 +260,10 @@ where
             )
             .await
         }
-        Phase::Miss(fwd) => go_forward(shared, inner, parts, body, keys, fwd, None).await,
+        Phase::Miss(fwd) => go_forward(settings, inner, parts, body, keys, fwd, None).await,
         Phase::Revalidate { stored, by } => {
             let stale = Some((stored, by));
-            go_forward(shared, inner, parts, body, keys, Forward::Stale, stale).await
+            go_forward(settings, inner, parts, body, keys, Forward::Stale, stale).await
         }
     }
 }
@@ -272,7 +272,7 @@ where
 /// and answer with the `stale` response (and how stale it is) if the origin fails within
 /// its stale-if-error window.
 async fn go_forward<S, ReqBody, ResBody>(
-    shared: Arc<Settings>,
+    settings: Arc<Settings>,
     mut inner: S,
     parts: Parts,
     body: ReqBody,
@@ -293,7 +293,7 @@ where
         // A HEAD or a range request cannot fill the cache for a GET: it goes to the origin
         // (a stored response above answers both).
         let status = CacheStatus::forwarded(fwd);
-        return forward(&shared, &mut inner, parts, body, status).await;
+        return forward(&settings, &mut inner, parts, body, status).await;
     }
     let refusing =
         directives.no_cache || directives.max_age.is_some() || directives.min_fresh.is_some();
@@ -304,11 +304,11 @@ where
         // must not wait on (or be answered by) their load.
         let storing = Storing::allowed_by(&directives);
         let primary = &keys.primary;
-        return forward_and_store(&shared, &mut inner, parts, body, primary, storing, fwd).await;
+        return forward_and_store(&settings, &mut inner, parts, body, primary, storing, fwd).await;
     }
     let revalidating = stale.as_ref().map(|(stored, _)| stored.clone());
     let request_head = parts.clone();
-    let result = collapsed(&shared, inner, parts, body, keys, fwd, revalidating).await;
+    let result = collapsed(&settings, inner, parts, body, keys, fwd, revalidating).await;
     // stale-if-error: an origin failure or 5xx is answered with the stale response.
     let failed = match &result {
         Ok(response) => response.status().is_server_error(),

@@ -376,7 +376,9 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert(X_CACHE, HeaderValue::from_static("HIT from upstream"));
         headers.append(CACHE_STATUS, HeaderValue::from_static("upstream; hit"));
-        CacheStatus::forwarded(Forward::UriMiss).with_stored(true).write_to(&mut headers);
+        CacheStatus::forwarded(Forward::UriMiss)
+            .with_stored(true)
+            .write_to(&mut headers);
         assert_eq!(headers[X_CACHE], "MISS");
         let entries: Vec<_> = headers.get_all(CACHE_STATUS).iter().collect();
         assert_eq!(

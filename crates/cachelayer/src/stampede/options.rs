@@ -1,5 +1,8 @@
 //! Load options: the per-call [`LoadOptions`] and the cache-wide [`StampedeSettings`] they
 //! fall back to.
+//!
+//! Options are plain data, resolved against the settings once per load; this module must
+//! never touch the store or start a load itself.
 
 use std::time::Duration;
 

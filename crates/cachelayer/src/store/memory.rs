@@ -22,7 +22,7 @@ use super::contract::{KeyTtl, Store, StoreEntry, StoreKind, Subscription, ttl_mi
 use crate::error::Result;
 
 /// Default bound on the bytes held (keys plus values plus per-entry overhead): 256 MiB, the
-/// tutorial's Redis `maxmemory`.
+/// `maxmemory` our Redis deployment uses (docker-compose.yml).
 pub const DEFAULT_MEMORY_CAPACITY_BYTES: u64 = 256 * 1024 * 1024;
 
 /// Bookkeeping bytes charged per entry on top of key and value, so that many tiny entries

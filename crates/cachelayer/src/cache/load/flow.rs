@@ -334,7 +334,9 @@ impl Cache {
                     .await;
                 (loaded, Some(lease))
             }
-            LockWait::Filled(value) => (Loaded::value(value).from(LoadSource::Coalesced), None),
+            LockWait::StoredByHolder(value) => {
+                (Loaded::value(value).from(LoadSource::Coalesced), None)
+            }
             LockWait::Unavailable => {
                 let loaded = self
                     .load_and_store(full, options, loader, None, stale)

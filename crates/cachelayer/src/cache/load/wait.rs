@@ -21,8 +21,8 @@ const MAX_POLL: Duration = Duration::from_millis(250);
 /// How waiting for the fleet-wide lock ended.
 pub(super) enum LockWait<T> {
     Acquired(LockLease),
-    /// Another process filled the key meanwhile.
-    Filled(Option<T>),
+    /// The holder stored the key meanwhile: its value.
+    StoredByHolder(Option<T>),
     /// The store cannot coordinate (down, breaker open): load without the lock.
     Unavailable,
     TimedOut,
@@ -56,7 +56,7 @@ impl Cache {
                 notices = Some(self.notice_wait(full).await);
             }
             if let Some(value) = self.fresh_value::<T>(full, absent_ok).await {
-                return LockWait::Filled(value);
+                return LockWait::StoredByHolder(value);
             }
             let nap = poll
                 .mul_f64(0.5 + self.inner.random.unit())
@@ -69,7 +69,7 @@ impl Cache {
             }
             poll = (poll * 2).min(MAX_POLL);
             if let Some(value) = self.fresh_value::<T>(full, absent_ok).await {
-                return LockWait::Filled(value);
+                return LockWait::StoredByHolder(value);
             }
         }
     }
