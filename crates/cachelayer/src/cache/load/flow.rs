@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use super::fill::StaleValue;
-use super::lock::{LockLease, lock_event};
+use super::lock::{LockEvent, LockLease};
+use super::refresh::RefreshTrigger;
 use super::run::bypass;
 use super::wait::LockWait;
 use super::{LoadFuture, LoadMode, LoadResult, LoadSource, Loadable, Loaded};
@@ -28,7 +29,7 @@ enum Lookup<T> {
     Served {
         value: Option<T>,
         source: LoadSource,
-        refresh: Option<(SystemTime, &'static str)>,
+        refresh: Option<(SystemTime, RefreshTrigger)>,
     },
     /// Nothing usable: load, keeping what is stale for `stale_if_error`.
     Miss(Option<StaleValue<T>>),
@@ -175,7 +176,7 @@ impl Cache {
                 Lookup::Served {
                     value: entry.value,
                     source: LoadSource::Hit,
-                    refresh: early.then_some((seen, "early")),
+                    refresh: early.then_some((seen, RefreshTrigger::Early)),
                 }
             }
             Freshness::Stale { by } if within(by, options.settings.stale_while_revalidate) => {
@@ -184,7 +185,7 @@ impl Cache {
                 Lookup::Served {
                     value: entry.value,
                     source: LoadSource::Stale,
-                    refresh: Some((seen, "stale")),
+                    refresh: Some((seen, RefreshTrigger::StaleWhileRevalidate)),
                 }
             }
             Freshness::Stale { by } => {
@@ -344,7 +345,7 @@ impl Cache {
                 (loaded, None)
             }
             LockWait::TimedOut => {
-                lock_event("timed_out");
+                LockEvent::TimedOut.record();
                 let waited = options.settings.lock_max_wait;
                 tracing::warn!(
                     key = full,

@@ -22,9 +22,37 @@ impl Cache {
     }
 }
 
-/// Count a lock event (acquired, contended, extended, lost, timed out).
-pub(super) fn lock_event(event: &'static str) {
-    metrics::counter!(telemetry::LOCK_EVENTS, "event" => event).increment(1);
+/// What happened to a fleet-wide lock, as the `event` label of its metric counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum LockEvent {
+    /// This process took the lock.
+    Acquired,
+    /// Another process held it: this one waits.
+    Contended,
+    /// The holder renewed its lease.
+    Extended,
+    /// The holder found its lease taken over (it lapsed).
+    Lost,
+    /// A waiter gave up after `lock_max_wait`.
+    TimedOut,
+}
+
+impl LockEvent {
+    /// The metric label.
+    pub(super) fn as_str(self) -> &'static str {
+        match self {
+            Self::Acquired => "acquired",
+            Self::Contended => "contended",
+            Self::Extended => "extended",
+            Self::Lost => "lost",
+            Self::TimedOut => "timed_out",
+        }
+    }
+
+    /// Count it.
+    pub(super) fn record(self) {
+        metrics::counter!(telemetry::LOCK_EVENTS, "event" => self.as_str()).increment(1);
+    }
 }
 
 /// This process's hold on a key's fleet-wide lock (once taken). Released by
@@ -81,7 +109,7 @@ impl LockLease {
             Err(err) => err.is_timeout(),
         };
         if matches!(taken, Ok(true)) {
-            lock_event("acquired");
+            LockEvent::Acquired.record();
         }
         taken
     }
@@ -95,9 +123,9 @@ impl LockLease {
         loop {
             ticks.tick().await;
             match self.renew(ttl).await {
-                Renewal::Extended => lock_event("extended"),
+                Renewal::Extended => LockEvent::Extended.record(),
                 Renewal::Lost => {
-                    lock_event("lost");
+                    LockEvent::Lost.record();
                     tracing::warn!(
                         key = self.full,
                         "the load lock lapsed or was evicted while loading; another process may load too"

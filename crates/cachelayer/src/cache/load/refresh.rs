@@ -12,6 +12,26 @@ use crate::cache::handle::Cache;
 use crate::stampede::{Resolved, Role};
 use crate::telemetry;
 
+/// Why a value is refreshed while it is still served, as the `trigger` label of the refresh
+/// metric counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum RefreshTrigger {
+    /// XFetch decided to refresh a fresh value early.
+    Early,
+    /// The value is past its TTL, within `stale_while_revalidate`.
+    StaleWhileRevalidate,
+}
+
+impl RefreshTrigger {
+    /// The metric label.
+    pub(super) fn as_str(self) -> &'static str {
+        match self {
+            Self::Early => "early",
+            Self::StaleWhileRevalidate => "stale",
+        }
+    }
+}
+
 impl Cache {
     /// Refresh `full` on a background task, unless a refresh of it already runs here. Misses
     /// never wait on a background refresh (they have their own flight), so a loader that
@@ -22,7 +42,7 @@ impl Cache {
         options: Resolved,
         loader: F,
         seen: SystemTime,
-        trigger: &'static str,
+        trigger: RefreshTrigger,
     ) where
         T: Loadable,
         E: Send + Sync + 'static,
@@ -52,7 +72,7 @@ impl Cache {
         options: Resolved,
         loader: F,
         seen: SystemTime,
-        trigger: &'static str,
+        trigger: RefreshTrigger,
     ) where
         T: Loadable,
         E: Send + Sync + 'static,
@@ -80,7 +100,7 @@ impl Cache {
             }
             return;
         }
-        metrics::counter!(telemetry::REFRESHES, "trigger" => trigger).increment(1);
+        metrics::counter!(telemetry::REFRESHES, "trigger" => trigger.as_str()).increment(1);
         let loaded: Loaded<T, E> = self
             .load_and_store(full, options, loader, lease.as_ref(), None)
             .await;
@@ -138,12 +158,24 @@ mod tests {
         let runs = Arc::new(AtomicUsize::new(0));
         let earlier = seen.checked_sub(Duration::from_secs(1)).expect("earlier");
         cache
-            .refresh::<u32, (), _>(&full, options, counted(&runs, 2), earlier, "early")
+            .refresh::<u32, (), _>(
+                &full,
+                options,
+                counted(&runs, 2),
+                earlier,
+                RefreshTrigger::Early,
+            )
             .await;
         assert_eq!(runs.load(Ordering::SeqCst), 0);
         assert_eq!(cache.get::<u32>("k").await, Some(1));
         cache
-            .refresh::<u32, (), _>(&full, options, counted(&runs, 3), seen, "early")
+            .refresh::<u32, (), _>(
+                &full,
+                options,
+                counted(&runs, 3),
+                seen,
+                RefreshTrigger::Early,
+            )
             .await;
         assert_eq!(runs.load(Ordering::SeqCst), 1);
         assert_eq!(cache.get::<u32>("k").await, Some(3));
@@ -157,7 +189,13 @@ mod tests {
         assert!(holder.try_take(MINUTE).await.expect("take"));
         let runs = Arc::new(AtomicUsize::new(0));
         cache
-            .refresh::<u32, (), _>(&full, options, counted(&runs, 2), seen, "stale")
+            .refresh::<u32, (), _>(
+                &full,
+                options,
+                counted(&runs, 2),
+                seen,
+                RefreshTrigger::StaleWhileRevalidate,
+            )
             .await;
         assert_eq!(runs.load(Ordering::SeqCst), 0);
         assert_eq!(cache.get::<u32>("k").await, Some(1));

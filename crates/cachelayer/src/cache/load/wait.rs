@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::Loadable;
-use super::lock::{LockLease, lock_event};
+use super::lock::{LockEvent, LockLease};
 use crate::cache::handle::Cache;
 use crate::stampede::Resolved;
 
@@ -51,7 +51,7 @@ impl Cache {
                 return LockWait::TimedOut;
             }
             if notices.is_none() {
-                lock_event("contended");
+                LockEvent::Contended.record();
                 // Register before re-checking, so a notice sent in between still wakes us.
                 notices = Some(self.notice_wait(full).await);
             }
