@@ -36,6 +36,12 @@ impl NoticeWaiters {
         }
     }
 
+    /// Whether a caller is registered for `key` (tests synchronise on it).
+    #[cfg(test)]
+    pub(crate) fn is_waited_on(&self, key: &str) -> bool {
+        self.lock().contains_key(key)
+    }
+
     /// Wake every waiter of `key`.
     pub(crate) fn notify(&self, key: &str) {
         if let Some(sender) = self.lock().get(key) {

@@ -97,3 +97,43 @@ impl Cache {
         format!("{}:fills", self.inner.namespace)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use futures::FutureExt;
+
+    use crate::cache::handle::Cache;
+    use crate::store::{MemoryStore, Store};
+
+    /// Bounds each wait, so a lost notice fails the test instead of hanging it.
+    const BOUND: Duration = Duration::from_secs(5);
+
+    /// Two caches on one store stand for two processes: a notice that one announces for a
+    /// key wakes the other's waiter of that key, not a waiter of another key.
+    #[tokio::test]
+    async fn a_notice_wakes_the_waiters_of_its_key_in_another_cache() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::builder().build());
+        let waiting = Cache::builder()
+            .shared_store(Arc::clone(&store))
+            .build()
+            .expect("cache");
+        let storing = Cache::builder().shared_store(store).build().expect("cache");
+        let full = waiting.full_key("k");
+        let mut wait = waiting.notice_wait(&full).await;
+        let mut other = waiting.notice_wait(&waiting.full_key("other")).await;
+
+        storing.announce_stored(&full).await;
+        tokio::time::timeout(BOUND, wait.announced())
+            .await
+            .expect("the waiter of the announced key is woken");
+        // The listener woke `wait` while handling the one message; a wrong wake-up of
+        // `other` would have happened in the same step, so it shows now, without waiting.
+        assert!(
+            other.announced().now_or_never().is_none(),
+            "a waiter of another key is not woken"
+        );
+    }
+}

@@ -74,3 +74,84 @@ impl Cache {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::stampede::LoadOptions;
+
+    const MINUTE: Duration = Duration::from_secs(60);
+
+    fn waiting_up_to(cache: &Cache, max_wait: Duration) -> Resolved {
+        cache
+            .resolve(LoadOptions::ttl(MINUTE).lock_max_wait(max_wait))
+            .expect("valid options")
+    }
+
+    /// A free lock is taken at once.
+    #[tokio::test]
+    async fn a_free_lock_is_taken() {
+        let cache = Cache::builder().build().expect("cache");
+        let full = cache.full_key("k");
+        let wait = cache
+            .wait_for_lock::<u32>(&full, waiting_up_to(&cache, MINUTE), false)
+            .await;
+        assert!(matches!(wait, LockWait::Acquired(_)));
+    }
+
+    /// While another lease holds the lock, a value it stored ends the wait with that value.
+    #[tokio::test]
+    async fn a_value_the_holder_stored_ends_the_wait() {
+        let cache = Cache::builder().build().expect("cache");
+        let full = cache.full_key("k");
+        let mut holder = LockLease::new(&cache, &full);
+        assert!(holder.try_take(MINUTE).await.expect("take"));
+        cache.insert("k", &7u32).await.expect("insert");
+        let wait = cache
+            .wait_for_lock::<u32>(&full, waiting_up_to(&cache, MINUTE), false)
+            .await;
+        assert!(matches!(wait, LockWait::StoredByHolder(Some(7))));
+    }
+
+    /// A holder that neither stores nor releases makes the waiter give up at `lock_max_wait`.
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_holder_makes_the_wait_time_out() {
+        let cache = Cache::builder().build().expect("cache");
+        let full = cache.full_key("k");
+        let mut holder = LockLease::new(&cache, &full);
+        assert!(holder.try_take(MINUTE).await.expect("take"));
+        let started = Instant::now();
+        let wait = cache
+            .wait_for_lock::<u32>(&full, waiting_up_to(&cache, Duration::from_secs(2)), false)
+            .await;
+        assert!(matches!(wait, LockWait::TimedOut));
+        assert!(started.elapsed() >= Duration::from_secs(2));
+    }
+
+    /// When the holder releases without storing (its loader failed) while a waiter waits,
+    /// the waiter takes the lock on its next attempt instead of waiting out `lock_max_wait`.
+    #[tokio::test(start_paused = true)]
+    async fn a_released_lock_is_taken_over() {
+        let cache = Cache::builder().build().expect("cache");
+        let full = cache.full_key("k");
+        let mut holder = LockLease::new(&cache, &full);
+        assert!(holder.try_take(MINUTE).await.expect("take"));
+        let waiter = {
+            let (cache, full) = (cache.clone(), full.clone());
+            tokio::spawn(async move {
+                cache
+                    .wait_for_lock::<u32>(&full, waiting_up_to(&cache, MINUTE), false)
+                    .await
+            })
+        };
+        // Release only once the waiter found the lock held and registered for notices.
+        while !cache.inner.notices.is_waited_on(&full) {
+            tokio::task::yield_now().await;
+        }
+        holder.release(false).await;
+        let wait = waiter.await.expect("waiter");
+        assert!(matches!(wait, LockWait::Acquired(_)));
+    }
+}
