@@ -55,12 +55,17 @@ where
     }
 }
 
-/// Any body, boxed as the layer's.
-pub(super) fn boxed<B>(body: B) -> CacheBody
-where
-    B: Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
+/// A response body of the service behind the layer: bytes, with errors the layer can box,
+/// that may move to another task (collapsed calls and refreshes run on their own).
+pub(super) trait OriginBody:
+    Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static
 {
+}
+
+impl<B> OriginBody for B where B: Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static {}
+
+/// Any body, boxed as the layer's.
+pub(super) fn boxed<B: OriginBody>(body: B) -> CacheBody {
     body.map_err(Into::into).boxed_unsync()
 }
 

@@ -10,15 +10,12 @@ use std::convert::Infallible;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
 use http::request::Parts;
 use http::{Method, Request, Response};
-use http_body::Body;
-use tower::Service;
 
 use super::admit::admit;
-use super::body::{BoxError, CacheBody};
-use super::forward::{Storing, forward_and_store};
+use super::body::{CacheBody, OriginBody};
+use super::forward::{Origin, Storing, forward_and_store};
 use super::respond::{describe, from_store};
 use super::revalidate::{conditional, has_validators};
 use super::settings::Settings;
@@ -64,10 +61,8 @@ pub(super) async fn collapsed<S, ReqBody, ResBody>(
     revalidating: Option<StoredResponse>,
 ) -> Result<Response<CacheBody>, S::Error>
 where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send,
-    S::Future: Send,
-    ResBody: Body<Data = Bytes> + Send + 'static,
-    ResBody::Error: Into<BoxError>,
+    S: Origin<ReqBody, ResBody>,
+    ResBody: OriginBody,
 {
     let Keys { primary, full } = keys;
     // When this request leads, its own origin response (or error) comes back through `own`;

@@ -6,19 +6,33 @@
 
 use std::time::SystemTime;
 
-use bytes::Bytes;
 use http::request::Parts;
 use http::{Request, Response};
-use http_body::Body;
 use tower::Service;
 
 use super::admit::{admit, strip_tag_headers};
-use super::body::{BoxError, CacheBody, boxed};
+use super::body::{CacheBody, OriginBody, boxed};
 use super::policy::RequestDirectives;
 use super::respond::describe;
 use super::settings::Settings;
 use super::status::{CacheStatus, Forward};
 use super::vary::store_response;
+
+/// The service behind the layer, as every step on the way to it needs it: its calls, their
+/// futures and errors may move to another task (collapsed calls, background refreshes).
+pub(super) trait Origin<ReqBody, ResBody>:
+    Service<Request<ReqBody>, Response = Response<ResBody>, Future: Send, Error: Send + 'static>
+    + Send
+    + 'static
+{
+}
+
+impl<S, ReqBody, ResBody> Origin<ReqBody, ResBody> for S where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>, Future: Send, Error: Send + 'static>
+        + Send
+        + 'static
+{
+}
 
 /// Call the origin and pass its response through untouched but for the status headers.
 pub(super) async fn forward<S, ReqBody, ResBody>(
@@ -29,10 +43,8 @@ pub(super) async fn forward<S, ReqBody, ResBody>(
     status: CacheStatus,
 ) -> Result<Response<CacheBody>, S::Error>
 where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send,
-    S::Future: Send,
-    ResBody: Body<Data = Bytes> + Send + 'static,
-    ResBody::Error: Into<BoxError>,
+    S: Origin<ReqBody, ResBody>,
+    ResBody: OriginBody,
 {
     let response = inner.call(Request::from_parts(parts, body)).await?;
     let mut response = response.map(boxed);
@@ -75,10 +87,8 @@ pub(super) async fn forward_and_store<S, ReqBody, ResBody>(
     fwd: Forward,
 ) -> Result<Response<CacheBody>, S::Error>
 where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send,
-    S::Future: Send,
-    ResBody: Body<Data = Bytes> + Send + 'static,
-    ResBody::Error: Into<BoxError>,
+    S: Origin<ReqBody, ResBody>,
+    ResBody: OriginBody,
 {
     let request_time = SystemTime::now();
     let response = inner.call(Request::from_parts(parts.clone(), body)).await?;

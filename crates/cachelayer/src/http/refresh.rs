@@ -6,14 +6,11 @@
 
 use std::sync::{Arc, PoisonError};
 
-use bytes::Bytes;
 use http::request::Parts;
-use http::{Request, Response};
-use http_body::Body;
-use tower::Service;
 
-use super::body::BoxError;
+use super::body::OriginBody;
 use super::collapse::{Keys, collapsed};
+use super::forward::Origin;
 use super::settings::Settings;
 use super::status::Forward;
 use super::stored::StoredResponse;
@@ -60,12 +57,9 @@ pub(super) fn refresh_in_background<S, ReqBody, ResBody>(
     keys: Keys,
     stored: StoredResponse,
 ) where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
-    S::Future: Send,
-    S::Error: Send + 'static,
+    S: Origin<ReqBody, ResBody>,
     ReqBody: Send + 'static,
-    ResBody: Body<Data = Bytes> + Send + 'static,
-    ResBody::Error: Into<BoxError>,
+    ResBody: OriginBody,
 {
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         return;

@@ -18,9 +18,9 @@ use http::{Method, Request, Response};
 use http_body::Body;
 use tower::Service;
 
-use super::body::{BoxError, CacheBody};
+use super::body::{BoxError, CacheBody, OriginBody};
 use super::collapse::{Keys, collapsed};
-use super::forward::{Storing, forward, forward_and_store};
+use super::forward::{Origin, Storing, forward, forward_and_store};
 use super::invalidate::invalidate_after_write;
 use super::lookup::{Found, Phase, Serve, judge, signed_secs};
 use super::policy::RequestDirectives;
@@ -119,12 +119,9 @@ async fn handle<S, ReqBody, ResBody>(
     request: Request<ReqBody>,
 ) -> Result<Response<CacheBody>, S::Error>
 where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
-    S::Future: Send,
-    S::Error: Send + 'static,
+    S: Origin<ReqBody, ResBody>,
     ReqBody: Body + Send + 'static,
-    ResBody: Body<Data = Bytes> + Send + 'static,
-    ResBody::Error: Into<BoxError>,
+    ResBody: OriginBody,
 {
     let (parts, body) = request.into_parts();
     if parts.method != Method::GET && parts.method != Method::HEAD {
@@ -164,12 +161,9 @@ async fn write_through<S, ReqBody, ResBody>(
     body: ReqBody,
 ) -> Result<Response<CacheBody>, S::Error>
 where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
-    S::Future: Send,
-    S::Error: Send + 'static,
+    S: Origin<ReqBody, ResBody>,
     ReqBody: Body + Send + 'static,
-    ResBody: Body<Data = Bytes> + Send + 'static,
-    ResBody::Error: Into<BoxError>,
+    ResBody: OriginBody,
 {
     let unsafe_method = !matches!(
         parts.method,
@@ -201,12 +195,9 @@ async fn serve_cacheable<S, ReqBody, ResBody>(
     key: crate::key::Key,
 ) -> Result<Response<CacheBody>, S::Error>
 where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
-    S::Future: Send,
-    S::Error: Send + 'static,
+    S: Origin<ReqBody, ResBody>,
     ReqBody: Send + 'static,
-    ResBody: Body<Data = Bytes> + Send + 'static,
-    ResBody::Error: Into<BoxError>,
+    ResBody: OriginBody,
 {
     let directives = RequestDirectives::of(&parts.headers);
     let cache = &settings.cache;
@@ -281,12 +272,9 @@ async fn go_forward<S, ReqBody, ResBody>(
     stale: Option<(StoredResponse, Duration)>,
 ) -> Result<Response<CacheBody>, S::Error>
 where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
-    S::Future: Send,
-    S::Error: Send + 'static,
+    S: Origin<ReqBody, ResBody>,
     ReqBody: Send + 'static,
-    ResBody: Body<Data = Bytes> + Send + 'static,
-    ResBody::Error: Into<BoxError>,
+    ResBody: OriginBody,
 {
     let directives = RequestDirectives::of(&parts.headers);
     if parts.headers.contains_key(http::header::RANGE) || parts.method == Method::HEAD {
