@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
+use cachelayer::http::status::X_CACHE;
 use metrics::{Counter, Histogram};
 use serde::Serialize;
 use tokio::time::Instant;
@@ -172,7 +173,7 @@ pub(crate) async fn observe(
     let (requests, duration) = state.series(method, response.status().as_u16(), route);
     requests.increment(1);
     duration.record(elapsed.as_secs_f64());
-    let cache = response.headers().get("x-cache").map(|v| v.as_bytes());
+    let cache = response.headers().get(X_CACHE).map(|v| v.as_bytes());
     if let Some(cache) = cache {
         state.outcomes.record(cache);
     }

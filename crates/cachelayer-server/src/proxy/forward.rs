@@ -20,6 +20,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
 use cachelayer::http::headers::strip_hop_by_hop;
+use cachelayer::http::status::X_CACHE;
 
 use super::config::HostMode;
 
@@ -130,7 +131,7 @@ impl Forwarder {
                 strip_hop_by_hop(&mut parts.headers);
                 // An upstream cache's own label (Varnish, a CDN) would be taken for this
                 // proxy's; its `Cache-Status` entries stay (RFC 9211 lists every cache).
-                parts.headers.remove("x-cache");
+                parts.headers.remove(X_CACHE);
                 append_via(&mut parts.headers);
                 Response::from_parts(parts, Body::new(body))
             }
