@@ -2,18 +2,42 @@
 """The load benchmark: builds the binaries, starts every scenario on loopback, drives it with
 wrk, and writes the medians to BENCHMARKS.md with an SVG chart.
 
-    python3 bench/load.py            # 3 rounds x 10 s per scenario, release build (~6 min)
+    python3 bench/load.py            # 3 rounds x 10 s per scenario, release build (~8 min)
     python3 bench/load.py --smoke    # 1 round x 1 s, debug build, nothing written (scripts/test)
+    python3 bench/load.py --only nginx,proxy-memory --rounds 1 --duration 3s --warmup 2s
+                                     # some scenarios: the table is printed, nothing written
 
-Each scenario's server runs pinned to core 0 and wrk to core 1 (`taskset`); Redis and the
-proxy's upstream share core 1 with wrk. Ids are spread over 1,000 products (~1 KB each).
-Every round runs every scenario, and a ratio is the median of per-round ratios to the limit.
+Scenarios: the limit (bench_origin, a minimal hyper server answering from memory); nginx and
+Varnish, peer caches in front of bench_origin; `cachelayer proxy` in front of bench_origin with
+its in-process store and with Redis; `cachelayer serve` cached in process, cached in Redis, and
+uncached. Ids are spread over 1,000 products (~1 KB each).
+
+Pinning (`taskset`): every server-side process of a scenario runs on core 0 (the server under
+test, its upstream bench_origin, Redis), so each figure pays for all the work behind it; only
+wrk runs on core 1.
+
+Peers: nginx with one worker and its ordinary proxy_cache setup (bench/load/nginx.conf.tmpl);
+Varnish with its default thread pools (2 pools of 100 to 5,000 threads), `-s malloc,256m`
+and the built-in VCL plus an X-Cache header (bench/load/varnish.vcl). Both take the cache
+lifetime from the origin's `Cache-Control: public, max-age=300`. wrk, nginx and Varnish are
+installed from Debian's packages when missing, without starting their services.
+
+CPU per request: user and system CPU time (/proc/<pid>/stat) of every server-side process of
+the scenario, whole process trees (nginx's worker, Varnish's child), read just before and just
+after the measured wrk run, divided by its requests.
+
+Every round runs every scenario. A ratio is the median of per-round ratios to the limit (every
+scenario), to nginx and to Varnish (the proxy scenarios, and the two peers to each other).
 It must never report a figure from a run with errors: such a run fails the script.
+bench/profile.py imports this module to profile one scenario with perf.
 """
 
 import argparse
+import contextlib
+import grp
 import json
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -23,20 +47,42 @@ import sys
 import tempfile
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 LUA = ROOT / "bench" / "load" / "products.lua"
+NGINX_CONF = ROOT / "bench" / "load" / "nginx.conf.tmpl"
+VARNISH_VCL = ROOT / "bench" / "load" / "varnish.vcl"
 RESULTS = ROOT / "bench" / "results"
 START, END = "<!-- load-benchmark:start -->", "<!-- load-benchmark:end -->"
 
 SCENARIOS = [
     ("limit", "limit: minimal hyper server, bytes from memory"),
-    ("serve-redis", "serve, cached: Redis store"),
-    ("serve-memory", "serve, cached: in-process store"),
-    ("serve-miss", "serve, miss: cache off, SQLite every request"),
+    ("nginx", "nginx proxy_cache in front of the limit server"),
+    ("varnish", "Varnish (malloc store) in front of the limit server"),
+    ("proxy-memory", "proxy, cached (in-process store) in front of the limit server"),
     ("proxy-redis", "proxy, cached (Redis) in front of the limit server"),
+    ("serve-memory", "serve, cached: in-process store"),
+    ("serve-redis", "serve, cached: Redis store"),
+    ("serve-miss", "serve, miss: cache off, SQLite every request"),
 ]
+NAMES = [name for name, _ in SCENARIOS]
+PEERS = ("nginx", "varnish")
+PROXIES = ("proxy-memory", "proxy-redis")
+UNCACHED = ("limit", "serve-miss")
+USES_REDIS = ("proxy-redis", "serve-redis")
+SERVE_FLAGS = {"serve-memory": [], "serve-redis": None, "serve-miss": ["--cache-ttl", "0s"]}
+# (scenario, command, Debian packages to try in turn: nginx-light is gone from newer Debian).
+PEER_COMMANDS = [("nginx", "nginx", ("nginx-light", "nginx")), ("varnish", "varnishd", ("varnish",))]
+MEDIAN_KEYS = ("rps", "p50_us", "p99_us", "p999_us", "cpu_user_us", "cpu_sys_us")
+CLOCK_TICK_S = 1 / os.sysconf("SC_CLK_TCK")
+# cachelayer also reads its flags from the environment: a REDIS_URL or CACHELAYER_* of the
+# caller's shell would silently change a scenario (proxy-memory would use Redis).
+SERVER_ENV = {key: value for key, value in os.environ.items()
+              if key != "REDIS_URL" and not key.startswith("CACHELAYER_")}
+# nginx and varnishd live in /usr/sbin, which a non-root PATH may lack.
+SEARCH_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
 
 
 def free_port():
@@ -49,15 +95,75 @@ def pinned(core, argv):
     return ["taskset", "-c", str(core)] + argv if shutil.which("taskset") else argv
 
 
-def ensure_wrk():
-    if shutil.which("wrk"):
-        return
-    print("load.py: wrk not found; installing Debian's wrk", file=sys.stderr)
+def render(template, **values):
+    """A template of bench/load with its @NAME@ placeholders filled in (nginx and VCL syntax
+    use both braces and dollars, so neither str.format nor string.Template fit)."""
+    text = template.read_text()
+    for name, value in values.items():
+        text = text.replace(f"@{name}@", str(value))
+    return text
+
+
+# --- Tools ---------------------------------------------------------------------------------
+
+POLICY_RC = Path("/usr/sbin/policy-rc.d")
+
+
+def apt_install(*packages):
+    """Installs Debian packages without letting them start their services (a packaged nginx
+    or Varnish would take ports and CPU): /usr/sbin/policy-rc.d answering 101, Debian's "do not
+    start services", for the duration of the install, as scripts/test does."""
     sudo = [] if os.geteuid() == 0 else ["sudo"]
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    subprocess.run(sudo + ["apt-get", "update", "-qq"], check=True, env=env)
-    subprocess.run(sudo + ["apt-get", "install", "-y", "-qq", "wrk"], check=True, env=env,
-                   stdout=subprocess.DEVNULL)
+    apt = sudo + ["env", "DEBIAN_FRONTEND=noninteractive", "apt-get"]
+    own_policy = not POLICY_RC.exists()
+    if own_policy:
+        subprocess.run(sudo + ["sh", "-c", f"printf '#!/bin/sh\\nexit 101\\n' > {POLICY_RC} "
+                                           f"&& chmod +x {POLICY_RC}"], check=True)
+    try:
+        subprocess.run(apt + ["update", "-qq"], check=True)
+        subprocess.run(apt + ["install", "-y", "-qq", *packages], check=True, stdout=subprocess.DEVNULL)
+    finally:
+        if own_policy:
+            subprocess.run(sudo + ["rm", "-f", str(POLICY_RC)], check=True)
+
+
+def ensure(command, *packages):
+    """The path of command, installing the first of packages that installs when it is missing."""
+    path = shutil.which(command, path=SEARCH_PATH)
+    if path:
+        return path
+    for package in packages:
+        print(f"load.py: {command} not found; installing Debian's {package}", file=sys.stderr)
+        try:
+            apt_install(package)
+            break
+        except (OSError, subprocess.CalledProcessError):
+            if package == packages[-1]:
+                raise
+    path = shutil.which(command, path=SEARCH_PATH)
+    if not path:
+        raise RuntimeError(f"{command} is still missing after installing {' or '.join(packages)}")
+    return path
+
+
+def ensure_tools(scenarios, smoke):
+    """{command: path} of wrk and the peers among scenarios, installed when missing, and the
+    scenarios that can run. A measured run needs every peer; a smoke run (CI) exercises the
+    peers when they can be installed and says loudly when one cannot."""
+    tools = {"wrk": ensure("wrk", "wrk")}
+    runnable = list(scenarios)
+    for name, command, packages in PEER_COMMANDS:
+        if name not in scenarios:
+            continue
+        try:
+            tools[command] = ensure(command, *packages)
+        except (OSError, subprocess.CalledProcessError, RuntimeError) as err:
+            if not smoke:
+                raise SystemExit(f"load.py: the {name} scenario needs {command}, which could not be installed: {err}")
+            print(f"load.py: WARNING: smoke run WITHOUT {name}: {command} could not be installed ({err})",
+                  file=sys.stderr)
+            runnable.remove(name)
+    return tools, runnable
 
 
 def build(release):
@@ -68,9 +174,16 @@ def build(release):
     return target / "cachelayer", target / "examples" / "bench_origin"
 
 
-def wait_http(url, deadline_s=120):
+# --- Processes -----------------------------------------------------------------------------
+
+def wait_http(url, processes=(), deadline_s=120):
+    """Waits for url to answer 200, failing at once if one of processes has exited."""
     deadline = time.time() + deadline_s
     while True:
+        for process in processes:
+            if process.poll() is not None:
+                raise RuntimeError(f"{' '.join(map(str, process.args))} "
+                                   f"exited with status {process.returncode} before {url} answered")
         try:
             with urllib.request.urlopen(url, timeout=2) as response:
                 if response.status == 200:
@@ -84,8 +197,9 @@ def wait_http(url, deadline_s=120):
 
 def check_cached(scenario, base):
     """A cached scenario must be measuring hits: /products/1, stored by the readiness probe
-    and read again by the warm-up, must now be answered from the cache."""
-    if scenario in ("limit", "serve-miss"):
+    and read again by the warm-up, must now be answered from the cache. Every cache here,
+    nginx and Varnish included, labels its answer with X-Cache."""
+    if scenario in UNCACHED:
         return
     with urllib.request.urlopen(f"{base}/products/1", timeout=5) as response:
         label = response.headers.get("x-cache")
@@ -93,7 +207,71 @@ def check_cached(scenario, base):
         raise SystemExit(f"load.py: {scenario} answered X-Cache {label} after the warm-up, not HIT")
 
 
+def proc_stat(pid):
+    """(ppid, utime, stime) of a process: fields 4, 14 and 15 of /proc/<pid>/stat, counted
+    after the command name, which may hold spaces and parentheses. Times are in clock ticks
+    and cover all the process's threads."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[1]), int(fields[11]), int(fields[12])
+
+
+def process_tree(pid):
+    """pid and all its descendants (nginx's worker, Varnish's child), by a walk of /proc
+    (/proc/<pid>/task/*/children needs a kernel option that not every kernel has)."""
+    children = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                children.setdefault(proc_stat(entry.name)[0], []).append(int(entry.name))
+            except (OSError, IndexError, ValueError):
+                pass  # gone meanwhile
+    tree, queue = [], [pid]
+    while queue:
+        tree.append(queue.pop())
+        queue.extend(children.get(tree[-1], []))
+    return tree
+
+
+def cpu_ticks(roots):
+    """{role: {pid: (utime, stime)}} over the process trees of {role: root pid}."""
+    snapshot = {}
+    for role, root in roots.items():
+        snapshot[role] = {}
+        for pid in process_tree(root):
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                snapshot[role][pid] = proc_stat(pid)[1:]
+    return snapshot
+
+
+def cpu_spent(before, after):
+    """{role: {"user_s", "sys_s"}} between two cpu_ticks snapshots; a process born in between
+    counts from zero."""
+    spent = {}
+    for role, pids in after.items():
+        user = system = 0
+        for pid, (utime, stime) in pids.items():
+            utime0, stime0 = before.get(role, {}).get(pid, (0, 0))
+            user, system = user + utime - utime0, system + stime - stime0
+        spent[role] = {"user_s": user * CLOCK_TICK_S, "sys_s": system * CLOCK_TICK_S}
+    return spent
+
+
+def started_at(pid):
+    """A process's start time (field 22 of /proc/<pid>/stat), which tells it from a later
+    process given the same PID; None once it is gone."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def stop(processes):
+    """Stops the processes (SIGTERM, then SIGKILL after 15 s). nginx's master and Varnish's
+    manager stop their children themselves; one that had to be killed may leave them, and
+    those are killed too, so that nothing outlives the benchmark."""
+    processes = [process for process in processes if process is not None]
+    descendants = {process.pid: [(pid, started_at(pid)) for pid in process_tree(process.pid)[1:]]
+                   for process in processes if process.poll() is None}
     for process in processes:
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
@@ -103,25 +281,57 @@ def stop(processes):
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+            for pid, start in descendants.get(process.pid, []):
+                if start is not None and started_at(pid) == start:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+
+
+def nginx_user():
+    """nginx started as root runs its worker as `user` (nobody by default), which could not
+    write its cache in this root-only temporary directory: it runs as whoever runs the
+    benchmark. Without root the directive would only draw a warning."""
+    if os.geteuid() != 0:
+        return ""
+    return f"user {pwd.getpwuid(os.geteuid()).pw_name} {grp.getgrgid(os.getegid()).gr_name};"
+
+
+@dataclass
+class Running:
+    """A started scenario: its base URL and its processes by role ("server", "upstream")."""
+    name: str
+    base: str
+    processes: dict
 
 
 class Bench:
-    def __init__(self, args, cachelayer, origin, workdir):
+    def __init__(self, args, cachelayer, origin, workdir, tools, scenarios):
         self.args = args
         self.cachelayer = cachelayer
         self.origin = origin
-        self.workdir = workdir
+        self.workdir = Path(workdir)
+        self.tools = tools
+        self.scenarios = scenarios
         self.database = f"sqlite://{workdir}/catalogue.db"
         self.server_core, self.load_core = (0, 1) if os.cpu_count() >= 2 else (0, 0)
         self.redis = None
         self.redis_url = None
 
+    def spawn(self, argv, log=None):
+        """A server-side process, on the server core; its stderr to log when given (Varnish
+        narrates its start and stop there), to ours otherwise."""
+        stderr = open(log, "w") if log else None
+        try:
+            return subprocess.Popen(pinned(self.server_core, [str(arg) for arg in argv]),
+                                    stdout=subprocess.DEVNULL, stderr=stderr, env=SERVER_ENV)
+        finally:
+            if stderr:
+                stderr.close()
+
     def start_redis(self):
         port = free_port()
-        self.redis = subprocess.Popen(
-            pinned(self.load_core, ["redis-server", "--port", str(port), "--bind", "127.0.0.1",
-                                    "--save", "", "--appendonly", "no", "--dir", str(self.workdir)]),
-            stdout=subprocess.DEVNULL)
+        self.redis = self.spawn(["redis-server", "--port", port, "--bind", "127.0.0.1",
+                                 "--save", "", "--appendonly", "no", "--dir", self.workdir])
         deadline = time.time() + 20
         while subprocess.run(["redis-cli", "-p", str(port), "PING"], capture_output=True,
                              text=True).stdout.strip() != "PONG":
@@ -130,89 +340,193 @@ class Bench:
             time.sleep(0.05)
         self.redis_url = f"redis://127.0.0.1:{port}/0"
 
-    def serve(self, port, extra):
-        argv = [str(self.cachelayer), "serve", "--listen", f"127.0.0.1:{port}", "--database-url",
-                self.database, "--seed", "1000", "--workers", "1", "--log", "warn", *extra]
-        return subprocess.Popen(pinned(self.server_core, argv), stdout=subprocess.DEVNULL)
+    def serve(self, port, scenario):
+        flags = SERVE_FLAGS[scenario] if SERVE_FLAGS[scenario] is not None else ["--redis-url", self.redis_url]
+        return self.spawn([self.cachelayer, "serve", "--listen", f"127.0.0.1:{port}", "--database-url",
+                           self.database, "--seed", "1000", "--workers", "1", "--log", "warn", *flags])
+
+    def proxy(self, port, upstream, redis):
+        store = ["--redis-url", self.redis_url] if redis else []
+        return self.spawn([self.cachelayer, "proxy", "--upstream", f"http://127.0.0.1:{upstream}",
+                           "--listen", f"127.0.0.1:{port}", "--admin-listen", f"127.0.0.1:{free_port()}",
+                           *store, "--workers", "1", "--log", "warn"])
+
+    def nginx(self, port, upstream):
+        directory = self.workdir / f"nginx-{port}"
+        directory.mkdir()
+        conf = directory / "nginx.conf"
+        conf.write_text(render(NGINX_CONF, USER=nginx_user(), DIR=directory, PORT=port, UPSTREAM_PORT=upstream))
+        # -e: the error log before the configuration is read (Debian's default is stderr).
+        return self.spawn([self.tools["nginx"], "-p", directory, "-c", conf, "-e", directory / "error.log"])
+
+    def varnish(self, port, upstream):
+        vcl = self.workdir / f"varnish-{port}.vcl"
+        vcl.write_text(render(VARNISH_VCL, UPSTREAM_PORT=upstream))
+        # -F: in the foreground, so that this is the manager's PID (its child is found by
+        # process_tree); -n: its own working directory, apart from any system instance.
+        # As root, its default jail would run the child as user vcache, which cannot enter
+        # this root-only temporary directory: -j none keeps it as the benchmark's user.
+        jail = ["-j", "none"] if os.geteuid() == 0 else []
+        return self.spawn([self.tools["varnishd"], "-F", "-a", f"127.0.0.1:{port}", "-f", vcl,
+                           "-s", "malloc,256m", "-n", self.workdir / f"varnish-{port}", *jail],
+                          log=self.workdir / f"varnish-{port}.log")
+
+    def launch(self, scenario, port, processes):
+        """Starts the scenario's processes into processes (by role), upstream first."""
+        if scenario == "limit":
+            processes["server"] = self.spawn([self.origin, f"127.0.0.1:{port}", "1"])
+        elif scenario in SERVE_FLAGS:
+            processes["server"] = self.serve(port, scenario)
+        else:
+            upstream = free_port()
+            processes["upstream"] = self.spawn([self.origin, f"127.0.0.1:{upstream}", "1"])
+            wait_http(f"http://127.0.0.1:{upstream}/products/1", processes.values())
+            if scenario == "nginx":
+                processes["server"] = self.nginx(port, upstream)
+            elif scenario == "varnish":
+                processes["server"] = self.varnish(port, upstream)
+            elif scenario in PROXIES:
+                processes["server"] = self.proxy(port, upstream, redis=scenario in USES_REDIS)
+            else:
+                raise ValueError(scenario)
 
     def start(self, scenario):
-        """The scenario's processes, and the base URL to load."""
-        port = free_port()
-        if scenario == "limit":
-            processes = [subprocess.Popen(pinned(self.server_core, [str(self.origin), f"127.0.0.1:{port}", "1"]),
-                                          stdout=subprocess.DEVNULL)]
-        elif scenario == "serve-redis":
-            processes = [self.serve(port, ["--redis-url", self.redis_url])]
-        elif scenario == "serve-memory":
-            processes = [self.serve(port, [])]
-        elif scenario == "serve-miss":
-            processes = [self.serve(port, ["--cache-ttl", "0s"])]
-        elif scenario == "proxy-redis":
-            upstream = free_port()
-            origin = subprocess.Popen(pinned(self.load_core, [str(self.origin), f"127.0.0.1:{upstream}", "1"]),
-                                      stdout=subprocess.DEVNULL)
-            proxy = subprocess.Popen(pinned(self.server_core, [
-                str(self.cachelayer), "proxy", "--upstream", f"http://127.0.0.1:{upstream}",
-                "--listen", f"127.0.0.1:{port}", "--admin-listen", f"127.0.0.1:{free_port()}",
-                "--redis-url", self.redis_url, "--workers", "1", "--log", "warn"]),
-                stdout=subprocess.DEVNULL)
-            processes = [origin, proxy]
-        else:
-            raise ValueError(scenario)
+        """The started scenario, answering (its /products/1 stored when it caches)."""
+        port, processes = free_port(), {}
         base = f"http://127.0.0.1:{port}"
         try:
-            wait_http(f"{base}/products/1")
-        except Exception:
-            stop(processes)
+            self.launch(scenario, port, processes)
+            wait_http(f"{base}/products/1", processes.values())
+        except BaseException:
+            stop(processes.values())
+            self.print_logs()
             raise
-        return processes, base
+        return Running(scenario, base, processes)
 
-    def wrk(self, base, duration, connections):
-        argv = pinned(self.load_core, ["wrk", "-t1", f"-c{connections}", f"-d{duration}",
-                                       "--timeout", "5s", "-s", str(LUA), base])
+    def print_logs(self):
+        """The servers' own logs in the temporary directory (nginx's, Varnish's), for a
+        scenario that failed to start: they go with the directory."""
+        for log in sorted(self.workdir.glob("*.log")) + sorted(self.workdir.glob("nginx-*/error.log")):
+            text = log.read_text(errors="replace").strip()
+            if text:
+                print(f"--- {log.relative_to(self.workdir)}:\n" + "\n".join(text.splitlines()[-20:]), file=sys.stderr)
+
+    @contextlib.contextmanager
+    def warmed(self, scenario):
+        """The started scenario after the warm-up, its hits checked; stopped on exit."""
+        running = self.start(scenario)
+        try:
+            # Warm-up: fills the caches (1,000 keys) and the connection pools.
+            self.wrk(running.base, self.args.warmup)
+            check_cached(scenario, running.base)
+            yield running
+        finally:
+            stop(running.processes.values())
+
+    def server_side(self, running):
+        """{role: pid} of every process that works for the scenario's requests."""
+        roles = {role: process.pid for role, process in running.processes.items()}
+        if running.name in USES_REDIS:
+            # Shared across scenarios, but idle between them: its delta is this scenario's.
+            roles["redis"] = self.redis.pid
+        return roles
+
+    def measure(self, running):
+        """The measured wrk run, with the CPU that the server-side processes spent in it."""
+        roles = self.server_side(running)
+        before = cpu_ticks(roles)
+        result = self.wrk(running.base, self.args.duration)
+        spent = cpu_spent(before, cpu_ticks(roles))
+        requests = max(result["requests"], 1)
+        result["cpu_user_us"] = sum(role["user_s"] for role in spent.values()) / requests * 1e6
+        result["cpu_sys_us"] = sum(role["sys_s"] for role in spent.values()) / requests * 1e6
+        result["cpu_s"] = spent
+        return result
+
+    def run(self, scenario):
+        with self.warmed(scenario) as running:
+            return self.measure(running)
+
+    def wrk(self, base, duration):
+        argv = pinned(self.load_core, [self.tools["wrk"], "-t1", f"-c{self.args.connections}",
+                                       f"-d{duration}", "--timeout", "5s", "-s", str(LUA), base])
         output = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
         line = [line for line in output.splitlines() if line.startswith("{")][-1]
         result = json.loads(line)
         result["rps"] = result["requests"] / (result["duration_us"] / 1e6)
         return result
 
-    def run(self, scenario):
-        processes, base = self.start(scenario)
+
+@contextlib.contextmanager
+def session(args, scenarios):
+    """A Bench for scenarios: tools installed, binaries built, a temporary directory, and
+    Redis when a scenario needs it; everything stopped and removed on exit."""
+    tools, runnable = ensure_tools(scenarios, args.smoke)
+    cachelayer, origin = build(release=not args.smoke)
+    with tempfile.TemporaryDirectory(prefix="cachelayer-load-") as workdir:
+        bench = Bench(args, cachelayer, origin, workdir, tools, runnable)
         try:
-            # Warm-up: fills the caches (1,000 keys) and the connection pools.
-            self.wrk(base, self.args.warmup, self.args.connections)
-            check_cached(scenario, base)
-            return self.wrk(base, self.args.duration, self.args.connections)
+            if any(name in USES_REDIS for name in runnable):
+                bench.start_redis()
+            yield bench
         finally:
-            stop(processes)
+            stop([bench.redis])
 
 
-def medians(runs, limits):
-    """Medians of a scenario's rounds; its ratio is the median of per-round ratios, each to
-    the limit of the same round."""
-    summary = {key: statistics.median(run[key] for run in runs)
-               for key in ("rps", "p50_us", "p99_us", "p999_us")}
-    summary["ratio"] = statistics.median(run["rps"] / limit["rps"] for run, limit in zip(runs, limits))
+# --- Results -------------------------------------------------------------------------------
+
+def compared_to(name):
+    """The scenarios whose throughput name's is compared with: the limit for every other,
+    nginx and Varnish for the proxy scenarios, and the two peers to each other."""
+    targets = [] if name == "limit" else ["limit"]
+    if name in PROXIES:
+        targets += PEERS
+    elif name in PEERS:
+        targets += [peer for peer in PEERS if peer != name]
+    return targets
+
+
+def summarize(runs):
+    """Medians of each scenario's rounds; each ratio ("vs_limit", "vs_nginx", "vs_varnish") is
+    the median of per-round ratios, each to the other scenario of the same round."""
+    summary = {}
+    for name, results in runs.items():
+        medians = {key: statistics.median(run[key] for run in results) for key in MEDIAN_KEYS}
+        for other in compared_to(name):
+            if other in runs:
+                medians[f"vs_{other}"] = statistics.median(
+                    run["rps"] / peer["rps"] for run, peer in zip(results, runs[other]))
+        summary[name] = medians
     return summary
 
 
-def table(summary, args):
+def ratio_cell(medians, other):
+    ratio = medians.get(f"vs_{other}")
+    return "—" if ratio is None else f"{ratio:.2f}"
+
+
+def table(summary):
     lines = [
-        f"| scenario | requests/s | vs limit | p50 | p99 | p99.9 |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| scenario | requests/s | vs limit | vs nginx | vs Varnish | p50 | p99 | p99.9 | CPU µs/req (user+sys) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, label in SCENARIOS:
+        if name not in summary:
+            continue
         m = summary[name]
-        ratio = "1.00 (ceiling)" if name == "limit" else f"{m['ratio']:.2f}"
-        lines.append(f"| {label} | {m['rps']:,.0f} | {ratio} | {m['p50_us'] / 1000:.2f} ms | "
-                     f"{m['p99_us'] / 1000:.2f} ms | {m['p999_us'] / 1000:.2f} ms |")
+        vs_limit = "1.00 (ceiling)" if name == "limit" else ratio_cell(m, "limit")
+        user, system = m["cpu_user_us"], m["cpu_sys_us"]
+        lines.append(f"| {label} | {m['rps']:,.0f} | {vs_limit} | {ratio_cell(m, 'nginx')} | "
+                     f"{ratio_cell(m, 'varnish')} | {m['p50_us'] / 1000:.2f} ms | {m['p99_us'] / 1000:.2f} ms | "
+                     f"{m['p999_us'] / 1000:.2f} ms | {user + system:.1f} ({user:.1f}+{system:.1f}) |")
     return "\n".join(lines)
 
 
-def svg(summary):
-    """Two bar charts: requests per second (limit dashed) and p99 (2 ms target dashed)."""
-    names = [name for name, _ in SCENARIOS]
-    width, height, top, bottom, left = 880, 340, 40, 90, 60
+def svg(summary, rounds):
+    """Two bar charts: requests per second (limit dashed) and p99 (2 ms target dashed); the
+    limit's bar is grey and the peers' (nginx, Varnish) orange."""
+    names = [name for name in NAMES if name in summary]
+    width, height, top, bottom, left = 1100, 360, 40, 100, 60
     panel = (width - 2 * left) // 2
     plot_h = height - top - bottom
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
@@ -229,9 +543,10 @@ def svg(summary):
             bar_h = plot_h * value / top_value
             x = x0 + i * slot + slot * 0.15
             y = top + plot_h - bar_h
-            fill = "#888" if name == "limit" else color
+            fill = "#888" if name == "limit" else "#e80" if name in PEERS else color
             out.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="{slot * 0.7:.1f}" height="{bar_h:.1f}" fill="{fill}"/>')
-            out.append(f'<text x="{x + slot * 0.35:.1f}" y="{y - 4:.1f}" text-anchor="middle">{value:,.{0 if unit == "" else 2}f}{unit}</text>')
+            out.append(f'<text x="{x + slot * 0.35:.1f}" y="{y - 4:.1f}" text-anchor="middle" font-size="10">'
+                       f'{value:,.{0 if unit == "" else 2}f}{unit}</text>')
             out.append(f'<text x="{x + slot * 0.35:.1f}" y="{top + plot_h + 16}" text-anchor="end" '
                        f'transform="rotate(-30 {x + slot * 0.35:.1f} {top + plot_h + 16})">{name}</text>')
         mark_y = top + plot_h - plot_h * mark / top_value
@@ -240,11 +555,17 @@ def svg(summary):
         out.append(f'<text x="{x0 + panel}" y="{mark_y - 4:.1f}" text-anchor="end" fill="#c00">{mark_label}</text>')
 
     rps = [summary[n]["rps"] for n in names]
-    chart(left / 2, "requests per second (median of 3)", rps, "", summary["limit"]["rps"], "limit", "#2a6")
+    chart(left / 2, f"requests per second (median of {rounds})", rps, "", summary["limit"]["rps"], "limit", "#2a6")
     p99 = [summary[n]["p99_us"] / 1000 for n in names]
-    chart(left * 1.5 + panel, "p99 latency, ms (median of 3)", p99, " ms", 2.0, "2 ms target", "#36c")
+    chart(left * 1.5 + panel, f"p99 latency, ms (median of {rounds})", p99, " ms", 2.0, "2 ms target", "#36c")
     out.append("</svg>")
     return "\n".join(out) + "\n"
+
+
+def version(argv):
+    """A tool's version line (nginx and varnishd print it to stderr)."""
+    result = subprocess.run(argv, capture_output=True, text=True)
+    return (result.stderr + result.stdout).strip().splitlines()[0]
 
 
 def machine():
@@ -261,18 +582,26 @@ def machine():
     return f"{os.cpu_count()} cores ({model}), commit {commit}, {time.strftime('%Y-%m-%d')}"
 
 
-def write_benchmarks(summary, runs, args):
+def write_benchmarks(summary, runs, args, tools):
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "load.json").write_text(json.dumps({"runs": runs, "medians": summary}, indent=2) + "\n")
-    (RESULTS / "load.svg").write_text(svg(summary))
+    (RESULTS / "load.svg").write_text(svg(summary, args.rounds))
+    nginx = version([tools["nginx"], "-v"]).replace("nginx version: ", "")
+    varnish = version([tools["varnishd"], "-V"]).split(" (")[0]
     section = "\n".join([
         START,
         f"`python3 bench/load.py` on {machine()}: {args.rounds} rounds x {args.duration} per scenario "
-        f"after a {args.warmup} warm-up, wrk with 1 thread and {args.connections} connections, "
-        "server pinned to core 0 and wrk to core 1 (Redis and the proxy's upstream on core 1 too), "
-        "medians of the rounds; each ratio is the median of per-round ratios to the limit of the same round.",
+        f"after a {args.warmup} warm-up, wrk with 1 thread and {args.connections} connections pinned to "
+        "core 1; every server-side process of a scenario (the server, its upstream bench_origin, Redis) "
+        f"pinned to core 0. Peers in front of the same bench_origin: {nginx} (1 worker, proxy_cache, "
+        f"`bench/load/nginx.conf.tmpl`) and {varnish} (default thread pools: 2 pools of 100 to 5,000 "
+        "threads; `-s malloc,256m`; `bench/load/varnish.vcl`), both caching for the origin's "
+        "`max-age=300`. Medians of the rounds; each ratio is the median of per-round ratios to the "
+        "named scenario of the same round. CPU µs/req: user and system CPU time of all the "
+        "scenario's server-side processes (whole process trees, `/proc/<pid>/stat`) over the "
+        "measured run, per request.",
         "",
-        table(summary, args),
+        table(summary),
         "",
         "![requests per second and p99 per scenario](bench/results/load.svg)",
         END,
@@ -288,45 +617,58 @@ def write_benchmarks(summary, runs, args):
     path.write_text(text)
 
 
+# --- Command line --------------------------------------------------------------------------
+
+def add_load_arguments(parser):
+    """The flags of a measured wrk run, shared with bench/profile.py."""
+    parser.add_argument("--duration", default="10s", help="measured wrk run per scenario (default 10s)")
+    parser.add_argument("--warmup", default="3s", help="wrk warm-up before it (default 3s)")
+    parser.add_argument("--connections", type=int, default=64)
+
+
+def require_pinning():
+    if (os.cpu_count() or 1) < 2 or not shutil.which("taskset"):
+        raise SystemExit("load.py: figures need 2 cores and taskset (util-linux) to pin the server "
+                         "and wrk apart; --smoke runs without them")
+
+
+def report_round(round_, name, result):
+    print(f"round {round_ + 1} {name}: {result['rps']:,.0f} req/s, p50 {result['p50_us']} µs, "
+          f"p99 {result['p99_us']} µs, p99.9 {result['p999_us']} µs, CPU {result['cpu_user_us']:.1f}+"
+          f"{result['cpu_sys_us']:.1f} µs/req, errors {result['errors']}", flush=True)
+    if result["errors"] or result["requests"] == 0:
+        raise SystemExit(f"load.py: {name} had {result['errors']} errors in {result['requests']} requests")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="1 round x 1 s, debug build, nothing written")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--duration", default="10s")
-    parser.add_argument("--warmup", default="3s")
-    parser.add_argument("--connections", type=int, default=64)
-    parser.add_argument("--only", help="comma-separated scenarios")
+    add_load_arguments(parser)
+    parser.add_argument("--only", help=f"comma-separated scenarios of {','.join(NAMES)}; writes nothing")
     args = parser.parse_args()
     if args.smoke:
         args.rounds, args.duration, args.warmup, args.connections = 1, "1s", "1s", 8
-    elif (os.cpu_count() or 1) < 2 or not shutil.which("taskset"):
-        raise SystemExit("load.py: figures need 2 cores and taskset (util-linux) to pin the server "
-                         "and wrk apart; --smoke runs without them")
-    ensure_wrk()
-    cachelayer, origin = build(release=not args.smoke)
-    chosen = [name for name, _ in SCENARIOS if not args.only or name in args.only.split(",")]
-    runs = {name: [] for name in chosen}
-    with tempfile.TemporaryDirectory(prefix="cachelayer-load-") as workdir:
-        bench = Bench(args, cachelayer, origin, workdir)
-        bench.start_redis()
-        try:
-            for round_ in range(args.rounds):
-                for name in chosen:
-                    result = bench.run(name)
-                    print(f"round {round_ + 1} {name}: {result['rps']:,.0f} req/s, p50 {result['p50_us']} µs, "
-                          f"p99 {result['p99_us']} µs, p99.9 {result['p999_us']} µs, errors {result['errors']}",
-                          flush=True)
-                    if result["errors"] or result["requests"] == 0:
-                        raise SystemExit(f"load.py: {name} had {result['errors']} errors in {result['requests']} requests")
-                    runs[name].append(result)
-        finally:
-            stop([bench.redis])
+    else:
+        require_pinning()
+    only = args.only.split(",") if args.only else NAMES
+    unknown = sorted(set(only) - set(NAMES))
+    if unknown:
+        raise SystemExit(f"load.py: unknown scenarios {', '.join(unknown)}; known: {', '.join(NAMES)}")
+    runs = {}
+    with session(args, [name for name in NAMES if name in only]) as bench:
+        for round_ in range(args.rounds):
+            for name in bench.scenarios:
+                result = bench.run(name)
+                report_round(round_, name, result)
+                runs.setdefault(name, []).append(result)
+        tools = bench.tools
+    summary = summarize(runs)
+    print(table(summary))
     if args.smoke or args.only:
         print("load.py: smoke run passed" if args.smoke else "load.py: partial run, nothing written")
         return
-    summary = {name: medians(results, runs["limit"]) for name, results in runs.items()}
-    write_benchmarks(summary, runs, args)
-    print(table(summary, args))
+    write_benchmarks(summary, runs, args, tools)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@
 //! |---|---|---|
 //! | 0..2 | magic | `CL` |
 //! | 2 | version | `1` or `2` |
-//! | 3 | serialization | `j` JSON, `m` MessagePack (named fields) |
+//! | 3 | serialization | `j` JSON, `m` MessagePack (named fields), `b` the value's own binary layout |
 //! | 4 | compression | `-` none, `z` zstd |
 //! | 5 | flags | version 1: 0; version 2: bit 0 kept past its TTL for stale serving, bit 1 a cached "not found" |
 //! | 6..14 | stored at | Unix time, milliseconds |
@@ -26,11 +26,17 @@
 //! until `stored at + TTL` by the writer's clock and stale after, until the store drops it. A
 //! "not found" entry (bit 1) has an empty payload.
 //!
+//! A `b` payload is bytes laid out by the value's type itself (the HTTP layer's stored
+//! responses, [`Payload`]): its readers take it as a slice of the stored bytes, with no copy
+//! when it is not compressed. A typed reader finding one, or a binary reader finding a
+//! serialized payload (an entry of an older release), reads a miss ([`DecodeFailure::Layout`]).
+//!
 //! Everything needed to read an entry is in its own header, so reads never depend on the
 //! reader's current settings. Decoding must never panic and never allocate more than the
 //! configured maximum value size, whatever bytes it is handed: the store is outside our
 //! trust boundary (another deploy, another type, or plain garbage may be there).
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -69,6 +75,11 @@ pub enum Serialization {
     /// MessagePack with named fields: less CPU, tolerant of added or removed fields.
     #[serde(alias = "msgpack")]
     MessagePack,
+    /// The value's own binary layout: how values that are not serde types (the HTTP layer's
+    /// stored responses) are written. Not a choice for typed values: [`Codec::new`] and
+    /// the cache builder refuse it.
+    #[serde(skip)]
+    Binary,
 }
 
 impl Serialization {
@@ -76,6 +87,7 @@ impl Serialization {
         match self {
             Serialization::Json => b'j',
             Serialization::MessagePack => b'm',
+            Serialization::Binary => b'b',
         }
     }
 
@@ -83,6 +95,7 @@ impl Serialization {
         match tag {
             b'j' => Some(Serialization::Json),
             b'm' => Some(Serialization::MessagePack),
+            b'b' => Some(Serialization::Binary),
             _ => None,
         }
     }
@@ -141,6 +154,9 @@ pub enum DecodeFailure {
     /// The entry is a cached "not found" (negative caching): there is no value to decode.
     /// Not damage: read such entries with [`Codec::decode_optional`].
     Absent,
+    /// The payload is laid out for another kind of reader: a binary layout read as a typed
+    /// value, or a serialized value (an older release's stored response) read as binary.
+    Layout,
 }
 
 impl DecodeFailure {
@@ -158,6 +174,7 @@ impl DecodeFailure {
             DecodeFailure::Decompress => "decompress",
             DecodeFailure::Deserialize => "deserialize",
             DecodeFailure::Absent => "absent",
+            DecodeFailure::Layout => "layout",
         }
     }
 }
@@ -362,6 +379,8 @@ pub struct Codec {
     compression_threshold: Option<usize>,
     zstd_level: i32,
     max_value_bytes: usize,
+    /// Whether binary payloads are compressed too (see [`Codec::compressing_binary`]).
+    compress_binary: bool,
 }
 
 impl Default for Codec {
@@ -371,6 +390,7 @@ impl Default for Codec {
             compression_threshold: Some(DEFAULT_COMPRESSION_THRESHOLD_BYTES),
             zstd_level: DEFAULT_ZSTD_LEVEL,
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
+            compress_binary: true,
         }
     }
 }
@@ -383,7 +403,8 @@ thread_local! {
 
 impl Codec {
     /// A codec with the given settings; `compression_threshold` of `None` turns compression
-    /// off. Fails on a zstd level outside 1..=22 or a zero maximum.
+    /// off. Fails on a zstd level outside 1..=22, a zero maximum, or
+    /// [`Serialization::Binary`] (a layout, not a serialization for typed values).
     pub fn new(
         serialization: Serialization,
         compression_threshold: Option<usize>,
@@ -400,12 +421,29 @@ impl Codec {
                 "max_value_bytes must be between 1 and 4 GiB - 1",
             ));
         }
+        if serialization == Serialization::Binary {
+            return Err(Error::config(
+                "serialization `binary` is the HTTP layer's own layout; use json or messagepack",
+            ));
+        }
         Ok(Self {
             serialization,
             compression_threshold,
             zstd_level,
             max_value_bytes,
+            compress_binary: true,
         })
+    }
+
+    /// The same codec, compressing binary payloads or not. A cache over the in-process store
+    /// keeps them uncompressed, so that every read of one shares its bytes instead of
+    /// decompressing a copy.
+    #[must_use]
+    pub fn compressing_binary(self, compress: bool) -> Self {
+        Self {
+            compress_binary: compress,
+            ..self
+        }
     }
 
     /// The serialization used for new entries.
@@ -416,6 +454,22 @@ impl Codec {
     /// Serialize, compress when worth it, and prefix the header.
     pub fn encode<T: Serialize + ?Sized>(&self, value: &T, meta: EntryMeta) -> Result<Encoded> {
         let payload = self.serialize(value)?;
+        self.envelope(self.serialization, &payload, meta, true)
+    }
+
+    /// Prefix a payload in the value's own binary layout with the header, compressing it
+    /// when worth it (and when this codec compresses binary payloads).
+    pub fn encode_binary(&self, payload: &[u8], meta: EntryMeta) -> Result<Encoded> {
+        self.envelope(Serialization::Binary, payload, meta, self.compress_binary)
+    }
+
+    fn envelope(
+        &self,
+        serialization: Serialization,
+        payload: &[u8],
+        meta: EntryMeta,
+        may_compress: bool,
+    ) -> Result<Encoded> {
         if payload.len() > self.max_value_bytes {
             return Err(Error::new(
                 ErrorKind::Encode,
@@ -427,15 +481,15 @@ impl Codec {
             ));
         }
         let compressed = match self.compression_threshold {
-            Some(threshold) if payload.len() >= threshold => self.compress(&payload),
+            Some(threshold) if may_compress && payload.len() >= threshold => self.compress(payload),
             _ => None,
         };
         let (compression, body) = match &compressed {
             Some(smaller) => (Compression::Zstd, smaller.as_slice()),
-            None => (Compression::None, payload.as_slice()),
+            None => (Compression::None, payload),
         };
         let header = EnvelopeHeader {
-            serialization: self.serialization,
+            serialization,
             compression,
             stored_at: SystemTime::now(),
             ttl: meta.ttl,
@@ -495,13 +549,49 @@ impl Codec {
         &self,
         bytes: &[u8],
     ) -> Result<Decoded<Option<T>>, DecodeFailure> {
+        let (header, payload) = self.open(bytes)?;
+        let Some(payload) = payload else {
+            return Ok(Decoded {
+                value: None,
+                header,
+            });
+        };
+        let value = match header.serialization {
+            Serialization::Json => serde_json::from_slice(&payload).ok(),
+            Serialization::MessagePack => rmp_serde::from_slice(&payload).ok(),
+            Serialization::Binary => return Err(DecodeFailure::Layout),
+        }
+        .ok_or(DecodeFailure::Deserialize)?;
+        Ok(Decoded {
+            value: Some(value),
+            header,
+        })
+    }
+
+    /// The payload of an entry in a binary layout (`None`: a cached "not found"): a slice of
+    /// `bytes` itself unless it was compressed.
+    pub fn decode_binary(&self, bytes: &Bytes) -> Result<Decoded<Option<Bytes>>, DecodeFailure> {
+        let (header, payload) = self.open(bytes)?;
+        if header.serialization != Serialization::Binary {
+            return Err(DecodeFailure::Layout);
+        }
+        let value = payload.map(|payload| match payload {
+            Cow::Borrowed(slice) => bytes.slice_ref(slice),
+            Cow::Owned(vec) => Bytes::from(vec),
+        });
+        Ok(Decoded { value, header })
+    }
+
+    /// The checked header and the payload, decompressed within bounds (`None`: a cached "not
+    /// found").
+    fn open<'a>(
+        &self,
+        bytes: &'a [u8],
+    ) -> Result<(EnvelopeHeader, Option<Cow<'a, [u8]>>), DecodeFailure> {
         let header = EnvelopeHeader::parse(bytes)?;
         if header.absent {
             return if bytes.len() == HEADER_LEN && header.payload_len == 0 {
-                Ok(Decoded {
-                    value: None,
-                    header,
-                })
+                Ok((header, None))
             } else {
                 Err(DecodeFailure::Truncated)
             };
@@ -511,26 +601,14 @@ impl Codec {
             return Err(DecodeFailure::TooLarge);
         }
         let body = &bytes[HEADER_LEN..];
-        let decompressed;
         let payload = match header.compression {
-            Compression::None => body,
-            Compression::Zstd => {
-                decompressed = decompress_exact(body, declared)?;
-                decompressed.as_slice()
-            }
+            Compression::None => Cow::Borrowed(body),
+            Compression::Zstd => Cow::Owned(decompress_exact(body, declared)?),
         };
         if payload.len() != declared {
             return Err(DecodeFailure::Truncated);
         }
-        let value = match header.serialization {
-            Serialization::Json => serde_json::from_slice(payload).ok(),
-            Serialization::MessagePack => rmp_serde::from_slice(payload).ok(),
-        }
-        .ok_or(DecodeFailure::Deserialize)?;
-        Ok(Decoded {
-            value: Some(value),
-            header,
-        })
+        Ok((header, Some(payload)))
     }
 
     fn serialize<T: Serialize + ?Sized>(&self, value: &T) -> Result<Vec<u8>> {
@@ -538,6 +616,8 @@ impl Codec {
             Serialization::Json => serde_json::to_vec(value).map_err(|e| e.to_string()),
             // Named fields: positional MessagePack breaks when a struct gains or loses a field.
             Serialization::MessagePack => rmp_serde::to_vec_named(value).map_err(|e| e.to_string()),
+            // Refused by `new`; a typed value has no binary layout of its own.
+            Serialization::Binary => Err("binary is not a serialization".to_owned()),
         };
         result.map_err(|reason| {
             Error::new(

@@ -15,7 +15,7 @@ use crate::codec::{
 use crate::error::{Error, Result};
 use crate::random::SeededRandom;
 use crate::stampede::StampedeSettings;
-use crate::store::{DEFAULT_COMMAND_TIMEOUT, MAX_TTL, MemoryStore, Store};
+use crate::store::{DEFAULT_COMMAND_TIMEOUT, MAX_TTL, MemoryStore, Store, StoreKind};
 
 /// Default namespace prefix of every key.
 pub const DEFAULT_NAMESPACE: &str = "cachelayer";
@@ -217,6 +217,9 @@ impl CacheBuilder {
         let store = self
             .store
             .unwrap_or_else(|| Arc::new(MemoryStore::builder().build()));
+        // In this process's memory a compressed response would be decompressed into a copy
+        // on every hit; uncompressed, every hit shares the stored bytes.
+        let codec = codec.compressing_binary(store.kind() != StoreKind::Memory);
         Ok(Cache {
             inner: Arc::new(CacheInner {
                 store,

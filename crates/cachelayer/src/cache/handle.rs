@@ -17,6 +17,7 @@ use crate::breaker::{Admission, BreakerState, CircuitBreaker};
 use crate::codec::{Codec, DecodeFailure, Decoded, EntryMeta, Freshness};
 use crate::error::{Error, ErrorKind, Result};
 use crate::key::Key;
+use crate::payload::{DecodePayload, EncodePayload};
 use crate::random::SeededRandom;
 use crate::stampede::{Flights, NoticeWaiters, StampedeSettings};
 use crate::store::{MAX_TTL, Store, StoreEntry, check_ttl};
@@ -161,7 +162,7 @@ impl Cache {
     }
 
     /// The entry under `full` whatever its freshness, or `None` (unreadable ones deleted).
-    pub(crate) async fn fetch_entry<T: DeserializeOwned>(
+    pub(crate) async fn fetch_entry<T: DecodePayload>(
         &self,
         full: &str,
     ) -> Option<Decoded<Option<T>>> {
@@ -312,7 +313,7 @@ impl Cache {
     }
 
     /// Store `value` fresh for `ttl` (jittered), kept `grace` longer for stale serving.
-    pub(crate) async fn store_value<T: Serialize + ?Sized>(
+    pub(crate) async fn store_value<T: EncodePayload + ?Sized>(
         &self,
         full: String,
         value: &T,
@@ -329,7 +330,7 @@ impl Cache {
             kept_stale: !grace.is_zero(),
             ..EntryMeta::new(fresh, compute_time)
         };
-        let encoded = self.inner.codec.encode(value, meta)?;
+        let encoded = value.encode_payload(&self.inner.codec, meta)?;
         let written = self
             .write_entry(
                 full,
@@ -377,13 +378,13 @@ impl Cache {
 
     /// Decode stored bytes; unreadable ones are counted and removed (only if unchanged, so
     /// a good value written meanwhile survives).
-    async fn decode_or_discard<T: DeserializeOwned>(
+    async fn decode_or_discard<T: DecodePayload>(
         &self,
         full: &str,
         bytes: Bytes,
     ) -> Option<Decoded<Option<T>>> {
         metrics::counter!(telemetry::BYTES_READ).increment(bytes.len() as u64);
-        match self.inner.codec.decode_optional::<T>(&bytes) {
+        match T::decode_payload(&self.inner.codec, &bytes) {
             Ok(decoded) => Some(decoded),
             Err(reason) => {
                 self.discard(full, &bytes, reason).await;

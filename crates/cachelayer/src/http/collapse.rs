@@ -159,7 +159,7 @@ where
     {
         let age = stored.age(SystemTime::now());
         return Ok(from_store(
-            &stored,
+            stored,
             &parts,
             age,
             CacheStatus::forwarded(fwd).collapsed(),

@@ -31,18 +31,19 @@ pub(super) fn describe(headers: &mut HeaderMap, status: &CacheStatus) {
 }
 
 /// A response built from a stored one, with `Age` and the status headers; a `304` when
-/// the request's own validators match it (RFC 9110 section 13.1).
+/// the request's own validators match it (RFC 9110 section 13.1). Its headers and body are
+/// moved out of `stored`, the body still sharing the stored bytes.
 pub(super) fn from_store(
-    stored: &StoredResponse,
+    stored: StoredResponse,
     request: &Parts,
     age: Duration,
     status: CacheStatus,
 ) -> Response<CacheBody> {
-    let served = stored.served();
-    if served.status == StatusCode::OK && not_modified(&request.headers, stored) {
-        return not_modified_response(&served.headers, age, &status);
+    if stored.status() == StatusCode::OK && not_modified(&request.headers, &stored) {
+        return not_modified_response(stored.headers(), age, &status);
     }
-    let length = HeaderValue::from(served.body.len());
+    let served = stored.into_served();
+    // A HEAD gets the stored `Content-Length` with an empty body.
     let body = if request.method == Method::HEAD {
         Bytes::new()
     } else {
@@ -51,10 +52,6 @@ pub(super) fn from_store(
     let mut response = Response::new(full_body(body));
     *response.status_mut() = served.status;
     *response.headers_mut() = served.headers;
-    // The stored body's length, also for HEAD (whose body here is empty).
-    response
-        .headers_mut()
-        .insert(http::header::CONTENT_LENGTH, length);
     response
         .headers_mut()
         .insert(http::header::AGE, HeaderValue::from(age.as_secs()));

@@ -76,7 +76,8 @@ pub(super) fn answer_not_modified(
     match refreshed {
         Some(admitted) => {
             let age = admitted.stored.age(SystemTime::now());
-            let response = from_store(&admitted.stored, parts, age, CacheStatus::REVALIDATED);
+            let served = admitted.stored.clone();
+            let response = from_store(served, parts, age, CacheStatus::REVALIDATED);
             (response, Some(admitted))
         }
         None => {
@@ -84,11 +85,11 @@ pub(super) fn answer_not_modified(
                 initial_age: initial_age(not_modified, request_time, response_time),
                 response_time,
             };
-            let headers = merge_not_modified(&stored.header_map(), not_modified);
+            let headers = merge_not_modified(stored.headers(), not_modified);
             let merged = stored.refreshed(headers, stored.facts(), arrival);
             let age = merged.age(SystemTime::now());
             let status = CacheStatus::forwarded(Forward::Stale);
-            (from_store(&merged, parts, age, status), None)
+            (from_store(merged, parts, age, status), None)
         }
     }
 }
@@ -103,7 +104,7 @@ fn refresh_from_304(
     request_time: SystemTime,
     response_time: SystemTime,
 ) -> Option<Admitted> {
-    let merged = merge_not_modified(&stored.header_map(), not_modified);
+    let merged = merge_not_modified(stored.headers(), not_modified);
     // Judged as the GET it stands for, whatever the method of the request that revalidated.
     let facts = storable(
         &Method::GET,

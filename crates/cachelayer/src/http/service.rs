@@ -224,14 +224,14 @@ where
             let hit = CacheStatus::Hit {
                 ttl: Some(serve.ttl),
             };
-            Ok(from_store(&serve.stored, &parts, serve.age, hit))
+            Ok(from_store(serve.stored, &parts, serve.age, hit))
         }
         Phase::StaleServed(serve) => {
             let status = stale_hit(serve.ttl);
-            Ok(from_store(&serve.stored, &parts, serve.age, status))
+            Ok(from_store(serve.stored, &parts, serve.age, status))
         }
         Phase::StaleWhileRevalidate(Serve { stored, age, ttl }) => {
-            let response = from_store(&stored, &parts, age, stale_hit(ttl));
+            let response = from_store(stored.clone(), &parts, age, stale_hit(ttl));
             refresh_in_background(&settings, inner, parts, body, keys, stored);
             Ok(response)
         }
@@ -308,7 +308,7 @@ where
     {
         let age = stored.age(SystemTime::now());
         let ttl = signed_secs(stored.facts().freshness, age);
-        return Ok(from_store(&stored, &request_head, age, stale_hit(ttl)));
+        return Ok(from_store(stored, &request_head, age, stale_hit(ttl)));
     }
     result
 }

@@ -100,6 +100,9 @@ pub(super) async fn store_response(
     fresh: Duration,
     grace: Duration,
 ) -> bool {
+    if !stored.fits_layout() {
+        return false;
+    }
     let names = stored.vary_names();
     if names.is_empty() {
         let value = CachedEntry::Stored(stored.clone());

@@ -6,8 +6,8 @@
 
 use std::time::{Duration, SystemTime};
 
+use crate::payload::EncodePayload;
 use futures::future::Either;
-use serde::Serialize;
 
 use super::lock::LockLease;
 use super::run::run_loader;
@@ -97,7 +97,7 @@ impl Cache {
 
     /// Store a loaded value (or, with a negative TTL, a "not found") for the options' TTL
     /// plus their stale grace.
-    async fn store_loaded<T: Serialize>(
+    async fn store_loaded<T: EncodePayload>(
         &self,
         full: &str,
         value: Option<&T>,

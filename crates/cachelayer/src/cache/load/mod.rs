@@ -46,6 +46,8 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::payload::{DecodePayload, EncodePayload};
+
 use crate::cache::handle::Cache;
 use crate::error::LoadError;
 use crate::key::Key;
@@ -189,12 +191,13 @@ impl<T> Loaded<T, std::convert::Infallible> {
 pub(crate) trait LoadFuture<T, E>: Future<Output = Result<Fetched<T>, E>> {}
 impl<T, E, F: Future<Output = Result<Fetched<T>, E>>> LoadFuture<T, E> for F {}
 
-/// Bounds shared by every loaded value type.
+/// Bounds shared by every loaded value type: serde types, and the HTTP layer's stored
+/// responses with their binary layout.
 pub(crate) trait Loadable:
-    Serialize + DeserializeOwned + Clone + Send + Sync + 'static
+    EncodePayload + DecodePayload + Clone + Send + Sync + 'static
 {
 }
-impl<T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static> Loadable for T {}
+impl<T: EncodePayload + DecodePayload + Clone + Send + Sync + 'static> Loadable for T {}
 
 impl Cache {
     /// Cache-aside with stampede protection: the cached value, or the loader's, which is then
