@@ -1,5 +1,5 @@
 //! Listening and graceful drain, the same for both commands: binding addresses, serving
-//! routers on them, and [`serve_until`], the one start-to-shutdown sequence. On SIGTERM or
+//! routers or services on them, and [`serve_until`], the one start-to-shutdown sequence. On SIGTERM or
 //! SIGINT ([`shutdown_signal`]) it marks the instance [`Draining`] (readiness turns 503), stops
 //! accepting on every listener at once, then waits for each listener's in-flight requests
 //! within that listener's deadline.
@@ -8,16 +8,22 @@
 //! command returns. This module must never decide what a command serves or what it cleans
 //! up after draining (that is the command's), and never drain without logging how it ended.
 
+use std::convert::Infallible;
+use std::future::{Ready, ready};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
-use axum::serve::ListenerExt;
+use axum::extract::{ConnectInfo, Request};
+use axum::response::Response;
+use axum::serve::{IncomingStream, ListenerExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tower::Service;
 
 use crate::error::Error;
 
@@ -43,15 +49,115 @@ impl Draining {
     }
 }
 
-/// A bound listener, the router that answers on it, and how long its in-flight requests may
-/// take to finish at shutdown.
+/// A bound listener, what answers on it, and how long its in-flight requests may take to
+/// finish at shutdown.
 pub(crate) struct Listener {
     /// The bound socket.
     pub(crate) socket: TcpListener,
     /// What answers on it.
-    pub(crate) router: Router,
+    pub(crate) app: Box<dyn App>,
     /// Drain deadline at shutdown.
     pub(crate) drain_within: Duration,
+}
+
+/// What answers the requests of a listener: an axum [`Router`], or [`Direct`], one service
+/// for every request. Either way each request carries the client's address as
+/// [`ConnectInfo`].
+pub(crate) trait App: Send + 'static {
+    /// Serve `socket` until `stopped` turns true, then finish in-flight requests.
+    fn spawn(
+        self: Box<Self>,
+        socket: TcpListener,
+        stopped: watch::Receiver<bool>,
+    ) -> JoinHandle<std::io::Result<()>>;
+}
+
+impl App for Router {
+    fn spawn(
+        self: Box<Self>,
+        socket: TcpListener,
+        stopped: watch::Receiver<bool>,
+    ) -> JoinHandle<std::io::Result<()>> {
+        let app = self.into_make_service_with_connect_info::<SocketAddr>();
+        tokio::spawn(async move {
+            axum::serve(without_nagle(socket), app)
+                .with_graceful_shutdown(until_stopped(stopped))
+                .await
+        })
+    }
+}
+
+/// One service answering every request, without a router: for the proxy's clients, where
+/// every path goes the same way and a router would only add work to every hit.
+#[derive(Clone)]
+pub(crate) struct Direct<S>(pub(crate) S);
+
+impl<S> App for Direct<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + Sync + 'static,
+    S::Future: Send,
+{
+    fn spawn(
+        self: Box<Self>,
+        socket: TcpListener,
+        stopped: watch::Receiver<bool>,
+    ) -> JoinHandle<std::io::Result<()>> {
+        tokio::spawn(async move {
+            axum::serve(without_nagle(socket), *self)
+                .with_graceful_shutdown(until_stopped(stopped))
+                .await
+        })
+    }
+}
+
+/// Per connection: the service, told the client's address.
+impl<'a, L, S> Service<IncomingStream<'a, L>> for Direct<S>
+where
+    L: axum::serve::Listener<Addr = SocketAddr>,
+    S: Clone,
+{
+    type Response = WithPeer<S>;
+    type Error = Infallible;
+    type Future = Ready<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, stream: IncomingStream<'a, L>) -> Self::Future {
+        ready(Ok(WithPeer {
+            inner: self.0.clone(),
+            peer: *stream.remote_addr(),
+        }))
+    }
+}
+
+/// A connection's service: adds the client's address to each request, as a router made with
+/// `into_make_service_with_connect_info` does (axum offers that only for its own types).
+#[derive(Clone)]
+pub(crate) struct WithPeer<S> {
+    inner: S,
+    peer: SocketAddr,
+}
+
+impl<S: Service<Request>> Service<Request> for WithPeer<S> {
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request) -> Self::Future {
+        request.extensions_mut().insert(ConnectInfo(self.peer));
+        self.inner.call(request)
+    }
+}
+
+/// Completes once `stopped` turns true (or its sender is gone).
+async fn until_stopped(mut stopped: watch::Receiver<bool>) {
+    drop(stopped.wait_for(|stop| *stop).await);
 }
 
 /// Bind `address`; the listener and the address it got (a port 0 becomes a real one). An
@@ -89,7 +195,7 @@ pub(crate) async fn serve_until(
     let running: Vec<(JoinHandle<std::io::Result<()>>, Duration)> = listeners
         .into_iter()
         .map(|listener| {
-            let server = spawn_server(listener.socket, listener.router, stopped.clone());
+            let server = listener.app.spawn(listener.socket, stopped.clone());
             (server, listener.drain_within)
         })
         .collect();
@@ -103,24 +209,6 @@ pub(crate) async fn serve_until(
     for (server, within) in running {
         drain(server, within).await;
     }
-}
-
-/// Serve `router` on `socket` until `stopped` turns true, then finish in-flight requests.
-fn spawn_server(
-    socket: TcpListener,
-    router: Router,
-    mut stopped: watch::Receiver<bool>,
-) -> JoinHandle<std::io::Result<()>> {
-    tokio::spawn(async move {
-        axum::serve(
-            without_nagle(socket),
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
-            drop(stopped.wait_for(|stop| *stop).await);
-        })
-        .await
-    })
 }
 
 /// The listener with TCP_NODELAY on every accepted connection: a response written in more
@@ -213,7 +301,7 @@ mod tests {
             let draining = draining.clone();
             let listener = Listener {
                 socket,
-                router,
+                app: Box::new(router),
                 drain_within: Duration::from_secs(10),
             };
             async move {

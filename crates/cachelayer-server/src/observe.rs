@@ -13,7 +13,7 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 use cachelayer::http::status::X_CACHE;
-use metrics::{Counter, Histogram};
+use metrics::{Counter, Gauge, Histogram};
 use serde::Serialize;
 use tokio::time::Instant;
 use utoipa::ToSchema;
@@ -96,18 +96,18 @@ fn method_label(method: &axum::http::Method) -> &'static str {
 
 /// Counts a request in [`HTTP_IN_FLIGHT`] until dropped (also when the client goes away
 /// and the request is cancelled).
-struct InFlight;
+struct InFlight<'a>(&'a Gauge);
 
-impl InFlight {
-    fn enter() -> Self {
-        metrics::gauge!(HTTP_IN_FLIGHT).increment(1.0);
-        Self
+impl<'a> InFlight<'a> {
+    fn enter(gauge: &'a Gauge) -> Self {
+        gauge.increment(1.0);
+        Self(gauge)
     }
 }
 
-impl Drop for InFlight {
+impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        metrics::gauge!(HTTP_IN_FLIGHT).decrement(1.0);
+        self.0.decrement(1.0);
     }
 }
 
@@ -120,6 +120,8 @@ pub(crate) struct Observed {
     /// Metric handles by method and status, then route: registering a labelled series
     /// builds and hashes its key, which showed in the profile; a handle is reused.
     pub(crate) series: Arc<Mutex<SeriesHandles>>,
+    /// The in-flight gauge, resolved once (the recorder is installed before any listener).
+    in_flight: Gauge,
 }
 
 impl Observed {
@@ -128,6 +130,7 @@ impl Observed {
             outcomes,
             unmatched,
             series: Arc::default(),
+            in_flight: metrics::gauge!(HTTP_IN_FLIGHT),
         }
     }
 
@@ -154,21 +157,38 @@ impl Observed {
 /// Counter and histogram handles of each (method, status) and route.
 pub(crate) type SeriesHandles = HashMap<(&'static str, u16), HashMap<String, (Counter, Histogram)>>;
 
-/// The per-request middleware: metrics, cache outcome, one log line.
+/// The per-request middleware of a router: metrics, cache outcome, one log line.
 pub(crate) async fn observe(
     State(state): State<Observed>,
     request: Request,
     next: Next,
 ) -> Response {
-    let started = Instant::now();
-    let _in_flight = InFlight::enter();
-    let method = method_label(request.method());
-    let path = request.uri().path().to_owned();
     let matched = request.extensions().get::<MatchedPath>().cloned();
     let route = matched
         .as_ref()
         .map_or(state.unmatched, MatchedPath::as_str);
-    let response = next.run(request).await;
+    observed(&state, route, request, |request| next.run(request)).await
+}
+
+/// A request answered by `answer`, observed under `route`: metrics, cache outcome, one log
+/// line.
+pub(crate) async fn observed<F, Fut>(
+    state: &Observed,
+    route: &str,
+    request: Request,
+    answer: F,
+) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: Future<Output = Response>,
+{
+    let started = Instant::now();
+    let _in_flight = InFlight::enter(&state.in_flight);
+    let method = method_label(request.method());
+    // Copied only when the line is written: this runs on every hit.
+    let logged = tracing::enabled!(target: "cachelayer::request", tracing::Level::INFO);
+    let path = logged.then(|| request.uri().path().to_owned());
+    let response = answer(request).await;
     let elapsed = started.elapsed();
     let (requests, duration) = state.series(method, response.status().as_u16(), route);
     requests.increment(1);
@@ -180,7 +200,7 @@ pub(crate) async fn observe(
     tracing::info!(
         target: "cachelayer::request",
         method,
-        path,
+        path = path.as_deref().unwrap_or_default(),
         route,
         status = response.status().as_u16(),
         latency_ms = elapsed.as_secs_f64() * 1000.0,

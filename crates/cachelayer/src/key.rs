@@ -152,10 +152,12 @@ fn hash(domain: Domain, bytes: &[u8]) -> String {
         .chain_update(label)
         .chain_update(bytes)
         .finalize();
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(33);
     out.push('#');
     for byte in &digest[..16] {
-        out.push_str(&format!("{byte:02x}"));
+        out.push(char::from(HEX[usize::from(byte >> 4)]));
+        out.push(char::from(HEX[usize::from(byte & 0x0f)]));
     }
     out
 }
@@ -183,6 +185,14 @@ mod tests {
         assert_eq!(Key::new("a").part("x y"), Key::new("a").part("x y"));
         assert_ne!(Key::new("a").part("x y"), Key::new("a").part("x  y"));
         assert_ne!(Key::new("a").hashed_part("1"), Key::new("a").part("1"));
+    }
+
+    /// A hashed part is the first 16 bytes of SHA-256 over its domain and bytes, in
+    /// lowercase hex: pinned, so keys written by earlier releases are found again.
+    #[test]
+    fn hashed_parts_are_pinned() {
+        let key = Key::new("http").hashed_part("/products/7");
+        assert_eq!(key.as_str(), "http:#c8148e17015ce1ea0114c048b2691b63");
     }
 
     /// Long keys are capped by hashing the whole key.

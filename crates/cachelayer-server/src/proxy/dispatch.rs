@@ -6,25 +6,78 @@
 //! answered: cache trouble falls back to forwarding (the layer's behaviour).
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use cachelayer::Cache;
-use cachelayer::http::ResponseCacheLayer;
 use cachelayer::http::key::{host_allowed, request_host};
 use cachelayer::http::status::{CACHE_STATUS, CacheStatus, X_CACHE};
-use tower::ServiceExt;
-use tower::util::BoxCloneSyncService;
+use cachelayer::http::{ResponseCache, ResponseCacheLayer};
+use tower::{Service, ServiceExt};
 
 use super::config::ProxyConfig;
 use super::forward::Forwarder;
 use super::rules::{Rule, RuleAction, normalized_path};
+use crate::observe::{Observed, observed};
 
-/// A way to answer a proxied request: through a cache layer, or straight upstream.
-type Route = BoxCloneSyncService<Request, Response, Infallible>;
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// The upstream as a service: what the cache layer calls on a miss. Cheap to clone (the layer
+/// clones it for every request).
+#[derive(Clone)]
+pub(crate) struct Upstream(Arc<Forwarder>);
+
+impl Service<Request> for Upstream {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = BoxFuture<Result<Response, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let forwarder = Arc::clone(&self.0);
+        Box::pin(async move { Ok(forwarder.forward(request).await) })
+    }
+}
+
+/// A way to answer a proxied request: through a cache layer, or straight upstream, reported
+/// as `X-Cache: BYPASS` with a detail. Concrete, not boxed: choosing and cloning one is a
+/// few reference counts per request.
+#[derive(Clone)]
+enum Route {
+    Cached(ResponseCache<Upstream>),
+    Bypass(Upstream, &'static str),
+}
+
+impl Route {
+    async fn answer(self, request: Request) -> Response {
+        match self {
+            Self::Cached(layer) => match layer.oneshot(request).await {
+                Ok(response) => response.map(Body::new),
+                Err(never) => match never {},
+            },
+            Self::Bypass(upstream, detail) => {
+                let Ok(mut response) = upstream.oneshot(request).await;
+                let headers = response.headers_mut();
+                let status = CacheStatus::Bypass {
+                    detail: Some(detail),
+                };
+                // Inserted, not appended: this route has always replaced the upstream's entries.
+                headers.insert(X_CACHE, status.x_cache());
+                headers.insert(CACHE_STATUS, status.cache_status());
+                response
+            }
+        }
+    }
+}
 
 /// Which route answers which path.
 #[derive(Clone)]
@@ -35,37 +88,6 @@ pub(crate) struct Dispatch {
     default: Route,
     /// Hosts served; empty: any.
     allowed_hosts: Arc<Vec<String>>,
-}
-
-/// A route through `layer` to the upstream, its body boxed as axum's.
-fn cached(layer: &ResponseCacheLayer, forwarder: &Forwarder) -> Route {
-    let forwarder = forwarder.clone();
-    let upstream = tower::service_fn(move |request: Request| {
-        let forwarder = forwarder.clone();
-        async move { Ok::<_, Infallible>(forwarder.forward(request).await) }
-    });
-    let service =
-        tower::Layer::layer(layer, upstream).map_response(|response| response.map(Body::new));
-    BoxCloneSyncService::new(service)
-}
-
-/// A route straight upstream, reported as `X-Cache: BYPASS` with `detail`.
-fn bypass(forwarder: &Forwarder, detail: &'static str) -> Route {
-    let forwarder = forwarder.clone();
-    BoxCloneSyncService::new(tower::service_fn(move |request: Request| {
-        let forwarder = forwarder.clone();
-        async move {
-            let mut response = forwarder.forward(request).await;
-            let headers = response.headers_mut();
-            let status = CacheStatus::Bypass {
-                detail: Some(detail),
-            };
-            // Inserted, not appended: this route has always replaced the upstream's entries.
-            headers.insert(X_CACHE, status.x_cache());
-            headers.insert(CACHE_STATUS, status.cache_status());
-            Ok::<_, Infallible>(response)
-        }
-    }))
 }
 
 impl Dispatch {
@@ -83,33 +105,38 @@ impl Dispatch {
         if !config.allowed_hosts.is_empty() {
             base = base.allowed_hosts(config.allowed_hosts.iter().cloned());
         }
+        let upstream = Upstream(Arc::new(forwarder.clone()));
+        let cached = |layer: &ResponseCacheLayer| {
+            Route::Cached(tower::Layer::layer(layer, upstream.clone()))
+        };
         let rules = config
             .rules
             .iter()
             .map(|rule| {
                 let route = match rule.action {
-                    RuleAction::Bypass => bypass(forwarder, "rule"),
-                    RuleAction::DefaultTtl(ttl) => {
-                        cached(&base.clone().default_ttl(Some(ttl)), forwarder)
-                    }
+                    RuleAction::Bypass => Route::Bypass(upstream.clone(), "rule"),
+                    RuleAction::DefaultTtl(ttl) => cached(&base.clone().default_ttl(Some(ttl))),
                 };
                 (rule.clone(), route)
             })
             .collect();
         let dispatch = Self {
             rules: Arc::new(rules),
-            default: cached(&base, forwarder),
+            default: cached(&base),
             allowed_hosts: Arc::new(config.allowed_hosts.clone()),
         };
         (dispatch, base)
     }
 
-    fn route(&self, path: &str) -> Route {
+    fn route(&self, path: &str) -> &Route {
+        if self.rules.is_empty() {
+            return &self.default;
+        }
         let path = normalized_path(path);
         self.rules
             .iter()
             .find(|(rule, _)| rule.matches(&path))
-            .map_or_else(|| self.default.clone(), |(_, route)| route.clone())
+            .map_or(&self.default, |(_, route)| route)
     }
 
     fn host_allowed(&self, request: &Request) -> bool {
@@ -117,26 +144,52 @@ impl Dispatch {
         let host = request_host(request.headers(), request.uri());
         host_allowed(&host, &self.allowed_hosts)
     }
+
+    /// Every client request, answered by the route its path selects.
+    async fn answer(self, request: Request) -> Response {
+        if !self.allowed_hosts.is_empty() && !self.host_allowed(&request) {
+            return (
+                StatusCode::MISDIRECTED_REQUEST,
+                axum::Json(serde_json::json!({
+                    "error": "misdirected_request",
+                    "message": "this proxy does not serve that host",
+                })),
+            )
+                .into_response();
+        }
+        // Every request goes through a route's layer (unless a rule bypasses it): the layer
+        // never caches a request carrying a body, declared or not, and invalidates what a
+        // successful unsafe request changes.
+        let route = self.route(request.uri().path()).clone();
+        route.answer(request).await
+    }
 }
 
-/// The clients' handler: every request, answered by the route its path selects.
-pub(crate) async fn proxy(State(dispatch): State<Dispatch>, request: Request) -> Response {
-    if !dispatch.host_allowed(&request) {
-        return (
-            StatusCode::MISDIRECTED_REQUEST,
-            axum::Json(serde_json::json!({
-                "error": "misdirected_request",
-                "message": "this proxy does not serve that host",
-            })),
-        )
-            .into_response();
+/// The clients' service: every request observed, then dispatched.
+#[derive(Clone)]
+pub(crate) struct Clients {
+    pub(crate) dispatch: Dispatch,
+    pub(crate) observed: Observed,
+}
+
+impl Service<Request> for Clients {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = BoxFuture<Result<Response, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
     }
-    // Every request goes through a route's layer (unless a rule bypasses it): the layer
-    // never caches a request carrying a body, declared or not, and invalidates what a
-    // successful unsafe request changes.
-    let route = dispatch.route(request.uri().path());
-    match route.oneshot(request).await {
-        Ok(response) => response,
-        Err(never) => match never {},
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let Self {
+            dispatch,
+            observed: observer,
+        } = self.clone();
+        Box::pin(async move {
+            let route = observer.unmatched;
+            let answer = |request| dispatch.answer(request);
+            Ok(observed(&observer, route, request, answer).await)
+        })
     }
 }

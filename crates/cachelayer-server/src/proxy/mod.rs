@@ -23,20 +23,19 @@ mod rules;
 
 use std::sync::Arc;
 
-use axum::Router;
 use axum::middleware::from_fn_with_state;
 use tokio::time::Instant;
 
 use self::admin_listener::AdminApp;
 pub use self::config::{HostMode, ProxyArgs, ProxyConfig};
-use self::dispatch::{Dispatch, proxy};
+use self::dispatch::{Clients, Dispatch};
 use self::forward::Forwarder;
 use self::health::ProxyHealth;
 pub use self::rules::{Rule, RuleAction};
 use crate::admin::AdminState;
 use crate::error::Error;
 use crate::health::{CHECK_TIMEOUT, Readiness};
-use crate::listen::{Draining, Listener, bind, serve_until, shutdown_signal};
+use crate::listen::{Direct, Draining, Listener, bind, serve_until, shutdown_signal};
 use crate::metrics::{prometheus, run_upkeep};
 use crate::observe::{CacheOutcomes, Observed, observe};
 
@@ -72,13 +71,11 @@ pub async fn run(config: ProxyConfig) -> Result<(), Error> {
     let (dispatch, layer) = Dispatch::new(&config, &cache, &forwarder);
     let outcomes = Arc::new(CacheOutcomes::default());
     let draining = Draining::default();
-    let clients = Router::new()
-        .fallback(proxy)
-        .with_state(dispatch)
-        .layer(from_fn_with_state(
-            Observed::new(Arc::clone(&outcomes), "proxy"),
-            observe,
-        ));
+    // No router: every client request goes the same way (rules choose by path prefix).
+    let clients = Clients {
+        dispatch,
+        observed: Observed::new(Arc::clone(&outcomes), "proxy"),
+    };
     let operators = admin_listener::router(AdminApp {
         admin: AdminState {
             token: config.admin_token.as_ref().map(|t| Arc::from(t.expose())),
@@ -108,13 +105,13 @@ pub async fn run(config: ProxyConfig) -> Result<(), Error> {
     let listeners = vec![
         Listener {
             socket,
-            router: clients,
+            app: Box::new(Direct(clients)),
             drain_within: config.shutdown_timeout,
         },
         // Operators' requests are short: the checks' own bound is enough.
         Listener {
             socket: admin_socket,
-            router: operators,
+            app: Box::new(operators),
             drain_within: CHECK_TIMEOUT,
         },
     ];

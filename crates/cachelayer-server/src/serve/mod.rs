@@ -71,7 +71,7 @@ pub async fn run(config: ServeConfig) -> Result<(), Error> {
     ];
     let listener = Listener {
         socket,
-        router: router(state),
+        app: Box::new(router(state)),
         drain_within: config.shutdown_timeout,
     };
     let listening = || tracing::info!(address = %address, "listening");

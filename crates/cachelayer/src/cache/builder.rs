@@ -219,7 +219,8 @@ impl CacheBuilder {
             .unwrap_or_else(|| Arc::new(MemoryStore::builder().build()));
         // In this process's memory a compressed response would be decompressed into a copy
         // on every hit; uncompressed, every hit shares the stored bytes.
-        let codec = codec.compressing_binary(store.kind() != StoreKind::Memory);
+        let store_is_local = store.kind() == StoreKind::Memory;
+        let codec = codec.compressing_binary(!store_is_local);
         Ok(Cache {
             inner: Arc::new(CacheInner {
                 store,
@@ -228,6 +229,7 @@ impl CacheBuilder {
                 default_ttl: self.default_ttl,
                 ttl_jitter: self.ttl_jitter,
                 command_timeout: self.command_timeout,
+                store_is_local,
                 codec,
                 breaker: CircuitBreaker::new(
                     self.breaker_failure_threshold,

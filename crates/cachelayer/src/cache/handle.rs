@@ -62,6 +62,8 @@ pub(super) struct CacheInner {
     pub(super) default_ttl: Duration,
     pub(super) ttl_jitter: f64,
     pub(super) command_timeout: Duration,
+    /// The store is in this process ([`StoreKind::Memory`](crate::store::StoreKind)).
+    pub(super) store_is_local: bool,
     pub(super) codec: Codec,
     pub(super) breaker: CircuitBreaker,
     pub(super) stampede: StampedeSettings,
@@ -434,9 +436,14 @@ impl Cache {
             ));
         }
         let started = Instant::now();
-        let result = match tokio::time::timeout(self.inner.command_timeout, call).await {
-            Ok(result) => result,
-            Err(_) => Err(timeout_error()),
+        let result = if self.inner.store_is_local {
+            // The in-process store never waits on anything: no timer to arm per call.
+            call.await
+        } else {
+            match tokio::time::timeout(self.inner.command_timeout, call).await {
+                Ok(result) => result,
+                Err(_) => Err(timeout_error()),
+            }
         };
         metrics::histogram!(telemetry::STORE_DURATION, "op" => op)
             .record(started.elapsed().as_secs_f64());

@@ -27,7 +27,9 @@ use crate::error::{Error, Result};
 pub enum StoreKind {
     /// [`RedisStore`](super::RedisStore): shared by every instance of a service.
     Redis,
-    /// [`MemoryStore`](super::MemoryStore): in this process only.
+    /// [`MemoryStore`](super::MemoryStore): in this process only. Its calls never wait on
+    /// I/O, so the cache does not bound them with `command_timeout` nor compress responses
+    /// kept in it.
     Memory,
 }
 
