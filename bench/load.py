@@ -38,6 +38,7 @@ import grp
 import json
 import os
 import pwd
+import re
 import shutil
 import signal
 import socket
@@ -562,10 +563,11 @@ def svg(summary, rounds):
     return "\n".join(out) + "\n"
 
 
-def version(argv):
-    """A tool's version line (nginx and varnishd print it to stderr)."""
+def version(argv, name):
+    """A tool's version, "nginx 1.22.1" (nginx and varnishd print theirs to stderr)."""
     result = subprocess.run(argv, capture_output=True, text=True)
-    return (result.stderr + result.stdout).strip().splitlines()[0]
+    match = re.search(r"(\d+(?:\.\d+)+)", result.stderr + result.stdout)
+    return f"{name} {match[1]}" if match else name
 
 
 def machine():
@@ -586,8 +588,7 @@ def write_benchmarks(summary, runs, args, tools):
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "load.json").write_text(json.dumps({"runs": runs, "medians": summary}, indent=2) + "\n")
     (RESULTS / "load.svg").write_text(svg(summary, args.rounds))
-    nginx = version([tools["nginx"], "-v"]).replace("nginx version: ", "")
-    varnish = version([tools["varnishd"], "-V"]).split(" (")[0]
+    nginx, varnish = version([tools["nginx"], "-v"], "nginx"), version([tools["varnishd"], "-V"], "Varnish")
     section = "\n".join([
         START,
         f"`python3 bench/load.py` on {machine()}: {args.rounds} rounds x {args.duration} per scenario "

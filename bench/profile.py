@@ -28,6 +28,7 @@ kernel versus user at least.
 """
 
 import argparse
+import bisect
 import collections
 import re
 import shlex
@@ -37,7 +38,10 @@ import sys
 import time
 from pathlib import Path
 
-import load
+# Importing load.py would leave bench/__pycache__ in the work tree, where a `git add -A`
+# sweeps it up.
+sys.dont_write_bytecode = True
+import load  # noqa: E402
 
 KERNEL_START = 0xFFFF800000000000  # x86-64 kernel addresses; perf names the DSO too
 # (bucket, pattern on the symbol's owning path, see owner()), first match wins. A symbol that
@@ -51,7 +55,7 @@ BUCKETS = [
     ("metrics", r"^metrics(_exporter_prometheus|_util)?::|^cachelayer_server::(observe|metrics)::|"
                 r"^cachelayer::telemetry::|^(VSL|VSM|VSC|vsl|vsm)"),
     ("encoding", r"^(serde|serde_core|serde_json|rmp|rmp_serde|base64|zstd|zstd_safe|zstd_sys)::|"
-                 r"^(ZSTD_|HUF_|FSE_|HIST_)|^cachelayer::(codec|http::stored)::"),
+                 r"^_?(ZSTD_|HUF_|FSE_|HIST_)|^cachelayer::(codec|http::stored)::"),
     ("cache lookup", r"^cachelayer::(cache|store|stampede|key|breaker)::|"
                      r"^cachelayer::http::(lookup|key|vary|lifetime|policy|admit|collapse|revalidate|refresh|invalidate|tags)::|"
                      r"^(moka|redis|crossbeam_\w+|quanta|tagptr)::|"
@@ -82,7 +86,7 @@ def owner(symbol):
 
 def classify(symbol):
     """The bucket of a user-space symbol, or None."""
-    name = owner(symbol)
+    name = owner(symbol.removeprefix("~"))
     for bucket, pattern in BUCKETS:
         if re.search(pattern, name):
             return bucket
@@ -102,30 +106,87 @@ def bucket_of(frames):
 
 
 FRAME = re.compile(r"^\s*([0-9a-f]+)\s+(.*?)\s+\((.*)\)$")
+MMAP = re.compile(r"PERF_RECORD_MMAP2 (\d+)/\d+: \[0x([0-9a-f]+)\(0x([0-9a-f]+)\) @ (0x[0-9a-f]+|0) .*\]: \S+ (/.*)$")
+
+
+class Symbolizer:
+    """Names the frames perf leaves [unknown] in an executable with a symbol table: code under
+    a symbol without a size, such as zstd's assembly Huffman loops, gets the nearest symbol
+    before it (marked with a `~`). perf prints a leaf without call graph as an address in
+    memory, mapped by its own MMAP2 records, and a call-graph frame as an offset in its file."""
+
+    def __init__(self):
+        self.maps = collections.defaultdict(list)
+        self.tables = {}
+
+    def mapped(self, line):
+        match = MMAP.search(line)
+        if match:
+            pid, start, length, offset, path = match.groups()
+            self.maps[int(pid)].append((int(start, 16), int(length, 16), int(offset, 16), path))
+
+    def name(self, pid, ip, dso):
+        for start, length, offset, path in self.maps.get(pid, ()):
+            if start <= ip < start + length:
+                return self.lookup(path, ip - start + offset)
+        return self.lookup(dso, ip) if dso.startswith("/") else None
+
+    def lookup(self, path, file_offset):
+        segments, addresses, names = self.table(path)
+        for p_offset, p_vaddr, p_size in segments:
+            if p_offset <= file_offset < p_offset + p_size:
+                index = bisect.bisect_right(addresses, file_offset - p_offset + p_vaddr) - 1
+                return "~" + names[index] if index >= 0 else None
+        return None
+
+    def table(self, path):
+        """(LOAD segments, sorted symbol addresses, their names) of an ELF file; empty when
+        it is stripped or binutils is missing."""
+        if path not in self.tables:
+            try:
+                headers = subprocess.run(["readelf", "-lW", path], capture_output=True, text=True).stdout
+                symbols = subprocess.run(["nm", "-n", "--defined-only", path], capture_output=True, text=True).stdout
+            except OSError:
+                headers = symbols = ""
+            segments = [(int(m[1], 16), int(m[2], 16), int(m[3], 16)) for m in
+                        re.finditer(r"LOAD\s+0x([0-9a-f]+)\s+0x([0-9a-f]+)\s+0x[0-9a-f]+\s+0x([0-9a-f]+)", headers)]
+            text = [line.split(None, 2) for line in symbols.splitlines()]
+            text = [(int(address, 16), name) for address, kind, name in (t for t in text if len(t) == 3)
+                    if kind in "tTwW"]
+            self.tables[path] = (segments, [a for a, _ in text], [n for _, n in text])
+        return self.tables[path]
 
 
 def samples(perf_data):
-    """(pid, frames) per sample of a perf.data, frames innermost first. `perf script` prints
-    a sample as a header line with the pid, then one line per frame (or, without call graphs,
-    the leaf on the header line itself). --no-inline: resolving inlined frames without debug
-    info only takes minutes."""
-    output = subprocess.run(["perf", "script", "--no-inline", "-i", str(perf_data), "-F", "pid,ip,sym,dso"],
-                            capture_output=True, text=True, check=True).stdout
+    """(pid, frames) per sample of a perf.data, frames innermost first, each (ip, symbol,
+    DSO). `perf script` prints a sample as a header line with the pid, then one line per frame
+    (or, without call graphs, the leaf on the header line itself), and the mappings as MMAP2
+    records. --no-inline: resolving inlined frames without debug info only takes minutes."""
+    output = subprocess.run(["perf", "script", "--no-inline", "--show-mmap-events", "-i", str(perf_data),
+                             "-F", "pid,ip,sym,dso"], capture_output=True, text=True, check=True).stdout
+    symbolizer = Symbolizer()
     pid, frames = None, []
+
+    def sample():
+        return pid, [(ip, symbolizer.name(pid, ip, dso) or symbol if symbol == "[unknown]" else symbol, dso)
+                     for ip, symbol, dso in frames]
+
     for line in output.splitlines():
+        if "PERF_RECORD_" in line:
+            symbolizer.mapped(line)
+            continue
         if not line.strip():
             continue
         if not line.startswith("\t"):
-            if pid is not None and frames:
-                yield pid, frames
-            head, _, rest = line.strip().partition(" ")
+            if frames:
+                yield sample()
+            head, _, line = line.strip().partition(" ")
             pid, frames = int(head), []
-            line = rest
         match = FRAME.match(line)
         if match:
             frames.append((int(match[1], 16), match[2], match[3]))
-    if pid is not None and frames:
-        yield pid, frames
+    if frames:
+        yield sample()
 
 
 def lost_events(perf_data):
@@ -201,7 +262,7 @@ def report(scenario, result, pids, perf_data, call_graph, args):
         f"`{command}` on {load.machine()}: `perf record -e cpu-clock -F 999 -C 0"
         f"{' --call-graph dwarf,8192' if call_graph == 'dwarf' else ''}` over a {args.duration} wrk run "
         f"({args.connections} connections, after a {args.warmup} warm-up, pinned as in load.py): "
-        f"{result['rps']:,.0f} req/s under perf. {scenario}'s server: {server_samples:,} samples, "
+        f"{result['rps']:,.0f} req/s under perf. The server ({scenario}, whole process tree): {server_samples:,} samples, "
         f"{server_us:.1f} µs of CPU per request ({spent['user_s'] / requests * 1e6:.1f} user + "
         f"{spent['sys_s'] / requests * 1e6:.1f} sys, /proc; {sys_share:.0%} sys).",
         f"Core 0's samples: {core}.{f' Other server-side processes: {others}.' if others else ''}",

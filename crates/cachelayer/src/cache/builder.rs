@@ -242,6 +242,7 @@ impl CacheBuilder {
                 notice_listener_failed: std::sync::Mutex::new(None),
                 notice_listener: tokio::sync::OnceCell::new(),
                 random: SeededRandom::new(self.random_seed),
+                read_metrics: std::sync::OnceLock::new(),
             }),
         })
     }

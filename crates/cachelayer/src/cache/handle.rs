@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
+use metrics::{Counter, Histogram};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -79,6 +80,27 @@ pub(super) struct CacheInner {
     pub(super) notice_listener: tokio::sync::OnceCell<tokio::sync::oneshot::Sender<()>>,
     /// Every random choice of this cache (XFetch, jitter), seedable for reproducible runs.
     pub(super) random: SeededRandom,
+    /// The metrics of every read, resolved at the first one.
+    pub(super) read_metrics: std::sync::OnceLock<ReadMetrics>,
+}
+
+/// Handles of the metrics every read records. Registering a series looks its key up in the
+/// recorder, a cost per read that showed in the profile of hits; a handle is resolved once,
+/// at the first read (after the application installed its recorder).
+pub(super) struct ReadMetrics {
+    pub(super) hits: Counter,
+    pub(super) bytes_read: Counter,
+    get_duration: Histogram,
+}
+
+impl ReadMetrics {
+    fn resolve() -> Self {
+        Self {
+            hits: metrics::counter!(telemetry::HITS),
+            bytes_read: metrics::counter!(telemetry::BYTES_READ),
+            get_duration: metrics::histogram!(telemetry::STORE_DURATION, "op" => "get"),
+        }
+    }
 }
 
 impl std::fmt::Debug for Cache {
@@ -385,7 +407,7 @@ impl Cache {
         full: &str,
         bytes: Bytes,
     ) -> Option<Decoded<Option<T>>> {
-        metrics::counter!(telemetry::BYTES_READ).increment(bytes.len() as u64);
+        self.read_metrics().bytes_read.increment(bytes.len() as u64);
         match T::decode_payload(&self.inner.codec, &bytes) {
             Ok(decoded) => Some(decoded),
             Err(reason) => {
@@ -419,6 +441,11 @@ impl Cache {
         ttl.saturating_sub(cut).max(Duration::from_millis(1))
     }
 
+    /// The metrics every read records.
+    pub(super) fn read_metrics(&self) -> &ReadMetrics {
+        self.inner.read_metrics.get_or_init(ReadMetrics::resolve)
+    }
+
     /// Run one store call through the breaker and the command timeout, recording latency,
     /// errors and breaker outcomes.
     pub(crate) async fn call<R>(
@@ -445,8 +472,12 @@ impl Cache {
                 Err(_) => Err(timeout_error()),
             }
         };
-        metrics::histogram!(telemetry::STORE_DURATION, "op" => op)
-            .record(started.elapsed().as_secs_f64());
+        let elapsed = started.elapsed().as_secs_f64();
+        if op == "get" {
+            self.read_metrics().get_duration.record(elapsed);
+        } else {
+            metrics::histogram!(telemetry::STORE_DURATION, "op" => op).record(elapsed);
+        }
         match &result {
             Ok(_) => breaker.record_success(),
             Err(err) => {

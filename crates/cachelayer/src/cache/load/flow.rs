@@ -72,7 +72,11 @@ impl Cache {
                 }
                 Loaded::value(value).from(source)
             }
-            Lookup::Miss(stale) => self.load_missing(&full, options, loader, stale, mode).await,
+            // Boxed: a hit's future then holds a pointer, not the whole miss machinery, so
+            // creating and moving it per read costs little.
+            Lookup::Miss(stale) => {
+                Box::pin(self.load_missing(&full, options, loader, stale, mode)).await
+            }
         }
     }
 
@@ -104,12 +108,13 @@ impl Cache {
                 if let Some((seen, trigger)) = refresh
                     && let Role::Leader(_refreshing) = self.inner.refreshes.join(&full)
                 {
-                    self.refresh::<T, E, F>(&full, options, loader, seen, trigger)
-                        .await;
+                    Box::pin(self.refresh::<T, E, F>(&full, options, loader, seen, trigger)).await;
                 }
                 Loaded::value(value).from(source)
             }
-            Lookup::Miss(stale) => self.load_missing(&full, options, loader, stale, mode).await,
+            Lookup::Miss(stale) => {
+                Box::pin(self.load_missing(&full, options, loader, stale, mode)).await
+            }
         }
     }
 
@@ -166,7 +171,7 @@ impl Cache {
         let seen = entry.header.stored_at;
         match entry.header.freshness(SystemTime::now()) {
             Freshness::Fresh { left } => {
-                count_served(&entry);
+                count_served(self, &entry);
                 let early = should_refresh_early(
                     left,
                     entry.header.compute_time,
@@ -180,7 +185,7 @@ impl Cache {
                 }
             }
             Freshness::Stale { by } if within(by, options.settings.stale_while_revalidate) => {
-                count_served(&entry);
+                count_served(self, &entry);
                 metrics::counter!(telemetry::STALE_SERVED, "reason" => "revalidate").increment(1);
                 Lookup::Served {
                     value: entry.value,
@@ -369,8 +374,8 @@ impl Cache {
     }
 }
 
-fn count_served<T>(entry: &Decoded<Option<T>>) {
-    metrics::counter!(telemetry::HITS).increment(1);
+fn count_served<T>(cache: &Cache, entry: &Decoded<Option<T>>) {
+    cache.read_metrics().hits.increment(1);
     if entry.value.is_none() {
         metrics::counter!(telemetry::NEGATIVE_HITS).increment(1);
     }
