@@ -974,3 +974,38 @@ async fn redis_stopped_mid_test_serves_the_origin() {
     );
     assert_eq!(calls.of("/fresh"), 2);
 }
+
+/// In the in-process store, hits of one response share its stored bytes: each hit's body is
+/// the same memory, not a copy, however many hits are in flight (a slow reader holding a
+/// large response costs no memory of its own).
+#[tokio::test]
+async fn hits_share_one_copy_of_the_body() {
+    let layer = ResponseCacheLayer::new(Backend::memory().cache());
+    let app = Router::new()
+        .route(
+            "/large",
+            routing::get(|| async { respond("max-age=60", "x".repeat(256 * 1024)) }),
+        )
+        .layer(layer);
+    let request = || get_request("/large").body(Body::empty()).expect("request");
+    assert_eq!(send(&app, request()).await.x_cache(), "MISS");
+    let mut bodies = Vec::new();
+    for _ in 0..2 {
+        let response = app.clone().oneshot(request()).await.expect("infallible");
+        assert_eq!(response.headers()["x-cache"], "HIT");
+        let frame = response
+            .into_body()
+            .frame()
+            .await
+            .expect("a frame")
+            .expect("no error");
+        let data = frame.into_data().expect("data");
+        assert_eq!(data.len(), 256 * 1024, "the whole body in one frame");
+        bodies.push(data);
+    }
+    assert_eq!(
+        bodies[0].as_ptr(),
+        bodies[1].as_ptr(),
+        "both hits' bodies are one stored copy"
+    );
+}

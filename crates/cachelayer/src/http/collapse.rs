@@ -141,6 +141,7 @@ where
                 return response;
             }
             describe(
+                settings,
                 response.headers_mut(),
                 &CacheStatus::forwarded(fwd).with_stored(stored),
             );
@@ -159,6 +160,7 @@ where
     {
         let age = stored.age(SystemTime::now());
         return Ok(from_store(
+            settings,
             stored,
             &parts,
             age,

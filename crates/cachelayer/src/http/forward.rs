@@ -51,7 +51,7 @@ where
     if !settings.expose_tags {
         strip_tag_headers(response.headers_mut());
     }
-    describe(response.headers_mut(), &status);
+    describe(settings, response.headers_mut(), &status);
     Ok(response)
 }
 
@@ -107,6 +107,7 @@ where
         .await;
     }
     describe(
+        settings,
         response.headers_mut(),
         &CacheStatus::forwarded(fwd).with_stored(written),
     );

@@ -65,6 +65,7 @@ impl ResponseCacheLayer {
                 stale_while_revalidate: Duration::ZERO,
                 stale_if_error: Duration::ZERO,
                 refreshing: Arc::default(),
+                responses: Arc::default(),
             }),
         }
     }

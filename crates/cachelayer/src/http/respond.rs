@@ -11,9 +11,9 @@ use http::request::Parts;
 use http::{HeaderMap, Method, Response, StatusCode};
 
 use super::body::{CacheBody, full_body};
+use super::settings::Settings;
 use super::status::{CacheStatus, Forward};
 use super::stored::StoredResponse;
-use crate::telemetry;
 
 /// A stored response served stale, `ttl` seconds past its freshness (negative), for the
 /// status headers.
@@ -25,8 +25,8 @@ pub(super) fn stale_hit(ttl: i64) -> CacheStatus {
 }
 
 /// `X-Cache` and `Cache-Status` (RFC 9211) for a response, counted.
-pub(super) fn describe(headers: &mut HeaderMap, status: &CacheStatus) {
-    metrics::counter!(telemetry::HTTP_RESPONSES, "cache" => status.label()).increment(1);
+pub(super) fn describe(settings: &Settings, headers: &mut HeaderMap, status: &CacheStatus) {
+    settings.responses_counter(status).increment(1);
     status.write_to(headers);
 }
 
@@ -34,13 +34,14 @@ pub(super) fn describe(headers: &mut HeaderMap, status: &CacheStatus) {
 /// the request's own validators match it (RFC 9110 section 13.1). Its headers and body are
 /// moved out of `stored`, the body still sharing the stored bytes.
 pub(super) fn from_store(
+    settings: &Settings,
     stored: StoredResponse,
     request: &Parts,
     age: Duration,
     status: CacheStatus,
 ) -> Response<CacheBody> {
     if stored.status() == StatusCode::OK && not_modified(&request.headers, &stored) {
-        return not_modified_response(stored.headers(), age, &status);
+        return not_modified_response(settings, stored.headers(), age, &status);
     }
     let served = stored.into_served();
     // A HEAD gets the stored `Content-Length` with an empty body.
@@ -55,7 +56,7 @@ pub(super) fn from_store(
     response
         .headers_mut()
         .insert(http::header::AGE, HeaderValue::from(age.as_secs()));
-    describe(response.headers_mut(), &status);
+    describe(settings, response.headers_mut(), &status);
     response
 }
 
@@ -86,6 +87,7 @@ fn not_modified(request: &HeaderMap, stored: &StoredResponse) -> bool {
 
 /// A `304 Not Modified` carrying the fields RFC 9110 section 15.4.5 asks for.
 fn not_modified_response(
+    settings: &Settings,
     stored: &HeaderMap,
     age: Duration,
     status: &CacheStatus,
@@ -108,12 +110,12 @@ fn not_modified_response(
     response
         .headers_mut()
         .insert(http::header::AGE, HeaderValue::from(age.as_secs()));
-    describe(response.headers_mut(), status);
+    describe(settings, response.headers_mut(), status);
     response
 }
 
 /// `504` for `only-if-cached` with nothing usable stored (RFC 9111 section 5.2.1.7).
-pub(super) fn gateway_timeout() -> Response<CacheBody> {
+pub(super) fn gateway_timeout(settings: &Settings) -> Response<CacheBody> {
     let mut response = Response::new(full_body(Bytes::from_static(
         br#"{"error":"not in cache","detail":"the request said only-if-cached"}"#,
     )));
@@ -123,6 +125,7 @@ pub(super) fn gateway_timeout() -> Response<CacheBody> {
         HeaderValue::from_static("application/json"),
     );
     describe(
+        settings,
         response.headers_mut(),
         &CacheStatus::forwarded(Forward::UriMiss),
     );

@@ -77,7 +77,7 @@ pub(super) fn answer_not_modified(
         Some(admitted) => {
             let age = admitted.stored.age(SystemTime::now());
             let served = admitted.stored.clone();
-            let response = from_store(served, parts, age, CacheStatus::REVALIDATED);
+            let response = from_store(settings, served, parts, age, CacheStatus::REVALIDATED);
             (response, Some(admitted))
         }
         None => {
@@ -89,7 +89,7 @@ pub(super) fn answer_not_modified(
             let merged = stored.refreshed(headers, stored.facts(), arrival);
             let age = merged.age(SystemTime::now());
             let status = CacheStatus::forwarded(Forward::Stale);
-            (from_store(merged, parts, age, status), None)
+            (from_store(settings, merged, parts, age, status), None)
         }
     }
 }

@@ -228,18 +228,24 @@ where
             let hit = CacheStatus::Hit {
                 ttl: Some(serve.ttl),
             };
-            Ok(from_store(serve.stored, &parts, serve.age, hit))
+            Ok(from_store(&settings, serve.stored, &parts, serve.age, hit))
         }
         Phase::StaleServed(serve) => {
             let status = stale_hit(serve.ttl);
-            Ok(from_store(serve.stored, &parts, serve.age, status))
+            Ok(from_store(
+                &settings,
+                serve.stored,
+                &parts,
+                serve.age,
+                status,
+            ))
         }
         Phase::StaleWhileRevalidate(Serve { stored, age, ttl }) => {
-            let response = from_store(stored.clone(), &parts, age, stale_hit(ttl));
+            let response = from_store(&settings, stored.clone(), &parts, age, stale_hit(ttl));
             refresh_in_background(&settings, inner, parts, body, keys, stored);
             Ok(response)
         }
-        Phase::OnlyIfCachedMiss => Ok(gateway_timeout()),
+        Phase::OnlyIfCachedMiss => Ok(gateway_timeout(&settings)),
         Phase::Pass => {
             // Recently uncacheable: no collapsing; a cacheable answer replaces the marker.
             let storing = Storing::allowed_by(&directives);
@@ -323,7 +329,13 @@ where
     {
         let age = stored.age(SystemTime::now());
         let ttl = signed_secs(stored.facts().freshness, age);
-        return Ok(from_store(stored, &request_head, age, stale_hit(ttl)));
+        return Ok(from_store(
+            &settings,
+            stored,
+            &request_head,
+            age,
+            stale_hit(ttl),
+        ));
     }
     result
 }

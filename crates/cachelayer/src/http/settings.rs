@@ -7,13 +7,16 @@
 //! [`ResponseCacheLayer`]: super::ResponseCacheLayer
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use http::request::Parts;
 
 use super::key::{HostRefused, KeyRules, primary_key};
+use metrics::Counter;
+
 use super::policy::StoreRules;
+use super::status::CacheStatus;
 use crate::cache::Cache;
 
 /// Extra key parts taken from a request (per route: give each route its own layer).
@@ -46,9 +49,33 @@ pub(super) struct Settings {
     pub(super) stale_if_error: Duration,
     /// Keys with a background refresh running in this process.
     pub(super) refreshing: Arc<Mutex<HashSet<String>>>,
+    /// The response counter of each `X-Cache` label, resolved at the first response:
+    /// looking a labelled series up per response showed in the profile of hits.
+    pub(super) responses: Arc<OnceLock<ResponseCounters>>,
 }
 
+/// [`HTTP_RESPONSES`](crate::telemetry::HTTP_RESPONSES) by label: hit, stale, miss, bypass.
+#[derive(Debug)]
+pub(super) struct ResponseCounters([Counter; 4]);
+
 impl Settings {
+    /// The counter of responses described by `status`.
+    pub(super) fn responses_counter(&self, status: &CacheStatus) -> &Counter {
+        let counters = self.responses.get_or_init(|| {
+            let counter = |label: &'static str| {
+                metrics::counter!(crate::telemetry::HTTP_RESPONSES, "cache" => label)
+            };
+            ResponseCounters(["HIT", "STALE", "MISS", "BYPASS"].map(counter))
+        });
+        let index = match status {
+            CacheStatus::Hit { .. } => 0,
+            CacheStatus::Stale { .. } => 1,
+            CacheStatus::Miss { .. } => 2,
+            CacheStatus::Bypass { .. } => 3,
+        };
+        &counters.0[index]
+    }
+
     /// The key of a request: its URL's, plus the configured extra parts.
     pub(super) fn request_key(&self, parts: &Parts) -> Result<crate::key::Key, HostRefused> {
         let key = primary_key(parts, &self.keys)?;
