@@ -584,10 +584,7 @@ impl Codec {
 
     /// The checked header and the payload, decompressed within bounds (`None`: a cached "not
     /// found").
-    fn open<'a>(
-        &self,
-        bytes: &'a [u8],
-    ) -> Result<(EnvelopeHeader, Option<Cow<'a, [u8]>>), DecodeFailure> {
+    fn open<'a>(&self, bytes: &'a [u8]) -> Result<(EnvelopeHeader, Payload<'a>), DecodeFailure> {
         let header = EnvelopeHeader::parse(bytes)?;
         if header.absent {
             return if bytes.len() == HEADER_LEN && header.payload_len == 0 {
@@ -647,6 +644,10 @@ impl Codec {
         }
     }
 }
+
+/// An entry's payload: borrowed from the stored bytes, or decompressed (`None`: a cached
+/// "not found").
+type Payload<'a> = Option<Cow<'a, [u8]>>;
 
 /// Decompress into a buffer of exactly the declared size: the declared size was checked
 /// against the maximum, so a decompression bomb cannot allocate more, and a frame that

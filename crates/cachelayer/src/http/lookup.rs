@@ -17,6 +17,8 @@ use crate::stampede::within;
 
 /// What the store held for a request, looked up under the URL's key and, when the URL
 /// varies, under the request's variant's key.
+// A stored response is the common case (every hit): boxing it would allocate per hit.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub(super) enum Found {
     /// No response (`varies`: the URL varies, and this variant is not stored).

@@ -20,6 +20,8 @@ use super::headers::{is_hop_by_hop, strip_hop_by_hop};
 use super::policy::Storable;
 
 /// What is stored under a response key: a response, or a marker telling what to do instead.
+// A response is the common case, read on every hit: boxing it would allocate per hit.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum CachedEntry {
     /// A stored response.
