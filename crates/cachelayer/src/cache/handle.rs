@@ -447,14 +447,17 @@ impl Cache {
     }
 
     /// Run one store call through the breaker and the command timeout, recording latency,
-    /// errors and breaker outcomes.
+    /// errors and breaker outcomes. The in-process store is never unavailable and never
+    /// waits on I/O: its calls skip the breaker and the timer (two lock operations, a clock
+    /// read and a timer per hit otherwise).
     pub(crate) async fn call<R>(
         &self,
         op: &'static str,
         call: impl Future<Output = Result<R>>,
     ) -> Result<R> {
+        let local = self.inner.store_is_local;
         let breaker = &self.inner.breaker;
-        if breaker.admit() == Admission::Rejected {
+        if !local && breaker.admit() == Admission::Rejected {
             metrics::counter!(telemetry::STORE_ERRORS, "op" => op, "kind" => ErrorKind::CircuitOpen.as_str())
                 .increment(1);
             return Err(Error::new(
@@ -463,8 +466,7 @@ impl Cache {
             ));
         }
         let started = Instant::now();
-        let result = if self.inner.store_is_local {
-            // The in-process store never waits on anything: no timer to arm per call.
+        let result = if local {
             call.await
         } else {
             match tokio::time::timeout(self.inner.command_timeout, call).await {
@@ -479,12 +481,15 @@ impl Cache {
             metrics::histogram!(telemetry::STORE_DURATION, "op" => op).record(elapsed);
         }
         match &result {
+            Ok(_) if local => {}
             Ok(_) => breaker.record_success(),
             Err(err) => {
                 metrics::counter!(telemetry::STORE_ERRORS, "op" => op, "kind" => err.kind().as_str())
                     .increment(1);
                 tracing::warn!(op, kind = err.kind().as_str(), error = %err, "cache store call failed; failing open");
-                if err.is_unavailable() {
+                if local {
+                    // Not a sign of an outage: the breaker guards remote stores only.
+                } else if err.is_unavailable() {
                     breaker.record_failure();
                 } else if err.kind() == ErrorKind::Server {
                     // The store answered, so it is up, even if it refused this request.

@@ -244,21 +244,37 @@ impl CacheStatus {
 
 /// Adds the cache key (RFC 9211 `key`) to this cache's `Cache-Status` entry, the last one.
 pub(crate) fn append_key(headers: &mut HeaderMap, key: &str) {
+    if headers.get_all(CACHE_STATUS).iter().count() == 1 {
+        // Ours is the only entry (every hit): replaced in place.
+        if let Some(updated) = headers
+            .get(CACHE_STATUS)
+            .and_then(|ours| with_key(ours, key))
+        {
+            headers.insert(CACHE_STATUS, updated);
+        }
+        return;
+    }
     let mut values: Vec<HeaderValue> = headers.get_all(CACHE_STATUS).iter().cloned().collect();
     // Ours is the last entry (caches closer to the origin list theirs first).
     let Some(ours) = values.pop() else {
         return;
     };
-    let updated = ours
-        .to_str()
-        .ok()
-        .and_then(|status| HeaderValue::from_str(&format!("{status}; key=\"{key}\"")).ok())
-        .unwrap_or(ours);
-    values.push(updated);
+    values.push(with_key(&ours, key).unwrap_or(ours));
     headers.remove(CACHE_STATUS);
     for value in values {
         headers.append(CACHE_STATUS, value);
     }
+}
+
+/// A `Cache-Status` entry with the `key` parameter added.
+fn with_key(entry: &HeaderValue, key: &str) -> Option<HeaderValue> {
+    let entry = entry.to_str().ok()?;
+    let mut text = String::with_capacity(entry.len() + key.len() + 8);
+    text.push_str(entry);
+    text.push_str("; key=\"");
+    text.push_str(key);
+    text.push('"');
+    HeaderValue::from_str(&text).ok()
 }
 
 #[cfg(test)]
@@ -400,6 +416,16 @@ mod tests {
         .write_to(&mut headers);
         assert_eq!(headers[X_CACHE], "BYPASS");
         assert!(!headers.contains_key(CACHE_STATUS));
+    }
+
+    /// With no other cache's entry, ours gets the key in place.
+    #[test]
+    fn the_key_goes_on_a_lone_entry() {
+        let mut headers = HeaderMap::new();
+        CacheStatus::Hit { ttl: Some(3) }.write_to(&mut headers);
+        append_key(&mut headers, "#abc");
+        let entries: Vec<_> = headers.get_all(CACHE_STATUS).iter().collect();
+        assert_eq!(entries, ["cachelayer; hit; ttl=3; key=\"#abc\""]);
     }
 
     /// The key goes on this cache's entry only, the last one.
