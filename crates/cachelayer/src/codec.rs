@@ -572,7 +572,8 @@ impl Codec {
     /// `bytes` itself unless it was compressed.
     pub fn decode_binary(&self, bytes: &Bytes) -> Result<Decoded<Option<Bytes>>, DecodeFailure> {
         let (header, payload) = self.open(bytes)?;
-        if header.serialization != Serialization::Binary {
+        // A cached "not found" has no payload, so no layout: any reader takes it.
+        if payload.is_some() && header.serialization != Serialization::Binary {
             return Err(DecodeFailure::Layout);
         }
         let value = payload.map(|payload| match payload {

@@ -236,6 +236,7 @@ pub use crate::codec::Serialization;
 pub use crate::config::CacheConfig;
 pub use crate::error::{Error, ErrorKind, LoadError, LoadErrorKind, Result};
 pub use crate::key::Key;
+pub use crate::payload::{Raw, Value};
 pub use crate::stampede::{LoadOptions, OnLockTimeout, StampedeSettings};
 #[cfg(feature = "macros")]
 #[cfg_attr(docsrs, doc(cfg(feature = "macros")))]

@@ -8,10 +8,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use bytes::Bytes;
 use cachelayer::__private::codec::HEADER_LEN;
 use cachelayer::cache::{Compression, EnvelopeHeader};
 use cachelayer::store::KeyTtl;
-use cachelayer::{Key, Serialization};
+use cachelayer::{Key, Raw, Serialization};
 use serde::{Deserialize, Serialize};
 use support::Backend;
 
@@ -468,6 +469,36 @@ async fn absurd_ttls_are_refused(backend: Backend) {
     assert_eq!(cache.get::<u8>("max").await, Some(3));
 }
 
+/// `Raw` bytes are stored as they are (envelope serialization `b`, the payload the bytes
+/// themselves) and loaded once; a value of another kind under the key is a miss, not an
+/// error, and the other way round.
+async fn raw_bytes_are_stored_as_they_are(backend: Backend) {
+    let cache = backend.cache();
+    let body = Bytes::from_static(br#"{"id":7,"name":"lamp"}"#);
+    let loads = Arc::new(AtomicUsize::new(0));
+    for _ in 0..2 {
+        let (loads, loaded) = (loads.clone(), body.clone());
+        let value = cache
+            .get_with("raw", MINUTE, async move {
+                loads.fetch_add(1, Ordering::SeqCst);
+                Raw(loaded)
+            })
+            .await;
+        assert_eq!(value, Raw(body.clone()));
+    }
+    assert_eq!(loads.load(Ordering::SeqCst), 1);
+    let stored = backend.raw(&cache, "raw").await.expect("stored");
+    assert_eq!(stored[3], b'b');
+    assert_eq!(&stored[HEADER_LEN..], &body[..]);
+    // A serialized value read as raw bytes, and raw bytes read as a typed value: misses.
+    cache.insert("typed", &"text").await.expect("insert");
+    let reloaded = cache
+        .get_with("typed", MINUTE, async { Raw::from(b"new".as_slice()) })
+        .await;
+    assert_eq!(reloaded, Raw::from(b"new".as_slice()));
+    assert_eq!(cache.get::<String>("raw").await, None);
+}
+
 on_every_store!(
     absurd_ttls_are_refused,
     typed_values_round_trip,
@@ -488,6 +519,7 @@ on_every_store!(
     unreadable_entries_are_misses_and_deleted,
     unreadable_entries_in_a_batch,
     unserializable_values_are_encode_errors,
+    raw_bytes_are_stored_as_they_are,
 );
 
 /// Redis only: a batch read of 1,000 keys is one MGET, not 1,000 GETs, as Redis' own

@@ -125,10 +125,7 @@ pub(crate) async fn get_product(
     let id = product_id(raw)?;
     let (product, source) = state.catalogue.product(id).await?;
     let mut response = match product {
-        Some(json) => {
-            let body = String::from(Box::<str>::from(json));
-            ([(header::CONTENT_TYPE, APPLICATION_JSON)], body).into_response()
-        }
+        Some(json) => ([(header::CONTENT_TYPE, APPLICATION_JSON)], json.0).into_response(),
         None => no_product(id).into_response(),
     };
     cache_headers(response.headers_mut(), source);

@@ -7,12 +7,10 @@
 
 use std::future::Future;
 
-use serde::Serialize;
-use serde::de::DeserializeOwned;
-
 use crate::cache::handle::Cache;
 use crate::error::LoadError;
 use crate::key::Key;
+use crate::payload::Value;
 use crate::stampede::LoadOptions;
 
 /// A value loaded through [`Cache::entry`], with its key and where it came from.
@@ -117,7 +115,7 @@ impl EntrySelector<'_> {
     /// [`Cache::get_with`], returning an [`Entry`].
     pub async fn or_insert_with<T, F>(self, options: impl Into<LoadOptions>, init: F) -> Entry<T>
     where
-        T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+        T: Value,
         F: Future<Output = T> + Send + 'static,
     {
         let key = self.key.as_str().to_owned();
@@ -132,7 +130,7 @@ impl EntrySelector<'_> {
         init: F,
     ) -> Result<Entry<T>, LoadError<E>>
     where
-        T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+        T: Value,
         E: Send + Sync + 'static,
         F: Future<Output = Result<T, E>> + Send + 'static,
     {
@@ -151,7 +149,7 @@ impl EntrySelector<'_> {
         init: F,
     ) -> Entry<Option<T>>
     where
-        T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+        T: Value,
         F: Future<Output = Option<T>> + Send + 'static,
     {
         let key = self.key.as_str().to_owned();
@@ -170,7 +168,7 @@ impl EntrySelector<'_> {
         init: F,
     ) -> Result<Entry<Option<T>>, LoadError<E>>
     where
-        T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+        T: Value,
         E: Send + Sync + 'static,
         F: Future<Output = Result<Option<T>, E>> + Send + 'static,
     {

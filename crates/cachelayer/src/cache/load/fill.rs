@@ -11,7 +11,7 @@ use futures::future::Either;
 
 use super::lock::LockLease;
 use super::run::run_loader;
-use super::{LoadFuture, LoadSource, Loadable, Loaded};
+use super::{LoadFuture, LoadSource, Loaded, Value};
 use crate::cache::handle::Cache;
 use crate::codec::Freshness;
 use crate::stampede::{Resolved, within};
@@ -36,7 +36,7 @@ impl Cache {
         stale: Option<StaleValue<T>>,
     ) -> Loaded<T, E>
     where
-        T: Loadable,
+        T: Value,
         E: Send + Sync + 'static,
         F: LoadFuture<T, E>,
     {
@@ -81,7 +81,7 @@ impl Cache {
         }
     }
     /// The value under `full` if the store holds a fresh, usable one.
-    pub(super) async fn fresh_value<T: Loadable>(
+    pub(super) async fn fresh_value<T: Value>(
         &self,
         full: &str,
         absent_ok: bool,

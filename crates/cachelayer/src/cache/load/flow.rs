@@ -13,7 +13,7 @@ use super::lock::{LockEvent, LockLease};
 use super::refresh::RefreshTrigger;
 use super::run::bypass;
 use super::wait::LockWait;
-use super::{LoadFuture, LoadMode, LoadResult, LoadSource, Loadable, Loaded};
+use super::{LoadFuture, LoadMode, LoadResult, LoadSource, Loaded, Value};
 use crate::cache::handle::Cache;
 use crate::codec::{Decoded, Freshness};
 use crate::error::{LoadError, LoadErrorKind};
@@ -53,7 +53,7 @@ impl Cache {
         mode: LoadMode,
     ) -> Loaded<T, E>
     where
-        T: Loadable,
+        T: Value,
         E: Send + Sync + 'static,
         F: LoadFuture<T, E> + Send + 'static,
     {
@@ -91,7 +91,7 @@ impl Cache {
         mode: LoadMode,
     ) -> Loaded<T, E>
     where
-        T: Loadable,
+        T: Value,
         E: Send + Sync + 'static,
         F: LoadFuture<T, E>,
     {
@@ -129,7 +129,7 @@ impl Cache {
         mode: LoadMode,
     ) -> Loaded<T, E>
     where
-        T: Loadable,
+        T: Value,
         E: Send + Sync + 'static,
         F: LoadFuture<T, E>,
     {
@@ -154,7 +154,7 @@ impl Cache {
 
     /// The first read: serve a fresh value (perhaps asking for an early refresh), a stale one
     /// within `stale_while_revalidate` (asking for a refresh), or report a miss.
-    async fn first_read<T: Loadable>(
+    async fn first_read<T: Value>(
         &self,
         full: &str,
         options: Resolved,
@@ -213,7 +213,7 @@ impl Cache {
         mode: LoadMode,
     ) -> Loaded<T, E>
     where
-        T: Loadable,
+        T: Value,
         E: Send + Sync + 'static,
         F: LoadFuture<T, E>,
     {
@@ -318,7 +318,7 @@ impl Cache {
         absent_ok: bool,
     ) -> (Loaded<T, E>, Option<LockLease>)
     where
-        T: Loadable,
+        T: Value,
         E: Send + Sync + 'static,
         F: LoadFuture<T, E>,
     {

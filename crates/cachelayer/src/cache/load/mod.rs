@@ -43,10 +43,7 @@ use std::any::Any;
 use std::future::Future;
 use std::time::Duration;
 
-use serde::Serialize;
-use serde::de::DeserializeOwned;
-
-use crate::payload::{DecodePayload, EncodePayload};
+pub(crate) use crate::payload::Value;
 
 use crate::cache::handle::Cache;
 use crate::error::LoadError;
@@ -191,14 +188,6 @@ impl<T> Loaded<T, std::convert::Infallible> {
 pub(crate) trait LoadFuture<T, E>: Future<Output = Result<Fetched<T>, E>> {}
 impl<T, E, F: Future<Output = Result<Fetched<T>, E>>> LoadFuture<T, E> for F {}
 
-/// Bounds shared by every loaded value type: serde types, and the HTTP layer's stored
-/// responses with their binary layout.
-pub(crate) trait Loadable:
-    EncodePayload + DecodePayload + Clone + Send + Sync + 'static
-{
-}
-impl<T: EncodePayload + DecodePayload + Clone + Send + Sync + 'static> Loadable for T {}
-
 impl Cache {
     /// Cache-aside with stampede protection: the cached value, or the loader's, which is then
     /// stored. `options` is a TTL or [`LoadOptions`]; a zero TTL bypasses the cache.
@@ -231,7 +220,7 @@ impl Cache {
         init: F,
     ) -> T
     where
-        T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+        T: Value,
         F: Future<Output = T> + Send + 'static,
     {
         self.load_value(key.into(), options.into(), init).await.0
@@ -248,7 +237,7 @@ impl Cache {
         init: F,
     ) -> Result<T, LoadError<E>>
     where
-        T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+        T: Value,
         E: Send + Sync + 'static,
         F: Future<Output = Result<T, E>> + Send + 'static,
     {
@@ -284,7 +273,7 @@ impl Cache {
         init: F,
     ) -> Option<T>
     where
-        T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+        T: Value,
         F: Future<Output = Option<T>> + Send + 'static,
     {
         self.load_optional(key.into(), options.into(), init).await.0
@@ -298,7 +287,7 @@ impl Cache {
         init: F,
     ) -> Result<Option<T>, LoadError<E>>
     where
-        T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+        T: Value,
         E: Send + Sync + 'static,
         F: Future<Output = Result<Option<T>, E>> + Send + 'static,
     {
@@ -310,7 +299,7 @@ impl Cache {
     /// [`get_with`](Self::get_with), with where the value came from.
     async fn load_value<T, F>(&self, key: Key, options: LoadOptions, init: F) -> (T, LoadSource)
     where
-        T: Loadable,
+        T: Value,
         F: Future<Output = T> + Send + 'static,
     {
         // `get_with` cannot return an error, so it never takes the `Fail` policy.
@@ -333,7 +322,7 @@ impl Cache {
         init: F,
     ) -> Result<(T, LoadSource), LoadError<E>>
     where
-        T: Loadable,
+        T: Value,
         E: Send + Sync + 'static,
         F: Future<Output = Result<T, E>> + Send + 'static,
     {
@@ -354,7 +343,7 @@ impl Cache {
         init: F,
     ) -> (Option<T>, LoadSource)
     where
-        T: Loadable,
+        T: Value,
         F: Future<Output = Option<T>> + Send + 'static,
     {
         let options = options.on_lock_timeout(OnLockTimeout::Load);
@@ -374,7 +363,7 @@ impl Cache {
         init: F,
     ) -> Result<(Option<T>, LoadSource), LoadError<E>>
     where
-        T: Loadable,
+        T: Value,
         E: Send + Sync + 'static,
         F: Future<Output = Result<Option<T>, E>> + Send + 'static,
     {

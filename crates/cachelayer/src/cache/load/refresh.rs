@@ -7,7 +7,7 @@
 use std::time::SystemTime;
 
 use super::lock::LockLease;
-use super::{LoadFuture, Loadable, Loaded};
+use super::{LoadFuture, Loaded, Value};
 use crate::cache::handle::Cache;
 use crate::stampede::{Resolved, Role};
 use crate::telemetry;
@@ -44,7 +44,7 @@ impl Cache {
         seen: SystemTime,
         trigger: RefreshTrigger,
     ) where
-        T: Loadable,
+        T: Value,
         E: Send + Sync + 'static,
         F: LoadFuture<T, E> + Send + 'static,
     {
@@ -74,7 +74,7 @@ impl Cache {
         seen: SystemTime,
         trigger: RefreshTrigger,
     ) where
-        T: Loadable,
+        T: Value,
         E: Send + Sync + 'static,
         F: LoadFuture<T, E>,
     {

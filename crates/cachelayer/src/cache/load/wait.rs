@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::Loadable;
+use super::Value;
 use super::lock::{LockEvent, LockLease};
 use crate::cache::handle::Cache;
 use crate::stampede::Resolved;
@@ -31,7 +31,7 @@ pub(super) enum LockWait<T> {
 impl Cache {
     /// Take the fleet-wide lock, or wait until the holder fills the key, the holder's lease
     /// lapses (then take the lock), or `lock_max_wait` runs out.
-    pub(super) async fn wait_for_lock<T: Loadable>(
+    pub(super) async fn wait_for_lock<T: Value>(
         &self,
         full: &str,
         options: Resolved,
