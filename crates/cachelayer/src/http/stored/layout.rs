@@ -198,13 +198,14 @@ fn read_stored(reader: &mut Reader<'_>) -> Option<StoredResponse> {
         stale_if_error: Duration::from_millis(reader.u64()?),
     };
     // Each field takes at least 6 bytes (two lengths), so the count cannot ask for more
-    // room than the payload could fill.
+    // room than the payload could fill; a map past `HeaderMap`'s own bound (which would
+    // panic) is refused.
     let count = reader.count(6)?;
-    let mut headers = HeaderMap::with_capacity(count);
+    let mut headers = HeaderMap::try_with_capacity(count).ok()?;
     for _ in 0..count {
         let name = HeaderName::from_bytes(reader.short()?).ok()?;
         let value = HeaderValue::from_maybe_shared(reader.long_shared()?).ok()?;
-        headers.append(name, value);
+        headers.try_append(name, value).ok()?;
     }
     let count = reader.count(7)?;
     let mut vary = Vec::with_capacity(count);
@@ -473,6 +474,25 @@ mod tests {
         newer[0] = LAYOUT_VERSION + 1;
         assert_eq!(read(&Bytes::from(newer)), None);
         assert_eq!(read(&Bytes::from_static(b"\x01X")), None);
+    }
+
+    /// A payload naming more fields than a header map can hold is refused, not a panic.
+    #[test]
+    fn too_many_fields_are_refused() {
+        let count: u16 = 40_000;
+        let mut laid_out = write(&CachedEntry::Stored(pinned()));
+        // Cut after the fixed fields (2 + 2 + 1 + 5 * 8 bytes) and write a new field list.
+        laid_out.truncate(45);
+        laid_out.put_u16(count);
+        for i in 0..count {
+            let name = format!("x{i}");
+            put_short(&mut laid_out, name.as_bytes());
+            put_long(&mut laid_out, b"");
+        }
+        laid_out.put_u16(0); // no Vary values
+        laid_out.put_u16(0); // no tags
+        laid_out.put_u32(0); // an empty body
+        assert_eq!(read(&Bytes::from(laid_out)), None);
     }
 
     /// What the layer would refuse to store is told apart from what fits.
