@@ -679,6 +679,16 @@ mod tests {
         EntryMeta::new(Duration::from_secs(300), Duration::from_millis(42))
     }
 
+    /// `binary` is a layout for values that have their own, not a serialization a cache can
+    /// be configured with.
+    #[test]
+    fn binary_is_not_a_serialization_for_typed_values() {
+        let refused = Codec::new(Serialization::Binary, None, 1, 1024);
+        assert_eq!(refused.err().map(|e| e.kind()), Some(ErrorKind::Config));
+        let parsed: std::result::Result<Serialization, _> = serde_json::from_str("\"binary\"");
+        assert!(parsed.is_err());
+    }
+
     /// The header records what was asked for and is read back without the payload.
     #[test]
     fn header_round_trip() {

@@ -471,7 +471,8 @@ async fn absurd_ttls_are_refused(backend: Backend) {
 
 /// `Raw` bytes are stored as they are (envelope serialization `b`, the payload the bytes
 /// themselves) and loaded once; a value of another kind under the key is a miss, not an
-/// error, and the other way round.
+/// error, and the other way round, and it is left in place for the reader it was written
+/// for.
 async fn raw_bytes_are_stored_as_they_are(backend: Backend) {
     let cache = backend.cache();
     let body = Bytes::from_static(br#"{"id":7,"name":"lamp"}"#);
@@ -497,6 +498,8 @@ async fn raw_bytes_are_stored_as_they_are(backend: Backend) {
         .await;
     assert_eq!(reloaded, Raw::from(b"new".as_slice()));
     assert_eq!(cache.get::<String>("raw").await, None);
+    // Read by the wrong kind of reader, an entry is a miss, not damage: it is not deleted.
+    assert!(backend.raw(&cache, "raw").await.is_some());
 }
 
 on_every_store!(

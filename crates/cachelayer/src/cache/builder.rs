@@ -129,7 +129,8 @@ impl CacheBuilder {
     }
 
     /// Budget for one store call; past it the call counts as a failure and the cache fails
-    /// open. Applies on top of the store's own timeouts.
+    /// open. Applies on top of the store's own timeouts, to stores that are not in this
+    /// process (a store of [`StoreKind::Memory`] never waits on I/O and is not bounded).
     pub fn command_timeout(mut self, timeout: Duration) -> Self {
         self.command_timeout = timeout;
         self

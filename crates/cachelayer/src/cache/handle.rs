@@ -87,6 +87,9 @@ pub(super) struct CacheInner {
 /// Handles of the metrics every read records. Registering a series looks its key up in the
 /// recorder, a cost per read that showed in the profile of hits; a handle is resolved once,
 /// at the first read (after the application installed its recorder).
+///
+/// A library user who installs a metrics recorder after the first read keeps handles to
+/// no recorder: install it first, as the `metrics` crate asks of every application.
 pub(super) struct ReadMetrics {
     pub(super) hits: Counter,
     pub(super) bytes_read: Counter,
@@ -419,6 +422,13 @@ impl Cache {
 
     async fn discard(&self, full: &str, bytes: &[u8], reason: DecodeFailure) {
         metrics::counter!(telemetry::DECODE_FAILURES, "reason" => reason.as_str()).increment(1);
+        if reason == DecodeFailure::Layout {
+            // Sound, but for another kind of reader: an older release's entry during a
+            // rolling upgrade, which the next write replaces. Deleting it would empty the
+            // shared store under the instances still running that release.
+            tracing::debug!(key = full, "cache entry of another layout; a miss");
+            return;
+        }
         tracing::warn!(
             key = full,
             reason = reason.as_str(),

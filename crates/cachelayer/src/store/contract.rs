@@ -28,8 +28,9 @@ pub enum StoreKind {
     /// [`RedisStore`](super::RedisStore): shared by every instance of a service.
     Redis,
     /// [`MemoryStore`](super::MemoryStore): in this process only. Its calls never wait on
-    /// I/O, so the cache does not bound them with `command_timeout` nor compress responses
-    /// kept in it.
+    /// I/O, so the cache does not bound them with `command_timeout`, does not guard them
+    /// with its circuit breaker, and does not compress responses kept in it: a store of
+    /// your own should say `Memory` only if that holds for it too.
     Memory,
 }
 

@@ -16,8 +16,11 @@
 //! A `Vary` marker (`V`) goes on with the names (u16 count, each a u16 length and the name)
 //! and the generation (a u16 length and the text). A pass marker has nothing more.
 //!
-//! Reading must never panic nor allocate more than the payload's own size, whatever the
-//! bytes (the store is outside our trust boundary): anything that does not fit is a miss.
+//! Reading must never panic, whatever the bytes (the store is outside our trust boundary),
+//! and allocates at most a small multiple of the payload's size (counts are u16, each item
+//! takes a few bytes): anything that does not fit is a miss. The `Content-Length` a reader
+//! gets is always the body's own, whatever the stored block says, so an entry written by
+//! someone else cannot break the framing of the connection it is served on.
 //! A layout change that older readers must not misread takes a new [`LAYOUT_VERSION`].
 
 use std::time::Duration;
@@ -127,7 +130,7 @@ fn write_stored(out: &mut Vec<u8>, stored: &StoredResponse) {
 }
 
 /// Counts and short fields are u16: header names, tags and markers are far below that, and
-/// the layer refuses to store more (a response with more fields is not stored).
+/// the layer does not store a response that does not fit ([`fits`]).
 fn put_count(out: &mut Vec<u8>, count: usize) {
     out.put_u16(u16::try_from(count).unwrap_or(u16::MAX));
 }
@@ -145,21 +148,23 @@ fn put_long(out: &mut Vec<u8>, bytes: &[u8]) {
 }
 
 /// Whether the response can be written without truncating a field (counts and short fields
-/// fit in u16, long ones in u32).
+/// fit in u16, long ones in u32) and read back (a header map has a bound of its own).
 pub(super) fn fits(stored: &StoredResponse) -> bool {
     let short = |s: &str| s.len() <= usize::from(u16::MAX);
-    stored.headers.len() <= usize::from(u16::MAX)
+    let long = |len: usize| u32::try_from(len).is_ok();
+    HeaderMap::<HeaderValue>::try_with_capacity(stored.headers.len()).is_ok()
         && stored.vary.len() <= usize::from(u16::MAX)
         && stored.tags.len() <= usize::from(u16::MAX)
-        && stored.headers.iter().all(|(name, value)| {
-            short(name.as_str()) && u32::try_from(value.as_bytes().len()).is_ok()
-        })
+        && stored
+            .headers
+            .iter()
+            .all(|(name, value)| short(name.as_str()) && long(value.as_bytes().len()))
         && stored
             .vary
             .iter()
-            .all(|(name, value)| short(name) && value.as_deref().is_none_or(short))
+            .all(|(name, value)| short(name) && value.as_deref().is_none_or(|v| long(v.len())))
         && stored.tags.iter().all(|(t, v)| short(t) && short(v))
-        && u32::try_from(stored.body.len()).is_ok()
+        && long(stored.body.len())
 }
 
 /// The entry laid out in `payload`, or `None` when the bytes are not one (another layout
@@ -187,7 +192,11 @@ pub(super) fn read(payload: &Bytes) -> Option<CachedEntry> {
 }
 
 fn read_stored(reader: &mut Reader<'_>) -> Option<StoredResponse> {
-    let status = StatusCode::from_u16(reader.u16()?).ok()?;
+    // An interim (1xx) status is never a stored response; hyper would treat a 101 as an
+    // upgrade.
+    let status = StatusCode::from_u16(reader.u16()?)
+        .ok()
+        .filter(|status| !status.is_informational())?;
     let flags = reader.u8()?;
     let response_time_ms = reader.u64()?;
     let initial_age_ms = reader.u64()?;
@@ -221,6 +230,9 @@ fn read_stored(reader: &mut Reader<'_>) -> Option<StoredResponse> {
         tags.push((reader.short_text()?, reader.short_text()?));
     }
     let body = reader.long_shared()?;
+    // The body's own length, never the stored field's: a lying one would desynchronise the
+    // connection (the bytes after it read as the next response).
+    headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(body.len()));
     Some(StoredResponse {
         status,
         headers,
@@ -430,6 +442,8 @@ mod tests {
     fn entries_round_trip_through_the_envelope() {
         let mut big = pinned();
         big.body = Bytes::from(vec![b'x'; 8192]);
+        big.headers
+            .insert(http::header::CONTENT_LENGTH, HeaderValue::from(8192));
         let meta = EntryMeta::new(Duration::from_secs(60), Duration::ZERO);
         for compress in [true, false] {
             let codec = Codec::default().compressing_binary(compress);
@@ -493,6 +507,29 @@ mod tests {
         laid_out.put_u16(0); // no tags
         laid_out.put_u32(0); // an empty body
         assert_eq!(read(&Bytes::from(laid_out)), None);
+    }
+
+    /// A stored `Content-Length` that is not the body's own is never served: an entry
+    /// written by someone else cannot desynchronise a connection. Interim statuses are
+    /// refused.
+    #[test]
+    fn the_length_is_the_bodys_own() {
+        let mut lying = pinned();
+        lying
+            .headers
+            .insert(http::header::CONTENT_LENGTH, HeaderValue::from(9_999));
+        let Some(CachedEntry::Stored(read_back)) =
+            read(&Bytes::from(write(&CachedEntry::Stored(lying))))
+        else {
+            panic!("a stored response");
+        };
+        assert_eq!(read_back.headers()["content-length"], "3");
+        let mut interim = pinned();
+        interim.status = StatusCode::SWITCHING_PROTOCOLS;
+        assert_eq!(
+            read(&Bytes::from(write(&CachedEntry::Stored(interim)))),
+            None
+        );
     }
 
     /// What the layer would refuse to store is told apart from what fits.

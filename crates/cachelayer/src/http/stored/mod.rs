@@ -212,8 +212,9 @@ impl StoredResponse {
         &self.vary
     }
 
-    /// Whether its layout can hold it: a response with more than 65,535 fields or tags, or
-    /// a header name or tag that long, is not stored.
+    /// Whether its layout can hold it and a reader take it back: a response with more
+    /// fields than a header map holds, more than 65,535 tags or `Vary` values, or a header
+    /// name or tag longer than that, is not stored.
     pub(crate) fn fits_layout(&self) -> bool {
         layout::fits(self)
     }
