@@ -37,6 +37,10 @@ pub struct CommonArgs {
     /// Bytes the in-process store may hold (without --redis-url).
     #[arg(long, env = "CACHELAYER_MEMORY_CAPACITY_BYTES", default_value_t = cachelayer::store::DEFAULT_MEMORY_CAPACITY_BYTES)]
     pub memory_capacity_bytes: u64,
+    /// Bytes of hot Redis entries kept in this process's memory, coherent through Redis's
+    /// change tracking (0 turns the near tier off).
+    #[arg(long, env = "CACHELAYER_NEAR_CAPACITY_BYTES", default_value_t = cachelayer::near::DEFAULT_NEAR_CAPACITY_BYTES)]
+    pub near_capacity_bytes: u64,
     /// Key prefix in the store; instances sharing a cache must agree on it.
     #[arg(long, env = "CACHELAYER_NAMESPACE", default_value = "cachelayer")]
     pub namespace: String,
@@ -191,6 +195,7 @@ impl CommonArgs {
             connect_timeout: self.redis_connect_timeout,
             command_timeout: self.redis_command_timeout,
             memory_capacity_bytes: self.memory_capacity_bytes,
+            near_capacity_bytes: self.near_capacity_bytes,
             namespace: self.namespace.clone(),
             // `--cache-ttl 0s` turns caching off for serve's loads; the cache's own default
             // TTL must still be positive.

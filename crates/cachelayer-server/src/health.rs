@@ -14,6 +14,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use cachelayer::near::NearState;
 use cachelayer::store::StoreKind;
 use cachelayer::{BreakerState, Cache};
 use futures::future::BoxFuture;
@@ -64,6 +65,35 @@ pub(crate) struct RedisHealth {
     pub pool_connections: usize,
     /// Why it is unreachable: `error` or `timeout` (the detail is logged).
     pub error: Option<String>,
+    /// The near tier: hot entries kept in this process, coherent through Redis.
+    pub near: NearHealth,
+}
+
+/// The near tier as `/health` shows it.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct NearHealth {
+    /// `watching` (served from memory), `blind` (change tracking lost: emptied and
+    /// bypassed until it is back) or `off`.
+    #[schema(value_type = String)]
+    pub state: NearState,
+    /// Entries held.
+    pub entries: u64,
+    /// Bytes held (keys, stored bytes, bookkeeping).
+    pub bytes: u64,
+    /// The bound on `bytes`.
+    pub capacity_bytes: u64,
+}
+
+impl NearHealth {
+    fn of(cache: &Cache) -> Self {
+        let stats = cache.near_stats();
+        Self {
+            state: stats.state,
+            entries: stats.entries,
+            bytes: stats.bytes,
+            capacity_bytes: stats.capacity_bytes,
+        }
+    }
 }
 
 /// The breaker's state as `/health` spells it.
@@ -89,6 +119,7 @@ pub(crate) async fn check_redis(cache: &Cache, pool_connections: usize) -> Optio
         breaker: cache.breaker_state(),
         pool_connections,
         error: ping.err(),
+        near: NearHealth::of(cache),
     })
 }
 
@@ -237,9 +268,16 @@ mod tests {
             breaker: BreakerState::HalfOpen,
             pool_connections: 4,
             error: Some("timeout".to_owned()),
+            near: NearHealth {
+                state: NearState::Blind,
+                entries: 0,
+                bytes: 0,
+                capacity_bytes: 1024,
+            },
         };
         let json = serde_json::to_value(&health).expect("json");
         assert_eq!(json["breaker"], "half_open");
+        assert_eq!(json["near"]["state"], "blind");
         assert_eq!(Status::Degraded.http_status(), StatusCode::OK);
         assert_eq!(
             Status::Unhealthy.http_status(),

@@ -14,6 +14,7 @@ use crate::codec::{
     DEFAULT_COMPRESSION_THRESHOLD_BYTES, DEFAULT_MAX_VALUE_BYTES, DEFAULT_ZSTD_LEVEL, Serialization,
 };
 use crate::error::{Error, ErrorKind, Result};
+use crate::near::DEFAULT_NEAR_CAPACITY_BYTES;
 use crate::stampede::{
     DEFAULT_EARLY_REFRESH_BETA, DEFAULT_LOCK_MAX_WAIT, DEFAULT_LOCK_TTL, OnLockTimeout,
     StampedeSettings,
@@ -104,6 +105,8 @@ pub struct CacheConfig {
     pub command_timeout: Duration,
     /// Byte bound of the in-process store.
     pub memory_capacity_bytes: u64,
+    /// Byte bound of the near tier in front of Redis; 0 turns it off.
+    pub near_capacity_bytes: u64,
     /// Key prefix.
     pub namespace: String,
     /// Schema version in every key.
@@ -164,6 +167,7 @@ impl std::fmt::Debug for CacheConfig {
             .field("connect_timeout", &self.connect_timeout)
             .field("command_timeout", &self.command_timeout)
             .field("memory_capacity_bytes", &self.memory_capacity_bytes)
+            .field("near_capacity_bytes", &self.near_capacity_bytes)
             .field("namespace", &self.namespace)
             .field("version", &self.version)
             .field("default_ttl", &self.default_ttl)
@@ -198,6 +202,7 @@ impl Default for CacheConfig {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             command_timeout: DEFAULT_COMMAND_TIMEOUT,
             memory_capacity_bytes: DEFAULT_MEMORY_CAPACITY_BYTES,
+            near_capacity_bytes: DEFAULT_NEAR_CAPACITY_BYTES,
             namespace: DEFAULT_NAMESPACE.to_owned(),
             version: 1,
             default_ttl: DEFAULT_TTL,
@@ -252,6 +257,7 @@ impl CacheConfig {
             .zstd_level(self.zstd_level)
             .max_value_bytes(self.max_value_bytes)
             .circuit_breaker(self.breaker_failure_threshold, self.breaker_cool_down)
+            .near_capacity_bytes(self.near_capacity_bytes)
             .stampede(self.stampede_settings());
         let builder = match &self.redis_url {
             None => builder.store(

@@ -223,6 +223,7 @@ pub mod error;
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub mod http;
 pub mod key;
+pub mod near;
 mod payload;
 mod random;
 pub mod stampede;

@@ -28,6 +28,14 @@
 //! | `cachelayer_negative_hits_total` | counter | | cached "not found" entries served |
 //! | `cachelayer_http_responses_total` | counter | `cache` (`HIT`, `STALE`, `MISS`, `BYPASS`) | responses through the HTTP layer |
 //! | `cachelayer_http_not_stored_total` | counter | `reason` | cacheable-looking responses the HTTP layer did not store |
+//! | `cachelayer_near_hits_total` | counter | | reads answered from the near tier |
+//! | `cachelayer_near_misses_total` | counter | | near-tier reads that went on to the store |
+//! | `cachelayer_near_evictions_total` | counter | | near-tier entries evicted for space |
+//! | `cachelayer_near_invalidations_total` | counter | `scope` (`key`, `all`) | changes reported by the store's tracking |
+//! | `cachelayer_near_fills_refused_total` | counter | | store reads not kept because a change was heard meanwhile |
+//! | `cachelayer_near_loads_not_stored_total` | counter | | loaded values returned but not stored because their key changed during the load |
+//! | `cachelayer_near_tracking_lost_total` | counter | | times change tracking was lost (the tier is then emptied and bypassed) |
+//! | `cachelayer_near_watching` | gauge | | 1 while change tracking is up, 0 while blind |
 
 /// Typed reads answered from the store.
 pub const HITS: &str = "cachelayer_hits_total";
@@ -75,3 +83,19 @@ pub const NEGATIVE_HITS: &str = "cachelayer_negative_hits_total";
 pub const HTTP_RESPONSES: &str = "cachelayer_http_responses_total";
 /// Responses the HTTP layer did not store, by `reason`.
 pub const HTTP_NOT_STORED: &str = "cachelayer_http_not_stored_total";
+/// Reads answered from the near tier.
+pub const NEAR_HITS: &str = "cachelayer_near_hits_total";
+/// Near-tier reads that went on to the store.
+pub const NEAR_MISSES: &str = "cachelayer_near_misses_total";
+/// Near-tier entries evicted for space.
+pub const NEAR_EVICTIONS: &str = "cachelayer_near_evictions_total";
+/// Changes reported by the store's tracking, by `scope`.
+pub const NEAR_INVALIDATIONS: &str = "cachelayer_near_invalidations_total";
+/// Store reads not kept in the near tier because a change was heard meanwhile.
+pub const NEAR_FILLS_REFUSED: &str = "cachelayer_near_fills_refused_total";
+/// Loaded values not stored because their key changed during the load.
+pub const NEAR_LOADS_NOT_STORED: &str = "cachelayer_near_loads_not_stored_total";
+/// Times change tracking was lost.
+pub const NEAR_TRACKING_LOST: &str = "cachelayer_near_tracking_lost_total";
+/// 1 while change tracking is up, 0 while blind.
+pub const NEAR_WATCHING: &str = "cachelayer_near_watching";

@@ -13,6 +13,7 @@ use crate::codec::{
     Serialization,
 };
 use crate::error::{Error, Result};
+use crate::near::{DEFAULT_NEAR_CAPACITY_BYTES, Near};
 use crate::random::SeededRandom;
 use crate::stampede::StampedeSettings;
 use crate::store::{DEFAULT_COMMAND_TIMEOUT, MAX_TTL, MemoryStore, Store, StoreKind};
@@ -67,6 +68,7 @@ pub struct CacheBuilder {
     breaker_cool_down: Duration,
     stampede: StampedeSettings,
     random_seed: Option<u64>,
+    near_capacity_bytes: u64,
 }
 
 impl Default for CacheBuilder {
@@ -86,6 +88,7 @@ impl Default for CacheBuilder {
             breaker_cool_down: DEFAULT_COOL_DOWN,
             stampede: StampedeSettings::default(),
             random_seed: None,
+            near_capacity_bytes: DEFAULT_NEAR_CAPACITY_BYTES,
         }
     }
 }
@@ -183,6 +186,15 @@ impl CacheBuilder {
         self
     }
 
+    /// Bytes the near tier may hold: hot entries of a shared store kept in this process's
+    /// memory, coherent through the store's change tracking (see
+    /// [`near`](crate::near)). 0 turns it off. It exists only over a store that tracks
+    /// changes ([`RedisStore`](crate::store::RedisStore)); the in-process store needs none.
+    pub fn near_capacity_bytes(mut self, bytes: u64) -> Self {
+        self.near_capacity_bytes = bytes;
+        self
+    }
+
     /// Validate the settings and build the cache.
     pub fn build(self) -> Result<Cache> {
         validate_namespace(&self.namespace)?;
@@ -222,10 +234,12 @@ impl CacheBuilder {
         // on every hit; uncompressed, every hit shares the stored bytes.
         let store_is_local = store.kind() == StoreKind::Memory;
         let codec = codec.compressing_binary(!store_is_local);
+        let prefix = format!("{}:v{}:", self.namespace, self.version);
+        let near = Near::start(store.as_ref(), &prefix, self.near_capacity_bytes);
         Ok(Cache {
             inner: Arc::new(CacheInner {
                 store,
-                prefix: format!("{}:v{}:", self.namespace, self.version),
+                prefix,
                 namespace: self.namespace,
                 default_ttl: self.default_ttl,
                 ttl_jitter: self.ttl_jitter,
@@ -244,6 +258,7 @@ impl CacheBuilder {
                 notice_listener: tokio::sync::OnceCell::new(),
                 random: SeededRandom::new(self.random_seed),
                 read_metrics: std::sync::OnceLock::new(),
+                near,
             }),
         })
     }

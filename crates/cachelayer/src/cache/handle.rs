@@ -1,9 +1,11 @@
-//! The [`Cache`] handle itself: its shared state, reads, writes, invalidation and the
-//! failure policy every store call goes through (timeouts, the circuit breaker, metrics).
+//! The [`Cache`] handle itself: its shared state, reads (through the near tier when there
+//! is one), writes, invalidation and the failure policy every store call goes through
+//! (timeouts, the circuit breaker, metrics).
 //!
 //! Loads with stampede protection are `impl Cache` blocks in `load`, the builder in `builder`;
 //! both depend on this module, never the other way round. This module must never let store
-//! trouble fail a read or a write: only invalidation reports it.
+//! trouble fail a read or a write (only invalidation reports it), and must never let a write
+//! or invalidation return while this process's near tier still holds the key.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -18,6 +20,7 @@ use crate::breaker::{Admission, BreakerState, CircuitBreaker};
 use crate::codec::{Codec, DecodeFailure, Decoded, EntryMeta, Freshness};
 use crate::error::{Error, ErrorKind, Result};
 use crate::key::Key;
+use crate::near::{FENCE_TTL, Near, NearStats, Ticket, fence_of};
 use crate::payload::{DecodePayload, EncodePayload};
 use crate::random::SeededRandom;
 use crate::stampede::{Flights, NoticeWaiters, StampedeSettings};
@@ -82,6 +85,8 @@ pub(super) struct CacheInner {
     pub(super) random: SeededRandom,
     /// The metrics of every read, resolved at the first one.
     pub(super) read_metrics: std::sync::OnceLock<ReadMetrics>,
+    /// Hot entries in this process's memory, kept coherent by the store's change tracking.
+    pub(super) near: Option<Near>,
 }
 
 /// Handles of the metrics every read records. Registering a series looks its key up in the
@@ -92,6 +97,7 @@ pub(super) struct CacheInner {
 /// no recorder: install it first, as the `metrics` crate asks of every application.
 pub(super) struct ReadMetrics {
     pub(super) hits: Counter,
+    misses: Counter,
     pub(super) bytes_read: Counter,
     get_duration: Histogram,
 }
@@ -100,6 +106,7 @@ impl ReadMetrics {
     fn resolve() -> Self {
         Self {
             hits: metrics::counter!(telemetry::HITS),
+            misses: metrics::counter!(telemetry::MISSES),
             bytes_read: metrics::counter!(telemetry::BYTES_READ),
             get_duration: metrics::histogram!(telemetry::STORE_DURATION, "op" => "get"),
         }
@@ -193,18 +200,178 @@ impl Cache {
         &self,
         full: &str,
     ) -> Option<Decoded<Option<T>>> {
-        let bytes = self
-            .call("get", self.inner.store.get(full))
-            .await
-            .ok()
-            .flatten()?;
+        let bytes = self.read(full).await?;
         self.decode_or_discard(full, bytes).await
     }
 
     async fn lookup<T: DeserializeOwned>(&self, full: &str) -> Option<Decoded<T>> {
         let decoded = self.fetch_entry::<T>(full).await.and_then(plain_read);
-        count_lookup(decoded.is_some());
+        self.count_lookup(decoded.is_some());
         decoded
+    }
+
+    /// Like [`get`](Self::get), the value behind an [`Arc`]. With a near tier, a hot key is
+    /// decoded once and every later read shares that copy: no decoding, no allocation.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use cachelayer::Cache;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> cachelayer::Result<()> {
+    /// let cache = Cache::builder().build()?;
+    /// cache.insert("motd", "hello").await?;
+    /// let shared: Option<Arc<String>> = cache.get_shared("motd").await;
+    /// assert_eq!(shared.as_deref().map(String::as_str), Some("hello"));
+    /// # Ok(()) }
+    /// ```
+    pub async fn get_shared<T>(&self, key: impl Into<Key>) -> Option<Arc<T>>
+    where
+        T: DeserializeOwned + Send + Sync + 'static,
+    {
+        let full = self.full_key(key);
+        if let Some(value) = self.shared_near_hit::<T>(&full) {
+            return value;
+        }
+        self.lookup::<T>(&full)
+            .await
+            .map(|decoded| Arc::new(decoded.value))
+    }
+
+    /// A near hit's shared decoded copy: `Some(answer)` when the near tier settled the read.
+    fn shared_near_hit<T>(&self, full: &str) -> Option<Option<Arc<T>>>
+    where
+        T: DeserializeOwned + Send + Sync + 'static,
+    {
+        let entry = self.inner.near.as_ref()?.tier.get(full)?;
+        let codec = &self.inner.codec;
+        let decoded = entry.decoded(|bytes| {
+            let decoded = <T as DecodePayload>::decode_payload(codec, bytes).ok()?;
+            Some(Decoded {
+                value: decoded.value.map(Arc::new),
+                header: decoded.header,
+            })
+        })?;
+        let fresh = matches!(
+            decoded.header.freshness(SystemTime::now()),
+            Freshness::Fresh { .. }
+        );
+        let value = decoded.value.as_ref().filter(|_| fresh).cloned();
+        self.count_lookup(value.is_some());
+        Some(value)
+    }
+
+    /// The bytes under `full`: from the near tier when it holds them, else from the store
+    /// (and then kept in the near tier, unless a change was heard meanwhile).
+    async fn read(&self, full: &str) -> Option<Bytes> {
+        let Some(near) = &self.inner.near else {
+            return self
+                .call("get", self.inner.store.get(full))
+                .await
+                .ok()
+                .flatten();
+        };
+        if let Some(entry) = near.tier.get(full) {
+            return Some(entry.bytes().clone());
+        }
+        let Some(ticket) = near.tier.ticket(full) else {
+            return self
+                .call("get", self.inner.store.get(full))
+                .await
+                .ok()
+                .flatten();
+        };
+        let asked_at = Instant::now();
+        let (bytes, ttl) = self
+            .call("get", self.inner.store.get_with_ttl(full))
+            .await
+            .ok()
+            .flatten()?;
+        near.tier.keep(full, ticket, bytes.clone(), ttl, asked_at);
+        Some(bytes)
+    }
+
+    /// The bytes under each of `full`, in order: near-tier hits from memory, the rest in one
+    /// store round trip (kept in the near tier as [`read`](Self::read) keeps them). `op`
+    /// names the store call in metrics.
+    pub(crate) async fn read_many(
+        &self,
+        op: &'static str,
+        full: &[String],
+    ) -> Result<Vec<Option<Bytes>>> {
+        let Some(near) = &self.inner.near else {
+            return self.call(op, self.inner.store.get_many(full)).await;
+        };
+        let mut found: Vec<Option<Bytes>> = full
+            .iter()
+            .map(|key| near.tier.get(key).map(|entry| entry.bytes().clone()))
+            .collect();
+        let missing: Vec<usize> = (0..full.len()).filter(|&i| found[i].is_none()).collect();
+        if missing.is_empty() {
+            return Ok(found);
+        }
+        let keys: Vec<String> = missing.iter().map(|&i| full[i].clone()).collect();
+        let tickets: Vec<Option<Ticket>> = keys.iter().map(|key| near.tier.ticket(key)).collect();
+        let asked_at = Instant::now();
+        let read = self
+            .call(op, self.inner.store.get_many_with_ttl(&keys))
+            .await?;
+        if read.len() != keys.len() {
+            return Err(Error::new(
+                ErrorKind::Server,
+                "the store answered a batch read with the wrong number of values",
+            ));
+        }
+        for (((index, key), ticket), value) in missing.into_iter().zip(&keys).zip(tickets).zip(read)
+        {
+            if let Some((bytes, ttl)) = value {
+                if let Some(ticket) = ticket {
+                    near.tier.keep(key, ticket, bytes.clone(), ttl, asked_at);
+                }
+                found[index] = Some(bytes);
+            }
+        }
+        Ok(found)
+    }
+
+    /// A ticket to tell, later, whether `full` changed meanwhile (see
+    /// [`changed_since`](Self::changed_since)); `None` without a watching near tier.
+    pub(crate) fn change_ticket(&self, full: &str) -> Option<Ticket> {
+        self.inner.near.as_ref()?.tier.ticket(full)
+    }
+
+    /// Whether a change to the ticket's key (or to every key, or to tracking) was heard since
+    /// it was taken.
+    pub(crate) fn changed_since(&self, ticket: Ticket) -> bool {
+        self.inner
+            .near
+            .as_ref()
+            .is_some_and(|near| !near.tier.current(ticket))
+    }
+
+    /// Drop `full` from this process's near tier: this process just changed it in the store.
+    pub(crate) fn forget_near(&self, full: &str) {
+        if let Some(near) = &self.inner.near {
+            near.tier.forget(full);
+        }
+    }
+
+    /// Whether this process's near tier holds `key` right now: a diagnostic, as
+    /// [`coalesced_callers`](Self::coalesced_callers) is.
+    pub fn near_contains(&self, key: impl Into<Key>) -> bool {
+        let full = self.full_key(key);
+        self.inner
+            .near
+            .as_ref()
+            .is_some_and(|near| near.tier.contains(&full))
+    }
+
+    /// The near tier's state and size ([`NearState::Off`](crate::near::NearState::Off)
+    /// without one).
+    pub fn near_stats(&self) -> NearStats {
+        self.inner
+            .near
+            .as_ref()
+            .map_or_else(NearStats::off, |near| near.tier.stats())
     }
 
     /// Values for many keys, in order, in one store round trip (`MGET`).
@@ -216,10 +383,7 @@ impl Cache {
         if full.is_empty() {
             return Vec::new();
         }
-        let raw = match self
-            .call("get_many", self.inner.store.get_many(&full))
-            .await
-        {
+        let raw = match self.read_many("get_many", &full).await {
             Ok(raw) if raw.len() == full.len() => raw,
             _ => vec![None; full.len()],
         };
@@ -233,7 +397,7 @@ impl Cache {
                     .map(|d| d.value),
                 None => None,
             };
-            count_lookup(value.is_some());
+            self.count_lookup(value.is_some());
             values.push(value);
         }
         values
@@ -308,10 +472,14 @@ impl Cache {
             return Ok(());
         }
         let written: usize = batch.iter().map(|e| e.value.len()).sum();
-        match self
+        let result = self
             .call("set_many", self.inner.store.set_many(&batch))
-            .await
-        {
+            .await;
+        // Even after a failure: some entries may have been written.
+        for entry in &batch {
+            self.forget_near(&entry.key);
+        }
+        match result {
             Ok(()) => metrics::counter!(telemetry::BYTES_WRITTEN).increment(written as u64),
             Err(err) => drop_write(&err, batch.len()),
         }
@@ -321,10 +489,41 @@ impl Cache {
     /// Remove `key`. Unlike reads and writes this reports store failure, because a lost
     /// invalidation leaves a stale value to be served later.
     pub async fn invalidate(&self, key: impl Into<Key>) -> Result<()> {
-        let full = self.full_key(key);
-        self.call("delete", self.inner.store.delete(&full))
+        self.remove(&self.full_key(key)).await
+    }
+
+    /// Remove the entry under the store key `full`, here and in the store; reports store
+    /// failure.
+    pub(crate) async fn remove(&self, full: &str) -> Result<()> {
+        self.remove_many(std::slice::from_ref(&full.to_owned()))
             .await
-            .map(drop)
+    }
+
+    /// Remove the entries under the store keys `full`, here and in the store, with their
+    /// fences when there is a near tier (so every instance hears of it, present or not);
+    /// reports store failure.
+    async fn remove_many(&self, full: &[String]) -> Result<()> {
+        let delete = self.call("delete_many", self.inner.store.delete_many(full));
+        let result = if self.inner.near.is_some() {
+            let fences: Vec<StoreEntry> = full
+                .iter()
+                .map(|key| StoreEntry {
+                    key: fence_of(key),
+                    value: Bytes::new(),
+                    ttl: FENCE_TTL,
+                })
+                .collect();
+            // Both on the same multiplexed connection: one round trip, not two.
+            let fence = self.call("fence", self.inner.store.set_many(&fences));
+            let (deleted, fenced) = futures::future::join(delete, fence).await;
+            deleted.and(fenced).map(drop)
+        } else {
+            delete.await.map(drop)
+        };
+        for key in full {
+            self.forget_near(key);
+        }
+        result
     }
 
     /// Remove many keys in one round trip; reports store failure like
@@ -334,9 +533,7 @@ impl Cache {
         keys: impl IntoIterator<Item = K>,
     ) -> Result<()> {
         let full: Vec<String> = keys.into_iter().map(|k| self.full_key(k)).collect();
-        self.call("delete_many", self.inner.store.delete_many(&full))
-            .await
-            .map(drop)
+        self.remove_many(&full).await
     }
 
     /// Store `value` fresh for `ttl` (jittered), kept `grace` longer for stale serving.
@@ -388,10 +585,12 @@ impl Cache {
     /// Write an encoded entry; false when the store failed (counted as a dropped write).
     async fn write_entry(&self, full: String, bytes: Bytes, ttl: Duration) -> bool {
         let len = bytes.len() as u64;
-        match self
+        let result = self
             .call("set", self.inner.store.set(&full, bytes, ttl))
-            .await
-        {
+            .await;
+        // Even after a failure: the write may have reached the store.
+        self.forget_near(&full);
+        match result {
             Ok(()) => {
                 metrics::counter!(telemetry::BYTES_WRITTEN).increment(len);
                 true
@@ -440,6 +639,7 @@ impl Cache {
                 self.inner.store.compare_and_delete(full, bytes),
             )
             .await;
+        self.forget_near(full);
     }
 
     /// `ttl` shortened by a random fraction up to the jitter, never below 1 ms.
@@ -454,6 +654,15 @@ impl Cache {
     /// The metrics every read records.
     pub(super) fn read_metrics(&self) -> &ReadMetrics {
         self.inner.read_metrics.get_or_init(ReadMetrics::resolve)
+    }
+
+    fn count_lookup(&self, hit: bool) {
+        let metrics = self.read_metrics();
+        if hit {
+            metrics.hits.increment(1);
+        } else {
+            metrics.misses.increment(1);
+        }
     }
 
     /// Run one store call through the breaker and the command timeout, recording latency,
@@ -531,14 +740,6 @@ fn plain_read<T>(entry: Decoded<Option<T>>) -> Option<Decoded<T>> {
         value,
         header: entry.header,
     })
-}
-
-fn count_lookup(hit: bool) {
-    if hit {
-        metrics::counter!(telemetry::HITS).increment(1);
-    } else {
-        metrics::counter!(telemetry::MISSES).increment(1);
-    }
 }
 
 fn drop_write(err: &Error, entries: usize) {

@@ -213,7 +213,7 @@ where
             let tags = super::tags::check(cache, stored.tags()).await;
             if tags == TagCheck::Invalid {
                 // Dropped by a tag: delete it, so the collapsed load cannot find it again.
-                let _ = cache.call("delete", cache.store().delete(&full)).await;
+                let _ = cache.remove(&full).await;
             }
             Found::Stored { stored, tags }
         }

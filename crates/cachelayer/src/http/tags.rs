@@ -120,10 +120,7 @@ pub(crate) async fn versions_for_store(
         return Some(Vec::new());
     }
     let keys = version_keys(cache, tags);
-    let current = cache
-        .call("tag_versions", cache.store().get_many(&keys))
-        .await
-        .ok()?;
+    let current = cache.read_many("tag_versions", &keys).await.ok()?;
     let mut versions = Vec::with_capacity(keys.len());
     for (key, version) in keys.iter().zip(current) {
         let version = match version {
@@ -179,10 +176,7 @@ pub(crate) async fn check(cache: &Cache, tagged: &[(String, String)]) -> TagChec
     }
     let tags: Vec<String> = tagged.iter().map(|(tag, _)| tag.clone()).collect();
     let keys = version_keys(cache, &tags);
-    let Ok(current) = cache
-        .call("tag_versions", cache.store().get_many(&keys))
-        .await
-    else {
+    let Ok(current) = cache.read_many("tag_versions", &keys).await else {
         return TagCheck::Unknown;
     };
     let same = current.len() == tagged.len()
@@ -211,9 +205,13 @@ pub(crate) async fn invalidate(cache: &Cache, tags: &[String]) -> Result<()> {
             ttl: MAX_TTL,
         })
         .collect();
-    cache
+    let result = cache
         .call("tag_invalidate", cache.store().set_many(&entries))
-        .await
+        .await;
+    for entry in &entries {
+        cache.forget_near(&entry.key);
+    }
+    result
 }
 
 #[cfg(test)]

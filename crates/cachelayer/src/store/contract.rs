@@ -1,9 +1,11 @@
 //! What every store promises: the [`Store`] trait, the types it speaks in ([`StoreEntry`],
-//! [`KeyTtl`], [`Subscription`], [`StoreKind`]) and the TTL bounds all stores share.
+//! [`KeyTtl`], [`Subscription`], [`StoreKind`], [`KeyChange`]) and the TTL bounds all stores
+//! share.
 //!
 //! This module must never name an implementation: `memory` and `redis` depend on it, never
 //! the other way round.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -61,6 +63,40 @@ pub enum KeyTtl {
     ExpiresIn(Duration),
 }
 
+/// What a store reports about the keys under a tracked prefix (see
+/// [`Store::track_changes`]). Reports arrive in the order the store made the changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum KeyChange {
+    /// Tracking is on: every change made from now on is reported.
+    Watching,
+    /// These keys were written, deleted, expired or evicted (by anyone).
+    Keys(Vec<String>),
+    /// Every key may have changed (`FLUSHALL`, `FLUSHDB`).
+    All,
+    /// Tracking is lost (the connection dropped or stopped answering): changes made from
+    /// now until the next [`Watching`](Self::Watching) are not reported.
+    Blind,
+}
+
+/// Receives [`KeyChange`] reports. It is called on the store's connection task, so it must
+/// return at once (no blocking, no waiting).
+pub type ChangeListener = Arc<dyn Fn(KeyChange) + Send + Sync>;
+
+/// Keeps change tracking running; dropping it stops the tracking and closes its connection.
+#[derive(Debug)]
+pub struct ChangeTracking {
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl ChangeTracking {
+    /// A handle whose drop resolves `stopped` (the tracking task's signal to end).
+    pub fn new() -> (Self, tokio::sync::oneshot::Receiver<()>) {
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        (Self { _stop: stop }, stopped)
+    }
+}
+
 /// One entry of a batch write: a key, its bytes and its own TTL (batches carry per-entry TTLs
 /// so jitter can spread their expiry).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,6 +137,24 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// The bytes under each key, in order, in one round trip.
     async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>>;
 
+    /// The bytes under `key` and how long they have left to live, read together. The
+    /// default makes two calls; a store that can should answer in one round trip.
+    async fn get_with_ttl(&self, key: &str) -> Result<Option<(Bytes, KeyTtl)>> {
+        let Some(value) = self.get(key).await? else {
+            return Ok(None);
+        };
+        Ok(Some((value, self.ttl(key).await?)))
+    }
+
+    /// Like [`get_with_ttl`](Self::get_with_ttl) for many keys, in order.
+    async fn get_many_with_ttl(&self, keys: &[String]) -> Result<Vec<Option<(Bytes, KeyTtl)>>> {
+        let mut found = Vec::with_capacity(keys.len());
+        for key in keys {
+            found.push(self.get_with_ttl(key).await?);
+        }
+        Ok(found)
+    }
+
     /// Store `value` under `key` for `ttl`, replacing any value and TTL.
     async fn set(&self, key: &str, value: Bytes, ttl: Duration) -> Result<()>;
 
@@ -139,6 +193,16 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// Round trip to the store, for health checks and breaker probes.
     async fn ping(&self) -> Result<()>;
+
+    /// Report to `listener` every change to a key that starts with `prefix`, made by anyone,
+    /// until the returned handle is dropped. `None` when this store cannot (the default):
+    /// a near tier then stays off. The first report is [`KeyChange::Watching`] once
+    /// tracking is on; a store reports [`KeyChange::Blind`] as soon as it can no longer
+    /// promise to report changes, and `Watching` again when it can.
+    fn track_changes(&self, prefix: &str, listener: ChangeListener) -> Option<ChangeTracking> {
+        let _ = (prefix, listener);
+        None
+    }
 }
 
 /// How many messages a subscription buffers before newer ones are dropped.

@@ -13,11 +13,12 @@ mod redis;
 
 pub(crate) use self::contract::check_ttl;
 pub use self::contract::{
-    KeyTtl, MAX_TTL, SUBSCRIPTION_BUFFER, Store, StoreEntry, StoreKind, Subscription,
+    ChangeListener, ChangeTracking, KeyChange, KeyTtl, MAX_TTL, SUBSCRIPTION_BUFFER, Store,
+    StoreEntry, StoreKind, Subscription,
 };
 pub use self::memory::{DEFAULT_MEMORY_CAPACITY_BYTES, MemoryStore, MemoryStoreBuilder};
 pub use self::redis::redact_url;
 pub use self::redis::{
     DEFAULT_COMMAND_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_POOL_SIZE, RedisStore,
-    RedisStoreBuilder,
+    RedisStoreBuilder, TRACKING_CLIENT_NAME,
 };

@@ -40,6 +40,9 @@ impl Cache {
         E: Send + Sync + 'static,
         F: LoadFuture<T, E>,
     {
+        // Taken before the loader reads the source: a change to the key heard by the time it
+        // returns may be a write the loader did not see.
+        let ticket = self.change_ticket(full);
         let (loaded, compute_time) = match lease {
             Some(lease) => {
                 let keep_alive = lease.keep_alive(options.settings.lock_ttl);
@@ -54,7 +57,13 @@ impl Cache {
         };
         match loaded.outcome {
             Ok(value) => {
-                if loaded.store {
+                if loaded.store && ticket.is_some_and(|ticket| self.changed_since(ticket)) {
+                    metrics::counter!(telemetry::NEAR_LOADS_NOT_STORED).increment(1);
+                    tracing::debug!(
+                        key = full,
+                        "the key changed while it loaded; the value is returned, not stored"
+                    );
+                } else if loaded.store {
                     let options = match loaded.lifetime {
                         Some((fresh, grace)) => options.with_lifetime(fresh, grace),
                         None => options,

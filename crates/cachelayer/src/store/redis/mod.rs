@@ -1,5 +1,5 @@
 //! `RedisStore`: the shared store, on the `redis` crate's multiplexed, self-reconnecting
-//! connections. One concept in one file (its unit tests take it past 600 lines).
+//! connections; its change tracking (server-assisted invalidation) is in `tracking`.
 //!
 //! Pooling here is not checkout-style: each [`redis::aio::ConnectionManager`] multiplexes
 //! every concurrent request over one socket and reconnects in the background, so the "pool"
@@ -20,7 +20,13 @@ use redis::io::tcp::TcpSettings;
 use redis::{Client, IntoConnectionInfo, Script, TlsCertificates};
 use tokio::sync::mpsc;
 
-use super::contract::{KeyTtl, Store, StoreEntry, StoreKind, Subscription, ttl_millis};
+mod tracking;
+
+pub use self::tracking::TRACKING_CLIENT_NAME;
+
+use super::contract::{
+    ChangeListener, ChangeTracking, KeyTtl, Store, StoreEntry, StoreKind, Subscription, ttl_millis,
+};
 use crate::error::{Error, ErrorKind, Result};
 
 /// Default number of multiplexed connections; see the README's "Pool sizing".
@@ -81,6 +87,10 @@ pub struct RedisStore {
 
 struct RedisInner {
     client: Client,
+    /// The same server spoken to in RESP3, which change tracking's pushes need.
+    tracking_client: Client,
+    /// The runtime the store was built in, where tracking tasks run.
+    runtime: tokio::runtime::Handle,
     manager_config: ConnectionManagerConfig,
     connections: Vec<RwLock<Slot>>,
     next: AtomicUsize,
@@ -172,24 +182,30 @@ impl RedisStoreBuilder {
         if self.pool_size == 0 {
             return Err(Error::config("redis pool_size must be at least 1"));
         }
-        if tokio::runtime::Handle::try_current().is_err() {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return Err(Error::config(
                 "RedisStore must be built inside a Tokio runtime (its connections run as tasks); build it from async code or after Runtime::enter",
             ));
-        }
+        };
         if self.connect_timeout.is_zero() || self.command_timeout.is_zero() {
             return Err(Error::config(
                 "redis connect_timeout and command_timeout must be non-zero",
             ));
         }
         let redacted_url = redact_url(&self.url);
-        let client = self.client().map_err(|err| {
+        let invalid_url = |err| {
             Error::with_source(
                 ErrorKind::Config,
-                format!("invalid redis URL {redacted_url}; expected redis://[user:password@]host[:port][/db] or rediss://..."),
+                format!(
+                    "invalid redis URL {redacted_url}; expected redis://[user:password@]host[:port][/db] or rediss://..."
+                ),
                 err,
             )
-        })?;
+        };
+        let client = self.client(None).map_err(invalid_url)?;
+        let tracking_client = self
+            .client(Some(redis::ProtocolVersion::RESP3))
+            .map_err(invalid_url)?;
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(self.connect_timeout))
             .set_response_timeout(Some(self.command_timeout))
@@ -213,6 +229,8 @@ impl RedisStoreBuilder {
         Ok(RedisStore {
             inner: Arc::new(RedisInner {
                 client,
+                tracking_client,
+                runtime,
                 manager_config,
                 connections,
                 next: AtomicUsize::new(0),
@@ -224,12 +242,17 @@ impl RedisStoreBuilder {
         })
     }
 
-    fn client(&self) -> redis::RedisResult<Client> {
-        let info = self
+    /// A client for the URL; `protocol` overrides the URL's protocol version.
+    fn client(&self, protocol: Option<redis::ProtocolVersion>) -> redis::RedisResult<Client> {
+        let mut info = self
             .url
             .as_str()
             .into_connection_info()?
             .set_tcp_settings(tcp_settings());
+        if let Some(protocol) = protocol {
+            let settings = info.redis_settings().clone().set_protocol(protocol);
+            info = info.set_redis_settings(settings);
+        }
         if self.tls_root_cert_pem.is_none() && self.tls_client_cert_pem.is_none() {
             return Client::open(info);
         }
@@ -416,6 +439,50 @@ impl Store for RedisStore {
         Ok(values.into_iter().map(|v| v.map(Bytes::from)).collect())
     }
 
+    async fn get_with_ttl(&self, key: &str) -> Result<Option<(Bytes, KeyTtl)>> {
+        // One round trip. Not atomic: a change between the two commands is reported by change
+        // tracking, which is what callers that keep the value rely on.
+        let mut pipeline = redis::pipe();
+        pipeline.cmd("GET").arg(key).cmd("PTTL").arg(key);
+        let pipeline = &pipeline;
+        let (value, millis): (Option<Vec<u8>>, i64) = self
+            .run(|mut connection| async move { pipeline.query_async(&mut connection).await })
+            .await?;
+        Ok(value.map(|value| (Bytes::from(value), key_ttl(millis))))
+    }
+
+    async fn get_many_with_ttl(&self, keys: &[String]) -> Result<Vec<Option<(Bytes, KeyTtl)>>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipeline = redis::pipe();
+        pipeline.cmd("MGET").arg(keys);
+        for key in keys {
+            pipeline.cmd("PTTL").arg(key);
+        }
+        let pipeline = &pipeline;
+        let mut replies: Vec<redis::Value> = self
+            .run(|mut connection| async move { pipeline.query_async(&mut connection).await })
+            .await?;
+        if replies.len() != keys.len() + 1 {
+            return Err(Error::new(
+                ErrorKind::Server,
+                "redis answered a pipeline of MGET and PTTL with the wrong number of replies",
+            ));
+        }
+        let ttls = replies.split_off(1);
+        let values: Vec<Option<Vec<u8>>> =
+            redis::from_redis_value(replies.remove(0)).map_err(redis::RedisError::from)?;
+        values
+            .into_iter()
+            .zip(ttls)
+            .map(|(value, ttl)| {
+                let millis: i64 = redis::from_redis_value(ttl).map_err(redis::RedisError::from)?;
+                Ok(value.map(|value| (Bytes::from(value), key_ttl(millis))))
+            })
+            .collect()
+    }
+
     async fn set(&self, key: &str, value: Bytes, ttl: Duration) -> Result<()> {
         let millis = ttl_millis(ttl)?;
         self.query::<()>(
@@ -508,11 +575,7 @@ impl Store for RedisStore {
 
     async fn ttl(&self, key: &str) -> Result<KeyTtl> {
         let millis: i64 = self.query(redis::cmd("PTTL").arg(key)).await?;
-        Ok(match millis {
-            -2 => KeyTtl::Missing,
-            -1 => KeyTtl::Persistent,
-            ms => KeyTtl::ExpiresIn(Duration::from_millis(ms.max(0).unsigned_abs())),
-        })
+        Ok(key_ttl(millis))
     }
 
     async fn publish(&self, channel: &str, message: Bytes) -> Result<u64> {
@@ -534,6 +597,19 @@ impl Store for RedisStore {
 
     async fn ping(&self) -> Result<()> {
         self.query::<()>(&redis::cmd("PING")).await
+    }
+
+    fn track_changes(&self, prefix: &str, listener: ChangeListener) -> Option<ChangeTracking> {
+        Some(tracking::start(self, prefix, listener))
+    }
+}
+
+/// A `PTTL` reply as a [`KeyTtl`].
+fn key_ttl(millis: i64) -> KeyTtl {
+    match millis {
+        -2 => KeyTtl::Missing,
+        -1 => KeyTtl::Persistent,
+        ms => KeyTtl::ExpiresIn(Duration::from_millis(ms.max(0).unsigned_abs())),
     }
 }
 

@@ -1,0 +1,552 @@
+//! The near tier against real Redis servers: several instances (each its own `Cache` and
+//! connections, as separate processes would have; the `os_process_*` test uses real child
+//! processes) on one Redis, changes made through one instance or behind the cache's back
+//! (`redis-cli`, expiry, `FLUSHALL`), and the tracking channel lost (`CLIENT KILL`, a
+//! restart, a frozen server).
+//!
+//! Staleness is asserted with bounded waits on the condition itself (`eventually`), never
+//! with a sleep standing in for it.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cachelayer::near::NearState;
+use cachelayer::store::{RedisStore, Store, TRACKING_CLIENT_NAME};
+use cachelayer::{Cache, Key};
+use cachelayer_testkit::RedisServer;
+use support::redis_store;
+use tokio::sync::oneshot;
+
+const MINUTE: Duration = Duration::from_secs(60);
+/// The longest a change may take to reach another instance in these tests: far above the
+/// measured p99 (BENCHMARKS.md), so a loaded CI machine does not fail them, and far below
+/// anything a user would call stale.
+const PROPAGATION_BOUND: Duration = Duration::from_secs(2);
+/// How long a lost tracking connection may go unnoticed: the heartbeat's interval plus its
+/// timeout, with the same margin.
+const BLIND_BOUND: Duration = Duration::from_secs(4);
+
+/// One instance of a service: its own store connections, tracking connection and near tier.
+fn instance(url: &str) -> Cache {
+    Cache::builder()
+        .store(redis_store(url))
+        .namespace("near")
+        .ttl_jitter(0.0)
+        .command_timeout(Duration::from_secs(2))
+        .build()
+        .expect("cache")
+}
+
+/// Instances whose near tiers are all watching.
+async fn instances(url: &str, count: usize) -> Vec<Cache> {
+    let caches: Vec<Cache> = (0..count).map(|_| instance(url)).collect();
+    for cache in &caches {
+        eventually("the near tier watches", PROPAGATION_BOUND, || {
+            cache.near_stats().state == NearState::Watching
+        })
+        .await;
+    }
+    caches
+}
+
+/// Wait until `condition` holds, failing after `bound`; returns how long it took.
+async fn eventually(what: &str, bound: Duration, mut condition: impl FnMut() -> bool) -> Duration {
+    let started = Instant::now();
+    while !condition() {
+        assert!(started.elapsed() < bound, "{what}: not within {bound:?}");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    started.elapsed()
+}
+
+/// Wait until `cache` answers `expected` for `key`, failing after `bound`.
+async fn reads_eventually(cache: &Cache, key: &str, expected: Option<&str>, bound: Duration) {
+    let started = Instant::now();
+    loop {
+        let value = cache.get::<String>(key).await;
+        if value.as_deref() == expected {
+            return;
+        }
+        assert!(
+            started.elapsed() < bound,
+            "{key}: still {value:?}, not {expected:?}, after {bound:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// Read `key` through `cache` until the near tier holds it. The first read usually fills
+/// it; a report of the key's last write arriving during that read voids the fill, and the
+/// next read fills it.
+async fn warm(cache: &Cache, key: &str, expected: &str) {
+    let started = Instant::now();
+    while !cache.near_contains(key) {
+        assert_eq!(cache.get::<String>(key).await.as_deref(), Some(expected));
+        assert!(
+            started.elapsed() < PROPAGATION_BOUND,
+            "{key} never kept in the near tier"
+        );
+    }
+}
+
+/// Reads store commands executed by the server, for "no command per hit" checks.
+fn read_commands(server: &RedisServer) -> u64 {
+    ["get", "mget", "pttl"]
+        .iter()
+        .map(|command| server.command_calls(command))
+        .sum()
+}
+
+/// A hot key is served from memory: repeated reads issue no Redis command at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hot_keys_are_read_without_redis() {
+    let server = RedisServer::start();
+    let caches = instances(&server.url(), 1).await;
+    let cache = &caches[0];
+    cache.insert("hot", "value").await.expect("insert");
+    warm(cache, "hot", "value").await;
+    server.reset_stats();
+    for _ in 0..200 {
+        assert_eq!(cache.get::<String>("hot").await.as_deref(), Some("value"));
+        let shared = cache.get_shared::<String>("hot").await;
+        assert_eq!(shared.as_deref().map(String::as_str), Some("value"));
+    }
+    let many: Vec<Option<String>> = cache.get_many(["hot", "hot"]).await;
+    assert_eq!(
+        many,
+        vec![Some("value".to_owned()), Some("value".to_owned())]
+    );
+    assert_eq!(read_commands(&server), 0, "hot reads reached Redis");
+}
+
+/// Inserts, invalidations and batch writes through one instance reach the others' near
+/// tiers; the writer's own near tier never serves the old value once the call returned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_through_one_instance_reach_the_others() {
+    let server = RedisServer::start();
+    let caches = instances(&server.url(), 3).await;
+    let (writer, readers) = caches.split_first().expect("three");
+    writer.insert("k", "v1").await.expect("insert");
+    for cache in &caches {
+        warm(cache, "k", "v1").await;
+    }
+
+    writer.insert("k", "v2").await.expect("insert");
+    assert_eq!(writer.get::<String>("k").await.as_deref(), Some("v2"));
+    for reader in readers {
+        reads_eventually(reader, "k", Some("v2"), PROPAGATION_BOUND).await;
+    }
+
+    writer.invalidate("k").await.expect("invalidate");
+    assert_eq!(writer.get::<String>("k").await, None);
+    for reader in readers {
+        reads_eventually(reader, "k", None, PROPAGATION_BOUND).await;
+    }
+
+    writer
+        .insert_many([("a", "1"), ("b", "1")])
+        .await
+        .expect("insert");
+    for reader in readers {
+        warm(reader, "a", "1").await;
+        warm(reader, "b", "1").await;
+    }
+    writer
+        .insert_many([("a", "2"), ("b", "2")])
+        .await
+        .expect("insert");
+    for reader in readers {
+        reads_eventually(reader, "a", Some("2"), PROPAGATION_BOUND).await;
+        reads_eventually(reader, "b", Some("2"), PROPAGATION_BOUND).await;
+    }
+    writer
+        .invalidate_many(["a", "b"])
+        .await
+        .expect("invalidate");
+    for reader in readers {
+        reads_eventually(reader, "a", None, PROPAGATION_BOUND).await;
+        reads_eventually(reader, "b", None, PROPAGATION_BOUND).await;
+    }
+}
+
+/// Changes made behind the cache's back reach the near tier too: another client's `SET`
+/// and `DEL`, and `FLUSHALL`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_by_other_clients_reach_the_near_tier() {
+    let server = RedisServer::start();
+    let caches = instances(&server.url(), 1).await;
+    let cache = &caches[0];
+    let full = cache.full_key("k");
+    cache.insert("k", "mine").await.expect("insert");
+    warm(cache, "k", "mine").await;
+
+    // Another writer with the same encoding, bypassing this cache entirely.
+    let other = Cache::builder()
+        .store(redis_store(&server.url()))
+        .namespace("near")
+        .near_capacity_bytes(0)
+        .build()
+        .expect("cache");
+    other.insert("k", "theirs").await.expect("insert");
+    reads_eventually(cache, "k", Some("theirs"), PROPAGATION_BOUND).await;
+
+    server.cli(["DEL", &full]);
+    reads_eventually(cache, "k", None, PROPAGATION_BOUND).await;
+
+    cache.insert("k", "mine").await.expect("insert");
+    warm(cache, "k", "mine").await;
+    server.set_raw(&full, b"garbage written by redis-cli");
+    reads_eventually(cache, "k", None, PROPAGATION_BOUND).await;
+
+    cache.insert("k", "mine").await.expect("insert");
+    warm(cache, "k", "mine").await;
+    assert_eq!(server.cli(["FLUSHALL"]), "OK");
+    reads_eventually(cache, "k", None, PROPAGATION_BOUND).await;
+}
+
+/// An entry never outlives its Redis TTL in the near tier: the moment Redis no longer has
+/// the key, neither does the near tier, whether Redis expired it or not yet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_never_outlive_their_redis_ttl() {
+    let server = RedisServer::builder()
+        .arg("enable-debug-command", "yes")
+        .start();
+    // Active expiry off: Redis then drops an expired key only when a command touches it, so
+    // no change report comes, and only the near tier's own deadline can remove the entry.
+    assert_eq!(server.cli(["DEBUG", "SET-ACTIVE-EXPIRE", "0"]), "OK");
+    let caches = instances(&server.url(), 1).await;
+    let cache = &caches[0];
+    let ttl = Duration::from_millis(300);
+    cache
+        .insert_with_ttl("short", "v", ttl)
+        .await
+        .expect("insert");
+    // Redis counts the TTL from when it ran the SET, before the insert returned.
+    let expired_by = tokio::time::Instant::now() + ttl;
+    warm(cache, "short", "v").await;
+    let heard = cache.near_stats().changes_heard;
+    // Time itself is what this test is about: wait until Redis's expiry has passed.
+    tokio::time::sleep_until(expired_by).await;
+    assert_eq!(
+        cache.near_stats().changes_heard,
+        heard,
+        "no report came, so only the entry's own deadline can have removed it"
+    );
+    assert_eq!(cache.get::<String>("short").await, None);
+}
+
+/// The id of the near tier's tracking connection in `CLIENT LIST`, if connected.
+fn tracking_client_ids(server: &RedisServer) -> Vec<String> {
+    server
+        .cli(["CLIENT", "LIST"])
+        .lines()
+        .filter(|line| line.contains(&format!("name={TRACKING_CLIENT_NAME}")))
+        .filter_map(|line| line.split_whitespace().next())
+        .filter_map(|field| field.strip_prefix("id="))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Killing the tracking connection empties and bypasses the near tier at once; a write
+/// made while it is down is never hidden by memory; tracking comes back by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_tracking_connection_empties_and_bypasses_the_tier() {
+    let server = RedisServer::start();
+    let caches = instances(&server.url(), 2).await;
+    let (writer, reader) = (&caches[0], &caches[1]);
+    writer.insert("k", "v1").await.expect("insert");
+    warm(reader, "k", "v1").await;
+
+    let ids = tracking_client_ids(&server);
+    assert_eq!(ids.len(), 2, "one tracking connection per instance");
+    for id in &ids {
+        server.cli(["CLIENT", "KILL", "ID", id]);
+    }
+    eventually("the reader goes blind", PROPAGATION_BOUND, || {
+        reader.near_stats().state != NearState::Watching || reader.near_stats().entries == 0
+    })
+    .await;
+    writer.insert("k", "v2").await.expect("insert");
+    // Blind or back already: either way the new value, never the one in memory.
+    assert_eq!(reader.get::<String>("k").await.as_deref(), Some("v2"));
+
+    eventually("tracking is back", PROPAGATION_BOUND, || {
+        reader.near_stats().state == NearState::Watching
+    })
+    .await;
+    warm(reader, "k", "v2").await;
+    writer.insert("k", "v3").await.expect("insert");
+    reads_eventually(reader, "k", Some("v3"), PROPAGATION_BOUND).await;
+}
+
+/// A Redis restart (which loses every key here) never leaves old values in memory, and
+/// tracking resumes against the new server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restart_never_leaves_old_values_in_memory() {
+    let mut server = RedisServer::start();
+    let caches = instances(&server.url(), 2).await;
+    let (writer, reader) = (&caches[0], &caches[1]);
+    writer.insert("k", "before").await.expect("insert");
+    warm(reader, "k", "before").await;
+
+    server.restart();
+    reads_eventually(reader, "k", None, PROPAGATION_BOUND).await;
+    eventually("tracking is back", BLIND_BOUND, || {
+        reader.near_stats().state == NearState::Watching
+    })
+    .await;
+    // The writer's first write after the restart may be dropped while its connection is
+    // re-established (fail-open); write until Redis has it.
+    let started = Instant::now();
+    loop {
+        writer.insert("k", "after").await.expect("insert");
+        if reader.get::<String>("k").await.as_deref() == Some("after") {
+            break;
+        }
+        assert!(
+            started.elapsed() < BLIND_BOUND,
+            "writes never reached Redis"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    warm(reader, "k", "after").await;
+    writer.insert("k", "later").await.expect("insert");
+    reads_eventually(reader, "k", Some("later"), PROPAGATION_BOUND).await;
+}
+
+/// A frozen Redis (connections open, nothing answered) is noticed by the heartbeat: the
+/// near tier goes blind within its bound instead of trusting a silent channel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_redis_makes_the_tier_blind() {
+    let server = RedisServer::start();
+    let caches = instances(&server.url(), 1).await;
+    let cache = &caches[0];
+    cache.insert("k", "v").await.expect("insert");
+    warm(cache, "k", "v").await;
+    // The server is killed on drop, paused or not, if an assertion below fails.
+    server.pause();
+    eventually("the tier goes blind", BLIND_BOUND, || {
+        cache.near_stats().state == NearState::Blind
+    })
+    .await;
+    assert_eq!(cache.near_stats().entries, 0, "emptied");
+    server.resume();
+    eventually("tracking is back", BLIND_BOUND, || {
+        cache.near_stats().state == NearState::Watching
+    })
+    .await;
+}
+
+/// The forced interleaving: a load reads the source (the old row), another instance then
+/// changes the row and invalidates the key, and only then does the load finish. Its old value
+/// is returned to its caller but stored nowhere: not in Redis, not in any near tier.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_older_than_an_invalidation_is_not_stored() {
+    let server = RedisServer::start();
+    let caches = instances(&server.url(), 2).await;
+    let (loader_side, writer) = (caches[0].clone(), &caches[1]);
+    let (read_source, source_read) = oneshot::channel::<()>();
+    let (finish, finished) = oneshot::channel::<()>();
+    let load = tokio::spawn(async move {
+        loader_side
+            .get_with("row", MINUTE, async move {
+                let _ = read_source.send(());
+                let _ = finished.await;
+                "old row".to_owned()
+            })
+            .await
+    });
+    source_read.await.expect("the loader ran");
+    let heard = caches[0].near_stats().changes_heard;
+    writer.invalidate("row").await.expect("invalidate");
+    eventually(
+        "the loading instance hears the change",
+        PROPAGATION_BOUND,
+        || caches[0].near_stats().changes_heard > heard,
+    )
+    .await;
+    finish.send(()).expect("the load waits");
+    assert_eq!(
+        load.await.expect("load"),
+        "old row",
+        "returned to its caller"
+    );
+
+    let raw = RedisStore::builder(server.url())
+        .build()
+        .expect("store")
+        .get(&caches[0].full_key("row"))
+        .await
+        .expect("raw read");
+    assert_eq!(raw, None, "the old row is not in Redis");
+    for cache in &caches {
+        assert_eq!(cache.get::<String>("row").await, None);
+    }
+
+    // Without a change during the load, the value is stored as always.
+    let value = caches[0]
+        .get_with("row", MINUTE, async { "new row".to_owned() })
+        .await;
+    assert_eq!(value, "new row");
+    assert_eq!(
+        caches[1].get::<String>("row").await.as_deref(),
+        Some("new row")
+    );
+}
+
+/// Stale-while-revalidate works unchanged through the near tier: a value past its TTL is
+/// served while one refresh runs, and the refreshed value then reaches every instance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_while_revalidate_works_through_the_near_tier() {
+    let server = RedisServer::start();
+    let caches = instances(&server.url(), 2).await;
+    let ttl = Duration::from_millis(200);
+    let options = cachelayer::LoadOptions::ttl(ttl).stale_while_revalidate(MINUTE);
+    let first = caches[0]
+        .get_with("swr", options, async { "v1".to_owned() })
+        .await;
+    assert_eq!(first, "v1");
+    let stored_at = Instant::now();
+    let stale = caches[1]
+        .get_with("swr", options, async { "v1".to_owned() })
+        .await;
+    assert_eq!(stale, "v1");
+    eventually("the value goes stale", PROPAGATION_BOUND, || {
+        stored_at.elapsed() > ttl
+    })
+    .await;
+    let served = caches[1]
+        .get_with("swr", options, async { "v2".to_owned() })
+        .await;
+    assert_eq!(served, "v1", "stale value served while the refresh runs");
+    for cache in &caches {
+        let started = Instant::now();
+        loop {
+            let value = cache
+                .get_with("swr", options, async { "v3".to_owned() })
+                .await;
+            if value != "v1" {
+                assert!(value == "v2" || value == "v3", "{value}");
+                break;
+            }
+            assert!(started.elapsed() < PROPAGATION_BOUND, "refresh not seen");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+}
+
+/// Re-runs this test binary as a child instance against the Redis at `url`.
+fn spawn_child(url: &str) -> ChildInstance {
+    let child = Command::new(std::env::current_exe().expect("test binary"))
+        .args([
+            "child_instance_entry",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+        ])
+        .args(["--test-threads", "1"])
+        .env("NEAR_REDIS_URL", url)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn child");
+    ChildInstance(child)
+}
+
+/// Kills the child when dropped, so a failing test leaves no process behind.
+struct ChildInstance(Child);
+
+impl ChildInstance {
+    /// Reads the child's output until a line holding `marker`; returns the line from it.
+    fn line_from(&mut self, marker: &str) -> String {
+        let stdout = self.0.stdout.as_mut().expect("piped stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        loop {
+            let line = lines
+                .next()
+                .expect("child exited before reporting")
+                .expect("child output");
+            if let Some(at) = line.find(marker) {
+                return line[at..].to_owned();
+            }
+        }
+    }
+
+    fn ask(&mut self, line: &str) {
+        use std::io::Write;
+        let stdin = self.0.stdin.as_mut().expect("piped stdin");
+        writeln!(stdin, "{line}").expect("write to child");
+    }
+}
+
+impl Drop for ChildInstance {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Not a test on its own: a child instance of `os_process_instances_see_each_others_writes`.
+/// For each line `WAIT <key> <value>` on stdin it reads `key` (through its near tier) until
+/// it sees `value` (or `-` for none), then prints `SAW <key>`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "child process entry point, run by os_process_instances_see_each_others_writes"]
+async fn child_instance_entry() {
+    let url = std::env::var("NEAR_REDIS_URL").expect("run by an os_process_* test");
+    let caches = instances(&url, 1).await;
+    let cache = Arc::new(caches.into_iter().next().expect("one"));
+    println!("READY");
+    let (lines, mut asked) = tokio::sync::mpsc::unbounded_channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lines() {
+            let Ok(line) = line else { return };
+            if lines.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    while let Some(line) = asked.recv().await {
+        let mut words = line.split_whitespace();
+        let (Some("WAIT"), Some(key), Some(value)) = (words.next(), words.next(), words.next())
+        else {
+            panic!("unknown request {line}");
+        };
+        let expected = (value != "-").then_some(value);
+        reads_eventually(&cache, key, expected, PROPAGATION_BOUND).await;
+        assert!(cache.near_stats().state == NearState::Watching);
+        println!("SAW {key}");
+    }
+}
+
+/// Three processes on one Redis: writes, overwrites and invalidations through this one are
+/// seen by both children, which read through their own near tiers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn os_process_instances_see_each_others_writes() {
+    let server = RedisServer::start();
+    let writer = &instances(&server.url(), 1).await[0];
+    let mut children: Vec<ChildInstance> = (0..2).map(|_| spawn_child(&server.url())).collect();
+    for child in &mut children {
+        child.line_from("READY");
+    }
+    let steps: [(&str, Option<&str>); 4] = [
+        ("k", Some("v1")),
+        ("k", Some("v2")),
+        ("k", None),
+        ("other", Some("v1")),
+    ];
+    for (key, value) in steps {
+        match value {
+            Some(value) => writer.insert(Key::from(key), value).await.expect("insert"),
+            None => writer.invalidate(key).await.expect("invalidate"),
+        }
+        for child in &mut children {
+            child.ask(&format!("WAIT {key} {}", value.unwrap_or("-")));
+            assert_eq!(child.line_from("SAW"), format!("SAW {key}"));
+        }
+    }
+}
