@@ -9,8 +9,11 @@ wrk, and writes the medians to BENCHMARKS.md with an SVG chart.
 
 Scenarios: the limit (bench_origin, a minimal hyper server answering from memory); nginx and
 Varnish, peer caches in front of bench_origin; `cachelayer proxy` in front of bench_origin with
-its in-process store and with Redis; `cachelayer serve` cached in process, cached in Redis, and
-uncached. Ids are spread over 1,000 products (~1 KB each).
+its in-process store, with Redis and its near tier (the default), and with Redis alone
+(`--near-capacity-bytes 0`); `cachelayer serve` the same three ways, and uncached. Ids are
+spread over 1,000 products (~1 KB each). For the scenarios on Redis, Redis commands per request
+come from `INFO commandstats`, reset before the measured run (the near tier's heartbeat PINGs
+included).
 
 Pinning (`taskset`): every server-side process of a scenario runs on core 0 (the server under
 test, its upstream bench_origin, Redis), so each figure pays for all the work behind it; only
@@ -63,17 +66,23 @@ SCENARIOS = [
     ("nginx", "nginx proxy_cache in front of the limit server"),
     ("varnish", "Varnish (malloc store) in front of the limit server"),
     ("proxy-memory", "proxy, cached (in-process store) in front of the limit server"),
-    ("proxy-redis", "proxy, cached (Redis) in front of the limit server"),
+    ("proxy-near", "proxy, cached (Redis + near tier) in front of the limit server"),
+    ("proxy-redis", "proxy, cached (Redis, no near tier) in front of the limit server"),
     ("serve-memory", "serve, cached: in-process store"),
-    ("serve-redis", "serve, cached: Redis store"),
+    ("serve-near", "serve, cached: Redis + near tier"),
+    ("serve-redis", "serve, cached: Redis, no near tier"),
     ("serve-miss", "serve, miss: cache off, SQLite every request"),
 ]
 NAMES = [name for name, _ in SCENARIOS]
 PEERS = ("nginx", "varnish")
-PROXIES = ("proxy-memory", "proxy-redis")
+PROXIES = ("proxy-memory", "proxy-near", "proxy-redis")
 UNCACHED = ("limit", "serve-miss")
-USES_REDIS = ("proxy-redis", "serve-redis")
-SERVE_FLAGS = {"serve-memory": [], "serve-redis": None, "serve-miss": ["--cache-ttl", "0s"]}
+# The flags of the scenarios on Redis (its URL added), by scenario.
+REDIS_FLAGS = {"proxy-near": [], "proxy-redis": ["--near-capacity-bytes", "0"],
+               "serve-near": [], "serve-redis": ["--near-capacity-bytes", "0"]}
+USES_REDIS = tuple(REDIS_FLAGS)
+SERVE_FLAGS = {"serve-memory": [], "serve-near": None, "serve-redis": None,
+               "serve-miss": ["--cache-ttl", "0s"]}
 # (scenario, command, Debian packages to try in turn: nginx-light is gone from newer Debian).
 PEER_COMMANDS = [("nginx", "nginx", ("nginx-light", "nginx")), ("varnish", "varnishd", ("varnish",))]
 MEDIAN_KEYS = ("rps", "p50_us", "p99_us", "p999_us", "cpu_user_us", "cpu_sys_us")
@@ -341,13 +350,16 @@ class Bench:
             time.sleep(0.05)
         self.redis_url = f"redis://127.0.0.1:{port}/0"
 
+    def redis_flags(self, scenario):
+        return ["--redis-url", self.redis_url, *REDIS_FLAGS[scenario]] if scenario in REDIS_FLAGS else []
+
     def serve(self, port, scenario):
-        flags = SERVE_FLAGS[scenario] if SERVE_FLAGS[scenario] is not None else ["--redis-url", self.redis_url]
+        flags = SERVE_FLAGS[scenario] if SERVE_FLAGS[scenario] is not None else self.redis_flags(scenario)
         return self.spawn([self.cachelayer, "serve", "--listen", f"127.0.0.1:{port}", "--database-url",
                            self.database, "--seed", "1000", "--workers", "1", "--log", "warn", *flags])
 
-    def proxy(self, port, upstream, redis):
-        store = ["--redis-url", self.redis_url] if redis else []
+    def proxy(self, port, upstream, scenario):
+        store = self.redis_flags(scenario)
         return self.spawn([self.cachelayer, "proxy", "--upstream", f"http://127.0.0.1:{upstream}",
                            "--listen", f"127.0.0.1:{port}", "--admin-listen", f"127.0.0.1:{free_port()}",
                            *store, "--workers", "1", "--log", "warn"])
@@ -387,7 +399,7 @@ class Bench:
             elif scenario == "varnish":
                 processes["server"] = self.varnish(port, upstream)
             elif scenario in PROXIES:
-                processes["server"] = self.proxy(port, upstream, redis=scenario in USES_REDIS)
+                processes["server"] = self.proxy(port, upstream, scenario)
             else:
                 raise ValueError(scenario)
 
@@ -435,14 +447,30 @@ class Bench:
     def measure(self, running):
         """The measured wrk run, with the CPU that the server-side processes spent in it."""
         roles = self.server_side(running)
+        on_redis = running.name in USES_REDIS
+        if on_redis:
+            self.redis_cli("CONFIG", "RESETSTAT")
         before = cpu_ticks(roles)
         result = self.wrk(running.base, self.args.duration)
         spent = cpu_spent(before, cpu_ticks(roles))
         requests = max(result["requests"], 1)
+        if on_redis:
+            result["redis_commands_per_req"] = self.redis_commands() / requests
         result["cpu_user_us"] = sum(role["user_s"] for role in spent.values()) / requests * 1e6
         result["cpu_sys_us"] = sum(role["sys_s"] for role in spent.values()) / requests * 1e6
         result["cpu_s"] = spent
         return result
+
+    def redis_cli(self, *args):
+        port = self.redis_url.rsplit(":", 1)[1].split("/")[0]
+        return subprocess.run(["redis-cli", "-p", port, *args], capture_output=True, text=True,
+                              check=True).stdout
+
+    def redis_commands(self):
+        """Commands Redis executed since the last CONFIG RESETSTAT (that one excluded)."""
+        calls = [int(m[1]) for m in re.finditer(r"^cmdstat_(?!config)\S+?:calls=(\d+)",
+                                                 self.redis_cli("INFO", "commandstats"), re.M)]
+        return sum(calls)
 
     def run(self, scenario):
         with self.warmed(scenario) as running:
@@ -493,6 +521,9 @@ def summarize(runs):
     summary = {}
     for name, results in runs.items():
         medians = {key: statistics.median(run[key] for run in results) for key in MEDIAN_KEYS}
+        if "redis_commands_per_req" in results[0]:
+            medians["redis_commands_per_req"] = statistics.median(
+                run["redis_commands_per_req"] for run in results)
         for other in compared_to(name):
             if other in runs:
                 medians[f"vs_{other}"] = statistics.median(
@@ -506,10 +537,15 @@ def ratio_cell(medians, other):
     return "—" if ratio is None else f"{ratio:.2f}"
 
 
+def redis_cell(medians):
+    per_request = medians.get("redis_commands_per_req")
+    return "—" if per_request is None else f"{per_request:.4f}"
+
+
 def table(summary):
     lines = [
-        "| scenario | requests/s | vs limit | vs nginx | vs Varnish | p50 | p99 | p99.9 | CPU µs/req (user+sys) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| scenario | requests/s | vs limit | vs nginx | vs Varnish | p50 | p99 | p99.9 | CPU µs/req (user+sys) | Redis commands/req |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, label in SCENARIOS:
         if name not in summary:
@@ -519,7 +555,8 @@ def table(summary):
         user, system = m["cpu_user_us"], m["cpu_sys_us"]
         lines.append(f"| {label} | {m['rps']:,.0f} | {vs_limit} | {ratio_cell(m, 'nginx')} | "
                      f"{ratio_cell(m, 'varnish')} | {m['p50_us'] / 1000:.2f} ms | {m['p99_us'] / 1000:.2f} ms | "
-                     f"{m['p999_us'] / 1000:.2f} ms | {user + system:.1f} ({user:.1f}+{system:.1f}) |")
+                     f"{m['p999_us'] / 1000:.2f} ms | {user + system:.1f} ({user:.1f}+{system:.1f}) | "
+                     f"{redis_cell(m)} |")
     return "\n".join(lines)
 
 
@@ -600,7 +637,8 @@ def write_benchmarks(summary, runs, args, tools):
         "`max-age=300`. Medians of the rounds; each ratio is the median of per-round ratios to the "
         "named scenario of the same round. CPU µs/req: user and system CPU time of all the "
         "scenario's server-side processes (whole process trees, `/proc/<pid>/stat`) over the "
-        "measured run, per request.",
+        "measured run, per request. Redis commands/req: every command Redis ran during the "
+        "measured run (`INFO commandstats`), per request.",
         "",
         table(summary),
         "",
@@ -634,9 +672,11 @@ def require_pinning():
 
 
 def report_round(round_, name, result):
+    redis = (f", Redis {result['redis_commands_per_req']:.4f} commands/req"
+             if "redis_commands_per_req" in result else "")
     print(f"round {round_ + 1} {name}: {result['rps']:,.0f} req/s, p50 {result['p50_us']} µs, "
           f"p99 {result['p99_us']} µs, p99.9 {result['p999_us']} µs, CPU {result['cpu_user_us']:.1f}+"
-          f"{result['cpu_sys_us']:.1f} µs/req, errors {result['errors']}", flush=True)
+          f"{result['cpu_sys_us']:.1f} µs/req{redis}, errors {result['errors']}", flush=True)
     if result["errors"] or result["requests"] == 0:
         raise SystemExit(f"load.py: {name} had {result['errors']} errors in {result['requests']} requests")
 

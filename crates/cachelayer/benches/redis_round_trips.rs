@@ -103,6 +103,8 @@ fn round_trips(c: &mut Criterion) {
     let cache = Cache::builder()
         .store(store.clone())
         .namespace("bench")
+        // Round trips are what this bench measures: no near tier to answer from memory.
+        .near_capacity_bytes(0)
         .build()
         .expect("cache");
     let docs = products_of_json_size(1024);

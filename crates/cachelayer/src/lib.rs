@@ -262,3 +262,8 @@ pub struct LibraryGuideDoctests;
 #[doc = include_str!("../../../docs/http-layer.md")]
 #[cfg(all(doctest, feature = "macros", feature = "http"))]
 pub struct HttpLayerGuideDoctests;
+
+/// The near tier guide's examples.
+#[doc = include_str!("../../../docs/near-cache.md")]
+#[cfg(all(doctest, feature = "macros", feature = "http"))]
+pub struct NearCacheGuideDoctests;

@@ -58,6 +58,7 @@ async fn track(
     mut stopped: oneshot::Receiver<()>,
 ) {
     let mut delay = FIRST_RETRY_DELAY;
+    let mut failures_in_a_row = 0u32;
     loop {
         let lost = Arc::new(Notify::new());
         let opened = tokio::select! {
@@ -69,6 +70,7 @@ async fn track(
                 listener(KeyChange::Watching);
                 tracing::info!(prefix, "redis change tracking on");
                 delay = FIRST_RETRY_DELAY;
+                failures_in_a_row = 0;
                 let ended = watch(connection, &lost, &mut stopped).await;
                 listener(KeyChange::Blind);
                 if ended == SessionEnd::Stopped {
@@ -81,7 +83,14 @@ async fn track(
                 );
             }
             Err(err) => {
-                tracing::debug!(prefix, error = %err, "redis change tracking not established");
+                failures_in_a_row += 1;
+                // Once per outage at warn: a Redis older than 6, or an ACL without the CLIENT
+                // command, keeps the near tier off for good, and says so here.
+                if failures_in_a_row == 1 {
+                    tracing::warn!(prefix, error = %err, "redis change tracking not established; the near tier is bypassed until it is");
+                } else {
+                    tracing::debug!(prefix, error = %err, "redis change tracking not established");
+                }
             }
         }
         tokio::select! {
