@@ -2,6 +2,8 @@
 //! near tier costs over the map it is built on.
 //!
 //! - `moka_get_arc`: a `moka::sync::Cache<String, Arc<T>>` lookup, the floor;
+//! - `moka_get_arc_like_the_tier`: the same with the tier's policies (a weigher and a
+//!   per-entry expiry), which make moka read its clock and keep its timer queues;
 //! - `moka_get_then_decode`: a moka lookup of the JSON bytes, then `serde_json`;
 //! - `memory_store_get`: `Cache::get` on the in-process store (decodes every read);
 //! - `near_get`: `Cache::get` over Redis, answered by the near tier (decodes every read);
@@ -41,6 +43,14 @@ fn near_tier(c: &mut Criterion) {
 
     let moka_arc: moka::sync::Cache<String, Arc<Vec<Product>>> = moka::sync::Cache::new(1000);
     moka_arc.insert(KEY.to_owned(), Arc::new(doc.clone()));
+    let moka_like_tier: moka::sync::Cache<String, Arc<Vec<Product>>> = moka::sync::Cache::builder()
+        .max_capacity(64 << 20)
+        .weigher(|key: &String, _value: &Arc<Vec<Product>>| {
+            u32::try_from(key.len() + 1024 + 96).unwrap_or(u32::MAX)
+        })
+        .expire_after(UntilDeadline)
+        .build();
+    moka_like_tier.insert(KEY.to_owned(), Arc::new(doc.clone()));
     let moka_bytes: moka::sync::Cache<String, Bytes> = moka::sync::Cache::new(1000);
     moka_bytes.insert(KEY.to_owned(), json);
     let key = KEY.to_owned();
@@ -67,6 +77,10 @@ fn near_tier(c: &mut Criterion) {
         b.to_async(&runtime)
             .iter(|| async { moka_arc.get(&key).expect("held") })
     });
+    group.bench_function("moka_get_arc_like_the_tier", |b| {
+        b.to_async(&runtime)
+            .iter(|| async { moka_like_tier.get(&key).expect("held") })
+    });
     group.bench_function("moka_get_then_decode", |b| {
         b.to_async(&runtime).iter(|| async {
             let bytes = moka_bytes.get(&key).expect("held");
@@ -90,6 +104,20 @@ fn near_tier(c: &mut Criterion) {
         near.near_contains(KEY),
         "the near reads were answered from memory"
     );
+}
+
+/// A per-entry expiry, as the near tier's (which expires each entry with its Redis TTL).
+struct UntilDeadline;
+
+impl moka::Expiry<String, Arc<Vec<Product>>> for UntilDeadline {
+    fn expire_after_create(
+        &self,
+        _key: &String,
+        _value: &Arc<Vec<Product>>,
+        _created_at: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(Duration::from_secs(600))
+    }
 }
 
 criterion_group!(benches, near_tier);

@@ -147,8 +147,14 @@ impl Cache {
 
     /// The store key for `key`: namespace, version, then the key.
     pub fn full_key(&self, key: impl Into<Key>) -> String {
-        let mut full = self.inner.prefix.clone();
-        full.push_str(&key.into().into_capped());
+        self.prefixed(&key.into().into_capped())
+    }
+
+    /// The store key of a capped key.
+    fn prefixed(&self, capped: &str) -> String {
+        let mut full = String::with_capacity(self.inner.prefix.len() + capped.len());
+        full.push_str(&self.inner.prefix);
+        full.push_str(capped);
         full
     }
 
@@ -228,21 +234,23 @@ impl Cache {
     where
         T: DeserializeOwned + Send + Sync + 'static,
     {
-        let full = self.full_key(key);
-        if let Some(value) = self.shared_near_hit::<T>(&full) {
+        let key = key.into().into_capped();
+        // Looked up before the full key is built: a hit allocates nothing more.
+        if let Some(value) = self.shared_near_hit::<T>(&key) {
             return value;
         }
-        self.lookup::<T>(&full)
+        self.lookup::<T>(&self.prefixed(&key))
             .await
             .map(|decoded| Arc::new(decoded.value))
     }
 
-    /// A near hit's shared decoded copy: `Some(answer)` when the near tier settled the read.
-    fn shared_near_hit<T>(&self, full: &str) -> Option<Option<Arc<T>>>
+    /// A near hit's shared decoded copy of `key` (capped, without the prefix): `Some(answer)`
+    /// when the near tier settled the read.
+    fn shared_near_hit<T>(&self, key: &str) -> Option<Option<Arc<T>>>
     where
         T: DeserializeOwned + Send + Sync + 'static,
     {
-        let entry = self.inner.near.as_ref()?.tier.get(full)?;
+        let entry = self.inner.near.as_ref()?.tier.get_local(key)?;
         let codec = &self.inner.codec;
         let decoded = entry.decoded(|bytes| {
             let decoded = <T as DecodePayload>::decode_payload(codec, bytes).ok()?;
@@ -251,10 +259,13 @@ impl Cache {
                 header: decoded.header,
             })
         })?;
-        let fresh = matches!(
-            decoded.header.freshness(SystemTime::now()),
-            Freshness::Fresh { .. }
-        );
+        // Only an entry kept for stale serving can be held past its fresh TTL; the clock is
+        // read for those alone.
+        let fresh = !decoded.header.kept_stale
+            || matches!(
+                decoded.header.freshness(SystemTime::now()),
+                Freshness::Fresh { .. }
+            );
         let value = decoded.value.as_ref().filter(|_| fresh).cloned();
         self.count_lookup(value.is_some());
         Some(value)

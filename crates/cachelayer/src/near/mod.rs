@@ -122,7 +122,7 @@ impl Near {
         if capacity_bytes == 0 {
             return None;
         }
-        let tier = Arc::new(NearTier::new(capacity_bytes));
+        let tier = Arc::new(NearTier::new(prefix, capacity_bytes));
         let tracking = store.track_changes(prefix, listener(&tier))?;
         Some(Self {
             tier,
@@ -143,7 +143,12 @@ fn listener(tier: &Arc<NearTier>) -> ChangeListener {
 }
 
 /// The in-memory entries, the fill guard and the tracking state.
+///
+/// Every method takes full store keys; entries are held under the key without the cache's
+/// prefix (every key of one tier has it), so a typed hit can look its key up before, or
+/// without, building the full key.
 pub(crate) struct NearTier {
+    prefix: String,
     entries: moka::sync::Cache<String, Arc<NearEntry>>,
     generations: Generations,
     watching: AtomicBool,
@@ -205,7 +210,7 @@ impl Expiry<String, Arc<NearEntry>> for StoreDeadline {
 }
 
 impl NearTier {
-    fn new(capacity_bytes: u64) -> Self {
+    fn new(prefix: &str, capacity_bytes: u64) -> Self {
         let entries = moka::sync::Cache::builder()
             .max_capacity(capacity_bytes)
             .weigher(|key: &String, entry: &Arc<NearEntry>| {
@@ -220,6 +225,7 @@ impl NearTier {
             })
             .build();
         Self {
+            prefix: prefix.to_owned(),
             entries,
             generations: Generations::new(),
             watching: AtomicBool::new(false),
@@ -236,8 +242,18 @@ impl NearTier {
         })
     }
 
-    /// The entry under `key`, if the tier holds it and tracking is up.
-    pub(crate) fn get(&self, key: &str) -> Option<Arc<NearEntry>> {
+    /// `full` without the cache's prefix: the name entries and counters use.
+    fn local<'k>(&self, full: &'k str) -> &'k str {
+        full.strip_prefix(self.prefix.as_str()).unwrap_or(full)
+    }
+
+    /// The entry under the full key `full`, if the tier holds it and tracking is up.
+    pub(crate) fn get(&self, full: &str) -> Option<Arc<NearEntry>> {
+        self.get_local(self.local(full))
+    }
+
+    /// The entry under `key`, the full key without the cache's prefix.
+    pub(crate) fn get_local(&self, key: &str) -> Option<Arc<NearEntry>> {
         if !self.watching.load(Ordering::SeqCst) {
             return None;
         }
@@ -253,7 +269,7 @@ impl NearTier {
     /// A ticket to keep what the store is about to answer for `key`; `None` while blind.
     pub(crate) fn ticket(&self, key: &str) -> Option<Ticket> {
         // Counters first, then the state: a ticket taken across a change of state is void.
-        let ticket = self.generations.ticket(key);
+        let ticket = self.generations.ticket(self.local(key));
         self.watching.load(Ordering::SeqCst).then_some(ticket)
     }
 
@@ -287,6 +303,7 @@ impl NearTier {
             deadline,
             decoded: OnceLock::new(),
         };
+        let key = self.local(key);
         self.entries.insert(key.to_owned(), Arc::new(entry));
         // A change counted between the check and the insert removed nothing yet to remove;
         // undo the insert here instead.
@@ -298,11 +315,12 @@ impl NearTier {
 
     /// Whether the tier holds `key` now (without counting a hit or a miss).
     pub(crate) fn contains(&self, key: &str) -> bool {
-        self.watching.load(Ordering::SeqCst) && self.entries.contains_key(key)
+        self.watching.load(Ordering::SeqCst) && self.entries.contains_key(self.local(key))
     }
 
     /// Drop `key` and void every ticket taken for it: this process changed it.
     pub(crate) fn forget(&self, key: &str) {
+        let key = self.local(key);
         self.generations.changed(key);
         self.entries.invalidate(key);
     }
@@ -367,7 +385,7 @@ mod tests {
     const MINUTE: KeyTtl = KeyTtl::ExpiresIn(Duration::from_secs(60));
 
     fn watching_tier() -> NearTier {
-        let tier = NearTier::new(1 << 20);
+        let tier = NearTier::new("ns:v1:", 1 << 20);
         tier.apply(KeyChange::Watching);
         tier
     }
@@ -418,6 +436,21 @@ mod tests {
         let ticket = tier.ticket(KEY).expect("watching");
         tier.apply(KeyChange::Keys(vec![fence_of(KEY)]));
         assert!(!tier.current(ticket), "a fence's change is its key's");
+
+        let ticket = tier.ticket(KEY).expect("watching");
+        tier.keep(
+            KEY,
+            ticket,
+            Bytes::from_static(b"v"),
+            MINUTE,
+            Instant::now(),
+        );
+        assert!(tier.get_local("k").is_some(), "held without its prefix");
+        tier.apply(KeyChange::Keys(vec!["ns:v10:k".to_owned()]));
+        assert!(
+            tier.get(KEY).is_some(),
+            "another version's key is another key"
+        );
     }
 
     /// While blind, nothing is served or kept; a read from before the blind spot stays
