@@ -583,6 +583,23 @@ impl Codec {
         Ok(Decoded { value, header })
     }
 
+    /// The same entry with its payload stored uncompressed, for a copy kept in this process's
+    /// memory, which every read would otherwise decompress again. `None` when there is nothing
+    /// to gain: the entry is not compressed, or is unreadable (a copy of the stored bytes then
+    /// fails its reads as the original does).
+    pub fn uncompressed(&self, bytes: &[u8]) -> Option<Bytes> {
+        let (mut header, payload) = self.open(bytes).ok()?;
+        if header.compression != Compression::Zstd {
+            return None;
+        }
+        let payload = payload?;
+        header.compression = Compression::None;
+        let mut out = BytesMut::with_capacity(HEADER_LEN + payload.len());
+        header.write(&mut out);
+        out.put_slice(&payload);
+        Some(out.freeze())
+    }
+
     /// The checked header and the payload, decompressed within bounds (`None`: a cached "not
     /// found").
     fn open<'a>(&self, bytes: &'a [u8]) -> Result<(EnvelopeHeader, Payload<'a>), DecodeFailure> {
@@ -784,6 +801,36 @@ mod tests {
     }
 
     /// Incompressible payloads are stored as they are, even above the threshold.
+    /// A compressed entry's uncompressed copy decodes to the same value and header; an
+    /// entry that is not compressed, or unreadable, has none.
+    #[test]
+    fn uncompressed_copies_read_the_same() {
+        let codec = Codec::default();
+        let big = "x".repeat(4096);
+        let stored = codec.encode(&big, meta()).expect("encode");
+        assert_eq!(stored.compression, Compression::Zstd);
+        let copy = codec.uncompressed(&stored.bytes).expect("a copy");
+        let original: Decoded<String> = codec.decode(&stored.bytes).expect("decode");
+        let decoded: Decoded<String> = codec.decode(&copy).expect("decode the copy");
+        assert_eq!(decoded.value, big);
+        assert_eq!(decoded.header.compression, Compression::None);
+        assert_eq!(
+            (
+                decoded.header.stored_at,
+                decoded.header.ttl,
+                decoded.header.kept_stale
+            ),
+            (
+                original.header.stored_at,
+                original.header.ttl,
+                original.header.kept_stale
+            )
+        );
+        let small = codec.encode(&"tiny", meta()).expect("encode");
+        assert_eq!(codec.uncompressed(&small.bytes), None);
+        assert_eq!(codec.uncompressed(b"garbage"), None);
+    }
+
     #[test]
     fn incompressible_payload_is_not_compressed() {
         let codec = Codec::default();

@@ -1,8 +1,8 @@
 //! The near tier against real Redis servers: several instances (each its own `Cache` and
 //! connections, as separate processes would have; the `os_process_*` test uses real child
 //! processes) on one Redis, changes made through one instance or behind the cache's back
-//! (`redis-cli`, expiry, `FLUSHALL`), and the tracking channel lost (`CLIENT KILL`, a
-//! restart, a frozen server).
+//! (`redis-cli`, expiry, eviction, `FLUSHALL`), and the tracking channel lost
+//! (`CLIENT KILL`, a restart, a frozen server).
 //!
 //! Staleness is asserted with bounded waits on the condition itself (`eventually`), never
 //! with a sleep standing in for it.
@@ -237,6 +237,38 @@ async fn entries_never_outlive_their_redis_ttl() {
         "no report came, so only the entry's own deadline can have removed it"
     );
     assert_eq!(cache.get::<String>("short").await, None);
+}
+
+/// A key Redis evicts under memory pressure leaves the near tier too, long before its TTL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_evicted_by_redis_leave_the_near_tier() {
+    let server = RedisServer::start();
+    let caches = instances(&server.url(), 1).await;
+    let cache = &caches[0];
+    cache.insert("k", "v").await.expect("insert");
+    warm(cache, "k", "v").await;
+    let full = cache.full_key("k");
+    // volatile-ttl evicts the key nearest its expiry first: ours, among fillers kept for a day.
+    let used: u64 = server
+        .cli(["INFO", "memory"])
+        .lines()
+        .find_map(|line| line.strip_prefix("used_memory:"))
+        .and_then(|bytes| bytes.trim().parse().ok())
+        .expect("used_memory");
+    let limit = (used + 512 * 1024).to_string();
+    assert_eq!(server.cli(["CONFIG", "SET", "maxmemory", &limit]), "OK");
+    assert_eq!(
+        server.cli(["CONFIG", "SET", "maxmemory-policy", "volatile-ttl"]),
+        "OK"
+    );
+    let filler = "x".repeat(8 * 1024);
+    let mut written = 0;
+    while server.cli(["EXISTS", &full]) == "1" {
+        assert!(written < 1000, "Redis never evicted the key");
+        server.cli(["SET", &format!("filler:{written}"), &filler, "EX", "86400"]);
+        written += 1;
+    }
+    reads_eventually(cache, "k", None, PROPAGATION_BOUND).await;
 }
 
 /// The id of the near tier's tracking connection in `CLIENT LIST`, if connected.

@@ -297,8 +297,17 @@ impl Cache {
             .await
             .ok()
             .flatten()?;
-        near.tier.keep(full, ticket, bytes.clone(), ttl, asked_at);
+        near.tier
+            .keep(full, ticket, self.near_copy(&bytes), ttl, asked_at);
         Some(bytes)
+    }
+
+    /// What the near tier keeps of stored bytes: uncompressed, so its hits never decompress.
+    fn near_copy(&self, bytes: &Bytes) -> Bytes {
+        self.inner
+            .codec
+            .uncompressed(bytes)
+            .unwrap_or_else(|| bytes.clone())
     }
 
     /// The bytes under each of `full`, in order: near-tier hits from memory, the rest in one
@@ -336,7 +345,8 @@ impl Cache {
         {
             if let Some((bytes, ttl)) = value {
                 if let Some(ticket) = ticket {
-                    near.tier.keep(key, ticket, bytes.clone(), ttl, asked_at);
+                    near.tier
+                        .keep(key, ticket, self.near_copy(&bytes), ttl, asked_at);
                 }
                 found[index] = Some(bytes);
             }
