@@ -9,8 +9,6 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,6 +16,7 @@ use cachelayer::near::NearState;
 use cachelayer::store::{RedisStore, Store, TRACKING_CLIENT_NAME};
 use cachelayer::{Cache, Key};
 use cachelayer_testkit::RedisServer;
+use support::child::ChildProcess;
 use support::redis_store;
 use tokio::sync::oneshot;
 
@@ -472,55 +471,8 @@ async fn stale_while_revalidate_works_through_the_near_tier() {
 }
 
 /// Re-runs this test binary as a child instance against the Redis at `url`.
-fn spawn_child(url: &str) -> ChildInstance {
-    let child = Command::new(std::env::current_exe().expect("test binary"))
-        .args([
-            "child_instance_entry",
-            "--exact",
-            "--ignored",
-            "--nocapture",
-        ])
-        .args(["--test-threads", "1"])
-        .env("NEAR_REDIS_URL", url)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn child");
-    ChildInstance(child)
-}
-
-/// Kills the child when dropped, so a failing test leaves no process behind.
-struct ChildInstance(Child);
-
-impl ChildInstance {
-    /// Reads the child's output until a line holding `marker`; returns the line from it.
-    fn line_from(&mut self, marker: &str) -> String {
-        let stdout = self.0.stdout.as_mut().expect("piped stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        loop {
-            let line = lines
-                .next()
-                .expect("child exited before reporting")
-                .expect("child output");
-            if let Some(at) = line.find(marker) {
-                return line[at..].to_owned();
-            }
-        }
-    }
-
-    fn ask(&mut self, line: &str) {
-        use std::io::Write;
-        let stdin = self.0.stdin.as_mut().expect("piped stdin");
-        writeln!(stdin, "{line}").expect("write to child");
-    }
-}
-
-impl Drop for ChildInstance {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+fn spawn_child(url: &str) -> ChildProcess {
+    ChildProcess::spawn("child_instance_entry", &[("NEAR_REDIS_URL", url)])
 }
 
 /// Not a test on its own: a child instance of `os_process_instances_see_each_others_writes`.
@@ -561,7 +513,7 @@ async fn child_instance_entry() {
 async fn os_process_instances_see_each_others_writes() {
     let server = RedisServer::start();
     let writer = &instances(&server.url(), 1).await[0];
-    let mut children: Vec<ChildInstance> = (0..2).map(|_| spawn_child(&server.url())).collect();
+    let mut children: Vec<ChildProcess> = (0..2).map(|_| spawn_child(&server.url())).collect();
     for child in &mut children {
         child.line_from("READY");
     }

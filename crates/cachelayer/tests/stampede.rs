@@ -10,8 +10,6 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -24,6 +22,7 @@ use cachelayer::{
 };
 use cachelayer_testkit::RedisServer;
 use serde::{Deserialize, Serialize};
+use support::child::ChildProcess;
 use support::{Backend, redis_store};
 use tokio::sync::{Barrier, Notify};
 use tokio::time::Instant;
@@ -759,44 +758,10 @@ async fn early_refresh_keeps_a_hot_key_present() {
 
 /// Re-runs this test binary as a child process playing `role` against the Redis at `url`.
 fn spawn_child(role: &str, url: &str) -> ChildProcess {
-    let child = Command::new(std::env::current_exe().expect("test binary"))
-        .args(["child_process_entry", "--exact", "--ignored", "--nocapture"])
-        .args(["--test-threads", "1"])
-        .env("STAMPEDE_CHILD_ROLE", role)
-        .env("STAMPEDE_REDIS_URL", url)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn child");
-    ChildProcess(child)
-}
-
-/// Kills the child when dropped, so a failing test leaves no process behind.
-struct ChildProcess(Child);
-
-impl ChildProcess {
-    /// Reads the child's output until a line holding `marker`; returns the line from the
-    /// marker on (the test harness may print its own text before it on the same line).
-    fn line_from(&mut self, marker: &str) -> String {
-        let stdout = self.0.stdout.as_mut().expect("piped stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        loop {
-            let line = lines
-                .next()
-                .expect("child exited before reporting")
-                .expect("child output");
-            if let Some(at) = line.find(marker) {
-                return line[at..].to_owned();
-            }
-        }
-    }
-}
-
-impl Drop for ChildProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+    ChildProcess::spawn(
+        "child_process_entry",
+        &[("STAMPEDE_CHILD_ROLE", role), ("STAMPEDE_REDIS_URL", url)],
+    )
 }
 
 /// The cache every child process builds: a 1 s lock lease.

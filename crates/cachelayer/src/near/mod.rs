@@ -390,6 +390,17 @@ mod tests {
         tier
     }
 
+    /// Keep `value` for `KEY`, read under `ticket` just now, for a minute.
+    fn fill(tier: &NearTier, ticket: Ticket, value: &'static [u8]) {
+        tier.keep(
+            KEY,
+            ticket,
+            Bytes::from_static(value),
+            MINUTE,
+            Instant::now(),
+        );
+    }
+
     fn held(tier: &NearTier) -> Option<Bytes> {
         tier.get(KEY).map(|entry| entry.bytes().clone())
     }
@@ -401,36 +412,18 @@ mod tests {
         let tier = watching_tier();
         let ticket = tier.ticket(KEY).expect("watching");
         tier.apply(KeyChange::Keys(vec![KEY.to_owned()]));
-        tier.keep(
-            KEY,
-            ticket,
-            Bytes::from_static(b"old"),
-            MINUTE,
-            Instant::now(),
-        );
+        fill(&tier, ticket, b"old");
         assert_eq!(held(&tier), None, "change heard before the fill");
 
         let ticket = tier.ticket(KEY).expect("watching");
-        tier.keep(
-            KEY,
-            ticket,
-            Bytes::from_static(b"old"),
-            MINUTE,
-            Instant::now(),
-        );
+        fill(&tier, ticket, b"old");
         assert_eq!(held(&tier).as_deref(), Some(&b"old"[..]));
         tier.apply(KeyChange::Keys(vec![KEY.to_owned()]));
         assert_eq!(held(&tier), None, "change heard after the fill");
 
         let ticket = tier.ticket(KEY).expect("watching");
         tier.forget(KEY);
-        tier.keep(
-            KEY,
-            ticket,
-            Bytes::from_static(b"old"),
-            MINUTE,
-            Instant::now(),
-        );
+        fill(&tier, ticket, b"old");
         assert_eq!(held(&tier), None, "a change made in this process");
 
         let ticket = tier.ticket(KEY).expect("watching");
@@ -438,13 +431,7 @@ mod tests {
         assert!(!tier.current(ticket), "a fence's change is its key's");
 
         let ticket = tier.ticket(KEY).expect("watching");
-        tier.keep(
-            KEY,
-            ticket,
-            Bytes::from_static(b"v"),
-            MINUTE,
-            Instant::now(),
-        );
+        fill(&tier, ticket, b"v");
         assert!(tier.get_local("k").is_some(), "held without its prefix");
         tier.apply(KeyChange::Keys(vec!["ns:v10:k".to_owned()]));
         assert!(
@@ -459,13 +446,7 @@ mod tests {
     fn blind_means_empty_and_bypassed() {
         let tier = watching_tier();
         let ticket = tier.ticket(KEY).expect("watching");
-        tier.keep(
-            KEY,
-            ticket,
-            Bytes::from_static(b"v"),
-            MINUTE,
-            Instant::now(),
-        );
+        fill(&tier, ticket, b"v");
         let old_ticket = tier.ticket(KEY).expect("watching");
         tier.apply(KeyChange::Blind);
         assert_eq!(held(&tier), None);
@@ -473,23 +454,11 @@ mod tests {
         assert_eq!(tier.stats().state, NearState::Blind);
         tier.apply(KeyChange::Watching);
         assert_eq!(held(&tier), None, "emptied, not just hidden");
-        tier.keep(
-            KEY,
-            old_ticket,
-            Bytes::from_static(b"v"),
-            MINUTE,
-            Instant::now(),
-        );
+        fill(&tier, old_ticket, b"v");
         assert_eq!(held(&tier), None, "read before the blind spot");
 
         let ticket = tier.ticket(KEY).expect("watching");
-        tier.keep(
-            KEY,
-            ticket,
-            Bytes::from_static(b"v"),
-            MINUTE,
-            Instant::now(),
-        );
+        fill(&tier, ticket, b"v");
         assert!(held(&tier).is_some());
         tier.apply(KeyChange::All);
         assert_eq!(held(&tier), None);
@@ -521,13 +490,7 @@ mod tests {
     fn decoded_copies_are_made_once() {
         let tier = watching_tier();
         let ticket = tier.ticket(KEY).expect("watching");
-        tier.keep(
-            KEY,
-            ticket,
-            Bytes::from_static(b"42"),
-            MINUTE,
-            Instant::now(),
-        );
+        fill(&tier, ticket, b"42");
         let entry = tier.get(KEY).expect("held");
         let parse = |bytes: &Bytes| std::str::from_utf8(bytes).ok()?.parse::<u32>().ok();
         assert_eq!(entry.decoded(parse), Some(&42));

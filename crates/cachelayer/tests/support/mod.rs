@@ -3,6 +3,8 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod child;
+
 use std::sync::Arc;
 use std::time::Duration;
 
