@@ -12,8 +12,12 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use cachelayer::near::NearState;
-use cachelayer::store::{RedisStore, Store, TRACKING_CLIENT_NAME};
+use cachelayer::store::{
+    ChangeListener, ChangeTracking, KeyChange, KeyTtl, MemoryStore, RedisStore, Store, StoreEntry,
+    StoreKind, Subscription, TRACKING_CLIENT_NAME,
+};
 use cachelayer::{Cache, Key};
 use cachelayer_testkit::RedisServer;
 use support::child::ChildProcess;
@@ -25,6 +29,9 @@ const MINUTE: Duration = Duration::from_secs(60);
 /// measured p99 (BENCHMARKS.md), so a loaded CI machine does not fail them, and far below
 /// anything a user would call stale.
 const PROPAGATION_BOUND: Duration = Duration::from_secs(2);
+/// How long a dropped tracking connection may go unnoticed: it is seen at once (the
+/// connection's end), far sooner than the heartbeat's 500 ms interval would see it.
+const DROP_NOTICED_BOUND: Duration = Duration::from_millis(250);
 /// How long a lost tracking connection may go unnoticed: the heartbeat's interval plus its
 /// timeout, with the same margin.
 const BLIND_BOUND: Duration = Duration::from_secs(4);
@@ -98,6 +105,118 @@ fn read_commands(server: &RedisServer) -> u64 {
         .iter()
         .map(|command| server.command_calls(command))
         .sum()
+}
+
+/// The in-process store, reporting change tracking as on and never reporting a change: a
+/// near tier over it hears nothing from outside, so whatever it drops after a write, the
+/// cache dropped itself.
+#[derive(Debug)]
+struct SilentTracking(MemoryStore);
+
+#[async_trait::async_trait]
+impl Store for SilentTracking {
+    fn kind(&self) -> StoreKind {
+        self.0.kind()
+    }
+    async fn get(&self, key: &str) -> cachelayer::Result<Option<Bytes>> {
+        self.0.get(key).await
+    }
+    async fn get_many(&self, keys: &[String]) -> cachelayer::Result<Vec<Option<Bytes>>> {
+        self.0.get_many(keys).await
+    }
+    async fn set(&self, key: &str, value: Bytes, ttl: Duration) -> cachelayer::Result<()> {
+        self.0.set(key, value, ttl).await
+    }
+    async fn set_many(&self, entries: &[StoreEntry]) -> cachelayer::Result<()> {
+        self.0.set_many(entries).await
+    }
+    async fn delete(&self, key: &str) -> cachelayer::Result<bool> {
+        self.0.delete(key).await
+    }
+    async fn delete_many(&self, keys: &[String]) -> cachelayer::Result<u64> {
+        self.0.delete_many(keys).await
+    }
+    async fn set_if_absent(
+        &self,
+        key: &str,
+        value: Bytes,
+        ttl: Duration,
+    ) -> cachelayer::Result<bool> {
+        self.0.set_if_absent(key, value, ttl).await
+    }
+    async fn compare_and_delete(&self, key: &str, expected: &[u8]) -> cachelayer::Result<bool> {
+        self.0.compare_and_delete(key, expected).await
+    }
+    async fn compare_and_expire(
+        &self,
+        key: &str,
+        expected: &[u8],
+        ttl: Duration,
+    ) -> cachelayer::Result<bool> {
+        self.0.compare_and_expire(key, expected, ttl).await
+    }
+    async fn ttl(&self, key: &str) -> cachelayer::Result<KeyTtl> {
+        self.0.ttl(key).await
+    }
+    async fn publish(&self, channel: &str, message: Bytes) -> cachelayer::Result<u64> {
+        self.0.publish(channel, message).await
+    }
+    async fn subscribe(&self, channel: &str) -> cachelayer::Result<Subscription> {
+        self.0.subscribe(channel).await
+    }
+    async fn ping(&self) -> cachelayer::Result<()> {
+        self.0.ping().await
+    }
+    fn track_changes(&self, _prefix: &str, listener: ChangeListener) -> Option<ChangeTracking> {
+        listener(KeyChange::Watching);
+        Some(ChangeTracking::new().0)
+    }
+}
+
+/// A cache's own writes and invalidations leave its near tier before they return: with a
+/// store that never reports a change, the next read still sees them at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caches_own_writes_leave_its_near_tier_before_returning() {
+    let cache = Cache::builder()
+        .store(SilentTracking(MemoryStore::builder().build()))
+        .namespace("near")
+        .build()
+        .expect("cache");
+    assert_eq!(cache.near_stats().state, NearState::Watching);
+    cache.insert("k", "v1").await.expect("insert");
+    warm(&cache, "k", "v1").await;
+    cache.insert("k", "v2").await.expect("insert");
+    assert_eq!(cache.get::<String>("k").await.as_deref(), Some("v2"));
+    warm(&cache, "k", "v2").await;
+    cache.invalidate("k").await.expect("invalidate");
+    assert_eq!(cache.get::<String>("k").await, None);
+
+    cache
+        .insert_many([("a", "1"), ("b", "1")])
+        .await
+        .expect("insert");
+    warm(&cache, "a", "1").await;
+    warm(&cache, "b", "1").await;
+    cache
+        .insert_many([("a", "2"), ("b", "2")])
+        .await
+        .expect("insert");
+    let both: Vec<Option<String>> = cache.get_many(["a", "b"]).await;
+    assert_eq!(both, vec![Some("2".to_owned()), Some("2".to_owned())]);
+    warm(&cache, "a", "2").await;
+    cache.invalidate_many(["a", "b"]).await.expect("invalidate");
+    let both: Vec<Option<String>> = cache.get_many(["a", "b"]).await;
+    assert_eq!(both, vec![None, None]);
+
+    // A load's store, too.
+    cache.insert("row", "old").await.expect("insert");
+    warm(&cache, "row", "old").await;
+    cache.invalidate("row").await.expect("invalidate");
+    let loaded = cache
+        .get_with("row", MINUTE, async { "new".to_owned() })
+        .await;
+    assert_eq!(loaded, "new");
+    assert_eq!(cache.get::<String>("row").await.as_deref(), Some("new"));
 }
 
 /// A hot key is served from memory: repeated reads issue no Redis command at all.
@@ -297,7 +416,8 @@ async fn a_killed_tracking_connection_empties_and_bypasses_the_tier() {
     for id in &ids {
         server.cli(["CLIENT", "KILL", "ID", id]);
     }
-    eventually("the reader goes blind", PROPAGATION_BOUND, || {
+    // Well inside the heartbeat's 500 ms interval: the drop itself is what is noticed.
+    eventually("the reader goes blind", DROP_NOTICED_BOUND, || {
         reader.near_stats().state != NearState::Watching || reader.near_stats().entries == 0
     })
     .await;

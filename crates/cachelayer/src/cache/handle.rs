@@ -521,11 +521,14 @@ impl Cache {
     }
 
     /// Remove the entries under the store keys `full`, here and in the store, with their
-    /// fences when there is a near tier (so every instance hears of it, present or not);
-    /// reports store failure.
+    /// fences over a store that tracks changes, whether this cache keeps a near tier or not
+    /// (so every instance's near tier hears of it, present or not); reports the delete's
+    /// failure (a failed fence is counted as a store error, and only weakens the load guard).
     async fn remove_many(&self, full: &[String]) -> Result<()> {
         let delete = self.call("delete_many", self.inner.store.delete_many(full));
-        let result = if self.inner.near.is_some() {
+        let deleted = if self.inner.store_is_local {
+            delete.await
+        } else {
             let fences: Vec<StoreEntry> = full
                 .iter()
                 .map(|key| StoreEntry {
@@ -534,17 +537,14 @@ impl Cache {
                     ttl: FENCE_TTL,
                 })
                 .collect();
-            // Both on the same multiplexed connection: one round trip, not two.
+            // Sent together: the delete's round trip and the fence's overlap.
             let fence = self.call("fence", self.inner.store.set_many(&fences));
-            let (deleted, fenced) = futures::future::join(delete, fence).await;
-            deleted.and(fenced).map(drop)
-        } else {
-            delete.await.map(drop)
+            futures::future::join(delete, fence).await.0
         };
         for key in full {
             self.forget_near(key);
         }
-        result
+        deleted.map(drop)
     }
 
     /// Remove many keys in one round trip; reports store failure like

@@ -207,6 +207,19 @@ impl Expiry<String, Arc<NearEntry>> for StoreDeadline {
             .deadline
             .map(|deadline| deadline.saturating_duration_since(created_at))
     }
+
+    /// A replaced entry takes the new entry's deadline. moka's default keeps the old one's,
+    /// and an entry dropped lazily (by `invalidate_all`) but not yet swept is replaced, not
+    /// created: the new value would live as long as the old one did.
+    fn expire_after_update(
+        &self,
+        key: &String,
+        entry: &Arc<NearEntry>,
+        updated_at: Instant,
+        _duration_until_expiry: Option<Duration>,
+    ) -> Option<Duration> {
+        self.expire_after_create(key, entry, updated_at)
+    }
 }
 
 impl NearTier {
@@ -294,23 +307,18 @@ impl NearTier {
             // From when the read was sent: never later than the store's own expiry.
             KeyTtl::ExpiresIn(left) => Some(asked_at + left),
         };
-        if !self.current(ticket) {
-            metrics::counter!(telemetry::NEAR_FILLS_REFUSED).increment(1);
-            return;
-        }
         let entry = NearEntry {
             bytes,
             deadline,
             decoded: OnceLock::new(),
         };
-        let key = self.local(key);
-        self.entries.insert(key.to_owned(), Arc::new(entry));
-        // A change counted between the check and the insert removed nothing yet to remove;
-        // undo the insert here instead.
+        let key = self.local(key).to_owned();
+        let _fill = self.generations.lock_fill(ticket);
         if !self.current(ticket) {
-            self.entries.invalidate(key);
             metrics::counter!(telemetry::NEAR_FILLS_REFUSED).increment(1);
+            return;
         }
+        self.entries.insert(key, Arc::new(entry));
     }
 
     /// Whether the tier holds `key` now (without counting a hit or a miss).
@@ -321,8 +329,8 @@ impl NearTier {
     /// Drop `key` and void every ticket taken for it: this process changed it.
     pub(crate) fn forget(&self, key: &str) {
         let key = self.local(key);
-        self.generations.changed(key);
-        self.entries.invalidate(key);
+        self.generations
+            .changed_then(key, || self.entries.invalidate(key));
     }
 
     /// Apply a report of the store's change tracking.
@@ -332,7 +340,7 @@ impl NearTier {
         }
         match change {
             KeyChange::Watching => {
-                self.generations.changed_everything();
+                self.generations.changed_everything_then(|| {});
                 self.watching.store(true, Ordering::SeqCst);
                 metrics::gauge!(telemetry::NEAR_WATCHING).set(1.0);
             }
@@ -347,7 +355,11 @@ impl NearTier {
             }
             KeyChange::Keys(keys) => {
                 for key in &keys {
-                    self.forget(key.strip_suffix(FENCE_SUFFIX).unwrap_or(key));
+                    // A fence's change is its key's; a key of that name is forgotten too.
+                    if let Some(fenced) = key.strip_suffix(FENCE_SUFFIX) {
+                        self.forget(fenced);
+                    }
+                    self.forget(key);
                 }
                 metrics::counter!(telemetry::NEAR_INVALIDATIONS, "scope" => "key")
                     .increment(keys.len() as u64);
@@ -356,8 +368,8 @@ impl NearTier {
     }
 
     fn forget_everything(&self) {
-        self.generations.changed_everything();
-        self.entries.invalidate_all();
+        self.generations
+            .changed_everything_then(|| self.entries.invalidate_all());
     }
 
     /// A snapshot for health reports.
@@ -483,6 +495,48 @@ mod tests {
             Instant::now(),
         );
         assert_eq!(held(&tier), None);
+    }
+
+    /// A value kept again after the tier was emptied lazily (a flush, a blind spot) takes its
+    /// own deadline, not the one of the entry it replaces.
+    #[test]
+    fn a_replaced_entry_takes_the_new_deadline() {
+        for (old, reset) in [
+            (KeyTtl::Persistent, KeyChange::All),
+            (MINUTE, KeyChange::All),
+            (KeyTtl::Persistent, KeyChange::Blind),
+        ] {
+            let tier = watching_tier();
+            let ticket = tier.ticket(KEY).expect("watching");
+            tier.keep(KEY, ticket, Bytes::from_static(b"old"), old, Instant::now());
+            tier.apply(reset);
+            tier.apply(KeyChange::Watching);
+            let ticket = tier.ticket(KEY).expect("watching");
+            let gone = KeyTtl::ExpiresIn(Duration::from_millis(1));
+            let long_ago = Instant::now() - Duration::from_secs(1);
+            tier.keep(KEY, ticket, Bytes::from_static(b"new"), gone, long_ago);
+            assert_eq!(held(&tier), None, "kept past its deadline after {old:?}");
+        }
+    }
+
+    /// Once `forget` has returned, no fill with an older ticket is ever visible, however the
+    /// two interleave (each round races a fill against a forget on another thread).
+    #[test]
+    fn nothing_older_than_a_forget_is_visible_after_it() {
+        let tier = Arc::new(watching_tier());
+        for _ in 0..2_000 {
+            let ticket = tier.ticket(KEY).expect("watching");
+            let writer = std::thread::spawn({
+                let tier = Arc::clone(&tier);
+                move || {
+                    tier.forget(KEY);
+                    (0..50).any(|_| tier.entries.get("k").is_some())
+                }
+            });
+            fill(&tier, ticket, b"old");
+            assert!(!writer.join().expect("writer"), "stale after the forget");
+            tier.forget(KEY);
+        }
     }
 
     /// A decoded copy is made once and shared; another type is refused, not mixed up.

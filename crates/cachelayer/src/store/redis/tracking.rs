@@ -49,6 +49,16 @@ pub(super) fn start(store: &RedisStore, prefix: &str, listener: ChangeListener) 
     handle
 }
 
+/// Reports `Blind` when dropped: however the tracking task ends (stopped, panicked, aborted,
+/// or dropped with the runtime it ran on), the tier never stays `Watching` without it.
+struct BlindOnDrop(ChangeListener);
+
+impl Drop for BlindOnDrop {
+    fn drop(&mut self) {
+        (self.0)(KeyChange::Blind);
+    }
+}
+
 /// Keep one tracking session alive at a time, reporting `Watching` when one starts and
 /// `Blind` when it ends, until stopped.
 async fn track(
@@ -57,6 +67,7 @@ async fn track(
     listener: ChangeListener,
     mut stopped: oneshot::Receiver<()>,
 ) {
+    let _blind_when_gone = BlindOnDrop(listener.clone());
     let mut delay = FIRST_RETRY_DELAY;
     let mut failures_in_a_row = 0u32;
     loop {
@@ -193,11 +204,11 @@ fn invalidated(data: Vec<redis::Value>) -> KeyChange {
     let mut names = Vec::with_capacity(keys.len());
     for key in keys {
         match key {
-            redis::Value::BulkString(bytes) => match String::from_utf8(bytes) {
-                Ok(name) => names.push(name),
-                // Not a key this crate wrote; it still says something changed.
-                Err(_) => return KeyChange::All,
-            },
+            // A name that is not UTF-8 is no key of a cache (keys are text), so its lossy
+            // form, which matches none, is as good as the name.
+            redis::Value::BulkString(bytes) => {
+                names.push(String::from_utf8_lossy(&bytes).into_owned());
+            }
             redis::Value::SimpleString(name) => names.push(name),
             _ => return KeyChange::All,
         }
@@ -210,7 +221,7 @@ mod tests {
     use super::*;
 
     /// Invalidation pushes become key lists; a flush (null) or a shape this module does not
-    /// know becomes "every key", never "nothing".
+    /// know becomes "every key", never "nothing"; a name that is not text stays one name.
     #[test]
     fn reads_invalidation_pushes() {
         let keys = vec![redis::Value::Array(vec![
@@ -228,6 +239,9 @@ mod tests {
         let binary = vec![redis::Value::Array(vec![redis::Value::BulkString(vec![
             0xff,
         ])])];
-        assert_eq!(invalidated(binary), KeyChange::All);
+        assert_eq!(
+            invalidated(binary),
+            KeyChange::Keys(vec!["\u{fffd}".into()])
+        );
     }
 }
