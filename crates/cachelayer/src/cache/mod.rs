@@ -15,6 +15,7 @@
 mod builder;
 mod handle;
 mod load;
+mod near_reads;
 
 pub use self::builder::{CacheBuilder, DEFAULT_NAMESPACE, DEFAULT_TTL, DEFAULT_TTL_JITTER};
 pub use self::handle::Cache;
