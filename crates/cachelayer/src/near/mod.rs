@@ -304,8 +304,9 @@ impl NearTier {
         let deadline = match ttl {
             KeyTtl::Missing => return,
             KeyTtl::Persistent => None,
-            // From when the read was sent: never later than the store's own expiry.
-            KeyTtl::ExpiresIn(left) => Some(asked_at + left),
+            // From when the read was sent: never later than the store's own expiry. A TTL
+            // past what an Instant can hold is as good as none.
+            KeyTtl::ExpiresIn(left) => asked_at.checked_add(left),
         };
         let entry = NearEntry {
             bytes,
