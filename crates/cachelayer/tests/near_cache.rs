@@ -109,9 +109,22 @@ fn read_commands(server: &RedisServer) -> u64 {
 
 /// The in-process store, reporting change tracking as on and never reporting a change: a
 /// near tier over it hears nothing from outside, so whatever it drops after a write, the
-/// cache dropped itself.
+/// cache dropped itself. With `hang_after_write` set, a `set` writes and then never answers,
+/// as a store whose reply is lost.
 #[derive(Debug)]
-struct SilentTracking(MemoryStore);
+struct SilentTracking(MemoryStore, std::sync::atomic::AtomicBool);
+
+impl Default for SilentTracking {
+    fn default() -> Self {
+        Self(MemoryStore::builder().build(), Default::default())
+    }
+}
+
+impl SilentTracking {
+    fn hang_after_write(&self) -> bool {
+        self.1.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
 
 #[async_trait::async_trait]
 impl Store for SilentTracking {
@@ -125,7 +138,11 @@ impl Store for SilentTracking {
         self.0.get_many(keys).await
     }
     async fn set(&self, key: &str, value: Bytes, ttl: Duration) -> cachelayer::Result<()> {
-        self.0.set(key, value, ttl).await
+        self.0.set(key, value, ttl).await?;
+        if self.hang_after_write() {
+            std::future::pending::<()>().await;
+        }
+        Ok(())
     }
     async fn set_many(&self, entries: &[StoreEntry]) -> cachelayer::Result<()> {
         self.0.set_many(entries).await
@@ -178,7 +195,7 @@ impl Store for SilentTracking {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_caches_own_writes_leave_its_near_tier_before_returning() {
     let cache = Cache::builder()
-        .store(SilentTracking(MemoryStore::builder().build()))
+        .store(SilentTracking::default())
         .namespace("near")
         .build()
         .expect("cache");
@@ -217,6 +234,24 @@ async fn a_caches_own_writes_leave_its_near_tier_before_returning() {
         .await;
     assert_eq!(loaded, "new");
     assert_eq!(cache.get::<String>("row").await.as_deref(), Some("new"));
+}
+
+/// A write cancelled after it reached the store (its caller gave up waiting for the reply)
+/// still leaves the cache's near tier: the next read there sees the store's new value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_write_still_leaves_the_near_tier() {
+    let store = Arc::new(SilentTracking::default());
+    let cache = Cache::builder()
+        .shared_store(store.clone())
+        .namespace("near")
+        .build()
+        .expect("cache");
+    cache.insert("k", "v1").await.expect("insert");
+    warm(&cache, "k", "v1").await;
+    store.1.store(true, std::sync::atomic::Ordering::SeqCst);
+    let write = tokio::time::timeout(Duration::from_millis(50), cache.insert("k", "v2")).await;
+    assert!(write.is_err(), "the store never answered the write");
+    assert_eq!(cache.get::<String>("k").await.as_deref(), Some("v2"));
 }
 
 /// A hot key is served from memory: repeated reads issue no Redis command at all.

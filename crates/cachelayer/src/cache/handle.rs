@@ -21,6 +21,8 @@ use crate::codec::{Codec, DecodeFailure, Decoded, EntryMeta, Freshness};
 use crate::error::{Error, ErrorKind, Result};
 use crate::key::Key;
 use crate::near::{FENCE_TTL, Near, fence_of};
+
+use super::near_reads::entry_key;
 use crate::payload::{DecodePayload, EncodePayload};
 use crate::random::SeededRandom;
 use crate::stampede::{Flights, NoticeWaiters, StampedeSettings};
@@ -314,14 +316,11 @@ impl Cache {
             return Ok(());
         }
         let written: usize = batch.iter().map(|e| e.value.len()).sum();
-        let result = self
+        let _forget = self.forget_on_drop(&batch, entry_key);
+        match self
             .call("set_many", self.inner.store.set_many(&batch))
-            .await;
-        // Even after a failure: some entries may have been written.
-        for entry in &batch {
-            self.forget_near(&entry.key);
-        }
-        match result {
+            .await
+        {
             Ok(()) => metrics::counter!(telemetry::BYTES_WRITTEN).increment(written as u64),
             Err(err) => drop_write(&err, batch.len()),
         }
@@ -346,6 +345,7 @@ impl Cache {
     /// (so every instance's near tier hears of it, present or not); reports the delete's
     /// failure (a failed fence is counted as a store error, and only weakens the load guard).
     async fn remove_many(&self, full: &[String]) -> Result<()> {
+        let _forget = self.forget_on_drop(full, String::as_str);
         let delete = self.call("delete_many", self.inner.store.delete_many(full));
         let deleted = if self.inner.store_is_local {
             delete.await
@@ -362,9 +362,6 @@ impl Cache {
             let fence = self.call("fence", self.inner.store.set_many(&fences));
             futures::future::join(delete, fence).await.0
         };
-        for key in full {
-            self.forget_near(key);
-        }
         deleted.map(drop)
     }
 
@@ -427,12 +424,11 @@ impl Cache {
     /// Write an encoded entry; false when the store failed (counted as a dropped write).
     async fn write_entry(&self, full: String, bytes: Bytes, ttl: Duration) -> bool {
         let len = bytes.len() as u64;
-        let result = self
+        let _forget = self.forget_on_drop(std::slice::from_ref(&full), String::as_str);
+        match self
             .call("set", self.inner.store.set(&full, bytes, ttl))
-            .await;
-        // Even after a failure: the write may have reached the store.
-        self.forget_near(&full);
-        match result {
+            .await
+        {
             Ok(()) => {
                 metrics::counter!(telemetry::BYTES_WRITTEN).increment(len);
                 true

@@ -17,6 +17,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::key::Key;
 use crate::near::{NearStats, Ticket};
 use crate::payload::DecodePayload;
+use crate::store::StoreEntry;
 
 impl Cache {
     /// Like [`get`](Self::get), the value behind an [`Arc`]. With a near tier, a hot key is
@@ -179,6 +180,22 @@ impl Cache {
         }
     }
 
+    /// A guard that drops the keys of `items` from this process's near tier when it is
+    /// dropped: create it before a store call that changes them, so they are dropped once the
+    /// call returned, failed, or was cancelled mid-way (the change may have reached the
+    /// store in every case).
+    pub(crate) fn forget_on_drop<'a, T>(
+        &'a self,
+        items: &'a [T],
+        key_of: fn(&T) -> &str,
+    ) -> ForgetOnDrop<'a, T> {
+        ForgetOnDrop {
+            cache: self,
+            items,
+            key_of,
+        }
+    }
+
     /// Whether this process's near tier holds `key` right now: a diagnostic, as
     /// [`coalesced_callers`](Self::coalesced_callers) is.
     pub fn near_contains(&self, key: impl Into<Key>) -> bool {
@@ -197,4 +214,24 @@ impl Cache {
             .as_ref()
             .map_or_else(NearStats::off, |near| near.tier.stats())
     }
+}
+
+/// See [`Cache::forget_on_drop`].
+pub(crate) struct ForgetOnDrop<'a, T> {
+    cache: &'a Cache,
+    items: &'a [T],
+    key_of: fn(&T) -> &str,
+}
+
+impl<T> Drop for ForgetOnDrop<'_, T> {
+    fn drop(&mut self) {
+        for item in self.items {
+            self.cache.forget_near((self.key_of)(item));
+        }
+    }
+}
+
+/// The key of a batch entry, for [`Cache::forget_on_drop`].
+pub(crate) fn entry_key(entry: &StoreEntry) -> &str {
+    &entry.key
 }

@@ -205,13 +205,10 @@ pub(crate) async fn invalidate(cache: &Cache, tags: &[String]) -> Result<()> {
             ttl: MAX_TTL,
         })
         .collect();
-    let result = cache
+    let _forget = cache.forget_on_drop(&entries, crate::cache::entry_key);
+    cache
         .call("tag_invalidate", cache.store().set_many(&entries))
-        .await;
-    for entry in &entries {
-        cache.forget_near(&entry.key);
-    }
-    result
+        .await
 }
 
 #[cfg(test)]
