@@ -2,7 +2,8 @@
 //! connections, as separate processes would have; the `os_process_*` test uses real child
 //! processes) on one Redis, changes made through one instance or behind the cache's back
 //! (`redis-cli`, expiry, eviction, `FLUSHALL`), and the tracking channel lost
-//! (`CLIENT KILL`, a restart, a frozen server).
+//! (`CLIENT KILL`, a restart, a frozen server). Over a store that reports no change at all,
+//! a cache's own writes are shown leaving its tier before they return.
 //!
 //! Staleness is asserted with bounded waits on the condition itself (`eventually`), never
 //! with a sleep standing in for it.

@@ -21,6 +21,7 @@ pub use self::builder::{CacheBuilder, DEFAULT_NAMESPACE, DEFAULT_TTL, DEFAULT_TT
 pub use self::handle::Cache;
 pub(crate) use self::load::LoadMode;
 pub use self::load::{Entry, EntrySelector, Fetched, LoadSource};
+#[cfg(feature = "http")]
 pub(crate) use self::near_reads::entry_key;
 pub use crate::codec::{
     Compression, DEFAULT_COMPRESSION_THRESHOLD_BYTES, DEFAULT_MAX_VALUE_BYTES, DEFAULT_ZSTD_LEVEL,
