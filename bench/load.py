@@ -81,7 +81,7 @@ UNCACHED = ("limit", "serve-miss")
 REDIS_FLAGS = {"proxy-near": [], "proxy-redis": ["--near-capacity-bytes", "0"],
                "serve-near": [], "serve-redis": ["--near-capacity-bytes", "0"]}
 USES_REDIS = tuple(REDIS_FLAGS)
-SERVE_FLAGS = {"serve-memory": [], "serve-near": None, "serve-redis": None,
+SERVE_FLAGS = {"serve-memory": [], "serve-near": [], "serve-redis": [],
                "serve-miss": ["--cache-ttl", "0s"]}
 # (scenario, command, Debian packages to try in turn: nginx-light is gone from newer Debian).
 PEER_COMMANDS = [("nginx", "nginx", ("nginx-light", "nginx")), ("varnish", "varnishd", ("varnish",))]
@@ -325,6 +325,7 @@ class Bench:
         self.database = f"sqlite://{workdir}/catalogue.db"
         self.server_core, self.load_core = (0, 1) if os.cpu_count() >= 2 else (0, 0)
         self.redis = None
+        self.redis_port = None
         self.redis_url = None
 
     def spawn(self, argv, log=None):
@@ -348,13 +349,14 @@ class Bench:
             if time.time() > deadline:
                 raise RuntimeError("redis-server did not start")
             time.sleep(0.05)
+        self.redis_port = port
         self.redis_url = f"redis://127.0.0.1:{port}/0"
 
     def redis_flags(self, scenario):
         return ["--redis-url", self.redis_url, *REDIS_FLAGS[scenario]] if scenario in REDIS_FLAGS else []
 
     def serve(self, port, scenario):
-        flags = SERVE_FLAGS[scenario] if SERVE_FLAGS[scenario] is not None else self.redis_flags(scenario)
+        flags = [*SERVE_FLAGS[scenario], *self.redis_flags(scenario)]
         return self.spawn([self.cachelayer, "serve", "--listen", f"127.0.0.1:{port}", "--database-url",
                            self.database, "--seed", "1000", "--workers", "1", "--log", "warn", *flags])
 
@@ -462,9 +464,8 @@ class Bench:
         return result
 
     def redis_cli(self, *args):
-        port = self.redis_url.rsplit(":", 1)[1].split("/")[0]
-        return subprocess.run(["redis-cli", "-p", port, *args], capture_output=True, text=True,
-                              check=True).stdout
+        return subprocess.run(["redis-cli", "-p", str(self.redis_port), *args], capture_output=True,
+                              text=True, check=True).stdout
 
     def redis_commands(self):
         """Commands Redis executed since the last CONFIG RESETSTAT (that one excluded)."""

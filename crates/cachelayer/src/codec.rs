@@ -299,6 +299,12 @@ impl EnvelopeHeader {
             },
         }
     }
+
+    /// Whether the entry is fresh now. Only an entry kept for stale serving can be past its
+    /// fresh TTL, so the clock is read for those alone (a cost on every hit otherwise).
+    pub(crate) fn is_fresh_now(&self) -> bool {
+        !self.kept_stale || matches!(self.freshness(SystemTime::now()), Freshness::Fresh { .. })
+    }
 }
 
 /// Whether an entry may be served as fresh; see [`EnvelopeHeader::freshness`].
@@ -800,7 +806,6 @@ mod tests {
         ));
     }
 
-    /// Incompressible payloads are stored as they are, even above the threshold.
     /// A compressed entry's uncompressed copy decodes to the same value and header; an
     /// entry that is not compressed, or unreadable, has none.
     #[test]
@@ -831,6 +836,7 @@ mod tests {
         assert_eq!(codec.uncompressed(b"garbage"), None);
     }
 
+    /// Incompressible payloads are stored as they are, even above the threshold.
     #[test]
     fn incompressible_payload_is_not_compressed() {
         let codec = Codec::default();

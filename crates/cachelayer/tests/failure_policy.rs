@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use cachelayer::near::NearState;
 use cachelayer::{BreakerState, Cache, ErrorKind};
 use cachelayer_testkit::RedisServer;
 use support::redis_store;
@@ -69,16 +68,7 @@ async fn redis_stopped_mid_test_fails_open() {
     assert_eq!(cache.get::<u32>("k").await, Some(1));
 
     server.stop();
-    // The near tier hears the connection drop (within microseconds, but not before this
-    // line): until then it may still answer with what Redis held when it died.
-    let started = Instant::now();
-    while cache.near_stats().state == NearState::Watching {
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "never went blind"
-        );
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    support::until_near_tier_blind(&cache).await;
     assert_eq!(cache.get::<u32>("k").await, None);
     assert_eq!(cache.get_with("k", MINUTE, async { 2u32 }).await, 2);
     let loaded = cache

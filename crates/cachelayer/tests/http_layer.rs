@@ -967,16 +967,7 @@ async fn redis_stopped_mid_test_serves_the_origin() {
     fetch(&app, "/fresh").await;
     assert_eq!(fetch(&app, "/fresh").await.x_cache(), "HIT");
     server.stop();
-    // The near tier hears the connection drop (within microseconds, but not before this
-    // line): until then it may still answer with what Redis held when it died.
-    let started = std::time::Instant::now();
-    while cache.near_stats().state == cachelayer::near::NearState::Watching {
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "never went blind"
-        );
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    support::until_near_tier_blind(&cache).await;
     let reply = fetch(&app, "/fresh").await;
     assert_eq!(
         (reply.status, reply.x_cache(), reply.text()),

@@ -9,7 +9,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use metrics::{Counter, Histogram};
@@ -17,7 +17,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::breaker::{Admission, BreakerState, CircuitBreaker};
-use crate::codec::{Codec, DecodeFailure, Decoded, EntryMeta, Freshness};
+use crate::codec::{Codec, DecodeFailure, Decoded, EntryMeta};
 use crate::error::{Error, ErrorKind, Result};
 use crate::key::Key;
 use crate::near::{FENCE_TTL, Near, fence_of};
@@ -569,10 +569,7 @@ pub(super) fn timeout_error() -> Error {
 /// A decoded entry as a plain read sees it: only fresh values (stale ones and cached "not
 /// found" entries are for loads).
 fn plain_read<T>(entry: Decoded<Option<T>>) -> Option<Decoded<T>> {
-    let fresh = matches!(
-        entry.header.freshness(SystemTime::now()),
-        Freshness::Fresh { .. }
-    );
+    let fresh = entry.header.is_fresh_now();
     let value = entry.value.filter(|_| fresh)?;
     Some(Decoded {
         value,

@@ -6,13 +6,13 @@
 //! under a ticket taken before the read.
 
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 
 use super::handle::Cache;
-use crate::codec::{Decoded, Freshness};
+use crate::codec::Decoded;
 use crate::error::{Error, ErrorKind, Result};
 use crate::key::Key;
 use crate::near::{NearStats, Ticket};
@@ -63,13 +63,7 @@ impl Cache {
                 header: decoded.header,
             })
         })?;
-        // Only an entry kept for stale serving can be held past its fresh TTL; the clock is
-        // read for those alone.
-        let fresh = !decoded.header.kept_stale
-            || matches!(
-                decoded.header.freshness(SystemTime::now()),
-                Freshness::Fresh { .. }
-            );
+        let fresh = decoded.header.is_fresh_now();
         let value = decoded.value.as_ref().filter(|_| fresh).cloned();
         self.count_lookup(value.is_some());
         Some(value)

@@ -73,6 +73,20 @@ impl Backend {
     }
 }
 
+/// Wait until `cache`'s near tier has heard its Redis connection drop (microseconds after
+/// the server stops, but not before the next line of a test): until then it may still answer
+/// with what Redis held when it died.
+pub async fn until_near_tier_blind(cache: &Cache) {
+    let started = std::time::Instant::now();
+    while cache.near_stats().state == cachelayer::near::NearState::Watching {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "never went blind"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
 /// A Redis store with timeouts short enough for tests that stop the server.
 pub fn redis_store(url: &str) -> RedisStore {
     RedisStore::builder(url)

@@ -4,7 +4,7 @@
 //! Used by the leader of a miss and by refreshes alike. It never decides whether to load;
 //! it must never take or release the lock itself (the caller holds the lease).
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use crate::payload::EncodePayload;
 use futures::future::Either;
@@ -13,7 +13,6 @@ use super::lock::LockLease;
 use super::run::run_loader;
 use super::{LoadFuture, LoadSource, Loaded, Value};
 use crate::cache::handle::Cache;
-use crate::codec::Freshness;
 use crate::stampede::{Resolved, within};
 use crate::telemetry;
 
@@ -97,11 +96,7 @@ impl Cache {
     ) -> Option<Option<T>> {
         let entry = self.fetch_entry::<T>(full).await?;
         let usable = entry.value.is_some() || absent_ok;
-        let fresh = matches!(
-            entry.header.freshness(SystemTime::now()),
-            Freshness::Fresh { .. }
-        );
-        (usable && fresh).then_some(entry.value)
+        (usable && entry.header.is_fresh_now()).then_some(entry.value)
     }
 
     /// Store a loaded value (or, with a negative TTL, a "not found") for the options' TTL

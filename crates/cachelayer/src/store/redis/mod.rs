@@ -383,6 +383,15 @@ impl RedisStore {
             .await
     }
 
+    /// Run a pipeline (one write, one round trip) on the next connection of the round-robin.
+    async fn query_pipeline<T: redis::FromRedisValue>(
+        &self,
+        pipeline: &redis::Pipeline,
+    ) -> Result<T> {
+        self.run(|mut connection| async move { pipeline.query_async(&mut connection).await })
+            .await
+    }
+
     /// Replace the connection in `slot` with a fresh lazy one, unless it was already
     /// replaced since `generation` was read (the next call then dials again).
     fn replace(&self, slot: usize, generation: u64) {
@@ -444,10 +453,7 @@ impl Store for RedisStore {
         // tracking, which is what callers that keep the value rely on.
         let mut pipeline = redis::pipe();
         pipeline.cmd("GET").arg(key).cmd("PTTL").arg(key);
-        let pipeline = &pipeline;
-        let (value, millis): (Option<Vec<u8>>, i64) = self
-            .run(|mut connection| async move { pipeline.query_async(&mut connection).await })
-            .await?;
+        let (value, millis): (Option<Vec<u8>>, i64) = self.query_pipeline(&pipeline).await?;
         Ok(value.map(|value| (Bytes::from(value), key_ttl(millis))))
     }
 
@@ -460,10 +466,7 @@ impl Store for RedisStore {
         for key in keys {
             pipeline.cmd("PTTL").arg(key);
         }
-        let pipeline = &pipeline;
-        let mut replies: Vec<redis::Value> = self
-            .run(|mut connection| async move { pipeline.query_async(&mut connection).await })
-            .await?;
+        let mut replies: Vec<redis::Value> = self.query_pipeline(&pipeline).await?;
         if replies.len() != keys.len() + 1 {
             return Err(Error::new(
                 ErrorKind::Server,
@@ -511,9 +514,7 @@ impl Store for RedisStore {
                 .arg(ttl_millis(entry.ttl)?)
                 .ignore();
         }
-        let pipeline = &pipeline;
-        self.run(|mut connection| async move { pipeline.query_async::<()>(&mut connection).await })
-            .await
+        self.query_pipeline(&pipeline).await
     }
 
     async fn delete(&self, key: &str) -> Result<bool> {
