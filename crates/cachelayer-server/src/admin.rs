@@ -86,15 +86,26 @@ impl AdminState {
     }
 }
 
+/// Whether the request carries `Authorization: Bearer <token>`. The scheme is
+/// case-insensitive and followed by one or more spaces (RFC 9110 sections 11.1 and 11.4);
+/// the token is compared exactly, in constant time.
 fn authorized(headers: &HeaderMap, token: &str) -> bool {
     let Some(presented) = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(bearer_token)
     else {
         return false;
     };
-    bool::from(presented.trim().as_bytes().ct_eq(token.as_bytes()))
+    bool::from(presented.trim_end().as_bytes().ct_eq(token.as_bytes()))
+}
+
+/// The credentials of a `Bearer` authorization value, or `None` for another scheme.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, credentials) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("Bearer")
+        .then(|| credentials.trim_start_matches(' '))
 }
 
 /// Invalidate tags, keys and URLs, in every instance sharing the store.
@@ -288,7 +299,28 @@ mod tests {
             headers.insert(header::AUTHORIZATION, value.parse().expect("header"));
             headers
         };
-        assert!(authorized(&with("Bearer s3cret"), "s3cret"));
+        for accepted in [
+            "Bearer s3cret",
+            "bearer s3cret",
+            "BEARER s3cret",
+            "bEaReR s3cret",
+            "Bearer   s3cret",
+        ] {
+            assert!(authorized(&with(accepted), "s3cret"), "{accepted:?}");
+        }
+        for refused in [
+            "Bearer S3CRET",
+            "bearer s3cre",
+            "Bearers3cret",
+            "Bearer",
+            "Bearer ",
+            "s3cret",
+            "Bearer\ts3cret",
+            "Bearerx s3cret",
+            "Bear s3cret",
+        ] {
+            assert!(!authorized(&with(refused), "s3cret"), "{refused:?}");
+        }
         assert!(!authorized(&with("Bearer s3cre"), "s3cret"));
         assert!(!authorized(&with("Bearer s3cret2"), "s3cret"));
         assert!(!authorized(&with("Basic s3cret"), "s3cret"));

@@ -17,7 +17,10 @@ use serde::Serialize;
 use utoipa::{IntoParams, ToSchema};
 
 use super::catalogue::{LIST_TAG, ReadSource};
-use super::product::{Completeness, Product, ProductInput, ProductPatch, parse_changes};
+use super::product::{
+    Completeness, ControlChars, MAX_CATEGORY_CHARS, Product, ProductInput, ProductPatch,
+    parse_changes,
+};
 use super::state::AppState;
 use crate::error::{ApiError, ErrorBody, FieldError, body_within};
 
@@ -49,7 +52,7 @@ pub(crate) struct ProductPage {
 #[into_params(parameter_in = Query)]
 #[allow(dead_code)] // Describes the query for OpenAPI; the handler parses it by hand.
 pub(crate) struct ListParams {
-    /// Only products of this category (1 to 50 characters).
+    /// Only products of this category (1 to 50 characters, no control characters).
     category: Option<String>,
     /// Page size, 1 to 100 (default 20).
     limit: Option<i64>,
@@ -167,7 +170,8 @@ pub(crate) async fn list_products(
 
 /// Checked list parameters: every bad one named. Unknown parameters and numbers not written
 /// plainly are refused, so that each page has one URL and one cache entry (a client cannot
-/// fill the cache with `?limit=05`, `?limit=005`, `?x=1`, ...).
+/// fill the cache with `?limit=05`, `?limit=005`, `?x=1`, ...). A category with a control
+/// character is refused here, as in a body: PostgreSQL would fail on a NUL in the filter.
 fn list_params(params: &[(String, String)]) -> Result<(Option<String>, i64, i64), ApiError> {
     let mut errors = Vec::new();
     let mut seen = std::collections::HashSet::new();
@@ -180,8 +184,13 @@ fn list_params(params: &[(String, String)]) -> Result<(Option<String>, i64, i64)
         match name.as_str() {
             "category" => {
                 let chars = value.chars().count();
-                if chars == 0 || chars > super::product::MAX_CATEGORY_CHARS {
-                    errors.push(FieldError::new(name, "must be 1 to 50 characters"));
+                if let Some(problem) = ControlChars::Refused.problem(value) {
+                    errors.push(FieldError::new(name, problem));
+                } else if chars == 0 || chars > MAX_CATEGORY_CHARS {
+                    errors.push(FieldError::new(
+                        name,
+                        format!("must be 1 to {MAX_CATEGORY_CHARS} characters"),
+                    ));
                 }
                 category = Some(value.clone());
             }
@@ -378,6 +387,9 @@ mod tests {
             &[("limit", "05")],
             &[("offset", "+1")],
             &[("limit", "1"), ("limit", "2")],
+            &[("category", "a\0b")],
+            &[("category", "a\tb")],
+            &[("limit", "1\0")],
         ] {
             assert!(list_params(&params(pairs)).is_err(), "{pairs:?}");
         }

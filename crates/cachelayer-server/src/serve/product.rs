@@ -2,8 +2,10 @@
 //! that turn a JSON body into a valid write.
 //!
 //! Validation reads the body as a JSON value and checks every field, so a client learns about
-//! every bad field in one answer, each by name. This module must never touch the database or
-//! the cache.
+//! every bad field in one answer, each by name. Text is checked for control characters here,
+//! before any database call, so both databases see the same text (PostgreSQL cannot store
+//! NUL, SQLite can) and a client gets the same answer from either. This module must never
+//! touch the database or the cache.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -53,16 +55,17 @@ pub(crate) struct Product {
 /// The writable fields of a product, all checked (a create or a full replace).
 #[derive(Debug, Clone, PartialEq, Deserialize, ToSchema)]
 pub(crate) struct ProductInput {
-    /// Required, 1 to 200 characters.
+    /// Required, 1 to 200 characters, no control characters.
     pub name: String,
-    /// Optional (default empty), up to 4000 characters.
+    /// Optional (default empty), up to 4000 characters; of the control characters only tab,
+    /// line feed and carriage return.
     #[serde(default)]
     pub description: String,
     /// Required, 0 to 1,000,000 with at most two decimals.
     pub price: f64,
-    /// Required, 1 to 50 characters.
+    /// Required, 1 to 50 characters, no control characters.
     pub category: String,
-    /// Optional (default none), up to 20 tags of 1 to 40 characters.
+    /// Optional (default none), up to 20 tags of 1 to 40 characters, no control characters.
     #[serde(default)]
     pub tags: Vec<String>,
     /// Optional (default 0), 0 to 1,000,000,000.
@@ -73,15 +76,16 @@ pub(crate) struct ProductInput {
 /// Some writable fields of a product (a partial update); at least one is required.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, ToSchema)]
 pub(crate) struct ProductPatch {
-    /// 1 to 200 characters.
+    /// 1 to 200 characters, no control characters.
     pub name: Option<String>,
-    /// Up to 4000 characters.
+    /// Up to 4000 characters; of the control characters only tab, line feed and carriage
+    /// return.
     pub description: Option<String>,
     /// 0 to 1,000,000 with at most two decimals.
     pub price: Option<f64>,
-    /// 1 to 50 characters.
+    /// 1 to 50 characters, no control characters.
     pub category: Option<String>,
-    /// Up to 20 tags of 1 to 40 characters.
+    /// Up to 20 tags of 1 to 40 characters, no control characters.
     pub tags: Option<Vec<String>>,
     /// 0 to 1,000,000,000.
     pub stock: Option<i64>,
@@ -96,6 +100,34 @@ pub(crate) struct ProductChanges {
     pub(crate) category: Option<String>,
     pub(crate) tags: Option<Vec<String>>,
     pub(crate) stock: Option<i64>,
+}
+
+/// Which control characters (Unicode category Cc) a text may hold: none in one-line values
+/// (names, categories, tags, query parameters), where they are invisible or break the line;
+/// tab and line breaks in free text laid out in lines (descriptions). NUL is refused
+/// everywhere: PostgreSQL text cannot hold it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ControlChars {
+    /// No control character at all.
+    Refused,
+    /// Only tab, line feed and carriage return.
+    LayoutOnly,
+}
+
+impl ControlChars {
+    /// What is wrong with `text`, as a field error's message; `None` when it is acceptable.
+    pub(crate) fn problem(self, text: &str) -> Option<String> {
+        let layout = |c: char| self == Self::LayoutOnly && matches!(c, '\t' | '\n' | '\r');
+        let found = text.chars().find(|&c| c.is_control() && !layout(c))?;
+        let allowed = match self {
+            Self::Refused => "",
+            Self::LayoutOnly => " other than tab, line feed and carriage return",
+        };
+        Some(format!(
+            "must not contain control characters{allowed}; found U+{:04X}",
+            u32::from(found)
+        ))
+    }
 }
 
 /// Whether every writable field must be present (create, replace) or any may be (patch).
@@ -141,10 +173,22 @@ pub(crate) fn parse_changes(
         errors: &mut errors,
     };
     let changes = ProductChanges {
-        name: fields.text("name", true, 1, MAX_NAME_CHARS),
-        description: fields.text("description", false, 0, MAX_DESCRIPTION_CHARS),
+        name: fields.text("name", true, 1, MAX_NAME_CHARS, ControlChars::Refused),
+        description: fields.text(
+            "description",
+            false,
+            0,
+            MAX_DESCRIPTION_CHARS,
+            ControlChars::LayoutOnly,
+        ),
         price_cents: fields.price("price"),
-        category: fields.text("category", true, 1, MAX_CATEGORY_CHARS),
+        category: fields.text(
+            "category",
+            true,
+            1,
+            MAX_CATEGORY_CHARS,
+            ControlChars::Refused,
+        ),
         tags: fields.tags("tags"),
         stock: fields.stock("stock"),
     };
@@ -210,11 +254,22 @@ impl<'a> Fields<'a> {
         None
     }
 
-    fn text(&mut self, name: &str, required: bool, min: usize, max: usize) -> Option<String> {
+    fn text(
+        &mut self,
+        name: &str,
+        required: bool,
+        min: usize,
+        max: usize,
+        controls: ControlChars,
+    ) -> Option<String> {
         let value = self.value(name, required)?;
         let Some(text) = value.as_str() else {
             return self.reject(name, "must be a string");
         };
+        // Checked as sent, before trimming: a control character is refused wherever it is.
+        if let Some(problem) = controls.problem(text) {
+            return self.reject(name, problem);
+        }
         let text = text.trim().to_owned();
         let chars = text.chars().count();
         if chars < min || chars > max {
@@ -224,9 +279,6 @@ impl<'a> Fields<'a> {
                 format!("{min} to {max} characters (after trimming spaces)")
             };
             return self.reject(name, format!("must be {range}; it has {chars}"));
-        }
-        if text.chars().any(char::is_control) && name != "description" {
-            return self.reject(name, "must not contain control characters");
         }
         Some(text)
     }
@@ -256,8 +308,12 @@ impl<'a> Fields<'a> {
             return self.reject(name, format!("must hold at most {MAX_TAGS} tags"));
         }
         let mut tags = Vec::with_capacity(items.len());
-        for item in items {
-            let tag = item.as_str().map(str::trim).unwrap_or_default();
+        for (index, item) in items.iter().enumerate() {
+            let tag = item.as_str().unwrap_or_default();
+            if let Some(problem) = ControlChars::Refused.problem(tag) {
+                return self.reject(name, format!("tag {}: {problem}", index + 1));
+            }
+            let tag = tag.trim();
             let chars = tag.chars().count();
             if !item.is_string() || chars == 0 || chars > MAX_TAG_CHARS {
                 return self.reject(
@@ -407,6 +463,40 @@ mod tests {
         assert_eq!(
             fields_of(parse_changes(b"[1]", Completeness::Full)),
             ["body"]
+        );
+    }
+
+    #[test]
+    fn control_characters_are_refused_except_layout_in_descriptions() {
+        for control in ['\0', '\u{1b}', '\u{7f}', '\u{85}'] {
+            for field in ["name", "description", "category"] {
+                let body = serde_json::json!({ field: format!("a{control}b") }).to_string();
+                let fields = fields_of(parse_changes(body.as_bytes(), Completeness::Partial));
+                assert_eq!(fields, [field], "{control:?}");
+            }
+            let body = serde_json::json!({ "tags": ["ok", format!("{control}")] }).to_string();
+            let fields = fields_of(parse_changes(body.as_bytes(), Completeness::Partial));
+            assert_eq!(fields, ["tags"], "{control:?}");
+        }
+        let body = br#"{"name": "Lamp\n", "category": "a\tb", "tags": ["\r"]}"#;
+        let mut fields = fields_of(parse_changes(body, Completeness::Partial));
+        fields.sort();
+        assert_eq!(fields, ["category", "name", "tags"], "before trimming");
+        let body = br#"{"description": " one\ttwo\r\nthree\n"}"#;
+        let ok = parse_changes(body, Completeness::Partial).expect("valid");
+        assert_eq!(ok.description.as_deref(), Some("one\ttwo\r\nthree"));
+    }
+
+    #[test]
+    fn control_character_messages_name_the_character() {
+        let refused = ControlChars::Refused.problem("a\0b").expect("refused");
+        assert!(refused.ends_with("found U+0000"), "{refused}");
+        assert_eq!(ControlChars::LayoutOnly.problem("a\tb\r\n"), None);
+        assert!(ControlChars::Refused.problem("a\tb").is_some());
+        assert_eq!(
+            ControlChars::Refused.problem("caf\u{e9} \u{2028}"),
+            None,
+            "not Cc"
         );
     }
 
