@@ -173,6 +173,51 @@ impl ApiError {
         )
     }
 
+    /// A request HTTP refuses before any route sees it (RFC 9112 section 3.2: an HTTP/1.1
+    /// request needs exactly one valid `Host`).
+    pub(crate) fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    pub(crate) fn uri_too_long(limit: usize) -> Self {
+        Self::new(
+            StatusCode::URI_TOO_LONG,
+            "uri_too_long",
+            format!("the request target is longer than the limit of {limit} bytes"),
+        )
+    }
+
+    pub(crate) fn headers_too_large(limit: usize) -> Self {
+        Self::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers_too_large",
+            format!("the request's header fields are larger than the limit of {limit} bytes"),
+        )
+    }
+
+    /// The answer for a status that hyper gives on its own, before any service runs (a
+    /// request head it cannot parse or hold): the same JSON as every other error.
+    pub(crate) fn from_protocol_status(status: StatusCode) -> Self {
+        let (error, message) = match status {
+            StatusCode::URI_TOO_LONG => ("uri_too_long", "the request target is too long"),
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => (
+                "headers_too_large",
+                "the request's header fields are too large",
+            ),
+            StatusCode::HTTP_VERSION_NOT_SUPPORTED => (
+                "version_not_supported",
+                "only HTTP/1.0, HTTP/1.1 and HTTP/2 are served",
+            ),
+            _ => ("bad_request", "the request could not be parsed as HTTP"),
+        };
+        Self::new(status, error, message)
+    }
+
+    /// The JSON text of the body.
+    pub(crate) fn body_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(&self.body).unwrap_or_else(|_| b"{}".to_vec())
+    }
+
     pub(crate) fn internal() -> Self {
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,

@@ -16,6 +16,7 @@ use clap::Args;
 use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 
 use crate::error::Error;
+use crate::listen::LimitArgs;
 use crate::logging::LogFormat;
 
 /// Settings shared by every subcommand that caches: Redis, the cache, admin and logging.
@@ -76,6 +77,9 @@ pub struct CommonArgs {
     /// Log filter, in `tracing` directives (e.g. `info`, `cachelayer=debug`).
     #[arg(long, env = "CACHELAYER_LOG", default_value = "info")]
     pub log: String,
+    /// What one client may hold of a listener.
+    #[command(flatten)]
+    pub limits: LimitArgs,
 }
 
 /// Stale-serving windows of cached values (zero: off).

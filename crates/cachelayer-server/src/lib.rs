@@ -50,5 +50,6 @@ pub mod proxy;
 pub mod serve;
 
 pub use crate::error::{Error, ErrorKind};
+pub use crate::listen::{LimitArgs, Limits};
 pub use crate::observe::{HTTP_DURATION, HTTP_IN_FLIGHT, HTTP_REQUESTS};
 pub use crate::serve::{ApiDoc, DB_QUERIES, INVALIDATION_FAILURES};

@@ -1,30 +1,39 @@
 //! Listening and graceful drain, the same for both commands: binding addresses, serving
-//! routers or services on them, and [`serve_until`], the one start-to-shutdown sequence. On SIGTERM or
+//! an app on them, and [`serve_until`], the one start-to-shutdown sequence. On SIGTERM or
 //! SIGINT ([`shutdown_signal`]) it marks the instance [`Draining`] (readiness turns 503), stops
-//! accepting on every listener at once, then waits for each listener's in-flight requests
-//! within that listener's deadline.
+//! accepting on every listener at once, then waits for each listener's connections within
+//! that listener's deadline.
 //!
-//! Connections still open past a deadline are left to the runtime, which drops them when the
-//! command returns. This module must never decide what a command serves or what it cleans
-//! up after draining (that is the command's), and never drain without logging how it ended.
+//! Each listener faces clients that may be hostile: [`limits`] says what one may hold,
+//! [`connection`] accepts within a cap and drains, [`io`] enforces a connection's deadlines
+//! on its socket, [`gate`] checks each request's head, and [`activity`] is the account the
+//! last two share. Connections still open past a deadline are left to the runtime, which
+//! drops them when the command returns. This module must never decide what a command serves
+//! or what it cleans up after draining (that is the command's), and never drain without
+//! logging how it ended.
+
+mod activity;
+mod connection;
+mod gate;
+mod io;
+mod limits;
 
 use std::convert::Infallible;
-use std::future::{Ready, ready};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::Router;
-use axum::extract::{ConnectInfo, Request};
+use axum::extract::Request;
 use axum::response::Response;
-use axum::serve::{IncomingStream, ListenerExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tower::Service;
 
+pub use self::limits::{LimitArgs, Limits};
+pub(crate) use self::limits::raise_open_file_limit;
+use self::connection::Serving;
 use crate::error::Error;
 
 /// Whether the instance is draining for shutdown: set once by [`serve_until`], read
@@ -49,50 +58,42 @@ impl Draining {
     }
 }
 
-/// A bound listener, what answers on it, and how long its in-flight requests may take to
-/// finish at shutdown.
+/// A bound listener, what answers on it, its bounds, and how long its connections may take
+/// to finish at shutdown.
 pub(crate) struct Listener {
     /// The bound socket.
     pub(crate) socket: TcpListener,
+    /// Its name in logs and metrics (`api`, `clients`, `admin`).
+    pub(crate) name: &'static str,
     /// What answers on it.
     pub(crate) app: Box<dyn App>,
+    /// What one client may hold of it.
+    pub(crate) limits: Limits,
     /// Drain deadline at shutdown.
     pub(crate) drain_within: Duration,
 }
 
-/// What answers the requests of a listener: an axum [`Router`], or [`Direct`], one service
-/// for every request. Either way each request carries the client's address as
-/// [`ConnectInfo`].
+/// What answers the requests of a listener: any service of axum requests, an axum `Router`
+/// or one service for every request (the proxy's clients, where a router would only add
+/// work to every hit). Each request carries the client's address as `ConnectInfo`.
 pub(crate) trait App: Send + 'static {
-    /// Serve `socket` until `stopped` turns true, then finish in-flight requests.
+    /// Serve `socket` until `stopped` turns true, then finish its connections.
     fn spawn(
         self: Box<Self>,
         socket: TcpListener,
+        serving: ServingParts,
         stopped: watch::Receiver<bool>,
-    ) -> JoinHandle<std::io::Result<()>>;
+    ) -> JoinHandle<()>;
 }
 
-impl App for Router {
-    fn spawn(
-        self: Box<Self>,
-        socket: TcpListener,
-        stopped: watch::Receiver<bool>,
-    ) -> JoinHandle<std::io::Result<()>> {
-        let app = self.into_make_service_with_connect_info::<SocketAddr>();
-        tokio::spawn(async move {
-            axum::serve(without_nagle(socket), app)
-                .with_graceful_shutdown(until_stopped(stopped))
-                .await
-        })
-    }
+/// What a listener's serving needs besides its app.
+pub(crate) struct ServingParts {
+    name: &'static str,
+    limits: Limits,
+    draining: Draining,
 }
 
-/// One service answering every request, without a router: for the proxy's clients, where
-/// every path goes the same way and a router would only add work to every hit.
-#[derive(Clone)]
-pub(crate) struct Direct<S>(pub(crate) S);
-
-impl<S> App for Direct<S>
+impl<S> App for S
 where
     S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + Sync + 'static,
     S::Future: Send,
@@ -100,64 +101,17 @@ where
     fn spawn(
         self: Box<Self>,
         socket: TcpListener,
+        parts: ServingParts,
         stopped: watch::Receiver<bool>,
-    ) -> JoinHandle<std::io::Result<()>> {
-        tokio::spawn(async move {
-            axum::serve(without_nagle(socket), *self)
-                .with_graceful_shutdown(until_stopped(stopped))
-                .await
-        })
+    ) -> JoinHandle<()> {
+        let serving = Serving {
+            app: *self,
+            limits: parts.limits,
+            draining: parts.draining,
+            name: parts.name,
+        };
+        tokio::spawn(serving.run(socket, stopped))
     }
-}
-
-/// Per connection: the service, told the client's address.
-impl<'a, L, S> Service<IncomingStream<'a, L>> for Direct<S>
-where
-    L: axum::serve::Listener<Addr = SocketAddr>,
-    S: Clone,
-{
-    type Response = WithPeer<S>;
-    type Error = Infallible;
-    type Future = Ready<Result<Self::Response, Infallible>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, stream: IncomingStream<'a, L>) -> Self::Future {
-        ready(Ok(WithPeer {
-            inner: self.0.clone(),
-            peer: *stream.remote_addr(),
-        }))
-    }
-}
-
-/// A connection's service: adds the client's address to each request, as a router made with
-/// `into_make_service_with_connect_info` does (axum offers that only for its own types).
-#[derive(Clone)]
-pub(crate) struct WithPeer<S> {
-    inner: S,
-    peer: SocketAddr,
-}
-
-impl<S: Service<Request>> Service<Request> for WithPeer<S> {
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = S::Future;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut request: Request) -> Self::Future {
-        request.extensions_mut().insert(ConnectInfo(self.peer));
-        self.inner.call(request)
-    }
-}
-
-/// Completes once `stopped` turns true (or its sender is gone).
-async fn until_stopped(mut stopped: watch::Receiver<bool>) {
-    drop(stopped.wait_for(|stop| *stop).await);
 }
 
 /// Bind `address`; the listener and the address it got (a port 0 becomes a real one). An
@@ -192,10 +146,15 @@ pub(crate) async fn serve_until(
     shutdown: impl Future<Output = &'static str>,
 ) {
     let (stop, stopped) = watch::channel(false);
-    let running: Vec<(JoinHandle<std::io::Result<()>>, Duration)> = listeners
+    let running: Vec<(JoinHandle<()>, Duration)> = listeners
         .into_iter()
         .map(|listener| {
-            let server = listener.app.spawn(listener.socket, stopped.clone());
+            let parts = ServingParts {
+                name: listener.name,
+                limits: listener.limits,
+                draining: draining.clone(),
+            };
+            let server = listener.app.spawn(listener.socket, parts, stopped.clone());
             (server, listener.drain_within)
         })
         .collect();
@@ -211,25 +170,13 @@ pub(crate) async fn serve_until(
     }
 }
 
-/// The listener with TCP_NODELAY on every accepted connection: a response written in more
-/// than one piece (headers, then body) must not wait for the client's delayed ACK.
-fn without_nagle(listener: TcpListener) -> axum::serve::TapIo<TcpListener, fn(&mut TcpStream)> {
-    fn no_delay(tcp: &mut TcpStream) {
-        if let Err(err) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %err, "could not set TCP_NODELAY");
-        }
-    }
-    listener.tap_io(no_delay as fn(&mut TcpStream))
-}
-
 /// Wait for the server to finish its in-flight requests, up to `timeout`. Past it, the
 /// connections still open are left to the runtime, which drops them when the command
 /// returns (their loads release their locks as they are dropped).
-async fn drain(server: JoinHandle<std::io::Result<()>>, timeout: Duration) {
+async fn drain(server: JoinHandle<()>, timeout: Duration) {
     let abort = server.abort_handle();
     match tokio::time::timeout(timeout, server).await {
-        Ok(Ok(Ok(()))) => tracing::info!("all in-flight requests finished"),
-        Ok(Ok(Err(err))) => tracing::error!(error = %err, "the server failed while draining"),
+        Ok(Ok(())) => tracing::info!("all in-flight requests finished"),
         Ok(Err(err)) => tracing::error!(error = %err, "the server task failed"),
         Err(_) => {
             abort.abort();
@@ -271,8 +218,10 @@ pub(crate) async fn shutdown_signal() -> &'static str {
 
 #[cfg(test)]
 mod tests {
+    use axum::Router;
     use axum::routing::get;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
     use tokio::sync::{Notify, mpsc, oneshot};
 
     use super::*;
@@ -301,7 +250,9 @@ mod tests {
             let draining = draining.clone();
             let listener = Listener {
                 socket,
+                name: "test",
                 app: Box::new(router),
+                limits: limits::defaults(),
                 drain_within: Duration::from_secs(10),
             };
             async move {

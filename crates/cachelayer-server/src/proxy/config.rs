@@ -14,6 +14,7 @@ use clap::{Args, ValueEnum};
 
 use super::rules::{Rule, load_rules};
 use crate::error::Error;
+use crate::listen::Limits;
 use cachelayer::config::Secret;
 
 use crate::flags::{CommonArgs, Stale, check_workers, duration, parse_address};
@@ -116,6 +117,8 @@ pub struct ProxyConfig {
     pub log_format: LogFormat,
     /// Log filter.
     pub log: String,
+    /// What one client may hold of a listener.
+    pub limits: Limits,
 }
 
 impl ProxyArgs {
@@ -156,6 +159,7 @@ impl ProxyArgs {
             admin_token: common.token(),
             log_format: common.log_format,
             log: common.log,
+            limits: common.limits.limits()?,
         })
     }
 }

@@ -35,7 +35,9 @@ pub use self::rules::{Rule, RuleAction};
 use crate::admin::AdminState;
 use crate::error::Error;
 use crate::health::{CHECK_TIMEOUT, Readiness};
-use crate::listen::{Direct, Draining, Listener, bind, serve_until, shutdown_signal};
+use crate::listen::{
+    Draining, Listener, bind, raise_open_file_limit, serve_until, shutdown_signal,
+};
 use crate::metrics::{prometheus, run_upkeep};
 use crate::observe::{CacheOutcomes, Observed, observe};
 
@@ -102,16 +104,21 @@ pub async fn run(config: ProxyConfig) -> Result<(), Error> {
     let (socket, address) = bind(config.listen, Some("clients")).await?;
     let (admin_socket, admin_address) = bind(config.admin_listen, Some("admin")).await?;
     let upkeep = tokio::spawn(run_upkeep(metrics));
+    let limits = config.limits.within_open_files(raise_open_file_limit());
     let listeners = vec![
         Listener {
             socket,
-            app: Box::new(Direct(clients)),
+            name: "clients",
+            app: Box::new(clients),
+            limits,
             drain_within: config.shutdown_timeout,
         },
         // Operators' requests are short: the checks' own bound is enough.
         Listener {
             socket: admin_socket,
+            name: "admin",
             app: Box::new(operators),
+            limits,
             drain_within: CHECK_TIMEOUT,
         },
     ];

@@ -13,6 +13,7 @@ use cachelayer::config::Secret;
 use clap::Args;
 
 use crate::error::Error;
+use crate::listen::Limits;
 use crate::flags::{CommonArgs, Stale, check_workers, duration, parse_address};
 use crate::logging::LogFormat;
 
@@ -94,6 +95,8 @@ pub struct ServeConfig {
     pub log_format: LogFormat,
     /// Log filter.
     pub log: String,
+    /// What one client may hold of a listener.
+    pub limits: Limits,
 }
 
 impl std::fmt::Debug for ServeConfig {
@@ -115,6 +118,7 @@ impl std::fmt::Debug for ServeConfig {
             .field("admin_token", &self.admin_token)
             .field("log_format", &self.log_format)
             .field("cache", &self.cache)
+            .field("limits", &self.limits)
             .finish()
     }
 }
@@ -158,6 +162,7 @@ impl ServeArgs {
             admin_token: common.token(),
             log_format: common.log_format,
             log: common.log,
+            limits: common.limits.limits()?,
         })
     }
 }

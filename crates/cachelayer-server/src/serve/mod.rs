@@ -37,7 +37,9 @@ use self::db::Database;
 pub use self::openapi::ApiDoc;
 use self::state::{AppContext, AppState};
 use crate::error::Error;
-use crate::listen::{Draining, Listener, bind, serve_until, shutdown_signal};
+use crate::listen::{
+    Draining, Listener, bind, raise_open_file_limit, serve_until, shutdown_signal,
+};
 use crate::metrics::{prometheus, run_upkeep};
 use crate::observe::CacheOutcomes;
 
@@ -71,7 +73,9 @@ pub async fn run(config: ServeConfig) -> Result<(), Error> {
     ];
     let listener = Listener {
         socket,
+        name: "api",
         app: Box::new(router(state)),
+        limits: config.limits.within_open_files(raise_open_file_limit()),
         drain_within: config.shutdown_timeout,
     };
     let listening = || tracing::info!(address = %address, "listening");

@@ -116,6 +116,18 @@ impl Server {
         Self::spawn_command(&all)
     }
 
+    /// Start `cachelayer serve` as [`start`] does, with the process's open-file limit (soft
+    /// and hard) set to `open_files`, as a service manager would.
+    ///
+    /// [`start`]: Self::start
+    pub fn start_with_open_files(database: &TestDatabase, open_files: u64, args: &[&str]) -> Self {
+        let mut all = vec!["serve", "--database-url", &database.url, "--seed", "50"];
+        all.extend_from_slice(args);
+        let mut server = Self::spawn_program(Some(open_files), &all);
+        server.wait_until_listening();
+        server
+    }
+
     /// Start `cachelayer proxy` in front of `upstream` on free ports (clients and admin),
     /// with `args` after the defaults; returns once it listens.
     pub fn proxy(upstream: &str, args: &[&str]) -> Self {
@@ -135,7 +147,21 @@ impl Server {
     /// Start the binary with `args` (a subcommand first), JSON logs, a free port, two
     /// workers and a short shutdown timeout.
     fn spawn_command(args: &[&str]) -> Self {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_cachelayer"));
+        Self::spawn_program(None, args)
+    }
+
+    /// [`spawn_command`](Self::spawn_command), under `prlimit` when `open_files` is given
+    /// (it runs the binary in its own place, so the child's PID is the server's).
+    fn spawn_program(open_files: Option<u64>, args: &[&str]) -> Self {
+        let binary = env!("CARGO_BIN_EXE_cachelayer");
+        let mut command = match open_files {
+            None => Command::new(binary),
+            Some(files) => {
+                let mut prlimit = Command::new("prlimit");
+                prlimit.arg(format!("--nofile={files}:{files}")).args(["--", binary]);
+                prlimit
+            }
+        };
         command
             .args(&args[..1])
             .args(["--listen", "127.0.0.1:0", "--log-format", "json"])

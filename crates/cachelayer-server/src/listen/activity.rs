@@ -1,0 +1,312 @@
+//! What one connection is doing, shared by its socket ([`super::io`]) and its requests
+//! ([`super::gate`]): requests in flight, responses waiting on the client, when the
+//! connection last went idle or began a request head. From that it gives the one deadline
+//! the socket enforces, and why.
+//!
+//! This module must never touch the socket or a request; it only keeps the account, under a
+//! lock held for a few instructions at a time.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Waker;
+use std::time::Instant;
+
+use futures::task::AtomicWaker;
+use http::Version;
+
+use super::limits::Limits;
+
+/// Why a connection was closed by its deadline (the `reason` label of the metric).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Timeout {
+    /// A request head took longer than `--header-timeout`.
+    Header,
+    /// The connection sat idle between requests longer than `--idle-timeout`.
+    Idle,
+    /// A response made no progress towards the client for `--send-timeout`.
+    Send,
+    /// A request body gave nothing for `--request-body-timeout`.
+    RequestBody,
+}
+
+impl Timeout {
+    /// The metric label and log word.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::Header => "header_timeout",
+            Self::Idle => "idle_timeout",
+            Self::Send => "send_timeout",
+            Self::RequestBody => "request_body_timeout",
+        }
+    }
+}
+
+/// The HTTP version a connection speaks, once its first request says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Protocol {
+    /// No request yet.
+    Unknown,
+    /// HTTP/1.0 or HTTP/1.1.
+    Http1,
+    /// HTTP/2.
+    Http2,
+}
+
+/// One connection's account. Cheap to share (`Arc`).
+#[derive(Debug)]
+pub(crate) struct Activity {
+    state: Mutex<State>,
+    limits: Limits,
+    /// The connection's task, woken when a deadline starts to apply (the last request
+    /// ended, or a response began to wait on the client): its socket then re-arms its timer.
+    reader: AtomicWaker,
+}
+
+#[derive(Debug)]
+struct State {
+    protocol: Protocol,
+    /// Requests handed to the service whose responses have not finished.
+    in_flight: usize,
+    /// Responses whose next frame is up to the client (hyper has not asked for it because
+    /// the client is not reading), as opposed to up to their source.
+    waiting_on_client: usize,
+    /// Last time a response moved towards the client.
+    last_sent: Instant,
+    /// When the connection last had nothing in flight.
+    idle_since: Instant,
+    /// When the first byte of the next request head arrived (HTTP/1 only).
+    head_started: Option<Instant>,
+    /// Requests handed to the service so far.
+    requests: u64,
+    /// HTTP/1 responses produced whose head has not been written yet.
+    heads_pending: usize,
+}
+
+impl Activity {
+    /// A fresh connection, accepted now.
+    pub(crate) fn new(limits: Limits) -> Arc<Self> {
+        let now = Instant::now();
+        Arc::new(Self {
+            state: Mutex::new(State {
+                protocol: Protocol::Unknown,
+                in_flight: 0,
+                waiting_on_client: 0,
+                last_sent: now,
+                idle_since: now,
+                head_started: None,
+                requests: 0,
+                heads_pending: 0,
+            }),
+            limits,
+            reader: AtomicWaker::new(),
+        })
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A panic while holding this lock leaves only counters behind: keep using them.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The bounds this connection is held to.
+    pub(crate) fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// The protocol, once known.
+    pub(crate) fn protocol(&self) -> Protocol {
+        self.state().protocol
+    }
+
+    /// Bytes arrived from the client: while nothing is in flight on HTTP/1, they begin a
+    /// request head, which must then complete within the header timeout.
+    pub(crate) fn bytes_read(&self) {
+        let mut state = self.state();
+        if state.in_flight == 0 && state.protocol != Protocol::Http2 {
+            state.head_started.get_or_insert_with(Instant::now);
+        }
+    }
+
+    /// Wake `waker` when a deadline starts to apply (the socket registers it while a read
+    /// waits).
+    pub(crate) fn wake_on_deadline(&self, waker: &Waker) {
+        self.reader.register(waker);
+    }
+
+    /// The next read deadline and what it stands for; `None` when nothing bounds reading
+    /// (requests in flight bound their own bodies, and a slow handler is not the client's
+    /// fault).
+    pub(crate) fn read_deadline(&self) -> Option<(Instant, Timeout)> {
+        let state = self.state();
+        let limits = &self.limits;
+        let send = (state.waiting_on_client > 0)
+            .then(|| (state.last_sent + limits.send_timeout, Timeout::Send));
+        let read = if state.in_flight > 0 {
+            None
+        } else if let Some(started) = state.head_started {
+            Some((started + limits.header_timeout, Timeout::Header))
+        } else if state.requests == 0 {
+            Some((state.idle_since + limits.header_timeout, Timeout::Header))
+        } else {
+            Some((state.idle_since + limits.idle_timeout, Timeout::Idle))
+        };
+        match (send, read) {
+            (Some(send), Some(read)) => Some(if send.0 <= read.0 { send } else { read }),
+            (one, other) => one.or(other),
+        }
+    }
+
+    /// A request was handed to the service; it counts as in flight until the returned
+    /// guard is dropped (with its response body, or with the call if the client left).
+    pub(crate) fn request_started(self: &Arc<Self>, version: Version) -> InFlight {
+        let mut state = self.state();
+        state.in_flight += 1;
+        state.requests += 1;
+        state.head_started = None;
+        if state.protocol == Protocol::Unknown {
+            state.protocol = if version == Version::HTTP_2 {
+                Protocol::Http2
+            } else {
+                Protocol::Http1
+            };
+        }
+        InFlight {
+            activity: Arc::clone(self),
+            waiting: Waiting::NoResponse,
+        }
+    }
+
+    /// Whether a write starting with an HTTP/1 status line is hyper's own answer to a head
+    /// it could not take (no request reached the service for it), and takes note of one of
+    /// ours otherwise.
+    pub(crate) fn head_written_is_protocol_error(&self) -> bool {
+        let mut state = self.state();
+        if state.heads_pending > 0 {
+            state.heads_pending -= 1;
+            return false;
+        }
+        state.in_flight == 0 && state.protocol != Protocol::Http2
+    }
+}
+
+/// Whose turn it is to move a response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Waiting {
+    /// The service has not answered yet.
+    NoResponse,
+    /// hyper has not asked for the next frame: the client is not taking what was sent.
+    OnClient,
+    /// The body's source has not produced the next frame.
+    OnSource,
+}
+
+/// One request in flight; dropping it ends the request's account.
+#[derive(Debug)]
+pub(crate) struct InFlight {
+    activity: Arc<Activity>,
+    waiting: Waiting,
+}
+
+impl InFlight {
+    /// The service answered; the response's head and body are now up to the client.
+    pub(crate) fn responded(&mut self, version: Version) {
+        let mut state = self.activity.state();
+        state.last_sent = Instant::now();
+        if version != Version::HTTP_2 {
+            state.heads_pending += 1;
+        }
+        drop(state);
+        self.wait_on(Waiting::OnClient);
+    }
+
+    /// hyper took a frame of the body: the response moved.
+    pub(crate) fn sent(&mut self) {
+        self.activity.state().last_sent = Instant::now();
+        self.wait_on(Waiting::OnClient);
+    }
+
+    /// The body's source has nothing yet: waiting is not the client's fault.
+    pub(crate) fn waiting_on_source(&mut self) {
+        self.wait_on(Waiting::OnSource);
+    }
+
+    /// The bounds of this request's connection.
+    pub(crate) fn limits(&self) -> &Limits {
+        &self.activity.limits
+    }
+
+    fn wait_on(&mut self, waiting: Waiting) {
+        if self.waiting == waiting {
+            return;
+        }
+        let mut state = self.activity.state();
+        if self.waiting == Waiting::OnClient {
+            state.waiting_on_client -= 1;
+        }
+        let deadline_begins = waiting == Waiting::OnClient && state.waiting_on_client == 0;
+        if waiting == Waiting::OnClient {
+            state.waiting_on_client += 1;
+            state.last_sent = Instant::now();
+        }
+        drop(state);
+        self.waiting = waiting;
+        if deadline_begins {
+            self.activity.reader.wake();
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut state = self.activity.state();
+        if self.waiting == Waiting::OnClient {
+            state.waiting_on_client -= 1;
+        }
+        state.in_flight -= 1;
+        if state.in_flight == 0 {
+            state.idle_since = Instant::now();
+            drop(state);
+            self.activity.reader.wake();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn activity() -> Arc<Activity> {
+        Activity::new(crate::listen::limits::defaults())
+    }
+
+    #[test]
+    fn deadlines_follow_the_connection() {
+        let activity = activity();
+        let (_, why) = activity.read_deadline().expect("a fresh connection is bounded");
+        assert_eq!(why, Timeout::Header);
+        let mut request = activity.request_started(Version::HTTP_11);
+        assert_eq!(activity.read_deadline(), None, "a handler may take its time");
+        request.responded(Version::HTTP_11);
+        let (_, why) = activity.read_deadline().expect("a response waits on the client");
+        assert_eq!(why, Timeout::Send);
+        request.waiting_on_source();
+        assert_eq!(activity.read_deadline(), None, "waiting on the source");
+        drop(request);
+        let (_, why) = activity.read_deadline().expect("idle");
+        assert_eq!(why, Timeout::Idle);
+        activity.bytes_read();
+        let (_, why) = activity.read_deadline().expect("a head began");
+        assert_eq!(why, Timeout::Header);
+    }
+
+    #[test]
+    fn only_heads_without_a_response_are_protocol_errors() {
+        let activity = activity();
+        assert!(activity.head_written_is_protocol_error(), "no request yet");
+        let mut request = activity.request_started(Version::HTTP_11);
+        request.responded(Version::HTTP_11);
+        drop(request);
+        assert!(!activity.head_written_is_protocol_error(), "our own answer");
+        assert!(activity.head_written_is_protocol_error(), "the next one is hyper's");
+    }
+}
