@@ -899,7 +899,252 @@ async fn requests_with_bodies_bypass(backend: Backend) {
     );
 }
 
+/// A header a request names in `Connection` is dropped before the cache judges the request
+/// and before the origin sees it: the response is keyed under what the origin answered for
+/// (no such header), so a client cannot store an answer under a `Vary` value the origin
+/// never saw, to be served to the next client who sends that value.
+async fn connection_cannot_choose_the_variant(backend: Backend) {
+    let calls = Calls::default();
+    let app = Router::new()
+        .route(
+            "/speaks/{vary}",
+            routing::get(
+                |State(c): State<Calls>,
+                 axum::extract::Path(name): axum::extract::Path<String>,
+                 headers: HeaderMap| async move {
+                    c.count("/speaks");
+                    let value = headers
+                        .get(name.as_str())
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("none")
+                        .to_owned();
+                    let mut response = respond("max-age=60", value);
+                    response
+                        .headers_mut()
+                        .insert(header::VARY, name.parse().expect("a header name"));
+                    response
+                },
+            ),
+        )
+        .with_state(calls.clone())
+        .layer(ResponseCacheLayer::new(backend.cache()));
+    for (name, value) in [
+        ("x-lang", "fr"),
+        ("accept-language", "fr-CH"),
+        ("origin", "https://evil.example"),
+    ] {
+        let uri = format!("/speaks/{name}");
+        let naming = get_request(&uri)
+            .header(header::CONNECTION, format!("keep-alive, {name}"))
+            .header(name, value)
+            .body(Body::empty())
+            .expect("r");
+        let first = send(&app, naming).await;
+        assert_eq!(first.text(), "none", "{name}: the origin never saw it");
+        let sending = get_request(&uri)
+            .header(name, value)
+            .body(Body::empty())
+            .expect("r");
+        let real = send(&app, sending).await;
+        assert_eq!(
+            (real.x_cache(), real.text()),
+            ("MISS", value),
+            "{name}: not the answer stored for the request that named it"
+        );
+        let without = fetch(&app, &uri).await;
+        assert_eq!(
+            (without.x_cache(), without.text()),
+            ("HIT", "none"),
+            "{name}"
+        );
+    }
+    assert_eq!(calls.of("/speaks"), 6);
+}
+
+/// Spellings of one path (escaped unreserved characters, dot segments, repeated slashes)
+/// are one entry, the origin receives the normal form, and a write through any spelling,
+/// or a `Location` naming one, or a purge, drops it.
+async fn path_spellings_are_one_entry(backend: Backend) {
+    let calls = Calls::default();
+    let layer = ResponseCacheLayer::new(backend.cache());
+    let origin = Router::new()
+        .route(
+            "/b/n2",
+            routing::get(|State(c): State<Calls>| async move {
+                respond("max-age=60", format!("n2 {}", c.count("/b/n2")))
+            })
+            .put(|| async { StatusCode::NO_CONTENT }),
+        )
+        .route(
+            "/b",
+            routing::post(|| async {
+                // A relative reference, in another spelling: `/b/n2` once resolved.
+                (StatusCode::CREATED, [(header::LOCATION, "%62/n2")])
+            }),
+        )
+        .with_state(calls.clone());
+    // Around the router, not `Router::layer` (which runs after routing): the router routes
+    // the normal form the layer passes on.
+    let app = Router::new().fallback_service(tower::Layer::layer(&layer, origin));
+    let first = fetch(&app, "/%62/n2").await;
+    assert_eq!((first.status, first.text()), (StatusCode::OK, "n2 1"));
+    for spelling in ["/b/n2", "/%62/%6e2", "/b//n2", "/x/../b/./n2"] {
+        let reply = fetch(&app, spelling).await;
+        assert_eq!(
+            (reply.x_cache(), reply.text()),
+            ("HIT", "n2 1"),
+            "{spelling}"
+        );
+    }
+    let write = |method: &str, uri: &str| {
+        Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(header::HOST, "shop.example")
+            .body(Body::empty())
+            .expect("r")
+    };
+    let mut expected = 1;
+    for (method, uri) in [("PUT", "/b/n2"), ("PUT", "/%62/n2"), ("POST", "/b")] {
+        assert!(send(&app, write(method, uri)).await.status.is_success());
+        expected += 1;
+        for spelling in ["/%62/n2", "/b/n2"] {
+            let reply = fetch(&app, spelling).await;
+            assert_eq!(
+                reply.text(),
+                format!("n2 {expected}"),
+                "{method} {uri}, then {spelling}"
+            );
+        }
+    }
+    layer
+        .purge("shop.example", "/%62/./n2")
+        .await
+        .expect("purge");
+    assert_eq!(fetch(&app, "/b/n2").await.x_cache(), "MISS", "purged");
+    assert_eq!(calls.of("/b/n2"), 5);
+}
+
+/// Layers with different key scopes on one store never serve each other's entries for the
+/// same host and path; layers with the same scope share them, and purge them for each other.
+async fn key_scopes_keep_layers_apart(backend: Backend) {
+    let scoped = |scope: &'static str, calls: &Calls| {
+        let layer = ResponseCacheLayer::new(backend.cache()).key_scope(scope);
+        let app = Router::new()
+            .route(
+                "/page",
+                routing::get(move |State(c): State<Calls>| async move {
+                    respond("max-age=60", format!("{scope} {}", c.count("/page")))
+                }),
+            )
+            .with_state(calls.clone())
+            .layer(layer.clone());
+        (app, layer)
+    };
+    let (a_calls, b_calls) = (Calls::default(), Calls::default());
+    let (a, _) = scoped("http://a.internal:80", &a_calls);
+    let (b, b_layer) = scoped("http://b.internal:80", &b_calls);
+    let (b_again, _) = scoped("http://b.internal:80", &b_calls);
+    assert_eq!(fetch(&a, "/page").await.text(), "http://a.internal:80 1");
+    let other = fetch(&b, "/page").await;
+    assert_eq!(
+        (other.x_cache(), other.text()),
+        ("MISS", "http://b.internal:80 1"),
+        "another scope's entry is not served"
+    );
+    let shared = fetch(&b_again, "/page").await;
+    assert_eq!(
+        (shared.x_cache(), shared.text()),
+        ("HIT", "http://b.internal:80 1")
+    );
+    b_layer.purge("shop.example", "/page").await.expect("purge");
+    assert_eq!(fetch(&b_again, "/page").await.x_cache(), "MISS");
+    assert_eq!(
+        fetch(&a, "/page").await.x_cache(),
+        "HIT",
+        "purged in its scope only"
+    );
+    let unscoped = Router::new()
+        .route(
+            "/page",
+            routing::get(|| async { respond("max-age=60", "unscoped".into()) }),
+        )
+        .layer(ResponseCacheLayer::new(backend.cache()));
+    let own = fetch(&unscoped, "/page").await;
+    assert_eq!(
+        (own.x_cache(), own.text()),
+        ("MISS", "unscoped"),
+        "no scope is a key space of its own"
+    );
+}
+
+/// A default TTL stores successes and permanent redirects without cache headers, never an
+/// error page, unless the layer lists that status; explicit freshness is stored as before.
+async fn default_ttl_skips_error_pages(backend: Backend) {
+    let app = |layer: ResponseCacheLayer, calls: &Calls| {
+        Router::new()
+            .route(
+                "/odd",
+                routing::get(|State(c): State<Calls>| async move {
+                    c.count("/odd");
+                    StatusCode::METHOD_NOT_ALLOWED
+                }),
+            )
+            .route(
+                "/told",
+                routing::get(|State(c): State<Calls>| async move {
+                    c.count("/told");
+                    let told = [(header::CACHE_CONTROL, "max-age=60")];
+                    (StatusCode::NOT_FOUND, told)
+                }),
+            )
+            .route(
+                "/moved",
+                routing::get(|State(c): State<Calls>| async move {
+                    c.count("/moved");
+                    (StatusCode::PERMANENT_REDIRECT, [(header::LOCATION, "/b")])
+                }),
+            )
+            .with_state(calls.clone())
+            .layer(layer)
+    };
+    let ttl = Some(Duration::from_secs(60));
+    let calls = Calls::default();
+    let defaults = app(
+        ResponseCacheLayer::new(backend.cache()).default_ttl(ttl),
+        &calls,
+    );
+    for uri in ["/odd", "/odd", "/told", "/told", "/moved", "/moved"] {
+        fetch(&defaults, uri).await;
+    }
+    assert_eq!(
+        calls.of("/odd"),
+        2,
+        "a 405 is not stored for the default TTL"
+    );
+    assert_eq!(calls.of("/told"), 1, "explicit freshness applies to a 404");
+    assert_eq!(calls.of("/moved"), 1, "a permanent redirect is");
+    let calls = Calls::default();
+    // A scope of its own: the first layer's entries are in the same store.
+    let listed = ResponseCacheLayer::new(backend.cache())
+        .key_scope("listed")
+        .default_ttl(ttl)
+        .default_ttl_statuses([StatusCode::METHOD_NOT_ALLOWED].into_iter().collect());
+    let listed = app(listed, &calls);
+    for _ in 0..2 {
+        assert_eq!(
+            fetch(&listed, "/odd").await.status,
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+    }
+    assert_eq!(calls.of("/odd"), 1, "listed: stored");
+}
+
 on_every_store!(
+    connection_cannot_choose_the_variant,
+    path_spellings_are_one_entry,
+    key_scopes_keep_layers_apart,
+    default_ttl_skips_error_pages,
     requests_with_bodies_bypass,
     hit_and_miss,
     freshness_sources_and_refusals,

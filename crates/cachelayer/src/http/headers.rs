@@ -1,8 +1,10 @@
 //! Hop-by-hop header fields (RFC 9110 section 7.6.1): the one list, and the one way to drop
-//! them from a message, for what a cache stores and what a proxy forwards.
+//! them from a message, for what a cache stores, what a proxy forwards, and the request the
+//! cache layer judges (so it judges the request its origin receives).
 //!
 //! This module must never drop an end-to-end field: only the fixed list and the names the
-//! message's own `Connection` field lists.
+//! message's own `Connection` field lists, never `Host` (a request's target, which HTTP/2
+//! carries as `:authority` where no option can remove it).
 
 use http::HeaderMap;
 use http::header::HeaderName;
@@ -28,7 +30,8 @@ pub fn is_hop_by_hop(name: &HeaderName) -> bool {
     HOP_BY_HOP.contains(name)
 }
 
-/// The field names a message's `Connection` field lists (lowercase; unparsable ones skipped).
+/// The field names a message's `Connection` field lists (lowercase; unparsable ones and
+/// `Host` skipped).
 fn listed_in_connection(headers: &HeaderMap) -> Vec<HeaderName> {
     headers
         .get_all(http::header::CONNECTION)
@@ -36,6 +39,7 @@ fn listed_in_connection(headers: &HeaderMap) -> Vec<HeaderName> {
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(','))
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .filter(|name| name != http::header::HOST)
         .collect()
 }
 
@@ -99,6 +103,18 @@ mod tests {
                 ("etag", "\"1\""),
             ]
         );
+    }
+
+    /// `Connection` cannot take a request's `Host` away.
+    #[test]
+    fn host_stays_whatever_connection_says() {
+        let mut headers = HeaderMap::new();
+        headers.append("connection", "Host, x-lang".parse().expect("v"));
+        headers.append("host", "shop.example".parse().expect("v"));
+        headers.append("x-lang", "fr".parse().expect("v"));
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(headers.len(), 1);
+        assert_eq!(headers["host"], "shop.example");
     }
 
     /// Nothing to strip leaves the map as it was.

@@ -1,17 +1,19 @@
 //! Invalidation after writes (RFC 9111 section 4.4): a successful unsafe request drops the
 //! stored responses of its target URI and of the `Location` / `Content-Location` URIs on
-//! the same host.
+//! the same host, relative references resolved against the target, every path in the
+//! normal form keys use (`path`), so no spelling of a written URL stays stale.
 //!
 //! This module must never touch the response: a failed invalidation is logged, and the
 //! origin's response goes back as it came.
 
 use http::request::Parts;
-use http::{HeaderMap, StatusCode};
+use http::{HeaderMap, StatusCode, Uri};
 
 use super::key::{normalize_host, normalized_host, url_key};
 use super::settings::Settings;
 
-/// Drops what a write with `status` and `response` headers made stale.
+/// Drops what a write with `status` and `response` headers made stale. `request` is the
+/// request as the origin received it (its path already normal).
 pub(super) async fn invalidate_after_write(
     settings: &Settings,
     request: &Parts,
@@ -30,7 +32,7 @@ pub(super) async fn invalidate_after_write(
         let Some(uri) = response
             .get(&name)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<http::Uri>().ok())
+            .and_then(|v| resolve(v, request.uri.path()))
         else {
             continue;
         };
@@ -43,5 +45,49 @@ pub(super) async fn invalidate_after_write(
     }
     if let Err(err) = settings.cache.invalidate_many(keys).await {
         tracing::warn!(error = %err, uri = %request.uri, "could not invalidate cached responses after a write");
+    }
+}
+
+/// A URI reference from a response header, resolved against the request's `base` path
+/// (RFC 3986 section 5.2; dot segments are left to the key's normal form), without its
+/// fragment; `None` when it is no URI.
+fn resolve(reference: &str, base: &str) -> Option<Uri> {
+    let reference = reference.split('#').next().unwrap_or_default().trim();
+    let scheme = reference
+        .split_once(':')
+        .is_some_and(|(scheme, _)| !scheme.is_empty() && !scheme.contains(['/', '?']));
+    let absolute = if reference.starts_with("//") {
+        // A network-path reference: the scheme does not matter for the host check.
+        format!("http:{reference}")
+    } else if scheme || reference.starts_with('/') {
+        reference.to_owned()
+    } else if reference.is_empty() || reference.starts_with('?') {
+        format!("{base}{reference}")
+    } else {
+        let directory = base.rfind('/').map_or("/", |slash| &base[..=slash]);
+        format!("{directory}{reference}")
+    };
+    absolute.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Absolute URIs, absolute paths and relative references all name a URL.
+    #[test]
+    fn references_resolve_against_the_target() {
+        let resolved = |reference| resolve(reference, "/items/7").map(|u| u.to_string());
+        for (reference, uri) in [
+            ("/items/8?x=1", "/items/8?x=1"),
+            ("http://shop.example/items/8", "http://shop.example/items/8"),
+            ("//shop.example/a", "http://shop.example/a"),
+            ("8", "/items/8"),
+            ("../lists/1#top", "/items/../lists/1"),
+            ("?page=2", "/items/7?page=2"),
+        ] {
+            assert_eq!(resolved(reference).as_deref(), Some(uri), "{reference}");
+        }
+        assert_eq!(resolved("http://"), None);
     }
 }

@@ -1,6 +1,11 @@
-//! Cache keys of HTTP requests: the normalized host, the path and the normalized query.
-//! The method is not part of it (HEAD is answered from GET's entry), and neither are request
-//! headers: `Vary` is checked against the stored request values instead.
+//! Cache keys of HTTP requests: the layer's scope (when it has one), the normalized host,
+//! the path in its normal form (`path`) and the normalized query. The method is not part of
+//! it (HEAD is answered from GET's entry), and neither are request headers: `Vary` is
+//! checked against the stored request values instead.
+//!
+//! The scope keeps apart layers that share a store but not an origin (two proxies in front
+//! of different upstreams, a proxy and `serve`): the same host and path behind each is a
+//! different resource.
 //!
 //! The host comes from the request and is attacker-controlled, so it is checked against the
 //! configured allow-list before it can become part of a key; the path and query are hashed
@@ -9,6 +14,7 @@
 use http::request::Parts;
 use http::{HeaderMap, Uri};
 
+use super::path::normalize_path;
 use crate::key::Key;
 
 /// How requests map to keys.
@@ -22,6 +28,10 @@ pub struct KeyRules {
     /// Query parameters left out of the key: exact names, or prefixes ending in `*`
     /// (`utm_*`).
     pub ignored_query_params: Vec<String>,
+    /// The key space of the layer: layers with different scopes never share entries, even
+    /// on one store and for one host and path. `None`: the unscoped key space (keys as they
+    /// were before scopes existed).
+    pub scope: Option<String>,
 }
 
 /// Why a request is not cached at all.
@@ -88,14 +98,21 @@ pub fn primary_key(parts: &Parts, rules: &KeyRules) -> Result<Key, HostRefused> 
     Ok(url_key(&host, parts.uri.path(), parts.uri.query(), rules))
 }
 
-/// The key of a URL, as [`primary_key`] computes it for a request to it (for purging).
+/// The key of a URL, as [`primary_key`] computes it for a request to it (for purging and
+/// invalidation): any spelling of the path gives the key of its normal form.
 pub fn url_key(host: &str, path: &str, query: Option<&str>, rules: &KeyRules) -> Key {
-    let mut target = path.to_owned();
+    let mut target = normalize_path(path).into_owned();
     if let Some(query) = normalized_query(query, rules) {
         target.push('?');
         target.push_str(&query);
     }
-    Key::new("http").part(host).hashed_part(target)
+    let base = match &rules.scope {
+        // A first part of its own: no unscoped key, whatever its host and extra parts, can
+        // be spelled like a scoped one.
+        Some(scope) => Key::new("http-scoped").part(scope),
+        None => Key::new("http"),
+    };
+    base.part(host).hashed_part(target)
 }
 
 fn normalized_query(query: Option<&str>, rules: &KeyRules) -> Option<String> {
@@ -244,6 +261,34 @@ mod tests {
         assert_ne!(key("/p"), key("/q"));
         // A key never shows the raw path, so `/p:x` cannot forge a key's structure.
         assert!(key("/p:x").as_str().starts_with("http:h:#"));
+    }
+
+    /// Spellings of one path are one key; a scope makes another key space, which no
+    /// unscoped key can reach.
+    #[test]
+    fn paths_are_normalized_and_scopes_kept_apart() {
+        let rules = KeyRules::default();
+        let key = |uri, rules: &KeyRules| primary_key(&parts(uri, "h"), rules).expect("key");
+        assert_eq!(key("/%62/n2", &rules), key("/b/n2", &rules));
+        assert_eq!(key("/a//b/./c/../d", &rules), key("/a/b/d", &rules));
+        assert_ne!(key("/a%2Fb", &rules), key("/a/b", &rules));
+        let scoped = |scope: &str| KeyRules {
+            scope: Some(scope.to_owned()),
+            ..KeyRules::default()
+        };
+        let a = key("/p", &scoped("http://a.internal:80"));
+        assert_ne!(a, key("/p", &scoped("http://b.internal:80")));
+        assert_eq!(a, key("/p", &scoped("http://a.internal:80")));
+        assert_ne!(a, key("/p", &rules));
+        assert!(a.as_str().starts_with("http-scoped:#"), "{}", a.as_str());
+        assert_eq!(
+            key("/p", &scoped("serve"))
+                .as_str()
+                .split(':')
+                .take(3)
+                .collect::<Vec<_>>(),
+            ["http-scoped", "serve", "h"]
+        );
     }
 
     /// Vary values are read per listed header, and `*` never matches.

@@ -10,7 +10,7 @@ use http::request::Parts;
 use tower::Layer;
 
 use super::key::KeyRules;
-use super::policy::StoreRules;
+use super::policy::{StatusSet, StoreRules};
 use super::service::ResponseCache;
 use super::settings::{KeyParts, Settings};
 use crate::cache::Cache;
@@ -106,10 +106,28 @@ impl ResponseCacheLayer {
         self.with(|s| s.keys.sort_query = sort)
     }
 
-    /// Fresh lifetime of responses that carry no freshness information; `None` (default)
-    /// stores only responses that say how long they are fresh.
+    /// Fresh lifetime of responses that carry no freshness information, for the statuses
+    /// of [`default_ttl_statuses`](Self::default_ttl_statuses) (200, 203, 204, 301 and 308
+    /// by default: never an error page); `None` (default) stores only responses that say
+    /// how long they are fresh.
     pub fn default_ttl(self, ttl: Option<Duration>) -> Self {
         self.with(|s| s.store.default_ttl = ttl)
+    }
+
+    /// The statuses [`default_ttl`](Self::default_ttl) applies to (default
+    /// [`DEFAULT_TTL_STATUSES`](super::policy::DEFAULT_TTL_STATUSES)). Responses that say
+    /// how long they are fresh are stored as they say, whatever their status.
+    pub fn default_ttl_statuses(self, statuses: StatusSet) -> Self {
+        self.with(|s| s.store.default_ttl_statuses = statuses)
+    }
+
+    /// The key space of this layer's entries: layers with different scopes never share an
+    /// entry, even on one store for one host and path (two proxies in front of different
+    /// origins, say); layers with the same scope do. Purges and write invalidation stay in
+    /// the scope. Default: no scope (an empty `scope` is none too); tags are not scoped.
+    pub fn key_scope(self, scope: impl Into<String>) -> Self {
+        let scope = Some(scope.into()).filter(|s| !s.is_empty());
+        self.with(|s| s.keys.scope = scope)
     }
 
     /// Derive freshness from `Last-Modified` when nothing explicit is given (default off).
@@ -178,7 +196,8 @@ impl ResponseCacheLayer {
     }
 
     /// Drop the stored response of a URL (`path_and_query` as requested, e.g.
-    /// `/products?page=2`) for `host`, in every instance sharing the store. Reports store
+    /// `/products?page=2`, in any spelling of its path: `/%70roducts` is the same) for
+    /// `host`, in this layer's key scope, in every instance sharing the store. Reports store
     /// failure, like [`Cache::invalidate`].
     pub async fn purge(&self, host: &str, path_and_query: &str) -> crate::error::Result<()> {
         let uri: http::Uri = path_and_query.parse().map_err(|_| {

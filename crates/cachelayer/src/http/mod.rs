@@ -16,9 +16,10 @@
 //!
 //! What the layer builds on, public where a server needs it too:
 //! - [`policy`]: what may be stored, for how long, and whether a request accepts it;
-//! - [`key`]: keys from host (checked against an allow-list), path and normalized query, and
-//!   the request values a response's `Vary` names;
-//! - [`headers`]: the hop-by-hop fields, never stored nor forwarded;
+//! - [`key`]: keys from the layer's scope, host (checked against an allow-list), path and
+//!   normalized query, and the request values a response's `Vary` names;
+//! - [`path`]: the one normal form of a path, for keys, the origin and invalidation;
+//! - [`headers`]: the hop-by-hop fields, never stored, forwarded, nor judged;
 //! - [`status`]: `X-Cache` and `Cache-Status`, rendered from how a response was produced;
 //! - `stored`: the stored form of a response; `tags`: tags on responses and their
 //!   invalidation across instances.
@@ -36,6 +37,7 @@ pub mod key;
 mod layer;
 mod lifetime;
 mod lookup;
+pub mod path;
 pub mod policy;
 mod refresh;
 mod respond;

@@ -107,18 +107,94 @@ pub fn heuristically_cacheable(status: StatusCode) -> bool {
     )
 }
 
+/// A set of status codes (100 to 999), small and `Copy`: one bit per code.
+///
+/// ```
+/// use cachelayer::http::policy::StatusSet;
+/// use http::StatusCode;
+///
+/// let statuses: StatusSet = [StatusCode::OK, StatusCode::NOT_FOUND].into_iter().collect();
+/// assert!(statuses.contains(StatusCode::NOT_FOUND));
+/// assert!(!statuses.contains(StatusCode::METHOD_NOT_ALLOWED));
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct StatusSet([u64; 16]);
+
+impl StatusSet {
+    /// The set of `codes`; codes outside 100 to 999 (not statuses) are left out.
+    pub const fn of(codes: &[u16]) -> Self {
+        let mut words = [0u64; 16];
+        let mut i = 0;
+        while i < codes.len() {
+            let code = codes[i];
+            if code >= 100 && code <= 999 {
+                words[(code / 64) as usize] |= 1 << (code % 64);
+            }
+            i += 1;
+        }
+        Self(words)
+    }
+
+    /// Whether `status` is in the set.
+    pub fn contains(&self, status: StatusCode) -> bool {
+        let code = status.as_u16();
+        self.0[usize::from(code / 64)] & (1 << (code % 64)) != 0
+    }
+
+    /// The codes in the set, ascending.
+    pub fn codes(&self) -> impl Iterator<Item = u16> + '_ {
+        (100..=999u16).filter(|code| self.0[usize::from(code / 64)] & (1 << (code % 64)) != 0)
+    }
+}
+
+impl FromIterator<StatusCode> for StatusSet {
+    fn from_iter<I: IntoIterator<Item = StatusCode>>(statuses: I) -> Self {
+        let codes: Vec<u16> = statuses.into_iter().map(|s| s.as_u16()).collect();
+        Self::of(&codes)
+    }
+}
+
+impl std::fmt::Debug for StatusSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.codes()).finish()
+    }
+}
+
+/// The statuses a default TTL applies to unless told otherwise: successes and permanent
+/// redirects, the heuristically cacheable statuses that say the resource is as asked. Not
+/// the errors (404, 405, 410, 414, 501): one odd request must not make an error page the
+/// answer for everyone for a whole TTL.
+pub const DEFAULT_TTL_STATUSES: StatusSet = StatusSet::of(&[200, 203, 204, 301, 308]);
+
 /// The layer's choices where the RFC leaves one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StoreRules {
-    /// Fresh lifetime of responses that carry no freshness information, for heuristically
-    /// cacheable statuses. `None`: such responses are not stored unless `heuristic` applies.
+    /// Fresh lifetime of responses that carry no freshness information and whose status is
+    /// in `default_ttl_statuses`. `None`: such responses are not stored unless `heuristic`
+    /// applies.
     pub default_ttl: Option<Duration>,
+    /// The statuses `default_ttl` applies to ([`DEFAULT_TTL_STATUSES`] by default). A
+    /// status listed here is stored for the default TTL even if it is not heuristically
+    /// cacheable: listing it is the operator speaking for the origin. 1xx, 206 and 304 are
+    /// never stored.
+    pub default_ttl_statuses: StatusSet,
     /// Derive freshness from `Last-Modified` when nothing explicit is given (RFC 9111
     /// section 4.2.2). Off by default: explicit is better than guessed.
     pub heuristic: bool,
     /// Store responses carrying `Set-Cookie`, with the cookie stripped. Off by default: such
     /// a response is usually meant for one user.
     pub strip_set_cookie: bool,
+}
+
+impl Default for StoreRules {
+    fn default() -> Self {
+        Self {
+            default_ttl: None,
+            default_ttl_statuses: DEFAULT_TTL_STATUSES,
+            heuristic: false,
+            strip_set_cookie: false,
+        }
+    }
 }
 
 /// Why a response is not stored.
@@ -242,7 +318,8 @@ pub fn storable(
 }
 
 /// Freshness lifetime for a shared cache: `s-maxage`, then `max-age`, then `Expires` minus
-/// `Date`, then (for heuristically cacheable statuses) the heuristic or the default TTL.
+/// `Date`, then (for heuristically cacheable statuses) the heuristic, then (for the statuses
+/// it applies to) the default TTL.
 fn freshness_lifetime(
     status: StatusCode,
     response: &HeaderMap,
@@ -266,19 +343,23 @@ fn freshness_lifetime(
             .and_then(|e| e.duration_since(date).ok())
             .unwrap_or_default());
     }
-    if !heuristically_cacheable(status) {
-        return Err(if cc.has("public") {
-            NotStored::NoFreshness
-        } else {
-            NotStored::Status
-        });
-    }
-    if rules.heuristic
-        && let Some(heuristic) = heuristic_freshness(response)
+    let heuristic = heuristically_cacheable(status);
+    if heuristic
+        && rules.heuristic
+        && let Some(freshness) = heuristic_freshness(response)
     {
-        return Ok(heuristic);
+        return Ok(freshness);
     }
-    rules.default_ttl.ok_or(NotStored::NoFreshness)
+    if let Some(ttl) = rules.default_ttl
+        && rules.default_ttl_statuses.contains(status)
+    {
+        return Ok(ttl);
+    }
+    if heuristic || cc.has("public") {
+        Err(NotStored::NoFreshness)
+    } else {
+        Err(NotStored::Status)
+    }
 }
 
 fn heuristic_freshness(response: &HeaderMap) -> Option<Duration> {
@@ -557,6 +638,52 @@ mod tests {
             },
         );
         assert_eq!(created, Err(NotStored::Status));
+    }
+
+    /// A default TTL applies to successes and permanent redirects only, unless the rules
+    /// list other statuses; explicit freshness applies to every status as before.
+    #[test]
+    fn default_ttl_applies_to_its_statuses() {
+        let rules = |statuses: Option<&[u16]>| StoreRules {
+            default_ttl: Some(Duration::from_secs(5)),
+            default_ttl_statuses: statuses.map_or(DEFAULT_TTL_STATUSES, StatusSet::of),
+            ..StoreRules::default()
+        };
+        let stored = |code: u16, response: &HeaderMap, rules: StoreRules| {
+            let status = StatusCode::from_u16(code).expect("status");
+            storable(&Method::GET, &HeaderMap::new(), status, response, rules).map(|s| s.freshness)
+        };
+        let none = HeaderMap::new();
+        let five = Ok(Duration::from_secs(5));
+        for code in [200, 203, 204, 301, 308] {
+            assert_eq!(stored(code, &none, rules(None)), five, "{code}");
+        }
+        for code in [300, 404, 405, 410, 414, 501] {
+            assert_eq!(
+                stored(code, &none, rules(None)),
+                Err(NotStored::NoFreshness),
+                "{code}"
+            );
+        }
+        assert_eq!(stored(500, &none, rules(None)), Err(NotStored::Status));
+        let listed = rules(Some(&[200, 405, 500]));
+        assert_eq!(stored(405, &none, listed), five);
+        assert_eq!(
+            stored(500, &none, listed),
+            five,
+            "listed: the operator's choice"
+        );
+        assert_eq!(stored(204, &none, listed), Err(NotStored::NoFreshness));
+        // Explicit freshness is the origin's word, whatever the default TTL's statuses.
+        let explicit = headers(&[("cache-control", "max-age=60")]);
+        assert_eq!(
+            stored(405, &explicit, rules(None)),
+            Ok(Duration::from_secs(60))
+        );
+        assert_eq!(
+            format!("{:?}", DEFAULT_TTL_STATUSES),
+            "{200, 203, 204, 301, 308}"
+        );
     }
 
     /// no-store, private, no-cache, Vary: *, Set-Cookie, partial content and non-GET are

@@ -1,8 +1,10 @@
 //! The tower service: [`ResponseCache`] and the flow of one request through it.
 //!
-//! For each request: decide whether the cache applies at all (method, body, cookies, host
-//! allow-list), look up and judge what is stored (`lookup`), then serve it, or call the
-//! origin, with concurrent misses of one key collapsed into one origin call (`collapse`).
+//! For each request: make it the request the origin will receive (hop-by-hop fields, and
+//! those `Connection` names, dropped; the path in its normal form), decide whether the cache
+//! applies at all (method, body, cookies, host allow-list), look up and judge what is stored
+//! (`lookup`), then serve it, or call the origin, with concurrent misses of one key
+//! collapsed into one origin call (`collapse`).
 //! Whatever goes wrong in the cache, the origin's response is served unchanged: this module
 //! must never turn a good response into an error.
 
@@ -21,8 +23,10 @@ use tower::Service;
 use super::body::{BoxError, CacheBody, OriginBody};
 use super::collapse::{Keys, collapsed};
 use super::forward::{Origin, Storing, forward, forward_and_store};
+use super::headers::strip_hop_by_hop;
 use super::invalidate::invalidate_after_write;
 use super::lookup::{Found, Phase, Serve, judge, signed_secs};
+use super::path::normalize_uri;
 use super::policy::RequestDirectives;
 use super::refresh::refresh_in_background;
 use super::respond::{from_store, gateway_timeout, stale_hit};
@@ -113,6 +117,19 @@ fn has_body<B: Body>(parts: &Parts, body: &B) -> bool {
         || !body.is_end_stream()
 }
 
+/// Makes `parts` the request the origin receives, so that what the cache keys, varies on
+/// and invalidates is what the origin answers: the hop-by-hop fields go, with every field
+/// `Connection` names (an intermediary between here and the origin would drop them, and a
+/// response keyed under a value its origin never saw could be served to the clients who do
+/// send it), and the path takes its normal form (`path`), so spellings of one resource
+/// are one entry.
+fn as_origin_receives(parts: &mut Parts) {
+    strip_hop_by_hop(&mut parts.headers);
+    if let Some(uri) = normalize_uri(&parts.uri) {
+        parts.uri = uri;
+    }
+}
+
 async fn handle<S, ReqBody, ResBody>(
     settings: Arc<Settings>,
     mut inner: S,
@@ -123,14 +140,17 @@ where
     ReqBody: Body + Send + 'static,
     ResBody: OriginBody,
 {
-    let (parts, body) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
+    // Judged before the hop-by-hop fields go: `Transfer-Encoding` declares a body too.
+    let carries_body = has_body(&parts, &body);
+    as_origin_receives(&mut parts);
     // Every path but a hit is boxed: the future of a hit stays small, so creating and
     // moving it costs little (the whole future was copied per request, 6% of a hit's
     // CPU, before).
     if parts.method != Method::GET && parts.method != Method::HEAD {
         return Box::pin(write_through(settings, inner, parts, body)).await;
     }
-    let bypass = if has_body(&parts, &body) {
+    let bypass = if carries_body {
         // Its body is not part of the key, so its response cannot be shared.
         Some(Bypass::Body)
     } else if settings.bypass_cookie_requests && parts.headers.contains_key(http::header::COOKIE) {
@@ -366,6 +386,24 @@ mod tests {
         assert!(has_body(&head(&[("transfer-encoding", "chunked")]), &empty));
         let data = Full::new(Bytes::from_static(b"x"));
         assert!(has_body(&head(&[]), &data));
+    }
+
+    /// The request judged is the one the origin gets: no hop-by-hop field, none that
+    /// `Connection` names, and the path's normal form with the query kept.
+    #[test]
+    fn requests_are_made_what_the_origin_receives() {
+        let mut parts = head(&[
+            ("connection", "X-Lang, Origin"),
+            ("x-lang", "fr"),
+            ("origin", "https://evil.example"),
+            ("accept-language", "de"),
+            ("te", "trailers"),
+        ]);
+        parts.uri = "/%62/./n2?q=%62".parse().expect("uri");
+        as_origin_receives(&mut parts);
+        let names: Vec<&str> = parts.headers.keys().map(|n| n.as_str()).collect();
+        assert_eq!(names, ["accept-language"]);
+        assert_eq!(parts.uri, "/b/n2?q=%62");
     }
 
     /// Each reason to go around the cache is told in `Cache-Status`.
