@@ -7,6 +7,12 @@
 
 mod support;
 
+// Suites of the proxy facing hostile clients and upstreams, on this file's helpers.
+#[path = "proxy/keys.rs"]
+mod keys;
+#[path = "proxy/upstream.rs"]
+mod upstream;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};

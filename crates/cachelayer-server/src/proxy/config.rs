@@ -20,6 +20,10 @@ use cachelayer::config::Secret;
 use crate::flags::{CommonArgs, Stale, check_workers, duration, parse_address};
 use crate::logging::LogFormat;
 
+/// Default `--upstream-max-concurrency`: the idle connections kept to the upstream, so every
+/// request let through finds a pooled connection.
+pub(crate) const DEFAULT_UPSTREAM_MAX_CONCURRENCY: usize = 256;
+
 /// Flags of `cachelayer proxy`.
 #[derive(Debug, Clone, Args)]
 pub struct ProxyArgs {
@@ -43,12 +47,20 @@ pub struct ProxyArgs {
     /// The `Host` sent upstream: the client's (`forward`) or the upstream's (`rewrite`).
     #[arg(long, env = "CACHELAYER_HOST_MODE", value_enum, default_value_t = HostMode::Forward)]
     pub host_mode: HostMode,
-    /// Longest wait for the upstream's response headers; past it, 504.
+    /// Longest wait for the upstream's response headers, a wait for a place under
+    /// --upstream-max-concurrency included; past it, 504 (503 while still waiting).
     #[arg(long, env = "CACHELAYER_UPSTREAM_TIMEOUT", default_value = "30s", value_parser = duration)]
     pub upstream_timeout: Duration,
     /// Longest wait for a connection to the upstream; past it, 502.
     #[arg(long, env = "CACHELAYER_UPSTREAM_CONNECT_TIMEOUT", default_value = "5s", value_parser = duration)]
     pub upstream_connect_timeout: Duration,
+    /// Longest pause in the upstream's response body; past it, the response is cut.
+    #[arg(long, env = "CACHELAYER_UPSTREAM_BODY_TIMEOUT", default_value = "30s", value_parser = duration)]
+    pub upstream_body_timeout: Duration,
+    /// Most requests in flight to the upstream at once (until each response body ends);
+    /// more wait, within --upstream-timeout, then get 503.
+    #[arg(long, env = "CACHELAYER_UPSTREAM_MAX_CONCURRENCY", default_value_t = DEFAULT_UPSTREAM_MAX_CONCURRENCY)]
+    pub upstream_max_concurrency: usize,
     /// Largest response body stored; larger ones stream through unstored.
     #[arg(long, env = "CACHELAYER_MAX_CACHED_BODY_BYTES", default_value_t = cachelayer::http::DEFAULT_MAX_BODY_BYTES)]
     pub max_cached_body_bytes: usize,
@@ -66,6 +78,10 @@ pub struct ProxyArgs {
     /// responses that do not say (default 0: only when the upstream says so).
     #[arg(long, env = "CACHELAYER_STALE_IF_ERROR", default_value = "0s", value_parser = duration)]
     pub stale_if_error: Duration,
+    /// The key space of this proxy's entries: proxies with the same scope on one Redis
+    /// share entries, others never do (default: the upstream's origin, http://HOST:PORT).
+    #[arg(long, env = "CACHELAYER_KEY_SCOPE")]
+    pub key_scope: Option<String>,
     /// Cache, Redis, admin and logging settings.
     #[command(flatten)]
     pub common: CommonArgs,
@@ -97,6 +113,10 @@ pub struct ProxyConfig {
     pub upstream_timeout: Duration,
     /// Upstream connect deadline.
     pub upstream_connect_timeout: Duration,
+    /// Longest pause in an upstream response body.
+    pub upstream_body_timeout: Duration,
+    /// Most requests in flight to the upstream at once.
+    pub upstream_max_concurrency: usize,
     /// Largest stored body.
     pub max_cached_body_bytes: usize,
     /// Runtime worker threads.
@@ -111,6 +131,8 @@ pub struct ProxyConfig {
     pub stale_if_error: Duration,
     /// Serve stale responses this long while one refresh runs.
     pub stale_while_revalidate: Duration,
+    /// The key space of the cached responses (`--key-scope`, else the upstream's origin).
+    pub key_scope: String,
     /// Admin token (redacted in Debug by `Secret`).
     pub admin_token: Option<Secret>,
     /// Log format.
@@ -125,6 +147,7 @@ impl ProxyArgs {
     /// Check every setting; the first invalid one is named in the error.
     pub fn into_config(self) -> Result<ProxyConfig, Error> {
         let upstream = parse_upstream(&self.upstream)?;
+        let key_scope = key_scope(self.key_scope.as_deref(), &upstream)?;
         let listen = parse_address("--listen (CACHELAYER_LISTEN)", &self.listen)?;
         let admin_listen = parse_address(
             "--admin-listen (CACHELAYER_ADMIN_LISTEN)",
@@ -149,6 +172,10 @@ impl ProxyArgs {
             host_mode: self.host_mode,
             upstream_timeout: self.upstream_timeout,
             upstream_connect_timeout: self.upstream_connect_timeout,
+            upstream_body_timeout: check_upstream_body_timeout(self.upstream_body_timeout)?,
+            upstream_max_concurrency: check_upstream_max_concurrency(
+                self.upstream_max_concurrency,
+            )?,
             max_cached_body_bytes: self.max_cached_body_bytes,
             workers,
             shutdown_timeout: self.shutdown_timeout,
@@ -156,12 +183,35 @@ impl ProxyArgs {
             allowed_hosts: common.hosts(),
             stale_if_error: self.stale_if_error,
             stale_while_revalidate: self.stale_while_revalidate,
+            key_scope,
             admin_token: common.token(),
             log_format: common.log_format,
             log: common.log,
             limits: common.limits.limits()?,
         })
     }
+}
+
+/// `--upstream-body-timeout`: zero would cut every body that is not already there.
+fn check_upstream_body_timeout(timeout: Duration) -> Result<Duration, Error> {
+    if timeout.is_zero() {
+        return Err(Error::config(
+            "--upstream-body-timeout (CACHELAYER_UPSTREAM_BODY_TIMEOUT)",
+            "must be more than 0s",
+        ));
+    }
+    Ok(timeout)
+}
+
+/// `--upstream-max-concurrency`: zero would forward nothing.
+fn check_upstream_max_concurrency(max: usize) -> Result<usize, Error> {
+    if max == 0 || max > tokio::sync::Semaphore::MAX_PERMITS {
+        return Err(Error::config(
+            "--upstream-max-concurrency (CACHELAYER_UPSTREAM_MAX_CONCURRENCY)",
+            format!("must be from 1 to {}", tokio::sync::Semaphore::MAX_PERMITS),
+        ));
+    }
+    Ok(max)
 }
 
 fn parse_upstream(raw: &str) -> Result<http::Uri, Error> {
@@ -193,4 +243,21 @@ fn parse_upstream(raw: &str) -> Result<http::Uri, Error> {
         ));
     }
     Ok(uri)
+}
+
+/// `--key-scope`, else the upstream's origin as `http://host:port` (lowercase, the port
+/// always written), so two spellings of one upstream share a scope and two upstreams never do.
+fn key_scope(given: Option<&str>, upstream: &http::Uri) -> Result<String, Error> {
+    if let Some(scope) = given {
+        if scope.trim().is_empty() {
+            return Err(Error::config(
+                "--key-scope (CACHELAYER_KEY_SCOPE)",
+                "must not be empty; leave it out to scope entries to the upstream",
+            ));
+        }
+        return Ok(scope.to_owned());
+    }
+    let host = upstream.host().unwrap_or_default().to_ascii_lowercase();
+    let port = upstream.port_u16().unwrap_or(80);
+    Ok(format!("http://{host}:{port}"))
 }

@@ -1,6 +1,7 @@
 //! Which way each client request of the proxy goes: through a cache layer (the default one,
-//! or a rule's with its own default TTL) or straight upstream (a rule's bypass), after the
-//! host allow-list.
+//! or a rule's with its own default TTL), all in the proxy's key scope, or straight upstream
+//! (a rule's bypass), after the host allow-list. Rules see the path in their liberal
+//! matching form (`rules`); the layer then keys and forwards its strict normal form.
 //!
 //! This module must never answer a client with an error of its own making when the upstream
 //! answered: cache trouble falls back to forwarding (the layer's behaviour).
@@ -23,7 +24,7 @@ use tower::{Service, ServiceExt};
 
 use super::config::ProxyConfig;
 use super::forward::Forwarder;
-use super::rules::{Rule, RuleAction, normalized_path};
+use super::rules::{RequestPath, Rule, RuleAction};
 use crate::observe::{Observed, observed};
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -99,6 +100,7 @@ impl Dispatch {
         forwarder: &Forwarder,
     ) -> (Self, ResponseCacheLayer) {
         let mut base = ResponseCacheLayer::new(cache.clone())
+            .key_scope(config.key_scope.as_str())
             .max_body_bytes(config.max_cached_body_bytes)
             .stale_if_error(config.stale_if_error)
             .stale_while_revalidate(config.stale_while_revalidate);
@@ -115,7 +117,12 @@ impl Dispatch {
             .map(|rule| {
                 let route = match rule.action {
                     RuleAction::Bypass => Route::Bypass(upstream.clone(), "rule"),
-                    RuleAction::DefaultTtl(ttl) => cached(&base.clone().default_ttl(Some(ttl))),
+                    RuleAction::DefaultTtl { ttl, statuses } => cached(
+                        &base
+                            .clone()
+                            .default_ttl(Some(ttl))
+                            .default_ttl_statuses(statuses),
+                    ),
                 };
                 (rule.clone(), route)
             })
@@ -132,7 +139,7 @@ impl Dispatch {
         if self.rules.is_empty() {
             return &self.default;
         }
-        let path = normalized_path(path);
+        let path = RequestPath::of(path);
         self.rules
             .iter()
             .find(|(rule, _)| rule.matches(&path))

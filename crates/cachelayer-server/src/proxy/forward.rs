@@ -5,24 +5,53 @@
 //! [`cachelayer::http::headers::HOP_BY_HOP`], and the fields `Connection` names) are
 //! dropped in both directions, and `Via` is added; the client's address goes upstream in
 //! `X-Forwarded-For`. Upstream failures become short JSON answers: 502 when it cannot be
-//! reached, 504 when it does not answer in time. This module must never buffer a body.
+//! reached, 503 when it is at `--upstream-max-concurrency` for longer than
+//! `--upstream-timeout`, 504 when it does not answer in time.
+//!
+//! The upstream is shielded from what clients do: at most `--upstream-max-concurrency`
+//! requests are in flight to it (a request holds its place until the response body ends or
+//! is dropped, so a client that resets gives its place back at once), a body that sends
+//! nothing for `--upstream-body-timeout` is cut, and a bodiless idempotent request whose
+//! connection closed before an answer is sent once more. This module must never buffer a
+//! body, nor send a request again when the upstream may have acted on it and the method is
+//! not idempotent.
 
+use std::error::Error as _;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use axum::body::Body;
+use axum::body::{Body, HttpBody};
 use axum::extract::ConnectInfo;
 use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use axum::http::{Request, Response, StatusCode, Uri};
+use axum::http::{Method, Request, Response, StatusCode, Uri, Version};
 use axum::response::IntoResponse;
-use hyper_util::client::legacy::Client;
+use bytes::Bytes;
+use hyper::body::{Frame, Incoming, SizeHint};
 use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::{Client, Error as ClientError};
 use hyper_util::rt::TokioExecutor;
+use metrics::{Counter, Gauge};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::{Instant, Sleep};
 
 use cachelayer::http::headers::strip_hop_by_hop;
 use cachelayer::http::status::X_CACHE;
 
-use super::config::HostMode;
+use super::config::{HostMode, ProxyConfig};
+
+/// Gauge of requests the upstream is answering (headers or body) right now.
+pub(crate) const UPSTREAM_IN_FLIGHT: &str = "cachelayer_upstream_requests_in_flight";
+/// Gauge of requests waiting for a place under `--upstream-max-concurrency`.
+pub(crate) const UPSTREAM_QUEUED: &str = "cachelayer_upstream_requests_queued";
+/// Counter of requests answered 503 because no place freed up in time.
+pub(crate) const UPSTREAM_REJECTED: &str = "cachelayer_upstream_rejected_total";
+/// Counter of requests sent a second time, by `reason` ([`Failure::as_str`]).
+pub(crate) const UPSTREAM_RETRIES: &str = "cachelayer_upstream_retries_total";
+/// Counter of response bodies cut because the upstream sent nothing for the body timeout.
+pub(crate) const UPSTREAM_BODY_TIMEOUTS: &str = "cachelayer_upstream_body_timeouts_total";
 
 /// The `Via` entry this proxy adds (RFC 9110 section 7.6.3).
 const VIA: &str = "1.1 cachelayer";
@@ -31,34 +60,40 @@ const POOL_IDLE_PER_HOST: usize = 256;
 /// How long an idle upstream connection is kept.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Sends requests to one upstream. Cheap to clone (the connection pool is shared).
+/// Boxed error of the bodies passed on to the client.
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Sends requests to one upstream. Cheap to clone (the connection pool and the concurrency
+/// limit are shared).
 #[derive(Clone, Debug)]
 pub(crate) struct Forwarder {
     client: Client<HttpConnector, Body>,
     upstream: Uri,
     host_mode: HostMode,
     timeout: Duration,
+    limits: Arc<Limits>,
 }
 
 impl Forwarder {
-    pub(crate) fn new(
-        upstream: Uri,
-        host_mode: HostMode,
-        timeout: Duration,
-        connect_timeout: Duration,
-    ) -> Self {
+    pub(crate) fn new(config: &ProxyConfig) -> Self {
         let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(connect_timeout));
+        connector.set_connect_timeout(Some(config.upstream_connect_timeout));
         connector.set_nodelay(true);
+        // The client's own retry (on by default) covers a request never written to a
+        // pooled connection found closed; `send` covers the one written to it.
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .pool_max_idle_per_host(POOL_IDLE_PER_HOST)
             .build(connector);
         Self {
             client,
-            upstream,
-            host_mode,
-            timeout,
+            upstream: config.upstream.clone(),
+            host_mode: config.host_mode,
+            timeout: config.upstream_timeout,
+            limits: Arc::new(Limits::new(
+                config.upstream_max_concurrency,
+                config.upstream_body_timeout,
+            )),
         }
     }
 
@@ -81,8 +116,42 @@ impl Forwarder {
             .unwrap_or_default()
     }
 
-    /// Forward one request; never fails (upstream trouble is a 502 or 504 answer).
+    /// Forward one request; never fails (upstream trouble is a 502, 503 or 504 answer).
     pub(crate) async fn forward(&self, request: Request<Body>) -> Response<Body> {
+        let Some(request) = self.upstream_request(request) else {
+            return gateway_error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "the request target cannot be forwarded",
+            );
+        };
+        // One deadline for the queue and the headers: a full upstream holds a client no
+        // longer than a slow one.
+        let deadline = Instant::now() + self.timeout;
+        let Some(permit) = self.limits.admit(deadline).await else {
+            tracing::warn!(timeout = ?self.timeout, upstream = %self.upstream, "upstream at its concurrency limit");
+            return gateway_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "upstream_busy",
+                "the upstream is answering as many requests as it may; try again later",
+            );
+        };
+        match tokio::time::timeout_at(deadline, self.send(request)).await {
+            Ok(Ok(response)) => self.downstream_response(response, permit),
+            Ok(Err(err)) => self.failure_response(&err),
+            Err(_) => {
+                tracing::warn!(timeout = ?self.timeout, upstream = %self.upstream, "upstream timed out");
+                gateway_error(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "upstream_timeout",
+                    "the upstream did not answer in time",
+                )
+            }
+        }
+    }
+
+    /// The client's request as the upstream gets it; `None` when its target cannot be sent.
+    fn upstream_request(&self, request: Request<Body>) -> Option<Request<Body>> {
         let client_ip = request
             .extensions()
             .get::<ConnectInfo<SocketAddr>>()
@@ -95,23 +164,10 @@ impl Forwarder {
                 .authority()
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
-        let path = parts
-            .uri
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_owned();
-        parts.uri = match self.upstream_uri(&path) {
-            Some(uri) => uri,
-            None => {
-                return gateway_error(
-                    StatusCode::BAD_REQUEST,
-                    "bad_request",
-                    "the request target cannot be forwarded",
-                );
-            }
-        };
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        parts.uri = self.upstream_uri(path)?;
         // The upstream connection is HTTP/1.1 whatever the client spoke.
-        parts.version = axum::http::Version::HTTP_11;
+        parts.version = Version::HTTP_11;
         strip_hop_by_hop(&mut parts.headers);
         self.set_host(&mut parts.headers, client_host);
         append_forwarded_for(&mut parts.headers, client_ip);
@@ -121,42 +177,67 @@ impl Forwarder {
             .entry(HeaderName::from_static("x-forwarded-proto"))
             .or_insert(HeaderValue::from_static("http"));
         append_via(&mut parts.headers);
-        let request = Request::from_parts(parts, body);
-        match tokio::time::timeout(self.timeout, self.client.request(request)).await {
-            Ok(Ok(response)) => {
-                let (mut parts, body) = response.into_parts();
-                // The client's connection keeps its own version (an HTTP/1.0 upstream must
-                // not turn it into a close-after-each-response connection).
-                parts.version = axum::http::Version::HTTP_11;
-                strip_hop_by_hop(&mut parts.headers);
-                // An upstream cache's own label (Varnish, a CDN) would be taken for this
-                // proxy's; its `Cache-Status` entries stay (RFC 9211 lists every cache).
-                parts.headers.remove(X_CACHE);
-                append_via(&mut parts.headers);
-                Response::from_parts(parts, Body::new(body))
+        Some(Request::from_parts(parts, body))
+    }
+
+    /// Send `request`, and once more when its connection failed before any answer and
+    /// sending it again is safe (see [`Replay`]).
+    async fn send(&self, request: Request<Body>) -> Result<Response<Incoming>, ClientError> {
+        let replay = Replay::of(&request);
+        let err = match self.client.request(request).await {
+            Ok(response) => return Ok(response),
+            Err(err) => err,
+        };
+        let failure = Failure::of(&err);
+        match replay {
+            Some(replay) if failure.may_retry() => {
+                metrics::counter!(UPSTREAM_RETRIES, "reason" => failure.as_str()).increment(1);
+                tracing::debug!(error = %err, reason = failure.as_str(), upstream = %self.upstream, "sending the request again");
+                self.client.request(replay.into_request()).await
             }
-            Ok(Err(err)) if err.is_connect() => {
-                tracing::warn!(error = %err, upstream = %self.upstream, "upstream unreachable");
+            _ => Err(err),
+        }
+    }
+
+    /// The upstream's response as the client gets it, its body holding `permit`.
+    fn downstream_response(&self, response: Response<Incoming>, permit: Permit) -> Response<Body> {
+        let (mut parts, body) = response.into_parts();
+        // The client's connection keeps its own version (an HTTP/1.0 upstream must not turn
+        // it into a close-after-each-response connection).
+        parts.version = Version::HTTP_11;
+        // RFC 9112 section 6.3: Transfer-Encoding overrides Content-Length, and a proxy must
+        // remove the latter before forwarding. hyper's client reads the body by the former
+        // but keeps the latter, which would give the client a false length.
+        if parts.headers.contains_key(header::TRANSFER_ENCODING) {
+            parts.headers.remove(header::CONTENT_LENGTH);
+        }
+        strip_hop_by_hop(&mut parts.headers);
+        // An upstream cache's own label (Varnish, a CDN) would be taken for this proxy's;
+        // its `Cache-Status` entries stay (RFC 9211 lists every cache).
+        parts.headers.remove(X_CACHE);
+        append_via(&mut parts.headers);
+        let body = UpstreamBody::new(body, permit, &self.limits);
+        Response::from_parts(parts, Body::new(body))
+    }
+
+    fn failure_response(&self, err: &ClientError) -> Response<Body> {
+        // hyper-util's own message names only the stage; the cause says what happened.
+        let cause = err.source();
+        match Failure::of(err) {
+            Failure::Unreachable => {
+                tracing::warn!(error = %err, ?cause, upstream = %self.upstream, "upstream unreachable");
                 gateway_error(
                     StatusCode::BAD_GATEWAY,
                     "upstream_unreachable",
                     "the upstream cannot be reached",
                 )
             }
-            Ok(Err(err)) => {
-                tracing::warn!(error = %err, upstream = %self.upstream, "upstream request failed");
+            failure @ (Failure::Closed | Failure::Broken) => {
+                tracing::warn!(error = %err, ?cause, reason = failure.as_str(), upstream = %self.upstream, "upstream request failed");
                 gateway_error(
                     StatusCode::BAD_GATEWAY,
                     "bad_gateway",
                     "the upstream's answer could not be read",
-                )
-            }
-            Err(_) => {
-                tracing::warn!(timeout = ?self.timeout, upstream = %self.upstream, "upstream timed out");
-                gateway_error(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "upstream_timeout",
-                    "the upstream did not answer in time",
                 )
             }
         }
@@ -187,6 +268,272 @@ impl Forwarder {
     }
 }
 
+/// Why the upstream gave no answer: what the client is told, and whether sending the
+/// request again is safe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failure {
+    /// No connection could be made: the upstream never saw the request.
+    Unreachable,
+    /// The connection closed or was reset before an answer: most often a pooled connection
+    /// the upstream closed as the request went out on it.
+    Closed,
+    /// Anything else, such as an answer that is not HTTP.
+    Broken,
+}
+
+impl Failure {
+    fn of(err: &ClientError) -> Self {
+        if err.is_connect() {
+            return Self::Unreachable;
+        }
+        let mut causes = std::iter::successors(err.source(), |&cause| cause.source());
+        let closed = causes.any(|cause| {
+            let hyper_closed = cause
+                .downcast_ref::<hyper::Error>()
+                .is_some_and(|e| e.is_incomplete_message() || e.is_canceled());
+            let io_closed = cause.downcast_ref::<std::io::Error>().is_some_and(|e| {
+                use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset};
+                matches!(e.kind(), ConnectionReset | ConnectionAborted | BrokenPipe)
+            });
+            hyper_closed || io_closed
+        });
+        if closed { Self::Closed } else { Self::Broken }
+    }
+
+    /// A malformed answer is not retried: the upstream answered, and would again.
+    fn may_retry(self) -> bool {
+        matches!(self, Self::Unreachable | Self::Closed)
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Unreachable => "unreachable",
+            Self::Closed => "closed",
+            Self::Broken => "broken",
+        }
+    }
+}
+
+/// The head of a request that may be sent again. RFC 9110 section 9.2.2 lets a client
+/// repeat an idempotent request after a connection failure; the body went with the first
+/// attempt, so only requests without one are repeated.
+struct Replay {
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+}
+
+impl Replay {
+    fn of(request: &Request<Body>) -> Option<Self> {
+        let repeatable = request.method().is_idempotent() && request.body().is_end_stream();
+        repeatable.then(|| Self {
+            method: request.method().clone(),
+            uri: request.uri().clone(),
+            headers: request.headers().clone(),
+        })
+    }
+
+    fn into_request(self) -> Request<Body> {
+        let mut request = Request::new(Body::empty());
+        *request.method_mut() = self.method;
+        *request.uri_mut() = self.uri;
+        *request.version_mut() = Version::HTTP_11;
+        *request.headers_mut() = self.headers;
+        request
+    }
+}
+
+/// The upstream's concurrency limit and body timeout, and the series that report on them.
+#[derive(Debug)]
+struct Limits {
+    /// Fair (first come, first served), so a queued request is not overtaken.
+    places: Arc<Semaphore>,
+    in_flight: Gauge,
+    queued: Gauge,
+    rejected: Counter,
+    body_timeout: Duration,
+    body_timeouts: Counter,
+}
+
+impl Limits {
+    fn new(max_concurrency: usize, body_timeout: Duration) -> Self {
+        Self {
+            places: Arc::new(Semaphore::new(max_concurrency)),
+            in_flight: metrics::gauge!(UPSTREAM_IN_FLIGHT),
+            queued: metrics::gauge!(UPSTREAM_QUEUED),
+            rejected: metrics::counter!(UPSTREAM_REJECTED),
+            body_timeout,
+            body_timeouts: metrics::counter!(UPSTREAM_BODY_TIMEOUTS),
+        }
+    }
+
+    /// A place for one request, waiting for one until `deadline`; `None` past it. Dropping
+    /// the future while it waits leaves the queue.
+    async fn admit(&self, deadline: Instant) -> Option<Permit> {
+        let place = match Arc::clone(&self.places).try_acquire_owned() {
+            Ok(place) => place,
+            Err(_) => {
+                let _queued = Counted::enter(&self.queued);
+                let waiting = Arc::clone(&self.places).acquire_owned();
+                // The semaphore is never closed: an error is the deadline.
+                let Ok(Ok(place)) = tokio::time::timeout_at(deadline, waiting).await else {
+                    self.rejected.increment(1);
+                    return None;
+                };
+                place
+            }
+        };
+        Some(Permit {
+            _place: place,
+            _counted: Counted::enter(&self.in_flight),
+        })
+    }
+}
+
+/// One unit of a gauge, given back when dropped (also when its request is cancelled).
+#[derive(Debug)]
+struct Counted(Gauge);
+
+impl Counted {
+    fn enter(gauge: &Gauge) -> Self {
+        gauge.increment(1.0);
+        Self(gauge.clone())
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
+}
+
+/// A request's place under the concurrency limit, counted in [`UPSTREAM_IN_FLIGHT`].
+#[derive(Debug)]
+struct Permit {
+    _place: OwnedSemaphorePermit,
+    _counted: Counted,
+}
+
+/// Why an upstream body ended early.
+#[derive(Debug, thiserror::Error)]
+enum UpstreamBodyError {
+    /// Nothing came for the body timeout.
+    #[error("the upstream sent nothing for {0:?}; the body was cut")]
+    Stalled(Duration),
+    /// The upstream's connection failed.
+    #[error("the upstream's body failed: {0}")]
+    Failed(#[source] BoxError),
+}
+
+/// Where an upstream body is.
+#[derive(Debug)]
+enum BodyState {
+    /// The last poll gave a frame (or none was asked for yet): no stall timer runs, so a
+    /// client slow to read is not taken for a stalled upstream.
+    Flowing(Permit),
+    /// Waiting on the upstream, the stall timer set.
+    Waiting(Permit),
+    /// Ended, failed or cut: the place is given back.
+    Ended,
+}
+
+/// An upstream's response body on its way to the client: cut with an error when the
+/// upstream sends nothing for the body timeout (the client's connection is then reset,
+/// which is how a proxy says a body is incomplete, and the cache layer stores no body that
+/// ended in an error), and holding the request's place until it ends or is dropped.
+struct UpstreamBody<B> {
+    inner: B,
+    state: BodyState,
+    stall: Pin<Box<Sleep>>,
+    timeout: Duration,
+    timeouts: Counter,
+}
+
+impl<B> UpstreamBody<B> {
+    fn new(inner: B, permit: Permit, limits: &Limits) -> Self {
+        Self {
+            inner,
+            state: BodyState::Flowing(permit),
+            stall: Box::pin(tokio::time::sleep(limits.body_timeout)),
+            timeout: limits.body_timeout,
+            timeouts: limits.body_timeouts.clone(),
+        }
+    }
+
+    /// A frame came: the stall timer stops.
+    fn flowing(&mut self) {
+        self.state = match std::mem::replace(&mut self.state, BodyState::Ended) {
+            BodyState::Flowing(permit) | BodyState::Waiting(permit) => BodyState::Flowing(permit),
+            BodyState::Ended => BodyState::Ended,
+        };
+    }
+
+    /// Nothing is ready from the upstream: set the stall timer if it is not set, and cut
+    /// the body when it fires.
+    fn poll_stall(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, UpstreamBodyError>>> {
+        self.state = match std::mem::replace(&mut self.state, BodyState::Ended) {
+            BodyState::Flowing(permit) => {
+                self.stall.as_mut().reset(Instant::now() + self.timeout);
+                BodyState::Waiting(permit)
+            }
+            state => state,
+        };
+        ready!(self.stall.as_mut().poll(cx));
+        self.state = BodyState::Ended;
+        self.timeouts.increment(1);
+        tracing::warn!(timeout = ?self.timeout, "upstream body stalled; cutting the response");
+        Poll::Ready(Some(Err(UpstreamBodyError::Stalled(self.timeout))))
+    }
+}
+
+impl<B> HttpBody for UpstreamBody<B>
+where
+    B: HttpBody<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = UpstreamBodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, UpstreamBodyError>>> {
+        let this = self.get_mut();
+        if matches!(this.state, BodyState::Ended) {
+            return Poll::Ready(None);
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                this.flowing();
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(err))) => {
+                this.state = BodyState::Ended;
+                Poll::Ready(Some(Err(UpstreamBodyError::Failed(err.into()))))
+            }
+            Poll::Ready(None) => {
+                this.state = BodyState::Ended;
+                Poll::Ready(None)
+            }
+            Poll::Pending => this.poll_stall(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self.state, BodyState::Ended) || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.state {
+            BodyState::Ended => SizeHint::with_exact(0),
+            _ => self.inner.size_hint(),
+        }
+    }
+}
+
 fn append_via(headers: &mut HeaderMap) {
     headers.append(header::VIA, HeaderValue::from_static(VIA));
 }
@@ -210,7 +557,126 @@ fn gateway_error(status: StatusCode, error: &'static str, message: &str) -> Resp
 
 #[cfg(test)]
 mod tests {
+    use std::convert::Infallible;
+
+    use futures::channel::mpsc;
+    use http_body_util::{BodyExt, StreamBody};
+
     use super::*;
+
+    /// Longest wait for what a test expects to happen.
+    const PATIENCE: Duration = Duration::from_secs(10);
+
+    type Frames = mpsc::UnboundedSender<Result<Frame<Bytes>, Infallible>>;
+    type TestBody =
+        UpstreamBody<StreamBody<mpsc::UnboundedReceiver<Result<Frame<Bytes>, Infallible>>>>;
+
+    /// A body whose frames the test sends, holding the one place of its limits.
+    async fn one_place_body(timeout: Duration) -> (Arc<Limits>, Frames, TestBody) {
+        let limits = Arc::new(Limits::new(1, timeout));
+        let permit = limits.admit(Instant::now()).await.expect("a free place");
+        let (frames, receiver) = mpsc::unbounded();
+        let body = UpstreamBody::new(StreamBody::new(receiver), permit, &limits);
+        (limits, frames, body)
+    }
+
+    fn data(text: &'static str) -> Result<Frame<Bytes>, Infallible> {
+        Ok(Frame::data(Bytes::from_static(text.as_bytes())))
+    }
+
+    async fn next_data(body: &mut TestBody) -> Bytes {
+        let frame = tokio::time::timeout(PATIENCE, body.frame()).await;
+        let frame = frame
+            .expect("a frame in time")
+            .expect("a frame")
+            .expect("data");
+        frame.into_data().expect("a data frame")
+    }
+
+    /// A body that sends nothing for the timeout ends with an error, gives its place back
+    /// and ends there.
+    #[tokio::test]
+    async fn a_stalled_body_is_cut_and_gives_its_place_back() {
+        let (limits, frames, mut body) = one_place_body(Duration::from_millis(50)).await;
+        frames.unbounded_send(data("first")).expect("send");
+        assert_eq!(next_data(&mut body).await, "first");
+        assert_eq!(limits.places.available_permits(), 0);
+        let cut = tokio::time::timeout(PATIENCE, body.frame()).await;
+        let cut = cut.expect("cut in time").expect("a frame");
+        assert!(matches!(cut, Err(UpstreamBodyError::Stalled(_))), "{cut:?}");
+        assert_eq!(limits.places.available_permits(), 1);
+        assert!(body.frame().await.is_none(), "nothing after the cut");
+        assert!(body.is_end_stream());
+    }
+
+    /// The stall timer runs only while the body waits on the upstream: a client that reads
+    /// nothing for longer than the timeout is not taken for a stalled upstream, even when
+    /// the next frame is not there at its first poll (hyper reads it only once asked).
+    #[tokio::test]
+    async fn a_client_slow_to_read_is_not_taken_for_a_stalled_upstream() {
+        let (_limits, frames, mut body) = one_place_body(Duration::from_millis(50)).await;
+        frames.unbounded_send(data("first")).expect("send");
+        assert_eq!(next_data(&mut body).await, "first");
+        // The slow client under test: it reads nothing for twice the timeout.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut next = body.frame();
+        assert!(futures::poll!(&mut next).is_pending(), "waiting, not cut");
+        frames.unbounded_send(data("second")).expect("send");
+        let second = tokio::time::timeout(PATIENCE, next).await.expect("in time");
+        let second = second.expect("a frame").expect("data").into_data();
+        assert_eq!(second.expect("a data frame"), "second");
+    }
+
+    /// The place is held while the body streams, and given back when it ends or when it is
+    /// dropped unread (the client went away).
+    #[tokio::test]
+    async fn the_place_is_held_until_the_body_ends_or_is_dropped() {
+        let (limits, frames, mut body) = one_place_body(PATIENCE).await;
+        frames.unbounded_send(data("only")).expect("send");
+        assert_eq!(next_data(&mut body).await, "only");
+        assert_eq!(limits.places.available_permits(), 0);
+        drop(frames);
+        assert!(body.frame().await.is_none());
+        assert_eq!(limits.places.available_permits(), 1);
+
+        let (limits, _frames, body) = one_place_body(PATIENCE).await;
+        assert_eq!(limits.places.available_permits(), 0);
+        drop(body);
+        assert_eq!(limits.places.available_permits(), 1);
+    }
+
+    /// A request waits for a place until its deadline, gives up past it, and a place given
+    /// back goes to the one waiting.
+    #[tokio::test]
+    async fn a_request_waits_for_a_place_until_its_deadline() {
+        let limits = Limits::new(1, PATIENCE);
+        let held = limits.admit(Instant::now()).await.expect("a free place");
+        let soon = Instant::now() + Duration::from_millis(20);
+        assert!(
+            limits.admit(soon).await.is_none(),
+            "no place before the deadline"
+        );
+        let waiting = limits.admit(Instant::now() + PATIENCE);
+        tokio::pin!(waiting);
+        assert!(futures::poll!(&mut waiting).is_pending());
+        drop(held);
+        let admitted = tokio::time::timeout(PATIENCE, waiting).await;
+        assert!(admitted.expect("in time").is_some());
+    }
+
+    /// Only requests that are idempotent and have no body are sent again.
+    #[test]
+    fn only_bodiless_idempotent_requests_are_replayed() {
+        let request = |method: Method, body: Body| {
+            let mut request = Request::new(body);
+            *request.method_mut() = method;
+            request
+        };
+        assert!(Replay::of(&request(Method::GET, Body::empty())).is_some());
+        assert!(Replay::of(&request(Method::DELETE, Body::empty())).is_some());
+        assert!(Replay::of(&request(Method::POST, Body::empty())).is_none());
+        assert!(Replay::of(&request(Method::PUT, Body::from("changed"))).is_none());
+    }
 
     #[test]
     fn forwarded_for_appends_to_what_came_before() {

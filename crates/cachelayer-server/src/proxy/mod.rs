@@ -6,10 +6,11 @@
 //! rule's bypass) to the upstream (`dispatch`, `forward`); and operators on `--admin-listen`
 //! (`admin_listener`), so they never collide with the upstream's paths. Cache behaviour is
 //! the upstream's `Cache-Control` (RFC 9111, as the layer implements it), with per-path
-//! default TTLs and bypasses from a rules file (`rules`). Instances sharing one Redis share
-//! one cache: one upstream call per key across them, and purges reach all of them. This
-//! module must never answer a client with an error of its own making when the upstream
-//! answered, and nothing in `proxy` may import `serve`.
+//! default TTLs and bypasses from a rules file (`rules`). Instances sharing one Redis and one
+//! key scope (by default, one upstream) share one cache: one upstream call per key across
+//! them, and purges reach all of them; instances for other upstreams never see their
+//! entries. This module must never answer a client with an error of its own making when the
+//! upstream answered, and nothing in `proxy` may import `serve`.
 //!
 //! Dependencies point one way: `mod.rs` → `admin_listener` → `health` → `forward` →
 //! `config` → `rules`; `dispatch` → `forward`, `config`, `rules`.
@@ -31,7 +32,7 @@ pub use self::config::{HostMode, ProxyArgs, ProxyConfig};
 use self::dispatch::{Clients, Dispatch};
 use self::forward::Forwarder;
 use self::health::ProxyHealth;
-pub use self::rules::{Rule, RuleAction};
+pub use self::rules::{Case, Rule, RuleAction};
 use crate::admin::AdminState;
 use crate::error::Error;
 use crate::health::{CHECK_TIMEOUT, Readiness};
@@ -64,12 +65,7 @@ pub async fn run(config: ProxyConfig) -> Result<(), Error> {
             "--lock-max-wait is shorter than --upstream-timeout: requests waiting on a slower upstream call make their own"
         );
     }
-    let forwarder = Forwarder::new(
-        config.upstream.clone(),
-        config.host_mode,
-        config.upstream_timeout,
-        config.upstream_connect_timeout,
-    );
+    let forwarder = Forwarder::new(&config);
     let (dispatch, layer) = Dispatch::new(&config, &cache, &forwarder);
     let outcomes = Arc::new(CacheOutcomes::default());
     let draining = Draining::default();

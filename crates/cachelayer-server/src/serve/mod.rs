@@ -45,6 +45,10 @@ use crate::observe::CacheOutcomes;
 
 /// How long closing the database pool may take at exit.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The key scope of the cached list pages: fixed, so every `serve` instance on one Redis
+/// shares them, and never a proxy's default scope (an upstream's `http://host:port`), so a
+/// proxy on the same Redis never serves them nor they its entries.
+const SERVE_KEY_SCOPE: &str = "cachelayer-serve";
 
 /// Run the catalogue API until SIGTERM or SIGINT, then shut down gracefully.
 pub async fn run(config: ServeConfig) -> Result<(), Error> {
@@ -110,7 +114,9 @@ async fn open_catalogue(config: &ServeConfig) -> Result<Catalogue, Error> {
             "no Redis URL: the cache is local to this process; other instances neither share it nor see its invalidations"
         );
     }
-    let mut lists = ResponseCacheLayer::new(cache.clone()).default_ttl(Some(config.list_ttl));
+    let mut lists = ResponseCacheLayer::new(cache.clone())
+        .key_scope(SERVE_KEY_SCOPE)
+        .default_ttl(Some(config.list_ttl));
     if !config.allowed_hosts.is_empty() {
         lists = lists.allowed_hosts(config.allowed_hosts.iter().cloned());
     }
