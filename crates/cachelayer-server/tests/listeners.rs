@@ -95,16 +95,30 @@ async fn a_slow_request_head_is_cut_off_at_the_header_timeout() {
         }
     };
     timeout(PATIENCE, trickle).await.expect("the writes end");
-    assert!(closed_by_server(&mut tcp).await, "the slow head was not cut off");
-    assert!(started.elapsed() >= Duration::from_secs(1), "not before its deadline");
-    let timed_out = counter(&server, "cachelayer_connections_timed_out_total", "header_timeout").await;
+    assert!(
+        closed_by_server(&mut tcp).await,
+        "the slow head was not cut off"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "not before its deadline"
+    );
+    let timed_out = counter(
+        &server,
+        "cachelayer_connections_timed_out_total",
+        "header_timeout",
+    )
+    .await;
     assert!(timed_out >= 1.0, "counted: {timed_out}");
 }
 
 #[tokio::test]
 async fn an_idle_keep_alive_connection_is_closed_at_the_idle_timeout() {
     let database = TestDatabase::sqlite();
-    let server = Server::start(&database, &["--idle-timeout", "1s", "--header-timeout", "30s"]);
+    let server = Server::start(
+        &database,
+        &["--idle-timeout", "1s", "--header-timeout", "30s"],
+    );
     let mut tcp = TcpStream::connect(address(&server)).await.expect("connect");
     tcp.write_all(b"GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
@@ -113,14 +127,25 @@ async fn an_idle_keep_alive_connection_is_closed_at_the_idle_timeout() {
     assert!(head.starts_with("http/1.1 200"), "{head}");
     assert!(!head.contains("connection: close"), "kept alive: {head}");
     let idle = Instant::now();
-    assert!(closed_by_server(&mut tcp).await, "the idle connection stayed open");
+    assert!(
+        closed_by_server(&mut tcp).await,
+        "the idle connection stayed open"
+    );
     let after = idle.elapsed();
-    assert!(after >= Duration::from_millis(900), "closed after {after:?}");
+    assert!(
+        after >= Duration::from_millis(900),
+        "closed after {after:?}"
+    );
     assert!(
         after < Duration::from_secs(30),
         "closed at the header timeout instead: {after:?}"
     );
-    let timed_out = counter(&server, "cachelayer_connections_timed_out_total", "idle_timeout").await;
+    let timed_out = counter(
+        &server,
+        "cachelayer_connections_timed_out_total",
+        "idle_timeout",
+    )
+    .await;
     assert!(timed_out >= 1.0, "counted: {timed_out}");
 }
 
@@ -130,23 +155,26 @@ async fn an_idle_keep_alive_connection_is_closed_at_the_idle_timeout() {
 #[tokio::test]
 async fn a_new_client_is_served_while_1100_slow_ones_hang_on() {
     let database = TestDatabase::sqlite();
-    let server = Server::start_with_open_files(
-        &database,
-        1024,
-        &["--header-timeout", "8s"],
-    );
+    let server = Server::start_with_open_files(&database, 1024, &["--header-timeout", "8s"]);
     let target = address(&server);
     let mut slow = Vec::with_capacity(1100);
     for _ in 0..11 {
         let batch = (0..100).map(|_| async {
-            let mut tcp = timeout(PATIENCE, TcpStream::connect(&target)).await.ok()?.ok()?;
+            let mut tcp = timeout(PATIENCE, TcpStream::connect(&target))
+                .await
+                .ok()?
+                .ok()?;
             // Half a head, never finished.
             tcp.write_all(b"GET /products HTTP/1.1\r\nHo").await.ok()?;
             Some(tcp)
         });
         slow.extend(futures::future::join_all(batch).await.into_iter().flatten());
     }
-    assert!(slow.len() > 1024, "only {} slow connections opened", slow.len());
+    assert!(
+        slow.len() > 1024,
+        "only {} slow connections opened",
+        slow.len()
+    );
     let response = client()
         .get(server.url("/products/1"))
         .send()
@@ -195,9 +223,16 @@ async fn an_http2_client_that_never_reads_is_cut_off() {
         assert_eq!(response.status(), 200);
         unread.push(response);
     }
-    assert_eq!(h2.current_max_send_streams(), 8, "the server's stream limit");
+    assert_eq!(
+        h2.current_max_send_streams(),
+        8,
+        "the server's stream limit"
+    );
     let timed_out = eventually_counted(&server, "send_timeout").await;
-    assert!(timed_out >= 1.0, "the stalled HTTP/2 connection was never closed");
+    assert!(
+        timed_out >= 1.0,
+        "the stalled HTTP/2 connection was never closed"
+    );
     let ended = timeout(PATIENCE, connection).await;
     assert!(ended.is_ok(), "the client did not see its connection end");
     drop(unread);
@@ -233,7 +268,10 @@ async fn an_http1_client_that_never_reads_is_cut_off() {
     });
     drop(sent.await);
     let metric = eventually_counted(&server, "send_timeout").await;
-    assert!(metric >= 1.0, "the connection that never reads was not closed");
+    assert!(
+        metric >= 1.0,
+        "the connection that never reads was not closed"
+    );
 }
 
 /// A request body that stops coming is given up after the request-body timeout.
@@ -252,8 +290,12 @@ async fn a_stalled_request_body_is_given_up() {
     if let Some((head, _)) = answer {
         assert!(head.starts_with("http/1.1 4"), "{head}");
     }
-    let timed_out =
-        counter(&server, "cachelayer_connections_timed_out_total", "request_body_timeout").await;
+    let timed_out = counter(
+        &server,
+        "cachelayer_connections_timed_out_total",
+        "request_body_timeout",
+    )
+    .await;
     assert!(timed_out >= 1.0, "counted: {timed_out}");
 }
 
@@ -267,9 +309,18 @@ async fn requests_without_exactly_one_valid_host_are_refused() {
     for server in [&serve, &proxy] {
         for (request, why) in [
             (&b"GET /products/1 HTTP/1.1\r\n\r\n"[..], "no Host"),
-            (b"GET /products/1 HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", "two"),
-            (b"GET /products/1 HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n", "the same twice"),
-            (b"GET /products/1 HTTP/1.1\r\nHost: u@a\r\n\r\n", "user info"),
+            (
+                b"GET /products/1 HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+                "two",
+            ),
+            (
+                b"GET /products/1 HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n",
+                "the same twice",
+            ),
+            (
+                b"GET /products/1 HTTP/1.1\r\nHost: u@a\r\n\r\n",
+                "user info",
+            ),
             (b"GET /products/1 HTTP/1.1\r\nHost: a/b\r\n\r\n", "a path"),
         ] {
             let (status, head, json) = raw_request(server, request).await;
@@ -301,19 +352,27 @@ async fn overlong_targets_and_heads_get_json_answers() {
             "headers_too_large",
         ),
         (
-            format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "b".repeat(40 * 1024)),
+            format!(
+                "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+                "b".repeat(40 * 1024)
+            ),
             431,
             "headers_too_large",
         ),
         (
-            format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "b".repeat(400 * 1024)),
+            format!(
+                "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+                "b".repeat(400 * 1024)
+            ),
             431,
             "headers_too_large",
         ),
         (
             format!(
                 "GET / HTTP/1.1\r\nHost: x\r\n{}\r\n",
-                (0..150).map(|i| format!("X-H{i}: v\r\n")).collect::<String>()
+                (0..150)
+                    .map(|i| format!("X-H{i}: v\r\n"))
+                    .collect::<String>()
             ),
             431,
             "headers_too_large",
@@ -352,7 +411,11 @@ async fn shutdown_under_keep_alive_load_answers_every_request_it_took() {
                 loop {
                     let request = b"GET /products/1 HTTP/1.1\r\nHost: x\r\n\r\n";
                     let sent = tcp.write_all(request).await.is_ok();
-                    let answer = if sent { read_response(&mut tcp).await } else { None };
+                    let answer = if sent {
+                        read_response(&mut tcp).await
+                    } else {
+                        None
+                    };
                     let Some((head, _)) = answer else {
                         if on_this_connection > 0 {
                             broken += 1;
@@ -388,9 +451,15 @@ async fn shutdown_under_keep_alive_load_answers_every_request_it_took() {
             .expect("the worker ends")
             .expect("worker");
         assert!(answered > 0);
-        assert_eq!(broken, 0, "a request on a kept-alive connection was dropped");
+        assert_eq!(
+            broken, 0,
+            "a request on a kept-alive connection was dropped"
+        );
         closes += closed;
     }
-    assert!(closes >= 20, "each connection's last answer says close: {closes}");
+    assert!(
+        closes >= 20,
+        "each connection's last answer says close: {closes}"
+    );
     assert!(server.wait().success(), "the server exited cleanly");
 }

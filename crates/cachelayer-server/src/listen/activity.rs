@@ -282,12 +282,20 @@ mod tests {
     #[test]
     fn deadlines_follow_the_connection() {
         let activity = activity();
-        let (_, why) = activity.read_deadline().expect("a fresh connection is bounded");
+        let (_, why) = activity
+            .read_deadline()
+            .expect("a fresh connection is bounded");
         assert_eq!(why, Timeout::Header);
         let mut request = activity.request_started(Version::HTTP_11);
-        assert_eq!(activity.read_deadline(), None, "a handler may take its time");
+        assert_eq!(
+            activity.read_deadline(),
+            None,
+            "a handler may take its time"
+        );
         request.responded(Version::HTTP_11);
-        let (_, why) = activity.read_deadline().expect("a response waits on the client");
+        let (_, why) = activity
+            .read_deadline()
+            .expect("a response waits on the client");
         assert_eq!(why, Timeout::Send);
         request.waiting_on_source();
         assert_eq!(activity.read_deadline(), None, "waiting on the source");
@@ -307,6 +315,9 @@ mod tests {
         request.responded(Version::HTTP_11);
         drop(request);
         assert!(!activity.head_written_is_protocol_error(), "our own answer");
-        assert!(activity.head_written_is_protocol_error(), "the next one is hyper's");
+        assert!(
+            activity.head_written_is_protocol_error(),
+            "the next one is hyper's"
+        );
     }
 }

@@ -225,11 +225,28 @@ mod tests {
 
     #[test]
     fn host_is_required_once_and_valid() {
-        assert_eq!(host_refusal(&with_hosts(&["example.com"]), Version::HTTP_11), None);
-        assert_eq!(host_refusal(&with_hosts(&["127.0.0.1:80"]), Version::HTTP_11), None);
-        assert_eq!(host_refusal(&with_hosts(&["[::1]:8080"]), Version::HTTP_11), None);
-        assert_eq!(host_refusal(&with_hosts(&[]), Version::HTTP_10), None, "HTTP/1.0");
-        assert_eq!(host_refusal(&with_hosts(&[]), Version::HTTP_2), None, ":authority");
+        assert_eq!(
+            host_refusal(&with_hosts(&["example.com"]), Version::HTTP_11),
+            None
+        );
+        assert_eq!(
+            host_refusal(&with_hosts(&["127.0.0.1:80"]), Version::HTTP_11),
+            None
+        );
+        assert_eq!(
+            host_refusal(&with_hosts(&["[::1]:8080"]), Version::HTTP_11),
+            None
+        );
+        assert_eq!(
+            host_refusal(&with_hosts(&[]), Version::HTTP_10),
+            None,
+            "HTTP/1.0"
+        );
+        assert_eq!(
+            host_refusal(&with_hosts(&[]), Version::HTTP_2),
+            None,
+            ":authority"
+        );
         for bad in [
             &[][..],
             &["a.com", "b.com"][..],

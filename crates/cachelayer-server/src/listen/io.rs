@@ -85,7 +85,11 @@ impl Guarded {
         self.ending = Ending::TimedOut;
         metrics::counter!(CONNECTIONS_TIMED_OUT, "listener" => self.listener, "reason" => why.as_str())
             .increment(1);
-        tracing::debug!(listener = self.listener, reason = why.as_str(), "closing a connection past its deadline");
+        tracing::debug!(
+            listener = self.listener,
+            reason = why.as_str(),
+            "closing a connection past its deadline"
+        );
         io::Error::new(io::ErrorKind::TimedOut, why.as_str())
     }
 
@@ -123,7 +127,11 @@ impl Guarded {
     }
 
     /// The outcome of a write to the socket, with the send deadline checked if it waits.
-    fn wrote(&mut self, result: Poll<io::Result<usize>>, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+    fn wrote(
+        &mut self,
+        result: Poll<io::Result<usize>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<usize>> {
         match result {
             Poll::Ready(result) => {
                 self.write_blocked_since = None;
@@ -237,7 +245,10 @@ impl AsyncWrite for Guarded {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
-        let first = bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| &**b);
+        let first = bufs
+            .iter()
+            .find(|b| !b.is_empty())
+            .map_or(&[][..], |b| &**b);
         if this.check_head(first) {
             ready!(this.poll_rewrite(cx))?;
             let all = bufs.iter().map(|b| b.len()).sum();
@@ -306,7 +317,8 @@ mod tests {
 
     #[test]
     fn only_hypers_empty_error_heads_are_rewritten() {
-        let head = b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\ndate: x\r\n\r\n";
+        let head =
+            b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\ndate: x\r\n\r\n";
         assert_eq!(
             protocol_error_status(head),
             Some(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
@@ -316,8 +328,15 @@ mod tests {
             Some(StatusCode::URI_TOO_LONG)
         );
         assert_eq!(protocol_error_status(b"HTTP/1.1 200 OK\r\n\r\n"), None);
-        assert_eq!(protocol_error_status(b"HTTP/1.1 404 Not Found\r\n\r\n"), None);
-        assert_eq!(protocol_error_status(b"HTTP/1.1 400 Bad"), None, "not a whole head");
+        assert_eq!(
+            protocol_error_status(b"HTTP/1.1 404 Not Found\r\n\r\n"),
+            None
+        );
+        assert_eq!(
+            protocol_error_status(b"HTTP/1.1 400 Bad"),
+            None,
+            "not a whole head"
+        );
     }
 
     #[test]
@@ -326,7 +345,10 @@ mod tests {
         let (head, body) = answer.split_once("\r\n\r\n").expect("a head and a body");
         assert!(head.starts_with("HTTP/1.1 414 URI Too Long\r\n"), "{head}");
         assert!(head.contains("connection: close"), "{head}");
-        assert!(head.contains(&format!("content-length: {}", body.len())), "{head}");
+        assert!(
+            head.contains(&format!("content-length: {}", body.len())),
+            "{head}"
+        );
         let json: serde_json::Value = serde_json::from_str(body).expect("JSON");
         assert_eq!(json["error"], "uri_too_long");
     }

@@ -78,9 +78,18 @@ impl LimitArgs {
     /// connection at once" or "accept none", never what an operator wants).
     pub(crate) fn limits(&self) -> Result<Limits, Error> {
         let durations = [
-            ("--header-timeout (CACHELAYER_HEADER_TIMEOUT)", self.header_timeout),
-            ("--idle-timeout (CACHELAYER_IDLE_TIMEOUT)", self.idle_timeout),
-            ("--send-timeout (CACHELAYER_SEND_TIMEOUT)", self.send_timeout),
+            (
+                "--header-timeout (CACHELAYER_HEADER_TIMEOUT)",
+                self.header_timeout,
+            ),
+            (
+                "--idle-timeout (CACHELAYER_IDLE_TIMEOUT)",
+                self.idle_timeout,
+            ),
+            (
+                "--send-timeout (CACHELAYER_SEND_TIMEOUT)",
+                self.send_timeout,
+            ),
             (
                 "--request-body-timeout (CACHELAYER_REQUEST_BODY_TIMEOUT)",
                 self.request_body_timeout,
@@ -92,9 +101,18 @@ impl LimitArgs {
             }
         }
         let counts = [
-            ("--max-connections (CACHELAYER_MAX_CONNECTIONS)", self.max_connections),
-            ("--max-uri-bytes (CACHELAYER_MAX_URI_BYTES)", self.max_uri_bytes),
-            ("--max-header-bytes (CACHELAYER_MAX_HEADER_BYTES)", self.max_header_bytes),
+            (
+                "--max-connections (CACHELAYER_MAX_CONNECTIONS)",
+                self.max_connections,
+            ),
+            (
+                "--max-uri-bytes (CACHELAYER_MAX_URI_BYTES)",
+                self.max_uri_bytes,
+            ),
+            (
+                "--max-header-bytes (CACHELAYER_MAX_HEADER_BYTES)",
+                self.max_header_bytes,
+            ),
             ("--max-headers (CACHELAYER_MAX_HEADERS)", self.max_headers),
             (
                 "--http2-max-streams (CACHELAYER_HTTP2_MAX_STREAMS)",
@@ -138,7 +156,8 @@ impl Limits {
             return self;
         };
         let reserved = (open_files / RESERVED_SHARE).max(RESERVED_AT_LEAST);
-        let fits = usize::try_from(open_files.saturating_sub(reserved).max(1)).unwrap_or(usize::MAX);
+        let fits =
+            usize::try_from(open_files.saturating_sub(reserved).max(1)).unwrap_or(usize::MAX);
         if fits < self.max_connections {
             tracing::warn!(
                 configured = self.max_connections,

@@ -31,9 +31,9 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tower::Service;
 
-pub use self::limits::{LimitArgs, Limits};
-pub(crate) use self::limits::raise_open_file_limit;
 use self::connection::Serving;
+pub(crate) use self::limits::raise_open_file_limit;
+pub use self::limits::{LimitArgs, Limits};
 use crate::error::Error;
 
 /// Whether the instance is draining for shutdown: set once by [`serve_until`], read

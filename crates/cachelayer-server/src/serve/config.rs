@@ -13,8 +13,8 @@ use cachelayer::config::Secret;
 use clap::Args;
 
 use crate::error::Error;
-use crate::listen::Limits;
 use crate::flags::{CommonArgs, Stale, check_workers, duration, parse_address};
+use crate::listen::Limits;
 use crate::logging::LogFormat;
 
 /// The default database: an SQLite file in the working directory.

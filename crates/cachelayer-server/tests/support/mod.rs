@@ -158,7 +158,9 @@ impl Server {
             None => Command::new(binary),
             Some(files) => {
                 let mut prlimit = Command::new("prlimit");
-                prlimit.arg(format!("--nofile={files}:{files}")).args(["--", binary]);
+                prlimit
+                    .arg(format!("--nofile={files}:{files}"))
+                    .args(["--", binary]);
                 prlimit
             }
         };
