@@ -41,6 +41,7 @@ pub struct LimitArgs {
     pub request_body_timeout: Duration,
     /// Connections each listener holds at once; past it, new ones wait in the kernel's
     /// queue until one closes. Lowered to three quarters of the open-file limit.
+    /// (The proxy's admin listener holds at most 64.)
     #[arg(long, env = "CACHELAYER_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: usize,
     /// Longest request target (path and query) accepted, in bytes; longer ones get 414.
@@ -145,6 +146,12 @@ impl Limits {
     pub(crate) fn read_buffer_bytes(&self) -> usize {
         // hyper refuses a buffer under 8 KiB.
         (self.max_uri_bytes + self.max_header_bytes + 1024).max(8 * 1024)
+    }
+
+    /// These limits with the connection cap lowered to `max` (never raised).
+    pub(crate) fn with_max_connections(mut self, max: usize) -> Self {
+        self.max_connections = self.max_connections.min(max);
+        self
     }
 
     /// These limits with the connection cap lowered to fit `open_files`, the process's

@@ -44,6 +44,9 @@ use crate::observe::{CacheOutcomes, Observed, observe};
 
 /// Largest admin request body, in bytes.
 const ADMIN_MAX_BODY_BYTES: usize = 64 * 1024;
+/// Connections the admin listener holds at once: operators and scrapers need few, and its
+/// descriptors come out of the same open-file limit as the clients'.
+const ADMIN_MAX_CONNECTIONS: usize = 64;
 
 /// Run the proxy until SIGTERM or SIGINT, then drain both listeners.
 pub async fn run(config: ProxyConfig) -> Result<(), Error> {
@@ -114,7 +117,7 @@ pub async fn run(config: ProxyConfig) -> Result<(), Error> {
             socket: admin_socket,
             name: "admin",
             app: Box::new(operators),
-            limits,
+            limits: limits.with_max_connections(ADMIN_MAX_CONNECTIONS),
             drain_within: CHECK_TIMEOUT,
         },
     ];
