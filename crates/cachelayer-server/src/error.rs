@@ -204,10 +204,6 @@ impl ApiError {
                 "headers_too_large",
                 "the request's header fields are too large",
             ),
-            StatusCode::HTTP_VERSION_NOT_SUPPORTED => (
-                "version_not_supported",
-                "only HTTP/1.0, HTTP/1.1 and HTTP/2 are served",
-            ),
             _ => ("bad_request", "the request could not be parsed as HTTP"),
         };
         Self::new(status, error, message)

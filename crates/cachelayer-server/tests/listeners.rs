@@ -193,6 +193,17 @@ async fn a_new_client_is_served_while_1100_slow_ones_hang_on() {
 /// may not open more streams than the limit.
 #[tokio::test]
 async fn an_http2_client_that_never_reads_is_cut_off() {
+    stalled_http2_client_is_cut_off(0).await;
+}
+
+/// The same with a window of one byte, opened once: a body handed over whole at the first
+/// byte of window would end its request and be held in memory with no deadline.
+#[tokio::test]
+async fn an_http2_client_that_opens_one_byte_of_window_is_cut_off() {
+    stalled_http2_client_is_cut_off(1).await;
+}
+
+async fn stalled_http2_client_is_cut_off(window: u32) {
     let database = TestDatabase::sqlite();
     let server = Server::start(
         &database,
@@ -200,7 +211,7 @@ async fn an_http2_client_that_never_reads_is_cut_off() {
     );
     let tcp = TcpStream::connect(address(&server)).await.expect("connect");
     let (mut h2, connection) = h2::client::Builder::new()
-        .initial_window_size(0)
+        .initial_window_size(window)
         .handshake::<_, Bytes>(tcp)
         .await
         .expect("HTTP/2 handshake");
@@ -218,9 +229,18 @@ async fn an_http2_client_that_never_reads_is_cut_off() {
     let mut unread = Vec::new();
     for response in responses {
         let response = timeout(PATIENCE, response).await.expect("headers in time");
-        // Headers need no window; the body never gets one.
+        // Headers need no window; the body never gets (more than a byte of) one.
         let response = response.expect("response");
         assert_eq!(response.status(), 200);
+        let length: usize = response.headers()["content-length"]
+            .to_str()
+            .expect("length")
+            .parse()
+            .expect("a number");
+        assert!(
+            length > 32 * 1024,
+            "pages of several frames: {length} bytes"
+        );
         unread.push(response);
     }
     assert_eq!(
@@ -231,7 +251,7 @@ async fn an_http2_client_that_never_reads_is_cut_off() {
     let timed_out = eventually_counted(&server, "send_timeout").await;
     assert!(
         timed_out >= 1.0,
-        "the stalled HTTP/2 connection was never closed"
+        "the stalled HTTP/2 connection was never closed (window {window})"
     );
     let ended = timeout(PATIENCE, connection).await;
     assert!(ended.is_ok(), "the client did not see its connection end");
@@ -462,4 +482,74 @@ async fn shutdown_under_keep_alive_load_answers_every_request_it_took() {
         "each connection's last answer says close: {closes}"
     );
     assert!(server.wait().success(), "the server exited cleanly");
+}
+
+/// An upstream whose body, sent in two parts, ends with text shaped like an HTTP error head:
+/// the client gets the body exactly (nothing may take it for the listener's own error
+/// answer), and its keep-alive connection stays in step.
+#[tokio::test]
+async fn a_body_that_looks_like_an_error_head_passes_through_intact() {
+    const FIRST: &[u8] = b"transcript:\n";
+    const LAST: &[u8] = b"HTTP/1.1 400 Bad Request\r\n\r\n";
+    let origin = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let origin_address = origin.local_addr().expect("address");
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = origin.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0_u8; 4096];
+                let mut pending = Vec::new();
+                loop {
+                    while !pending.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match tcp.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => pending.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    pending.clear();
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\ncache-control: no-store\r\n\r\n",
+                        FIRST.len() + LAST.len()
+                    );
+                    let mut first = head.into_bytes();
+                    first.extend_from_slice(FIRST);
+                    if tcp.write_all(&first).await.is_err() {
+                        return;
+                    }
+                    // The last part comes later, in a write of its own.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    if tcp.write_all(LAST).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let proxy = Server::proxy(&format!("http://{origin_address}"), &[]);
+    let mut tcp = TcpStream::connect(address(&proxy)).await.expect("connect");
+    for path in ["/first", "/second"] {
+        let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+        tcp.write_all(request.as_bytes()).await.expect("request");
+        let (head, body) = timeout(PATIENCE, read_response(&mut tcp))
+            .await
+            .expect("an answer in time")
+            .expect("a whole answer");
+        assert!(head.starts_with("http/1.1 200"), "{path}: {head}");
+        assert_eq!(body, [FIRST, LAST].concat(), "{path}: the body as sent");
+    }
+}
+
+/// A request body the client mangles is the client's fault: `400` in JSON, not the `502`
+/// that says the upstream failed.
+#[tokio::test]
+async fn a_malformed_request_body_through_the_proxy_is_a_client_error() {
+    let database = TestDatabase::sqlite();
+    let serve = Server::start(&database, &[]);
+    let proxy = Server::proxy(&serve.base, &[]);
+    let request = b"POST /products HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+        Transfer-Encoding: chunked\r\n\r\nZZ\r\n{}\r\n0\r\n\r\n";
+    let (status, head, json) = raw_request(&proxy, request).await;
+    assert_eq!(status, 400, "{head}");
+    assert_eq!(json["error"], "bad_request", "{json}");
 }

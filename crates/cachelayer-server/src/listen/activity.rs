@@ -176,16 +176,18 @@ impl Activity {
         }
     }
 
-    /// Whether a write starting with an HTTP/1 status line is hyper's own answer to a head
-    /// it could not take (no request reached the service for it), and takes note of one of
-    /// ours otherwise.
+    /// Whether a write starting with an HTTP/1 status line may be hyper's own answer to a
+    /// head it could not take: bytes of a new head were read and no request reached the
+    /// service from them, nothing is in flight, and no answer of ours is still to be written
+    /// (takes note of one of ours otherwise). A response body that happens to hold such a
+    /// line is written before the client sends its next head, so it never qualifies.
     pub(crate) fn head_written_is_protocol_error(&self) -> bool {
         let mut state = self.state();
         if state.heads_pending > 0 {
             state.heads_pending -= 1;
             return false;
         }
-        state.in_flight == 0 && state.protocol != Protocol::Http2
+        state.in_flight == 0 && state.head_started.is_some() && state.protocol != Protocol::Http2
     }
 }
 
@@ -310,14 +312,27 @@ mod tests {
     #[test]
     fn only_heads_without_a_response_are_protocol_errors() {
         let activity = activity();
-        assert!(activity.head_written_is_protocol_error(), "no request yet");
+        assert!(
+            !activity.head_written_is_protocol_error(),
+            "nothing read yet"
+        );
+        activity.bytes_read();
+        assert!(
+            activity.head_written_is_protocol_error(),
+            "a head never dispatched"
+        );
         let mut request = activity.request_started(Version::HTTP_11);
         request.responded(Version::HTTP_11);
         drop(request);
         assert!(!activity.head_written_is_protocol_error(), "our own answer");
         assert!(
+            !activity.head_written_is_protocol_error(),
+            "the rest of our answer, before the client sent more"
+        );
+        activity.bytes_read();
+        assert!(
             activity.head_written_is_protocol_error(),
-            "the next one is hyper's"
+            "after a new head that never reached the service"
         );
     }
 }

@@ -84,7 +84,13 @@ where
                     .insert(CONNECTION, HeaderValue::from_static("close"));
             }
             in_flight.responded(version);
-            Ok(response.map(|inner| ResponseBody { inner, in_flight }))
+            let pieces = (version == Version::HTTP_2).then_some(HTTP2_PIECE_BYTES);
+            Ok(response.map(|inner| ResponseBody {
+                inner,
+                in_flight,
+                pieces,
+                rest: None,
+            }))
         })
     }
 }
@@ -129,6 +135,12 @@ fn host_refusal(headers: &HeaderMap, version: Version) -> Option<&'static str> {
     (!valid).then_some("the Host header is not a valid host[:port]")
 }
 
+/// A request body that failed on the client's side (malformed, cut off, or stalled past
+/// `--request-body-timeout`): what reads the body can tell the client's fault from its own.
+#[derive(Debug, thiserror::Error)]
+#[error("the client's request body failed: {0}")]
+pub(crate) struct ClientBodyError(#[source] Box<dyn std::error::Error + Send + Sync>);
+
 /// A request body whose reads may not wait more than `--request-body-timeout` apart.
 struct RequestBody {
     inner: Incoming,
@@ -140,7 +152,7 @@ struct RequestBody {
 
 impl http_body::Body for RequestBody {
     type Data = Bytes;
-    type Error = Box<dyn std::error::Error + Send + Sync>;
+    type Error = ClientBodyError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
@@ -150,7 +162,7 @@ impl http_body::Body for RequestBody {
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(frame) => {
                 this.timer = None;
-                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+                Poll::Ready(frame.map(|f| f.map_err(|err| ClientBodyError(err.into()))))
             }
             Poll::Pending => {
                 let gap = this.gap;
@@ -164,7 +176,7 @@ impl http_body::Body for RequestBody {
                 metrics::counter!(CONNECTIONS_TIMED_OUT, "listener" => this.listener, "reason" => why.as_str())
                     .increment(1);
                 let err = std::io::Error::new(std::io::ErrorKind::TimedOut, why.as_str());
-                Poll::Ready(Some(Err(err.into())))
+                Poll::Ready(Some(Err(ClientBodyError(err.into()))))
             }
         }
     }
@@ -178,11 +190,36 @@ impl http_body::Body for RequestBody {
     }
 }
 
+/// The largest piece of an HTTP/2 response body handed to hyper at once: one frame's worth.
+/// hyper passes a whole piece to the stream once the client's window opens by one byte, and
+/// asks for the next only when that piece is out; in pieces, a client that keeps its window
+/// nearly shut is seen stalling (and cut at the send timeout) instead of being handed the
+/// whole body to hold in memory.
+const HTTP2_PIECE_BYTES: usize = 16 * 1024;
+
 /// A response body that tells the connection's account whether it waits on the client (hyper
 /// has not asked for the next frame) or on its source; dropping it ends the request.
 pub(crate) struct ResponseBody {
     inner: Body,
     in_flight: InFlight,
+    /// The largest data frame passed on (HTTP/2), or `None` for frames as they come.
+    pieces: Option<usize>,
+    /// What is left of a data frame larger than a piece.
+    rest: Option<Bytes>,
+}
+
+impl ResponseBody {
+    /// The next piece of `data` as a frame, keeping what is left for the next poll.
+    fn piece(&mut self, mut data: Bytes) -> Frame<Bytes> {
+        if let Some(piece) = self.pieces
+            && data.len() > piece
+        {
+            let first = data.split_to(piece);
+            self.rest = Some(data);
+            return Frame::data(first);
+        }
+        Frame::data(data)
+    }
 }
 
 impl http_body::Body for ResponseBody {
@@ -194,20 +231,45 @@ impl http_body::Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
-        let frame = Pin::new(&mut this.inner).poll_frame(cx);
-        match &frame {
-            Poll::Ready(_) => this.in_flight.sent(),
-            Poll::Pending => this.in_flight.waiting_on_source(),
+        if let Some(rest) = this.rest.take() {
+            this.in_flight.sent();
+            return Poll::Ready(Some(Ok(this.piece(rest))));
         }
-        frame
+        let frame = Pin::new(&mut this.inner).poll_frame(cx);
+        match frame {
+            Poll::Ready(Some(Ok(frame))) => {
+                this.in_flight.sent();
+                let frame = match frame.into_data() {
+                    Ok(data) => this.piece(data),
+                    Err(other) => other,
+                };
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(other) => {
+                this.in_flight.sent();
+                Poll::Ready(other)
+            }
+            Poll::Pending => {
+                this.in_flight.waiting_on_source();
+                Poll::Pending
+            }
+        }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.rest.is_none() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        let mut hint = self.inner.size_hint();
+        if let Some(rest) = &self.rest {
+            let rest = u64::try_from(rest.len()).unwrap_or(u64::MAX);
+            if let Some(upper) = hint.upper() {
+                hint.set_upper(upper + rest);
+            }
+            hint.set_lower(hint.lower() + rest);
+        }
+        hint
     }
 }
 
@@ -261,5 +323,32 @@ mod tests {
                 "{bad:?}"
             );
         }
+    }
+
+    /// HTTP/2 bodies are handed to hyper a frame's worth at a time, whole and in order.
+    #[tokio::test]
+    async fn http2_bodies_go_out_in_pieces() {
+        use http_body_util::BodyExt;
+
+        let activity = Activity::new(crate::listen::limits::defaults());
+        let data = Bytes::from(vec![7_u8; 40 * 1024]);
+        let mut body = ResponseBody {
+            inner: Body::from(data.clone()),
+            in_flight: activity.request_started(Version::HTTP_2),
+            pieces: Some(HTTP2_PIECE_BYTES),
+            rest: None,
+        };
+        assert_eq!(http_body::Body::size_hint(&body).exact(), Some(40 * 1024));
+        let mut sizes = Vec::new();
+        let mut received = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let chunk = frame.expect("frame").into_data().expect("data");
+            sizes.push(chunk.len());
+            received.extend_from_slice(&chunk);
+            let left = http_body::Body::size_hint(&body).exact();
+            assert_eq!(left, Some((data.len() - received.len()) as u64));
+        }
+        assert_eq!(sizes, [16 * 1024, 16 * 1024, 8 * 1024]);
+        assert_eq!(received, data);
     }
 }

@@ -2,7 +2,7 @@
 //! waits on it: a read that waits past the header, idle or send deadline
 //! ([`super::activity::Activity::read_deadline`]) and a write that makes no progress for
 //! `--send-timeout` fail with `TimedOut`, which ends the connection. hyper's own answers to
-//! heads it cannot take (400, 414, 431, 505, sent with an empty body) are rewritten to the
+//! heads it cannot take (400, 414, 431, sent with an empty body) are rewritten to the
 //! JSON every other error has. A connection the server ends is closed lingeringly (its
 //! write side shut first, what the client still sends read and dropped for a moment) so that
 //! a request racing the close gets an end of stream rather than a reset.
@@ -164,18 +164,24 @@ impl Guarded {
     }
 }
 
-/// hyper's own answer to a head it could not take, if `head` is one: the status of an
-/// HTTP/1 head with an empty body that it writes before closing.
+/// hyper's own answer to a head it could not take, if `head` is exactly one: a 400, 414 or
+/// 431 status line, then only `connection: close`, `content-length: 0` and `date`, then the
+/// end of the head
+/// (what hyper writes for a parse error, and nothing else it writes looks like it).
 fn protocol_error_status(head: &[u8]) -> Option<StatusCode> {
-    let status = head.strip_prefix(b"HTTP/1.")?.get(2..5)?;
-    let status = StatusCode::from_bytes(status).ok()?;
+    let head = std::str::from_utf8(head).ok()?.strip_suffix("\r\n\r\n")?;
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next()?.strip_prefix("HTTP/1.")?;
+    let status = StatusCode::from_bytes(status_line.get(2..5)?.as_bytes()).ok()?;
     let theirs = [
         StatusCode::BAD_REQUEST,
         StatusCode::URI_TOO_LONG,
         StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-        StatusCode::HTTP_VERSION_NOT_SUPPORTED,
     ];
-    (theirs.contains(&status) && head.ends_with(b"\r\n\r\n")).then_some(status)
+    let only_theirs = lines.all(|line| {
+        matches!(line, "connection: close" | "content-length: 0") || line.starts_with("date: ")
+    });
+    (theirs.contains(&status) && only_theirs).then_some(status)
 }
 
 /// The JSON answer that replaces hyper's empty one for `status`.
@@ -318,7 +324,7 @@ mod tests {
     #[test]
     fn only_hypers_empty_error_heads_are_rewritten() {
         let head =
-            b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\ndate: x\r\n\r\n";
+            b"HTTP/1.1 431 Request Header Fields Too Large\r\nconnection: close\r\ncontent-length: 0\r\ndate: x\r\n\r\n";
         assert_eq!(
             protocol_error_status(head),
             Some(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
@@ -328,6 +334,18 @@ mod tests {
             Some(StatusCode::URI_TOO_LONG)
         );
         assert_eq!(protocol_error_status(b"HTTP/1.1 200 OK\r\n\r\n"), None);
+        let ours = b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n\r\n";
+        assert_eq!(
+            protocol_error_status(ours),
+            None,
+            "a head with other fields"
+        );
+        let mid_body = b"HTTP/1.1 400 Bad Request\r\n\r\ntrailing";
+        assert_eq!(
+            protocol_error_status(mid_body),
+            None,
+            "bytes after the head"
+        );
         assert_eq!(
             protocol_error_status(b"HTTP/1.1 404 Not Found\r\n\r\n"),
             None

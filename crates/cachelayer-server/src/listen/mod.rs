@@ -32,6 +32,7 @@ use tokio::task::JoinHandle;
 use tower::Service;
 
 use self::connection::Serving;
+pub(crate) use self::gate::ClientBodyError;
 pub(crate) use self::limits::raise_open_file_limit;
 pub use self::limits::{LimitArgs, Limits};
 use crate::error::Error;

@@ -140,9 +140,14 @@ impl Dispatch {
             return &self.default;
         }
         let path = RequestPath::of(path);
-        self.rules
+        // A bypass under any reading of the path wins: the cache must never answer for a
+        // path its operator keeps out of it. Otherwise the longest matching prefix.
+        let bypass = self
+            .rules
             .iter()
-            .find(|(rule, _)| rule.matches(&path))
+            .find(|(rule, _)| rule.is_bypass() && rule.matches(&path));
+        bypass
+            .or_else(|| self.rules.iter().find(|(rule, _)| rule.matches(&path)))
             .map_or(&self.default, |(_, route)| route)
     }
 

@@ -41,6 +41,7 @@ use cachelayer::http::headers::strip_hop_by_hop;
 use cachelayer::http::status::X_CACHE;
 
 use super::config::{HostMode, ProxyConfig};
+use crate::listen::ClientBodyError;
 
 /// Gauge of requests the upstream is answering (headers or body) right now.
 pub(crate) const UPSTREAM_IN_FLIGHT: &str = "cachelayer_upstream_requests_in_flight";
@@ -232,6 +233,14 @@ impl Forwarder {
                     "the upstream cannot be reached",
                 )
             }
+            Failure::ClientBody => {
+                tracing::debug!(error = %err, ?cause, "the client's request body failed");
+                gateway_error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    "the request body could not be read",
+                )
+            }
             failure @ (Failure::Closed | Failure::Broken) => {
                 tracing::warn!(error = %err, ?cause, reason = failure.as_str(), upstream = %self.upstream, "upstream request failed");
                 gateway_error(
@@ -279,6 +288,8 @@ enum Failure {
     Closed,
     /// Anything else, such as an answer that is not HTTP.
     Broken,
+    /// The client's request body failed (malformed, cut off, stalled): the client's fault.
+    ClientBody,
 }
 
 impl Failure {
@@ -287,6 +298,12 @@ impl Failure {
             return Self::Unreachable;
         }
         let mut causes = std::iter::successors(err.source(), |&cause| cause.source());
+        if causes
+            .clone()
+            .any(|cause| cause.downcast_ref::<ClientBodyError>().is_some())
+        {
+            return Self::ClientBody;
+        }
         let closed = causes.any(|cause| {
             let hyper_closed = cause
                 .downcast_ref::<hyper::Error>()
@@ -310,6 +327,7 @@ impl Failure {
             Self::Unreachable => "unreachable",
             Self::Closed => "closed",
             Self::Broken => "broken",
+            Self::ClientBody => "client_body",
         }
     }
 }

@@ -72,40 +72,47 @@ pub struct Rule {
 impl Rule {
     /// Whether `path` falls under this rule.
     pub(crate) fn matches(&self, path: &RequestPath) -> bool {
-        let path = match self.case {
+        let forms = match self.case {
             Case::Insensitive => &path.folded,
             Case::Sensitive => &path.exact,
         };
         let prefix = self.prefix.trim_end_matches('/');
-        match path.strip_prefix(prefix) {
+        forms.iter().any(|path| match path.strip_prefix(prefix) {
             Some(rest) => rest.is_empty() || rest.starts_with('/') || prefix.is_empty(),
             None => false,
-        }
+        })
+    }
+
+    /// Whether this rule sends its paths around the cache.
+    pub(crate) fn is_bypass(&self) -> bool {
+        matches!(self.action, RuleAction::Bypass)
     }
 }
 
-/// A request path as rules see it: liberally normalized, in both cases.
+/// A request path as rules see it: in two forms, for the two ways an upstream may read it.
+/// A rule applies when either form falls under it.
 ///
-/// Liberal, because the upstream may take many spellings for one path and a rule must
-/// match them all: every escape decoded, reserved ones too (`%2F`, `%5C`), as often as
-/// escapes remain (`%252F`); `\` read as `/`; `;parameters` dropped from each segment
-/// (`/cart;jsessionid=1`); trailing dots dropped from each segment (`/cart.`); then dot
-/// segments resolved and repeated slashes merged. The cache key uses the strict normal
-/// form instead (`cachelayer::http::path`), and the upstream gets that form: this one is
-/// for matching only.
+/// The liberal form, because the upstream may take many spellings for one path and a rule
+/// must match them all: every escape decoded, reserved ones too (`%2F`, `%5C`), as often as
+/// escapes remain (`%252F`, up to a few rounds); `\` read as `/`; `;parameters` dropped from
+/// each segment (`/cart;jsessionid=1`); trailing dots dropped from each segment (`/cart.`);
+/// then dot segments resolved and repeated slashes merged. And the strict normal form of the
+/// cache key (`cachelayer::http::path`), which the upstream receives: to an upstream that
+/// reads `/cart/..;/x` or `/cart/%252e%252e/x` literally those are under `/cart`, though the
+/// liberal form resolves them elsewhere.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct RequestPath {
-    /// As normalized.
-    exact: String,
-    /// Lowercase, for case-insensitive rules.
-    folded: String,
+    /// The liberal form and the strict one, as normalized.
+    exact: [String; 2],
+    /// The same, lowercase, for case-insensitive rules.
+    folded: [String; 2],
 }
 
 impl RequestPath {
-    /// The matching form of a request's path.
+    /// The matching forms of a request's path.
     pub(crate) fn of(path: &str) -> Self {
-        let exact = normalized_path(path);
-        let folded = exact.to_lowercase();
+        let exact = [normalized_path(path), normalize_path(path).into_owned()];
+        let folded = [exact[0].to_lowercase(), exact[1].to_lowercase()];
         Self { exact, folded }
     }
 }
@@ -131,12 +138,18 @@ struct RawRule {
 }
 
 const FLAG: &str = "--rules (CACHELAYER_PROXY_RULES)";
+/// How many times escapes are decoded for matching.
+const DECODE_ROUNDS: usize = 3;
 
 /// The liberal matching form of a path (see [`RequestPath`]), case kept.
 pub(crate) fn normalized_path(path: &str) -> String {
     let mut decoded = path.to_owned();
-    // Each round that decodes something shortens the text, so this ends.
-    while decoded.contains('%') {
+    // A few rounds catch double and triple encoding; no upstream decodes deeper, and each
+    // round costs the whole path (unbounded, `%252525...` would cost its length squared).
+    for _ in 0..DECODE_ROUNDS {
+        if !decoded.contains('%') {
+            break;
+        }
         let next = decode_escapes(&decoded).into_owned();
         if next == decoded {
             break;
@@ -191,20 +204,22 @@ fn parse_rules(text: &str) -> Result<Vec<Rule>, String> {
         } else {
             Case::Insensitive
         };
-        let matching = RequestPath::of(&raw.path);
-        let prefix = match case {
-            Case::Insensitive => matching.folded.clone(),
-            Case::Sensitive => matching.exact,
-        };
+        // A plain prefix (checked above): its liberal and strict forms are one.
+        let exact = normalized_path(&raw.path);
+        let folded = exact.to_lowercase();
         // Compared without case whatever the rules say: two rules one request can match
         // equally would leave the winner to their order in the file.
         if rules
             .iter()
-            .any(|rule: &Rule| rule.prefix.to_lowercase() == matching.folded)
+            .any(|rule: &Rule| rule.prefix.to_lowercase() == folded)
         {
             return Err(format!("{name}: another rule has the same path"));
         }
         let action = action(&name, raw.bypass, raw.default_ttl, raw.statuses)?;
+        let prefix = match case {
+            Case::Insensitive => folded,
+            Case::Sensitive => exact,
+        };
         rules.push(Rule {
             prefix,
             action,
@@ -400,6 +415,11 @@ mod tests {
             assert_eq!(normalized_path(spelling), expected, "{spelling}");
         }
         assert_eq!(normalized_path("/api/cart/../x"), "/api/x");
+        assert_eq!(
+            normalized_path("/a%25252525"),
+            "/a%25",
+            "a few rounds of decoding, no more"
+        );
         assert_eq!(normalized_path("/"), "/");
         assert_eq!(normalized_path("/é%41"), "/éA");
     }
@@ -421,5 +441,11 @@ mod tests {
         let exact = rule("/Api", Case::Sensitive);
         assert!(exact.matches(&RequestPath::of("/Api/x")));
         assert!(!exact.matches(&RequestPath::of("/api/x")));
+        // Resolved elsewhere once decoded, but under /cart to an upstream that reads them
+        // as written: either reading is enough.
+        let cart = rule("/cart", Case::Insensitive);
+        for path in ["/cart/..;/x", "/cart/%252e%252e/x", "/cart/.%252e/x"] {
+            assert!(cart.matches(&RequestPath::of(path)), "{path}");
+        }
     }
 }

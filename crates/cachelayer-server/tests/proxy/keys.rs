@@ -59,6 +59,11 @@ async fn answer(
         let vary = [("cache-control", "public, max-age=60"), ("vary", name)];
         return (vary, value).into_response();
     }
+    if path == "/host" {
+        let host = headers.get("host").and_then(|v| v.to_str().ok());
+        let fresh = [("cache-control", "public, max-age=60")];
+        return (fresh, host.unwrap_or("none").to_owned()).into_response();
+    }
     if path.starts_with("/e405") || path.starts_with("/listed") {
         return (StatusCode::METHOD_NOT_ALLOWED, "odd request").into_response();
     }
@@ -274,6 +279,10 @@ async fn bypass_rules_match_every_spelling() {
         "/api/car%74",
         "/api/Cart/items",
         "/api/x/..%2Fcart",
+        // Under /api/cart to an upstream that reads them literally, elsewhere once decoded.
+        "/api/cart/..;/items",
+        "/api/cart/%252e%252e/items",
+        "/api/cart/.%252e/items",
     ];
     for spelling in spellings {
         for _ in 0..2 {
@@ -398,5 +407,35 @@ fn invalid_statuses_and_scopes_exit_naming_them() {
         assert_eq!(output.status.code(), Some(2), "{args:?}");
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(stderr.contains(named), "{args:?}: {stderr}");
+    }
+}
+
+/// Spellings of one host are one entry, so the upstream sees one spelling for all of them:
+/// an answer built from `API.EXAMPLE:443` (a redirect, a link) is never served for
+/// `api.example`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spellings_of_a_host_reach_the_upstream_as_one() {
+    let origin = KeyOrigin::start("origin").await;
+    let proxy = Server::proxy(&origin.url(), &[]);
+    let proxy = &proxy;
+    let as_host = move |host: &'static str| async move {
+        let response = client()
+            .get(proxy.url("/host"))
+            .header("host", host)
+            .send()
+            .await
+            .expect("GET");
+        let cache = x_cache(&response);
+        (cache, response.text().await.expect("text"))
+    };
+    let (cache, body) = as_host("API.Example:443").await;
+    assert_eq!((cache.as_str(), body.as_str()), ("MISS", "api.example"));
+    for host in ["api.example", "api.example.", "API.EXAMPLE:80"] {
+        let (cache, body) = as_host(host).await;
+        assert_eq!(
+            (cache.as_str(), body.as_str()),
+            ("HIT", "api.example"),
+            "{host}"
+        );
     }
 }

@@ -25,6 +25,7 @@ use super::collapse::{Keys, collapsed};
 use super::forward::{Origin, Storing, forward, forward_and_store};
 use super::headers::strip_hop_by_hop;
 use super::invalidate::invalidate_after_write;
+use super::key::normalize_host;
 use super::lookup::{Found, Phase, Serve, judge, signed_secs};
 use super::path::normalize_uri;
 use super::policy::RequestDirectives;
@@ -121,12 +122,23 @@ fn has_body<B: Body>(parts: &Parts, body: &B) -> bool {
 /// and invalidates is what the origin answers: the hop-by-hop fields go, with every field
 /// `Connection` names (an intermediary between here and the origin would drop them, and a
 /// response keyed under a value its origin never saw could be served to the clients who do
-/// send it), and the path takes its normal form (`path`), so spellings of one resource
-/// are one entry.
+/// send it), the path takes its normal form (`path`), so spellings of one resource are
+/// one entry, and `Host` the form keys hold (lowercase, no trailing dot or default port):
+/// `A.EXAMPLE:443` and `a.example` are one entry, so the origin must see one host for both,
+/// or an answer built from the first (a redirect, a link) would be served for the second.
 fn as_origin_receives(parts: &mut Parts) {
     strip_hop_by_hop(&mut parts.headers);
     if let Some(uri) = normalize_uri(&parts.uri) {
         parts.uri = uri;
+    }
+    let host = parts.headers.get(http::header::HOST);
+    let normal = host
+        .and_then(|host| host.to_str().ok())
+        .map(normalize_host)
+        .filter(|normal| host.is_some_and(|host| host.as_bytes() != normal.as_bytes()))
+        .and_then(|normal| http::HeaderValue::from_str(&normal).ok());
+    if let Some(normal) = normal {
+        parts.headers.insert(http::header::HOST, normal);
     }
 }
 
@@ -404,6 +416,16 @@ mod tests {
         let names: Vec<&str> = parts.headers.keys().map(|n| n.as_str()).collect();
         assert_eq!(names, ["accept-language"]);
         assert_eq!(parts.uri, "/b/n2?q=%62");
+        for (sent, received) in [
+            ("A.Example:443", "a.example"),
+            ("a.example.", "a.example"),
+            ("a.example:80", "a.example"),
+            ("a.example:8080", "a.example:8080"),
+        ] {
+            let mut parts = head(&[("host", sent)]);
+            as_origin_receives(&mut parts);
+            assert_eq!(parts.headers["host"], received, "{sent}");
+        }
     }
 
     /// Each reason to go around the cache is told in `Cache-Status`.
