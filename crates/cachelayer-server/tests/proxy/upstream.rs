@@ -324,6 +324,11 @@ async fn gated(State(state): State<GateState>) -> Response {
 
 /// Headers at once, the body only once the gate opens: the upstream call is past its
 /// headers, and its place held by the body.
+/// A POST: answered once its whole body has come, as an upstream that reads its input does.
+async fn read_body(body: axum::body::Bytes) -> String {
+    format!("read {} bytes", body.len())
+}
+
 async fn held_body(State(state): State<GateState>) -> Response {
     let visit = Visit::enter(&state.load);
     let mut gate = state.gate;
@@ -347,7 +352,7 @@ impl GatedOrigin {
             gate: closed,
         };
         let app = Router::new()
-            .route("/gate/{name}", get(gated))
+            .route("/gate/{name}", get(gated).post(read_body))
             .route("/held/{name}", get(held_body))
             .with_state(state);
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -564,4 +569,44 @@ fn zero_limits_exit_naming_the_flag() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(stderr.contains(&format!("{flag} ({variable})")), "{stderr}");
     }
+}
+
+/// A client that trickles a request body holds no place under the concurrency limit: the
+/// body is read before the request takes one, so with one place, another client's request
+/// goes through while the slow body is still coming.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_request_body_holds_no_upstream_place() {
+    let origin = GatedOrigin::start().await;
+    origin.open();
+    // Longer than the client's patience: a request queued behind the slow body would fail.
+    let args = [
+        "--upstream-max-concurrency",
+        "1",
+        "--upstream-timeout",
+        "60s",
+    ];
+    let proxy = Server::proxy(&origin.url(), &args);
+    let address = proxy.base.trim_start_matches("http://").to_owned();
+    let mut slow = TcpStream::connect(&address).await.expect("connect");
+    slow.write_all(b"POST /gate/slow HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n{")
+        .await
+        .expect("a head and one byte");
+    // The slow request has reached the proxy's service: the gauge counts it, and the
+    // scrape that reads the gauge.
+    wait_for_metric(&proxy, "cachelayer_http_requests_in_flight", 2.0).await;
+    let other = client()
+        .get(proxy.url("/gate/other"))
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(
+        other.status(),
+        StatusCode::OK,
+        "not queued behind the slow body"
+    );
+    assert_eq!(
+        counter(&proxy, "cachelayer_upstream_rejected_total", "").await,
+        0.0
+    );
+    drop(slow);
 }

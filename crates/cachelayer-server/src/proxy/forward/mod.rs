@@ -18,41 +18,33 @@
 
 use std::error::Error as _;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use axum::body::{Body, HttpBody};
+use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use axum::http::{Method, Request, Response, StatusCode, Uri, Version};
+use axum::http::{Request, Response, StatusCode, Uri, Version};
 use axum::response::IntoResponse;
-use bytes::Bytes;
-use hyper::body::{Frame, Incoming, SizeHint};
+use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::{Client, Error as ClientError};
 use hyper_util::rt::TokioExecutor;
-use metrics::{Counter, Gauge};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
+
+mod body;
+mod failure;
+mod limit;
+mod read_ahead;
 
 use cachelayer::http::headers::strip_hop_by_hop;
 use cachelayer::http::status::X_CACHE;
 
+use self::body::UpstreamBody;
+use self::failure::{Failure, Replay, UPSTREAM_RETRIES};
+use self::limit::{Limits, Permit};
+use self::read_ahead::read_ahead;
 use super::config::{HostMode, ProxyConfig};
-use crate::listen::ClientBodyError;
-
-/// Gauge of requests the upstream is answering (headers or body) right now.
-pub(crate) const UPSTREAM_IN_FLIGHT: &str = "cachelayer_upstream_requests_in_flight";
-/// Gauge of requests waiting for a place under `--upstream-max-concurrency`.
-pub(crate) const UPSTREAM_QUEUED: &str = "cachelayer_upstream_requests_queued";
-/// Counter of requests answered 503 because no place freed up in time.
-pub(crate) const UPSTREAM_REJECTED: &str = "cachelayer_upstream_rejected_total";
-/// Counter of requests sent a second time, by `reason` ([`Failure::as_str`]).
-pub(crate) const UPSTREAM_RETRIES: &str = "cachelayer_upstream_retries_total";
-/// Counter of response bodies cut because the upstream sent nothing for the body timeout.
-pub(crate) const UPSTREAM_BODY_TIMEOUTS: &str = "cachelayer_upstream_body_timeouts_total";
 
 /// The `Via` entry this proxy adds (RFC 9110 section 7.6.3).
 const VIA: &str = "1.1 cachelayer";
@@ -125,6 +117,10 @@ impl Forwarder {
                 "bad_request",
                 "the request target cannot be forwarded",
             );
+        };
+        // Before taking a place: a client slow to send its body must not hold one.
+        let Ok(request) = read_ahead(request).await else {
+            return client_body_failed();
         };
         // One deadline for the queue and the headers: a full upstream holds a client no
         // longer than a slow one.
@@ -235,11 +231,7 @@ impl Forwarder {
             }
             Failure::ClientBody => {
                 tracing::debug!(error = %err, ?cause, "the client's request body failed");
-                gateway_error(
-                    StatusCode::BAD_REQUEST,
-                    "bad_request",
-                    "the request body could not be read",
-                )
+                client_body_failed()
             }
             failure @ (Failure::Closed | Failure::Broken) => {
                 tracing::warn!(error = %err, ?cause, reason = failure.as_str(), upstream = %self.upstream, "upstream request failed");
@@ -277,279 +269,13 @@ impl Forwarder {
     }
 }
 
-/// Why the upstream gave no answer: what the client is told, and whether sending the
-/// request again is safe.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Failure {
-    /// No connection could be made: the upstream never saw the request.
-    Unreachable,
-    /// The connection closed or was reset before an answer: most often a pooled connection
-    /// the upstream closed as the request went out on it.
-    Closed,
-    /// Anything else, such as an answer that is not HTTP.
-    Broken,
-    /// The client's request body failed (malformed, cut off, stalled): the client's fault.
-    ClientBody,
-}
-
-impl Failure {
-    fn of(err: &ClientError) -> Self {
-        if err.is_connect() {
-            return Self::Unreachable;
-        }
-        let mut causes = std::iter::successors(err.source(), |&cause| cause.source());
-        if causes
-            .clone()
-            .any(|cause| cause.downcast_ref::<ClientBodyError>().is_some())
-        {
-            return Self::ClientBody;
-        }
-        let closed = causes.any(|cause| {
-            let hyper_closed = cause
-                .downcast_ref::<hyper::Error>()
-                .is_some_and(|e| e.is_incomplete_message() || e.is_canceled());
-            let io_closed = cause.downcast_ref::<std::io::Error>().is_some_and(|e| {
-                use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset};
-                matches!(e.kind(), ConnectionReset | ConnectionAborted | BrokenPipe)
-            });
-            hyper_closed || io_closed
-        });
-        if closed { Self::Closed } else { Self::Broken }
-    }
-
-    /// A malformed answer is not retried: the upstream answered, and would again.
-    fn may_retry(self) -> bool {
-        matches!(self, Self::Unreachable | Self::Closed)
-    }
-
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Unreachable => "unreachable",
-            Self::Closed => "closed",
-            Self::Broken => "broken",
-            Self::ClientBody => "client_body",
-        }
-    }
-}
-
-/// The head of a request that may be sent again. RFC 9110 section 9.2.2 lets a client
-/// repeat an idempotent request after a connection failure; the body went with the first
-/// attempt, so only requests without one are repeated.
-struct Replay {
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-}
-
-impl Replay {
-    fn of(request: &Request<Body>) -> Option<Self> {
-        let repeatable = request.method().is_idempotent() && request.body().is_end_stream();
-        repeatable.then(|| Self {
-            method: request.method().clone(),
-            uri: request.uri().clone(),
-            headers: request.headers().clone(),
-        })
-    }
-
-    fn into_request(self) -> Request<Body> {
-        let mut request = Request::new(Body::empty());
-        *request.method_mut() = self.method;
-        *request.uri_mut() = self.uri;
-        *request.version_mut() = Version::HTTP_11;
-        *request.headers_mut() = self.headers;
-        request
-    }
-}
-
-/// The upstream's concurrency limit and body timeout, and the series that report on them.
-#[derive(Debug)]
-struct Limits {
-    /// Fair (first come, first served), so a queued request is not overtaken.
-    places: Arc<Semaphore>,
-    in_flight: Gauge,
-    queued: Gauge,
-    rejected: Counter,
-    body_timeout: Duration,
-    body_timeouts: Counter,
-}
-
-impl Limits {
-    fn new(max_concurrency: usize, body_timeout: Duration) -> Self {
-        Self {
-            places: Arc::new(Semaphore::new(max_concurrency)),
-            in_flight: metrics::gauge!(UPSTREAM_IN_FLIGHT),
-            queued: metrics::gauge!(UPSTREAM_QUEUED),
-            rejected: metrics::counter!(UPSTREAM_REJECTED),
-            body_timeout,
-            body_timeouts: metrics::counter!(UPSTREAM_BODY_TIMEOUTS),
-        }
-    }
-
-    /// A place for one request, waiting for one until `deadline`; `None` past it. Dropping
-    /// the future while it waits leaves the queue.
-    async fn admit(&self, deadline: Instant) -> Option<Permit> {
-        let place = match Arc::clone(&self.places).try_acquire_owned() {
-            Ok(place) => place,
-            Err(_) => {
-                let _queued = Counted::enter(&self.queued);
-                let waiting = Arc::clone(&self.places).acquire_owned();
-                // The semaphore is never closed: an error is the deadline.
-                let Ok(Ok(place)) = tokio::time::timeout_at(deadline, waiting).await else {
-                    self.rejected.increment(1);
-                    return None;
-                };
-                place
-            }
-        };
-        Some(Permit {
-            _place: place,
-            _counted: Counted::enter(&self.in_flight),
-        })
-    }
-}
-
-/// One unit of a gauge, given back when dropped (also when its request is cancelled).
-#[derive(Debug)]
-struct Counted(Gauge);
-
-impl Counted {
-    fn enter(gauge: &Gauge) -> Self {
-        gauge.increment(1.0);
-        Self(gauge.clone())
-    }
-}
-
-impl Drop for Counted {
-    fn drop(&mut self) {
-        self.0.decrement(1.0);
-    }
-}
-
-/// A request's place under the concurrency limit, counted in [`UPSTREAM_IN_FLIGHT`].
-#[derive(Debug)]
-struct Permit {
-    _place: OwnedSemaphorePermit,
-    _counted: Counted,
-}
-
-/// Why an upstream body ended early.
-#[derive(Debug, thiserror::Error)]
-enum UpstreamBodyError {
-    /// Nothing came for the body timeout.
-    #[error("the upstream sent nothing for {0:?}; the body was cut")]
-    Stalled(Duration),
-    /// The upstream's connection failed.
-    #[error("the upstream's body failed: {0}")]
-    Failed(#[source] BoxError),
-}
-
-/// Where an upstream body is.
-#[derive(Debug)]
-enum BodyState {
-    /// The last poll gave a frame (or none was asked for yet): no stall timer runs, so a
-    /// client slow to read is not taken for a stalled upstream.
-    Flowing(Permit),
-    /// Waiting on the upstream, the stall timer set.
-    Waiting(Permit),
-    /// Ended, failed or cut: the place is given back.
-    Ended,
-}
-
-/// An upstream's response body on its way to the client: cut with an error when the
-/// upstream sends nothing for the body timeout (the client's connection is then reset,
-/// which is how a proxy says a body is incomplete, and the cache layer stores no body that
-/// ended in an error), and holding the request's place until it ends or is dropped.
-struct UpstreamBody<B> {
-    inner: B,
-    state: BodyState,
-    stall: Pin<Box<Sleep>>,
-    timeout: Duration,
-    timeouts: Counter,
-}
-
-impl<B> UpstreamBody<B> {
-    fn new(inner: B, permit: Permit, limits: &Limits) -> Self {
-        Self {
-            inner,
-            state: BodyState::Flowing(permit),
-            stall: Box::pin(tokio::time::sleep(limits.body_timeout)),
-            timeout: limits.body_timeout,
-            timeouts: limits.body_timeouts.clone(),
-        }
-    }
-
-    /// A frame came: the stall timer stops.
-    fn flowing(&mut self) {
-        self.state = match std::mem::replace(&mut self.state, BodyState::Ended) {
-            BodyState::Flowing(permit) | BodyState::Waiting(permit) => BodyState::Flowing(permit),
-            BodyState::Ended => BodyState::Ended,
-        };
-    }
-
-    /// Nothing is ready from the upstream: set the stall timer if it is not set, and cut
-    /// the body when it fires.
-    fn poll_stall(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, UpstreamBodyError>>> {
-        self.state = match std::mem::replace(&mut self.state, BodyState::Ended) {
-            BodyState::Flowing(permit) => {
-                self.stall.as_mut().reset(Instant::now() + self.timeout);
-                BodyState::Waiting(permit)
-            }
-            state => state,
-        };
-        ready!(self.stall.as_mut().poll(cx));
-        self.state = BodyState::Ended;
-        self.timeouts.increment(1);
-        tracing::warn!(timeout = ?self.timeout, "upstream body stalled; cutting the response");
-        Poll::Ready(Some(Err(UpstreamBodyError::Stalled(self.timeout))))
-    }
-}
-
-impl<B> HttpBody for UpstreamBody<B>
-where
-    B: HttpBody<Data = Bytes> + Unpin,
-    B::Error: Into<BoxError>,
-{
-    type Data = Bytes;
-    type Error = UpstreamBodyError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, UpstreamBodyError>>> {
-        let this = self.get_mut();
-        if matches!(this.state, BodyState::Ended) {
-            return Poll::Ready(None);
-        }
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                this.flowing();
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Ready(Some(Err(err))) => {
-                this.state = BodyState::Ended;
-                Poll::Ready(Some(Err(UpstreamBodyError::Failed(err.into()))))
-            }
-            Poll::Ready(None) => {
-                this.state = BodyState::Ended;
-                Poll::Ready(None)
-            }
-            Poll::Pending => this.poll_stall(cx),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        matches!(self.state, BodyState::Ended) || self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self.state {
-            BodyState::Ended => SizeHint::with_exact(0),
-            _ => self.inner.size_hint(),
-        }
-    }
+/// The answer when the client's own request body failed (malformed, cut off, stalled).
+fn client_body_failed() -> Response<Body> {
+    gateway_error(
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+        "the request body could not be read",
+    )
 }
 
 fn append_via(headers: &mut HeaderMap) {
@@ -580,6 +306,12 @@ mod tests {
     use futures::channel::mpsc;
     use http_body_util::{BodyExt, StreamBody};
 
+    use axum::body::HttpBody;
+    use axum::http::Method;
+    use bytes::Bytes;
+    use hyper::body::Frame;
+
+    use super::body::UpstreamBodyError;
     use super::*;
 
     /// Longest wait for what a test expects to happen.
