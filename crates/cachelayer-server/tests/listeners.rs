@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use serde_json::Value;
-use support::{PATIENCE, Server, TestDatabase, client, counter};
+use support::{PATIENCE, Server, TestDatabase, client, counter, metric_once};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout};
@@ -103,12 +103,7 @@ async fn a_slow_request_head_is_cut_off_at_the_header_timeout() {
         started.elapsed() >= Duration::from_secs(1),
         "not before its deadline"
     );
-    let timed_out = counter(
-        &server,
-        "cachelayer_connections_timed_out_total",
-        "header_timeout",
-    )
-    .await;
+    let timed_out = eventually_counted(&server, "header_timeout").await;
     assert!(timed_out >= 1.0, "counted: {timed_out}");
 }
 
@@ -140,12 +135,7 @@ async fn an_idle_keep_alive_connection_is_closed_at_the_idle_timeout() {
         after < Duration::from_secs(30),
         "closed at the header timeout instead: {after:?}"
     );
-    let timed_out = counter(
-        &server,
-        "cachelayer_connections_timed_out_total",
-        "idle_timeout",
-    )
-    .await;
+    let timed_out = eventually_counted(&server, "idle_timeout").await;
     assert!(timed_out >= 1.0, "counted: {timed_out}");
 }
 
@@ -261,15 +251,8 @@ async fn stalled_http2_client_is_cut_off(window: u32) {
 /// The count of connections closed for `reason`, once it is at least one (or after
 /// [`PATIENCE`], whatever it is then).
 async fn eventually_counted(server: &Server, reason: &str) -> f64 {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let count = counter(server, "cachelayer_connections_timed_out_total", reason).await;
-        if count >= 1.0 || Instant::now() > deadline {
-            return count;
-        }
-        // The metric has no signal to wait on; poll it.
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let name = "cachelayer_connections_timed_out_total";
+    metric_once(server, name, reason, |count| count >= 1.0).await
 }
 
 /// An HTTP/1.1 client that sends requests and never reads the answers fills the socket;
@@ -310,12 +293,7 @@ async fn a_stalled_request_body_is_given_up() {
     if let Some((head, _)) = answer {
         assert!(head.starts_with("http/1.1 4"), "{head}");
     }
-    let timed_out = counter(
-        &server,
-        "cachelayer_connections_timed_out_total",
-        "request_body_timeout",
-    )
-    .await;
+    let timed_out = eventually_counted(&server, "request_body_timeout").await;
     assert!(timed_out >= 1.0, "counted: {timed_out}");
 }
 

@@ -26,7 +26,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use cachelayer_testkit::RedisServer;
 use serde_json::{Value, json};
-use support::{PATIENCE, Server, client, x_cache};
+use support::{PATIENCE, Server, client, refused_at_start, x_cache};
 use tokio::time::Instant;
 
 /// Calls per path.
@@ -532,13 +532,9 @@ fn invalid_proxy_settings_exit_naming_the_flag() {
             "--rules",
         ),
     ] {
-        let output = std::process::Command::new(env!("CARGO_BIN_EXE_cachelayer"))
-            .arg("proxy")
-            .args(args)
-            .output()
-            .expect("run");
-        assert_eq!(output.status.code(), Some(2), "{args:?}");
-        let stderr = String::from_utf8_lossy(&output.stderr);
+        let mut all = vec!["proxy"];
+        all.extend_from_slice(args);
+        let stderr = refused_at_start(&all);
         assert!(stderr.contains(named), "{args:?}: {stderr}");
     }
 }

@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use cachelayer_testkit::RedisServer;
 use serde_json::json;
 
-use super::support::TestDatabase;
+use super::support::{TestDatabase, refused_at_start};
 use super::{Calls, PATIENCE, Server, client, x_cache};
 
 /// The key under which the origin counts every request, whatever its path.
@@ -399,13 +399,9 @@ fn invalid_statuses_and_scopes_exit_naming_them() {
             "--key-scope (CACHELAYER_KEY_SCOPE)",
         ),
     ] {
-        let output = std::process::Command::new(env!("CARGO_BIN_EXE_cachelayer"))
-            .args(["proxy", "--upstream", "http://127.0.0.1:9"])
-            .args(&args)
-            .output()
-            .expect("run");
-        assert_eq!(output.status.code(), Some(2), "{args:?}");
-        let stderr = String::from_utf8_lossy(&output.stderr);
+        let mut all = vec!["proxy", "--upstream", "http://127.0.0.1:9"];
+        all.extend_from_slice(&args);
+        let stderr = refused_at_start(&all);
         assert!(stderr.contains(named), "{args:?}: {stderr}");
     }
 }

@@ -19,9 +19,8 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
-use tokio::time::Instant;
 
-use super::support::{PATIENCE, Server, client, counter, x_cache};
+use super::support::{PATIENCE, Server, client, counter, metric_once, refused_at_start, x_cache};
 
 /// An upstream written by hand on a raw socket, for answers no HTTP library would send:
 /// each accepted connection is handed to the test's function with its number (from 0).
@@ -397,21 +396,10 @@ impl Drop for GatedOrigin {
     }
 }
 
-/// Wait until the proxy's gauge or counter `name` reads `value`. Polled: the proxy is
-/// another process, and its metrics are the only sign of its queue.
+/// Wait until the proxy's gauge or counter `name` reads `value`.
 async fn wait_for_metric(proxy: &Server, name: &str, value: f64) {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let now = counter(proxy, name, "").await;
-        if now == value {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{name} stayed at {now}, not {value}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let now = metric_once(proxy, name, "", |now| now == value).await;
+    assert_eq!(now, value, "{name} stayed at {now}");
 }
 
 /// Twenty concurrent requests through `--upstream-max-concurrency 4`: the origin never
@@ -561,12 +549,7 @@ fn zero_limits_exit_naming_the_flag() {
             "CACHELAYER_UPSTREAM_BODY_TIMEOUT",
         ),
     ] {
-        let output = std::process::Command::new(env!("CARGO_BIN_EXE_cachelayer"))
-            .args(["proxy", "--upstream", "http://127.0.0.1:1", flag, value])
-            .output()
-            .expect("run");
-        assert_eq!(output.status.code(), Some(2), "{flag} {value}");
-        let stderr = String::from_utf8_lossy(&output.stderr);
+        let stderr = refused_at_start(&["proxy", "--upstream", "http://127.0.0.1:1", flag, value]);
         assert!(stderr.contains(&format!("{flag} ({variable})")), "{stderr}");
     }
 }

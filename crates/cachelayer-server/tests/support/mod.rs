@@ -329,3 +329,35 @@ pub async fn counter(server: &Server, name: &str, labels: &str) -> f64 {
         .filter_map(|line| line.rsplit_once(' ')?.1.parse::<f64>().ok())
         .sum()
 }
+
+/// The value of counter or gauge `name` (as [`counter`] sums it) once `reached` holds,
+/// polling `/metrics`: the server is another process, and its metrics are the only sign of
+/// what it did. After [`PATIENCE`], the value then, whatever it is.
+pub async fn metric_once(
+    server: &Server,
+    name: &str,
+    labels: &str,
+    reached: impl Fn(f64) -> bool,
+) -> f64 {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let value = counter(server, name, labels).await;
+        if reached(value) || tokio::time::Instant::now() > deadline {
+            return value;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Run the binary with `args` (a subcommand first) and a clean environment, expecting it
+/// to refuse them at start (exit status 2); its standard error.
+pub fn refused_at_start(args: &[&str]) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_cachelayer"))
+        .args(args)
+        .env_remove("REDIS_URL")
+        .env_remove("DATABASE_URL")
+        .output()
+        .expect("run the cachelayer binary");
+    assert_eq!(output.status.code(), Some(2), "{args:?}");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
