@@ -531,3 +531,65 @@ async fn a_malformed_request_body_through_the_proxy_is_a_client_error() {
     assert_eq!(status, 400, "{head}");
     assert_eq!(json["error"], "bad_request", "{json}");
 }
+
+/// On HTTP/2, streams the client keeps moving do not cover the ones it leaves stalled: each
+/// response has its own send clock, so the connection is cut at the send timeout while the
+/// client still reads other pages.
+#[tokio::test]
+async fn streams_kept_moving_do_not_cover_stalled_ones() {
+    let database = TestDatabase::sqlite();
+    let server = Server::start(&database, &["--send-timeout", "1s"]);
+    let tcp = TcpStream::connect(address(&server)).await.expect("connect");
+    let (mut h2, connection) = h2::client::Builder::new()
+        .initial_window_size(16 * 1024)
+        .initial_connection_window_size(1 << 20)
+        .handshake::<_, Bytes>(tcp)
+        .await
+        .expect("HTTP/2 handshake");
+    tokio::spawn(connection);
+    let page = |n: usize| {
+        http::Request::get(format!("http://x/products?limit=100&offset={n}"))
+            .body(())
+            .expect("request")
+    };
+    let mut stalled = Vec::new();
+    for n in 0..7 {
+        h2 = h2.ready().await.expect("a stream slot");
+        let response = h2.send_request(page(n), true).expect("stream").0;
+        let response = timeout(PATIENCE, response).await.expect("headers in time");
+        // Kept, never read.
+        stalled.push(response.expect("response").into_body());
+    }
+    // Meanwhile, read page after page in full, every tenth of a second, for seconds.
+    let mut pages_read = 0;
+    let cut = 'reading: loop {
+        if pages_read == 40 {
+            break false;
+        }
+        let Ok(ready) = h2.clone().ready().await else {
+            break true;
+        };
+        h2 = ready;
+        let Ok((response, _)) = h2.send_request(page(pages_read % 7), true) else {
+            break true;
+        };
+        let Ok(Ok(response)) = timeout(PATIENCE, response).await else {
+            break true;
+        };
+        let mut body = response.into_body();
+        while let Some(chunk) = body.data().await {
+            let Ok(chunk) = chunk else {
+                break 'reading true;
+            };
+            drop(body.flow_control().release_capacity(chunk.len()));
+        }
+        pages_read += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        cut,
+        "{pages_read} pages read: the stalled streams were kept"
+    );
+    assert!(eventually_counted(&server, "send_timeout").await >= 1.0);
+    drop(stalled);
+}

@@ -67,10 +67,12 @@ struct State {
     /// Requests handed to the service whose responses have not finished.
     in_flight: usize,
     /// Responses whose next frame is up to the client (hyper has not asked for it because
-    /// the client is not reading), as opposed to up to their source.
-    waiting_on_client: usize,
-    /// Last time a response moved towards the client.
-    last_sent: Instant,
+    /// the client is not reading), as opposed to up to their source, each with the last time
+    /// it moved. Each has its own clock: on HTTP/2, a stream the client keeps moving must not
+    /// cover the ones it leaves stalled. A handful at most (one per stream).
+    waiting_on_client: Vec<(u64, Instant)>,
+    /// The number the next request's response gets.
+    next_response: u64,
     /// When the connection last had nothing in flight.
     idle_since: Instant,
     /// When the first byte of the next request head arrived (HTTP/1 only).
@@ -89,8 +91,8 @@ impl Activity {
             state: Mutex::new(State {
                 protocol: Protocol::Unknown,
                 in_flight: 0,
-                waiting_on_client: 0,
-                last_sent: now,
+                waiting_on_client: Vec::new(),
+                next_response: 0,
                 idle_since: now,
                 head_started: None,
                 requests: 0,
@@ -139,8 +141,12 @@ impl Activity {
     pub(crate) fn read_deadline(&self) -> Option<(Instant, Timeout)> {
         let state = self.state();
         let limits = &self.limits;
-        let send = (state.waiting_on_client > 0)
-            .then(|| (state.last_sent + limits.send_timeout, Timeout::Send));
+        let send = state
+            .waiting_on_client
+            .iter()
+            .map(|&(_, moved)| moved)
+            .min()
+            .map(|moved| (moved + limits.send_timeout, Timeout::Send));
         let read = if state.in_flight > 0 {
             None
         } else if let Some(started) = state.head_started {
@@ -170,8 +176,11 @@ impl Activity {
                 Protocol::Http1
             };
         }
+        let response = state.next_response;
+        state.next_response += 1;
         InFlight {
             activity: Arc::clone(self),
+            response,
             waiting: Waiting::NoResponse,
         }
     }
@@ -206,30 +215,31 @@ enum Waiting {
 #[derive(Debug)]
 pub(crate) struct InFlight {
     activity: Arc<Activity>,
+    /// Its number among the connection's responses.
+    response: u64,
     waiting: Waiting,
 }
 
 impl InFlight {
     /// The service answered; the response's head and body are now up to the client.
     pub(crate) fn responded(&mut self, version: Version) {
-        let mut state = self.activity.state();
-        state.last_sent = Instant::now();
         if version != Version::HTTP_2 {
-            state.heads_pending += 1;
+            self.activity.state().heads_pending += 1;
         }
-        drop(state);
-        self.wait_on(Waiting::OnClient);
+        self.moved();
     }
 
-    /// hyper took a frame of the body: the response moved.
+    /// hyper took a frame of the body: the response moved, and its clock starts again.
     pub(crate) fn sent(&mut self) {
-        self.activity.state().last_sent = Instant::now();
-        self.wait_on(Waiting::OnClient);
+        self.moved();
     }
 
     /// The body's source has nothing yet: waiting is not the client's fault.
     pub(crate) fn waiting_on_source(&mut self) {
-        self.wait_on(Waiting::OnSource);
+        if self.waiting == Waiting::OnClient {
+            self.stop_waiting_on_client(&mut self.activity.state());
+        }
+        self.waiting = Waiting::OnSource;
     }
 
     /// The bounds of this request's connection.
@@ -237,23 +247,35 @@ impl InFlight {
         &self.activity.limits
     }
 
-    fn wait_on(&mut self, waiting: Waiting) {
-        if self.waiting == waiting {
-            return;
-        }
+    /// The response moved now, and its next move is up to the client.
+    fn moved(&mut self) {
+        let now = Instant::now();
         let mut state = self.activity.state();
-        if self.waiting == Waiting::OnClient {
-            state.waiting_on_client -= 1;
-        }
-        let deadline_begins = waiting == Waiting::OnClient && state.waiting_on_client == 0;
-        if waiting == Waiting::OnClient {
-            state.waiting_on_client += 1;
-            state.last_sent = Instant::now();
+        let deadline_begins = state.waiting_on_client.is_empty();
+        let response = self.response;
+        match state
+            .waiting_on_client
+            .iter_mut()
+            .find(|(waiting, _)| *waiting == response)
+        {
+            Some((_, moved)) => *moved = now,
+            None => state.waiting_on_client.push((response, now)),
         }
         drop(state);
-        self.waiting = waiting;
+        self.waiting = Waiting::OnClient;
         if deadline_begins {
             self.activity.reader.wake();
+        }
+    }
+
+    fn stop_waiting_on_client(&self, state: &mut State) {
+        let response = self.response;
+        if let Some(at) = state
+            .waiting_on_client
+            .iter()
+            .position(|(waiting, _)| *waiting == response)
+        {
+            state.waiting_on_client.swap_remove(at);
         }
     }
 }
@@ -262,7 +284,7 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         let mut state = self.activity.state();
         if self.waiting == Waiting::OnClient {
-            state.waiting_on_client -= 1;
+            self.stop_waiting_on_client(&mut state);
         }
         state.in_flight -= 1;
         if state.in_flight == 0 {
@@ -307,6 +329,27 @@ mod tests {
         activity.bytes_read();
         let (_, why) = activity.read_deadline().expect("a head began");
         assert_eq!(why, Timeout::Header);
+    }
+
+    /// On HTTP/2, a response the client keeps moving does not cover one it leaves stalled:
+    /// the deadline is the stalled one's.
+    #[test]
+    fn each_response_has_its_own_send_clock() {
+        let activity = activity();
+        let mut stalled = activity.request_started(Version::HTTP_2);
+        let mut moving = activity.request_started(Version::HTTP_2);
+        stalled.responded(Version::HTTP_2);
+        let (first, why) = activity.read_deadline().expect("waits on the client");
+        assert_eq!(why, Timeout::Send);
+        moving.responded(Version::HTTP_2);
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        moving.sent();
+        let (deadline, _) = activity.read_deadline().expect("still waiting");
+        assert_eq!(deadline, first, "the other stream's progress moves nothing");
+        drop(stalled);
+        let (deadline, _) = activity.read_deadline().expect("the moving one");
+        assert!(deadline > first, "now the moving stream's clock");
+        drop(moving);
     }
 
     #[test]

@@ -96,23 +96,30 @@ impl Rule {
 /// must match them all: every escape decoded, reserved ones too (`%2F`, `%5C`), as often as
 /// escapes remain (`%252F`, up to a few rounds); `\` read as `/`; `;parameters` dropped from
 /// each segment (`/cart;jsessionid=1`); trailing dots dropped from each segment (`/cart.`);
-/// then dot segments resolved and repeated slashes merged. And the strict normal form of the
-/// cache key (`cachelayer::http::path`), which the upstream receives: to an upstream that
-/// reads `/cart/..;/x` or `/cart/%252e%252e/x` literally those are under `/cart`, though the
-/// liberal form resolves them elsewhere.
+/// then dot segments resolved and repeated slashes merged. The same decoded, with its dot
+/// segments as written: an upstream that decodes `%2F` but resolves no dots (a WSGI server)
+/// routes `/cart%2F..%2Fx` under `/cart`. And the strict normal form of the cache key
+/// (`cachelayer::http::path`), which the upstream receives: to an upstream that reads
+/// `/cart/..;/x` or `/cart/%252e%252e/x` as written those are under `/cart`, though
+/// decoding resolves them elsewhere.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct RequestPath {
-    /// The liberal form and the strict one, as normalized.
-    exact: [String; 2],
+    /// The liberal form, the decoded one with its dots, and the strict one.
+    exact: [String; 3],
     /// The same, lowercase, for case-insensitive rules.
-    folded: [String; 2],
+    folded: [String; 3],
 }
 
 impl RequestPath {
     /// The matching forms of a request's path.
     pub(crate) fn of(path: &str) -> Self {
-        let exact = [normalized_path(path), normalize_path(path).into_owned()];
-        let folded = [exact[0].to_lowercase(), exact[1].to_lowercase()];
+        let decoded = decoded_path(path);
+        let exact = [
+            resolved(&decoded),
+            decoded,
+            normalize_path(path).into_owned(),
+        ];
+        let folded = exact.clone().map(|form| form.to_lowercase());
         Self { exact, folded }
     }
 }
@@ -143,6 +150,13 @@ const DECODE_ROUNDS: usize = 3;
 
 /// The liberal matching form of a path (see [`RequestPath`]), case kept.
 pub(crate) fn normalized_path(path: &str) -> String {
+    resolved(&decoded_path(path))
+}
+
+/// `path` with every escape decoded (a few rounds), `\` read as `/`, `;parameters` and
+/// trailing dots dropped from each segment, and empty segments dropped; its dot segments as
+/// written.
+fn decoded_path(path: &str) -> String {
     let mut decoded = path.to_owned();
     // A few rounds catch double and triple encoding; no upstream decodes deeper, and each
     // round costs the whole path (unbounded, `%252525...` would cost its length squared).
@@ -167,11 +181,15 @@ pub(crate) fn normalized_path(path: &str) -> String {
                 name => name.trim_end_matches('.'),
             }
         })
+        .filter(|segment| !segment.is_empty())
         .collect();
-    let joined = format!("/{}", segments.join("/"));
-    // Dot segments and repeated slashes as the key's normal form resolves them; a trailing
-    // slash does not matter to a prefix.
-    let normal = normalize_path(&joined);
+    format!("/{}", segments.join("/"))
+}
+
+/// A decoded path with its dot segments resolved as the key's normal form resolves them,
+/// without a trailing slash (which does not matter to a prefix).
+fn resolved(decoded: &str) -> String {
+    let normal = normalize_path(decoded);
     match normal.strip_suffix('/') {
         Some(bare) if !bare.is_empty() => bare.to_owned(),
         _ => normal.into_owned(),
@@ -444,7 +462,14 @@ mod tests {
         // Resolved elsewhere once decoded, but under /cart to an upstream that reads them
         // as written: either reading is enough.
         let cart = rule("/cart", Case::Insensitive);
-        for path in ["/cart/..;/x", "/cart/%252e%252e/x", "/cart/.%252e/x"] {
+        for path in [
+            "/cart/..;/x",
+            "/cart/%252e%252e/x",
+            "/cart/.%252e/x",
+            "/cart%2F..%2Fx",
+            "/cart%2f%2e%2e%2fx",
+            "/cart%5C..%5Cx",
+        ] {
             assert!(cart.matches(&RequestPath::of(path)), "{path}");
         }
     }

@@ -59,7 +59,7 @@ async fn answer(
         let vary = [("cache-control", "public, max-age=60"), ("vary", name)];
         return (vary, value).into_response();
     }
-    if path == "/host" {
+    if path == "/host" || path == "/fresh-host" {
         let host = headers.get("host").and_then(|v| v.to_str().ok());
         let fresh = [("cache-control", "public, max-age=60")];
         return (fresh, host.unwrap_or("none").to_owned()).into_response();
@@ -283,6 +283,9 @@ async fn bypass_rules_match_every_spelling() {
         "/api/cart/..;/items",
         "/api/cart/%252e%252e/items",
         "/api/cart/.%252e/items",
+        // Under /api/cart to an upstream that decodes %2F but resolves no dots.
+        "/api/cart%2F..%2Fitems",
+        "/api/cart%2f%2e%2e%2fitems",
     ];
     for spelling in spellings {
         for _ in 0..2 {
@@ -433,5 +436,26 @@ async fn spellings_of_a_host_reach_the_upstream_as_one() {
             ("HIT", "api.example"),
             "{host}"
         );
+    }
+    // HTTP/2 names its host in `:authority`, with no `Host` field: the upstream sees the
+    // keyed form there too.
+    let address = proxy.base.trim_start_matches("http://").to_owned();
+    let tcp = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connect");
+    let (h2, connection) = h2::client::handshake(tcp).await.expect("HTTP/2");
+    tokio::spawn(connection);
+    let mut h2 = h2.ready().await.expect("ready");
+    for authority in ["API.EXAMPLE:80", "api.example"] {
+        let request = http::Request::get(format!("http://{authority}/fresh-host"))
+            .body(())
+            .expect("request");
+        let (response, _) = h2.send_request(request, true).expect("stream");
+        let mut body = response.await.expect("response").into_body();
+        let mut text = Vec::new();
+        while let Some(chunk) = body.data().await {
+            text.extend_from_slice(&chunk.expect("data"));
+        }
+        assert_eq!(String::from_utf8_lossy(&text), "api.example", "{authority}");
     }
 }

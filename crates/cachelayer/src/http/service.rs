@@ -131,11 +131,17 @@ fn as_origin_receives(parts: &mut Parts) {
     if let Some(uri) = normalize_uri(&parts.uri) {
         parts.uri = uri;
     }
+    // The host keys take: the `Host` field, else the target's authority (HTTP/2's
+    // `:authority`, an HTTP/1.0 absolute-form target); the origin gets it as `Host` either
+    // way, so no later step can forward the raw spelling.
     let host = parts.headers.get(http::header::HOST);
-    let normal = host
-        .and_then(|host| host.to_str().ok())
+    let raw = match host {
+        Some(host) => host.to_str().ok(),
+        None => parts.uri.authority().map(http::uri::Authority::as_str),
+    };
+    let normal = raw
         .map(normalize_host)
-        .filter(|normal| host.is_some_and(|host| host.as_bytes() != normal.as_bytes()))
+        .filter(|normal| host.is_none_or(|host| host.as_bytes() != normal.as_bytes()))
         .and_then(|normal| http::HeaderValue::from_str(&normal).ok());
     if let Some(normal) = normal {
         parts.headers.insert(http::header::HOST, normal);
@@ -426,6 +432,11 @@ mod tests {
             as_origin_receives(&mut parts);
             assert_eq!(parts.headers["host"], received, "{sent}");
         }
+        // No `Host` (HTTP/2, an HTTP/1.0 absolute-form target): the authority's, normalized.
+        let mut parts = head(&[]);
+        parts.uri = "http://A.EXAMPLE:80/x".parse().expect("uri");
+        as_origin_receives(&mut parts);
+        assert_eq!(parts.headers["host"], "a.example");
     }
 
     /// Each reason to go around the cache is told in `Cache-Status`.

@@ -43,7 +43,7 @@ use cachelayer::http::status::X_CACHE;
 use self::body::UpstreamBody;
 use self::failure::{Failure, Replay, UPSTREAM_RETRIES};
 use self::limit::{Limits, Permit};
-use self::read_ahead::read_ahead;
+use self::read_ahead::{READ_AHEAD_BUDGET_BYTES, ReadAhead, read_ahead};
 use super::config::{HostMode, ProxyConfig};
 
 /// The `Via` entry this proxy adds (RFC 9110 section 7.6.3).
@@ -65,6 +65,7 @@ pub(crate) struct Forwarder {
     host_mode: HostMode,
     timeout: Duration,
     limits: Arc<Limits>,
+    read_ahead: ReadAhead,
 }
 
 impl Forwarder {
@@ -87,6 +88,7 @@ impl Forwarder {
                 config.upstream_max_concurrency,
                 config.upstream_body_timeout,
             )),
+            read_ahead: ReadAhead::new(READ_AHEAD_BUDGET_BYTES),
         }
     }
 
@@ -119,7 +121,7 @@ impl Forwarder {
             );
         };
         // Before taking a place: a client slow to send its body must not hold one.
-        let Ok(request) = read_ahead(request).await else {
+        let Ok((request, _read_ahead)) = read_ahead(request, &self.read_ahead).await else {
             return client_body_failed();
         };
         // One deadline for the queue and the headers: a full upstream holds a client no
