@@ -58,6 +58,9 @@ pub(crate) struct Activity {
     limits: Limits,
     /// The connection's task, woken when a deadline starts to apply (the last request
     /// ended, or a response began to wait on the client): its socket then re-arms its timer.
+    /// Only on HTTP/2, where responses end in their own tasks; an HTTP/1 response ends in the
+    /// connection's task, which then writes it, and a write re-arms the timer (`io`) without
+    /// waking the task once more for every request.
     reader: AtomicWaker,
 }
 
@@ -251,7 +254,8 @@ impl InFlight {
     fn moved(&mut self) {
         let now = Instant::now();
         let mut state = self.activity.state();
-        let deadline_begins = state.waiting_on_client.is_empty();
+        let deadline_begins =
+            state.waiting_on_client.is_empty() && state.protocol == Protocol::Http2;
         let response = self.response;
         match state
             .waiting_on_client
@@ -289,8 +293,11 @@ impl Drop for InFlight {
         state.in_flight -= 1;
         if state.in_flight == 0 {
             state.idle_since = Instant::now();
+            let other_task = state.protocol == Protocol::Http2;
             drop(state);
-            self.activity.reader.wake();
+            if other_task {
+                self.activity.reader.wake();
+            }
         }
     }
 }

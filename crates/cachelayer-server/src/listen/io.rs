@@ -149,6 +149,7 @@ impl Guarded {
                 return Poll::Ready(Ok(()));
             }
             match self.tcp().poll_write(cx, &bytes[written..]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
                 Poll::Ready(Ok(n)) => self.rewrite = Some((bytes, written + n)),
                 Poll::Ready(Err(err)) => return Poll::Ready(Err(err)),
                 Poll::Pending => {
@@ -166,8 +167,8 @@ impl Guarded {
 
 /// hyper's own answer to a head it could not take, if `head` is exactly one: a 400, 414 or
 /// 431 status line, then only `connection: close`, `content-length: 0` and `date`, then the
-/// end of the head
-/// (what hyper writes for a parse error, and nothing else it writes looks like it).
+/// end of the head. That is what hyper writes for a parse error, and nothing else it writes
+/// looks like it.
 fn protocol_error_status(head: &[u8]) -> Option<StatusCode> {
     let head = std::str::from_utf8(head).ok()?.strip_suffix("\r\n\r\n")?;
     let mut lines = head.split("\r\n");
@@ -206,11 +207,12 @@ impl AsyncRead for Guarded {
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
         let before = buf.filled().len();
+        let room = buf.remaining() > 0;
         match this.tcp().poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
                 if buf.filled().len() > before {
                     this.activity.bytes_read();
-                } else {
+                } else if room {
                     this.ending = Ending::ClientClosed;
                 }
                 Poll::Ready(Ok(()))
@@ -272,7 +274,14 @@ impl AsyncWrite for Guarded {
         let this = &mut *self;
         ready!(this.poll_rewrite(cx))?;
         match this.tcp().poll_flush(cx) {
-            Poll::Ready(result) => Poll::Ready(result),
+            Poll::Ready(result) => {
+                // An HTTP/1 answer just went out: arm the deadline of what comes next (idle,
+                // or the next head), which the read that waits now was armed without.
+                if let Some((deadline, _)) = this.activity.read_deadline() {
+                    Self::expired(&mut this.read_timer, deadline, cx);
+                }
+                Poll::Ready(result)
+            }
             Poll::Pending => this.write_pending(cx).map(Err),
         }
     }

@@ -125,6 +125,14 @@ impl LimitArgs {
                 return Err(Error::config(flag, "must be at least 1"));
             }
         }
+        // The cap is a semaphore's permits, taken back all at once when draining.
+        let most = usize::try_from(u32::MAX).unwrap_or(usize::MAX);
+        if self.max_connections > most {
+            return Err(Error::config(
+                "--max-connections (CACHELAYER_MAX_CONNECTIONS)",
+                format!("must be at most {most}"),
+            ));
+        }
         Ok(Limits {
             header_timeout: self.header_timeout,
             idle_timeout: self.idle_timeout,
@@ -233,6 +241,7 @@ mod tests {
             (["--idle-timeout", "0s"], "--idle-timeout"),
             (["--max-connections", "0"], "--max-connections"),
             (["--http2-max-streams", "0"], "--http2-max-streams"),
+            (["--max-connections", "99999999999"], "--max-connections"),
         ] {
             let err = parse(&args).expect_err("zero");
             assert!(err.to_string().contains(flag), "{err}");

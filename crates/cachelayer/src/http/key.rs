@@ -63,6 +63,18 @@ pub fn host_allowed(host: &str, allowed: &[String]) -> bool {
     allowed.is_empty() || allowed.iter().any(|name| name == host_without_port(host))
 }
 
+/// Whether `raw` is already as [`normalize_host`] would make it (the usual case, checked
+/// without allocating).
+pub(crate) fn host_is_normal(raw: &str) -> bool {
+    !raw.is_empty()
+        && !raw
+            .bytes()
+            .any(|b| b.is_ascii_uppercase() || b.is_ascii_whitespace())
+        && !raw.ends_with('.')
+        && !raw.ends_with(":80")
+        && !raw.ends_with(":443")
+}
+
 /// A `Host` value as keys hold it: trimmed, lowercase, without a trailing dot or a default
 /// port (80, 443). For hosts named elsewhere than in a request, such as purges.
 pub fn normalize_host(raw: &str) -> String {
@@ -207,6 +219,29 @@ mod tests {
     use http::Request;
 
     use super::*;
+
+    /// The allocation-free check agrees with the normalization it stands for.
+    #[test]
+    fn host_is_normal_exactly_when_normalizing_changes_nothing() {
+        for host in [
+            "a.example",
+            "A.example",
+            "a.example.",
+            "a.example:80",
+            "a.example:8080",
+            "a.example:443",
+            "[::1]:8080",
+            " a.example",
+            "",
+            "a.example:4430",
+        ] {
+            assert_eq!(
+                host_is_normal(host),
+                normalize_host(host) == host && !host.is_empty(),
+                "{host:?}"
+            );
+        }
+    }
 
     fn parts(uri: &str, host: &str) -> Parts {
         Request::get(uri)

@@ -25,7 +25,7 @@ use super::collapse::{Keys, collapsed};
 use super::forward::{Origin, Storing, forward, forward_and_store};
 use super::headers::strip_hop_by_hop;
 use super::invalidate::invalidate_after_write;
-use super::key::normalize_host;
+use super::key::{host_is_normal, normalize_host};
 use super::lookup::{Found, Phase, Serve, judge, signed_secs};
 use super::path::normalize_uri;
 use super::policy::RequestDirectives;
@@ -139,6 +139,9 @@ fn as_origin_receives(parts: &mut Parts) {
         Some(host) => host.to_str().ok(),
         None => parts.uri.authority().map(http::uri::Authority::as_str),
     };
+    if host.is_some() && raw.is_some_and(host_is_normal) {
+        return;
+    }
     let normal = raw
         .map(normalize_host)
         .filter(|normal| host.is_none_or(|host| host.as_bytes() != normal.as_bytes()))
