@@ -181,9 +181,15 @@ impl Activity {
         }
         let response = state.next_response;
         state.next_response += 1;
+        let clock = if version == Version::HTTP_2 {
+            SendClock::PerResponse
+        } else {
+            SendClock::Socket
+        };
         InFlight {
             activity: Arc::clone(self),
             response,
+            clock,
             waiting: Waiting::NoResponse,
         }
     }
@@ -214,27 +220,41 @@ enum Waiting {
     OnSource,
 }
 
+/// What times a response that waits on the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SendClock {
+    /// HTTP/1: one response at a time, written by the connection's task, so a client that
+    /// does not read blocks the socket's write, which the socket times itself (`io`).
+    Socket,
+    /// HTTP/2: a stream can stall on its flow-control window while the socket moves, so
+    /// each response keeps its own clock in the account.
+    PerResponse,
+}
+
 /// One request in flight; dropping it ends the request's account.
 #[derive(Debug)]
 pub(crate) struct InFlight {
     activity: Arc<Activity>,
     /// Its number among the connection's responses.
     response: u64,
+    clock: SendClock,
     waiting: Waiting,
 }
 
 impl InFlight {
     /// The service answered; the response's head and body are now up to the client.
-    pub(crate) fn responded(&mut self, version: Version) {
-        if version != Version::HTTP_2 {
-            self.activity.state().heads_pending += 1;
+    pub(crate) fn responded(&mut self) {
+        match self.clock {
+            SendClock::Socket => self.activity.state().heads_pending += 1,
+            SendClock::PerResponse => self.moved(),
         }
-        self.moved();
     }
 
     /// hyper took a frame of the body: the response moved, and its clock starts again.
     pub(crate) fn sent(&mut self) {
-        self.moved();
+        if self.clock == SendClock::PerResponse {
+            self.moved();
+        }
     }
 
     /// The body's source has nothing yet: waiting is not the client's fault.
@@ -254,8 +274,7 @@ impl InFlight {
     fn moved(&mut self) {
         let now = Instant::now();
         let mut state = self.activity.state();
-        let deadline_begins =
-            state.waiting_on_client.is_empty() && state.protocol == Protocol::Http2;
+        let deadline_begins = state.waiting_on_client.is_empty();
         let response = self.response;
         match state
             .waiting_on_client
@@ -311,7 +330,7 @@ mod tests {
     }
 
     #[test]
-    fn deadlines_follow_the_connection() {
+    fn deadlines_follow_an_http1_connection() {
         let activity = activity();
         let (_, why) = activity
             .read_deadline()
@@ -323,7 +342,30 @@ mod tests {
             None,
             "a handler may take its time"
         );
-        request.responded(Version::HTTP_11);
+        request.responded();
+        assert_eq!(
+            activity.read_deadline(),
+            None,
+            "the socket's write times a client that does not read"
+        );
+        drop(request);
+        let (_, why) = activity.read_deadline().expect("idle");
+        assert_eq!(why, Timeout::Idle);
+        activity.bytes_read();
+        let (_, why) = activity.read_deadline().expect("a head began");
+        assert_eq!(why, Timeout::Header);
+    }
+
+    #[test]
+    fn http2_responses_waiting_on_the_client_are_timed() {
+        let activity = activity();
+        let mut request = activity.request_started(Version::HTTP_2);
+        assert_eq!(
+            activity.read_deadline(),
+            None,
+            "a handler may take its time"
+        );
+        request.responded();
         let (_, why) = activity
             .read_deadline()
             .expect("a response waits on the client");
@@ -333,9 +375,6 @@ mod tests {
         drop(request);
         let (_, why) = activity.read_deadline().expect("idle");
         assert_eq!(why, Timeout::Idle);
-        activity.bytes_read();
-        let (_, why) = activity.read_deadline().expect("a head began");
-        assert_eq!(why, Timeout::Header);
     }
 
     /// On HTTP/2, a response the client keeps moving does not cover one it leaves stalled:
@@ -345,10 +384,10 @@ mod tests {
         let activity = activity();
         let mut stalled = activity.request_started(Version::HTTP_2);
         let mut moving = activity.request_started(Version::HTTP_2);
-        stalled.responded(Version::HTTP_2);
+        stalled.responded();
         let (first, why) = activity.read_deadline().expect("waits on the client");
         assert_eq!(why, Timeout::Send);
-        moving.responded(Version::HTTP_2);
+        moving.responded();
         std::thread::sleep(std::time::Duration::from_millis(5));
         moving.sent();
         let (deadline, _) = activity.read_deadline().expect("still waiting");
@@ -372,7 +411,7 @@ mod tests {
             "a head never dispatched"
         );
         let mut request = activity.request_started(Version::HTTP_11);
-        request.responded(Version::HTTP_11);
+        request.responded();
         drop(request);
         assert!(!activity.head_written_is_protocol_error(), "our own answer");
         assert!(

@@ -83,7 +83,7 @@ where
                     .headers_mut()
                     .insert(CONNECTION, HeaderValue::from_static("close"));
             }
-            in_flight.responded(version);
+            in_flight.responded();
             let pieces = (version == Version::HTTP_2).then_some(HTTP2_PIECE_BYTES);
             Ok(response.map(|inner| ResponseBody {
                 inner,
