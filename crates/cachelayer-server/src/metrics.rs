@@ -5,12 +5,14 @@
 //! and invalidations in `serve`, the cache in the library); this module must never define a
 //! series of its own, nor fail start-up because another recorder is installed.
 
+use std::borrow::Borrow;
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
+use metrics::Gauge;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 /// Latency buckets, in seconds: fine below 10 ms, where cache hits are.
@@ -56,5 +58,25 @@ pub(crate) async fn run_upkeep(handle: PrometheusHandle) {
     loop {
         tick.tick().await;
         handle.run_upkeep();
+    }
+}
+
+/// One unit of a gauge, given back when dropped (also when what it counts is cancelled).
+/// Borrowing the gauge where the guard lives no longer than it (a request in the
+/// middleware), owning a handle where it travels (inside a response body).
+#[derive(Debug)]
+pub(crate) struct GaugeUnit<G: Borrow<Gauge>>(G);
+
+impl<G: Borrow<Gauge>> GaugeUnit<G> {
+    /// Count one more in `gauge` until dropped.
+    pub(crate) fn enter(gauge: G) -> Self {
+        gauge.borrow().increment(1.0);
+        Self(gauge)
+    }
+}
+
+impl<G: Borrow<Gauge>> Drop for GaugeUnit<G> {
+    fn drop(&mut self) {
+        self.0.borrow().decrement(1.0);
     }
 }

@@ -13,6 +13,8 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 use cachelayer::http::status::X_CACHE;
+
+use crate::metrics::GaugeUnit;
 use metrics::{Counter, Gauge, Histogram};
 use serde::Serialize;
 use tokio::time::Instant;
@@ -94,23 +96,6 @@ fn method_label(method: &axum::http::Method) -> &'static str {
     }
 }
 
-/// Counts a request in [`HTTP_IN_FLIGHT`] until dropped (also when the client goes away
-/// and the request is cancelled).
-struct InFlight<'a>(&'a Gauge);
-
-impl<'a> InFlight<'a> {
-    fn enter(gauge: &'a Gauge) -> Self {
-        gauge.increment(1.0);
-        Self(gauge)
-    }
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.0.decrement(1.0);
-    }
-}
-
 /// What the per-request middleware records into.
 #[derive(Debug, Clone)]
 pub(crate) struct Observed {
@@ -183,7 +168,8 @@ where
     Fut: Future<Output = Response>,
 {
     let started = Instant::now();
-    let _in_flight = InFlight::enter(&state.in_flight);
+    // Counted until dropped, also when the client goes away mid-request.
+    let _in_flight = GaugeUnit::enter(&state.in_flight);
     let method = method_label(request.method());
     // Copied only when the line is written: this runs on every hit.
     let logged = tracing::enabled!(target: "cachelayer::request", tracing::Level::INFO);

@@ -15,6 +15,9 @@ use http::Version;
 
 use super::limits::Limits;
 
+/// The metric counting connections (and request bodies) cut by a deadline, by `reason`.
+pub(crate) const CONNECTIONS_TIMED_OUT: &str = "cachelayer_connections_timed_out_total";
+
 /// Why a connection was closed by its deadline (the `reason` label of the metric).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Timeout {
@@ -29,6 +32,12 @@ pub(crate) enum Timeout {
 }
 
 impl Timeout {
+    /// Count a connection or request body cut for this reason on `listener`.
+    pub(crate) fn count(self, listener: &'static str) {
+        metrics::counter!(CONNECTIONS_TIMED_OUT, "listener" => listener, "reason" => self.as_str())
+            .increment(1);
+    }
+
     /// The metric label and log word.
     pub(crate) fn as_str(self) -> &'static str {
         match self {

@@ -31,7 +31,6 @@ use tower::{Service, ServiceExt};
 
 use super::Draining;
 use super::activity::{Activity, InFlight, Timeout};
-use super::io::CONNECTIONS_TIMED_OUT;
 use crate::error::ApiError;
 
 /// Every request of one connection, checked and accounted, then handed to `app`.
@@ -173,8 +172,7 @@ impl http_body::Body for RequestBody {
                     return Poll::Pending;
                 }
                 let why = Timeout::RequestBody;
-                metrics::counter!(CONNECTIONS_TIMED_OUT, "listener" => this.listener, "reason" => why.as_str())
-                    .increment(1);
+                why.count(this.listener);
                 let err = std::io::Error::new(std::io::ErrorKind::TimedOut, why.as_str());
                 Poll::Ready(Some(Err(ClientBodyError(err.into()))))
             }

@@ -29,8 +29,6 @@ use crate::error::ApiError;
 const LINGER_FOR: Duration = Duration::from_secs(1);
 /// How much it reads at most while lingering.
 const LINGER_BYTES: usize = 64 * 1024;
-/// The metric counting connections closed by a deadline, by `reason`.
-pub(crate) const CONNECTIONS_TIMED_OUT: &str = "cachelayer_connections_timed_out_total";
 
 /// A client's socket with its deadlines. See the module documentation.
 pub(crate) struct Guarded {
@@ -83,8 +81,7 @@ impl Guarded {
 
     fn timed_out(&mut self, why: Timeout) -> io::Error {
         self.ending = Ending::TimedOut;
-        metrics::counter!(CONNECTIONS_TIMED_OUT, "listener" => self.listener, "reason" => why.as_str())
-            .increment(1);
+        why.count(self.listener);
         tracing::debug!(
             listener = self.listener,
             reason = why.as_str(),

@@ -119,7 +119,7 @@ impl RequestPath {
             decoded,
             normalize_path(path).into_owned(),
         ];
-        let folded = exact.clone().map(|form| form.to_lowercase());
+        let folded = exact.each_ref().map(|form| form.to_lowercase());
         Self { exact, folded }
     }
 }

@@ -10,6 +10,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use super::body::UPSTREAM_BODY_TIMEOUTS;
+use crate::metrics::GaugeUnit;
 
 /// Gauge of requests the upstream is answering (headers or body) right now.
 pub(crate) const UPSTREAM_IN_FLIGHT: &str = "cachelayer_upstream_requests_in_flight";
@@ -48,7 +49,7 @@ impl Limits {
         let place = match Arc::clone(&self.places).try_acquire_owned() {
             Ok(place) => place,
             Err(_) => {
-                let _queued = Counted::enter(&self.queued);
+                let _queued = GaugeUnit::enter(&self.queued);
                 let waiting = Arc::clone(&self.places).acquire_owned();
                 // The semaphore is never closed: an error is the deadline.
                 let Ok(Ok(place)) = tokio::time::timeout_at(deadline, waiting).await else {
@@ -60,25 +61,8 @@ impl Limits {
         };
         Some(Permit {
             _place: place,
-            _counted: Counted::enter(&self.in_flight),
+            _counted: GaugeUnit::enter(self.in_flight.clone()),
         })
-    }
-}
-
-/// One unit of a gauge, given back when dropped (also when its request is cancelled).
-#[derive(Debug)]
-pub(super) struct Counted(Gauge);
-
-impl Counted {
-    fn enter(gauge: &Gauge) -> Self {
-        gauge.increment(1.0);
-        Self(gauge.clone())
-    }
-}
-
-impl Drop for Counted {
-    fn drop(&mut self) {
-        self.0.decrement(1.0);
     }
 }
 
@@ -86,5 +70,5 @@ impl Drop for Counted {
 #[derive(Debug)]
 pub(super) struct Permit {
     _place: OwnedSemaphorePermit,
-    _counted: Counted,
+    _counted: GaugeUnit<Gauge>,
 }
