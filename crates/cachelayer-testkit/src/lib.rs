@@ -6,10 +6,8 @@
 //! connections" log line, not by sleeping. This crate must never depend on the library it
 //! tests, so a broken library cannot break its own harness.
 
-mod clock;
 mod redis_server;
 mod tls;
 
-pub use clock::wait_for_next_millisecond;
 pub use redis_server::{RedisServer, RedisServerBuilder};
 pub use tls::TestCertificates;

@@ -1,6 +1,9 @@
 //! A circuit breaker in front of the store: after repeated failures it stops calling the
 //! store for a cool-down, then lets one probe through; the probe's outcome closes or re-opens
-//! it.
+//! it. The cache makes the probe a background `PING` of its own (no caller waits on it), so
+//! the cool-down can be short: traffic is back within about one cool-down of the store
+//! answering again, while a store that stays down sees one probe per cool-down from each
+//! process, spread by jitter so a fleet does not redial in step.
 //!
 //! Written by hand: the breaker crates on crates.io are either unmaintained or built around
 //! wrapping a future, while the cache needs its state readable (health checks report it) and
@@ -17,8 +20,10 @@ use crate::telemetry;
 
 /// Default consecutive failures that open the breaker.
 pub const DEFAULT_FAILURE_THRESHOLD: u32 = 5;
-/// Default time the breaker stays open before probing.
-pub const DEFAULT_COOL_DOWN: Duration = Duration::from_secs(5);
+/// Default time the breaker stays open before probing (less up to a fifth, at random).
+pub const DEFAULT_COOL_DOWN: Duration = Duration::from_millis(500);
+/// The largest share of a cool-down that jitter takes off.
+const COOL_DOWN_JITTER: f64 = 0.2;
 
 /// The breaker's state, as reported to health checks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -55,7 +60,8 @@ impl BreakerState {
 pub(crate) enum Admission {
     /// Call the store.
     Allowed,
-    /// Call the store; this call is the probe that decides the breaker's fate.
+    /// Do not call the store for this caller, but probe it now: the probe's outcome decides
+    /// the breaker's fate.
     Probe,
     /// Do not call the store.
     Rejected,
@@ -152,8 +158,9 @@ impl CircuitBreaker {
             Phase::Open { .. } => false,
         };
         if opens {
+            let jitter = self.cool_down.mul_f64(COOL_DOWN_JITTER * fastrand::f64());
             *phase = Phase::Open {
-                until: now + self.cool_down,
+                until: now + self.cool_down - jitter,
             };
             drop(phase);
             tracing::warn!(

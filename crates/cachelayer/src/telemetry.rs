@@ -36,6 +36,8 @@
 //! | `cachelayer_near_loads_not_stored_total` | counter | | loaded values returned but not stored because their key changed during the load |
 //! | `cachelayer_near_tracking_lost_total` | counter | | times change tracking was lost (the tier is then emptied and bypassed) |
 //! | `cachelayer_near_watching` | gauge | | 1 while change tracking is up, 0 while blind |
+//! | `cachelayer_keys_repaired_total` | counter | `kind` (`lock`, `tag_version`, `tag_counter`, `marker`) | keys the cache writes for itself found broken (garbage, another type, no expiry) and replaced |
+//! | `cachelayer_invalidation_retries_total` | counter | `outcome` (`succeeded`, `failed`) | invalidations retried at once after a dropped connection |
 
 /// Typed reads answered from the store.
 pub const HITS: &str = "cachelayer_hits_total";
@@ -99,3 +101,43 @@ pub const NEAR_LOADS_NOT_STORED: &str = "cachelayer_near_loads_not_stored_total"
 pub const NEAR_TRACKING_LOST: &str = "cachelayer_near_tracking_lost_total";
 /// 1 while change tracking is up, 0 while blind.
 pub const NEAR_WATCHING: &str = "cachelayer_near_watching";
+/// Keys the cache writes for itself found broken and replaced, by `kind`.
+pub const KEYS_REPAIRED: &str = "cachelayer_keys_repaired_total";
+/// Invalidations retried at once after a dropped connection, by `outcome`.
+pub const INVALIDATION_RETRIES: &str = "cachelayer_invalidation_retries_total";
+
+/// Which of the keys the cache writes for itself was found broken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+// Tags and markers belong to the HTTP layer.
+#[cfg_attr(not(feature = "http"), allow(dead_code))]
+pub(crate) enum RepairedKey {
+    /// A load lock.
+    Lock,
+    /// A tag's version.
+    TagVersion,
+    /// The counter that orders tag invalidations.
+    TagCounter,
+    /// A `Vary` or pass marker of the HTTP layer.
+    Marker,
+}
+
+impl RepairedKey {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Lock => "lock",
+            Self::TagVersion => "tag_version",
+            Self::TagCounter => "tag_counter",
+            Self::Marker => "marker",
+        }
+    }
+
+    /// Count it and say so: something outside the cache wrote to one of its keys.
+    pub(crate) fn record(self, key: &str) {
+        metrics::counter!(KEYS_REPAIRED, "kind" => self.as_str()).increment(1);
+        tracing::warn!(
+            key,
+            kind = self.as_str(),
+            "a cache key held something the cache never writes there (garbage, another type, or no expiry); replaced"
+        );
+    }
+}

@@ -5,7 +5,10 @@
 //! seedable source ([`crate::random`]), so two processes seeded alike for a test still mint
 //! distinct tokens.
 
-/// A fresh random token: 32 lowercase hex digits.
+/// The length of every token.
+pub(crate) const TOKEN_LEN: usize = 32;
+
+/// A fresh random token: [`TOKEN_LEN`] lowercase hex digits.
 pub(crate) fn random_token() -> String {
     format!("{:032x}", fastrand::u128(..))
 }
@@ -18,7 +21,7 @@ mod tests {
     #[test]
     fn tokens_are_distinct_hex() {
         let (a, b) = (random_token(), random_token());
-        assert_eq!(a.len(), 32);
+        assert_eq!(a.len(), TOKEN_LEN);
         assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
         assert_ne!(a, b);
     }

@@ -228,7 +228,11 @@ fn stampede_events_are_measured() {
         // Another holder past the maximum wait.
         backend
             .store
-            .set(&cache.lock_key("held"), "other".into(), MINUTE)
+            .set(
+                &cache.lock_key("held"),
+                "0123456789abcdef0123456789abcdef".into(),
+                MINUTE,
+            )
             .await
             .expect("plant lock");
         let failing = LoadOptions::ttl(MINUTE)

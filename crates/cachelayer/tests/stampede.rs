@@ -28,6 +28,11 @@ use tokio::sync::{Barrier, Notify};
 use tokio::time::Instant;
 
 const MINUTE: Duration = Duration::from_secs(60);
+/// A lock token of another process (locks hold 32 hex digits; anything else under a lock
+/// key is no lock, and is taken over).
+const OTHER_PROCESS: &[u8] = b"0123456789abcdef0123456789abcdef";
+/// The token of a process that took a lapsed lock over.
+const USURPER: &[u8] = b"fedcba9876543210fedcba9876543210";
 /// Stands for a slow database query: long enough that every concurrent caller arrives while
 /// the load runs.
 const SLOW_LOAD: Duration = Duration::from_millis(300);
@@ -189,14 +194,14 @@ async fn foreign_locks_are_never_deleted(backend: Backend) {
     let store = backend.store.clone();
     let lock = cache.lock_key("k");
     store
-        .set(&lock, Bytes::from_static(b"someone-else"), MINUTE)
+        .set(&lock, Bytes::from_static(OTHER_PROCESS), MINUTE)
         .await
         .expect("plant lock");
     let loaded = cache.get_with("k", MINUTE, async { 1u32 }).await;
     assert_eq!(loaded, 1, "loads without the lock after the maximum wait");
     assert_eq!(
         store.get(&lock).await.expect("get").as_deref(),
-        Some(&b"someone-else"[..])
+        Some(OTHER_PROCESS)
     );
 
     // Our lease "lapses" mid-load and another process takes the lock over.
@@ -204,7 +209,7 @@ async fn foreign_locks_are_never_deleted(backend: Backend) {
     let value = cache
         .get_with("k2", MINUTE, async move {
             usurping_store
-                .set(&usurped, Bytes::from_static(b"usurper"), MINUTE)
+                .set(&usurped, Bytes::from_static(USURPER), MINUTE)
                 .await
                 .expect("take over");
             2u32
@@ -217,7 +222,7 @@ async fn foreign_locks_are_never_deleted(backend: Backend) {
             .await
             .expect("get")
             .as_deref(),
-        Some(&b"usurper"[..])
+        Some(USURPER)
     );
 }
 
@@ -520,7 +525,11 @@ async fn lock_wait_timeout_follows_the_policy(backend: Backend) {
     for key in ["fresh-miss", "stale"] {
         backend
             .store
-            .set(&cache.lock_key(key), Bytes::from_static(b"holder"), MINUTE)
+            .set(
+                &cache.lock_key(key),
+                Bytes::from_static(OTHER_PROCESS),
+                MINUTE,
+            )
             .await
             .expect("plant lock");
     }
@@ -561,7 +570,7 @@ async fn lock_wait_timeout_follows_the_policy(backend: Backend) {
         .store
         .set(
             &cache.lock_key("stale"),
-            Bytes::from_static(b"holder"),
+            Bytes::from_static(OTHER_PROCESS),
             MINUTE,
         )
         .await

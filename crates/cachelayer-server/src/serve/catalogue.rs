@@ -280,18 +280,13 @@ impl Catalogue {
             .invalidate(key)
             .await
             .map_err(|e| e.to_string())?;
-        let lock = self.cache.lock_key(key);
         let deadline = Instant::now() + self.cache.stampede_settings().lock_ttl * 2;
-        loop {
-            let held = self
-                .cache
-                .store()
-                .get(&lock)
-                .await
-                .map_err(|e| e.to_string())?;
-            if held.is_none() {
-                break;
-            }
+        while self
+            .cache
+            .is_loading(key)
+            .await
+            .map_err(|e| e.to_string())?
+        {
             if Instant::now() >= deadline {
                 return Err(format!(
                     "a load of {} held its lock past the deadline",
@@ -356,7 +351,7 @@ mod tests {
         let key = product_key(1);
         cache.insert(&key, "before").await.expect("insert");
         let lock = cache.lock_key(&key);
-        let token = Bytes::from_static(b"another instance");
+        let token = Bytes::from_static(b"0123456789abcdef0123456789abcdef");
         let lease = Duration::from_secs(5);
         cache
             .store()

@@ -123,7 +123,19 @@ impl Server {
     pub fn start_with_open_files(database: &TestDatabase, open_files: u64, args: &[&str]) -> Self {
         let mut all = vec!["serve", "--database-url", &database.url, "--seed", "50"];
         all.extend_from_slice(args);
-        let mut server = Self::spawn_program(Some(open_files), &all);
+        let mut server = Self::spawn_program(Some(open_files), &[], &all);
+        server.wait_until_listening();
+        server
+    }
+
+    /// Start `cachelayer serve` as [`start`] does, with `env` set for the process (say, to
+    /// run it under libfaketime).
+    ///
+    /// [`start`]: Self::start
+    pub fn start_with_env(database: &TestDatabase, env: &[(&str, &str)], args: &[&str]) -> Self {
+        let mut all = vec!["serve", "--database-url", &database.url, "--seed", "50"];
+        all.extend_from_slice(args);
+        let mut server = Self::spawn_program(None, env, &all);
         server.wait_until_listening();
         server
     }
@@ -147,12 +159,12 @@ impl Server {
     /// Start the binary with `args` (a subcommand first), JSON logs, a free port, two
     /// workers and a short shutdown timeout.
     fn spawn_command(args: &[&str]) -> Self {
-        Self::spawn_program(None, args)
+        Self::spawn_program(None, &[], args)
     }
 
     /// [`spawn_command`](Self::spawn_command), under `prlimit` when `open_files` is given
     /// (it runs the binary in its own place, so the child's PID is the server's).
-    fn spawn_program(open_files: Option<u64>, args: &[&str]) -> Self {
+    fn spawn_program(open_files: Option<u64>, env: &[(&str, &str)], args: &[&str]) -> Self {
         let binary = env!("CARGO_BIN_EXE_cachelayer");
         let mut command = match open_files {
             None => Command::new(binary),
@@ -173,6 +185,7 @@ impl Server {
             .env_remove("REDIS_URL")
             .env_remove("DATABASE_URL")
             .env_remove("CACHELAYER_ADMIN_TOKEN")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         let mut child = command.spawn().expect("start the cachelayer binary");
@@ -360,4 +373,16 @@ pub fn refused_at_start(args: &[&str]) -> String {
         .expect("run the cachelayer binary");
     assert_eq!(output.status.code(), Some(2), "{args:?}");
     String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// libfaketime's preload library, which `scripts/test` installs (Debian's `faketime`).
+pub fn libfaketime() -> &'static str {
+    const PATHS: [&str; 2] = [
+        "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
+        "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
+    ];
+    PATHS
+        .into_iter()
+        .find(|path| std::path::Path::new(path).exists())
+        .expect("libfaketime is not installed; scripts/test installs Debian's faketime")
 }

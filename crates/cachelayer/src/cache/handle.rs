@@ -185,6 +185,29 @@ impl Cache {
         }
     }
 
+    /// Probe the store for the breaker on a task of its own, so no caller waits on a store
+    /// that may still be down. Up to two `PING`s: after a failed dial the first only finds
+    /// that failure (and starts a new dial), the second waits for the new dial.
+    fn spawn_probe(&self) {
+        let cache = self.clone();
+        tokio::spawn(async move {
+            let mut answered = cache.ping().await;
+            if answered
+                .as_ref()
+                .is_err_and(|err| err.kind() == ErrorKind::Connection)
+            {
+                answered = cache.ping().await;
+            }
+            match answered {
+                Ok(_) => cache.inner.breaker.record_success(),
+                Err(err) => {
+                    tracing::debug!(error = %err, "circuit breaker probe failed");
+                    cache.inner.breaker.record_failure();
+                }
+            }
+        });
+    }
+
     /// The stampede settings every load falls back to.
     pub fn stampede_settings(&self) -> &StampedeSettings {
         &self.inner.stampede
@@ -345,6 +368,36 @@ impl Cache {
     /// (so every instance's near tier hears of it, present or not); reports the delete's
     /// failure (a failed fence is counted as a store error, and only weakens the load guard).
     async fn remove_many(&self, full: &[String]) -> Result<()> {
+        self.retry_once_if_cut(|| self.remove_many_once(full)).await
+    }
+
+    /// Run an invalidation; when the store's connection was cut under it (a failover, an
+    /// idle timeout, `CLIENT KILL`: ordinary events), run it once more at once, on the
+    /// store's fresh connection, rather than leave it to a later retry while stale data is
+    /// served. Only for invalidations: they are idempotent, and a repeat can only cost a
+    /// miss. A store that is down fails the retry as fast as the first try.
+    pub(crate) async fn retry_once_if_cut<F, Fut>(&self, invalidation: F) -> Result<()>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<()>>,
+    {
+        match invalidation().await {
+            Err(err) if err.kind() == ErrorKind::Connection => {
+                let retried = invalidation().await;
+                let outcome = if retried.is_ok() {
+                    "succeeded"
+                } else {
+                    "failed"
+                };
+                metrics::counter!(telemetry::INVALIDATION_RETRIES, "outcome" => outcome)
+                    .increment(1);
+                retried
+            }
+            done => done,
+        }
+    }
+
+    async fn remove_many_once(&self, full: &[String]) -> Result<()> {
         let _forget = self.forget_on_drop(full, String::as_str);
         let delete = self.call("delete_many", self.inner.store.delete_many(full));
         let deleted = if self.inner.store_is_local {
@@ -514,7 +567,15 @@ impl Cache {
     ) -> Result<R> {
         let local = self.inner.store_is_local;
         let breaker = &self.inner.breaker;
-        if !local && breaker.admit() == Admission::Rejected {
+        let admission = if local {
+            Admission::Allowed
+        } else {
+            breaker.admit()
+        };
+        if admission == Admission::Probe {
+            self.spawn_probe();
+        }
+        if admission != Admission::Allowed {
             metrics::counter!(telemetry::STORE_ERRORS, "op" => op, "kind" => ErrorKind::CircuitOpen.as_str())
                 .increment(1);
             return Err(Error::new(

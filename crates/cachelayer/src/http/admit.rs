@@ -20,7 +20,22 @@ use super::policy::{initial_age, storable};
 use super::revalidate::answer_not_modified;
 use super::settings::Settings;
 use super::stored::{Arrival, StoredResponse};
+use super::tags::TagClock;
 use crate::telemetry;
+
+/// What the cache may do with an origin's response.
+#[derive(Debug)]
+pub(super) enum Verdict {
+    /// Store this (boxed: the verdict moves through every miss, and the others are empty).
+    Store(Box<Admitted>),
+    /// Not storable (RFC 9111, the settings, its size): this says something about the URL,
+    /// which a marker may remember for a while.
+    Refused,
+    /// Storable, but one of its tags was invalidated while the origin answered (or the
+    /// store could not say): it may show what the invalidation dropped, so it is neither
+    /// stored nor shared with waiters, and it says nothing about the URL.
+    Outdated,
+}
 
 /// The origin's response for its caller, and what to store of it when RFC 9111 and the
 /// settings allow. A 304 to the cache's own revalidation of `revalidating` is answered
@@ -30,8 +45,9 @@ pub(super) async fn admit<ResBody>(
     parts: &Parts,
     response: Response<ResBody>,
     request_time: SystemTime,
+    tag_clock: TagClock,
     revalidating: Option<&StoredResponse>,
-) -> (Response<CacheBody>, Option<Admitted>)
+) -> (Response<CacheBody>, Verdict)
 where
     ResBody: Body<Data = Bytes> + Send + 'static,
     ResBody::Error: Into<BoxError>,
@@ -67,7 +83,7 @@ where
     }
     let vary = vary_values(&head.headers, &parts.headers);
     let (Ok(facts), Some(vary)) = (decision, vary) else {
-        return (Response::from_parts(head, boxed(body)), None);
+        return (Response::from_parts(head, boxed(body)), Verdict::Refused);
     };
     let initial = initial_age(&head.headers, request_time, response_time);
     let Some(fresh) = facts
@@ -75,7 +91,7 @@ where
         .checked_sub(initial)
         .filter(|f| !f.is_zero())
     else {
-        return (Response::from_parts(head, boxed(body)), None);
+        return (Response::from_parts(head, boxed(body)), Verdict::Refused);
     };
     match buffer(body, settings.max_body_bytes).await {
         Buffered::Complete(bytes) => {
@@ -101,20 +117,25 @@ where
                 stored
             };
             let Some(versions) =
-                super::tags::versions_for_store(&settings.cache, &tags, request_time).await
+                super::tags::versions_for_store(&settings.cache, &tags, tag_clock).await
             else {
-                // Without the tags' versions, a later invalidation could miss it: not stored.
-                return (Response::from_parts(head, full_body(bytes)), None);
+                // Without the tags' versions, a later invalidation could miss it; or one of
+                // them was invalidated during the origin call: not stored.
+                metrics::counter!(telemetry::HTTP_NOT_STORED, "reason" => "tags").increment(1);
+                return (
+                    Response::from_parts(head, full_body(bytes)),
+                    Verdict::Outdated,
+                );
             };
             let stored = stored.with_tags(tags.into_iter().zip(versions).collect());
             (
                 Response::from_parts(head, full_body(bytes)),
-                Some(Admitted::new(stored, facts, fresh)),
+                Verdict::Store(Box::new(Admitted::new(stored, facts, fresh))),
             )
         }
         Buffered::Streaming(body) => {
             metrics::counter!(telemetry::HTTP_NOT_STORED, "reason" => "too_large").increment(1);
-            (Response::from_parts(head, body), None)
+            (Response::from_parts(head, body), Verdict::Refused)
         }
     }
 }

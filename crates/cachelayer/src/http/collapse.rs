@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 use http::request::Parts;
 use http::{Method, Request, Response};
 
-use super::admit::admit;
+use super::admit::{Verdict, admit};
 use super::body::{CacheBody, OriginBody};
 use super::forward::{Origin, Storing, forward_and_store};
 use super::respond::{describe, from_store};
@@ -21,6 +21,7 @@ use super::revalidate::{conditional, has_validators};
 use super::settings::Settings;
 use super::status::{CacheStatus, Forward, X_CACHE};
 use super::stored::{CachedEntry, StoredResponse};
+use super::tags::{TagCheck, check, read_clock};
 use super::vary::{shared_response, store_response, variant_of};
 use crate::cache::{Fetched, LoadMode};
 use crate::stampede::LoadOptions;
@@ -73,6 +74,7 @@ where
         let Some(body) = take(&request_body) else {
             return Ok::<_, Infallible>(not_shared());
         };
+        let tag_clock = read_clock(&settings.cache).await;
         let request_time = SystemTime::now();
         let (origin_parts, revalidating) = conditional(&parts, revalidating.as_ref());
         let response = match inner.call(Request::from_parts(origin_parts, body)).await {
@@ -82,12 +84,19 @@ where
                 return Ok(not_shared());
             }
         };
-        let (served, admitted) =
-            admit(settings, &parts, response, request_time, revalidating).await;
+        let (served, admitted) = admit(
+            settings,
+            &parts,
+            response,
+            request_time,
+            tag_clock,
+            revalidating,
+        )
+        .await;
         let (fetched, written) = match admitted {
             // Written here rather than by the load: a response that varies goes under its
             // variant's key, with a marker under the URL's.
-            Some(admitted) => {
+            Verdict::Store(admitted) => {
                 let written = store_response(
                     &settings.cache,
                     &primary,
@@ -104,18 +113,19 @@ where
             // conditional request says nothing about the URL, so it leaves no marker.
             // Never for a failure (the stale copy must stay for stale-if-error), nor for a
             // HEAD or a stale copy being revalidated: those say nothing about the URL.
-            None if !has_validators(&parts.headers)
-                && !settings.pass_ttl.is_zero()
-                && !served.status().is_server_error()
-                && parts.method == Method::GET
-                && revalidating.is_none() =>
+            Verdict::Refused
+                if !has_validators(&parts.headers)
+                    && !settings.pass_ttl.is_zero()
+                    && !served.status().is_server_error()
+                    && parts.method == Method::GET
+                    && revalidating.is_none() =>
             {
                 (
                     Fetched::with_lifetime(CachedEntry::Pass, settings.pass_ttl, Duration::ZERO),
                     false,
                 )
             }
-            None => (not_shared(), false),
+            Verdict::Refused | Verdict::Outdated => (not_shared(), false),
         };
         put(&own, Ok((served, written)));
         Ok(fetched)
@@ -157,6 +167,10 @@ where
             &stored.vary_names(),
             &parts.headers,
         ))
+        // A tag invalidated after the origin call checked its versions, but before this
+        // request got its answer (it may have arrived after the write returned): not for
+        // this request.
+        && check(cache, stored.tags()).await == TagCheck::Valid
     {
         let age = stored.age(SystemTime::now());
         return Ok(from_store(

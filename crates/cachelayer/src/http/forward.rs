@@ -10,12 +10,13 @@ use http::request::Parts;
 use http::{Request, Response};
 use tower::Service;
 
-use super::admit::{admit, strip_tag_headers};
+use super::admit::{Verdict, admit, strip_tag_headers};
 use super::body::{CacheBody, OriginBody, boxed};
 use super::policy::RequestDirectives;
 use super::respond::describe;
 use super::settings::Settings;
 use super::status::{CacheStatus, Forward};
+use super::tags::{TagClock, read_clock};
 use super::vary::store_response;
 
 /// The service behind the layer, as every step on the way to it needs it: its calls, their
@@ -90,12 +91,17 @@ where
     S: Origin<ReqBody, ResBody>,
     ResBody: OriginBody,
 {
+    let tag_clock = match storing {
+        Storing::IfStorable => read_clock(&settings.cache).await,
+        Storing::Never => TagClock::Unread,
+    };
     let request_time = SystemTime::now();
     let response = inner.call(Request::from_parts(parts.clone(), body)).await?;
-    let (mut response, admitted) = admit(settings, &parts, response, request_time, None).await;
+    let (mut response, admitted) =
+        admit(settings, &parts, response, request_time, tag_clock, None).await;
     let mut written = false;
     if storing == Storing::IfStorable
-        && let Some(admitted) = admitted
+        && let Verdict::Store(admitted) = admitted
     {
         written = store_response(
             &settings.cache,

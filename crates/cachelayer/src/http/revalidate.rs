@@ -9,6 +9,7 @@ use std::time::SystemTime;
 use http::request::Parts;
 use http::{HeaderMap, Method, Response};
 
+use super::admit::Verdict;
 use super::body::CacheBody;
 use super::lifetime::{Admitted, with_configured_windows};
 use super::policy::{initial_age, storable};
@@ -64,7 +65,7 @@ pub(super) fn answer_not_modified(
     not_modified: &HeaderMap,
     request_time: SystemTime,
     response_time: SystemTime,
-) -> (Response<CacheBody>, Option<Admitted>) {
+) -> (Response<CacheBody>, Verdict) {
     let refreshed = refresh_from_304(
         settings,
         parts,
@@ -78,7 +79,7 @@ pub(super) fn answer_not_modified(
             let age = admitted.stored.age(SystemTime::now());
             let served = admitted.stored.clone();
             let response = from_store(settings, served, parts, age, CacheStatus::REVALIDATED);
-            (response, Some(admitted))
+            (response, Verdict::Store(Box::new(admitted)))
         }
         None => {
             let arrival = Arrival {
@@ -89,7 +90,10 @@ pub(super) fn answer_not_modified(
             let merged = stored.refreshed(headers, stored.facts(), arrival);
             let age = merged.age(SystemTime::now());
             let status = CacheStatus::forwarded(Forward::Stale);
-            (from_store(settings, merged, parts, age, status), None)
+            (
+                from_store(settings, merged, parts, age, status),
+                Verdict::Refused,
+            )
         }
     }
 }

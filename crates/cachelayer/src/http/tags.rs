@@ -2,15 +2,19 @@
 //! a [`CacheTags`] response extension), and `invalidate_tags` drops every response with a
 //! tag, in every instance sharing the store, in one round trip, without KEYS or SCAN.
 //!
-//! How: each tag has a version key holding a token (the time it was set, and a random part).
-//! A stored response records the token of each of its tags when it was stored; on a hit the
-//! current tokens are read (one MGET) and any difference makes it a miss. Invalidating sets
-//! new tokens. A response whose origin call started before one of its tags was invalidated
-//! is not stored (it may show the old data). A missing version key (never created, or
-//! evicted) never matches a recorded token, so eviction can only cost misses, never revive a
-//! dropped response. This module must never enumerate keys.
-
-use std::time::{SystemTime, UNIX_EPOCH};
+//! How: each tag has a version key holding a version (when it was set, on the tag clock, and
+//! a random part). A stored response records the version of each of its tags when it was
+//! stored; on a hit the current versions are read (one MGET) and any difference makes it a
+//! miss. Invalidating sets new versions. A response whose origin call started before one of
+//! its tags was invalidated is not stored (it may show the old data).
+//!
+//! "Before" is decided on one clock for every process: the tag clock, a counter in the store
+//! that each invalidation advances ([`Store::advance_counter`](crate::store::Store::advance_counter)),
+//! read before each origin call. Hosts' clocks are never compared, so a host whose clock is
+//! off cannot store a page an invalidation dropped. A missing version key (never created, or
+//! evicted) never matches a recorded version, so eviction can only cost misses, never revive
+//! a dropped response; a lost clock restarts past every version it stamped. This module must
+//! never enumerate keys, nor read a host's clock.
 
 use bytes::Bytes;
 use http::HeaderMap;
@@ -18,7 +22,8 @@ use http::HeaderMap;
 use crate::cache::Cache;
 use crate::error::Result;
 use crate::store::MAX_TTL;
-use crate::token::random_token;
+use crate::telemetry::RepairedKey;
+use crate::token::{TOKEN_LEN, random_token};
 
 /// Tags a handler attaches to its response, as an extension (not sent to clients).
 ///
@@ -84,78 +89,136 @@ fn version_keys(cache: &Cache, tags: &[String]) -> Vec<String> {
         .collect()
 }
 
-/// A version token set by an invalidation: its time in milliseconds, then a random part.
-fn invalidation_token() -> Bytes {
-    let millis = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis();
-    Bytes::from(format!("{millis}-{}", random_token()))
+/// The key of the counter that orders invalidations (the tag clock).
+fn clock_key(cache: &Cache) -> String {
+    cache.full_key("tag-clock")
 }
 
-/// The first version of a tag, created when a response with it is stored: no invalidation
-/// has happened, so its time is 0.
-fn first_token() -> Bytes {
-    Bytes::from(format!("0-{}", random_token()))
+/// The tag clock's reading when an origin call started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TagClock {
+    /// The clock read this: responses whose tags were all last invalidated at or before it
+    /// may be stored.
+    Read(u64),
+    /// Not read: the store did not answer, or the response will not be stored anyway. A
+    /// response with tags is then not stored.
+    Unread,
 }
 
-/// When a token was set (0 when it does not say).
-fn token_time(token: &[u8]) -> u128 {
-    std::str::from_utf8(token)
-        .ok()
-        .and_then(|t| t.split_once('-'))
-        .and_then(|(millis, _)| millis.parse().ok())
-        .unwrap_or(0)
+/// Read the tag clock before an origin call (one `GET`: whether the response will carry
+/// tags is not known before it arrives). A clock that is missing (evicted, flushed, never
+/// advanced) or unreadable is advanced first: it restarts from the store's clock, past every
+/// version it stamped before.
+pub(crate) async fn read_clock(cache: &Cache) -> TagClock {
+    let key = clock_key(cache);
+    let read = match cache.call("tag_clock", cache.store().get(&key)).await {
+        Ok(read) => read,
+        Err(_) => return TagClock::Unread,
+    };
+    match read.as_deref().map(parse_counter) {
+        Some(Some(reading)) => TagClock::Read(reading),
+        unreadable_or_missing => {
+            if matches!(unreadable_or_missing, Some(None)) {
+                RepairedKey::TagCounter.record(&key);
+            }
+            match advance_clock(cache).await {
+                Ok(reading) => TagClock::Read(reading),
+                Err(_) => TagClock::Unread,
+            }
+        }
+    }
 }
 
-/// The current version tokens of `tags`, creating the missing ones, for a response whose
-/// origin call started at `requested`. `None` when the response must not be stored: the
-/// store cannot say, or a tag was invalidated after the call started.
+async fn advance_clock(cache: &Cache) -> Result<u64> {
+    cache
+        .call(
+            "tag_clock",
+            cache.store().advance_counter(&clock_key(cache), MAX_TTL),
+        )
+        .await
+}
+
+fn parse_counter(bytes: &[u8]) -> Option<u64> {
+    let digits = std::str::from_utf8(bytes).ok()?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// A version: the tag clock's reading when it was set (0 for a tag's first version, which
+/// no invalidation set), then a random part that makes it unique.
+fn version(clock: u64) -> Bytes {
+    Bytes::from(format!("{clock}-{}", random_token()))
+}
+
+/// When a version was set, on the tag clock; `None` when the bytes are not a version (a
+/// foreign write, garbage).
+fn version_clock(version: &[u8]) -> Option<u64> {
+    let (clock, random) = std::str::from_utf8(version).ok()?.split_once('-')?;
+    let random_ok = random.len() == TOKEN_LEN && random.bytes().all(|b| b.is_ascii_hexdigit());
+    random_ok.then(|| parse_counter(clock.as_bytes())).flatten()
+}
+
+/// The current versions of `tags`, creating the missing ones, for a response whose origin
+/// call started at `started` on the tag clock. `None` when the response must not be
+/// stored: the store cannot say, or a tag was invalidated after the call started. A
+/// version that is not one (garbage) is replaced as an invalidation would, so the tag's
+/// responses are stored again from the next origin call on.
 pub(crate) async fn versions_for_store(
     cache: &Cache,
     tags: &[String],
-    requested: SystemTime,
+    started: TagClock,
 ) -> Option<Vec<String>> {
     if tags.is_empty() {
         return Some(Vec::new());
     }
+    let TagClock::Read(started) = started else {
+        return None;
+    };
     let keys = version_keys(cache, tags);
     let current = cache.read_many("tag_versions", &keys).await.ok()?;
     let mut versions = Vec::with_capacity(keys.len());
-    for (key, version) in keys.iter().zip(current) {
-        let version = match version {
-            Some(version) => version,
-            None => {
-                let token = first_token();
-                let store = cache.store();
-                let created = cache
-                    .call(
-                        "tag_create",
-                        store.set_if_absent(key, token.clone(), MAX_TTL),
-                    )
-                    .await
-                    .ok()?;
-                if created {
-                    token
-                } else {
-                    cache.call("tag_versions", store.get(key)).await.ok()??
-                }
-            }
+    let mut broken = Vec::new();
+    let mut invalidated = false;
+    for (key, found) in keys.iter().zip(current) {
+        let found = match found {
+            Some(found) => found,
+            None => first_version(cache, key).await?,
         };
-        let started = requested
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_millis();
-        // At or after: an invalidation in the same millisecond as the start may have come
-        // after it. Clocks of different hosts are compared here, so a writer whose clock is
-        // behind the reader's by more than the origin call's duration can still let a stale
-        // response be stored (documented where the guarantees are).
-        if token_time(&version) >= started {
-            return None;
+        match version_clock(&found) {
+            None => {
+                RepairedKey::TagVersion.record(key);
+                broken.push(key.clone());
+            }
+            // After the call started: the response may show what the invalidation dropped.
+            Some(set_at) => invalidated |= set_at > started,
         }
-        versions.push(String::from_utf8_lossy(&version).into_owned());
+        versions.push(String::from_utf8_lossy(&found).into_owned());
     }
-    Some(versions)
+    if !broken.is_empty() {
+        let _ = invalidate_keys(cache, &broken).await;
+        return None;
+    }
+    (!invalidated).then_some(versions)
+}
+
+/// Create a tag's first version (or read the one another process created meanwhile).
+async fn first_version(cache: &Cache, key: &str) -> Option<Bytes> {
+    let first = version(0);
+    let store = cache.store();
+    let created = cache
+        .call(
+            "tag_create",
+            store.set_if_absent(key, first.clone(), MAX_TTL),
+        )
+        .await
+        .ok()?;
+    if created {
+        Some(first)
+    } else {
+        cache.call("tag_versions", store.get(key)).await.ok()?
+    }
 }
 
 /// What a hit's tags say.
@@ -192,16 +255,26 @@ pub(crate) async fn check(cache: &Cache, tagged: &[(String, String)]) -> TagChec
 }
 
 /// New versions for `tags`: every response stored with one of them becomes a miss, in every
-/// instance sharing the store. One round trip; reports store failure.
+/// instance sharing the store. Two round trips (the clock, then the versions); reports store
+/// failure. Retried once at once when the connection was cut, as a failover or an idle
+/// timeout does; the retry sets newer versions, which is as good.
 pub(crate) async fn invalidate(cache: &Cache, tags: &[String]) -> Result<()> {
     if tags.is_empty() {
         return Ok(());
     }
-    let entries: Vec<crate::store::StoreEntry> = version_keys(cache, tags)
-        .into_iter()
+    let keys = version_keys(cache, tags);
+    cache
+        .retry_once_if_cut(|| invalidate_keys(cache, &keys))
+        .await
+}
+
+async fn invalidate_keys(cache: &Cache, keys: &[String]) -> Result<()> {
+    let clock = advance_clock(cache).await?;
+    let entries: Vec<crate::store::StoreEntry> = keys
+        .iter()
         .map(|key| crate::store::StoreEntry {
-            key,
-            value: invalidation_token(),
+            key: key.clone(),
+            value: version(clock),
             ttl: MAX_TTL,
         })
         .collect();
@@ -229,13 +302,15 @@ mod tests {
     }
 
     /// A recorded version is valid until the tag is invalidated; a missing version key is
-    /// never valid.
+    /// never valid; a response whose origin call started before an invalidation of one of
+    /// its tags is not stored, and one that started after it is.
     #[tokio::test]
     async fn versions_change_on_invalidation() {
         let cache = Cache::builder().build().expect("cache");
         let tags = vec!["a".to_owned(), "b".to_owned()];
-        let before = SystemTime::now() - std::time::Duration::from_secs(1);
-        let versions = versions_for_store(&cache, &tags, SystemTime::now())
+        let before = read_clock(&cache).await;
+        assert!(matches!(before, TagClock::Read(_)), "{before:?}");
+        let versions = versions_for_store(&cache, &tags, before)
             .await
             .expect("versions");
         let tagged: Vec<(String, String)> = tags.iter().cloned().zip(versions).collect();
@@ -246,7 +321,58 @@ mod tests {
         assert_eq!(check(&cache, &tagged).await, TagCheck::Invalid);
         let missing = vec![("never-created".to_owned(), "x".to_owned())];
         assert_eq!(check(&cache, &missing).await, TagCheck::Invalid);
-        // A response whose origin call started before the invalidation is not stored.
         assert_eq!(versions_for_store(&cache, &tags, before).await, None);
+        let after = read_clock(&cache).await;
+        assert!(versions_for_store(&cache, &tags, after).await.is_some());
+        assert_eq!(
+            versions_for_store(&cache, &tags, TagClock::Unread).await,
+            None
+        );
+    }
+
+    /// A version or a clock holding garbage is replaced: the response that found it is not
+    /// stored, the next one is.
+    #[tokio::test]
+    async fn garbage_versions_and_clocks_heal() {
+        let cache = Cache::builder().build().expect("cache");
+        let tags = vec!["a".to_owned()];
+        let store = cache.store();
+        let key = version_keys(&cache, &tags).remove(0);
+        let ttl = std::time::Duration::from_secs(60);
+        store
+            .set(&key, Bytes::from_static(b"\xff\xfe-not-a-version"), ttl)
+            .await
+            .expect("garbage version");
+        let started = read_clock(&cache).await;
+        assert_eq!(versions_for_store(&cache, &tags, started).await, None);
+        let started = read_clock(&cache).await;
+        assert!(versions_for_store(&cache, &tags, started).await.is_some());
+
+        store
+            .set(&clock_key(&cache), Bytes::from_static(b"garbage"), ttl)
+            .await
+            .expect("garbage clock");
+        let started = read_clock(&cache).await;
+        assert!(matches!(started, TagClock::Read(_)), "{started:?}");
+        assert!(versions_for_store(&cache, &tags, started).await.is_some());
+    }
+
+    /// Versions are what `version` writes, nothing else.
+    #[test]
+    fn only_versions_parse() {
+        let written = version(42);
+        assert_eq!(version_clock(&written), Some(42));
+        assert_eq!(version_clock(&version(0)), Some(0));
+        for bad in [
+            &b""[..],
+            b"42",
+            b"-0123456789abcdef0123456789abcdef",
+            b"+1-0123456789abcdef0123456789abcdef",
+            b"1-0123456789abcdef",
+            b"1-0123456789abcdef0123456789abcdeg",
+            b"\xff-0123456789abcdef0123456789abcdef",
+        ] {
+            assert_eq!(version_clock(bad), None, "{bad:?}");
+        }
     }
 }

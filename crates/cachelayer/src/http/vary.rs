@@ -4,23 +4,46 @@
 //!
 //! This module must never judge a stored response (`lookup` does), only find and store it.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use http::HeaderMap;
 
 use super::key::request_values;
 use super::stored::{CachedEntry, StoredResponse};
 use crate::cache::Cache;
+use crate::codec::EnvelopeHeader;
+use crate::telemetry::RepairedKey;
 
 /// Least lifetime of a `Vary` marker: longer than its variants, so they stay reachable.
 const MARKER_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 
-/// The entry under `key`, if any can be read.
+/// How far past its recorded life a marker must be before it counts as broken: more than
+/// hosts' clocks disagree by, far less than a marker lives.
+const MARKER_CLOCK_MARGIN: Duration = Duration::from_secs(60);
+
+/// The entry under `key`, if any can be read. A marker (pass or `Vary`) past the life it
+/// was written for is not one: the store expires markers, so one still there lost its TTL
+/// to a write from outside (a script re-`SET`ting keys), and would otherwise hold the URL
+/// uncached, or its old variants, forever. The next response written there replaces it.
 pub(super) async fn fetch(cache: &Cache, key: &str) -> Option<CachedEntry> {
-    cache
-        .fetch_entry::<CachedEntry>(key)
-        .await
-        .and_then(|entry| entry.value)
+    fetch_at(cache, key, SystemTime::now()).await
+}
+
+async fn fetch_at(cache: &Cache, key: &str, now: SystemTime) -> Option<CachedEntry> {
+    let decoded = cache.fetch_entry::<CachedEntry>(key).await?;
+    let entry = decoded.value?;
+    let marker = matches!(entry, CachedEntry::Pass | CachedEntry::Variants { .. });
+    if marker && outlived(&decoded.header, now) {
+        RepairedKey::Marker.record(key);
+        return None;
+    }
+    Some(entry)
+}
+
+/// Whether an entry is past its recorded life (fresh TTL and the margin) at `now`.
+fn outlived(header: &EnvelopeHeader, now: SystemTime) -> bool {
+    let age = now.duration_since(header.stored_at).unwrap_or_default();
+    age > header.ttl.saturating_add(MARKER_CLOCK_MARGIN)
 }
 
 /// The entry for a request: under the URL's key, or, when a marker there says the URL
@@ -136,4 +159,34 @@ pub(super) async fn store_response(
         cache.store_value(variant, &value, fresh, grace, Duration::ZERO),
     );
     matches!((marked, written), (Ok(true), Ok(true)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Markers past their recorded life (their store TTL was stripped from outside) are
+    /// not found; within it, and a minute past for hosts' clocks, they are.
+    #[tokio::test]
+    async fn markers_outliving_their_life_are_absent() {
+        let cache = Cache::builder().build().expect("cache");
+        let life = Duration::from_secs(10);
+        let variants = CachedEntry::Variants {
+            names: vec!["accept-language".to_owned()],
+            generation: "g".to_owned(),
+        };
+        for (key, marker) in [("pass", CachedEntry::Pass), ("vary", variants)] {
+            let key = cache.full_key(key);
+            let stored = cache
+                .store_value(key.clone(), &marker, life, Duration::ZERO, Duration::ZERO)
+                .await;
+            assert_eq!(stored.ok(), Some(true));
+            let now = SystemTime::now();
+            assert_eq!(fetch_at(&cache, &key, now).await, Some(marker.clone()));
+            let within = now + life + MARKER_CLOCK_MARGIN - Duration::from_secs(1);
+            assert_eq!(fetch_at(&cache, &key, within).await, Some(marker));
+            let past = now + life + MARKER_CLOCK_MARGIN + Duration::from_secs(2);
+            assert_eq!(fetch_at(&cache, &key, past).await, None, "{key}");
+        }
+    }
 }

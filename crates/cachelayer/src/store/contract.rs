@@ -109,6 +109,25 @@ pub struct StoreEntry {
     pub ttl: Duration,
 }
 
+/// What [`Store::claim`] found and did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// The key was free (absent or expired): the claim is written.
+    Taken,
+    /// The key held something no claim of this shape can be (a value of another length or
+    /// type, or one without an expiry: garbage, or a foreign write): it was replaced.
+    Replaced,
+    /// A live claim holds the key: nothing was written.
+    Held,
+}
+
+impl Claim {
+    /// Whether the caller now holds the key.
+    pub fn is_ours(self) -> bool {
+        matches!(self, Self::Taken | Self::Replaced)
+    }
+}
+
 /// A store of bytes under string keys, each with a time to live.
 ///
 /// Semantics follow Redis: expired keys are absent; `set` replaces value and TTL;
@@ -171,6 +190,37 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Store `value` only when `key` is absent (Redis `SET NX PX`); true when written.
     async fn set_if_absent(&self, key: &str, value: Bytes, ttl: Duration) -> Result<bool>;
 
+    /// Take `key` as a lease: write `value` for `ttl` unless a live lease holds it. A live
+    /// lease is a string of the same length as `value` that expires; anything else under
+    /// the key (garbage, a value without its expiry, another type) is replaced, so a lease
+    /// key broken from outside heals at the next claim instead of blocking forever.
+    ///
+    /// The default is built from the other calls: atomic for each step, and safe (a value
+    /// replaced meanwhile is never removed), but it takes up to four round trips where a
+    /// store that can should take one.
+    async fn claim(&self, key: &str, value: Bytes, ttl: Duration) -> Result<Claim> {
+        if self.set_if_absent(key, value.clone(), ttl).await? {
+            return Ok(Claim::Taken);
+        }
+        let Some((held, held_ttl)) = self.get_with_ttl(key).await? else {
+            return self.set_if_absent(key, value, ttl).await.map(taken_or_held);
+        };
+        if held.len() == value.len() && matches!(held_ttl, KeyTtl::ExpiresIn(_)) {
+            return Ok(Claim::Held);
+        }
+        self.compare_and_delete(key, &held).await?;
+        let taken = self.set_if_absent(key, value, ttl).await?;
+        Ok(if taken { Claim::Replaced } else { Claim::Held })
+    }
+
+    /// Advance the counter under `key` and return its new value, which is greater than any
+    /// value it returned before, even after the key was lost (evicted, flushed, or holding
+    /// garbage): a missing or unreadable counter restarts from the store's own clock in
+    /// microseconds, not from zero. One clock (the store's) for every process, so callers
+    /// can order events of different hosts without comparing their clocks. The key lives
+    /// for `ttl` from each advance.
+    async fn advance_counter(&self, key: &str, ttl: Duration) -> Result<u64>;
+
     /// Remove `key` only while it still holds exactly `expected`, atomically; true when
     /// removed. This is how a lock owner releases its lock without removing someone else's.
     async fn compare_and_delete(&self, key: &str, expected: &[u8]) -> Result<bool>;
@@ -203,6 +253,17 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         let _ = (prefix, listener);
         None
     }
+}
+
+fn taken_or_held(taken: bool) -> Claim {
+    if taken { Claim::Taken } else { Claim::Held }
+}
+
+/// A counter's next value: one past `current`, or the clock's reading when that is later
+/// (a lost counter restarts there, past every value it held, as those were clock readings
+/// or followed them).
+pub(crate) fn next_counter(current: Option<u64>, clock_micros: u64) -> u64 {
+    current.map_or(clock_micros, |c| c.saturating_add(1).max(clock_micros))
 }
 
 /// How many messages a subscription buffers before newer ones are dropped.

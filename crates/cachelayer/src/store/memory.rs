@@ -18,7 +18,9 @@ use moka::future::Cache as MokaCache;
 use moka::ops::compute::{CompResult, Op};
 use tokio::sync::mpsc;
 
-use super::contract::{KeyTtl, Store, StoreEntry, StoreKind, Subscription, ttl_millis};
+use super::contract::{
+    Claim, KeyTtl, Store, StoreEntry, StoreKind, Subscription, next_counter, ttl_millis,
+};
 use crate::error::Result;
 
 /// Default bound on the bytes held (keys plus values plus per-entry overhead): 256 MiB, the
@@ -186,6 +188,11 @@ impl MemoryStore {
     }
 }
 
+/// A counter's value, if the bytes are one (decimal digits).
+fn parse_counter(bytes: &[u8]) -> Option<u64> {
+    std::str::from_utf8(bytes).ok()?.parse().ok()
+}
+
 #[async_trait]
 impl Store for MemoryStore {
     fn kind(&self) -> StoreKind {
@@ -254,6 +261,46 @@ impl Store for MemoryStore {
             outcome,
             CompResult::Inserted(_) | CompResult::ReplacedWith(_)
         ))
+    }
+
+    async fn claim(&self, key: &str, value: Bytes, ttl: Duration) -> Result<Claim> {
+        // Every entry here expires, so only the length can tell a foreign value.
+        let length = value.len();
+        let entry = MemoryEntry::new(value, ttl)?;
+        let mut claim = Claim::Held;
+        self.compute(key, |live| match live {
+            Some(held) if held.value.len() == length => Op::Nop,
+            Some(_) => {
+                claim = Claim::Replaced;
+                Op::Put(entry)
+            }
+            None => {
+                claim = Claim::Taken;
+                Op::Put(entry)
+            }
+        })
+        .await;
+        Ok(claim)
+    }
+
+    async fn advance_counter(&self, key: &str, ttl: Duration) -> Result<u64> {
+        let clock = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_micros();
+        let clock = u64::try_from(clock).unwrap_or(u64::MAX);
+        let mut advanced = 0;
+        let ttl = Duration::from_millis(ttl_millis(ttl)?);
+        self.compute(key, |live| {
+            let current = live.and_then(|held| parse_counter(&held.value));
+            advanced = next_counter(current, clock);
+            Op::Put(MemoryEntry {
+                value: Bytes::from(advanced.to_string()),
+                expires_at: Instant::now() + ttl,
+            })
+        })
+        .await;
+        Ok(advanced)
     }
 
     async fn compare_and_delete(&self, key: &str, expected: &[u8]) -> Result<bool> {

@@ -13,7 +13,7 @@ mod redis;
 
 pub(crate) use self::contract::check_ttl;
 pub use self::contract::{
-    ChangeListener, ChangeTracking, KeyChange, KeyTtl, MAX_TTL, SUBSCRIPTION_BUFFER, Store,
+    ChangeListener, ChangeTracking, Claim, KeyChange, KeyTtl, MAX_TTL, SUBSCRIPTION_BUFFER, Store,
     StoreEntry, StoreKind, Subscription,
 };
 pub use self::memory::{DEFAULT_MEMORY_CAPACITY_BYTES, MemoryStore, MemoryStoreBuilder};

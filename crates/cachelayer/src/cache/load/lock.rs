@@ -10,8 +10,9 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 use crate::cache::handle::Cache;
-use crate::telemetry;
-use crate::token::random_token;
+use crate::store::{Claim, KeyTtl};
+use crate::telemetry::{self, RepairedKey};
+use crate::token::{TOKEN_LEN, random_token};
 
 impl Cache {
     /// The lock key of `full`: in the namespace, beside but never equal to any value key
@@ -20,6 +21,31 @@ impl Cache {
         let rest = full.strip_prefix(&self.inner.namespace).unwrap_or(full);
         format!("{}:lock{rest}", self.inner.namespace)
     }
+
+    /// Whether a load of the store key `full` holds its fleet-wide lock now. A lock key
+    /// holding what no lease writes (see [`LockLease::try_take`]) is no lock: it is removed
+    /// (if unchanged) and reported as free.
+    pub(super) async fn lock_is_held(&self, full: &str) -> crate::error::Result<bool> {
+        let key = self.lock_key_of(full);
+        let found = self
+            .call("lock_check", self.inner.store.get_with_ttl(&key))
+            .await?;
+        let Some((held, ttl)) = found else {
+            return Ok(false);
+        };
+        if is_lease(&held, ttl) {
+            return Ok(true);
+        }
+        self.call("unlock", self.inner.store.compare_and_delete(&key, &held))
+            .await?;
+        RepairedKey::Lock.record(&key);
+        Ok(false)
+    }
+}
+
+/// Whether a lock key's value and TTL are what a lease writes: a token, with an expiry.
+fn is_lease(value: &[u8], ttl: KeyTtl) -> bool {
+    value.len() == TOKEN_LEN && matches!(ttl, KeyTtl::ExpiresIn(_))
 }
 
 /// What happened to a fleet-wide lock, as the `event` label of its metric counts it.
@@ -90,28 +116,33 @@ impl LockLease {
         }
     }
 
-    /// Try once to take the lock (`SET NX PX`).
+    /// Try once to take the lock. A lock key holding what no lease writes (garbage, a
+    /// value without its expiry, another type) is taken over at once: its holder, if any,
+    /// lost it when it was overwritten.
     pub(super) async fn try_take(&mut self, ttl: Duration) -> crate::error::Result<bool> {
         self.held = true;
-        let taken = self
+        let claim = self
             .cache
             .call(
                 "lock",
                 self.cache
                     .inner
                     .store
-                    .set_if_absent(&self.key, self.token.clone(), ttl),
+                    .claim(&self.key, self.token.clone(), ttl),
             )
             .await;
-        // After a timeout the SET may have landed: stay "held" so the drop releases it.
-        self.held = match &taken {
-            Ok(taken) => *taken,
+        // After a timeout the claim may have landed: stay "held" so the drop releases it.
+        self.held = match &claim {
+            Ok(claim) => claim.is_ours(),
             Err(err) => err.is_timeout(),
         };
-        if matches!(taken, Ok(true)) {
+        if matches!(claim, Ok(Claim::Replaced)) {
+            RepairedKey::Lock.record(&self.key);
+        }
+        if self.held && claim.is_ok() {
             LockEvent::Acquired.record();
         }
-        taken
+        claim.map(Claim::is_ours)
     }
 
     /// Extend the lease every third of its TTL while the load runs (the caller stops polling

@@ -378,6 +378,16 @@ impl Cache {
         self.lock_key_of(&self.full_key(key))
     }
 
+    /// Whether a load of `key` (in any instance sharing the store) holds its lock now: what
+    /// a write waits on before its second delete, so no load that read the old data can
+    /// store it afterwards. A lock key holding anything a load never writes there is no
+    /// load, so it cannot stall writes: garbage or a value stripped of its expiry is removed
+    /// (if unchanged), and a key of another type reads as absent (the next load's claim
+    /// replaces it). Reports store failure.
+    pub async fn is_loading(&self, key: impl Into<Key>) -> crate::error::Result<bool> {
+        self.lock_is_held(&self.full_key(key)).await
+    }
+
     /// How many callers in this process are waiting on another caller's load of `key`
     /// right now: a diagnostic of coalescing.
     pub fn coalesced_callers(&self, key: impl Into<Key>) -> usize {

@@ -8,7 +8,7 @@
 //! must never block on connecting at build time, so a service starts while Redis is down.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
@@ -25,7 +25,8 @@ mod tracking;
 pub use self::tracking::TRACKING_CLIENT_NAME;
 
 use super::contract::{
-    ChangeListener, ChangeTracking, KeyTtl, Store, StoreEntry, StoreKind, Subscription, ttl_millis,
+    ChangeListener, ChangeTracking, Claim, KeyTtl, Store, StoreEntry, StoreKind, Subscription,
+    ttl_millis,
 };
 use crate::error::{Error, ErrorKind, Result};
 
@@ -54,6 +55,39 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
     return redis.call('DEL', KEYS[1])
 end
 return 0
+";
+
+/// [`Store::claim`]: free keys are taken (1); a same-length string that expires is a live
+/// lease (0); anything else (another length or type, no expiry) is replaced (2).
+const CLAIM_LUA: &str = r"
+local kind = redis.call('TYPE', KEYS[1])['ok']
+if kind == 'none' then
+    redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+    return 1
+end
+if kind == 'string' and redis.call('PTTL', KEYS[1]) >= 0
+    and redis.call('STRLEN', KEYS[1]) == string.len(ARGV[1]) then
+    return 0
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 2
+";
+
+/// [`Store::advance_counter`] on Redis's clock (`TIME`, microseconds). A value that is not a
+/// whole number below 2^53 (where Lua's numbers stop being exact) counts as lost.
+const ADVANCE_COUNTER_LUA: &str = r"
+local now = redis.call('TIME')
+local clock = tonumber(now[1]) * 1000000 + tonumber(now[2])
+local current = tonumber(redis.pcall('GET', KEYS[1]))
+if current and (current < 0 or current >= 9007199254740992 or current % 1 ~= 0) then
+    current = nil
+end
+local advanced = clock
+if current and current + 1 > clock then
+    advanced = current + 1
+end
+redis.call('SET', KEYS[1], string.format('%.0f', advanced), 'PX', ARGV[1])
+return advanced
 ";
 
 const COMPARE_AND_EXPIRE_LUA: &str = r"
@@ -98,6 +132,11 @@ struct RedisInner {
     connect_timeout: Duration,
     compare_and_delete: Script,
     compare_and_expire: Script,
+    claim: Script,
+    advance_counter: Script,
+    /// Counts redials of the whole pool after a dropped connection: a call redials only
+    /// if none happened since it started, so a burst of calls failing together redials once.
+    redials: AtomicU64,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -238,6 +277,9 @@ impl RedisStoreBuilder {
                 connect_timeout: self.connect_timeout,
                 compare_and_delete: Script::new(COMPARE_AND_DELETE_LUA),
                 compare_and_expire: Script::new(COMPARE_AND_EXPIRE_LUA),
+                claim: Script::new(CLAIM_LUA),
+                advance_counter: Script::new(ADVANCE_COUNTER_LUA),
+                redials: AtomicU64::new(0),
             }),
         })
     }
@@ -294,6 +336,30 @@ fn tcp_settings() -> TcpSettings {
 fn needs_new_connection(err: &redis::RedisError) -> bool {
     err.kind() == redis::ErrorKind::AuthenticationFailed
         || matches!(err.code(), Some("WRONGPASS" | "NOAUTH" | "READONLY"))
+}
+
+/// A connection cut under us (reset, closed, broken pipe), as a failover, a restart, an idle
+/// timeout or `CLIENT KILL` does to every connection at once; not a refused dial.
+fn is_dropped_connection(err: &redis::RedisError) -> bool {
+    err.is_connection_dropped() && !err.is_connection_refusal()
+}
+
+/// A read of a key holding another type (a foreign write) sees nothing there, as `MGET` does;
+/// the next write replaces it.
+fn absent_if_wrong_type<T>(result: redis::RedisResult<Option<T>>) -> redis::RedisResult<Option<T>> {
+    match result {
+        Err(err) if is_wrong_type(&err) => Ok(None),
+        other => other,
+    }
+}
+
+/// `WRONGTYPE`, alone or from a command of a pipeline.
+fn is_wrong_type(err: &redis::RedisError) -> bool {
+    err.code() == Some("WRONGTYPE")
+        || err
+            .clone()
+            .into_server_errors()
+            .is_some_and(|failures| failures.iter().any(|(_, e)| e.code() == "WRONGTYPE"))
 }
 
 fn read_lock<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
@@ -369,13 +435,37 @@ impl RedisStore {
             let current = read_lock(&self.inner.connections[slot]);
             (current.generation, current.connection.clone())
         };
+        let redials = self.inner.redials.load(Ordering::Acquire);
         let result = command(connection).await;
-        if let Err(err) = &result
-            && needs_new_connection(err)
-        {
-            self.replace(slot, generation);
+        if let Err(err) = &result {
+            if needs_new_connection(err) {
+                self.replace(slot, generation);
+            } else if is_dropped_connection(err) {
+                // This slot's manager redials by itself; the others were most likely cut
+                // too, and would each fail one more call before noticing.
+                self.redial_others(slot, redials);
+            }
         }
         Ok(result?)
+    }
+
+    /// Replace every connection but `slot`'s with a fresh (lazy) one, unless the pool was
+    /// redialled since the failed call started (`redials` is what it read then). Calls
+    /// already sent on the old connections finish there.
+    fn redial_others(&self, slot: usize, redials: u64) {
+        if self.inner.connections.len() < 2
+            || self
+                .inner
+                .redials
+                .compare_exchange(redials, redials + 1, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+        {
+            return;
+        }
+        for other in (0..self.inner.connections.len()).filter(|&other| other != slot) {
+            let generation = read_lock(&self.inner.connections[other]).generation;
+            self.replace(other, generation);
+        }
     }
 
     async fn query<T: redis::FromRedisValue>(&self, command: &redis::Cmd) -> Result<T> {
@@ -436,7 +526,12 @@ impl Store for RedisStore {
     }
 
     async fn get(&self, key: &str) -> Result<Option<Bytes>> {
-        let value: Option<Vec<u8>> = self.query(redis::cmd("GET").arg(key)).await?;
+        let command = redis::cmd("GET").arg(key).clone();
+        let value: Option<Vec<u8>> = self
+            .run(|mut connection| async move {
+                absent_if_wrong_type(command.query_async(&mut connection).await)
+            })
+            .await?;
         Ok(value.map(Bytes::from))
     }
 
@@ -453,8 +548,12 @@ impl Store for RedisStore {
         // tracking, which is what callers that keep the value rely on.
         let mut pipeline = redis::pipe();
         pipeline.cmd("GET").arg(key).cmd("PTTL").arg(key);
-        let (value, millis): (Option<Vec<u8>>, i64) = self.query_pipeline(&pipeline).await?;
-        Ok(value.map(|value| (Bytes::from(value), key_ttl(millis))))
+        let found: Option<(Option<Vec<u8>>, i64)> = self
+            .run(|mut connection| async move {
+                absent_if_wrong_type(pipeline.query_async(&mut connection).await.map(Some))
+            })
+            .await?;
+        Ok(found.and_then(|(value, millis)| Some((Bytes::from(value?), key_ttl(millis)))))
     }
 
     async fn get_many_with_ttl(&self, keys: &[String]) -> Result<Vec<Option<(Bytes, KeyTtl)>>> {
@@ -542,6 +641,39 @@ impl Store for RedisStore {
             )
             .await?;
         Ok(reply.is_some())
+    }
+
+    async fn claim(&self, key: &str, value: Bytes, ttl: Duration) -> Result<Claim> {
+        let millis = ttl_millis(ttl)?;
+        let script = &self.inner.claim;
+        let outcome: u8 = self
+            .run(|mut connection| async move {
+                script
+                    .key(key)
+                    .arg(value.as_ref())
+                    .arg(millis)
+                    .invoke_async(&mut connection)
+                    .await
+            })
+            .await?;
+        Ok(match outcome {
+            1 => Claim::Taken,
+            2 => Claim::Replaced,
+            _ => Claim::Held,
+        })
+    }
+
+    async fn advance_counter(&self, key: &str, ttl: Duration) -> Result<u64> {
+        let millis = ttl_millis(ttl)?;
+        let script = &self.inner.advance_counter;
+        self.run(|mut connection| async move {
+            script
+                .key(key)
+                .arg(millis)
+                .invoke_async(&mut connection)
+                .await
+        })
+        .await
     }
 
     async fn compare_and_delete(&self, key: &str, expected: &[u8]) -> Result<bool> {
