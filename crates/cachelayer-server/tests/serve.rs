@@ -557,10 +557,13 @@ async fn list_pages_stay_fresh_when_instance_clocks_disagree() {
         .map(|_| {
             let (url, reading) = (reader.url(page), std::sync::Arc::clone(&reading));
             tokio::spawn(async move {
+                let mut hits = 0;
                 while reading.load(std::sync::atomic::Ordering::Relaxed) {
-                    let status = client().get(&url).send().await.map(|r| r.status());
-                    assert_eq!(status.ok(), Some(StatusCode::OK));
+                    let response = client().get(&url).send().await.expect("GET");
+                    assert_eq!(response.status(), StatusCode::OK);
+                    hits += usize::from(x_cache(&response) == "HIT");
                 }
+                hits
             })
         })
         .collect();
@@ -581,10 +584,12 @@ async fn list_pages_stay_fresh_when_instance_clocks_disagree() {
         }
     }
     reading.store(false, std::sync::atomic::Ordering::Relaxed);
+    let mut hits = 0;
     for reader in readers {
-        reader.await.expect("reader");
+        hits += reader.await.expect("reader");
     }
     assert!(stale.is_empty(), "stale list pages after writes: {stale:?}");
+    assert!(hits > 0, "list pages were cached between the writes");
 }
 
 /// A cold product requested concurrently through two instances reaches the database once.

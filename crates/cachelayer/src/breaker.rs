@@ -1,6 +1,6 @@
 //! A circuit breaker in front of the store: after repeated failures it stops calling the
 //! store for a cool-down, then lets one probe through; the probe's outcome closes or re-opens
-//! it. The cache makes the probe a background `PING` of its own (no caller waits on it), so
+//! it. The cache makes the probe a background read of its own (no caller waits on it), so
 //! the cool-down can be short: traffic is back within about one cool-down of the store
 //! answering again, while a store that stays down sees one probe per cool-down from each
 //! process, spread by jitter so a fleet does not redial in step.

@@ -162,8 +162,13 @@ impl Store for SilentTracking {
     ) -> cachelayer::Result<bool> {
         self.0.set_if_absent(key, value, ttl).await
     }
-    async fn advance_counter(&self, key: &str, ttl: Duration) -> cachelayer::Result<u64> {
-        self.0.advance_counter(key, ttl).await
+    async fn advance_counter(
+        &self,
+        counter: &str,
+        ttl: Duration,
+        stamps: &[StoreEntry],
+    ) -> cachelayer::Result<u64> {
+        self.0.advance_counter(counter, ttl, stamps).await
     }
     async fn compare_and_delete(&self, key: &str, expected: &[u8]) -> cachelayer::Result<bool> {
         self.0.compare_and_delete(key, expected).await

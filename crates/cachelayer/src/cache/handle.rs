@@ -186,17 +186,26 @@ impl Cache {
     }
 
     /// Probe the store for the breaker on a task of its own, so no caller waits on a store
-    /// that may still be down. Up to two `PING`s: after a failed dial the first only finds
-    /// that failure (and starts a new dial), the second waits for the new dial.
+    /// that may still be down. The probe is a read (a `PING` can succeed where reads fail:
+    /// a replica answering `MASTERDOWN`), tried twice: after a failed dial the first only
+    /// finds that failure (and starts a new dial), the second waits for the new dial.
     fn spawn_probe(&self) {
         let cache = self.clone();
         tokio::spawn(async move {
-            let mut answered = cache.ping().await;
+            let key = cache.full_key("breaker-probe");
+            let probe = || async {
+                let read = cache.inner.store.get(&key);
+                match tokio::time::timeout(cache.inner.command_timeout, read).await {
+                    Ok(result) => result.map(drop),
+                    Err(_) => Err(timeout_error()),
+                }
+            };
+            let mut answered = probe().await;
             if answered
                 .as_ref()
                 .is_err_and(|err| err.kind() == ErrorKind::Connection)
             {
-                answered = cache.ping().await;
+                answered = probe().await;
             }
             match answered {
                 Ok(_) => cache.inner.breaker.record_success(),

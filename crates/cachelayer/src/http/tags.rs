@@ -21,7 +21,7 @@ use http::HeaderMap;
 
 use crate::cache::Cache;
 use crate::error::Result;
-use crate::store::MAX_TTL;
+use crate::store::{MAX_TTL, parse_counter};
 use crate::telemetry::RepairedKey;
 use crate::token::{TOKEN_LEN, random_token};
 
@@ -121,7 +121,7 @@ pub(crate) async fn read_clock(cache: &Cache) -> TagClock {
             if matches!(unreadable_or_missing, Some(None)) {
                 RepairedKey::TagCounter.record(&key);
             }
-            match advance_clock(cache).await {
+            match advance_clock(cache, &[]).await {
                 Ok(reading) => TagClock::Read(reading),
                 Err(_) => TagClock::Unread,
             }
@@ -129,25 +129,30 @@ pub(crate) async fn read_clock(cache: &Cache) -> TagClock {
     }
 }
 
-async fn advance_clock(cache: &Cache) -> Result<u64> {
+/// Advance the tag clock, and set each of `keys` to a new version stamped with its reading,
+/// atomically (two invalidations can never leave the older version under a key).
+async fn advance_clock(cache: &Cache, keys: &[String]) -> Result<u64> {
+    let stamps: Vec<crate::store::StoreEntry> = keys
+        .iter()
+        .map(|key| crate::store::StoreEntry {
+            key: key.clone(),
+            value: Bytes::from(format!("-{}", random_token())),
+            ttl: MAX_TTL,
+        })
+        .collect();
+    let _forget = cache.forget_on_drop(&stamps, crate::cache::entry_key);
     cache
         .call(
-            "tag_clock",
-            cache.store().advance_counter(&clock_key(cache), MAX_TTL),
+            "tag_invalidate",
+            cache
+                .store()
+                .advance_counter(&clock_key(cache), MAX_TTL, &stamps),
         )
         .await
 }
 
-fn parse_counter(bytes: &[u8]) -> Option<u64> {
-    let digits = std::str::from_utf8(bytes).ok()?;
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    digits.parse().ok()
-}
-
-/// A version: the tag clock's reading when it was set (0 for a tag's first version, which
-/// no invalidation set), then a random part that makes it unique.
+/// A version: the tag clock's reading when it was set, then a random part that makes it
+/// unique.
 fn version(clock: u64) -> Bytes {
     Bytes::from(format!("{clock}-{}", random_token()))
 }
@@ -184,7 +189,13 @@ pub(crate) async fn versions_for_store(
     for (key, found) in keys.iter().zip(current) {
         let found = match found {
             Some(found) => found,
-            None => first_version(cache, key).await?,
+            // Stamped with the clock now: later than `started` if an invalidation came in
+            // between (whose version was then lost: evicted, flushed).
+            None => match first_version(cache, key).await? {
+                Some(found) => found,
+                // Neither absent nor readable: a key of another type.
+                None => Bytes::new(),
+            },
         };
         match version_clock(&found) {
             None => {
@@ -203,9 +214,14 @@ pub(crate) async fn versions_for_store(
     (!invalidated).then_some(versions)
 }
 
-/// Create a tag's first version (or read the one another process created meanwhile).
-async fn first_version(cache: &Cache, key: &str) -> Option<Bytes> {
-    let first = version(0);
+/// Create a tag's first version, stamped with the tag clock's reading now (or read the one
+/// another process created meanwhile). `None` when the store failed; `Some(None)` when the
+/// key holds something that reads as absent yet cannot be created (another type).
+async fn first_version(cache: &Cache, key: &str) -> Option<Option<Bytes>> {
+    let TagClock::Read(now) = read_clock(cache).await else {
+        return None;
+    };
+    let first = version(now);
     let store = cache.store();
     let created = cache
         .call(
@@ -215,9 +231,9 @@ async fn first_version(cache: &Cache, key: &str) -> Option<Bytes> {
         .await
         .ok()?;
     if created {
-        Some(first)
+        Some(Some(first))
     } else {
-        cache.call("tag_versions", store.get(key)).await.ok()?
+        cache.call("tag_versions", store.get(key)).await.ok()
     }
 }
 
@@ -255,8 +271,8 @@ pub(crate) async fn check(cache: &Cache, tagged: &[(String, String)]) -> TagChec
 }
 
 /// New versions for `tags`: every response stored with one of them becomes a miss, in every
-/// instance sharing the store. Two round trips (the clock, then the versions); reports store
-/// failure. Retried once at once when the connection was cut, as a failover or an idle
+/// instance sharing the store. One round trip (the clock and the versions, together);
+/// reports store failure. Retried once at once when the connection was cut, as a failover or an idle
 /// timeout does; the retry sets newer versions, which is as good.
 pub(crate) async fn invalidate(cache: &Cache, tags: &[String]) -> Result<()> {
     if tags.is_empty() {
@@ -269,19 +285,7 @@ pub(crate) async fn invalidate(cache: &Cache, tags: &[String]) -> Result<()> {
 }
 
 async fn invalidate_keys(cache: &Cache, keys: &[String]) -> Result<()> {
-    let clock = advance_clock(cache).await?;
-    let entries: Vec<crate::store::StoreEntry> = keys
-        .iter()
-        .map(|key| crate::store::StoreEntry {
-            key: key.clone(),
-            value: version(clock),
-            ttl: MAX_TTL,
-        })
-        .collect();
-    let _forget = cache.forget_on_drop(&entries, crate::cache::entry_key);
-    cache
-        .call("tag_invalidate", cache.store().set_many(&entries))
-        .await
+    advance_clock(cache, keys).await.map(drop)
 }
 
 #[cfg(test)]
@@ -355,6 +359,21 @@ mod tests {
         let started = read_clock(&cache).await;
         assert!(matches!(started, TagClock::Read(_)), "{started:?}");
         assert!(versions_for_store(&cache, &tags, started).await.is_some());
+    }
+
+    /// A version lost (evicted, flushed) after an invalidation during the origin call does
+    /// not let its response be stored: the recreated version is stamped with the clock now.
+    #[tokio::test]
+    async fn a_version_lost_during_the_call_is_not_a_pass() {
+        let cache = Cache::builder().build().expect("cache");
+        let tags = vec!["a".to_owned()];
+        let started = read_clock(&cache).await;
+        invalidate(&cache, &tags).await.expect("invalidate");
+        let key = version_keys(&cache, &tags).remove(0);
+        cache.store().delete(&key).await.expect("evict");
+        assert_eq!(versions_for_store(&cache, &tags, started).await, None);
+        let after = read_clock(&cache).await;
+        assert!(versions_for_store(&cache, &tags, after).await.is_some());
     }
 
     /// Versions are what `version` writes, nothing else.

@@ -17,9 +17,9 @@ use crate::telemetry::RepairedKey;
 /// Least lifetime of a `Vary` marker: longer than its variants, so they stay reachable.
 const MARKER_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 
-/// How far past its recorded life a marker must be before it counts as broken: more than
-/// hosts' clocks disagree by, far less than a marker lives.
-const MARKER_CLOCK_MARGIN: Duration = Duration::from_secs(60);
+/// How far past its recorded life a marker must be before it counts as broken: far more
+/// than hosts' clocks disagree by (a `Vary` marker taken for broken orphans its variants).
+const MARKER_CLOCK_MARGIN: Duration = Duration::from_secs(60 * 60);
 
 /// The entry under `key`, if any can be read. A marker (pass or `Vary`) past the life it
 /// was written for is not one: the store expires markers, so one still there lost its TTL

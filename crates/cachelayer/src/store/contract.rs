@@ -213,13 +213,22 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         Ok(if taken { Claim::Replaced } else { Claim::Held })
     }
 
-    /// Advance the counter under `key` and return its new value, which is greater than any
-    /// value it returned before, even after the key was lost (evicted, flushed, or holding
-    /// garbage): a missing or unreadable counter restarts from the store's own clock in
-    /// microseconds, not from zero. One clock (the store's) for every process, so callers
-    /// can order events of different hosts without comparing their clocks. The key lives
-    /// for `ttl` from each advance.
-    async fn advance_counter(&self, key: &str, ttl: Duration) -> Result<u64>;
+    /// Advance the counter under `counter` and return its new value, which is greater than
+    /// any value it returned before, even after the key was lost (evicted, flushed, or
+    /// holding anything but decimal digits below 2^53): a lost counter restarts from the
+    /// store's own clock in microseconds, not from zero. One clock (the store's) for every
+    /// process, so callers can order events of different hosts without comparing their
+    /// clocks. The counter lives for `ttl` from each advance.
+    ///
+    /// Atomically with the advance, each of `stamps` is written: its key gets the new value
+    /// in decimal followed by the entry's bytes, for the entry's TTL. So two calls that stamp
+    /// one key can never leave the lower value there.
+    async fn advance_counter(
+        &self,
+        counter: &str,
+        ttl: Duration,
+        stamps: &[StoreEntry],
+    ) -> Result<u64>;
 
     /// Remove `key` only while it still holds exactly `expected`, atomically; true when
     /// removed. This is how a lock owner releases its lock without removing someone else's.
@@ -259,11 +268,30 @@ fn taken_or_held(taken: bool) -> Claim {
     if taken { Claim::Taken } else { Claim::Held }
 }
 
+/// The largest counter value: 2^53 - 1, past which Lua's numbers (Redis scripts) stop being
+/// exact.
+pub(crate) const MAX_COUNTER: u64 = (1 << 53) - 1;
+
+/// A counter's value, if the bytes are one: decimal digits, at most [`MAX_COUNTER`].
+pub(crate) fn parse_counter(bytes: &[u8]) -> Option<u64> {
+    if bytes.is_empty() || !bytes.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(bytes)
+        .ok()?
+        .parse()
+        .ok()
+        .filter(|&value| value <= MAX_COUNTER)
+}
+
 /// A counter's next value: one past `current`, or the clock's reading when that is later
 /// (a lost counter restarts there, past every value it held, as those were clock readings
 /// or followed them).
 pub(crate) fn next_counter(current: Option<u64>, clock_micros: u64) -> u64 {
-    current.map_or(clock_micros, |c| c.saturating_add(1).max(clock_micros))
+    match current {
+        Some(current) if current < MAX_COUNTER => (current + 1).max(clock_micros),
+        _ => clock_micros,
+    }
 }
 
 /// How many messages a subscription buffers before newer ones are dropped.

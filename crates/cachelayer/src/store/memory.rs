@@ -19,7 +19,8 @@ use moka::ops::compute::{CompResult, Op};
 use tokio::sync::mpsc;
 
 use super::contract::{
-    Claim, KeyTtl, Store, StoreEntry, StoreKind, Subscription, next_counter, ttl_millis,
+    Claim, KeyTtl, Store, StoreEntry, StoreKind, Subscription, next_counter, parse_counter,
+    ttl_millis,
 };
 use crate::error::Result;
 
@@ -97,6 +98,8 @@ type Subscribers = HashMap<String, Vec<mpsc::Sender<Bytes>>>;
 pub struct MemoryStore {
     entries: MokaCache<String, MemoryEntry>,
     subscribers: Arc<Mutex<Subscribers>>,
+    /// Held through one counter advance and its stamps.
+    advancing: Arc<tokio::sync::Mutex<()>>,
     capacity_bytes: u64,
 }
 
@@ -135,6 +138,7 @@ impl MemoryStoreBuilder {
         MemoryStore {
             entries,
             subscribers: Arc::default(),
+            advancing: Arc::default(),
             capacity_bytes: self.capacity_bytes,
         }
     }
@@ -186,11 +190,6 @@ impl MemoryStore {
             .await
             .filter(|entry| entry.is_live(Instant::now()))
     }
-}
-
-/// A counter's value, if the bytes are one (decimal digits).
-fn parse_counter(bytes: &[u8]) -> Option<u64> {
-    std::str::from_utf8(bytes).ok()?.parse().ok()
 }
 
 #[async_trait]
@@ -283,15 +282,26 @@ impl Store for MemoryStore {
         Ok(claim)
     }
 
-    async fn advance_counter(&self, key: &str, ttl: Duration) -> Result<u64> {
+    async fn advance_counter(
+        &self,
+        counter: &str,
+        ttl: Duration,
+        stamps: &[StoreEntry],
+    ) -> Result<u64> {
         let clock = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default()
             .as_micros();
         let clock = u64::try_from(clock).unwrap_or(u64::MAX);
-        let mut advanced = 0;
         let ttl = Duration::from_millis(ttl_millis(ttl)?);
-        self.compute(key, |live| {
+        let lifetimes = stamps
+            .iter()
+            .map(|stamp| Ok(Duration::from_millis(ttl_millis(stamp.ttl)?)))
+            .collect::<Result<Vec<_>>>()?;
+        // One advance and its stamps at a time, as Redis runs the script.
+        let _advancing = self.advancing.lock().await;
+        let mut advanced = 0;
+        self.compute(counter, |live| {
             let current = live.and_then(|held| parse_counter(&held.value));
             advanced = next_counter(current, clock);
             Op::Put(MemoryEntry {
@@ -300,6 +310,15 @@ impl Store for MemoryStore {
             })
         })
         .await;
+        for (stamp, life) in stamps.iter().zip(lifetimes) {
+            let mut value = advanced.to_string().into_bytes();
+            value.extend_from_slice(&stamp.value);
+            let entry = MemoryEntry {
+                value: Bytes::from(value),
+                expires_at: Instant::now() + life,
+            };
+            self.compute(&stamp.key, |_| Op::Put(entry)).await;
+        }
         Ok(advanced)
     }
 

@@ -73,20 +73,30 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 2
 ";
 
-/// [`Store::advance_counter`] on Redis's clock (`TIME`, microseconds). A value that is not a
-/// whole number below 2^53 (where Lua's numbers stop being exact) counts as lost.
+/// [`Store::advance_counter`] on Redis's clock (`TIME`, microseconds): KEYS[1] is the
+/// counter (ARGV[1] its TTL in ms), then each stamped key with its suffix and TTL in ARGV.
+/// A value that is not decimal digits below 2^53 (where Lua's numbers stop being exact)
+/// counts as lost, as `parse_counter` reads it.
 const ADVANCE_COUNTER_LUA: &str = r"
 local now = redis.call('TIME')
 local clock = tonumber(now[1]) * 1000000 + tonumber(now[2])
-local current = tonumber(redis.pcall('GET', KEYS[1]))
-if current and (current < 0 or current >= 9007199254740992 or current % 1 ~= 0) then
-    current = nil
+local raw = redis.pcall('GET', KEYS[1])
+local current = nil
+if type(raw) == 'string' and string.match(raw, '^%d+$') and string.len(raw) <= 16 then
+    current = tonumber(raw)
+    if current > 9007199254740991 then
+        current = nil
+    end
 end
 local advanced = clock
-if current and current + 1 > clock then
+if current and current < 9007199254740991 and current + 1 > clock then
     advanced = current + 1
 end
-redis.call('SET', KEYS[1], string.format('%.0f', advanced), 'PX', ARGV[1])
+local stamp = string.format('%.0f', advanced)
+redis.call('SET', KEYS[1], stamp, 'PX', ARGV[1])
+for i = 2, #KEYS do
+    redis.call('SET', KEYS[i], stamp .. ARGV[2 * i - 2], 'PX', ARGV[2 * i - 1])
+end
 return advanced
 ";
 
@@ -663,17 +673,23 @@ impl Store for RedisStore {
         })
     }
 
-    async fn advance_counter(&self, key: &str, ttl: Duration) -> Result<u64> {
+    async fn advance_counter(
+        &self,
+        counter: &str,
+        ttl: Duration,
+        stamps: &[StoreEntry],
+    ) -> Result<u64> {
         let millis = ttl_millis(ttl)?;
-        let script = &self.inner.advance_counter;
-        self.run(|mut connection| async move {
-            script
-                .key(key)
-                .arg(millis)
-                .invoke_async(&mut connection)
-                .await
-        })
-        .await
+        let mut invocation = self.inner.advance_counter.key(counter);
+        invocation.arg(millis);
+        for stamp in stamps {
+            invocation
+                .key(&stamp.key)
+                .arg(stamp.value.as_ref())
+                .arg(ttl_millis(stamp.ttl)?);
+        }
+        self.run(|mut connection| async move { invocation.invoke_async(&mut connection).await })
+            .await
     }
 
     async fn compare_and_delete(&self, key: &str, expected: &[u8]) -> Result<bool> {
