@@ -3,7 +3,8 @@
 //! metric), HTTP/1 and HTTP/2 on each (hyper's, with the limits of [`super::limits`]), and
 //! each connection's part of the drain.
 //!
-//! At shutdown the listening socket is closed at once. An HTTP/2 connection is sent GOAWAY
+//! At shutdown the listening socket is closed at once, after taking the connections the
+//! kernel had already completed (closing would reset them). An HTTP/2 connection is sent GOAWAY
 //! (its streams finish). An HTTP/1 connection gets a moment's grace: a request arriving in it
 //! is answered with `Connection: close`, so a keep-alive client learns the connection ends
 //! from the answer instead of a reset; then an idle connection is closed. This module must
@@ -17,6 +18,7 @@ use std::time::Duration;
 
 use axum::extract::Request;
 use axum::response::Response;
+use futures::FutureExt;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
@@ -78,13 +80,16 @@ where
                     continue;
                 }
             };
-            let connection = Connection {
-                serving: Arc::clone(&this),
-                hyper: Arc::clone(&hyper),
-                stopped: stopped.clone(),
-                _permit: permit,
+            Connection::spawn(&this, &hyper, &stopped, permit, tcp, peer);
+        }
+        // Connections the kernel completed before now would be reset when the socket
+        // closes, their first request lost: take them, so each answers the request on its
+        // way (with `Connection: close`), as any connection open at the signal does.
+        while let Some(Ok((tcp, peer))) = socket.accept().now_or_never() {
+            let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+                break;
             };
-            tokio::spawn(connection.serve(tcp, peer));
+            Connection::spawn(&this, &hyper, &stopped, permit, tcp, peer);
         }
         drop(socket);
         // Every connection holds a permit until it ends: all of them back means all ended.
@@ -169,6 +174,24 @@ where
     S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + Sync + 'static,
     S::Future: Send,
 {
+    /// Serve an accepted connection on a task of its own, holding `permit` until it ends.
+    fn spawn(
+        serving: &Arc<Serving<S>>,
+        hyper: &Arc<auto::Builder<TokioExecutor>>,
+        stopped: &watch::Receiver<bool>,
+        permit: OwnedSemaphorePermit,
+        tcp: TcpStream,
+        peer: SocketAddr,
+    ) {
+        let connection = Self {
+            serving: Arc::clone(serving),
+            hyper: Arc::clone(hyper),
+            stopped: stopped.clone(),
+            _permit: permit,
+        };
+        tokio::spawn(connection.serve(tcp, peer));
+    }
+
     async fn serve(mut self, tcp: TcpStream, peer: SocketAddr) {
         let name = self.serving.name;
         if let Err(err) = tcp.set_nodelay(true) {
