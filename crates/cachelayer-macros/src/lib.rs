@@ -7,6 +7,8 @@
 //! lives in `cachelayer`, so this crate must never depend on it at run time.
 
 mod expand;
+#[cfg(test)]
+mod fuzz;
 mod options;
 mod signature;
 

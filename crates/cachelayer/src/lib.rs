@@ -219,6 +219,8 @@ pub mod cache;
 mod codec;
 pub mod config;
 pub mod error;
+#[cfg(test)]
+mod fuzz;
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub mod http;

@@ -19,6 +19,8 @@ mod admin_listener;
 mod config;
 mod dispatch;
 mod forward;
+#[cfg(test)]
+mod fuzz;
 mod health;
 mod rules;
 

@@ -204,7 +204,7 @@ pub(crate) fn load_rules(path: &Path) -> Result<Vec<Rule>, Error> {
         .map_err(|problem| Error::config(FLAG, format!("{}: {problem}", path.display())))
 }
 
-fn parse_rules(text: &str) -> Result<Vec<Rule>, String> {
+pub(super) fn parse_rules(text: &str) -> Result<Vec<Rule>, String> {
     let file: RulesFile = toml::from_str(text).map_err(|err| err.to_string())?;
     let mut rules = Vec::with_capacity(file.rules.len());
     for (index, raw) in file.rules.into_iter().enumerate() {

@@ -51,7 +51,7 @@ pub(super) async fn invalidate_after_write(
 /// A URI reference from a response header, resolved against the request's `base` path
 /// (RFC 3986 section 5.2; dot segments are left to the key's normal form), without its
 /// fragment; `None` when it is no URI.
-fn resolve(reference: &str, base: &str) -> Option<Uri> {
+pub(crate) fn resolve(reference: &str, base: &str) -> Option<Uri> {
     let reference = reference.split('#').next().unwrap_or_default().trim();
     let scheme = reference
         .split_once(':')

@@ -62,7 +62,7 @@ pub(super) fn from_store(
 
 /// Whether a request's `If-None-Match` (weak comparison), or else its `If-Modified-Since`,
 /// says the client's copy is current.
-fn not_modified(request: &HeaderMap, stored: &StoredResponse) -> bool {
+pub(crate) fn not_modified(request: &HeaderMap, stored: &StoredResponse) -> bool {
     let opaque = |tag: &str| tag.trim().trim_start_matches("W/").to_owned();
     if request.contains_key(http::header::IF_NONE_MATCH) {
         let Some(etag) = stored.etag().map(opaque) else {

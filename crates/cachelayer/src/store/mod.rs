@@ -11,11 +11,11 @@ mod contract;
 mod memory;
 mod redis;
 
+pub(crate) use self::contract::check_ttl;
 pub use self::contract::{
     ChangeListener, ChangeTracking, Claim, KeyChange, KeyTtl, MAX_TTL, SUBSCRIPTION_BUFFER, Store,
     StoreEntry, StoreKind, Subscription,
 };
-pub(crate) use self::contract::check_ttl;
 // Tag versions (the HTTP layer) read counters too.
 #[cfg(feature = "http")]
 pub(crate) use self::contract::parse_counter;
