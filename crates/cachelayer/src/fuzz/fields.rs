@@ -48,12 +48,7 @@ fn stored_with(fields: &HeaderMap) -> StoredResponse {
     let (mut head, ()) = http::Response::new(()).into_parts();
     head.status = StatusCode::OK;
     head.headers = fields.clone();
-    let facts = Storable {
-        freshness: Duration::from_secs(60),
-        must_revalidate: false,
-        stale_while_revalidate: Duration::ZERO,
-        stale_if_error: Duration::ZERO,
-    };
+    let facts = Storable::fresh_for(Duration::from_secs(60));
     let arrival = Arrival {
         initial_age: Duration::ZERO,
         response_time: UNIX_EPOCH + Duration::from_secs(1_700_000_000),

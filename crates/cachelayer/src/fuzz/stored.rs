@@ -121,10 +121,10 @@ fn stored_response() -> impl Strategy<Value = StoredResponse> {
                     head.headers.append(name, value);
                 }
                 let facts = Storable {
-                    freshness: Duration::from_millis(fresh),
                     must_revalidate,
                     stale_while_revalidate: Duration::from_millis(swr),
                     stale_if_error: Duration::from_millis(sie),
+                    ..Storable::fresh_for(Duration::from_millis(fresh))
                 };
                 let arrival = Arrival {
                     initial_age: Duration::from_millis(initial_age),

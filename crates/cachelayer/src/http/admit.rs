@@ -8,15 +8,15 @@
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use http::header::{HeaderName, HeaderValue};
+use http::header::HeaderValue;
 use http::request::Parts;
 use http::{Response, StatusCode};
 use http_body::Body;
 
 use super::body::{BoxError, Buffered, CacheBody, boxed, buffer, full_body};
 use super::key::vary_values;
-use super::lifetime::{Admitted, with_configured_windows};
-use super::policy::{initial_age, storable};
+use super::lifetime::{Admitted, fresh_left, with_configured_windows};
+use super::policy::{NotStored, Storable, fields_not_stored, initial_age, storable};
 use super::revalidate::answer_not_modified;
 use super::settings::Settings;
 use super::stored::{Arrival, StoredResponse};
@@ -71,8 +71,9 @@ where
         &parts.headers,
         head.status,
         &head.headers,
-        settings.store,
+        &settings.store,
     )
+    .and_then(|facts| worth_storing(facts, &head.headers))
     .map(|facts| with_configured_windows(settings, facts));
     let tags = super::tags::tags_of(
         &head.headers,
@@ -86,11 +87,7 @@ where
         return (Response::from_parts(head, boxed(body)), Verdict::Refused);
     };
     let initial = initial_age(&head.headers, request_time, response_time);
-    let Some(fresh) = facts
-        .freshness
-        .checked_sub(initial)
-        .filter(|f| !f.is_zero())
-    else {
+    let Some(fresh) = fresh_left(facts, initial) else {
         return (Response::from_parts(head, boxed(body)), Verdict::Refused);
     };
     match buffer(body, settings.max_body_bytes).await {
@@ -101,16 +98,12 @@ where
             if generated {
                 head.headers.insert(http::header::ETAG, strong_etag(&bytes));
             }
-            let dropped: &[HeaderName] = if settings.store.strip_set_cookie {
-                &[http::header::SET_COOKIE]
-            } else {
-                &[]
-            };
+            let dropped = fields_not_stored(&head.headers, &settings.store);
             let arrival = Arrival {
                 initial_age: initial,
                 response_time,
             };
-            let stored = StoredResponse::new(&head, bytes.clone(), facts, arrival, vary, dropped);
+            let stored = StoredResponse::new(&head, bytes.clone(), facts, arrival, vary, &dropped);
             let stored = if generated {
                 stored.with_generated_etag()
             } else {
@@ -138,6 +131,17 @@ where
             (Response::from_parts(head, body), Verdict::Refused)
         }
     }
+}
+
+/// A `no-cache` response is revalidated on every use, so it is worth storing only with
+/// validators the origin understands (an `ETag` made here is not one).
+fn worth_storing(facts: Storable, response: &http::HeaderMap) -> Result<Storable, NotStored> {
+    let validators = response.contains_key(http::header::ETAG)
+        || response.contains_key(http::header::LAST_MODIFIED);
+    if facts.no_cache && !validators {
+        return Err(NotStored::NoCache);
+    }
+    Ok(facts)
 }
 
 /// Drops `Cache-Tag` / `Surrogate-Key`: the application's instructions to this cache.

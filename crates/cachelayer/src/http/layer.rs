@@ -6,11 +6,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::HeaderName;
 use http::request::Parts;
 use tower::Layer;
 
 use super::key::KeyRules;
-use super::policy::{StatusSet, StoreRules};
+use super::policy::{SetCookieResponses, StatusSet, StoreRules};
 use super::service::ResponseCache;
 use super::settings::{KeyParts, Settings};
 use crate::cache::Cache;
@@ -130,15 +131,42 @@ impl ResponseCacheLayer {
         self.with(|s| s.keys.scope = scope)
     }
 
-    /// Derive freshness from `Last-Modified` when nothing explicit is given (default off).
+    /// Derive freshness from `Last-Modified` when nothing explicit is given (RFC 9111
+    /// section 4.2.2: a tenth of the time since it was modified, up to
+    /// [`heuristic_freshness_limit`](Self::heuristic_freshness_limit)), for the statuses
+    /// that allow it (default off). Hits of such responses say `detail=heuristic` in
+    /// `Cache-Status`.
     pub fn heuristic_freshness(self, on: bool) -> Self {
         self.with(|s| s.store.heuristic = on)
     }
 
-    /// Store responses that set cookies, with `Set-Cookie` stripped from the stored copy
-    /// (default off: such responses are not stored).
-    pub fn strip_set_cookie(self, on: bool) -> Self {
-        self.with(|s| s.store.strip_set_cookie = on)
+    /// The longest heuristic freshness (default
+    /// [`DEFAULT_HEURISTIC_LIMIT`](super::policy::DEFAULT_HEURISTIC_LIMIT), a day).
+    pub fn heuristic_freshness_limit(self, limit: Duration) -> Self {
+        self.with(|s| s.store.heuristic_limit = limit)
+    }
+
+    /// What to do with responses that set a cookie where the origin does not say (default
+    /// [`SetCookieResponses::Refuse`]: not stored). A response marked
+    /// `no-cache="Set-Cookie"` or `private="Set-Cookie"` is stored without the cookie
+    /// whatever this says.
+    pub fn set_cookie_responses(self, choice: SetCookieResponses) -> Self {
+        self.with(|s| s.store.set_cookie = choice)
+    }
+
+    /// Obey these targeted cache-control fields (RFC 9213), first match first: the first
+    /// one a response carries with a valid value replaces its `Cache-Control` and `Expires`
+    /// for this cache (`CDN-Cache-Control: max-age=60` stores a response marked
+    /// `Cache-Control: no-store` for browsers). Default: none, the layer being the
+    /// application's own cache; a proxy in front of other origins would give
+    /// `["cachelayer-cache-control", "cdn-cache-control"]`. Names that are not valid field
+    /// names are skipped.
+    pub fn targeted_cache_control<S: AsRef<str>>(self, names: impl IntoIterator<Item = S>) -> Self {
+        let names: Vec<HeaderName> = names
+            .into_iter()
+            .filter_map(|name| HeaderName::from_bytes(name.as_ref().as_bytes()).ok())
+            .collect();
+        self.with(|s| s.store.targeted = names.into())
     }
 
     /// Largest body stored (default 1 MiB); larger bodies stream through unstored.

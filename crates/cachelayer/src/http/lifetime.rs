@@ -9,6 +9,7 @@ use std::time::Duration;
 use super::policy::Storable;
 use super::settings::Settings;
 use super::stored::StoredResponse;
+use crate::store::MAX_TTL;
 
 /// Least and most time a response with validators is kept past its freshness, so a stale
 /// copy can be revalidated (a 304 instead of the whole body).
@@ -30,10 +31,27 @@ impl Admitted {
         let grace = grace_of(facts, &stored);
         Self {
             stored,
-            fresh,
+            // Stores keep nothing longer than their limit; RFC 9111 section 1.2.2 allows
+            // freshness of 2^31 s, which is then fresh for as long as it is kept.
+            fresh: fresh.min(MAX_TTL),
             grace,
         }
     }
+}
+
+/// Least time a `no-cache` response is kept fresh in the store: it is revalidated on every
+/// use whatever its freshness, and kept for its validators' sake.
+const NO_CACHE_STORE_FRESHNESS: Duration = Duration::from_secs(1);
+
+/// How long a response that arrived `initial_age` old stays fresh in the store, or `None`
+/// when it arrived stale and is worth nothing stored (a `no-cache` response is worth its
+/// validators: every use revalidates it anyway).
+pub(super) fn fresh_left(facts: Storable, initial_age: Duration) -> Option<Duration> {
+    let left = facts.freshness.saturating_sub(initial_age);
+    if facts.no_cache {
+        return Some(left.max(NO_CACHE_STORE_FRESHNESS));
+    }
+    Some(left).filter(|left| !left.is_zero())
 }
 
 /// The stale windows of a stored response: its own, else the layer's configured ones.
@@ -51,7 +69,7 @@ pub(super) fn with_configured_windows(settings: &Settings, mut facts: Storable) 
 /// never be served stale), and, when the origin gave validators, for revalidation (as long
 /// as it was fresh, within 1 minute to 1 day).
 fn grace_of(facts: Storable, stored: &StoredResponse) -> Duration {
-    let stale_windows = if facts.must_revalidate {
+    let stale_windows = if !facts.may_serve_stale() {
         Duration::ZERO
     } else {
         facts.stale_while_revalidate.max(facts.stale_if_error)

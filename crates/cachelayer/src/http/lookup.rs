@@ -99,8 +99,10 @@ pub(super) fn judge(
         Usable::Stale(by) if within(by, stored.facts().stale_while_revalidate) => {
             Phase::StaleWhileRevalidate(Serve { stored, age, ttl })
         }
-        Usable::Stale(_) if directives.only_if_cached => Phase::OnlyIfCachedMiss,
-        Usable::Stale(by) => Phase::Revalidate { stored, by },
+        Usable::Stale(_) | Usable::Revalidate(_) if directives.only_if_cached => {
+            Phase::OnlyIfCachedMiss
+        }
+        Usable::Stale(by) | Usable::Revalidate(by) => Phase::Revalidate { stored, by },
         Usable::Refused => miss(Forward::Request),
     }
 }
@@ -136,10 +138,9 @@ mod tests {
     ) -> StoredResponse {
         let (head, ()) = http::Response::new(()).into_parts();
         let facts = Storable {
-            freshness: FRESH_FOR,
             must_revalidate,
             stale_while_revalidate: swr,
-            stale_if_error: Duration::ZERO,
+            ..Storable::fresh_for(FRESH_FOR)
         };
         let arrival = Arrival {
             initial_age: Duration::ZERO,
@@ -229,9 +230,11 @@ mod tests {
                 "{directive}: {phase:?}"
             );
         }
+        // Stale and must-revalidate: only after the origin confirms it, whatever the
+        // request accepts.
         let must = stored(Duration::ZERO, true, Vec::new());
         let phase = judged(found(must), "max-stale", at(70));
-        assert!(matches!(phase, Phase::Miss(Forward::Request)), "{phase:?}");
+        assert!(matches!(phase, Phase::Revalidate { .. }), "{phase:?}");
     }
 
     #[test]

@@ -10,17 +10,19 @@
 //! (`Cache-Control` parsing, freshness, age, the request's directives), and their tests
 //! read best beside them.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use http::header::{AUTHORIZATION, CACHE_CONTROL, HeaderMap, PRAGMA};
+use http::header::{AUTHORIZATION, CACHE_CONTROL, HeaderMap, HeaderName, PRAGMA, SET_COOKIE};
 use http::{Method, StatusCode};
 
 /// Largest delta-seconds honoured (RFC 9111 section 1.2.2: 2^31 is "infinity").
 const MAX_DELTA_SECONDS: u64 = 1 << 31;
 /// Heuristic freshness is this fraction of the time since `Last-Modified` (RFC 9111 section
-/// 4.2.2 suggests 10%), and never more than a day.
+/// 4.2.2 suggests 10%), and never more than [`StoreRules::heuristic_limit`].
 const HEURISTIC_FRACTION: f64 = 0.1;
-const MAX_HEURISTIC: Duration = Duration::from_secs(24 * 60 * 60);
+/// Default [`StoreRules::heuristic_limit`]: a day.
+pub const DEFAULT_HEURISTIC_LIMIT: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// The directives of every `Cache-Control` header of a message, names lowercased.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -57,9 +59,73 @@ impl CacheControl {
         Self { directives }
     }
 
+    /// A targeted field's directives (RFC 9213: a Structured Fields dictionary), or `None`
+    /// when the field is absent, empty or not a valid dictionary (then it is ignored).
+    /// Booleans are directives without an argument (`?0`: absent); an integer, string or
+    /// token is the argument; parameters are ignored, as RFC 9213 asks.
+    pub fn parse_targeted(headers: &HeaderMap, name: &HeaderName) -> Option<Self> {
+        let mut fields = headers.get_all(name).iter();
+        let first = fields.next()?;
+        // Several lines of a dictionary field are one field, joined by commas.
+        let mut joined = first.as_bytes().to_vec();
+        for more in fields {
+            joined.extend_from_slice(b", ");
+            joined.extend_from_slice(more.as_bytes());
+        }
+        let dictionary = sfv::Parser::new(&joined).parse::<sfv::Dictionary>().ok()?;
+        let mut directives = Vec::with_capacity(dictionary.len());
+        for (key, member) in &dictionary {
+            let argument = match member {
+                sfv::ListEntry::Item(item) => match &item.bare_item {
+                    sfv::BareItem::Boolean(false) => continue,
+                    sfv::BareItem::Boolean(true) => None,
+                    sfv::BareItem::Integer(n) => Some(i64::from(*n).to_string()),
+                    sfv::BareItem::String(text) => Some(text.as_str().to_owned()),
+                    sfv::BareItem::Token(token) => Some(token.as_str().to_owned()),
+                    // Not a delta-seconds nor a field list: present, but unusable.
+                    _ => Some(String::new()),
+                },
+                sfv::ListEntry::InnerList(list) => Some(
+                    list.items
+                        .iter()
+                        .filter_map(|item| match &item.bare_item {
+                            sfv::BareItem::String(text) => Some(text.as_str().to_owned()),
+                            sfv::BareItem::Token(token) => Some(token.as_str().to_owned()),
+                            _ => None,
+                        })
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                ),
+            };
+            directives.push((key.as_str().to_owned(), argument));
+        }
+        (!directives.is_empty()).then_some(Self { directives })
+    }
+
     /// Whether the directive is present (with or without an argument).
     pub fn has(&self, name: &str) -> bool {
         self.directives.iter().any(|(n, _)| n == name)
+    }
+
+    /// Whether the directive is present without a list of field names (`no-cache`, not
+    /// `no-cache="set-cookie"`).
+    pub fn has_unqualified(&self, name: &str) -> bool {
+        self.directives
+            .iter()
+            .any(|(n, argument)| n == name && argument.as_deref().is_none_or(str::is_empty))
+    }
+
+    /// The field names a qualified `no-cache="..."` or `private="..."` lists (lowercase):
+    /// the response may be stored and reused, but never with these fields (RFC 9111
+    /// sections 5.2.2.4 and 5.2.2.7).
+    pub fn qualified_fields(&self) -> Vec<HeaderName> {
+        self.directives
+            .iter()
+            .filter(|(name, _)| name == "no-cache" || name == "private")
+            .filter_map(|(_, argument)| argument.as_deref())
+            .flat_map(|fields| fields.split(','))
+            .filter_map(|field| HeaderName::from_bytes(field.trim().as_bytes()).ok())
+            .collect()
     }
 
     /// A delta-seconds argument. A repeated or invalid one makes the directive unusable
@@ -103,9 +169,18 @@ fn split_outside_quotes(text: &str) -> Vec<&str> {
 pub fn heuristically_cacheable(status: StatusCode) -> bool {
     matches!(
         status.as_u16(),
-        200 | 203 | 204 | 300 | 301 | 308 | 404 | 405 | 410 | 414 | 501
+        200 | 203 | 204 | 206 | 300 | 301 | 308 | 404 | 405 | 410 | 414 | 501
     )
 }
+
+/// Final statuses whose caching requirements this cache implements: those RFC 9110 defines.
+/// `must-understand` lets a response of one of them be stored despite `no-store` (RFC 9111
+/// section 5.2.2.3); any other status with `must-understand` is not stored.
+const UNDERSTOOD: StatusSet = StatusSet::of(&[
+    200, 201, 202, 203, 204, 205, 300, 301, 302, 303, 305, 307, 308, 400, 401, 402, 403, 404, 405,
+    406, 407, 408, 409, 410, 411, 412, 413, 414, 415, 416, 417, 421, 422, 426, 500, 501, 502, 503,
+    504, 505,
+]);
 
 /// A set of status codes (100 to 999), small and `Copy`: one bit per code.
 ///
@@ -166,8 +241,25 @@ impl std::fmt::Debug for StatusSet {
 /// answer for everyone for a whole TTL.
 pub const DEFAULT_TTL_STATUSES: StatusSet = StatusSet::of(&[200, 203, 204, 301, 308]);
 
+/// What a shared cache does with a response that sets a cookie, where the origin does not
+/// say (a qualified `no-cache="Set-Cookie"` or `private="Set-Cookie"` always stores the
+/// response without the cookie).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum SetCookieResponses {
+    /// Not stored (the default): such a response is usually meant for one user.
+    #[default]
+    Refuse,
+    /// Stored without `Set-Cookie`: the client that caused the fetch gets the cookie, hits
+    /// do not.
+    Strip,
+    /// Stored with `Set-Cookie`, served to everyone, as RFC 9111 allows a shared cache: only
+    /// for origins that mark every per-user response `private` or `no-store` themselves.
+    Store,
+}
+
 /// The layer's choices where the RFC leaves one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreRules {
     /// Fresh lifetime of responses that carry no freshness information and whose status is
     /// in `default_ttl_statuses`. `None`: such responses are not stored unless `heuristic`
@@ -181,9 +273,14 @@ pub struct StoreRules {
     /// Derive freshness from `Last-Modified` when nothing explicit is given (RFC 9111
     /// section 4.2.2). Off by default: explicit is better than guessed.
     pub heuristic: bool,
-    /// Store responses carrying `Set-Cookie`, with the cookie stripped. Off by default: such
-    /// a response is usually meant for one user.
-    pub strip_set_cookie: bool,
+    /// Longest heuristic freshness ([`DEFAULT_HEURISTIC_LIMIT`] by default).
+    pub heuristic_limit: Duration,
+    /// Responses that set a cookie ([`SetCookieResponses::Refuse`] by default).
+    pub set_cookie: SetCookieResponses,
+    /// Targeted cache-control fields (RFC 9213) this cache obeys, first match first, such
+    /// as `CDN-Cache-Control`: the first present and valid one replaces `Cache-Control` and
+    /// `Expires` for this cache. Empty by default.
+    pub targeted: Arc<[HeaderName]>,
 }
 
 impl Default for StoreRules {
@@ -192,9 +289,36 @@ impl Default for StoreRules {
             default_ttl: None,
             default_ttl_statuses: DEFAULT_TTL_STATUSES,
             heuristic: false,
-            strip_set_cookie: false,
+            heuristic_limit: DEFAULT_HEURISTIC_LIMIT,
+            set_cookie: SetCookieResponses::Refuse,
+            targeted: Arc::from([]),
         }
     }
+}
+
+/// The response directives this cache obeys: the first targeted field of `rules` that is
+/// present and valid (RFC 9213), else `Cache-Control`. True with them when they are
+/// targeted (then `Expires` is ignored too).
+pub fn response_directives(response: &HeaderMap, rules: &StoreRules) -> (CacheControl, bool) {
+    let targeted = rules
+        .targeted
+        .iter()
+        .find_map(|name| CacheControl::parse_targeted(response, name));
+    match targeted {
+        Some(directives) => (directives, true),
+        None => (CacheControl::parse(response), false),
+    }
+}
+
+/// The fields of a response never stored with it: those a qualified `no-cache` or `private`
+/// names, and `Set-Cookie` when the rules strip it.
+pub fn fields_not_stored(response: &HeaderMap, rules: &StoreRules) -> Vec<HeaderName> {
+    let (directives, _) = response_directives(response, rules);
+    let mut fields = directives.qualified_fields();
+    if rules.set_cookie == SetCookieResponses::Strip {
+        fields.push(SET_COOKIE);
+    }
+    fields
 }
 
 /// Why a response is not stored.
@@ -209,7 +333,7 @@ pub enum NotStored {
     NoStore,
     /// `private`: meant for one user.
     Private,
-    /// `no-cache`: would need revalidation on every use.
+    /// `no-cache` without validators: each use would fetch it whole again.
     NoCache,
     /// The request carried `Authorization` and the response did not allow sharing it
     /// (`public`, `s-maxage` or `must-revalidate`, RFC 9111 section 3.5).
@@ -220,6 +344,8 @@ pub enum NotStored {
     SetCookie,
     /// No freshness information and no default TTL: nothing says how long it may be reused.
     NoFreshness,
+    /// `must-understand` on a status whose requirements this cache does not implement.
+    NotUnderstood,
 }
 
 impl NotStored {
@@ -235,6 +361,7 @@ impl NotStored {
             NotStored::VaryAll => "vary_all",
             NotStored::SetCookie => "set_cookie",
             NotStored::NoFreshness => "no_freshness",
+            NotStored::NotUnderstood => "not_understood",
         }
     }
 }
@@ -246,22 +373,47 @@ pub struct Storable {
     pub freshness: Duration,
     /// It may not be served stale (`must-revalidate`, `proxy-revalidate` or `s-maxage`).
     pub must_revalidate: bool,
+    /// It may not be served at all without a successful revalidation (`no-cache`).
+    pub no_cache: bool,
+    /// Its freshness is a guess from `Last-Modified` (RFC 9111 section 4.2.2).
+    pub heuristic: bool,
     /// Its `stale-while-revalidate` window (RFC 5861), zero when absent.
     pub stale_while_revalidate: Duration,
     /// Its `stale-if-error` window (RFC 5861), zero when absent.
     pub stale_if_error: Duration,
 }
 
+impl Storable {
+    /// Facts of a response fresh for `freshness`, with no other directive.
+    pub const fn fresh_for(freshness: Duration) -> Self {
+        Self {
+            freshness,
+            must_revalidate: false,
+            no_cache: false,
+            heuristic: false,
+            stale_while_revalidate: Duration::ZERO,
+            stale_if_error: Duration::ZERO,
+        }
+    }
+
+    /// Whether it may ever be served without the origin confirming it first (stale under
+    /// a stale window, or for a request accepting staleness).
+    pub const fn may_serve_stale(&self) -> bool {
+        !self.must_revalidate && !self.no_cache
+    }
+}
+
 /// Whether a shared cache may store `status` + `response` received for `method` +
-/// `request`, and for how long it is fresh (RFC 9111 sections 3, 3.5 and 4.2.1).
+/// `request`, and for how long it is fresh (RFC 9111 sections 3, 3.5 and 4.2.1). A `POST`
+/// response is judged as the `GET` it may stand for (the caller checks `Content-Location`).
 pub fn storable(
     method: &Method,
     request: &HeaderMap,
     status: StatusCode,
     response: &HeaderMap,
-    rules: StoreRules,
+    rules: &StoreRules,
 ) -> Result<Storable, NotStored> {
-    if method != Method::GET {
+    if method != Method::GET && method != Method::POST {
         return Err(NotStored::Method);
     }
     // A 304 answers one client's validators; 206 is a part of a body.
@@ -272,15 +424,20 @@ pub fn storable(
         return Err(NotStored::Status);
     }
     let request_cc = CacheControl::parse(request);
-    let response_cc = CacheControl::parse(response);
-    if request_cc.has("no-store") || response_cc.has("no-store") {
+    let (response_cc, targeted) = response_directives(response, rules);
+    if request_cc.has("no-store") {
         return Err(NotStored::NoStore);
     }
-    if response_cc.has("private") {
-        return Err(NotStored::Private);
+    if response_cc.has("must-understand") {
+        // It replaces no-store, for the statuses understood here only.
+        if !UNDERSTOOD.contains(status) {
+            return Err(NotStored::NotUnderstood);
+        }
+    } else if response_cc.has("no-store") {
+        return Err(NotStored::NoStore);
     }
-    if response_cc.has("no-cache") {
-        return Err(NotStored::NoCache);
+    if response_cc.has_unqualified("private") {
+        return Err(NotStored::Private);
     }
     if request.contains_key(AUTHORIZATION)
         && !(response_cc.has("public")
@@ -298,11 +455,26 @@ pub fn storable(
     {
         return Err(NotStored::VaryAll);
     }
-    if response.contains_key(http::header::SET_COOKIE) && !rules.strip_set_cookie {
+    if response.contains_key(SET_COOKIE)
+        && rules.set_cookie == SetCookieResponses::Refuse
+        && !response_cc.qualified_fields().contains(&SET_COOKIE)
+    {
         return Err(NotStored::SetCookie);
     }
-    let freshness = freshness_lifetime(status, response, &response_cc, rules)?;
-    if freshness.is_zero() {
+    let no_cache = response_cc.has_unqualified("no-cache");
+    let expires = if targeted {
+        None
+    } else {
+        response.get(http::header::EXPIRES)
+    };
+    let (freshness, heuristic) =
+        match freshness_lifetime(status, response, expires, &response_cc, rules) {
+            Ok(found) => found,
+            // A no-cache response needs no freshness: every use is revalidated.
+            Err(NotStored::NoFreshness) if no_cache => (Duration::ZERO, false),
+            Err(refused) => return Err(refused),
+        };
+    if freshness.is_zero() && !no_cache {
         return Err(NotStored::NoFreshness);
     }
     Ok(Storable {
@@ -310,6 +482,8 @@ pub fn storable(
         must_revalidate: response_cc.has("must-revalidate")
             || response_cc.has("proxy-revalidate")
             || response_cc.has("s-maxage"),
+        no_cache,
+        heuristic,
         stale_while_revalidate: response_cc
             .seconds("stale-while-revalidate")
             .unwrap_or_default(),
@@ -317,43 +491,42 @@ pub fn storable(
     })
 }
 
-/// Freshness lifetime for a shared cache: `s-maxage`, then `max-age`, then `Expires` minus
-/// `Date`, then (for heuristically cacheable statuses) the heuristic, then (for the statuses
-/// it applies to) the default TTL.
+/// Freshness lifetime for a shared cache, and whether it is a guess: `s-maxage`, then
+/// `max-age`, then `expires` minus `Date`, then (for heuristically cacheable statuses) the
+/// heuristic, then (for the statuses it applies to) the default TTL.
 fn freshness_lifetime(
     status: StatusCode,
     response: &HeaderMap,
+    expires: Option<&http::HeaderValue>,
     cc: &CacheControl,
-    rules: StoreRules,
-) -> Result<Duration, NotStored> {
+    rules: &StoreRules,
+) -> Result<(Duration, bool), NotStored> {
     // A present but invalid (or repeated) directive means "stale", not "look elsewhere".
     for directive in ["s-maxage", "max-age"] {
         if cc.has(directive) {
-            return Ok(cc.seconds(directive).unwrap_or_default());
+            return Ok((cc.seconds(directive).unwrap_or_default(), false));
         }
     }
-    if let Some(expires) = response.get(http::header::EXPIRES) {
+    if let Some(expires) = expires {
         // An invalid Expires (such as "0") means "already expired".
-        let expires = expires
-            .to_str()
-            .ok()
-            .and_then(|e| httpdate::parse_http_date(e).ok());
+        let expires = expires.to_str().ok().and_then(parse_date);
         let date = date_of(response).unwrap_or_else(SystemTime::now);
-        return Ok(expires
+        let lifetime = expires
             .and_then(|e| e.duration_since(date).ok())
-            .unwrap_or_default());
+            .unwrap_or_default();
+        return Ok((lifetime, false));
     }
     let heuristic = heuristically_cacheable(status);
     if heuristic
         && rules.heuristic
-        && let Some(freshness) = heuristic_freshness(response)
+        && let Some(freshness) = heuristic_freshness(response, rules.heuristic_limit)
     {
-        return Ok(freshness);
+        return Ok((freshness, true));
     }
     if let Some(ttl) = rules.default_ttl
         && rules.default_ttl_statuses.contains(status)
     {
-        return Ok(ttl);
+        return Ok((ttl, false));
     }
     if heuristic || cc.has("public") {
         Err(NotStored::NoFreshness)
@@ -362,23 +535,68 @@ fn freshness_lifetime(
     }
 }
 
-fn heuristic_freshness(response: &HeaderMap) -> Option<Duration> {
+fn heuristic_freshness(response: &HeaderMap, limit: Duration) -> Option<Duration> {
     let modified = response
         .get(http::header::LAST_MODIFIED)?
         .to_str()
         .ok()
-        .and_then(|m| httpdate::parse_http_date(m).ok())?;
+        .and_then(parse_date)?;
     let date = date_of(response).unwrap_or_else(SystemTime::now);
     let since = date.duration_since(modified).ok()?;
-    Some(since.mul_f64(HEURISTIC_FRACTION).min(MAX_HEURISTIC))
+    Some(since.mul_f64(HEURISTIC_FRACTION).min(limit)).filter(|f| !f.is_zero())
 }
 
-fn date_of(headers: &HeaderMap) -> Option<SystemTime> {
+/// An HTTP date in any of the three formats recipients must accept (RFC 9110 section
+/// 5.6.7: IMF-fixdate, RFC 850, asctime), with day, month and zone names in any case.
+pub fn parse_date(text: &str) -> Option<SystemTime> {
+    if let Ok(date) = httpdate::parse_http_date(text) {
+        return Some(date);
+    }
+    // httpdate matches names case-sensitively: retry with each word capitalized as the
+    // formats spell them ("Thu", "Jan", "GMT").
+    let mut canonical = String::with_capacity(text.len());
+    let mut word_start = true;
+    for c in text.chars() {
+        if c.is_ascii_alphabetic() {
+            canonical.push(if word_start {
+                c.to_ascii_uppercase()
+            } else {
+                c.to_ascii_lowercase()
+            });
+            word_start = false;
+        } else {
+            canonical.push(c);
+            word_start = true;
+        }
+    }
+    let canonical = canonical.replace("Gmt", "GMT");
+    httpdate::parse_http_date(&canonical).ok()
+}
+
+/// A message's `Date`, in any of the formats [`parse_date`] reads.
+pub fn date_of(headers: &HeaderMap) -> Option<SystemTime> {
     headers
         .get(http::header::DATE)?
         .to_str()
         .ok()
-        .and_then(|d| httpdate::parse_http_date(d).ok())
+        .and_then(parse_date)
+}
+
+/// The `Age` a message carries (RFC 9111 section 5.1): the first member of a list, larger
+/// values taken as 2^31; an invalid one is ignored (`None`).
+pub fn age_header(headers: &HeaderMap) -> Option<Duration> {
+    let first = headers
+        .get(http::header::AGE)?
+        .to_str()
+        .ok()?
+        .split(',')
+        .next()?
+        .trim();
+    if first.is_empty() || !first.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let seconds = first.parse::<u64>().unwrap_or(MAX_DELTA_SECONDS);
+    Some(Duration::from_secs(seconds.min(MAX_DELTA_SECONDS)))
 }
 
 /// The age a response had when it arrived (RFC 9111 section 4.2.3): the larger of its
@@ -391,12 +609,7 @@ pub fn initial_age(
     let apparent = date_of(response)
         .and_then(|date| response_time.duration_since(date).ok())
         .unwrap_or_default();
-    let age_header = response
-        .get(http::header::AGE)
-        .and_then(|a| a.to_str().ok())
-        .and_then(|a| a.trim().parse::<u64>().ok())
-        .map(|seconds| Duration::from_secs(seconds.min(MAX_DELTA_SECONDS)))
-        .unwrap_or_default();
+    let age_header = age_header(response).unwrap_or_default();
     let delay = response_time
         .duration_since(request_time)
         .unwrap_or_default();
@@ -469,6 +682,9 @@ pub enum Usable {
     /// Stale by this much; usable only under a stale window (`stale-while-revalidate`,
     /// `stale-if-error`), if the response allows stale serving at all.
     Stale(Duration),
+    /// Usable only once the origin confirms it (a `304` to a conditional request): it is
+    /// stale and `must-revalidate`, or `no-cache`. Stale by this much (zero when fresh).
+    Revalidate(Duration),
     /// The request's own directives refuse it (`no-cache`, `max-age`, `min-fresh`).
     Refused,
 }
@@ -479,23 +695,26 @@ pub fn usable(stored: &Storable, age: Duration, request: &RequestDirectives) -> 
     if request.no_cache || request.max_age.is_some_and(|max| age > max) {
         return Usable::Refused;
     }
+    let staleness = age.saturating_sub(stored.freshness);
+    if stored.no_cache {
+        return Usable::Revalidate(staleness);
+    }
     if let Some(left) = stored.freshness.checked_sub(age).filter(|l| !l.is_zero()) {
         return match request.min_fresh {
             Some(min) if left < min => Usable::Refused,
             _ => Usable::Fresh,
         };
     }
-    let staleness = age.saturating_sub(stored.freshness);
-    let accepted = !stored.must_revalidate
-        && match request.max_stale {
-            Some(None) => true,
-            Some(Some(limit)) => staleness <= limit,
-            None => false,
-        };
+    if stored.must_revalidate {
+        return Usable::Revalidate(staleness);
+    }
+    let accepted = match request.max_stale {
+        Some(None) => true,
+        Some(Some(limit)) => staleness <= limit,
+        None => false,
+    };
     if accepted {
         Usable::StaleAccepted
-    } else if stored.must_revalidate {
-        Usable::Refused
     } else {
         Usable::Stale(staleness)
     }
@@ -521,7 +740,7 @@ mod tests {
             &HeaderMap::new(),
             StatusCode::OK,
             &headers(response),
-            StoreRules::default(),
+            &StoreRules::default(),
         )
     }
 
@@ -583,7 +802,7 @@ mod tests {
             &HeaderMap::new(),
             StatusCode::OK,
             &headers(&[("cache-control", "max-age=soon")]),
-            StoreRules {
+            &StoreRules {
                 default_ttl: Some(Duration::from_secs(5)),
                 ..StoreRules::default()
             },
@@ -594,7 +813,7 @@ mod tests {
             &HeaderMap::new(),
             StatusCode::NOT_MODIFIED,
             &headers(&[("cache-control", "max-age=60")]),
-            StoreRules::default(),
+            &StoreRules::default(),
         );
         assert_eq!(not_modified, Err(NotStored::Status));
         assert_eq!(fresh(&[]), Err(NotStored::NoFreshness));
@@ -603,7 +822,7 @@ mod tests {
             &HeaderMap::new(),
             StatusCode::OK,
             &HeaderMap::new(),
-            StoreRules {
+            &StoreRules {
                 default_ttl: Some(Duration::from_secs(5)),
                 ..StoreRules::default()
             },
@@ -620,7 +839,7 @@ mod tests {
                 ("date", "Sat, 28 Nov 2026 08:00:00 GMT"),
                 ("last-modified", "Sat, 28 Nov 2026 07:00:00 GMT"),
             ]),
-            StoreRules {
+            &StoreRules {
                 heuristic: true,
                 ..StoreRules::default()
             },
@@ -632,7 +851,7 @@ mod tests {
             &HeaderMap::new(),
             StatusCode::CREATED,
             &HeaderMap::new(),
-            StoreRules {
+            &StoreRules {
                 default_ttl: Some(Duration::from_secs(5)),
                 ..StoreRules::default()
             },
@@ -649,35 +868,35 @@ mod tests {
             default_ttl_statuses: statuses.map_or(DEFAULT_TTL_STATUSES, StatusSet::of),
             ..StoreRules::default()
         };
-        let stored = |code: u16, response: &HeaderMap, rules: StoreRules| {
+        let stored = |code: u16, response: &HeaderMap, rules: &StoreRules| {
             let status = StatusCode::from_u16(code).expect("status");
             storable(&Method::GET, &HeaderMap::new(), status, response, rules).map(|s| s.freshness)
         };
         let none = HeaderMap::new();
         let five = Ok(Duration::from_secs(5));
         for code in [200, 203, 204, 301, 308] {
-            assert_eq!(stored(code, &none, rules(None)), five, "{code}");
+            assert_eq!(stored(code, &none, &rules(None)), five, "{code}");
         }
         for code in [300, 404, 405, 410, 414, 501] {
             assert_eq!(
-                stored(code, &none, rules(None)),
+                stored(code, &none, &rules(None)),
                 Err(NotStored::NoFreshness),
                 "{code}"
             );
         }
-        assert_eq!(stored(500, &none, rules(None)), Err(NotStored::Status));
+        assert_eq!(stored(500, &none, &rules(None)), Err(NotStored::Status));
         let listed = rules(Some(&[200, 405, 500]));
-        assert_eq!(stored(405, &none, listed), five);
+        assert_eq!(stored(405, &none, &listed), five);
         assert_eq!(
-            stored(500, &none, listed),
+            stored(500, &none, &listed),
             five,
             "listed: the operator's choice"
         );
-        assert_eq!(stored(204, &none, listed), Err(NotStored::NoFreshness));
+        assert_eq!(stored(204, &none, &listed), Err(NotStored::NoFreshness));
         // Explicit freshness is the origin's word, whatever the default TTL's statuses.
         let explicit = headers(&[("cache-control", "max-age=60")]);
         assert_eq!(
-            stored(405, &explicit, rules(None)),
+            stored(405, &explicit, &rules(None)),
             Ok(Duration::from_secs(60))
         );
         assert_eq!(
@@ -686,8 +905,9 @@ mod tests {
         );
     }
 
-    /// no-store, private, no-cache, Vary: *, Set-Cookie, partial content and non-GET are
-    /// never stored; Authorization only with public, s-maxage or must-revalidate.
+    /// no-store, private, Vary: *, Set-Cookie, partial content and methods other than GET
+    /// and POST are never stored; Authorization only with public, s-maxage or
+    /// must-revalidate.
     #[test]
     fn what_a_shared_cache_refuses() {
         let ok = [("cache-control", "max-age=60")];
@@ -699,13 +919,12 @@ mod tests {
             store(&[("cache-control", "private, max-age=60")]),
             Err(NotStored::Private)
         );
+        // A qualified private or no-cache stores without the fields named; an unqualified
+        // no-cache stores, to be revalidated on every use.
+        assert!(store(&[("cache-control", "private=\"x-user\", max-age=60")]).is_ok());
         assert_eq!(
-            store(&[("cache-control", "private=\"x-user\", max-age=60")]),
-            Err(NotStored::Private)
-        );
-        assert_eq!(
-            store(&[("cache-control", "no-cache, max-age=60")]),
-            Err(NotStored::NoCache)
+            store(&[("cache-control", "no-cache, max-age=60")]).map(|s| s.no_cache),
+            Ok(true)
         );
         assert_eq!(
             store(&[("cache-control", "max-age=60"), ("vary", "accept, *")]),
@@ -722,17 +941,17 @@ mod tests {
                 &request_no_store,
                 StatusCode::OK,
                 &headers(&ok),
-                StoreRules::default()
+                &StoreRules::default()
             ),
             Err(NotStored::NoStore)
         );
         assert_eq!(
             storable(
-                &Method::POST,
+                &Method::PUT,
                 &HeaderMap::new(),
                 StatusCode::OK,
                 &headers(&ok),
-                StoreRules::default()
+                &StoreRules::default()
             ),
             Err(NotStored::Method)
         );
@@ -742,7 +961,7 @@ mod tests {
                 &HeaderMap::new(),
                 StatusCode::PARTIAL_CONTENT,
                 &headers(&ok),
-                StoreRules::default()
+                &StoreRules::default()
             ),
             Err(NotStored::Status)
         );
@@ -753,13 +972,247 @@ mod tests {
                 &authorized,
                 StatusCode::OK,
                 &headers(&[("cache-control", cc)]),
-                StoreRules::default(),
+                &StoreRules::default(),
             )
         };
         assert_eq!(with("max-age=60"), Err(NotStored::Authorization));
         assert!(with("public, max-age=60").is_ok());
         assert!(with("s-maxage=60").is_ok());
         assert!(with("max-age=60, must-revalidate").is_ok());
+    }
+
+    /// A targeted field (RFC 9213) replaces Cache-Control and Expires when it is on the
+    /// rules' list, present and a valid dictionary; the first listed one wins.
+    #[test]
+    fn targeted_cache_control_takes_precedence() {
+        let rules = StoreRules {
+            targeted: Arc::from([
+                HeaderName::from_static("cachelayer-cache-control"),
+                HeaderName::from_static("cdn-cache-control"),
+            ]),
+            ..StoreRules::default()
+        };
+        let with = |pairs: &[(&'static str, &str)]| {
+            storable(
+                &Method::GET,
+                &HeaderMap::new(),
+                StatusCode::OK,
+                &headers(pairs),
+                &rules,
+            )
+        };
+        let minute = Ok(Duration::from_secs(60));
+        let fresh = |pairs: &[(&'static str, &str)]| with(pairs).map(|s| s.freshness);
+        assert_eq!(
+            fresh(&[
+                ("cdn-cache-control", "max-age=60"),
+                ("cache-control", "no-store")
+            ]),
+            minute
+        );
+        assert_eq!(
+            fresh(&[
+                ("cdn-cache-control", "max-age=0"),
+                ("cache-control", "max-age=600"),
+                ("expires", "Fri, 31 Dec 2100 23:59:59 GMT"),
+            ]),
+            Err(NotStored::NoFreshness)
+        );
+        assert_eq!(
+            with(&[
+                ("cdn-cache-control", "no-store"),
+                ("cache-control", "max-age=60")
+            ]),
+            Err(NotStored::NoStore)
+        );
+        assert_eq!(
+            with(&[
+                ("cdn-cache-control", "private"),
+                ("cache-control", "max-age=60")
+            ]),
+            Err(NotStored::Private)
+        );
+        assert_eq!(
+            fresh(&[
+                ("cachelayer-cache-control", "max-age=60"),
+                ("cdn-cache-control", "no-store"),
+            ]),
+            minute
+        );
+        // Not a valid dictionary (nor is a `MAX-AGE` key): ignored, Cache-Control decides.
+        for invalid in ["max-age=60,,;;\"", "MAX-AGE=5", "max-age=\"5\"x"] {
+            assert_eq!(
+                fresh(&[
+                    ("cdn-cache-control", invalid),
+                    ("cache-control", "max-age=60")
+                ]),
+                minute,
+                "{invalid}"
+            );
+        }
+        assert_eq!(
+            with(&[
+                ("cdn-cache-control", "no-cache, max-age=60"),
+                ("etag", "\"a\"")
+            ])
+            .map(|s| s.no_cache),
+            Ok(true)
+        );
+        // `?0` is absent; a layer without the list ignores the field.
+        assert_eq!(
+            fresh(&[("cdn-cache-control", "max-age=60, no-store=?0")]),
+            minute
+        );
+        assert_eq!(
+            store(&[
+                ("cdn-cache-control", "max-age=60"),
+                ("cache-control", "no-store")
+            ]),
+            Err(NotStored::NoStore)
+        );
+    }
+
+    /// Age: the first member of a list; an invalid value is ignored; a huge one is 2^31.
+    #[test]
+    fn age_reads_the_first_member() {
+        let age = |value: &str| age_header(&headers(&[("age", value)]));
+        assert_eq!(age("7200, 0"), Some(Duration::from_secs(7200)));
+        assert_eq!(age(" 5 "), Some(Duration::from_secs(5)));
+        assert_eq!(age("bogus"), None);
+        assert_eq!(age("+5"), None);
+        assert_eq!(
+            age("99999999999999999999999"),
+            Some(Duration::from_secs(MAX_DELTA_SECONDS))
+        );
+    }
+
+    /// Dates in the three formats, names in any case; a huge max-age is clamped.
+    #[test]
+    fn dates_in_every_format() {
+        let expected = httpdate::parse_http_date("Thu, 01 Jan 2037 00:00:00 GMT").ok();
+        for text in [
+            "Thu, 01 Jan 2037 00:00:00 GMT",
+            "Thursday, 01-Jan-37 00:00:00 GMT",
+            "Thu Jan  1 00:00:00 2037",
+            "thu, 01 jan 2037 00:00:00 gmt",
+            "THURSDAY, 01-JAN-37 00:00:00 GMT",
+        ] {
+            assert_eq!(parse_date(text), expected, "{text}");
+        }
+        assert_eq!(parse_date("soon"), None);
+        assert_eq!(
+            store(&[("cache-control", "max-age=2147483648")]).map(|s| s.freshness),
+            Ok(Duration::from_secs(MAX_DELTA_SECONDS))
+        );
+    }
+
+    /// must-understand stores despite no-store for a status this cache understands, and
+    /// nothing of a status it does not.
+    #[test]
+    fn must_understand_replaces_no_store() {
+        let directives = headers(&[("cache-control", "must-understand, no-store, max-age=60")]);
+        let with = |code: u16| {
+            let status = StatusCode::from_u16(code).expect("status");
+            storable(
+                &Method::GET,
+                &HeaderMap::new(),
+                status,
+                &directives,
+                &StoreRules::default(),
+            )
+        };
+        assert!(with(200).is_ok());
+        assert_eq!(with(599), Err(NotStored::NotUnderstood));
+        let no_store_request = headers(&[("cache-control", "no-store")]);
+        let request = storable(
+            &Method::GET,
+            &no_store_request,
+            StatusCode::OK,
+            &directives,
+            &StoreRules::default(),
+        );
+        assert_eq!(request, Err(NotStored::NoStore));
+    }
+
+    /// Set-Cookie: refused, stripped or stored as the rules say; a qualified no-cache or
+    /// private naming it stores the response without it.
+    #[test]
+    fn set_cookie_responses_follow_the_rules() {
+        let cookie = [("cache-control", "max-age=60"), ("set-cookie", "a=1")];
+        let rules = |set_cookie| StoreRules {
+            set_cookie,
+            ..StoreRules::default()
+        };
+        let judged = |pairs: &[(&'static str, &str)], rules: &StoreRules| {
+            let response = headers(pairs);
+            let decision = storable(
+                &Method::GET,
+                &HeaderMap::new(),
+                StatusCode::OK,
+                &response,
+                rules,
+            );
+            (decision.is_ok(), fields_not_stored(&response, rules))
+        };
+        let refuse = rules(SetCookieResponses::Refuse);
+        assert_eq!(judged(&cookie, &refuse), (false, vec![]));
+        assert_eq!(
+            judged(&cookie, &rules(SetCookieResponses::Strip)),
+            (true, vec![SET_COOKIE])
+        );
+        assert_eq!(
+            judged(&cookie, &rules(SetCookieResponses::Store)),
+            (true, vec![])
+        );
+        for qualified in [
+            "max-age=60, no-cache=\"Set-Cookie\"",
+            "private=\"set-cookie\", max-age=60",
+        ] {
+            let pairs = [("cache-control", qualified), ("set-cookie", "a=1")];
+            assert_eq!(
+                judged(&pairs, &refuse),
+                (true, vec![SET_COOKIE]),
+                "{qualified}"
+            );
+        }
+    }
+
+    /// Heuristic freshness is a tenth of the time since Last-Modified, up to the limit, for
+    /// heuristically cacheable statuses, and marked as such.
+    #[test]
+    fn heuristic_freshness_is_limited_and_marked() {
+        let rules = StoreRules {
+            heuristic: true,
+            heuristic_limit: Duration::from_secs(600),
+            ..StoreRules::default()
+        };
+        let response = |modified: &str| {
+            headers(&[
+                ("date", "Sat, 28 Nov 2026 08:00:00 GMT"),
+                ("last-modified", modified),
+            ])
+        };
+        let with = |code: u16, modified: &str| {
+            let status = StatusCode::from_u16(code).expect("status");
+            storable(
+                &Method::GET,
+                &HeaderMap::new(),
+                status,
+                &response(modified),
+                &rules,
+            )
+        };
+        let hour_ago = "Sat, 28 Nov 2026 07:00:00 GMT";
+        let stored = with(200, hour_ago).expect("stored");
+        assert_eq!(
+            (stored.freshness, stored.heuristic),
+            (Duration::from_secs(360), true)
+        );
+        assert_eq!(
+            with(410, "Sat, 21 Nov 2026 08:00:00 GMT").map(|s| s.freshness),
+            Ok(Duration::from_secs(600))
+        );
+        assert_eq!(with(500, hour_ago), Err(NotStored::Status));
     }
 
     /// Age is the larger of the apparent age and Age plus the round trip.
@@ -783,12 +1236,7 @@ mod tests {
     /// Request directives: no-cache, Pragma, max-age, min-fresh and max-stale.
     #[test]
     fn request_directives_decide_use() {
-        let stored = Storable {
-            freshness: Duration::from_secs(60),
-            must_revalidate: false,
-            stale_while_revalidate: Duration::ZERO,
-            stale_if_error: Duration::ZERO,
-        };
+        let stored = Storable::fresh_for(Duration::from_secs(60));
         let secs = Duration::from_secs;
         let of = |pairs: &[(&'static str, &str)]| RequestDirectives::of(&headers(pairs));
         assert_eq!(usable(&stored, secs(10), &of(&[])), Usable::Fresh);
@@ -834,9 +1282,10 @@ mod tests {
             must_revalidate: true,
             ..stored
         };
+        // Stale and must-revalidate: only once the origin confirms it.
         assert_eq!(
             usable(&strict, secs(70), &of(&[("cache-control", "max-stale")])),
-            Usable::Refused
+            Usable::Revalidate(secs(10))
         );
         assert!(of(&[("cache-control", "only-if-cached, no-store")]).only_if_cached);
         assert_eq!(of(&[("cache-control", "max-stale=soon")]).max_stale, None);

@@ -11,7 +11,7 @@ use http::{HeaderMap, Method, Response};
 
 use super::admit::Verdict;
 use super::body::CacheBody;
-use super::lifetime::{Admitted, with_configured_windows};
+use super::lifetime::{Admitted, fresh_left, with_configured_windows};
 use super::policy::{initial_age, storable};
 use super::respond::from_store;
 use super::settings::Settings;
@@ -115,15 +115,12 @@ fn refresh_from_304(
         &parts.headers,
         stored.status(),
         &merged,
-        settings.store,
+        &settings.store,
     )
     .ok()
     .map(|facts| with_configured_windows(settings, facts))?;
     let initial = initial_age(not_modified, request_time, response_time);
-    let fresh = facts
-        .freshness
-        .checked_sub(initial)
-        .filter(|f| !f.is_zero())?;
+    let fresh = fresh_left(facts, initial)?;
     let arrival = Arrival {
         initial_age: initial,
         response_time,

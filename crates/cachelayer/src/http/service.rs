@@ -366,6 +366,7 @@ where
     };
     if failed
         && let Some((stored, by)) = stale
+        && stored.facts().may_serve_stale()
         && within(by, stored.facts().stale_if_error)
     {
         let age = stored.age(SystemTime::now());

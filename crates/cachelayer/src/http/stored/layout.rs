@@ -3,11 +3,11 @@
 //!
 //! | bytes | field |
 //! |---|---|
-//! | 1 | layout version, [`LAYOUT_VERSION`] |
+//! | 1 | layout version: [`LAYOUT_VERSION`], or [`LAYOUT_VERSION_NO_CACHE`] for a `no-cache` response |
 //! | 1 | kind: `S` a stored response, `P` a pass marker, `V` a `Vary` marker |
 //!
 //! A stored response (`S`) goes on with: status (u16); flags (u8: bit 0 `must-revalidate`,
-//! bit 1 an `ETag` made here); arrival time, initial age, freshness, `stale-while-revalidate`
+//! bit 1 an `ETag` made here, bit 2 heuristic freshness, bit 3 `no-cache`); arrival time, initial age, freshness, `stale-while-revalidate`
 //! and `stale-if-error` (u64 milliseconds each); the headers (u16 count, then per field a u16
 //! name length, the name, a u32 value length, the value); the `Vary` values (u16 count, then
 //! a u16 name length, the name, a u8 1 when the request had the header, a u32 value length,
@@ -37,6 +37,10 @@ use crate::payload::{DecodePayload, EncodePayload};
 
 /// The layout this build writes and reads.
 const LAYOUT_VERSION: u8 = 1;
+/// The same layout, for a response that must be revalidated on every use: readers that
+/// predate the `no-cache` flag would ignore it and serve the response as fresh, so it takes
+/// a version they refuse (a miss). Other entries keep version 1, which every reader reads.
+const LAYOUT_VERSION_NO_CACHE: u8 = 2;
 
 const KIND_STORED: u8 = b'S';
 const KIND_PASS: u8 = b'P';
@@ -44,6 +48,8 @@ const KIND_VARIANTS: u8 = b'V';
 
 const FLAG_MUST_REVALIDATE: u8 = 0b01;
 const FLAG_ETAG_GENERATED: u8 = 0b10;
+const FLAG_HEURISTIC: u8 = 0b100;
+const FLAG_NO_CACHE: u8 = 0b1000;
 
 impl EncodePayload for CachedEntry {
     fn encode_payload(&self, codec: &Codec, meta: EntryMeta) -> Result<Encoded> {
@@ -71,7 +77,11 @@ impl DecodePayload for CachedEntry {
 /// The entry in its binary layout.
 pub(super) fn write(entry: &CachedEntry) -> Vec<u8> {
     let mut out = Vec::new();
-    out.put_u8(LAYOUT_VERSION);
+    let version = match entry {
+        CachedEntry::Stored(stored) if stored.facts.no_cache => LAYOUT_VERSION_NO_CACHE,
+        _ => LAYOUT_VERSION,
+    };
+    out.put_u8(version);
     match entry {
         CachedEntry::Stored(stored) => {
             out.reserve(stored.body.len() + 256);
@@ -99,6 +109,12 @@ fn write_stored(out: &mut Vec<u8>, stored: &StoredResponse) {
     }
     if stored.etag_generated {
         flags |= FLAG_ETAG_GENERATED;
+    }
+    if stored.facts.heuristic {
+        flags |= FLAG_HEURISTIC;
+    }
+    if stored.facts.no_cache {
+        flags |= FLAG_NO_CACHE;
     }
     out.put_u8(flags);
     out.put_u64(stored.response_time_ms);
@@ -171,7 +187,8 @@ pub(super) fn fits(stored: &StoredResponse) -> bool {
 /// version, damage, or garbage). Header values and the body are slices of `payload`.
 pub(super) fn read(payload: &Bytes) -> Option<CachedEntry> {
     let mut reader = Reader { payload, at: 0 };
-    if reader.u8()? != LAYOUT_VERSION {
+    let version = reader.u8()?;
+    if version != LAYOUT_VERSION && version != LAYOUT_VERSION_NO_CACHE {
         return None;
     }
     let entry = match reader.u8()? {
@@ -188,7 +205,9 @@ pub(super) fn read(payload: &Bytes) -> Option<CachedEntry> {
         }
         _ => return None,
     };
-    reader.at_end().then_some(entry)
+    // Version 2 is exactly the no-cache responses, so a writer never mislabels one.
+    let no_cache = matches!(&entry, CachedEntry::Stored(stored) if stored.facts.no_cache);
+    (reader.at_end() && no_cache == (version == LAYOUT_VERSION_NO_CACHE)).then_some(entry)
 }
 
 fn read_stored(reader: &mut Reader<'_>) -> Option<StoredResponse> {
@@ -203,6 +222,8 @@ fn read_stored(reader: &mut Reader<'_>) -> Option<StoredResponse> {
     let facts = Storable {
         freshness: Duration::from_millis(reader.u64()?),
         must_revalidate: flags & FLAG_MUST_REVALIDATE != 0,
+        no_cache: flags & FLAG_NO_CACHE != 0,
+        heuristic: flags & FLAG_HEURISTIC != 0,
         stale_while_revalidate: Duration::from_millis(reader.u64()?),
         stale_if_error: Duration::from_millis(reader.u64()?),
     };
@@ -331,10 +352,10 @@ mod tests {
             .append("content-type", "text/plain".parse().expect("v"));
         head.headers.append("etag", "\"v1\"".parse().expect("v"));
         let facts = Storable {
-            freshness: Duration::from_secs(60),
             must_revalidate: true,
             stale_while_revalidate: Duration::from_secs(5),
             stale_if_error: Duration::from_secs(7),
+            ..Storable::fresh_for(Duration::from_secs(60))
         };
         let arrival = Arrival {
             initial_age: Duration::from_millis(1500),

@@ -279,12 +279,7 @@ mod tests {
         headers.append("transfer-encoding", "chunked".parse().expect("v"));
         headers.append("age", "5".parse().expect("v"));
         headers.append("set-cookie", "id=1".parse().expect("v"));
-        let facts = Storable {
-            freshness: Duration::from_secs(60),
-            must_revalidate: false,
-            stale_while_revalidate: Duration::ZERO,
-            stale_if_error: Duration::ZERO,
-        };
+        let facts = Storable::fresh_for(Duration::from_secs(60));
         let arrival = Arrival {
             initial_age: Duration::from_secs(5),
             response_time: SystemTime::now(),
