@@ -10,6 +10,8 @@ mod support;
 // Suites of the proxy facing hostile clients and upstreams, on this file's helpers.
 #[path = "proxy/keys.rs"]
 mod keys;
+#[path = "proxy/rfc9111.rs"]
+mod rfc9111;
 #[path = "proxy/upstream.rs"]
 mod upstream;
 

@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use cachelayer::CacheConfig;
+use cachelayer::http::policy::SetCookieResponses;
 use clap::{Args, ValueEnum};
 
 use super::rules::{Rule, load_rules};
@@ -78,6 +79,25 @@ pub struct ProxyArgs {
     /// responses that do not say (default 0: only when the upstream says so).
     #[arg(long, env = "CACHELAYER_STALE_IF_ERROR", default_value = "0s", value_parser = duration)]
     pub stale_if_error: Duration,
+    /// Targeted cache-control fields obeyed before `Cache-Control` and `Expires` (RFC 9213),
+    /// first match first, comma-separated; an empty value obeys `Cache-Control` only.
+    #[arg(
+        long,
+        env = "CACHELAYER_TARGETED_CACHE_CONTROL",
+        default_value = "cachelayer-cache-control,cdn-cache-control",
+        value_delimiter = ','
+    )]
+    pub targeted_cache_control: Vec<String>,
+    /// Longest freshness guessed from `Last-Modified` for responses that give none (a tenth
+    /// of the time since they were modified, RFC 9111 section 4.2.2); 0s turns it off.
+    #[arg(long, env = "CACHELAYER_HEURISTIC_FRESHNESS_LIMIT", default_value = "24h", value_parser = duration)]
+    pub heuristic_freshness_limit: Duration,
+    /// Responses that set a cookie without marking it `no-cache="Set-Cookie"` or
+    /// `private="Set-Cookie"`: not stored (`refuse`), stored without the cookie (`strip`),
+    /// or stored and served with it to everyone (`store`, for origins that mark per-user
+    /// responses `private` themselves).
+    #[arg(long, env = "CACHELAYER_SET_COOKIE_RESPONSES", value_enum, default_value_t = SetCookieMode::Refuse)]
+    pub set_cookie_responses: SetCookieMode,
     /// The key space of this proxy's entries: proxies with the same scope on one Redis
     /// share entries, others never do (default: the upstream's origin, http://HOST:PORT).
     #[arg(long, env = "CACHELAYER_KEY_SCOPE")]
@@ -85,6 +105,27 @@ pub struct ProxyArgs {
     /// Cache, Redis, admin and logging settings.
     #[command(flatten)]
     pub common: CommonArgs,
+}
+
+/// `--set-cookie-responses`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SetCookieMode {
+    /// Not stored.
+    Refuse,
+    /// Stored without `Set-Cookie`.
+    Strip,
+    /// Stored with `Set-Cookie`, served to every client.
+    Store,
+}
+
+impl From<SetCookieMode> for SetCookieResponses {
+    fn from(mode: SetCookieMode) -> Self {
+        match mode {
+            SetCookieMode::Refuse => Self::Refuse,
+            SetCookieMode::Strip => Self::Strip,
+            SetCookieMode::Store => Self::Store,
+        }
+    }
 }
 
 /// `--host-mode`.
@@ -133,6 +174,12 @@ pub struct ProxyConfig {
     pub stale_while_revalidate: Duration,
     /// The key space of the cached responses (`--key-scope`, else the upstream's origin).
     pub key_scope: String,
+    /// Targeted cache-control fields obeyed, first match first (lowercase field names).
+    pub targeted_cache_control: Vec<String>,
+    /// Longest heuristic freshness; zero: no heuristic freshness.
+    pub heuristic_freshness_limit: Duration,
+    /// Responses that set a cookie.
+    pub set_cookie_responses: SetCookieResponses,
     /// Admin token (redacted in Debug by `Secret`).
     pub admin_token: Option<Secret>,
     /// Log format.
@@ -184,12 +231,34 @@ impl ProxyArgs {
             stale_if_error: self.stale_if_error,
             stale_while_revalidate: self.stale_while_revalidate,
             key_scope,
+            targeted_cache_control: targeted_fields(self.targeted_cache_control)?,
+            heuristic_freshness_limit: self.heuristic_freshness_limit,
+            set_cookie_responses: self.set_cookie_responses.into(),
             admin_token: common.token(),
             log_format: common.log_format,
             log: common.log,
             limits: common.limits.limits()?,
         })
     }
+}
+
+/// `--targeted-cache-control`: field names (empty entries dropped), lowercase.
+fn targeted_fields(names: Vec<String>) -> Result<Vec<String>, Error> {
+    let mut fields = Vec::new();
+    for name in names
+        .iter()
+        .map(|name| name.trim())
+        .filter(|n| !n.is_empty())
+    {
+        if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            return Err(Error::config(
+                "--targeted-cache-control (CACHELAYER_TARGETED_CACHE_CONTROL)",
+                format!("{name:?} is not a field name; list names like cdn-cache-control"),
+            ));
+        }
+        fields.push(name.to_ascii_lowercase());
+    }
+    Ok(fields)
 }
 
 /// `--upstream-body-timeout`: zero would cut every body that is not already there.

@@ -103,7 +103,11 @@ impl Dispatch {
             .key_scope(config.key_scope.as_str())
             .max_body_bytes(config.max_cached_body_bytes)
             .stale_if_error(config.stale_if_error)
-            .stale_while_revalidate(config.stale_while_revalidate);
+            .stale_while_revalidate(config.stale_while_revalidate)
+            .targeted_cache_control(&config.targeted_cache_control)
+            .heuristic_freshness(!config.heuristic_freshness_limit.is_zero())
+            .heuristic_freshness_limit(config.heuristic_freshness_limit)
+            .set_cookie_responses(config.set_cookie_responses);
         if !config.allowed_hosts.is_empty() {
             base = base.allowed_hosts(config.allowed_hosts.iter().cloned());
         }

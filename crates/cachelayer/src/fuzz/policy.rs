@@ -320,7 +320,7 @@ fn check_storable(
     let unstorable_status = status.is_informational()
         || status == StatusCode::PARTIAL_CONTENT
         || status == StatusCode::NOT_MODIFIED;
-    if method != Method::GET && method != Method::POST {
+    if method != Method::GET {
         prop_assert_eq!(decision, Err(NotStored::Method));
         return Ok(());
     }

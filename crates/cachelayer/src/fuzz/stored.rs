@@ -20,7 +20,7 @@ use super::mutate;
 use crate::codec::{Codec, DecodeFailure, EntryMeta, HEADER_LEN};
 use crate::http::key::request_values;
 use crate::http::policy::Storable;
-use crate::http::stored::{Arrival, CachedEntry, StoredResponse, merge_not_modified};
+use crate::http::stored::{Arrival, CachedEntry, StoredResponse, merge_update};
 use crate::payload::{DecodePayload, EncodePayload};
 
 fn meta() -> EntryMeta {
@@ -246,7 +246,7 @@ fn check_entry(entry: &CachedEntry) -> Result<(), TestCaseError> {
     let names = stored.vary_names();
     let _ = stored.matches(&request_values(&names, &HeaderMap::new()));
     let _ = stored.matches(&request_values(&names, stored.headers()));
-    let merged = merge_not_modified(stored.headers(), stored.headers());
+    let merged = merge_update(stored.headers(), stored.headers());
     let arrival = Arrival {
         initial_age: Duration::ZERO,
         response_time: SystemTime::now(),

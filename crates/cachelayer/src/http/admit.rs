@@ -17,7 +17,7 @@ use super::body::{BoxError, Buffered, CacheBody, boxed, buffer, full_body};
 use super::key::vary_values;
 use super::lifetime::{Admitted, fresh_left, with_configured_windows};
 use super::policy::{NotStored, Storable, fields_not_stored, initial_age, storable};
-use super::revalidate::answer_not_modified;
+use super::revalidate::{answer_not_modified, refresh_from_update, same_representation};
 use super::settings::Settings;
 use super::stored::{Arrival, StoredResponse};
 use super::tags::TagClock;
@@ -39,7 +39,8 @@ pub(super) enum Verdict {
 
 /// The origin's response for its caller, and what to store of it when RFC 9111 and the
 /// settings allow. A 304 to the cache's own revalidation of `revalidating` is answered
-/// with the refreshed stored response.
+/// with the refreshed stored response; a 206 of it passes through, and its headers
+/// refresh the stored response.
 pub(super) async fn admit<ResBody>(
     settings: &Settings,
     parts: &Parts,
@@ -65,6 +66,28 @@ where
             request_time,
             response_time,
         );
+    }
+    if head.status == StatusCode::PARTIAL_CONTENT
+        && let Some(stored) = revalidating
+        && same_representation(stored, &head.headers)
+    {
+        // A part of the stored representation: its headers and freshness are the stored
+        // response's news (RFC 9111 section 3.4); the part itself passes through.
+        let refreshed = refresh_from_update(
+            settings,
+            parts,
+            stored,
+            &head.headers,
+            request_time,
+            response_time,
+        );
+        if !settings.expose_tags {
+            strip_tag_headers(&mut head.headers);
+        }
+        let verdict = refreshed.map_or(Verdict::Refused, |admitted| {
+            Verdict::Store(Box::new(admitted))
+        });
+        return (Response::from_parts(head, boxed(body)), verdict);
     }
     let decision = storable(
         &parts.method,

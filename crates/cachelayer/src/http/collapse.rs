@@ -15,14 +15,14 @@ use http::{Method, Request, Response};
 
 use super::admit::{Verdict, admit};
 use super::body::{CacheBody, OriginBody};
-use super::forward::{Origin, Storing, forward_and_store};
+use super::forward::{Origin, Storing, forward_and_store, store_admitted};
 use super::respond::{describe, from_store};
 use super::revalidate::{conditional, has_validators};
 use super::settings::Settings;
 use super::status::{CacheStatus, Forward, X_CACHE};
 use super::stored::{CachedEntry, StoredResponse};
 use super::tags::{TagCheck, check, read_clock};
-use super::vary::{shared_response, store_response, variant_of};
+use super::vary::{shared_response, variant_of};
 use crate::cache::{Fetched, LoadMode};
 use crate::stampede::LoadOptions;
 
@@ -97,14 +97,7 @@ where
             // Written here rather than by the load: a response that varies goes under its
             // variant's key, with a marker under the URL's.
             Verdict::Store(admitted) => {
-                let written = store_response(
-                    &settings.cache,
-                    &primary,
-                    &admitted.stored,
-                    admitted.fresh,
-                    admitted.grace,
-                )
-                .await;
+                let written = store_admitted(settings, &primary, &admitted).await;
                 (unstored(CachedEntry::Stored(admitted.stored)), written)
             }
             // Remember for a while that this URL's responses are not shareable, so later
@@ -214,6 +207,7 @@ where
         &primary,
         Storing::IfStorable,
         fwd,
+        None,
     )
     .await
 }

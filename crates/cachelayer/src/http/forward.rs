@@ -12,10 +12,14 @@ use tower::Service;
 
 use super::admit::{Verdict, admit, strip_tag_headers};
 use super::body::{CacheBody, OriginBody, boxed};
+use super::lifetime::Admitted;
 use super::policy::RequestDirectives;
 use super::respond::describe;
+use super::revalidate::conditional;
 use super::settings::Settings;
+use super::status::X_CACHE;
 use super::status::{CacheStatus, Forward};
+use super::stored::StoredResponse;
 use super::tags::{TagClock, read_clock};
 use super::vary::store_response;
 
@@ -77,7 +81,10 @@ impl Storing {
 }
 
 /// Call the origin without collapsing; store the response under `primary` (the URL's key)
-/// when `storing` and the response allow it.
+/// when `storing` and the response allow it. With the stored response it `revalidates`,
+/// the request carries its validators (unless the client's own): a `304` refreshes it, a
+/// `206` of it updates its headers.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn forward_and_store<S, ReqBody, ResBody>(
     settings: &Settings,
     inner: &mut S,
@@ -86,6 +93,7 @@ pub(super) async fn forward_and_store<S, ReqBody, ResBody>(
     primary: &str,
     storing: Storing,
     fwd: Forward,
+    revalidates: Option<&StoredResponse>,
 ) -> Result<Response<CacheBody>, S::Error>
 where
     S: Origin<ReqBody, ResBody>,
@@ -96,26 +104,43 @@ where
         Storing::Never => TagClock::Unread,
     };
     let request_time = SystemTime::now();
-    let response = inner.call(Request::from_parts(parts.clone(), body)).await?;
-    let (mut response, admitted) =
-        admit(settings, &parts, response, request_time, tag_clock, None).await;
+    let (origin_parts, revalidating) = conditional(&parts, revalidates);
+    let response = inner.call(Request::from_parts(origin_parts, body)).await?;
+    let (mut response, admitted) = admit(
+        settings,
+        &parts,
+        response,
+        request_time,
+        tag_clock,
+        revalidating,
+    )
+    .await;
     let mut written = false;
     if storing == Storing::IfStorable
         && let Verdict::Store(admitted) = admitted
     {
-        written = store_response(
-            &settings.cache,
-            primary,
-            &admitted.stored,
-            admitted.fresh,
-            admitted.grace,
-        )
-        .await;
+        written = store_admitted(settings, primary, &admitted).await;
     }
-    describe(
-        settings,
-        response.headers_mut(),
-        &CacheStatus::forwarded(fwd).with_stored(written),
-    );
+    if !response.headers().contains_key(X_CACHE) {
+        // Not yet described (a refreshed stored response is).
+        let status = CacheStatus::forwarded(fwd).with_stored(written);
+        describe(settings, response.headers_mut(), &status);
+    }
     Ok(response)
+}
+
+/// Writes an admitted response under `primary` (or its variant's key); true when written.
+pub(super) async fn store_admitted(
+    settings: &Settings,
+    primary: &str,
+    admitted: &Admitted,
+) -> bool {
+    store_response(
+        &settings.cache,
+        primary,
+        &admitted.stored,
+        admitted.fresh,
+        admitted.grace,
+    )
+    .await
 }

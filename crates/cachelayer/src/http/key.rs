@@ -185,8 +185,9 @@ pub fn vary_values(vary: &HeaderMap, request: &HeaderMap) -> Option<Vec<(String,
 const FORWARDED: [&str; 3] = ["forwarded", "x-forwarded-host", "x-forwarded-proto"];
 
 /// A request's values of `names`: `None` when absent (RFC 9111 section 4.1: absent matches
-/// only absent), else every field of the name joined by ", ", escaped losslessly (bytes
-/// outside visible ASCII, and `%`, as `%XX`), so different values never look alike.
+/// only absent), else every field of the name joined by ", " in its normal form
+/// (`selecting`), escaped losslessly (bytes outside visible ASCII, and `%`, as `%XX`), so
+/// different values never look alike.
 pub fn request_values(names: &[String], request: &HeaderMap) -> Vec<(String, Option<String>)> {
     names
         .iter()
@@ -196,7 +197,13 @@ pub fn request_values(names: &[String], request: &HeaderMap) -> Vec<(String, Opt
                 .iter()
                 .map(http::HeaderValue::as_bytes)
                 .collect();
-            let value = (!fields.is_empty()).then(|| escape(&fields.join(&b", "[..])));
+            let value = (!fields.is_empty()).then(|| {
+                let joined = fields.join(&b", "[..]);
+                match std::str::from_utf8(&joined) {
+                    Ok(text) => escape(super::selecting::normalize(name, text).as_bytes()),
+                    Err(_) => escape(&joined),
+                }
+            });
             (name.clone(), value)
         })
         .collect()

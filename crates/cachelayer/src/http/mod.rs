@@ -8,11 +8,14 @@
 //! - `lookup`: judging what was stored for a request, a pure function to a phase;
 //! - `collapse`: one origin call for concurrent misses of a key; `forward`: origin calls
 //!   that wait on no one;
-//! - `vary`: `Vary` markers, variant keys, reading and writing entries;
+//! - `vary`: `Vary` markers, variant keys, reading and writing entries; `selecting`: the
+//!   normal form of the request values they compare;
 //! - `revalidate`: conditional requests to the origin and refreshing from a 304;
 //! - `admit`: what of an origin's response is stored; `lifetime`: for how long;
-//! - `respond`: responses the cache makes itself; `body`: bodies, buffered and boxed;
-//! - `refresh`: background refresh; `invalidate`: invalidation after writes.
+//! - `respond`: responses the cache makes itself; `range`: `206`s and `416`s from stored
+//!   responses; `body`: bodies, buffered and boxed;
+//! - `refresh`: background refresh; `write`: other methods, and `POST` responses reused
+//!   for GET; `invalidate`: invalidation after writes.
 //!
 //! What the layer builds on, public where a server needs it too:
 //! - [`policy`]: what may be stored, for how long, and whether a request accepts it;
@@ -39,15 +42,18 @@ mod lifetime;
 mod lookup;
 pub mod path;
 pub mod policy;
+mod range;
 mod refresh;
 pub(crate) mod respond;
 mod revalidate;
+mod selecting;
 mod service;
 mod settings;
 pub mod status;
 pub(crate) mod stored;
 pub(crate) mod tags;
 mod vary;
+mod write;
 
 pub use self::body::{BoxError, CacheBody};
 pub use self::layer::{DEFAULT_MAX_BODY_BYTES, DEFAULT_PASS_TTL, ResponseCacheLayer};

@@ -146,7 +146,7 @@ impl CacheControl {
 }
 
 /// Splits on commas that are not inside a quoted string.
-fn split_outside_quotes(text: &str) -> Vec<&str> {
+pub(crate) fn split_outside_quotes(text: &str) -> Vec<&str> {
     let mut pieces = Vec::new();
     let (mut start, mut quoted, mut escaped) = (0, false, false);
     for (at, byte) in text.bytes().enumerate() {
@@ -404,8 +404,7 @@ impl Storable {
 }
 
 /// Whether a shared cache may store `status` + `response` received for `method` +
-/// `request`, and for how long it is fresh (RFC 9111 sections 3, 3.5 and 4.2.1). A `POST`
-/// response is judged as the `GET` it may stand for (the caller checks `Content-Location`).
+/// `request`, and for how long it is fresh (RFC 9111 sections 3, 3.5 and 4.2.1).
 pub fn storable(
     method: &Method,
     request: &HeaderMap,
@@ -413,7 +412,7 @@ pub fn storable(
     response: &HeaderMap,
     rules: &StoreRules,
 ) -> Result<Storable, NotStored> {
-    if method != Method::GET && method != Method::POST {
+    if method != Method::GET {
         return Err(NotStored::Method);
     }
     // A 304 answers one client's validators; 206 is a part of a body.
@@ -906,8 +905,7 @@ mod tests {
     }
 
     /// no-store, private, Vary: *, Set-Cookie, partial content and methods other than GET
-    /// and POST are never stored; Authorization only with public, s-maxage or
-    /// must-revalidate.
+    /// are never stored; Authorization only with public, s-maxage or must-revalidate.
     #[test]
     fn what_a_shared_cache_refuses() {
         let ok = [("cache-control", "max-age=60")];

@@ -1,5 +1,6 @@
 //! Responses the cache makes itself: a stored response served (or a `304` when the client's
-//! copy is current), a `504` for `only-if-cached`, and the status headers on every response.
+//! copy is current, or the `206`/`416` its `Range` asks for), a `504` for `only-if-cached`,
+//! and the status headers on every response.
 //!
 //! This module must never call the origin nor touch the store; it renders what it is given.
 
@@ -11,6 +12,7 @@ use http::request::Parts;
 use http::{HeaderMap, Method, Response, StatusCode};
 
 use super::body::{CacheBody, full_body};
+use super::range::{self, Ranged};
 use super::settings::Settings;
 use super::status::{CacheStatus, Forward};
 use super::stored::StoredResponse;
@@ -43,25 +45,60 @@ pub(super) fn from_store(
     if stored.status() == StatusCode::OK && not_modified(&request.headers, &stored) {
         return not_modified_response(settings, stored.headers(), age, &status);
     }
+    let heuristic = stored.facts().heuristic;
+    let ranged = ranged(request, &stored);
     let served = stored.into_served();
-    // A HEAD gets the stored `Content-Length` with an empty body.
-    let body = if request.method == Method::HEAD {
-        Bytes::new()
-    } else {
-        served.body
+    let mut response = match ranged {
+        Some(ranged) => {
+            let mut headers = served.headers;
+            for name in ranged.removed {
+                headers.remove(name);
+            }
+            for (name, value) in ranged.set {
+                headers.insert(name, value);
+            }
+            let mut response = Response::new(full_body(ranged.body));
+            *response.status_mut() = ranged.status;
+            *response.headers_mut() = headers;
+            response
+        }
+        None => {
+            // A HEAD gets the stored `Content-Length` with an empty body.
+            let body = if request.method == Method::HEAD {
+                Bytes::new()
+            } else {
+                served.body
+            };
+            let mut response = Response::new(full_body(body));
+            *response.status_mut() = served.status;
+            *response.headers_mut() = served.headers;
+            response
+        }
     };
-    let mut response = Response::new(full_body(body));
-    *response.status_mut() = served.status;
-    *response.headers_mut() = served.headers;
     response
         .headers_mut()
         .insert(http::header::AGE, HeaderValue::from(age.as_secs()));
     describe(settings, response.headers_mut(), &status);
+    if heuristic {
+        super::status::append_param(response.headers_mut(), "detail=heuristic");
+    }
     response
 }
 
+/// The `206` or `416` a GET's `Range` makes of a stored complete `200`, if any.
+fn ranged(request: &Parts, stored: &StoredResponse) -> Option<Ranged> {
+    if request.method != Method::GET
+        || stored.status() != StatusCode::OK
+        || !request.headers.contains_key(http::header::RANGE)
+    {
+        return None;
+    }
+    let plan = range::plan(&request.headers, stored.headers(), stored.body().len());
+    range::answer(&plan, stored.headers(), stored.body())
+}
+
 /// Whether a request's `If-None-Match` (weak comparison), or else its `If-Modified-Since`,
-/// says the client's copy is current.
+/// says the client's copy is current (evaluated before any `Range`, RFC 9110 section 13.2.2).
 pub(crate) fn not_modified(request: &HeaderMap, stored: &StoredResponse) -> bool {
     let opaque = |tag: &str| tag.trim().trim_start_matches("W/").to_owned();
     if request.contains_key(http::header::IF_NONE_MATCH) {
@@ -79,9 +116,11 @@ pub(crate) fn not_modified(request: &HeaderMap, stored: &StoredResponse) -> bool
         .get(http::header::IF_MODIFIED_SINCE)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| httpdate::parse_http_date(v).ok());
-    match (since, stored.last_modified()) {
-        (Some(since), Some(modified)) => modified <= since,
-        _ => false,
+    // Without `Last-Modified`, the stored response's `Date`, else when it arrived (RFC 9111
+    // section 4.3.2).
+    match since {
+        Some(since) => stored.last_modified_or_date() <= since,
+        None => false,
     }
 }
 

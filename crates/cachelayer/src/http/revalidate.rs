@@ -16,7 +16,7 @@ use super::policy::{initial_age, storable};
 use super::respond::from_store;
 use super::settings::Settings;
 use super::status::{CacheStatus, Forward};
-use super::stored::{Arrival, StoredResponse, merge_not_modified};
+use super::stored::{Arrival, StoredResponse, merge_update};
 
 /// The request to send to the origin: when revalidating a stale response and the client
 /// sent no validators of its own, with the stored response's validators added (then a 304
@@ -66,7 +66,7 @@ pub(super) fn answer_not_modified(
     request_time: SystemTime,
     response_time: SystemTime,
 ) -> (Response<CacheBody>, Verdict) {
-    let refreshed = refresh_from_304(
+    let refreshed = refresh_from_update(
         settings,
         parts,
         stored,
@@ -86,7 +86,7 @@ pub(super) fn answer_not_modified(
                 initial_age: initial_age(not_modified, request_time, response_time),
                 response_time,
             };
-            let headers = merge_not_modified(stored.headers(), not_modified);
+            let headers = merge_update(stored.headers(), not_modified);
             let merged = stored.refreshed(headers, stored.facts(), arrival);
             let age = merged.age(SystemTime::now());
             let status = CacheStatus::forwarded(Forward::Stale);
@@ -98,17 +98,18 @@ pub(super) fn answer_not_modified(
     }
 }
 
-/// A 304 from the origin refreshes the stored response (RFC 9111 section 4.3.4): merged
-/// headers, new freshness and age; `None` when the merged response may no longer be stored.
-fn refresh_from_304(
+/// A 304 from the origin, or a 206 of the same representation, refreshes the stored
+/// response (RFC 9111 sections 3.2 and 4.3.4): merged headers, new freshness and age;
+/// `None` when the merged response may no longer be stored.
+pub(super) fn refresh_from_update(
     settings: &Settings,
     parts: &Parts,
     stored: &StoredResponse,
-    not_modified: &HeaderMap,
+    update: &HeaderMap,
     request_time: SystemTime,
     response_time: SystemTime,
 ) -> Option<Admitted> {
-    let merged = merge_not_modified(stored.headers(), not_modified);
+    let merged = merge_update(stored.headers(), update);
     // Judged as the GET it stands for, whatever the method of the request that revalidated.
     let facts = storable(
         &Method::GET,
@@ -119,7 +120,7 @@ fn refresh_from_304(
     )
     .ok()
     .map(|facts| with_configured_windows(settings, facts))?;
-    let initial = initial_age(not_modified, request_time, response_time);
+    let initial = initial_age(update, request_time, response_time);
     let fresh = fresh_left(facts, initial)?;
     let arrival = Arrival {
         initial_age: initial,
@@ -127,4 +128,19 @@ fn refresh_from_304(
     };
     let refreshed = stored.refreshed(merged, facts, arrival);
     Some(Admitted::new(refreshed, facts, fresh))
+}
+
+/// Whether a `206` is a part of the stored response's representation: both carry the same
+/// strong entity tag, the origin's own (RFC 9110 section 8.8.3.2).
+pub(super) fn same_representation(stored: &StoredResponse, partial: &HeaderMap) -> bool {
+    let strong = |tag: &str| !tag.trim_start().starts_with("W/");
+    let theirs = partial
+        .get(http::header::ETAG)
+        .and_then(|tag| tag.to_str().ok());
+    match (stored.origin_etag(), theirs) {
+        (Some(ours), Some(theirs)) => {
+            strong(ours) && strong(theirs) && ours.trim() == theirs.trim()
+        }
+        _ => false,
+    }
 }

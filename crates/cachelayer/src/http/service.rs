@@ -24,7 +24,6 @@ use super::body::{BoxError, CacheBody, OriginBody};
 use super::collapse::{Keys, collapsed};
 use super::forward::{Origin, Storing, forward, forward_and_store};
 use super::headers::strip_hop_by_hop;
-use super::invalidate::invalidate_after_write;
 use super::key::{host_is_normal, normalize_host};
 use super::lookup::{Found, Phase, Serve, judge, signed_secs};
 use super::path::normalize_uri;
@@ -36,6 +35,7 @@ use super::status::{self, CacheStatus, Forward};
 use super::stored::{CachedEntry, StoredResponse};
 use super::tags::TagCheck;
 use super::vary::find;
+use super::write::write_through;
 use crate::stampede::within;
 
 /// The service [`ResponseCacheLayer`](super::ResponseCacheLayer) produces.
@@ -82,7 +82,7 @@ where
 
 /// Why a request goes around the cache, for `Cache-Status: detail`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Bypass {
+pub(super) enum Bypass {
     /// Not a GET or HEAD.
     Method,
     /// It carries a body, which is not part of the key.
@@ -94,7 +94,7 @@ enum Bypass {
 }
 
 impl Bypass {
-    fn status(self) -> CacheStatus {
+    pub(super) fn status(self) -> CacheStatus {
         let detail = match self {
             Self::Method => "method",
             Self::Body => "body",
@@ -197,40 +197,6 @@ where
     Ok(response)
 }
 
-/// A request of another method: straight to the origin, then, for an unsafe method, the
-/// invalidation of what it changed.
-async fn write_through<S, ReqBody, ResBody>(
-    settings: Arc<Settings>,
-    mut inner: S,
-    parts: Parts,
-    body: ReqBody,
-) -> Result<Response<CacheBody>, S::Error>
-where
-    S: Origin<ReqBody, ResBody>,
-    ReqBody: Body + Send + 'static,
-    ResBody: OriginBody,
-{
-    let unsafe_method = !matches!(
-        parts.method,
-        Method::OPTIONS | Method::TRACE | Method::CONNECT
-    );
-    let target = parts.clone();
-    let response = forward(&settings, &mut inner, parts, body, Bypass::Method.status()).await?;
-    if unsafe_method {
-        // On its own task, awaited: the invalidation completes even if the client goes
-        // away, and before this response is returned.
-        let (status, headers) = (response.status(), response.headers().clone());
-        let settings = Arc::clone(&settings);
-        let invalidation = tokio::spawn(async move {
-            invalidate_after_write(&settings, &target, status, &headers).await;
-        });
-        if invalidation.await.is_err() {
-            tracing::warn!("the invalidation after a write did not complete");
-        }
-    }
-    Ok(response)
-}
-
 /// A GET or HEAD the cache may answer: look up, judge, serve or load.
 async fn serve_cacheable<S, ReqBody, ResBody>(
     settings: Arc<Settings>,
@@ -299,6 +265,7 @@ where
                 primary,
                 storing,
                 Forward::UriMiss,
+                None,
             ))
             .await
         }
@@ -339,7 +306,23 @@ where
     ResBody: OriginBody,
 {
     let directives = RequestDirectives::of(&parts.headers);
-    if parts.headers.contains_key(http::header::RANGE) || parts.method == Method::HEAD {
+    let ranged = parts.headers.contains_key(http::header::RANGE);
+    if let Some((stored, _)) = &stale
+        && parts.method == Method::GET
+        && (ranged || stored.facts().no_cache)
+    {
+        // Revalidated alone: a range is not what waiters want, and a no-cache response is
+        // confirmed for each request (a collapsed load would find it stored and not ask).
+        let storing = Storing::allowed_by(&directives);
+        let primary = &keys.primary;
+        let fwd = Forward::Stale;
+        let stored = Some(stored);
+        return forward_and_store(
+            &settings, &mut inner, parts, body, primary, storing, fwd, stored,
+        )
+        .await;
+    }
+    if ranged || parts.method == Method::HEAD {
         // A HEAD or a range request cannot fill the cache for a GET: it goes to the origin
         // (a stored response above answers both).
         let status = CacheStatus::forwarded(fwd);
@@ -354,7 +337,10 @@ where
         // must not wait on (or be answered by) their load.
         let storing = Storing::allowed_by(&directives);
         let primary = &keys.primary;
-        return forward_and_store(&settings, &mut inner, parts, body, primary, storing, fwd).await;
+        return forward_and_store(
+            &settings, &mut inner, parts, body, primary, storing, fwd, None,
+        )
+        .await;
     }
     let revalidating = stale.as_ref().map(|(stored, _)| stored.clone());
     let request_head = parts.clone();

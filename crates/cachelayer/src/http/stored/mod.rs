@@ -133,10 +133,28 @@ impl StoredResponse {
         self.header(&http::header::ETAG)
     }
 
+    /// Its entity tag, when the origin gave it (not made here).
+    pub(crate) fn origin_etag(&self) -> Option<&str> {
+        self.etag().filter(|_| !self.etag_generated)
+    }
+
     /// Its `Last-Modified` time.
     pub(crate) fn last_modified(&self) -> Option<SystemTime> {
         self.header(&http::header::LAST_MODIFIED)
-            .and_then(|v| httpdate::parse_http_date(v).ok())
+            .and_then(super::policy::parse_date)
+    }
+
+    /// Its `Last-Modified` time, else its `Date`, else when it arrived: what a request's
+    /// `If-Modified-Since` is compared with (RFC 9111 section 4.3.2).
+    pub(crate) fn last_modified_or_date(&self) -> SystemTime {
+        self.last_modified()
+            .or_else(|| super::policy::date_of(&self.headers))
+            .unwrap_or(UNIX_EPOCH + Duration::from_millis(self.response_time_ms))
+    }
+
+    /// Its body.
+    pub(crate) fn body(&self) -> &Bytes {
+        &self.body
     }
 
     /// Validators the origin understands, for a conditional request: its own `ETag` (not
@@ -155,7 +173,7 @@ impl StoredResponse {
     }
 
     /// This response refreshed by a `304 Not Modified` (RFC 9111 section 4.3.4), with the
-    /// headers [`merge_not_modified`] made; the body stays.
+    /// headers [`merge_update`] made; the body stays.
     pub(crate) fn refreshed(&self, merged: HeaderMap, facts: Storable, arrival: Arrival) -> Self {
         let (mut head, ()) = http::Response::new(()).into_parts();
         head.status = self.status;
@@ -230,9 +248,9 @@ impl StoredResponse {
     }
 }
 
-/// Fields a 304 must not change in a stored response: they describe the body or the
+/// Fields a 304 or 206 must not change in a stored response: they describe the body or the
 /// connection, or belong to one client (a cookie), or instruct this cache (tags).
-const KEPT_ON_304: [&str; 8] = [
+const KEPT_ON_UPDATE: [&str; 8] = [
     "content-length",
     "content-encoding",
     "content-range",
@@ -243,12 +261,13 @@ const KEPT_ON_304: [&str; 8] = [
     "age",
 ];
 
-/// A stored response's headers updated from a 304 (RFC 9111 section 3.2): its fields
-/// replace those of the same name, except the ones above and hop-by-hop ones.
-pub(crate) fn merge_not_modified(stored: &HeaderMap, not_modified: &HeaderMap) -> HeaderMap {
+/// A stored response's headers updated from a 304, or a 206 of the same representation (RFC
+/// 9111 sections 3.2, 3.4 and 4.3.4): its fields replace those of the same name, except the
+/// ones above and hop-by-hop ones; fields it does not carry are kept.
+pub(crate) fn merge_update(stored: &HeaderMap, not_modified: &HeaderMap) -> HeaderMap {
     let mut merged = stored.clone();
     for name in not_modified.keys() {
-        if is_hop_by_hop(name) || KEPT_ON_304.contains(&name.as_str()) {
+        if is_hop_by_hop(name) || KEPT_ON_UPDATE.contains(&name.as_str()) {
             continue;
         }
         merged.remove(name);
