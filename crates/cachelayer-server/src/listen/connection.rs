@@ -28,6 +28,7 @@ use tower::Service;
 use super::Draining;
 use super::activity::{Activity, Protocol};
 use super::gate::Gate;
+use super::interim::Interim;
 use super::io::Guarded;
 use super::limits::Limits;
 
@@ -201,14 +202,16 @@ where
         let open = metrics::gauge!(CONNECTIONS_OPEN, "listener" => name);
         open.increment(1.0);
         let activity = Activity::new(self.serving.limits);
+        let interim = Arc::new(Interim::default());
         let gate = Gate {
             app: self.serving.app.clone(),
             peer,
             activity: Arc::clone(&activity),
+            interim: Arc::clone(&interim),
             draining: self.serving.draining.clone(),
             listener: name,
         };
-        let io = TokioIo::new(Guarded::new(tcp, Arc::clone(&activity), name));
+        let io = TokioIo::new(Guarded::new(tcp, Arc::clone(&activity), interim, name));
         let mut connection = pin!(self.hyper.serve_connection(io, gate));
         let ended = tokio::select! {
             ended = connection.as_mut() => ended,

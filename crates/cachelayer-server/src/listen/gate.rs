@@ -31,6 +31,7 @@ use tower::{Service, ServiceExt};
 
 use super::Draining;
 use super::activity::{Activity, InFlight, Timeout};
+use super::interim::Interim;
 use crate::error::ApiError;
 
 /// Every request of one connection, checked and accounted, then handed to `app`.
@@ -39,6 +40,8 @@ pub(crate) struct Gate<S> {
     pub(crate) app: S,
     pub(crate) peer: SocketAddr,
     pub(crate) activity: Arc<Activity>,
+    /// The connection's queue of interim responses (HTTP/1.1 requests may send some).
+    pub(crate) interim: Arc<Interim>,
     pub(crate) draining: Draining,
     pub(crate) listener: &'static str,
 }
@@ -59,6 +62,13 @@ where
         let refused = refusal(request.uri(), request.headers(), version, &limits);
         let (mut parts, body) = request.into_parts();
         parts.extensions.insert(ConnectInfo(self.peer));
+        // HTTP/1.0 clients may not understand 1xx (RFC 9110 section 15.2), and HTTP/2 has no
+        // way here to send them: only HTTP/1.1 requests get a sender.
+        let interim_scope = (version == Version::HTTP_11).then(|| {
+            let (sender, scope) = self.interim.open();
+            parts.extensions.insert(sender);
+            scope
+        });
         let body = RequestBody {
             inner: body,
             gap: limits.request_body_timeout,
@@ -76,6 +86,8 @@ where
                     (response, false)
                 }
             };
+            // The final response is ready: no interim response may follow it out.
+            drop(interim_scope);
             // HTTP/2 has no `Connection` field: its drain is the connection's GOAWAY.
             if version < Version::HTTP_2 && (close || draining.is_draining()) {
                 response

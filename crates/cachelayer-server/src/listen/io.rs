@@ -7,6 +7,9 @@
 //! write side shut first, what the client still sends read and dropped for a moment) so that
 //! a request racing the close gets an end of stream rather than a reset.
 //!
+//! Interim responses queued for the connection ([`super::interim`]) are written before
+//! anything hyper writes next.
+//!
 //! hyper offers none of this for a server socket: its header-read timeout also cuts idle
 //! connections at the same bound and knows nothing of HTTP/2, and it has no write timeout,
 //! hence this wrapper. It must never parse or change anything but hyper's error heads.
@@ -23,6 +26,7 @@ use tokio::net::TcpStream;
 use tokio::time::Sleep;
 
 use super::activity::{Activity, Timeout};
+use super::interim::Interim;
 use crate::error::ApiError;
 
 /// How long a closed connection keeps reading what the client still sends.
@@ -42,6 +46,10 @@ pub(crate) struct Guarded {
     write_blocked_since: Option<Instant>,
     /// A JSON answer replacing hyper's empty one, and how much of it is written.
     rewrite: Option<(Vec<u8>, usize)>,
+    /// The connection's queue of interim responses.
+    interim: Arc<Interim>,
+    /// Interim responses taken from the queue, and how much of them is written.
+    interim_out: Option<(Vec<u8>, usize)>,
     /// Whether the head now being written was checked (hyper repeats a write that waited).
     head_checked: bool,
     /// How the connection ended, which decides whether to linger.
@@ -60,7 +68,12 @@ enum Ending {
 }
 
 impl Guarded {
-    pub(crate) fn new(tcp: TcpStream, activity: Arc<Activity>, listener: &'static str) -> Self {
+    pub(crate) fn new(
+        tcp: TcpStream,
+        activity: Arc<Activity>,
+        interim: Arc<Interim>,
+        listener: &'static str,
+    ) -> Self {
         let now = tokio::time::Instant::now();
         Self {
             tcp: Some(tcp),
@@ -70,6 +83,8 @@ impl Guarded {
             write_timer: Box::pin(tokio::time::sleep_until(now)),
             write_blocked_since: None,
             rewrite: None,
+            interim,
+            interim_out: None,
             head_checked: false,
             ending: Ending::Open,
         }
@@ -141,16 +156,34 @@ impl Guarded {
 
     /// Write what is left of a rewritten answer; ready once all of it is out.
     fn poll_rewrite(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while let Some((bytes, written)) = self.rewrite.take() {
+        self.poll_ahead(cx, |guarded| &mut guarded.rewrite)
+    }
+
+    /// Write the interim responses queued for the connection; ready once all are out.
+    fn poll_interim(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.interim_out.is_none() {
+            self.interim_out = self.interim.take(cx.waker()).map(|bytes| (bytes, 0));
+        }
+        self.poll_ahead(cx, |guarded| &mut guarded.interim_out)
+    }
+
+    /// Write what is left of the bytes in `slot` (written ahead of hyper's); ready once all
+    /// of them are out.
+    fn poll_ahead(
+        &mut self,
+        cx: &mut Context<'_>,
+        slot: fn(&mut Self) -> &mut Option<(Vec<u8>, usize)>,
+    ) -> Poll<io::Result<()>> {
+        while let Some((bytes, written)) = slot(self).take() {
             if written == bytes.len() {
                 return Poll::Ready(Ok(()));
             }
             match self.tcp().poll_write(cx, &bytes[written..]) {
                 Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                Poll::Ready(Ok(n)) => self.rewrite = Some((bytes, written + n)),
+                Poll::Ready(Ok(n)) => *slot(self) = Some((bytes, written + n)),
                 Poll::Ready(Err(err)) => return Poll::Ready(Err(err)),
                 Poll::Pending => {
-                    self.rewrite = Some((bytes, written));
+                    *slot(self) = Some((bytes, written));
                     return match self.write_pending(cx) {
                         Poll::Ready(err) => Poll::Ready(Err(err)),
                         Poll::Pending => Poll::Pending,
@@ -235,6 +268,7 @@ impl AsyncWrite for Guarded {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
+        ready!(this.poll_interim(cx))?;
         if this.check_head(buf) {
             // hyper is told its head went out once ours has.
             ready!(this.poll_rewrite(cx))?;
@@ -250,6 +284,7 @@ impl AsyncWrite for Guarded {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
+        ready!(this.poll_interim(cx))?;
         let first = bufs
             .iter()
             .find(|b| !b.is_empty())
@@ -270,6 +305,9 @@ impl AsyncWrite for Guarded {
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
         ready!(this.poll_rewrite(cx))?;
+        // hyper flushes on every turn of its loop, so queued interim responses go out while
+        // the final response is still being made.
+        ready!(this.poll_interim(cx))?;
         match this.tcp().poll_flush(cx) {
             Poll::Ready(result) => {
                 // An HTTP/1 answer just went out: arm the deadline of what comes next (idle,

@@ -15,6 +15,7 @@
 mod activity;
 mod connection;
 mod gate;
+mod interim;
 mod io;
 mod limits;
 
@@ -33,6 +34,7 @@ use tower::Service;
 
 use self::connection::Serving;
 pub(crate) use self::gate::ClientBodyError;
+pub(crate) use self::interim::InterimSender;
 pub(crate) use self::limits::raise_open_file_limit;
 pub use self::limits::{LimitArgs, Limits};
 use crate::error::Error;

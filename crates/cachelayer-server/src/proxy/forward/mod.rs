@@ -40,6 +40,8 @@ mod read_ahead;
 use cachelayer::http::headers::strip_hop_by_hop;
 use cachelayer::http::status::X_CACHE;
 
+use crate::listen::InterimSender;
+
 use self::body::UpstreamBody;
 use self::failure::{Failure, Replay, UPSTREAM_RETRIES};
 use self::limit::{Limits, Permit};
@@ -181,7 +183,9 @@ impl Forwarder {
 
     /// Send `request`, and once more when its connection failed before any answer and
     /// sending it again is safe (see [`Replay`]).
-    async fn send(&self, request: Request<Body>) -> Result<Response<Incoming>, ClientError> {
+    async fn send(&self, mut request: Request<Body>) -> Result<Response<Incoming>, ClientError> {
+        let interim = request.extensions().get::<InterimSender>().cloned();
+        pass_interim(&mut request, interim.clone());
         let replay = Replay::of(&request);
         let err = match self.client.request(request).await {
             Ok(response) => return Ok(response),
@@ -192,7 +196,9 @@ impl Forwarder {
             Some(replay) if failure.may_retry() => {
                 metrics::counter!(UPSTREAM_RETRIES, "reason" => failure.as_str()).increment(1);
                 tracing::debug!(error = %err, reason = failure.as_str(), upstream = %self.upstream, "sending the request again");
-                self.client.request(replay.into_request()).await
+                let mut again = replay.into_request();
+                pass_interim(&mut again, interim);
+                self.client.request(again).await
             }
             _ => Err(err),
         }
@@ -278,6 +284,17 @@ fn client_body_failed() -> Response<Body> {
         "bad_request",
         "the request body could not be read",
     )
+}
+
+/// Passes the upstream's interim responses (`103 Early Hints`, `102 Processing`) to the
+/// client through `sender`, when the client may get them (an HTTP/1.1 connection).
+/// hyper's client reports them from HTTP/1 upstreams, which is all this proxy speaks to.
+fn pass_interim(request: &mut Request<Body>, sender: Option<InterimSender>) {
+    if let Some(sender) = sender {
+        hyper::ext::on_informational(request, move |interim| {
+            sender.send(interim.status(), interim.headers());
+        });
+    }
 }
 
 fn append_via(headers: &mut HeaderMap) {
