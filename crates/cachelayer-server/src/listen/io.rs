@@ -34,6 +34,9 @@ const LINGER_FOR: Duration = Duration::from_secs(1);
 /// How much it reads at most while lingering.
 const LINGER_BYTES: usize = 64 * 1024;
 
+/// Bytes written ahead of hyper's, and how many of them are written.
+type Ahead = Option<(Vec<u8>, usize)>;
+
 /// A client's socket with its deadlines. See the module documentation.
 pub(crate) struct Guarded {
     /// `None` once handed to the lingering close.
@@ -45,11 +48,11 @@ pub(crate) struct Guarded {
     /// When writes began to wait on the client, while they do.
     write_blocked_since: Option<Instant>,
     /// A JSON answer replacing hyper's empty one, and how much of it is written.
-    rewrite: Option<(Vec<u8>, usize)>,
+    rewrite: Ahead,
     /// The connection's queue of interim responses.
     interim: Arc<Interim>,
     /// Interim responses taken from the queue, and how much of them is written.
-    interim_out: Option<(Vec<u8>, usize)>,
+    interim_out: Ahead,
     /// Whether the head now being written was checked (hyper repeats a write that waited).
     head_checked: bool,
     /// How the connection ended, which decides whether to linger.
@@ -172,7 +175,7 @@ impl Guarded {
     fn poll_ahead(
         &mut self,
         cx: &mut Context<'_>,
-        slot: fn(&mut Self) -> &mut Option<(Vec<u8>, usize)>,
+        slot: fn(&mut Self) -> &mut Ahead,
     ) -> Poll<io::Result<()>> {
         while let Some((bytes, written)) = slot(self).take() {
             if written == bytes.len() {
