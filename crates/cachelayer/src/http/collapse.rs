@@ -11,13 +11,13 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use http::request::Parts;
-use http::{Method, Request, Response};
+use http::{Method, Response};
 
-use super::admit::{Verdict, admit};
+use super::admit::Verdict;
 use super::body::{CacheBody, OriginBody};
-use super::forward::{Origin, Storing, forward_and_store, store_admitted};
+use super::forward::{Origin, Storing, call_and_admit, forward_and_store, store_admitted};
 use super::respond::{describe, from_store};
-use super::revalidate::{conditional, has_validators};
+use super::revalidate::has_validators;
 use super::settings::Settings;
 use super::status::{CacheStatus, Forward, X_CACHE};
 use super::stored::{CachedEntry, StoredResponse};
@@ -75,24 +75,15 @@ where
             return Ok::<_, Infallible>(not_shared());
         };
         let tag_clock = read_clock(&settings.cache).await;
-        let request_time = SystemTime::now();
-        let (origin_parts, revalidating) = conditional(&parts, revalidating.as_ref());
-        let response = match inner.call(Request::from_parts(origin_parts, body)).await {
-            Ok(response) => response,
+        let revalidates = revalidating.as_ref();
+        let called = call_and_admit(settings, &mut inner, &parts, body, revalidates, tag_clock);
+        let (served, admitted) = match called.await {
+            Ok(admitted) => admitted,
             Err(err) => {
                 put(&own, Err(err));
                 return Ok(not_shared());
             }
         };
-        let (served, admitted) = admit(
-            settings,
-            &parts,
-            response,
-            request_time,
-            tag_clock,
-            revalidating,
-        )
-        .await;
         let (fetched, written) = match admitted {
             // Written here rather than by the load: a response that varies goes under its
             // variant's key, with a marker under the URL's.

@@ -103,18 +103,8 @@ where
         Storing::IfStorable => read_clock(&settings.cache).await,
         Storing::Never => TagClock::Unread,
     };
-    let request_time = SystemTime::now();
-    let (origin_parts, revalidating) = conditional(&parts, revalidates);
-    let response = inner.call(Request::from_parts(origin_parts, body)).await?;
-    let (mut response, admitted) = admit(
-        settings,
-        &parts,
-        response,
-        request_time,
-        tag_clock,
-        revalidating,
-    )
-    .await;
+    let (mut response, admitted) =
+        call_and_admit(settings, inner, &parts, body, revalidates, tag_clock).await?;
     let mut written = false;
     if storing == Storing::IfStorable
         && let Verdict::Store(admitted) = admitted
@@ -127,6 +117,36 @@ where
         describe(settings, response.headers_mut(), &status);
     }
     Ok(response)
+}
+
+/// Call the origin for `parts` (with the validators of the stored response it
+/// `revalidates`, unless the client sent its own) and admit its response: what the client
+/// gets, and what may be stored.
+pub(super) async fn call_and_admit<S, ReqBody, ResBody>(
+    settings: &Settings,
+    inner: &mut S,
+    parts: &Parts,
+    body: ReqBody,
+    revalidates: Option<&StoredResponse>,
+    tag_clock: TagClock,
+) -> Result<(Response<CacheBody>, Verdict), S::Error>
+where
+    S: Origin<ReqBody, ResBody>,
+    ResBody: OriginBody,
+{
+    let request_time = SystemTime::now();
+    let (origin_parts, revalidating) = conditional(parts, revalidates);
+    let response = inner.call(Request::from_parts(origin_parts, body)).await?;
+    let admitted = admit(
+        settings,
+        parts,
+        response,
+        request_time,
+        tag_clock,
+        revalidating,
+    )
+    .await;
+    Ok(admitted)
 }
 
 /// Writes an admitted response under `primary` (or its variant's key); true when written.
