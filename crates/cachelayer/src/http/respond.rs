@@ -80,7 +80,7 @@ pub(super) fn from_store(
         .insert(http::header::AGE, HeaderValue::from(age.as_secs()));
     describe(settings, response.headers_mut(), &status);
     if heuristic {
-        super::status::append_param(response.headers_mut(), "detail=heuristic");
+        super::status::append_param(response.headers_mut(), &["detail=heuristic"]);
     }
     response
 }

@@ -244,17 +244,17 @@ impl CacheStatus {
 
 /// Adds the cache key (RFC 9211 `key`) to this cache's `Cache-Status` entry, the last one.
 pub(crate) fn append_key(headers: &mut HeaderMap, key: &str) {
-    append_param(headers, &format!("key=\"{key}\""));
+    append_param(headers, &["key=\"", key, "\""]);
 }
 
-/// Adds a parameter (`name=value`, already valid) to this cache's `Cache-Status` entry,
-/// the last one.
-pub(crate) fn append_param(headers: &mut HeaderMap, param: &str) {
+/// Adds a parameter (the concatenation of `pieces`, already valid: `name=value`) to this
+/// cache's `Cache-Status` entry, the last one.
+pub(crate) fn append_param(headers: &mut HeaderMap, pieces: &[&str]) {
     if headers.get_all(CACHE_STATUS).iter().count() == 1 {
         // Ours is the only entry (every hit): replaced in place.
         if let Some(updated) = headers
             .get(CACHE_STATUS)
-            .and_then(|ours| with_param(ours, param))
+            .and_then(|ours| with_param(ours, pieces))
         {
             headers.insert(CACHE_STATUS, updated);
         }
@@ -265,20 +265,23 @@ pub(crate) fn append_param(headers: &mut HeaderMap, param: &str) {
     let Some(ours) = values.pop() else {
         return;
     };
-    values.push(with_param(&ours, param).unwrap_or(ours));
+    values.push(with_param(&ours, pieces).unwrap_or(ours));
     headers.remove(CACHE_STATUS);
     for value in values {
         headers.append(CACHE_STATUS, value);
     }
 }
 
-/// A `Cache-Status` entry with `param` added.
-fn with_param(entry: &HeaderValue, param: &str) -> Option<HeaderValue> {
+/// A `Cache-Status` entry with the parameter made of `pieces` added.
+fn with_param(entry: &HeaderValue, pieces: &[&str]) -> Option<HeaderValue> {
     let entry = entry.to_str().ok()?;
-    let mut text = String::with_capacity(entry.len() + param.len() + 2);
+    let length: usize = pieces.iter().map(|piece| piece.len()).sum();
+    let mut text = String::with_capacity(entry.len() + length + 2);
     text.push_str(entry);
     text.push_str("; ");
-    text.push_str(param);
+    for piece in pieces {
+        text.push_str(piece);
+    }
     HeaderValue::from_str(&text).ok()
 }
 

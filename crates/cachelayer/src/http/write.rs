@@ -79,7 +79,7 @@ where
         };
         describe(&settings, response.headers_mut(), &status);
         if written {
-            super::status::append_param(response.headers_mut(), "stored");
+            super::status::append_param(response.headers_mut(), &["stored"]);
         }
         return Ok(response);
     }
