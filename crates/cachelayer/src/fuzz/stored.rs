@@ -251,7 +251,7 @@ fn check_entry(entry: &CachedEntry) -> Result<(), TestCaseError> {
         initial_age: Duration::ZERO,
         response_time: SystemTime::now(),
     };
-    let refreshed = stored.refreshed(merged, stored.facts(), arrival);
+    let refreshed = stored.refreshed(merged, stored.facts(), arrival, &[]);
     prop_assert_eq!(refreshed.tags(), stored.tags());
     Ok(())
 }

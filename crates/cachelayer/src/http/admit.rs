@@ -35,6 +35,10 @@ pub(super) enum Verdict {
     /// store could not say): it may show what the invalidation dropped, so it is neither
     /// stored nor shared with waiters, and it says nothing about the URL.
     Outdated,
+    /// The answer to a revalidation says the stored response may no longer be used (it now
+    /// forbids storing, or a 304 names another representation): the stored response is
+    /// deleted, and nothing is shared.
+    Revoked,
 }
 
 /// The origin's response for its caller, and what to store of it when RFC 9111 and the
@@ -73,21 +77,12 @@ where
     {
         // A part of the stored representation: its headers and freshness are the stored
         // response's news (RFC 9111 section 3.4); the part itself passes through.
-        let refreshed = refresh_from_update(
-            settings,
-            parts,
-            stored,
-            &head.headers,
-            request_time,
-            response_time,
-        );
+        let times = (request_time, response_time);
+        let updated = refresh_from_update(settings, parts, stored, &head.headers, times.0, times.1);
         if !settings.expose_tags {
             strip_tag_headers(&mut head.headers);
         }
-        let verdict = refreshed.map_or(Verdict::Refused, |admitted| {
-            Verdict::Store(Box::new(admitted))
-        });
-        return (Response::from_parts(head, boxed(body)), verdict);
+        return (Response::from_parts(head, boxed(body)), updated.verdict);
     }
     let decision = storable(
         &parts.method,

@@ -22,7 +22,7 @@ use super::settings::Settings;
 use super::status::{CacheStatus, Forward, X_CACHE};
 use super::stored::{CachedEntry, StoredResponse};
 use super::tags::{TagCheck, check, read_clock};
-use super::vary::{shared_response, variant_of};
+use super::vary::{remove_response, shared_response, variant_of};
 use crate::cache::{Fetched, LoadMode};
 use crate::stampede::LoadOptions;
 
@@ -89,7 +89,20 @@ where
             // variant's key, with a marker under the URL's.
             Verdict::Store(admitted) => {
                 let written = store_admitted(settings, &primary, &admitted).await;
-                (unstored(CachedEntry::Stored(admitted.stored)), written)
+                // A no-cache response is reused only once validated for each request: the
+                // waiters call the origin themselves (RFC 9111 section 4).
+                let shared = if admitted.stored.facts().no_cache {
+                    not_shared()
+                } else {
+                    unstored(CachedEntry::Stored(admitted.stored))
+                };
+                (shared, written)
+            }
+            Verdict::Revoked => {
+                if let Some(stored) = &revalidating {
+                    remove_response(&settings.cache, &primary, stored).await;
+                }
+                (not_shared(), false)
             }
             // Remember for a while that this URL's responses are not shareable, so later
             // requests go straight to the origin instead of queueing behind one another

@@ -21,7 +21,7 @@ use super::status::X_CACHE;
 use super::status::{CacheStatus, Forward};
 use super::stored::StoredResponse;
 use super::tags::{TagClock, read_clock};
-use super::vary::store_response;
+use super::vary::{remove_response, store_response};
 
 /// The service behind the layer, as every step on the way to it needs it: its calls, their
 /// futures and errors may move to another task (collapsed calls, background refreshes).
@@ -105,12 +105,18 @@ where
     };
     let (mut response, admitted) =
         call_and_admit(settings, inner, &parts, body, revalidates, tag_clock).await?;
-    let mut written = false;
-    if storing == Storing::IfStorable
-        && let Verdict::Store(admitted) = admitted
-    {
-        written = store_admitted(settings, primary, &admitted).await;
-    }
+    let written = match admitted {
+        Verdict::Store(admitted) if storing == Storing::IfStorable => {
+            store_admitted(settings, primary, &admitted).await
+        }
+        Verdict::Revoked => {
+            if let Some(stored) = revalidates {
+                remove_response(&settings.cache, primary, stored).await;
+            }
+            false
+        }
+        Verdict::Store(_) | Verdict::Refused | Verdict::Outdated => false,
+    };
     if !response.headers().contains_key(X_CACHE) {
         // Not yet described (a refreshed stored response is).
         let status = CacheStatus::forwarded(fwd).with_stored(written);

@@ -4,7 +4,7 @@
 //!
 //! This module decides only; it must never touch a store or a body, so every rule can be
 //! tested on headers alone. Where the RFC lets a cache choose, it chooses the safer reading
-//! (a qualified `private="field"` is treated like `private`).
+//! (a qualified `private="..."` whose field list it cannot read is treated like `private`).
 //!
 //! One concept, kept in one file past 600 lines with its tests: the rules read one another
 //! (`Cache-Control` parsing, freshness, age, the request's directives), and their tests
@@ -107,12 +107,13 @@ impl CacheControl {
         self.directives.iter().any(|(n, _)| n == name)
     }
 
-    /// Whether the directive is present without a list of field names (`no-cache`, not
-    /// `no-cache="set-cookie"`).
+    /// Whether the directive is present without a valid list of field names (`no-cache`, not
+    /// `no-cache="set-cookie"`). A list this cache cannot read (`private="a b"`) counts as
+    /// none: the directive then applies to the whole response, the safe reading.
     pub fn has_unqualified(&self, name: &str) -> bool {
         self.directives
             .iter()
-            .any(|(n, argument)| n == name && argument.as_deref().is_none_or(str::is_empty))
+            .any(|(n, argument)| n == name && field_list(argument.as_deref()).is_none())
     }
 
     /// The field names a qualified `no-cache="..."` or `private="..."` lists (lowercase):
@@ -122,9 +123,8 @@ impl CacheControl {
         self.directives
             .iter()
             .filter(|(name, _)| name == "no-cache" || name == "private")
-            .filter_map(|(_, argument)| argument.as_deref())
-            .flat_map(|fields| fields.split(','))
-            .filter_map(|field| HeaderName::from_bytes(field.trim().as_bytes()).ok())
+            .filter_map(|(_, argument)| field_list(argument.as_deref()))
+            .flatten()
             .collect()
     }
 
@@ -143,6 +143,23 @@ impl CacheControl {
         let seconds = digits.parse::<u64>().unwrap_or(MAX_DELTA_SECONDS);
         Some(Duration::from_secs(seconds.min(MAX_DELTA_SECONDS)))
     }
+}
+
+/// The field names of a qualified directive's argument, or `None` when it has none or one
+/// of them is not a field name.
+fn field_list(argument: Option<&str>) -> Option<Vec<HeaderName>> {
+    let names: Vec<&str> = argument?
+        .split(',')
+        .map(str::trim)
+        .filter(|name| !name.is_empty())
+        .collect();
+    if names.is_empty() {
+        return None;
+    }
+    names
+        .into_iter()
+        .map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
+        .collect()
 }
 
 /// Splits on commas that are not inside a quoted string.
@@ -308,6 +325,15 @@ pub fn response_directives(response: &HeaderMap, rules: &StoreRules) -> (CacheCo
         Some(directives) => (directives, true),
         None => (CacheControl::parse(response), false),
     }
+}
+
+/// Whether a response says how long it is fresh itself (`s-maxage`, `max-age` or, unless a
+/// targeted field speaks, `Expires`), rather than leaving it to a heuristic or a default.
+pub fn has_explicit_freshness(response: &HeaderMap, rules: &StoreRules) -> bool {
+    let (directives, targeted) = response_directives(response, rules);
+    directives.has("s-maxage")
+        || directives.has("max-age")
+        || (!targeted && response.contains_key(http::header::EXPIRES))
 }
 
 /// The fields of a response never stored with it: those a qualified `no-cache` or `private`
@@ -920,6 +946,11 @@ mod tests {
         // A qualified private or no-cache stores without the fields named; an unqualified
         // no-cache stores, to be revalidated on every use.
         assert!(store(&[("cache-control", "private=\"x-user\", max-age=60")]).is_ok());
+        // A list that is not one (space-separated names) is read as plain private.
+        assert_eq!(
+            store(&[("cache-control", "private=\"x-user x-account\", max-age=60")]),
+            Err(NotStored::Private)
+        );
         assert_eq!(
             store(&[("cache-control", "no-cache, max-age=60")]).map(|s| s.no_cache),
             Ok(true)

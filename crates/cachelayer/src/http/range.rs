@@ -80,7 +80,8 @@ impl Spec {
             Self::Suffix(0) => return None,
             Self::Suffix(suffix) => (len_u64.saturating_sub(suffix), len_u64),
         };
-        Some(usize::try_from(start).ok()?..usize::try_from(end).ok()?)
+        // An empty body has no byte to select: a suffix of it is unsatisfiable too.
+        (start < end).then_some(usize::try_from(start).ok()?..usize::try_from(end).ok()?)
     }
 }
 
@@ -124,7 +125,8 @@ fn parse(range: &str) -> Option<Vec<Spec>> {
 }
 
 /// Whether `If-Range`, if present, lets the range apply: an entity tag that strongly matches
-/// the stored one, or a date equal to its `Last-Modified` (RFC 9110 section 13.1.5).
+/// the stored one, or a date equal to its `Last-Modified` when that is a strong validator
+/// (RFC 9110 section 13.1.5).
 fn if_range_holds(request: &HeaderMap, stored: &HeaderMap) -> bool {
     let Some(condition) = request.get(http::header::IF_RANGE) else {
         return true;
@@ -140,9 +142,18 @@ fn if_range_holds(request: &HeaderMap, stored: &HeaderMap) -> bool {
             && stored_field(http::header::ETAG)
                 .is_some_and(|etag| !etag.starts_with("W/") && etag.trim() == condition);
     }
-    let modified = stored_field(http::header::LAST_MODIFIED).and_then(super::policy::parse_date);
-    let asked = super::policy::parse_date(condition);
-    modified.is_some() && modified == asked
+    // A date is a strong validator only when the response was sent at least a second after
+    // it (RFC 9110 section 8.8.2.2), and only a strong one may select a part.
+    let date = |name| stored_field(name).and_then(super::policy::parse_date);
+    let (Some(modified), Some(sent)) =
+        (date(http::header::LAST_MODIFIED), date(http::header::DATE))
+    else {
+        return false;
+    };
+    let strong = sent
+        .duration_since(modified)
+        .is_ok_and(|gap| gap >= std::time::Duration::from_secs(1));
+    strong && super::policy::parse_date(condition) == Some(modified)
 }
 
 /// The status, header changes and body of a `206` or `416` for `plan` over `body`, given
@@ -306,6 +317,7 @@ mod tests {
         let stored = request(&[
             ("etag", "\"v1\""),
             ("last-modified", "Sat, 28 Nov 2026 08:00:00 GMT"),
+            ("date", "Sat, 28 Nov 2026 08:00:01 GMT"),
         ]);
         let with = |condition: &'static str| {
             plan(
@@ -319,6 +331,29 @@ mod tests {
         assert_eq!(with("W/\"v1\""), RangePlan::Whole);
         assert_eq!(with("Sat, 28 Nov 2026 08:00:00 GMT"), one(0, 2));
         assert_eq!(with("Sat, 28 Nov 2026 09:00:00 GMT"), RangePlan::Whole);
+        // Sent in the second it was modified: the date is weak, the whole body is sent.
+        let weak = request(&[
+            ("last-modified", "Sat, 28 Nov 2026 08:00:00 GMT"),
+            ("date", "Sat, 28 Nov 2026 08:00:00 GMT"),
+        ]);
+        let asked = request(&[
+            ("range", "bytes=0-1"),
+            ("if-range", "Sat, 28 Nov 2026 08:00:00 GMT"),
+        ]);
+        assert_eq!(plan(&asked, &weak, 10), RangePlan::Whole);
+    }
+
+    /// An empty body has nothing to select, even for a suffix.
+    #[test]
+    fn an_empty_body_satisfies_no_range() {
+        for range in ["bytes=-1", "bytes=-1,-2", "bytes=0-"] {
+            let headers = request(&[("range", range)]);
+            assert_eq!(
+                plan(&headers, &HeaderMap::new(), 0),
+                RangePlan::Unsatisfiable,
+                "{range}"
+            );
+        }
     }
 
     /// Two parts become a multipart body naming each part's range and type.

@@ -69,6 +69,19 @@ pub(super) fn refresh_in_background<S, ReqBody, ResBody>(
     };
     metrics::counter!(telemetry::REFRESHES, "trigger" => "http_stale").increment(1);
     let settings = Arc::clone(settings);
+    // The refresh is of the whole response, on the stored response's validators: a range,
+    // or the client's own conditions, would get an answer that cannot refresh it.
+    let mut parts = parts;
+    for name in [
+        http::header::RANGE,
+        http::header::IF_RANGE,
+        http::header::IF_NONE_MATCH,
+        http::header::IF_MODIFIED_SINCE,
+        http::header::IF_MATCH,
+        http::header::IF_UNMODIFIED_SINCE,
+    ] {
+        parts.headers.remove(name);
+    }
     runtime.spawn(async move {
         let _claim = claim;
         let full = keys.full.clone();

@@ -12,6 +12,7 @@ use super::key::request_values;
 use super::stored::{CachedEntry, StoredResponse};
 use crate::cache::Cache;
 use crate::codec::EnvelopeHeader;
+use crate::store::MAX_TTL;
 use crate::telemetry::RepairedKey;
 
 /// Least lifetime of a `Vary` marker: longer than its variants, so they stay reachable.
@@ -147,7 +148,9 @@ pub(super) async fn store_response(
     let variant = variant_key(primary, &generation, stored.vary_pairs());
     let marker = CachedEntry::Variants { names, generation };
     let value = CachedEntry::Stored(stored.clone());
-    let marker_life = MARKER_TTL.max(fresh.saturating_add(grace));
+    // Never past what a store keeps (a response fresh for ten years or more would leave
+    // its marker unwritable, and its variants unreachable).
+    let marker_life = MARKER_TTL.max(fresh.saturating_add(grace)).min(MAX_TTL);
     let (marked, written) = tokio::join!(
         cache.store_value(
             primary.to_owned(),
@@ -159,6 +162,27 @@ pub(super) async fn store_response(
         cache.store_value(variant, &value, fresh, grace, Duration::ZERO),
     );
     matches!((marked, written), (Ok(true), Ok(true)))
+}
+
+/// Delete `stored`, the response of `primary`'s URL for its request values, wherever it
+/// lives (under the URL's key, or its variant's); a failure is only logged: the entry
+/// then lives out its TTL.
+pub(super) async fn remove_response(cache: &Cache, primary: &str, stored: &StoredResponse) {
+    let key = if stored.vary_names().is_empty() {
+        Some(primary.to_owned())
+    } else {
+        match fetch(cache, primary).await {
+            Some(CachedEntry::Variants { generation, .. }) => {
+                Some(variant_key(primary, &generation, stored.vary_pairs()))
+            }
+            _ => None,
+        }
+    };
+    if let Some(key) = key
+        && let Err(err) = cache.remove(&key).await
+    {
+        tracing::warn!(error = %err, key, "could not delete a revoked stored response");
+    }
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ use super::body::{CacheBody, OriginBody, boxed};
 use super::forward::{Origin, store_admitted};
 use super::invalidate::{invalidate_after_write, resolve};
 use super::key::{normalize_host, normalized_host, primary_key, url_key};
+use super::policy::has_explicit_freshness;
 use super::respond::describe;
 use super::service::Bypass;
 use super::settings::Settings;
@@ -65,7 +66,10 @@ where
         }
     }
     let status = Bypass::Method.status();
+    // Explicit freshness only (RFC 9110 section 9.3.3): a default TTL or a heuristic is
+    // the operator's guess about GETs, never a reason to reuse a write's answer.
     if let Some(primary) = reuse
+        && has_explicit_freshness(response.headers(), &settings.store)
         && names_its_target(&settings, &target, response.headers())
     {
         // Judged and stored as the GET it answers for.
@@ -75,7 +79,7 @@ where
             admit(&settings, &as_get, response, request_time, tag_clock, None).await;
         let written = match verdict {
             Verdict::Store(admitted) => store_admitted(&settings, &primary, &admitted).await,
-            Verdict::Refused | Verdict::Outdated => false,
+            Verdict::Refused | Verdict::Outdated | Verdict::Revoked => false,
         };
         describe(&settings, response.headers_mut(), &status);
         if written {

@@ -172,9 +172,15 @@ impl StoredResponse {
         validators
     }
 
-    /// This response refreshed by a `304 Not Modified` (RFC 9111 section 4.3.4), with the
-    /// headers [`merge_update`] made; the body stays.
-    pub(crate) fn refreshed(&self, merged: HeaderMap, facts: Storable, arrival: Arrival) -> Self {
+    /// This response refreshed by a `304 Not Modified` or a `206` of it (RFC 9111 section
+    /// 4.3.4), with the headers [`merge_update`] made, less `drop_headers`; the body stays.
+    pub(crate) fn refreshed(
+        &self,
+        merged: HeaderMap,
+        facts: Storable,
+        arrival: Arrival,
+        drop_headers: &[HeaderName],
+    ) -> Self {
         let (mut head, ()) = http::Response::new(()).into_parts();
         head.status = self.status;
         head.headers = merged;
@@ -184,7 +190,7 @@ impl StoredResponse {
             facts,
             arrival,
             self.vary.clone(),
-            &[],
+            drop_headers,
         );
         Self {
             etag_generated: self.etag_generated,
