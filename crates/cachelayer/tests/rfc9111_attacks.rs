@@ -555,3 +555,67 @@ async fn range_multi_suffix_on_empty_stored_body() {
     let ranged = get(&app, "/empty", &[("range", "bytes=-1,-2")]).await;
     assert!(ranged.status == 416 || ranged.status == 200, "{ranged:?}");
 }
+
+/// A background refresh started by a range request with conditions of its own refreshes
+/// the whole response on the stored validators: the origin sees neither the range nor the
+/// client's `If-None-Match`, so its answer can refresh the stored copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_background_refresh_asks_for_the_whole_response() {
+    let backend = Backend::memory();
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    let app = make_app(layer(&backend), Duration::ZERO, move |request| {
+        let asked = (
+            request.call,
+            header_of(&request, "range").to_owned(),
+            header_of(&request, "if-none-match").to_owned(),
+        );
+        let _ = seen_tx.send(asked);
+        let etag = format!("\"v{}\"", request.call);
+        let cache_control = "max-age=1, stale-while-revalidate=60";
+        let headers = [("cache-control", cache_control), ("etag", etag.as_str())];
+        response(200, &headers, format!("body {}", request.call))
+    });
+    get(&app, "/swr", &[]).await;
+    assert_eq!(seen.recv().await.map(|s| s.0), Some(1));
+    // Time passing, not synchronisation: the stored response must become stale.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let ranged = get(
+        &app,
+        "/swr",
+        &[("range", "bytes=0-1"), ("if-none-match", "\"other\"")],
+    )
+    .await;
+    assert_eq!(
+        (ranged.status, &ranged.body[..]),
+        (StatusCode::PARTIAL_CONTENT, &b"bo"[..])
+    );
+    let refresh = tokio::time::timeout(Duration::from_secs(10), seen.recv())
+        .await
+        .expect("the refresh reaches the origin");
+    assert_eq!(refresh, Some((2, String::new(), "\"v1\"".to_owned())));
+}
+
+/// The cookie an origin sets with its 304 to the cache's revalidation reaches the client
+/// whose request caused it, and no one else: the stored response is refreshed without it.
+#[tokio::test]
+async fn a_304s_cookie_reaches_only_its_own_client() {
+    let backend = Backend::memory();
+    let app = make_app(layer(&backend), Duration::ZERO, |request| {
+        if header_of(&request, "if-none-match") == "\"v1\"" {
+            let headers = [("cache-control", "max-age=60"), ("set-cookie", "seen=1")];
+            return response(304, &headers, Body::empty());
+        }
+        let headers = [("cache-control", "max-age=1"), ("etag", "\"v1\"")];
+        response(200, &headers, "page")
+    });
+    get(&app, "/page", &[]).await;
+    // Time passing, not synchronisation: the stored response must become stale.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let revalidated = get(&app, "/page", &[]).await;
+    assert_eq!(
+        (revalidated.h("set-cookie"), &revalidated.body[..]),
+        ("seen=1", &b"page"[..])
+    );
+    let hit = get(&app, "/page", &[]).await;
+    assert_eq!((hit.h("x-cache"), hit.h("set-cookie")), ("HIT", ""));
+}
