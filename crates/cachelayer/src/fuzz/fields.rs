@@ -5,7 +5,8 @@
 //! `Content-Location` references, and `Host`.
 //!
 //! Checked: every parser is total; lists written in any valid spelling are read as written;
-//! distinct request values never look alike in a variant; stripping hop-by-hop fields keeps
+//! distinct request values never look alike in a variant unless their normal forms agree,
+//! and a normal form is its own normal form; stripping hop-by-hop fields keeps
 //! every end-to-end field, in order, and is idempotent; a host's normal form is normal. This
 //! module must never loosen a property to hide a finding (one it cannot fix is a `known_*`
 //! exception that describes it).
@@ -28,6 +29,7 @@ use crate::http::key::{
 };
 use crate::http::policy::Storable;
 use crate::http::respond::not_modified;
+use crate::http::selecting::normalize;
 use crate::http::stored::{Arrival, StoredResponse};
 use crate::http::tags::tags_of;
 
@@ -176,7 +178,13 @@ proptest! {
                 prop_assert_eq!(value.is_some(), !fields.is_empty(), "{}", name);
                 if let Some(value) = value {
                     prop_assert!(value.bytes().all(|b| (0x20..0x7f).contains(&b)));
-                    prop_assert_eq!(unescape(value), fields.join(&b", "[..]));
+                    // The fields joined, in their normal form when they are text.
+                    let joined = fields.join(&b", "[..]);
+                    let expected = match std::str::from_utf8(&joined) {
+                        Ok(text) => normalize(name, text).into_bytes(),
+                        Err(_) => joined,
+                    };
+                    prop_assert_eq!(unescape(value), expected);
                 }
             }
         }
@@ -383,5 +391,34 @@ proptest! {
         let bare = host_without_port(&normal).to_owned();
         prop_assert!(host_allowed(&normal, &[bare]));
         prop_assert!(host_allowed(&normal, &[]));
+    }
+
+    /// The normal form of a selecting field's value, for the negotiation fields and any
+    /// other, is total and idempotent: normalizing it again changes nothing, so a stored
+    /// variant and a request always compare in the same form.
+    #[test]
+    fn fuzz_selecting_values_normalize_once(
+        name in prop::sample::select(vec![
+            "accept", "accept-charset", "accept-encoding", "accept-language", "x-flavour",
+        ]),
+        elements in vec(
+            prop_oneof![
+                "[a-zA-Z*/-]{1,8}(;[ ]?[qQ]=[01](\\.[0-9]{0,4})?)?",
+                "[ -~]{0,12}",
+            ],
+            0..5,
+        ),
+        separators in vec(prop::sample::select(vec![",", ", ", " ,\t", ",,", " "]), 5),
+    ) {
+        let mut value = String::new();
+        for (i, element) in elements.iter().enumerate() {
+            if i > 0 {
+                value.push_str(separators[i % separators.len()]);
+            }
+            value.push_str(element);
+        }
+        let once = normalize(name, &value);
+        prop_assert_eq!(normalize(name, &once), once.clone(), "{:?}", value);
+        prop_assert!(!once.starts_with(' ') && !once.ends_with(' '), "{:?}", once);
     }
 }

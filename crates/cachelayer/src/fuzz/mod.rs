@@ -1,8 +1,8 @@
 //! Fuzz targets (property tests run as fuzzers) for everything in this crate that parses
 //! bytes from outside the process: the envelope of stored entries (`codec`), the layout of
 //! stored HTTP responses (`stored`), the HTTP layer's header parsers (`policy` for
-//! `Cache-Control` and the dates, `fields` for the rest) and the normal form of request paths
-//! (`path`).
+//! `Cache-Control`, targeted fields and the dates, `fields` for the rest), the normal form of
+//! request paths (`path`) and ranges answered from stored bodies (`range`).
 //!
 //! Each target is a `proptest` test named `fuzz_<what>`, fed arbitrary bytes and
 //! structure-aware inputs (valid encodings, then mutated, so the parsers are exercised past
@@ -25,6 +25,8 @@ mod mutate;
 mod path;
 #[cfg(feature = "http")]
 mod policy;
+#[cfg(feature = "http")]
+mod range;
 #[cfg(feature = "http")]
 mod stored;
 

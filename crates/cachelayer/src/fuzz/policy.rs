@@ -22,7 +22,7 @@ use super::stored::{header_name, header_value};
 use crate::http::key::vary_values;
 use crate::http::policy::{
     CacheControl, NotStored, RequestDirectives, SetCookieResponses, StatusSet, StoreRules, Usable,
-    initial_age, storable, usable,
+    initial_age, parse_date, storable, usable,
 };
 
 /// RFC 9111 section 1.2.2: delta-seconds past 2^31 are 2^31.
@@ -531,6 +531,70 @@ proptest! {
                 prop_assert!(directives.no_cache || too_old || min_fresh_unmet);
             }
         }
+    }
+
+    /// Any bytes in a targeted field (RFC 9213) parse or are ignored, never a panic; what
+    /// parses reads every delta within RFC 9111's range, and a cache obeying it decides.
+    #[test]
+    fn fuzz_targeted_fields_parse_any_bytes(
+        values in vec(prop_oneof![
+            3 => "[a-z-]{1,14}(=([0-9]{1,12}|\"[ -~]{0,10}\"|\\?[01]|[a-z]{1,6}))?(, [a-z-]{1,14}(=[0-9]{1,4})?){0,3}",
+            1 => "[ -~]{0,40}",
+        ], 1..3),
+        response in headers(),
+    ) {
+        let name = HeaderName::from_static("cdn-cache-control");
+        let mut fields = response.clone();
+        for value in &values {
+            if let Ok(value) = HeaderValue::from_str(value) {
+                fields.append(name.clone(), value);
+            }
+        }
+        if let Some(cc) = CacheControl::parse_targeted(&fields, &name) {
+            for directive in KNOWN {
+                if let Some(seconds) = cc.seconds(directive) {
+                    prop_assert!(seconds.as_secs() <= MAX_DELTA_SECONDS);
+                }
+            }
+        }
+        let rules = StoreRules {
+            targeted: std::sync::Arc::from([name]),
+            ..StoreRules::default()
+        };
+        let _ = storable(&Method::GET, &HeaderMap::new(), StatusCode::OK, &fields, &rules);
+    }
+
+    /// A date in any of the three formats RFC 9110 section 5.6.7 names, its letters in any
+    /// case, reads as the time it writes.
+    #[test]
+    fn fuzz_dates_read_in_any_format_and_case(
+        secs in 0..=LAST_HTTP_DATE_SECS,
+        format in 0..3usize,
+        upper in vec(any::<bool>(), 40),
+    ) {
+        let time = UNIX_EPOCH + Duration::from_secs(secs);
+        let imf = http_date(secs);
+        // From the IMF-fixdate "Sun, 06 Nov 1994 08:49:37 GMT": the other two spellings.
+        let parts: Vec<&str> = imf.split(' ').collect();
+        let (day, date, month, year, clock) = (parts[0].trim_end_matches(','), parts[1], parts[2], parts[3], parts[4]);
+        let full_day = match day {
+            "Mon" => "Monday", "Tue" => "Tuesday", "Wed" => "Wednesday", "Thu" => "Thursday",
+            "Fri" => "Friday", "Sat" => "Saturday", _ => "Sunday",
+        };
+        let year_number: u64 = year.parse().expect("a year");
+        // RFC 850 dates carry two digits: only years the reader maps back are written so.
+        let rfc850_readable = (1970..2070).contains(&year_number);
+        let text = match format {
+            1 if rfc850_readable => format!("{full_day}, {date}-{month}-{} {clock} GMT", &year[2..]),
+            2 => format!("{day} {month} {:>2} {clock} {year}", date.trim_start_matches('0')),
+            _ => imf.clone(),
+        };
+        let cased: String = text
+            .chars()
+            .zip(upper.iter().cycle())
+            .map(|(c, up)| if *up { c.to_ascii_uppercase() } else { c.to_ascii_lowercase() })
+            .collect();
+        prop_assert_eq!(parse_date(&cased), Some(time), "{:?}", cased);
     }
 }
 

@@ -19,7 +19,7 @@ const MAX_PARTS: usize = 16;
 
 /// What a request's `Range` makes of a stored body.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) enum RangePlan {
+pub(crate) enum RangePlan {
     /// No range applies: serve the whole response.
     Whole,
     /// Serve these byte ranges of the body (one or more, ascending, not overlapping).
@@ -30,7 +30,7 @@ pub(super) enum RangePlan {
 
 /// The plan for a request with `request` headers against a stored `200` with `stored`
 /// headers and a body of `len` bytes.
-pub(super) fn plan(request: &HeaderMap, stored: &HeaderMap, len: usize) -> RangePlan {
+pub(crate) fn plan(request: &HeaderMap, stored: &HeaderMap, len: usize) -> RangePlan {
     let Some(range) = request
         .get(http::header::RANGE)
         .and_then(|r| r.to_str().ok())
@@ -158,17 +158,17 @@ fn if_range_holds(request: &HeaderMap, stored: &HeaderMap) -> bool {
 
 /// The status, header changes and body of a `206` or `416` for `plan` over `body`, given
 /// the stored headers (`Content-Type` goes into each part of a multipart answer).
-pub(super) struct Ranged {
-    pub(super) status: StatusCode,
-    pub(super) body: Bytes,
+pub(crate) struct Ranged {
+    pub(crate) status: StatusCode,
+    pub(crate) body: Bytes,
     /// Fields to set on the stored response's headers.
-    pub(super) set: Vec<(http::HeaderName, HeaderValue)>,
+    pub(crate) set: Vec<(http::HeaderName, HeaderValue)>,
     /// Fields of the stored response that no longer describe the body sent.
-    pub(super) removed: Vec<http::HeaderName>,
+    pub(crate) removed: Vec<http::HeaderName>,
 }
 
 /// The answer for `parts` (non-empty) or an unsatisfiable range of `body`.
-pub(super) fn answer(plan: &RangePlan, stored: &HeaderMap, body: &Bytes) -> Option<Ranged> {
+pub(crate) fn answer(plan: &RangePlan, stored: &HeaderMap, body: &Bytes) -> Option<Ranged> {
     let len = body.len();
     match plan {
         RangePlan::Whole => None,

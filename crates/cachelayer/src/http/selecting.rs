@@ -15,7 +15,7 @@ use super::policy::split_outside_quotes;
 
 /// The normal form of `value`, a request's field `name` (lowercase), its lines joined by
 /// ", ".
-pub(super) fn normalize(name: &str, value: &str) -> String {
+pub(crate) fn normalize(name: &str, value: &str) -> String {
     let elements: Vec<&str> = split_outside_quotes(value)
         .into_iter()
         .map(str::trim)
@@ -53,10 +53,19 @@ enum Ties {
 /// The elements in preference order (quality descending, ties as `ties` says), each
 /// written as `value;params[;q=N]`; `None` when a quality value is not one.
 fn negotiated(elements: &[&str], case: Case, ties: Ties) -> Option<String> {
+    if elements.iter().any(|element| element.contains('"')) {
+        // Quoted strings (rare here, in media type parameters) are compared as sent:
+        // reordering around them could change where they end.
+        return None;
+    }
     let mut weighted = Vec::with_capacity(elements.len());
     for element in elements {
         let mut pieces = element.split(';').map(str::trim);
         let value = pieces.next().unwrap_or_default();
+        if value.is_empty() {
+            // Parameters without a value: not a list element this module can read.
+            return None;
+        }
         let mut written = match case {
             Case::Insensitive | Case::MediaType => value.to_ascii_lowercase(),
         };
@@ -65,6 +74,10 @@ fn negotiated(elements: &[&str], case: Case, ties: Ties) -> Option<String> {
             let (key, argument) = parameter.split_once('=').unwrap_or((parameter, ""));
             let key = key.trim().to_ascii_lowercase();
             let argument = argument.trim();
+            let token = |text: &str| !text.is_empty() && text.bytes().all(is_tchar);
+            if !token(&key) {
+                return None;
+            }
             if key == "q" {
                 quality = thousandths(argument)?;
                 continue;
@@ -91,6 +104,11 @@ fn negotiated(elements: &[&str], case: Case, ties: Ties) -> Option<String> {
     }
     let written: Vec<String> = weighted.into_iter().map(|(_, element)| element).collect();
     Some(written.join(", "))
+}
+
+/// Whether `byte` may be part of a token (RFC 9110 section 5.6.2).
+fn is_tchar(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&byte)
 }
 
 /// A quality value (RFC 9110 section 12.4.2: 0 to 1, at most three decimals) in thousandths.
@@ -164,5 +182,20 @@ mod tests {
         assert_eq!(normalize("x-flavour", "\"a, b\" , c"), "\"a, b\", c");
         assert_eq!(normalize("accept-language", "en;q=2 , fr"), "en;q=2, fr");
         assert_eq!(normalize("accept-language", "en;q=0.5x"), "en;q=0.5x");
+    }
+
+    /// What the fuzz target found: elements without a value, parameters without a name and
+    /// quoted strings keep their spelling (whitespace aside), so a normal form is its own.
+    #[test]
+    fn unreadable_negotiation_values_keep_their_spelling() {
+        for (name, value) in [
+            ("accept", "/,;"),
+            ("accept", "a;="),
+            ("accept-charset", "A,\"\",0\""),
+        ] {
+            let once = normalize(name, value);
+            assert_eq!(normalize(name, &once), once, "{value}");
+        }
+        assert_eq!(normalize("accept", "a;="), "a;=");
     }
 }
