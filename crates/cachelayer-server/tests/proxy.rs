@@ -8,6 +8,8 @@
 mod support;
 
 // Suites of the proxy facing hostile clients and upstreams, on this file's helpers.
+#[path = "proxy/interim.rs"]
+mod interim;
 #[path = "proxy/keys.rs"]
 mod keys;
 #[path = "proxy/rfc9111.rs"]

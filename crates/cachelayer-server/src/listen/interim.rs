@@ -11,8 +11,8 @@
 //! offers it yet.
 //!
 //! This module must never let an interim response out after its request's final response
-//! has begun, nor for another request; `100 Continue` (hyper's own), `101` (an upgrade)
-//! and hop-by-hop fields never pass, and a connection queues at most
+//! has begun, nor for another request; `100 Continue` (hyper's own), `101` (an upgrade),
+//! hop-by-hop fields and `Content-Length` never pass, and a connection queues at most
 //! [`MAX_QUEUED_BYTES`] (an upstream sending endless hints costs the client nothing more).
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,7 +23,7 @@ use futures::task::AtomicWaker;
 
 use http::{HeaderMap, StatusCode};
 
-use cachelayer::http::headers::is_hop_by_hop;
+use cachelayer::http::headers::strip_hop_by_hop;
 
 /// Most bytes of interim responses waiting for one connection; more are dropped, as an
 /// intermediary may drop any interim response (RFC 9110 section 15.2).
@@ -134,19 +134,20 @@ fn passes(status: StatusCode) -> bool {
         && status != StatusCode::SWITCHING_PROTOCOLS
 }
 
-/// An interim response as HTTP/1.1 writes it, without hop-by-hop fields (header values
-/// cannot hold CR or LF: `http` refuses them).
+/// An interim response as HTTP/1.1 writes it, without hop-by-hop fields (the fixed list
+/// and those its `Connection` names) and without `Content-Length`, which a 1xx must not
+/// carry (RFC 9110 section 8.6). Header values cannot hold CR or LF: `http` refuses them.
 fn written(status: StatusCode, headers: &HeaderMap) -> Vec<u8> {
+    let mut headers = headers.clone();
+    strip_hop_by_hop(&mut headers);
+    headers.remove(http::header::CONTENT_LENGTH);
     let mut head = format!(
         "HTTP/1.1 {} {}\r\n",
         status.as_str(),
         status.canonical_reason().unwrap_or("Interim")
     )
     .into_bytes();
-    for (name, value) in headers {
-        if is_hop_by_hop(name) {
-            continue;
-        }
+    for (name, value) in &headers {
         head.extend_from_slice(name.as_str().as_bytes());
         head.extend_from_slice(b": ");
         head.extend_from_slice(value.as_bytes());
@@ -163,7 +164,9 @@ mod tests {
     fn hints() -> HeaderMap {
         let mut headers = HeaderMap::new();
         headers.append("link", "</a.css>; rel=preload".parse().expect("v"));
-        headers.append("connection", "keep-alive".parse().expect("v"));
+        headers.append("connection", "keep-alive, x-secret".parse().expect("v"));
+        headers.append("x-secret", "internal".parse().expect("v"));
+        headers.append("content-length", "7".parse().expect("v"));
         headers
     }
 

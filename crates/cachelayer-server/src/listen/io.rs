@@ -162,9 +162,11 @@ impl Guarded {
         self.poll_ahead(cx, |guarded| &mut guarded.rewrite)
     }
 
-    /// Write the interim responses queued for the connection; ready once all are out.
-    fn poll_interim(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if self.interim_out.is_none() {
+    /// Write the interim responses queued for the connection; ready once all are out. Only
+    /// where a message begins (`boundary`): before a head hyper writes, or at a flush, when
+    /// hyper's own buffer is empty; never between the bytes of a message.
+    fn poll_interim(&mut self, cx: &mut Context<'_>, boundary: bool) -> Poll<io::Result<()>> {
+        if self.interim_out.is_none() && boundary {
             self.interim_out = self.interim.take(cx.waker()).map(|bytes| (bytes, 0));
         }
         self.poll_ahead(cx, |guarded| &mut guarded.interim_out)
@@ -183,7 +185,11 @@ impl Guarded {
             }
             match self.tcp().poll_write(cx, &bytes[written..]) {
                 Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                Poll::Ready(Ok(n)) => *slot(self) = Some((bytes, written + n)),
+                Poll::Ready(Ok(n)) => {
+                    // Progress: the send deadline counts from the next write that waits.
+                    self.write_blocked_since = None;
+                    *slot(self) = Some((bytes, written + n));
+                }
                 Poll::Ready(Err(err)) => return Poll::Ready(Err(err)),
                 Poll::Pending => {
                     *slot(self) = Some((bytes, written));
@@ -271,7 +277,7 @@ impl AsyncWrite for Guarded {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
-        ready!(this.poll_interim(cx))?;
+        ready!(this.poll_interim(cx, buf.starts_with(b"HTTP/1.")))?;
         if this.check_head(buf) {
             // hyper is told its head went out once ours has.
             ready!(this.poll_rewrite(cx))?;
@@ -287,11 +293,11 @@ impl AsyncWrite for Guarded {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
-        ready!(this.poll_interim(cx))?;
         let first = bufs
             .iter()
             .find(|b| !b.is_empty())
             .map_or(&[][..], |b| &**b);
+        ready!(this.poll_interim(cx, first.starts_with(b"HTTP/1.")))?;
         if this.check_head(first) {
             ready!(this.poll_rewrite(cx))?;
             let all = bufs.iter().map(|b| b.len()).sum();
@@ -308,9 +314,9 @@ impl AsyncWrite for Guarded {
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
         ready!(this.poll_rewrite(cx))?;
-        // hyper flushes on every turn of its loop, so queued interim responses go out while
-        // the final response is still being made.
-        ready!(this.poll_interim(cx))?;
+        // hyper flushes on every turn of its loop, its buffer written out first, so queued
+        // interim responses go out while the final response is still being made.
+        ready!(this.poll_interim(cx, true))?;
         match this.tcp().poll_flush(cx) {
             Poll::Ready(result) => {
                 // An HTTP/1 answer just went out: arm the deadline of what comes next (idle,
@@ -366,6 +372,8 @@ async fn linger(mut tcp: TcpStream) {
 
 #[cfg(test)]
 mod tests {
+    use http::HeaderMap;
+
     use super::*;
 
     #[test]
@@ -401,6 +409,71 @@ mod tests {
             protocol_error_status(b"HTTP/1.1 400 Bad"),
             None,
             "not a whole head"
+        );
+    }
+
+    /// Interim bytes written are progress, as hyper's are: a client that keeps reading,
+    /// however slowly, is never cut at the send timeout while hints stream to it; only a
+    /// write that waits the whole timeout is.
+    #[tokio::test]
+    async fn interim_bytes_written_count_as_progress() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let client = tokio::net::TcpSocket::new_v4().expect("socket");
+        client.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+        let address = listener.local_addr().expect("address");
+        let (client, accepted) = tokio::join!(client.connect(address), listener.accept());
+        let (mut client, (server, _)) = (client.expect("connect"), accepted.expect("accept"));
+        // Small buffers: each read of the client frees room at once, so the writer sees
+        // progress every 50 ms and waits on it in between.
+        socket2::SockRef::from(&server)
+            .set_send_buffer_size(4096)
+            .expect("SO_SNDBUF");
+        let limits = super::super::limits::Limits {
+            send_timeout: Duration::from_millis(300),
+            ..super::super::limits::defaults()
+        };
+        let interim = Arc::new(Interim::default());
+        let mut guarded = Guarded::new(server, Activity::new(limits), Arc::clone(&interim), "test");
+        let (sender, _scope) = interim.open();
+        let mut hints = HeaderMap::new();
+        hints.insert(
+            "link",
+            http::HeaderValue::from_str(&"a".repeat(2000)).expect("v"),
+        );
+        let reader = tokio::spawn(async move {
+            let mut buf = [0u8; 4096];
+            // Time passing: a slow client, reading a little every 50 ms, never stopping.
+            let mut total = 0;
+            loop {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                match client.read(&mut buf).await {
+                    Ok(0) | Err(_) => return total,
+                    Ok(n) => total += n,
+                }
+            }
+        });
+        let started = Instant::now();
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(1500);
+        let mut outcome = Ok(());
+        while tokio::time::Instant::now() < deadline {
+            sender.send(StatusCode::from_u16(103).expect("103"), &hints);
+            match tokio::time::timeout_at(deadline, guarded.flush()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => {
+                    outcome = Err(err);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        drop(guarded);
+        let read = reader.await.expect("the reader");
+        assert!(
+            outcome.is_ok(),
+            "{outcome:?} after {:?}, {read} bytes read",
+            started.elapsed()
         );
     }
 

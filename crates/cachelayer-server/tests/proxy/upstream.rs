@@ -24,13 +24,13 @@ use super::support::{PATIENCE, Server, client, counter, metric_once, refused_at_
 
 /// An upstream written by hand on a raw socket, for answers no HTTP library would send:
 /// each accepted connection is handed to the test's function with its number (from 0).
-struct RawUpstream {
+pub(super) struct RawUpstream {
     address: SocketAddr,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl RawUpstream {
-    async fn start<F, Fut>(serve: F) -> Self
+    pub(super) async fn start<F, Fut>(serve: F) -> Self
     where
         F: Fn(TcpStream, usize) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
@@ -48,7 +48,7 @@ impl RawUpstream {
         Self { address, task }
     }
 
-    fn url(&self) -> String {
+    pub(super) fn url(&self) -> String {
         format!("http://{}", self.address)
     }
 }
@@ -61,7 +61,7 @@ impl Drop for RawUpstream {
 
 /// One request head, read byte by byte (these tests' requests carry no body); `None` when
 /// the connection ends first.
-async fn read_head(socket: &mut TcpStream) -> Option<String> {
+pub(super) async fn read_head(socket: &mut TcpStream) -> Option<String> {
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
@@ -74,7 +74,7 @@ async fn read_head(socket: &mut TcpStream) -> Option<String> {
 }
 
 /// The method and path of a request head (`GET /a`).
-fn request_line(head: &str) -> String {
+pub(super) fn request_line(head: &str) -> String {
     let line = head.lines().next().unwrap_or_default();
     line.rsplit_once(' ')
         .map_or(line, |(start, _)| start)
@@ -367,7 +367,7 @@ impl GatedOrigin {
         }
     }
 
-    fn url(&self) -> String {
+    pub(super) fn url(&self) -> String {
         format!("http://{}", self.address)
     }
 
@@ -592,89 +592,4 @@ async fn a_slow_request_body_holds_no_upstream_place() {
         0.0
     );
     drop(slow);
-}
-
-/// The next head on `socket`, within the tests' patience.
-async fn next_head(socket: &mut TcpStream) -> String {
-    tokio::time::timeout(PATIENCE, read_head(socket))
-        .await
-        .expect("a head in time")
-        .expect("a head")
-}
-
-/// Interim responses (RFC 9110 section 15.2): the upstream's `102` and `103` reach an
-/// HTTP/1.1 client while the upstream is still making its final response, `100` (hyper's
-/// own business) does not, the final response is stored as usual, and a hit (or an
-/// HTTP/1.0 client, which may not understand them) gets no interim response.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn interim_responses_reach_http11_clients_and_are_never_stored() {
-    let (release, released) = watch::channel(false);
-    let upstream = RawUpstream::start(move |mut socket, _| {
-        let mut released = released.clone();
-        async move {
-            while let Some(head) = read_head(&mut socket).await {
-                let interim = "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 102 Processing\r\n\r\n\
-                               HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n";
-                if socket.write_all(interim.as_bytes()).await.is_err() {
-                    return;
-                }
-                // The final response waits until the test has seen the hints arrive.
-                if request_line(&head) == "GET /hinted" {
-                    let _ = released.wait_for(|released| *released).await;
-                }
-                let answer = "HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\n\
-                              Content-Length: 5\r\n\r\nhello";
-                if socket.write_all(answer.as_bytes()).await.is_err() {
-                    return;
-                }
-            }
-        }
-    })
-    .await;
-    let proxy = Server::proxy(&upstream.url(), &[]);
-    let address = proxy.url("").trim_start_matches("http://").to_owned();
-    let ask = |version: &'static str, path: &'static str| {
-        let address = address.clone();
-        async move {
-            let mut socket = TcpStream::connect(address.trim_end_matches('/'))
-                .await
-                .expect("connect");
-            let request = format!("GET {path} {version}\r\nHost: shop.example\r\n\r\n");
-            socket.write_all(request.as_bytes()).await.expect("send");
-            socket
-        }
-    };
-
-    let mut client = ask("HTTP/1.1", "/hinted").await;
-    let processing = next_head(&mut client).await;
-    assert!(processing.starts_with("HTTP/1.1 102 "), "{processing}");
-    let hints = next_head(&mut client).await;
-    assert!(hints.starts_with("HTTP/1.1 103 "), "{hints}");
-    assert!(
-        hints.contains("link: </style.css>; rel=preload\r\n"),
-        "{hints}"
-    );
-    release.send_replace(true);
-    let last = next_head(&mut client).await;
-    assert!(last.starts_with("HTTP/1.1 200 "), "{last}");
-    assert!(last.contains("x-cache: MISS\r\n"), "{last}");
-    let mut body = [0u8; 5];
-    client.read_exact(&mut body).await.expect("the body");
-    assert_eq!(&body, b"hello");
-
-    // Stored without them: a hit is the final response alone.
-    let mut again = ask("HTTP/1.1", "/hinted").await;
-    let hit = next_head(&mut again).await;
-    assert!(
-        hit.starts_with("HTTP/1.1 200 ") && hit.contains("x-cache: HIT\r\n"),
-        "{hit}"
-    );
-
-    // HTTP/1.0 clients get none.
-    let mut old = ask("HTTP/1.0", "/hinted-1.0").await;
-    let first = next_head(&mut old).await;
-    assert!(
-        first.starts_with("HTTP/1.0 200 ") || first.starts_with("HTTP/1.1 200 "),
-        "{first}"
-    );
 }

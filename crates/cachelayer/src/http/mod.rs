@@ -58,4 +58,4 @@ mod write;
 pub use self::body::{BoxError, CacheBody};
 pub use self::layer::{DEFAULT_MAX_BODY_BYTES, DEFAULT_PASS_TTL, ResponseCacheLayer};
 pub use self::service::ResponseCache;
-pub use self::tags::CacheTags;
+pub use self::tags::{CacheTags, TAG_HEADERS};

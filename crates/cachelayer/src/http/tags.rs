@@ -49,7 +49,7 @@ impl CacheTags {
 }
 
 /// The header fields that carry tags.
-pub(crate) const TAG_HEADERS: [&str; 2] = ["cache-tag", "surrogate-key"];
+pub const TAG_HEADERS: [&str; 2] = ["cache-tag", "surrogate-key"];
 
 /// A response's tags: from `Cache-Tag` (comma-separated), `Surrogate-Key`
 /// (space-separated) and the [`CacheTags`] extension; sorted, without duplicates.

@@ -37,6 +37,7 @@ mod failure;
 mod limit;
 mod read_ahead;
 
+use cachelayer::http::TAG_HEADERS;
 use cachelayer::http::headers::strip_hop_by_hop;
 use cachelayer::http::status::X_CACHE;
 
@@ -138,6 +139,16 @@ impl Forwarder {
             );
         };
         match tokio::time::timeout_at(deadline, self.send(request)).await {
+            // hyper's client hands a 101 back as the final response; the proxy forwards no
+            // upgrade (the client asked for none it could get), so it is the upstream's error.
+            Ok(Ok(response)) if response.status().is_informational() => {
+                tracing::warn!(status = %response.status(), upstream = %self.upstream, "upstream answered with an interim status as final");
+                gateway_error(
+                    StatusCode::BAD_GATEWAY,
+                    "bad_gateway",
+                    "the upstream answered with an interim status",
+                )
+            }
             Ok(Ok(response)) => self.downstream_response(response, permit),
             Ok(Err(err)) => self.failure_response(&err),
             Err(_) => {
@@ -292,7 +303,14 @@ fn client_body_failed() -> Response<Body> {
 fn pass_interim(request: &mut Request<Body>, sender: Option<InterimSender>) {
     if let Some(sender) = sender {
         hyper::ext::on_informational(request, move |interim| {
-            sender.send(interim.status(), interim.headers());
+            // Filtered as a final response is: an upstream cache's label and the tags meant
+            // for this proxy never reach the client.
+            let mut headers = interim.headers().clone();
+            headers.remove(X_CACHE);
+            for tag_field in TAG_HEADERS {
+                headers.remove(tag_field);
+            }
+            sender.send(interim.status(), &headers);
         });
     }
 }
