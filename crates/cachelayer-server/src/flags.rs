@@ -117,16 +117,20 @@ pub(crate) fn parse_address(flag: &str, raw: &str) -> Result<SocketAddr, Error> 
     })
 }
 
-/// `--workers`: at least 1; by default one per CPU.
-pub(crate) fn check_workers(workers: Option<usize>) -> Result<usize, Error> {
-    match workers {
-        Some(0) => Err(Error::config(
-            "--workers (CACHELAYER_WORKERS)",
-            "must be at least 1",
+/// `--workers`: a whole number, at least 1 (`-3` reaches here as a value, so the message
+/// names the rule rather than calling it an unknown flag).
+pub(crate) fn worker_count(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(workers) if workers >= 1 => Ok(workers),
+        _ => Err(format!(
+            "{text:?} is not a number of threads; give a whole number, at least 1"
         )),
-        Some(workers) => Ok(workers),
-        None => Ok(std::thread::available_parallelism().map_or(1, usize::from)),
     }
+}
+
+/// `--workers`, else one per CPU.
+pub(crate) fn workers_or_default(workers: Option<usize>) -> usize {
+    workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from))
 }
 
 impl CommonArgs {

@@ -18,7 +18,7 @@ use crate::error::Error;
 use crate::listen::Limits;
 use cachelayer::config::Secret;
 
-use crate::flags::{CommonArgs, Stale, check_workers, duration, parse_address};
+use crate::flags::{CommonArgs, Stale, duration, parse_address, worker_count, workers_or_default};
 use crate::logging::LogFormat;
 
 /// Default `--upstream-max-concurrency`: the idle connections kept to the upstream, so every
@@ -66,7 +66,7 @@ pub struct ProxyArgs {
     #[arg(long, env = "CACHELAYER_MAX_CACHED_BODY_BYTES", default_value_t = cachelayer::http::DEFAULT_MAX_BODY_BYTES)]
     pub max_cached_body_bytes: usize,
     /// Runtime worker threads (default: one per CPU).
-    #[arg(long, env = "CACHELAYER_WORKERS")]
+    #[arg(long, env = "CACHELAYER_WORKERS", allow_negative_numbers = true, value_parser = worker_count)]
     pub workers: Option<usize>,
     /// How long shutdown waits for in-flight requests.
     #[arg(long, env = "CACHELAYER_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = duration)]
@@ -204,7 +204,7 @@ impl ProxyArgs {
             Some(path) => load_rules(path)?,
             None => Vec::new(),
         };
-        let workers = check_workers(self.workers)?;
+        let workers = workers_or_default(self.workers);
         let common = self.common;
         let cache = common.cache_config(
             cachelayer::cache::DEFAULT_TTL,

@@ -13,7 +13,7 @@ use cachelayer::config::Secret;
 use clap::Args;
 
 use crate::error::Error;
-use crate::flags::{CommonArgs, Stale, check_workers, duration, parse_address};
+use crate::flags::{CommonArgs, Stale, duration, parse_address, worker_count, workers_or_default};
 use crate::listen::Limits;
 use crate::logging::LogFormat;
 
@@ -36,7 +36,7 @@ pub struct ServeArgs {
     #[arg(long, env = "CACHELAYER_SEED", default_value_t = 1000)]
     pub seed: u32,
     /// Runtime worker threads (default: one per CPU).
-    #[arg(long, env = "CACHELAYER_WORKERS")]
+    #[arg(long, env = "CACHELAYER_WORKERS", allow_negative_numbers = true, value_parser = worker_count)]
     pub workers: Option<usize>,
     /// Largest request body accepted, in bytes; larger ones get 413.
     #[arg(long, env = "CACHELAYER_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
@@ -134,7 +134,7 @@ impl ServeArgs {
                 "must be at least 1",
             ));
         }
-        let workers = check_workers(self.workers)?;
+        let workers = workers_or_default(self.workers);
         if self.max_body_bytes == 0 {
             return Err(Error::config(
                 "--max-body-bytes (CACHELAYER_MAX_BODY_BYTES)",
@@ -172,16 +172,23 @@ fn check_database_url(url: &str) -> Result<(), Error> {
         || url.starts_with("postgres://")
         || url.starts_with("postgresql://");
     if supported {
-        Ok(())
-    } else {
-        Err(Error::config(
-            "--database-url (DATABASE_URL)",
-            format!(
-                "{} is not supported; use sqlite://PATH or postgres://USER:PASSWORD@HOST/DATABASE",
-                cachelayer::store::redact_url(url)
-            ),
-        ))
+        return Ok(());
     }
+    let flag = "--database-url (DATABASE_URL)";
+    if !url.contains("://") {
+        // A bare path: the user meant an SQLite file.
+        return Err(Error::config(
+            flag,
+            format!("{url:?} is not a URL; for an SQLite file write sqlite://{url}"),
+        ));
+    }
+    Err(Error::config(
+        flag,
+        format!(
+            "{} is not supported; use sqlite://PATH or postgres://USER:PASSWORD@HOST/DATABASE",
+            cachelayer::store::redact_url(url)
+        ),
+    ))
 }
 
 #[cfg(test)]
@@ -215,14 +222,21 @@ mod tests {
     fn invalid_settings_are_named() {
         let err = parse(&["--database-url", "mysql://x"]).expect_err("refused");
         assert!(err.contains("--database-url (DATABASE_URL)"), "{err}");
+        let err = parse(&["--database-url", "cachelayer.db"]).expect_err("refused");
+        assert!(err.contains("sqlite://cachelayer.db"), "{err}");
         let err = parse(&["--redis-url", "http://x"]).expect_err("refused");
         assert!(err.contains("--redis-url (REDIS_URL)"), "{err}");
         let err = parse(&["--cache-ttl", "soon"]).expect_err("refused");
         assert!(err.contains("--cache-ttl"), "{err}");
         let err = parse(&["--listen", "localhost"]).expect_err("refused");
         assert!(err.contains("--listen (CACHELAYER_LISTEN)"), "{err}");
-        let err = parse(&["--workers", "0"]).expect_err("refused");
-        assert!(err.contains("--workers"), "{err}");
+        for workers in ["0", "-3", "two"] {
+            let err = parse(&["--workers", workers]).expect_err("refused");
+            assert!(
+                err.contains("--workers") && err.contains("at least 1"),
+                "{workers}: {err}"
+            );
+        }
         let err = parse(&["--early-refresh-beta=-1"]).expect_err("refused");
         assert!(err.contains("--early-refresh-beta"), "{err}");
     }

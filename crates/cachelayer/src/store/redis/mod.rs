@@ -391,9 +391,17 @@ pub fn redact_url(url: &str) -> String {
     };
     let mut redacted = format!("{scheme}://");
     if let Some(userinfo) = userinfo {
-        let user = userinfo.split(':').next().unwrap_or_default();
-        redacted.push_str(user);
-        redacted.push_str(":***@");
+        // A user without a password stays as given: `***` would say there is one.
+        match userinfo.split_once(':') {
+            Some((user, _)) => {
+                redacted.push_str(user);
+                redacted.push_str(":***@");
+            }
+            None => {
+                redacted.push_str(userinfo);
+                redacted.push('@');
+            }
+        }
     }
     match location.split_once('?') {
         None => redacted.push_str(location),
@@ -832,6 +840,11 @@ mod tests {
         );
         assert_eq!(redact_url("rediss://:s3cret@host"), "rediss://:***@host");
         assert_eq!(redact_url("redis://host:6379"), "redis://host:6379");
+        assert_eq!(
+            redact_url("postgres://postgres@127.0.0.1:5432/db"),
+            "postgres://postgres@127.0.0.1:5432/db",
+            "no password given: none invented"
+        );
         assert_eq!(redact_url("redis://u:pa?ss@h:1/0"), "redis://u:***@h:1/0");
         assert_eq!(redact_url("redis://u:p@ss@h"), "redis://u:***@h");
         assert_eq!(
