@@ -34,7 +34,10 @@ pub(crate) fn prometheus() -> PrometheusHandle {
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), &LATENCY_BUCKETS)
                 .expect("the bucket list is not empty");
             match builder.install_recorder() {
-                Ok(handle) => handle,
+                Ok(handle) => {
+                    describe_metrics();
+                    handle
+                }
                 Err(err) => {
                     // Another recorder is installed (an embedding program's): render ours
                     // empty rather than fail to start.
@@ -44,6 +47,96 @@ pub(crate) fn prometheus() -> PrometheusHandle {
             }
         })
         .clone()
+}
+
+/// How a metric the binary records is recorded.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// The metrics the binary records itself, and what `# HELP` says of each (the library's
+/// describe themselves: [`cachelayer::telemetry::describe_metrics`]).
+const DESCRIBED: [(&str, Kind, &str); 13] = [
+    (
+        crate::observe::HTTP_REQUESTS,
+        Kind::Counter,
+        "requests answered, by method, route, status and cache outcome",
+    ),
+    (
+        crate::observe::HTTP_DURATION,
+        Kind::Histogram,
+        "request latency in seconds, by method, route and status",
+    ),
+    (
+        crate::observe::HTTP_IN_FLIGHT,
+        Kind::Gauge,
+        "requests being answered right now",
+    ),
+    (
+        crate::listen::CONNECTIONS_OPEN,
+        Kind::Gauge,
+        "client connections open, by listener",
+    ),
+    (
+        crate::listen::CONNECTION_LIMIT_REACHED,
+        Kind::Counter,
+        "times a listener reached --max-connections and stopped accepting, by listener",
+    ),
+    (
+        crate::listen::CONNECTIONS_TIMED_OUT,
+        Kind::Counter,
+        "connections and request bodies cut by a deadline, by listener and reason",
+    ),
+    (
+        crate::serve::DB_QUERIES,
+        Kind::Counter,
+        "database statements run, by query",
+    ),
+    (
+        crate::serve::INVALIDATION_FAILURES,
+        Kind::Counter,
+        "invalidations that failed and were queued for retry, by what",
+    ),
+    (
+        crate::proxy::UPSTREAM_RETRIES,
+        Kind::Counter,
+        "upstream requests sent a second time after their connection failed, by reason",
+    ),
+    (
+        crate::proxy::UPSTREAM_BODY_TIMEOUTS,
+        Kind::Counter,
+        "upstream response bodies cut after --upstream-body-timeout without data",
+    ),
+    (
+        crate::proxy::UPSTREAM_IN_FLIGHT,
+        Kind::Gauge,
+        "requests the upstream is answering right now",
+    ),
+    (
+        crate::proxy::UPSTREAM_QUEUED,
+        Kind::Gauge,
+        "requests waiting for a place under --upstream-max-concurrency",
+    ),
+    (
+        crate::proxy::UPSTREAM_REJECTED,
+        Kind::Counter,
+        "requests answered 503 because no upstream place freed up in time",
+    ),
+];
+
+/// Describes every metric, the library's and the binary's, to the installed recorder.
+fn describe_metrics() {
+    cachelayer::telemetry::describe_metrics();
+    for (name, kind, help) in DESCRIBED {
+        match kind {
+            Kind::Counter => metrics::describe_counter!(name, help),
+            Kind::Gauge => metrics::describe_gauge!(name, help),
+            Kind::Histogram => metrics::describe_histogram!(name, help),
+        }
+    }
 }
 
 /// `GET /metrics`: the recorder's series in the Prometheus text format.

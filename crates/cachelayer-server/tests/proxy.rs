@@ -30,7 +30,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use cachelayer_testkit::RedisServer;
 use serde_json::{Value, json};
-use support::{PATIENCE, Server, client, refused_at_start, x_cache};
+use support::{PATIENCE, Server, client, metrics_text, refused_at_start, undescribed, x_cache};
 use tokio::time::Instant;
 
 /// Calls per path.
@@ -490,6 +490,13 @@ async fn two_proxies_on_one_redis_share_the_cache_and_the_purges() {
         assert_eq!(get_via(purging, "/cc/max-age").await.1, "HIT");
     }
     assert_eq!(origin.calls.count("/cc/max-age"), 3);
+    // The admin listener's /metrics describes every family it shows.
+    let text = metrics_text(&a).await;
+    assert!(
+        text.contains("# HELP cachelayer_http_responses_total"),
+        "{text}"
+    );
+    assert_eq!(undescribed(&text), Vec::<String>::new(), "{text}");
     assert_eq!(
         get_via(&a, "/products").await.0,
         StatusCode::NOT_FOUND,

@@ -13,7 +13,8 @@ use cachelayer_testkit::RedisServer;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use support::{
-    PATIENCE, Server, TestDatabase, client, counter, metrics_text, refused_at_start, x_cache,
+    PATIENCE, Server, TestDatabase, client, counter, metrics_text, refused_at_start, undescribed,
+    x_cache,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
@@ -921,6 +922,12 @@ async fn metrics_health_and_openapi_describe_the_service() {
     ] {
         assert!(text.contains(needle), "{needle} missing from:\n{text}");
     }
+    // Every family says what it counts.
+    assert!(
+        text.contains("# TYPE cachelayer_hits_total counter"),
+        "{text}"
+    );
+    assert_eq!(undescribed(&text), Vec::<String>::new(), "{text}");
     let (status, _, health) = get(&server, "/health").await;
     assert_eq!(
         (status, &health["status"]),

@@ -39,6 +39,75 @@
 //! | `cachelayer_keys_repaired_total` | counter | `kind` (`lock`, `tag_version`, `tag_counter`, `marker`) | keys the cache writes for itself found broken (garbage, another type, no expiry) and replaced |
 //! | `cachelayer_invalidation_retries_total` | counter | `outcome` (`succeeded`, `failed`) | invalidations retried at once after a dropped connection |
 
+/// How a metric of the table above is recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// The metrics of the table above: name, kind and meaning (links and code marks removed).
+/// The table in this module's documentation is the one list: this reads it, so the
+/// descriptions an exporter shows and the documentation never disagree.
+fn documented() -> Vec<(String, Kind, String)> {
+    include_str!("telemetry.rs")
+        .lines()
+        .filter_map(|line| line.strip_prefix("//! | `cachelayer_"))
+        .filter_map(|row| {
+            let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+            let (name, kind, meaning) = (cells.first()?, cells.get(1)?, cells.get(3)?);
+            let name = name.strip_suffix('`')?;
+            let kind = match *kind {
+                "counter" => Kind::Counter,
+                "gauge" => Kind::Gauge,
+                "histogram" => Kind::Histogram,
+                _ => return None,
+            };
+            let meaning = plain(meaning);
+            Some((format!("cachelayer_{name}"), kind, meaning))
+        })
+        .collect()
+}
+
+/// Markdown made plain: `[text](target)` becomes `text`, code marks go.
+fn plain(markdown: &str) -> String {
+    let mut out = String::with_capacity(markdown.len());
+    let mut rest = markdown;
+    while let Some(open) = rest.find('[') {
+        out.push_str(&rest[..open]);
+        let after = &rest[open + 1..];
+        match after.find("](").and_then(|close| {
+            let end = after[close..].find(')')? + close;
+            Some((close, end))
+        }) {
+            Some((close, end)) => {
+                out.push_str(&after[..close]);
+                rest = &after[end + 1..];
+            }
+            None => {
+                out.push('[');
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out.replace('`', "")
+}
+
+/// Describes every metric of the table above to the installed recorder (`# HELP` lines in
+/// Prometheus's format). Call it once the application has installed its recorder; metrics
+/// recorded before or after are described alike.
+pub fn describe_metrics() {
+    for (name, kind, meaning) in documented() {
+        match kind {
+            Kind::Counter => metrics::describe_counter!(name, meaning),
+            Kind::Gauge => metrics::describe_gauge!(name, meaning),
+            Kind::Histogram => metrics::describe_histogram!(name, meaning),
+        }
+    }
+}
+
 /// Typed reads answered from the store.
 pub const HITS: &str = "cachelayer_hits_total";
 /// Typed reads that found nothing usable.
@@ -139,5 +208,33 @@ impl RepairedKey {
             kind = self.as_str(),
             "a cache key held something the cache never writes there (garbage, another type, or no expiry); replaced"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every metric this crate names is in the table, described in plain words.
+    #[test]
+    fn every_metric_is_documented() {
+        let documented = super::documented();
+        let names: Vec<&str> = documented
+            .iter()
+            .map(|(name, _, _)| name.as_str())
+            .collect();
+        let source = include_str!("telemetry.rs");
+        let consts: Vec<&str> = source
+            .lines()
+            .filter(|line| line.starts_with("pub const "))
+            .filter_map(|line| line.split('"').nth(1))
+            .collect();
+        for name in &consts {
+            assert!(names.contains(name), "{name} is not in the table");
+        }
+        assert_eq!(names.len(), consts.len(), "{names:?}");
+        let (_, _, errors) = documented
+            .iter()
+            .find(|(name, _, _)| name == "cachelayer_store_errors_total")
+            .expect("documented");
+        assert_eq!(errors, "store calls that failed, by ErrorKind label");
     }
 }

@@ -32,7 +32,9 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tower::Service;
 
+pub(crate) use self::activity::CONNECTIONS_TIMED_OUT;
 use self::connection::Serving;
+pub(crate) use self::connection::{CONNECTION_LIMIT_REACHED, CONNECTIONS_OPEN};
 pub(crate) use self::gate::ClientBodyError;
 pub(crate) use self::interim::InterimSender;
 pub(crate) use self::limits::raise_open_file_limit;

@@ -33,6 +33,10 @@ use self::admin_listener::AdminApp;
 pub use self::config::{HostMode, ProxyArgs, ProxyConfig};
 use self::dispatch::{Clients, Dispatch};
 use self::forward::Forwarder;
+pub(crate) use self::forward::{
+    UPSTREAM_BODY_TIMEOUTS, UPSTREAM_IN_FLIGHT, UPSTREAM_QUEUED, UPSTREAM_REJECTED,
+    UPSTREAM_RETRIES,
+};
 use self::health::ProxyHealth;
 pub use self::rules::{Case, Rule, RuleAction};
 use crate::admin::AdminState;

@@ -334,6 +334,21 @@ pub async fn metrics_text(server: &Server) -> String {
         .expect("metrics text")
 }
 
+/// The metric families of a `/metrics` text that have a `# TYPE` line but no `# HELP` line.
+pub fn undescribed(text: &str) -> Vec<String> {
+    let described: Vec<&str> = text
+        .lines()
+        .filter_map(|line| line.strip_prefix("# HELP "))
+        .filter_map(|rest| rest.split(' ').next())
+        .collect();
+    text.lines()
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .filter_map(|rest| rest.split(' ').next())
+        .filter(|name| !described.contains(name))
+        .map(str::to_owned)
+        .collect()
+}
+
 /// The value of a Prometheus counter (summed over series whose labels contain `labels`).
 pub async fn counter(server: &Server, name: &str, labels: &str) -> f64 {
     let text = metrics_text(server).await;

@@ -37,6 +37,10 @@ mod failure;
 mod limit;
 mod read_ahead;
 
+pub(crate) use self::body::UPSTREAM_BODY_TIMEOUTS;
+pub(crate) use self::failure::UPSTREAM_RETRIES;
+pub(crate) use self::limit::{UPSTREAM_IN_FLIGHT, UPSTREAM_QUEUED, UPSTREAM_REJECTED};
+
 use cachelayer::http::TAG_HEADERS;
 use cachelayer::http::headers::strip_hop_by_hop;
 use cachelayer::http::status::X_CACHE;
@@ -44,7 +48,7 @@ use cachelayer::http::status::X_CACHE;
 use crate::listen::InterimSender;
 
 use self::body::UpstreamBody;
-use self::failure::{Failure, Replay, UPSTREAM_RETRIES};
+use self::failure::{Failure, Replay};
 use self::limit::{Limits, Permit};
 use self::read_ahead::{READ_AHEAD_BUDGET_BYTES, ReadAhead, read_ahead};
 use super::config::{HostMode, ProxyConfig};
