@@ -92,11 +92,28 @@ fn cache_headers(headers: &mut HeaderMap, source: ReadSource) {
 /// The `{id}` of a path: a positive whole number, written plainly (`7`, not `07` or `+7`,
 /// so one product has one URL).
 fn product_id(raw: Result<Path<String>, PathRejection>) -> Result<i64, ApiError> {
-    let invalid = || ApiError::field("id", "must be a positive whole number");
-    let Path(raw) = raw.map_err(|_| invalid())?;
-    canonical_number(&raw)
-        .filter(|id| *id > 0)
-        .ok_or_else(invalid)
+    id_field(raw).map_err(|field| ApiError::validation(vec![field]))
+}
+
+/// [`product_id`], its refusal as the field error it names: the cause in the message.
+fn id_field(raw: Result<Path<String>, PathRejection>) -> Result<i64, FieldError> {
+    let refuse = |message: String| FieldError::new("id", message);
+    let Ok(Path(raw)) = raw else {
+        return Err(refuse("must be a positive whole number".to_owned()));
+    };
+    if let Some(id) = canonical_number(&raw).filter(|id| *id > 0) {
+        return Ok(id);
+    }
+    let digits = !raw.is_empty() && raw.bytes().all(|b| b.is_ascii_digit());
+    let plain = raw.trim_start_matches('0');
+    let message = if !digits || plain.is_empty() {
+        "must be a positive whole number".to_owned()
+    } else if plain.parse::<i64>().is_err() {
+        format!("must be at most {}", i64::MAX)
+    } else {
+        format!("must be written without leading zeros: {plain}")
+    };
+    Err(refuse(message))
 }
 
 /// A whole number written the one way Rust prints it; anything else is `None`.
@@ -300,16 +317,16 @@ async fn write_product(
     completeness: Completeness,
 ) -> Result<Response, ApiError> {
     let body = body_within(body, state.max_body_bytes)?;
-    let id = product_id(raw);
+    let id = id_field(raw);
     let changes = parse_changes(&body, completeness);
     // Report the id and the fields together when both are wrong.
     let (id, changes) = match (id, changes) {
         (Ok(id), Ok(changes)) => (id, changes),
-        (Err(_), Err(mut fields)) => {
-            fields.insert(0, FieldError::new("id", "must be a positive whole number"));
+        (Err(id), Err(mut fields)) => {
+            fields.insert(0, id);
             return Err(ApiError::validation(fields));
         }
-        (Err(err), _) => return Err(err),
+        (Err(id), _) => return Err(ApiError::validation(vec![id])),
         (_, Err(fields)) => return Err(ApiError::validation(fields)),
     };
     match state.catalogue.update(id, changes).await? {
@@ -378,6 +395,19 @@ mod tests {
         for raw in ["0", "-3", "x", "1.5", "07", "+7", "99999999999999999999"] {
             assert!(id(raw).is_err(), "{raw}");
         }
+        // Each refusal names its cause.
+        let cause = |raw: &str| {
+            id_field(Ok(Path(raw.to_owned())))
+                .expect_err("refused")
+                .message
+        };
+        assert_eq!(cause("007"), "must be written without leading zeros: 7");
+        assert_eq!(
+            cause("99999999999999999999"),
+            "must be at most 9223372036854775807"
+        );
+        assert_eq!(cause("0"), "must be a positive whole number");
+        assert_eq!(cause("-3"), "must be a positive whole number");
     }
 
     #[test]

@@ -239,10 +239,14 @@ impl<'a> Fields<'a> {
                 None
             }
             Some(Value::Null) => {
-                self.errors.push(FieldError::new(
-                    name,
-                    "must not be null; leave the field out to keep its value",
-                ));
+                // Only a partial update keeps what is left out.
+                let message = match self.completeness {
+                    Completeness::Partial => {
+                        "must not be null; leave the field out to keep its value"
+                    }
+                    Completeness::Full => "must not be null",
+                };
+                self.errors.push(FieldError::new(name, message));
                 None
             }
             other => other,
@@ -455,6 +459,26 @@ mod tests {
         let ok = parse_changes(br#"{"stock": 3}"#, Completeness::Partial).expect("valid");
         assert_eq!(ok.stock, Some(3));
         assert_eq!(ok.name, None);
+    }
+
+    /// `null` is refused with the cause that fits the write: a patch keeps what is left out,
+    /// a create or replace does not, so it is not told to leave the field out.
+    #[test]
+    fn null_is_refused_with_the_writes_own_advice() {
+        let message = |body: &[u8], completeness| {
+            let errors = parse_changes(body, completeness).expect_err("rejected");
+            errors
+                .into_iter()
+                .find(|e| e.field == "price")
+                .expect("price")
+                .message
+        };
+        let body = br#"{"name": "Lamp", "price": null, "category": "lighting"}"#;
+        assert_eq!(message(body, Completeness::Full), "must not be null");
+        assert_eq!(
+            message(br#"{"price": null}"#, Completeness::Partial),
+            "must not be null; leave the field out to keep its value"
+        );
     }
 
     #[test]
