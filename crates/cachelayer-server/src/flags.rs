@@ -32,7 +32,7 @@ pub struct CommonArgs {
     /// Bound on connecting to Redis.
     #[arg(long, env = "CACHELAYER_REDIS_CONNECT_TIMEOUT", default_value = "1s", value_parser = duration)]
     pub redis_connect_timeout: Duration,
-    /// Bound on one Redis command; past it the request goes to the database.
+    /// Bound on one Redis command; past it the request goes on without the cache.
     #[arg(long, env = "CACHELAYER_REDIS_COMMAND_TIMEOUT", default_value = "250ms", value_parser = duration)]
     pub redis_command_timeout: Duration,
     /// Bytes the in-process store may hold (without --redis-url).
@@ -54,9 +54,10 @@ pub struct CommonArgs {
     /// Initial lease of the load lock (renewed while loading).
     #[arg(long, env = "CACHELAYER_LOCK_TTL", default_value = "5s", value_parser = duration)]
     pub lock_ttl: Duration,
-    /// Longest wait for another instance's load.
-    #[arg(long, env = "CACHELAYER_LOCK_MAX_WAIT", default_value = "5s", value_parser = duration)]
-    pub lock_max_wait: Duration,
+    /// Longest wait for another instance's load (default: 5s for serve; for proxy, its
+    /// --upstream-timeout, so waiters never give up on an upstream call still in time).
+    #[arg(long, env = "CACHELAYER_LOCK_MAX_WAIT", value_parser = duration)]
+    pub lock_max_wait: Option<Duration>,
     /// What a wait past --lock-max-wait does when nothing stale is cached.
     #[arg(long, env = "CACHELAYER_ON_LOCK_TIMEOUT", default_value = "load", value_parser = lock_timeout_policy())]
     pub on_lock_timeout: OnLockTimeout,
@@ -211,7 +212,9 @@ impl CommonArgs {
             compression_threshold_bytes: self.compression_threshold,
             lock: self.lock,
             lock_ttl: self.lock_ttl,
-            lock_max_wait: self.lock_max_wait,
+            lock_max_wait: self
+                .lock_max_wait
+                .unwrap_or(cachelayer::stampede::DEFAULT_LOCK_MAX_WAIT),
             on_lock_timeout: self.on_lock_timeout,
             early_refresh_beta: self.early_refresh_beta,
             stale_while_revalidate: stale.while_revalidate,

@@ -206,11 +206,15 @@ impl ProxyArgs {
         };
         let workers = workers_or_default(self.workers);
         let common = self.common;
-        let cache = common.cache_config(
+        let mut cache = common.cache_config(
             cachelayer::cache::DEFAULT_TTL,
             Duration::ZERO,
             Stale::default(),
         )?;
+        if common.lock_max_wait.is_none() {
+            // Waiters on a collapsed upstream call wait as long as the call may take.
+            cache.lock_max_wait = self.upstream_timeout;
+        }
         Ok(ProxyConfig {
             upstream,
             listen,
@@ -329,4 +333,35 @@ fn key_scope(given: Option<&str>, upstream: &http::Uri) -> Result<String, Error>
     let host = upstream.host().unwrap_or_default().to_ascii_lowercase();
     let port = upstream.port_u16().unwrap_or(80);
     Ok(format!("http://{host}:{port}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `cachelayer proxy`'s flags alone, as the command line parses them.
+    #[derive(Debug, clap::Parser)]
+    struct Proxy {
+        #[command(flatten)]
+        args: ProxyArgs,
+    }
+
+    fn parse(args: &[&str]) -> ProxyConfig {
+        let mut argv = vec!["proxy", "--upstream", "http://127.0.0.1:5000"];
+        argv.extend_from_slice(args);
+        let proxy = <Proxy as clap::Parser>::try_parse_from(argv).expect("flags");
+        proxy.args.into_config().expect("valid settings")
+    }
+
+    /// The defaults agree with one another: waiters on a collapsed upstream call wait as
+    /// long as the call may take, unless told otherwise.
+    #[test]
+    fn lock_waits_default_to_the_upstream_timeout() {
+        let defaults = parse(&[]);
+        assert_eq!(defaults.cache.lock_max_wait, defaults.upstream_timeout);
+        let slower = parse(&["--upstream-timeout", "45s"]);
+        assert_eq!(slower.cache.lock_max_wait, Duration::from_secs(45));
+        let told = parse(&["--lock-max-wait", "2s"]);
+        assert_eq!(told.cache.lock_max_wait, Duration::from_secs(2));
+    }
 }
