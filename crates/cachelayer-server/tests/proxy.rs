@@ -411,16 +411,20 @@ async fn upstream_down_is_502_or_stale_and_slow_is_504() {
         assert!(Instant::now() < deadline, "never served stale");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let (status, _, _) = client()
+    let health = client()
         .get(proxy.admin_url("/health"))
         .send()
         .await
-        .map(|r| (r.status(), (), ()))
         .expect("health");
     assert_eq!(
-        status,
+        health.status(),
         StatusCode::SERVICE_UNAVAILABLE,
         "upstream unreachable: unhealthy"
+    );
+    let report: Value = health.json().await.expect("a JSON report");
+    assert_eq!(
+        report["upstream"]["error"], "connection refused",
+        "says what failed: {report}"
     );
 }
 

@@ -1,5 +1,5 @@
 //! `GET /health` of `cachelayer proxy`, on the admin listener: `unhealthy` (503) when the
-//! upstream cannot be connected to, `degraded` when Redis is unreachable or its breaker is
+//! upstream cannot be connected to (saying why: refused, timed out, unreachable), `degraded` when Redis is unreachable or its breaker is
 //! open (the proxy then forwards every request), else `healthy`.
 //!
 //! Checks run concurrently, each time-boxed by the shared health checks. This module must
@@ -13,7 +13,7 @@ use cachelayer::{BreakerState, Cache};
 use tokio::time::Instant;
 
 use super::forward::Forwarder;
-use crate::health::{Status, check_redis, millis, store_kind, timed};
+use crate::health::{Status, check_redis, millis, store_kind, timed_as};
 use crate::observe::CacheOutcomes;
 
 /// What the proxy's `/health` looks at.
@@ -31,11 +31,15 @@ pub(crate) async fn health(State(probe): State<ProxyHealth>) -> Response {
     let authority = probe.forwarder.connect_address();
     let (redis, upstream) = tokio::join!(
         check_redis(&probe.cache, probe.redis_pool_size),
-        timed("upstream", async {
-            tokio::net::TcpStream::connect(authority.as_str())
-                .await
-                .map(drop)
-        })
+        timed_as(
+            "upstream",
+            async {
+                tokio::net::TcpStream::connect(authority.as_str())
+                    .await
+                    .map(drop)
+            },
+            connect_failure,
+        )
     );
     let breaker = probe.cache.breaker_state();
     let status = match (&upstream, &redis) {
@@ -61,4 +65,18 @@ pub(crate) async fn health(State(probe): State<ProxyHealth>) -> Response {
         },
     });
     (status.http_status(), axum::Json(body)).into_response()
+}
+
+/// Why the upstream could not be connected to, as `/health` says it: the report already
+/// names the address, so the kind of failure is enough to act on.
+fn connect_failure(err: &std::io::Error) -> &'static str {
+    use std::io::ErrorKind;
+    match err.kind() {
+        ErrorKind::ConnectionRefused => "connection refused",
+        ErrorKind::TimedOut => "connect timed out",
+        ErrorKind::HostUnreachable | ErrorKind::NetworkUnreachable => "unreachable",
+        ErrorKind::AddrNotAvailable => "address not available",
+        ErrorKind::PermissionDenied => "connect not permitted",
+        _ => "connect failed",
+    }
 }
