@@ -87,13 +87,12 @@ fn run_on_runtime(
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
+        // Said once: a refused setting on stderr, as before logging started; anything else
+        // in the log, where the rest of the run's story is.
+        Err(err) if err.kind() == ErrorKind::Config => refuse(&err),
         Err(err) => {
             tracing::error!(error = %err, "cachelayer failed");
-            eprintln!("cachelayer: {err}");
-            match err.kind() {
-                ErrorKind::Config => ExitCode::from(2),
-                _ => ExitCode::FAILURE,
-            }
+            ExitCode::FAILURE
         }
     }
 }

@@ -1049,3 +1049,28 @@ async fn forged_hosts_and_query_noise_create_no_entries() {
         )
     );
 }
+
+/// A failure after logging has started is said once, in the log (on stdout, where the rest
+/// of the run's story is), not again on stderr.
+#[test]
+fn a_failure_at_start_is_said_once() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_cachelayer"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
+        .args([
+            "--database-url",
+            "sqlite:///nonexistent-dir/sub/cachelayer.db",
+        ])
+        .env_remove("REDIS_URL")
+        .env_remove("DATABASE_URL")
+        .output()
+        .expect("run the cachelayer binary");
+    assert_eq!(output.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let said = stdout
+        .lines()
+        .filter(|line| line.contains("unable to open database file"))
+        .count();
+    assert_eq!(said, 1, "{stdout}");
+    assert!(stderr.trim().is_empty(), "said again on stderr: {stderr}");
+}
