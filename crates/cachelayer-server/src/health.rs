@@ -123,6 +123,41 @@ pub(crate) async fn check_redis(cache: &Cache, pool_connections: usize) -> Optio
     })
 }
 
+/// How often Redis is asked again after it did not answer at start.
+const START_RETRY_EVERY: Duration = Duration::from_secs(1);
+
+/// Says whether the cache's Redis answers at start, naming it (credentials redacted) and,
+/// if not, the error; then, on a task of its own, asks again every second and says so once
+/// it answers. Nothing for a store in this process. Later outages are the breaker's to tell.
+pub(crate) fn report_redis_at_start(cache: &Cache) {
+    let Some(address) = cache.store().address() else {
+        return;
+    };
+    let store = Arc::clone(cache.store());
+    tokio::spawn(async move {
+        let ping = || tokio::time::timeout(CHECK_TIMEOUT, store.ping());
+        match ping().await {
+            Ok(Ok(())) => {
+                tracing::info!(store = %address, "Redis answers");
+                return;
+            }
+            Ok(Err(err)) => {
+                tracing::warn!(store = %address, error = %err, "Redis unreachable at start; serving from the source of truth until it answers")
+            }
+            Err(_) => {
+                tracing::warn!(store = %address, timeout = ?CHECK_TIMEOUT, "Redis did not answer at start; serving from the source of truth until it answers")
+            }
+        }
+        loop {
+            tokio::time::sleep(START_RETRY_EVERY).await;
+            if matches!(ping().await, Ok(Ok(()))) {
+                tracing::info!(store = %address, "Redis answers again");
+                return;
+            }
+        }
+    });
+}
+
 /// A time-boxed check of `what`: its latency, or a short reason it failed (`error` or
 /// `timeout`). The detail (addresses, driver messages) goes to the log, not to whoever can
 /// read `/health`.

@@ -1074,3 +1074,27 @@ fn a_failure_at_start_is_said_once() {
     assert_eq!(said, 1, "{stdout}");
     assert!(stderr.trim().is_empty(), "said again on stderr: {stderr}");
 }
+
+/// A Redis unreachable at start is said once, naming it (its URL without a password) and
+/// the error, and said again when it answers; the service runs from the database meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_redis_at_start_is_named_and_so_is_its_return() {
+    let mut redis = RedisServer::start();
+    let url = redis.url();
+    redis.stop();
+    let db = TestDatabase::sqlite();
+    let mut server = Server::start(&db, &["--redis-url", &url]);
+    let down = server.wait_for_log(
+        "Redis unreachable at start; serving from the source of truth until it answers",
+    );
+    assert_eq!(down["store"], url.as_str(), "{down}");
+    assert!(
+        down["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{down}"
+    );
+    let (status, _, _) = get(&server, "/products/1").await;
+    assert_eq!(status, StatusCode::OK, "served from the database meanwhile");
+    redis.restart();
+    let up = server.wait_for_log("Redis answers again");
+    assert_eq!(up["store"], url.as_str(), "{up}");
+}

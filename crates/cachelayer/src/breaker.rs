@@ -80,16 +80,25 @@ pub(crate) struct CircuitBreaker {
     phase: Mutex<Phase>,
     failure_threshold: u32,
     cool_down: Duration,
+    /// The store it guards, as logs name it (its redacted address, or its kind).
+    store: String,
 }
 
 impl CircuitBreaker {
-    pub(crate) fn new(failure_threshold: u32, cool_down: Duration) -> Self {
+    /// A breaker for the store logs call `store`.
+    pub(crate) fn new(failure_threshold: u32, cool_down: Duration, store: String) -> Self {
         metrics::gauge!(telemetry::BREAKER_STATE).set(BreakerState::Closed.gauge_value());
         Self {
             phase: Mutex::new(Phase::Closed { failures: 0 }),
             failure_threshold,
             cool_down,
+            store,
         }
+    }
+
+    /// The store it guards, as logs name it.
+    pub(crate) fn store(&self) -> &str {
+        &self.store
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Phase> {
@@ -137,7 +146,7 @@ impl CircuitBreaker {
         *phase = Phase::Closed { failures: 0 };
         drop(phase);
         if !was_closed {
-            tracing::info!("cache store recovered; circuit breaker closed");
+            tracing::info!(store = %self.store, "cache store recovered; circuit breaker closed");
             transition(BreakerState::Closed);
         }
     }
@@ -164,6 +173,7 @@ impl CircuitBreaker {
             };
             drop(phase);
             tracing::warn!(
+                store = %self.store,
                 cool_down_ms = self.cool_down.as_millis() as u64,
                 "cache store failing; circuit breaker open, serving from the source of truth"
             );
@@ -184,7 +194,7 @@ mod tests {
     /// Opens after the threshold, rejects during the cool-down, probes once, closes on success.
     #[tokio::test(start_paused = true)]
     async fn opens_probes_and_closes() {
-        let breaker = CircuitBreaker::new(3, Duration::from_secs(5));
+        let breaker = CircuitBreaker::new(3, Duration::from_secs(5), "test".to_owned());
         for _ in 0..2 {
             assert_eq!(breaker.admit(), Admission::Allowed);
             breaker.record_failure();
@@ -209,7 +219,7 @@ mod tests {
     /// A failed probe re-opens the breaker for a full cool-down.
     #[tokio::test(start_paused = true)]
     async fn failed_probe_reopens() {
-        let breaker = CircuitBreaker::new(1, Duration::from_secs(2));
+        let breaker = CircuitBreaker::new(1, Duration::from_secs(2), "test".to_owned());
         breaker.record_failure();
         tokio::time::advance(Duration::from_secs(2)).await;
         assert_eq!(breaker.admit(), Admission::Probe);
@@ -222,7 +232,7 @@ mod tests {
     /// A probe that never reports back (cancelled) does not wedge the breaker.
     #[tokio::test(start_paused = true)]
     async fn lost_probe_is_replaced() {
-        let breaker = CircuitBreaker::new(1, Duration::from_secs(1));
+        let breaker = CircuitBreaker::new(1, Duration::from_secs(1), "test".to_owned());
         breaker.record_failure();
         tokio::time::advance(Duration::from_secs(1)).await;
         assert_eq!(breaker.admit(), Admission::Probe);
@@ -233,7 +243,7 @@ mod tests {
     /// A success in between resets the failure count: only consecutive failures open it.
     #[tokio::test(start_paused = true)]
     async fn only_consecutive_failures_count() {
-        let breaker = CircuitBreaker::new(2, Duration::from_secs(1));
+        let breaker = CircuitBreaker::new(2, Duration::from_secs(1), "test".to_owned());
         breaker.record_failure();
         breaker.record_success();
         breaker.record_failure();

@@ -65,6 +65,7 @@ pub async fn run(config: ProxyConfig) -> Result<(), Error> {
     if config.cache.redis_url.is_none() {
         tracing::info!("no Redis URL: the cache is local to this process");
     }
+    crate::health::report_redis_at_start(&cache);
     let lock_max_wait = config.cache.lock_max_wait;
     if config.cache.lock && lock_max_wait < config.upstream_timeout {
         // Waiters give up on an upstream call slower than this and make their own.

@@ -114,6 +114,7 @@ async fn open_catalogue(config: &ServeConfig) -> Result<Catalogue, Error> {
             "no Redis URL: the cache is local to this process; other instances neither share it nor see its invalidations"
         );
     }
+    crate::health::report_redis_at_start(&cache);
     let mut lists = ResponseCacheLayer::new(cache.clone())
         .key_scope(SERVE_KEY_SCOPE)
         .default_ttl(Some(config.list_ttl));

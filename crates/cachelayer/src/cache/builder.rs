@@ -236,6 +236,9 @@ impl CacheBuilder {
         let codec = codec.compressing_binary(!store_is_local);
         let prefix = format!("{}:v{}:", self.namespace, self.version);
         let near = Near::start(store.as_ref(), &prefix, self.near_capacity_bytes);
+        let breaker_label = store
+            .address()
+            .unwrap_or_else(|| store.kind().as_str().to_owned());
         Ok(Cache {
             inner: Arc::new(CacheInner {
                 store,
@@ -249,6 +252,7 @@ impl CacheBuilder {
                 breaker: CircuitBreaker::new(
                     self.breaker_failure_threshold,
                     self.breaker_cool_down,
+                    breaker_label,
                 ),
                 stampede: self.stampede,
                 flights: Arc::default(),

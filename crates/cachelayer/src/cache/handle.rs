@@ -613,7 +613,7 @@ impl Cache {
             Err(err) => {
                 metrics::counter!(telemetry::STORE_ERRORS, "op" => op, "kind" => err.kind().as_str())
                     .increment(1);
-                tracing::warn!(op, kind = err.kind().as_str(), error = %err, "cache store call failed; failing open");
+                tracing::warn!(op, kind = err.kind().as_str(), store = breaker.store(), error = %err, "cache store call failed; failing open");
                 if local {
                     // Not a sign of an outage: the breaker guards remote stores only.
                 } else if err.is_unavailable() {

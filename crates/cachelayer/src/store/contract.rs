@@ -150,6 +150,12 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Which implementation this is (its `as_str()` labels metrics and logs).
     fn kind(&self) -> StoreKind;
 
+    /// Where the store lives, for logs, with any credentials redacted (a Redis URL);
+    /// `None` for a store inside the process.
+    fn address(&self) -> Option<String> {
+        None
+    }
+
     /// The bytes under `key`, or `None` when absent.
     async fn get(&self, key: &str) -> Result<Option<Bytes>>;
 

@@ -543,6 +543,10 @@ impl Store for RedisStore {
         StoreKind::Redis
     }
 
+    fn address(&self) -> Option<String> {
+        Some(self.inner.redacted_url.clone())
+    }
+
     async fn get(&self, key: &str) -> Result<Option<Bytes>> {
         let command = redis::cmd("GET").arg(key).clone();
         let value: Option<Vec<u8>> = self
