@@ -332,7 +332,14 @@ impl<'a> Fields<'a> {
 
     fn stock(&mut self, name: &str) -> Option<i64> {
         let value = self.value(name, false)?;
-        let Some(stock) = value.as_i64() else {
+        // JSON Schema counts 167.0 as an integer, and so do generated clients: so does this.
+        let whole = value.as_i64().or_else(|| {
+            value
+                .as_f64()
+                .filter(|n| n.fract() == 0.0 && n.abs() <= MAX_STOCK as f64)
+                .map(|n| n as i64)
+        });
+        let Some(stock) = whole else {
             return self.reject(name, "must be a whole number");
         };
         if !(0..=MAX_STOCK).contains(&stock) {
@@ -459,6 +466,23 @@ mod tests {
         let ok = parse_changes(br#"{"stock": 3}"#, Completeness::Partial).expect("valid");
         assert_eq!(ok.stock, Some(3));
         assert_eq!(ok.name, None);
+    }
+
+    /// An integer-valued number is an integer, as JSON Schema counts it; a fraction is not.
+    #[test]
+    fn integer_valued_numbers_are_whole_numbers() {
+        let ok = parse_changes(br#"{"stock": 167.0}"#, Completeness::Partial).expect("valid");
+        assert_eq!(ok.stock, Some(167));
+        for body in [
+            &br#"{"stock": 1.5}"#[..],
+            br#"{"stock": 1e300}"#,
+            br#"{"stock": -1.0}"#,
+        ] {
+            assert_eq!(
+                fields_of(parse_changes(body, Completeness::Partial)),
+                ["stock"]
+            );
+        }
     }
 
     /// `null` is refused with the cause that fits the write: a patch keeps what is left out,
