@@ -1098,3 +1098,33 @@ async fn an_unreachable_redis_at_start_is_named_and_so_is_its_return() {
     let up = server.wait_for_log("Redis answers again");
     assert_eq!(up["store"], url.as_str(), "{up}");
 }
+
+/// With caching off, every read still says where it came from: list pages as product reads
+/// do, `BYPASS` with `detail=off`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_with_caching_off_say_bypass() {
+    let db = TestDatabase::sqlite();
+    for flags in [&["--list-ttl", "0s"][..], &["--cache-ttl", "0s"]] {
+        let server = Server::start(&db, flags);
+        for path in ["/products", "/products/1"] {
+            let response = client().get(server.url(path)).send().await.expect("GET");
+            assert_eq!(response.status(), StatusCode::OK, "{flags:?} {path}");
+            let cache_status = response
+                .headers()
+                .get("cache-status")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned();
+            let label = x_cache(&response);
+            if path == "/products" || flags[0] == "--cache-ttl" {
+                assert_eq!(label, "BYPASS", "{flags:?} {path}");
+                assert!(
+                    cache_status.contains("fwd=bypass; detail=off"),
+                    "{flags:?} {path}: {cache_status}"
+                );
+            } else {
+                assert_ne!(label, "-", "{flags:?} {path}: product reads say how");
+            }
+        }
+    }
+}

@@ -11,6 +11,7 @@ use axum::http::{HeaderValue, header};
 use axum::middleware::{Next, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, post};
+use cachelayer::http::status::CacheStatus;
 use tower_http::catch_panic::CatchPanicLayer;
 
 use super::state::AppState;
@@ -54,11 +55,21 @@ pub(crate) fn router(state: AppState) -> Router {
 fn list_route(state: &AppState) -> MethodRouter<AppState> {
     let route = get(api::list_products);
     if !state.cache_lists {
-        return route;
+        return route.layer(axum::middleware::map_response(caching_off));
     }
     route
         .layer(state.catalogue.lists().clone())
         .layer(from_fn_with_state(state.clone(), read_around_pending))
+}
+
+/// With list caching off, pages still say where they came from, as product reads do:
+/// around the cache (`X-Cache: BYPASS`, `Cache-Status: ...; fwd=bypass; detail=off`).
+async fn caching_off(mut response: Response) -> Response {
+    CacheStatus::Bypass {
+        detail: Some("off"),
+    }
+    .write_to(response.headers_mut());
+    response
 }
 
 /// While an invalidation of the lists is pending (the store failed it), ask the cache
