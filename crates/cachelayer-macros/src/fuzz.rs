@@ -11,35 +11,16 @@
 //! cache, and never loosen a property to hide a finding: one that cannot be fixed here is
 //! excepted by a `known_*` item that describes it, to be removed with the fix.
 
+use cachelayer_testkit::fuzz::config;
 use proc_macro2::{Span, TokenStream};
 use proptest::collection::vec;
 use proptest::prelude::*;
-use proptest::test_runner::Config;
 use quote::quote;
 use syn::{Ident, ItemFn, LitStr};
 
 use crate::expand::expand;
 use crate::options::{CachedOptions, Segment};
 use crate::signature::analyse;
-
-/// Cases per target when `CACHELAYER_FUZZ_CASES` is unset.
-const DEFAULT_CASES: u32 = 256;
-
-/// How many cases each target runs: `CACHELAYER_FUZZ_CASES`, else [`DEFAULT_CASES`].
-fn config() -> Config {
-    let cases = match std::env::var("CACHELAYER_FUZZ_CASES") {
-        Ok(text) => text.trim().replace('_', "").parse().unwrap_or_else(|_| {
-            panic!("CACHELAYER_FUZZ_CASES={text:?} is not a whole number of cases")
-        }),
-        Err(_) => DEFAULT_CASES,
-    };
-    Config {
-        cases,
-        failure_persistence: None,
-        max_shrink_iters: 4096,
-        ..Config::default()
-    }
-}
 
 /// The options of `#[cached(key = "<template>")]`, as the attribute parser reads them.
 fn parse_template(template: &str) -> syn::Result<CachedOptions> {

@@ -13,31 +13,12 @@
 use std::time::Duration;
 
 use cachelayer::http::policy::{DEFAULT_TTL_STATUSES, StatusSet};
+use cachelayer_testkit::fuzz::config;
 use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::sample::Index;
-use proptest::test_runner::Config;
 
 use super::rules::{Case, RequestPath, Rule, RuleAction, normalized_path, parse_rules};
-
-/// Cases per target when `CACHELAYER_FUZZ_CASES` is unset.
-const DEFAULT_CASES: u32 = 256;
-
-/// How many cases each target runs: `CACHELAYER_FUZZ_CASES`, else [`DEFAULT_CASES`].
-fn config() -> Config {
-    let cases = match std::env::var("CACHELAYER_FUZZ_CASES") {
-        Ok(text) => text.trim().replace('_', "").parse().unwrap_or_else(|_| {
-            panic!("CACHELAYER_FUZZ_CASES={text:?} is not a whole number of cases")
-        }),
-        Err(_) => DEFAULT_CASES,
-    };
-    Config {
-        cases,
-        failure_persistence: None,
-        max_shrink_iters: 4096,
-        ..Config::default()
-    }
-}
 
 /// Characters a rule's path may not hold.
 const FORBIDDEN: [char; 6] = ['*', '?', '#', '%', ';', '\\'];

@@ -35,6 +35,26 @@ fn proxy_address(proxy: &Server) -> String {
         .to_owned()
 }
 
+/// Writes `bytes` to the upstream's `socket`; false once the proxy hung up.
+async fn wrote(socket: &mut TcpStream, bytes: &[u8]) -> bool {
+    socket.write_all(bytes).await.is_ok()
+}
+
+/// A raw connection to `proxy` that has sent `GET path` in `version`, for `shop.example`.
+async fn ask(proxy: &Server, version: &str, path: &str) -> TcpStream {
+    let mut client = TcpStream::connect(proxy_address(proxy))
+        .await
+        .expect("connect");
+    send_get(&mut client, version, path).await;
+    client
+}
+
+/// Sends `GET path` in `version`, for `shop.example`, on `client`.
+async fn send_get(client: &mut TcpStream, version: &str, path: &str) {
+    let request = format!("GET {path} {version}\r\nHost: shop.example\r\n\r\n");
+    client.write_all(request.as_bytes()).await.expect("send");
+}
+
 /// Every head up to and including the final one, and the final one's body.
 async fn exchange(socket: &mut TcpStream) -> (Vec<String>, Vec<u8>) {
     let mut heads = Vec::new();
@@ -78,7 +98,7 @@ async fn interim_responses_reach_http11_clients_and_are_never_stored() {
             while let Some(head) = read_head(&mut socket).await {
                 let interim = "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 102 Processing\r\n\r\n\
                                HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n";
-                if socket.write_all(interim.as_bytes()).await.is_err() {
+                if !wrote(&mut socket, interim.as_bytes()).await {
                     return;
                 }
                 // The final response waits until the test has seen the hints arrive.
@@ -87,7 +107,7 @@ async fn interim_responses_reach_http11_clients_and_are_never_stored() {
                 }
                 let answer = "HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\n\
                               Content-Length: 5\r\n\r\nhello";
-                if socket.write_all(answer.as_bytes()).await.is_err() {
+                if !wrote(&mut socket, answer.as_bytes()).await {
                     return;
                 }
             }
@@ -95,20 +115,8 @@ async fn interim_responses_reach_http11_clients_and_are_never_stored() {
     })
     .await;
     let proxy = Server::proxy(&upstream.url(), &[]);
-    let address = proxy.url("").trim_start_matches("http://").to_owned();
-    let ask = |version: &'static str, path: &'static str| {
-        let address = address.clone();
-        async move {
-            let mut socket = TcpStream::connect(address.trim_end_matches('/'))
-                .await
-                .expect("connect");
-            let request = format!("GET {path} {version}\r\nHost: shop.example\r\n\r\n");
-            socket.write_all(request.as_bytes()).await.expect("send");
-            socket
-        }
-    };
 
-    let mut client = ask("HTTP/1.1", "/hinted").await;
+    let mut client = ask(&proxy, "HTTP/1.1", "/hinted").await;
     let processing = next_head(&mut client).await;
     assert!(processing.starts_with("HTTP/1.1 102 "), "{processing}");
     let hints = next_head(&mut client).await;
@@ -126,7 +134,7 @@ async fn interim_responses_reach_http11_clients_and_are_never_stored() {
     assert_eq!(&body, b"hello");
 
     // Stored without them: a hit is the final response alone.
-    let mut again = ask("HTTP/1.1", "/hinted").await;
+    let mut again = ask(&proxy, "HTTP/1.1", "/hinted").await;
     let hit = next_head(&mut again).await;
     assert!(
         hit.starts_with("HTTP/1.1 200 ") && hit.contains("x-cache: HIT\r\n"),
@@ -134,7 +142,7 @@ async fn interim_responses_reach_http11_clients_and_are_never_stored() {
     );
 
     // HTTP/1.0 clients get none.
-    let mut old = ask("HTTP/1.0", "/hinted-1.0").await;
+    let mut old = ask(&proxy, "HTTP/1.0", "/hinted-1.0").await;
     let first = next_head(&mut old).await;
     assert!(
         first.starts_with("HTTP/1.0 200 ") || first.starts_with("HTTP/1.1 200 "),
@@ -168,13 +176,7 @@ async fn interim_fields_are_filtered_like_the_final_response() {
     })
     .await;
     let proxy = Server::proxy(&upstream.url(), &[]);
-    let mut client = TcpStream::connect(proxy_address(&proxy))
-        .await
-        .expect("connect");
-    client
-        .write_all(b"GET /fields HTTP/1.1\r\nHost: shop.example\r\n\r\n")
-        .await
-        .expect("send");
+    let mut client = ask(&proxy, "HTTP/1.1", "/fields").await;
     let (heads, body) = exchange(&mut client).await;
     assert_eq!(body, b"hello");
     assert_eq!(heads.len(), 2, "{heads:#?}");
@@ -214,14 +216,14 @@ async fn a_client_reading_a_flood_of_hints_is_not_cut() {
             );
             let start = Instant::now();
             while start.elapsed() < Duration::from_secs(4) {
-                if socket.write_all(hint.as_bytes()).await.is_err() {
+                if !wrote(&mut socket, hint.as_bytes()).await {
                     return;
                 }
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
             let last =
                 "HTTP/1.1 200 OK\r\nCache-Control: no-store\r\nContent-Length: 4\r\n\r\ndone";
-            if socket.write_all(last.as_bytes()).await.is_err() {
+            if !wrote(&mut socket, last.as_bytes()).await {
                 return;
             }
         }
@@ -231,13 +233,7 @@ async fn a_client_reading_a_flood_of_hints_is_not_cut() {
         &upstream.url(),
         &["--send-timeout", "1s", "--upstream-timeout", "60s"],
     );
-    let mut client = TcpStream::connect(proxy_address(&proxy))
-        .await
-        .expect("connect");
-    client
-        .write_all(b"GET /flood HTTP/1.1\r\nHost: shop.example\r\n\r\n")
-        .await
-        .expect("send");
+    let mut client = ask(&proxy, "HTTP/1.1", "/flood").await;
     let started = Instant::now();
     let mut received: Vec<u8> = Vec::new();
     let mut buf = vec![0u8; 1 << 20];
@@ -280,7 +276,7 @@ async fn a_timed_out_requests_late_hint_never_reaches_the_next_request() {
             if line == "GET /late" {
                 tokio::time::sleep(Duration::from_millis(1500)).await;
                 let hint = "HTTP/1.1 103 Early Hints\r\nLink: </late.css>; rel=preload\r\n\r\n";
-                if socket.write_all(hint.as_bytes()).await.is_err() {
+                if !wrote(&mut socket, hint.as_bytes()).await {
                     return;
                 }
                 tokio::time::sleep(Duration::from_millis(3000)).await;
@@ -288,25 +284,18 @@ async fn a_timed_out_requests_late_hint_never_reaches_the_next_request() {
                 tokio::time::sleep(Duration::from_millis(800)).await;
             }
             let last = "HTTP/1.1 200 OK\r\nCache-Control: no-store\r\nContent-Length: 2\r\n\r\nok";
-            if socket.write_all(last.as_bytes()).await.is_err() {
+            if !wrote(&mut socket, last.as_bytes()).await {
                 return;
             }
         }
     })
     .await;
     let proxy = Server::proxy(&upstream.url(), &["--upstream-timeout", "1s"]);
-    let mut client = TcpStream::connect(proxy_address(&proxy))
-        .await
-        .expect("connect");
-    client
-        .write_all(b"GET /late HTTP/1.1\r\nHost: shop.example\r\n\r\n")
-        .await
-        .expect("send");
+    let mut client = ask(&proxy, "HTTP/1.1", "/late").await;
     let (heads, _) = exchange(&mut client).await;
     assert!(heads[0].starts_with("HTTP/1.1 504 "), "{heads:#?}");
     for n in 0..3 {
-        let request = format!("GET /plain-{n} HTTP/1.1\r\nHost: shop.example\r\n\r\n");
-        client.write_all(request.as_bytes()).await.expect("send");
+        send_get(&mut client, "HTTP/1.1", &format!("/plain-{n}")).await;
         let (heads, body) = exchange(&mut client).await;
         assert_eq!(heads.len(), 1, "request {n} got another's hint: {heads:#?}");
         assert_eq!(body, b"ok");
@@ -330,7 +319,7 @@ async fn a_background_refresh_does_not_hint_the_next_request() {
                         // The refresh: a hint while the next request waits, then the answer.
                         tokio::time::sleep(Duration::from_millis(300)).await;
                         let hint = "HTTP/1.1 103 Early Hints\r\nLink: </refresh.css>; rel=preload\r\n\r\n";
-                        if socket.write_all(hint.as_bytes()).await.is_err() {
+                        if !wrote(&mut socket, hint.as_bytes()).await {
                             return;
                         }
                         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -340,7 +329,7 @@ async fn a_background_refresh_does_not_hint_the_next_request() {
                     tokio::time::sleep(Duration::from_millis(1500)).await;
                     "HTTP/1.1 200 OK\r\nCache-Control: no-store\r\nContent-Length: 2\r\n\r\nok"
                 };
-                if socket.write_all(last.as_bytes()).await.is_err() {
+                if !wrote(&mut socket, last.as_bytes()).await {
                     return;
                 }
             }
@@ -348,27 +337,15 @@ async fn a_background_refresh_does_not_hint_the_next_request() {
     })
     .await;
     let proxy = Server::proxy(&upstream.url(), &[]);
-    let mut client = TcpStream::connect(proxy_address(&proxy))
-        .await
-        .expect("connect");
-    client
-        .write_all(b"GET /swr HTTP/1.1\r\nHost: shop.example\r\n\r\n")
-        .await
-        .expect("send");
+    let mut client = ask(&proxy, "HTTP/1.1", "/swr").await;
     let (heads, _) = exchange(&mut client).await;
     assert!(heads[0].contains("x-cache: MISS"), "{heads:#?}");
     tokio::time::sleep(Duration::from_millis(2100)).await;
-    client
-        .write_all(b"GET /swr HTTP/1.1\r\nHost: shop.example\r\n\r\n")
-        .await
-        .expect("send");
+    send_get(&mut client, "HTTP/1.1", "/swr").await;
     let (heads, _) = exchange(&mut client).await;
     assert_eq!(heads.len(), 1, "{heads:#?}");
     assert!(heads[0].contains("x-cache: STALE"), "{heads:#?}");
-    client
-        .write_all(b"GET /next HTTP/1.1\r\nHost: shop.example\r\n\r\n")
-        .await
-        .expect("send");
+    send_get(&mut client, "HTTP/1.1", "/next").await;
     let (heads, body) = exchange(&mut client).await;
     assert_eq!(
         heads.len(),
@@ -397,13 +374,13 @@ async fn pipelined_hints_never_land_inside_the_previous_response() {
                 }
             } else {
                 let hint = "HTTP/1.1 103 Early Hints\r\nLink: </p.css>; rel=preload\r\n\r\n";
-                if socket.write_all(hint.as_bytes()).await.is_err() {
+                if !wrote(&mut socket, hint.as_bytes()).await {
                     return;
                 }
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 let last =
                     "HTTP/1.1 200 OK\r\nCache-Control: no-store\r\nContent-Length: 2\r\n\r\nok";
-                if socket.write_all(last.as_bytes()).await.is_err() {
+                if !wrote(&mut socket, last.as_bytes()).await {
                     return;
                 }
             }
@@ -442,7 +419,7 @@ async fn http2_clients_get_final_responses_only() {
         while read_head(&mut socket).await.is_some() {
             let answer = "HTTP/1.1 102 Processing\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </h2.css>; rel=preload\r\n\r\n\
                           HTTP/1.1 200 OK\r\nCache-Control: no-store\r\nContent-Length: 2\r\n\r\nok";
-            if socket.write_all(answer.as_bytes()).await.is_err() {
+            if !wrote(&mut socket, answer.as_bytes()).await {
                 return;
             }
         }
@@ -474,7 +451,7 @@ async fn an_upstream_101_to_a_plain_request_never_reaches_the_client() {
     let upstream = RawUpstream::start(|mut socket, _| async move {
         while read_head(&mut socket).await.is_some() {
             let answer = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
-            if socket.write_all(answer.as_bytes()).await.is_err() {
+            if !wrote(&mut socket, answer.as_bytes()).await {
                 return;
             }
             tokio::time::sleep(Duration::from_secs(5)).await;
@@ -482,13 +459,7 @@ async fn an_upstream_101_to_a_plain_request_never_reaches_the_client() {
     })
     .await;
     let proxy = Server::proxy(&upstream.url(), &[]);
-    let mut client = TcpStream::connect(proxy_address(&proxy))
-        .await
-        .expect("connect");
-    client
-        .write_all(b"GET /plain HTTP/1.1\r\nHost: shop.example\r\n\r\n")
-        .await
-        .expect("send");
+    let mut client = ask(&proxy, "HTTP/1.1", "/plain").await;
     let head = tokio::time::timeout(PATIENCE, read_head(&mut client))
         .await
         .expect("a head in time")

@@ -8,9 +8,9 @@
 //! structure-aware inputs (valid encodings, then mutated, so the parsers are exercised past
 //! their first checks), asserting that nothing panics and, where there is one, a real
 //! property: round trips, totality, idempotent normal forms, garbage refused rather than
-//! misread. Every target runs [`cases`] cases: a few hundred by default, so `cargo test`
-//! stays quick, and as many as `CACHELAYER_FUZZ_CASES` says for a long campaign
-//! (`docs/testing.md`, "Fuzzing").
+//! misread. Every target runs `cachelayer_testkit::fuzz::cases()` cases: a few hundred by
+//! default, so `cargo test` stays quick, and as many as `CACHELAYER_FUZZ_CASES` says for a
+//! long campaign (`docs/testing.md`, "Fuzzing").
 //!
 //! These modules must never touch a store, the network or the file system (proptest's
 //! failure files are off: a finding fixed becomes a named regression test instead), and
@@ -30,32 +30,6 @@ mod range;
 #[cfg(feature = "http")]
 mod stored;
 
-use proptest::test_runner::Config;
-
-/// The environment variable that sets how many cases each target runs.
-pub(crate) const CASES_VAR: &str = "CACHELAYER_FUZZ_CASES";
-/// Cases per target when `CACHELAYER_FUZZ_CASES` is unset: enough to catch a regression in
-/// the ordinary test run, few enough to keep it short.
-pub(crate) const DEFAULT_CASES: u32 = 256;
-
-/// The number of cases each target runs: `CACHELAYER_FUZZ_CASES`, else [`DEFAULT_CASES`].
-/// A value that is not a count fails loudly rather than silently running the default.
-pub(crate) fn cases() -> u32 {
-    match std::env::var(CASES_VAR) {
-        Ok(text) => text.trim().replace('_', "").parse().unwrap_or_else(|_| {
-            panic!("{CASES_VAR}={text:?} is not a whole number of cases (write 1000000)")
-        }),
-        Err(_) => DEFAULT_CASES,
-    }
-}
-
-/// The proptest configuration of every target: [`cases`] cases, no failure files written
-/// into the source tree, and enough shrinking to make a finding readable.
-pub(crate) fn config() -> Config {
-    Config {
-        cases: cases(),
-        failure_persistence: None,
-        max_shrink_iters: 4096,
-        ..Config::default()
-    }
-}
+/// The configuration every target shares (`cachelayer_testkit::fuzz`), for the targets'
+/// `proptest_config`.
+pub(crate) use cachelayer_testkit::fuzz::config;
