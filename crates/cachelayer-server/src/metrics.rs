@@ -12,6 +12,7 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
+use cachelayer::telemetry::{MetricKind, describe_metric};
 use metrics::Gauge;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
@@ -49,80 +50,72 @@ pub(crate) fn prometheus() -> PrometheusHandle {
         .clone()
 }
 
-/// How a metric the binary records is recorded.
-#[derive(Debug, Clone, Copy)]
-enum Kind {
-    Counter,
-    Gauge,
-    Histogram,
-}
-
 /// The metrics the binary records itself, and what `# HELP` says of each (the library's
 /// describe themselves: [`cachelayer::telemetry::describe_metrics`]).
-const DESCRIBED: [(&str, Kind, &str); 13] = [
+const DESCRIBED: [(&str, MetricKind, &str); 13] = [
     (
         crate::observe::HTTP_REQUESTS,
-        Kind::Counter,
+        MetricKind::Counter,
         "requests answered, by method, route, status and cache outcome",
     ),
     (
         crate::observe::HTTP_DURATION,
-        Kind::Histogram,
+        MetricKind::Histogram,
         "request latency in seconds, by method, route and status",
     ),
     (
         crate::observe::HTTP_IN_FLIGHT,
-        Kind::Gauge,
+        MetricKind::Gauge,
         "requests being answered right now",
     ),
     (
         crate::listen::CONNECTIONS_OPEN,
-        Kind::Gauge,
+        MetricKind::Gauge,
         "client connections open, by listener",
     ),
     (
         crate::listen::CONNECTION_LIMIT_REACHED,
-        Kind::Counter,
+        MetricKind::Counter,
         "times a listener reached --max-connections and stopped accepting, by listener",
     ),
     (
         crate::listen::CONNECTIONS_TIMED_OUT,
-        Kind::Counter,
+        MetricKind::Counter,
         "connections and request bodies cut by a deadline, by listener and reason",
     ),
     (
         crate::serve::DB_QUERIES,
-        Kind::Counter,
+        MetricKind::Counter,
         "database statements run, by query",
     ),
     (
         crate::serve::INVALIDATION_FAILURES,
-        Kind::Counter,
+        MetricKind::Counter,
         "invalidations that failed and were queued for retry, by what",
     ),
     (
         crate::proxy::UPSTREAM_RETRIES,
-        Kind::Counter,
+        MetricKind::Counter,
         "upstream requests sent a second time after their connection failed, by reason",
     ),
     (
         crate::proxy::UPSTREAM_BODY_TIMEOUTS,
-        Kind::Counter,
+        MetricKind::Counter,
         "upstream response bodies cut after --upstream-body-timeout without data",
     ),
     (
         crate::proxy::UPSTREAM_IN_FLIGHT,
-        Kind::Gauge,
+        MetricKind::Gauge,
         "requests the upstream is answering right now",
     ),
     (
         crate::proxy::UPSTREAM_QUEUED,
-        Kind::Gauge,
+        MetricKind::Gauge,
         "requests waiting for a place under --upstream-max-concurrency",
     ),
     (
         crate::proxy::UPSTREAM_REJECTED,
-        Kind::Counter,
+        MetricKind::Counter,
         "requests answered 503 because no upstream place freed up in time",
     ),
 ];
@@ -131,11 +124,7 @@ const DESCRIBED: [(&str, Kind, &str); 13] = [
 fn describe_metrics() {
     cachelayer::telemetry::describe_metrics();
     for (name, kind, help) in DESCRIBED {
-        match kind {
-            Kind::Counter => metrics::describe_counter!(name, help),
-            Kind::Gauge => metrics::describe_gauge!(name, help),
-            Kind::Histogram => metrics::describe_histogram!(name, help),
-        }
+        describe_metric(name, kind, help);
     }
 }
 

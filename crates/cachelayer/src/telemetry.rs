@@ -39,18 +39,21 @@
 //! | `cachelayer_keys_repaired_total` | counter | `kind` (`lock`, `tag_version`, `tag_counter`, `marker`) | keys the cache writes for itself found broken (garbage, another type, no expiry) and replaced |
 //! | `cachelayer_invalidation_retries_total` | counter | `outcome` (`succeeded`, `failed`) | invalidations retried at once after a dropped connection |
 
-/// How a metric of the table above is recorded.
+/// How a metric is recorded, for [`describe_metric`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
+pub enum MetricKind {
+    /// A counter.
     Counter,
+    /// A gauge.
     Gauge,
+    /// A histogram.
     Histogram,
 }
 
 /// The metrics of the table above: name, kind and meaning (links and code marks removed).
 /// The table in this module's documentation is the one list: this reads it, so the
 /// descriptions an exporter shows and the documentation never disagree.
-fn documented() -> Vec<(String, Kind, String)> {
+fn documented() -> Vec<(String, MetricKind, String)> {
     include_str!("telemetry.rs")
         .lines()
         .filter_map(|line| line.strip_prefix("//! | `cachelayer_"))
@@ -59,9 +62,9 @@ fn documented() -> Vec<(String, Kind, String)> {
             let (name, kind, meaning) = (cells.first()?, cells.get(1)?, cells.get(3)?);
             let name = name.strip_suffix('`')?;
             let kind = match *kind {
-                "counter" => Kind::Counter,
-                "gauge" => Kind::Gauge,
-                "histogram" => Kind::Histogram,
+                "counter" => MetricKind::Counter,
+                "gauge" => MetricKind::Gauge,
+                "histogram" => MetricKind::Histogram,
                 _ => return None,
             };
             let meaning = plain(meaning);
@@ -100,11 +103,21 @@ fn plain(markdown: &str) -> String {
 /// recorded before or after are described alike.
 pub fn describe_metrics() {
     for (name, kind, meaning) in documented() {
-        match kind {
-            Kind::Counter => metrics::describe_counter!(name, meaning),
-            Kind::Gauge => metrics::describe_gauge!(name, meaning),
-            Kind::Histogram => metrics::describe_histogram!(name, meaning),
-        }
+        describe_metric(name, kind, meaning);
+    }
+}
+
+/// Describes one metric to the installed recorder, for applications that record their own
+/// beside this crate's.
+pub fn describe_metric(
+    name: impl Into<metrics::KeyName>,
+    kind: MetricKind,
+    help: impl Into<metrics::SharedString>,
+) {
+    match kind {
+        MetricKind::Counter => metrics::describe_counter!(name, help),
+        MetricKind::Gauge => metrics::describe_gauge!(name, help),
+        MetricKind::Histogram => metrics::describe_histogram!(name, help),
     }
 }
 

@@ -66,9 +66,8 @@ fn negotiated(elements: &[&str], case: Case, ties: Ties) -> Option<String> {
             // Parameters without a value: not a list element this module can read.
             return None;
         }
-        let mut written = match case {
-            Case::Insensitive | Case::MediaType => value.to_ascii_lowercase(),
-        };
+        // Tokens and media ranges alike compare without case.
+        let mut written = value.to_ascii_lowercase();
         let mut quality = 1000;
         for parameter in pieces.filter(|p| !p.is_empty()) {
             let (key, argument) = parameter.split_once('=').unwrap_or((parameter, ""));
