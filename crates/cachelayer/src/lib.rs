@@ -234,7 +234,7 @@ pub mod telemetry;
 mod token;
 
 pub use crate::breaker::BreakerState;
-pub use crate::cache::{Cache, CacheBuilder, Entry, Fetched, LoadSource};
+pub use crate::cache::{Cache, CacheBuilder, Entry, Fetched, LoadSource, Removal};
 pub use crate::codec::Serialization;
 pub use crate::config::CacheConfig;
 pub use crate::error::{Error, ErrorKind, LoadError, LoadErrorKind, Result};

@@ -133,6 +133,23 @@ async fn delete_reports_existence(backend: Backend) {
     assert_eq!(store.delete_many(&[]).await.expect("empty"), 0);
 }
 
+/// Deletes key by key say, in order, which keys existed; a key named twice exists once.
+async fn delete_each_reports_each_key(backend: Backend) {
+    let store = &backend.store;
+    store.set("a", "1".into(), MINUTE).await.expect("set");
+    store.set("b", "2".into(), MINUTE).await.expect("set");
+    let keys = ["b", "zz", "a", "b"].map(String::from);
+    assert_eq!(
+        store.delete_each(&keys).await.expect("delete_each"),
+        [true, false, true, false]
+    );
+    assert_eq!(store.get("a").await.expect("get"), None);
+    assert_eq!(
+        store.delete_each(&[]).await.expect("empty"),
+        Vec::<bool>::new()
+    );
+}
+
 /// Set-if-absent writes only when the key is absent, including after expiry.
 async fn set_if_absent_respects_live_keys(backend: Backend) {
     let store = &backend.store;
@@ -329,6 +346,7 @@ on_every_store!(
     get_many_keeps_order,
     set_many_applies_per_entry_ttls,
     delete_reports_existence,
+    delete_each_reports_each_key,
     set_if_absent_respects_live_keys,
     set_if_absent_has_one_winner,
     compare_and_delete_checks_the_value,

@@ -268,7 +268,9 @@ impl CacheBuilder {
     }
 }
 
-fn validate_namespace(namespace: &str) -> Result<()> {
+/// Whether `namespace` is one [`CacheBuilder::namespace`] accepts, with the error saying
+/// what is accepted; for applications that check their settings before building.
+pub fn validate_namespace(namespace: &str) -> Result<()> {
     let valid = !namespace.is_empty()
         && namespace.len() <= MAX_NAMESPACE_BYTES
         && namespace

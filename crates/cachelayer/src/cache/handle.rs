@@ -29,6 +29,23 @@ use crate::stampede::{Flights, NoticeWaiters, StampedeSettings};
 use crate::store::{MAX_TTL, Store, StoreEntry, check_ttl};
 use crate::telemetry;
 
+/// What [`Cache::invalidate_reporting`] found: the keys it was given, by whether the store
+/// held an entry under them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Removal {
+    /// Keys that held an entry: removed, in every instance sharing the store.
+    pub removed: Vec<Key>,
+    /// Keys that held none (never stored, expired or evicted): nothing to remove.
+    pub not_found: Vec<Key>,
+}
+
+impl Removal {
+    /// How many keys held an entry (and no longer do).
+    pub fn count(&self) -> usize {
+        self.removed.len()
+    }
+}
+
 /// The process-wide cache of [`Cache::set_global`].
 static GLOBAL: std::sync::OnceLock<Cache> = std::sync::OnceLock::new();
 
@@ -377,7 +394,18 @@ impl Cache {
     /// (so every instance's near tier hears of it, present or not); reports the delete's
     /// failure (a failed fence is counted as a store error, and only weakens the load guard).
     async fn remove_many(&self, full: &[String]) -> Result<()> {
-        self.retry_once_if_cut(|| self.remove_many_once(full)).await
+        let delete = || self.inner.store.delete_many(full);
+        self.retry_once_if_cut(|| self.remove_many_once(full, "delete_many", delete()))
+            .await
+            .map(drop)
+    }
+
+    /// [`remove_many`](Self::remove_many), saying for each key, in order, whether the store
+    /// held it. After a cut connection's retry, a key the first try removed says false.
+    pub(crate) async fn remove_each(&self, full: &[String]) -> Result<Vec<bool>> {
+        let delete = || self.inner.store.delete_each(full);
+        self.retry_once_if_cut(|| self.remove_many_once(full, "delete_each", delete()))
+            .await
     }
 
     /// Run an invalidation; when the store's connection was cut under it (a failover, an
@@ -385,10 +413,10 @@ impl Cache {
     /// store's fresh connection, rather than leave it to a later retry while stale data is
     /// served. Only for invalidations: they are idempotent, and a repeat can only cost a
     /// miss. A store that is down fails the retry as fast as the first try.
-    pub(crate) async fn retry_once_if_cut<F, Fut>(&self, invalidation: F) -> Result<()>
+    pub(crate) async fn retry_once_if_cut<T, F, Fut>(&self, invalidation: F) -> Result<T>
     where
         F: Fn() -> Fut,
-        Fut: Future<Output = Result<()>>,
+        Fut: Future<Output = Result<T>>,
     {
         match invalidation().await {
             Err(err) if err.kind() == ErrorKind::Connection => {
@@ -406,10 +434,17 @@ impl Cache {
         }
     }
 
-    async fn remove_many_once(&self, full: &[String]) -> Result<()> {
+    /// One try of an invalidation: `delete` (the store call `op` removing `full`), with the
+    /// fences and the near tier's forgetting every invalidation has; the delete's result.
+    async fn remove_many_once<T>(
+        &self,
+        full: &[String],
+        op: &'static str,
+        delete: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
         let _forget = self.forget_on_drop(full, String::as_str);
-        let delete = self.call("delete_many", self.inner.store.delete_many(full));
-        let deleted = if self.inner.store_is_local {
+        let delete = self.call(op, delete);
+        if self.inner.store_is_local {
             delete.await
         } else {
             let fences: Vec<StoreEntry> = full
@@ -423,8 +458,7 @@ impl Cache {
             // Sent together: the delete's round trip and the fence's overlap.
             let fence = self.call("fence", self.inner.store.set_many(&fences));
             futures::future::join(delete, fence).await.0
-        };
-        deleted.map(drop)
+        }
     }
 
     /// Remove many keys in one round trip; reports store failure like
@@ -435,6 +469,42 @@ impl Cache {
     ) -> Result<()> {
         let full: Vec<String> = keys.into_iter().map(|k| self.full_key(k)).collect();
         self.remove_many(&full).await
+    }
+
+    /// [`invalidate_many`](Self::invalidate_many) that reports what it found: which keys
+    /// held an entry (fresh, or kept for stale serving), now removed everywhere, and which
+    /// held none. One round trip; a key named twice is removed and reported once. Reports
+    /// store failure like [`invalidate`](Self::invalidate). When the store's connection was
+    /// cut under the call it is retried, and a key the first try removed then counts as not
+    /// found.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> cachelayer::Result<()> {
+    /// let cache = cachelayer::Cache::builder().build()?;
+    /// cache.insert("product:7", "lamp").await?;
+    /// let removal = cache.invalidate_reporting(["product:7", "product:99"]).await?;
+    /// assert_eq!(removal.count(), 1);
+    /// assert_eq!(removal.not_found, [cachelayer::Key::from("product:99")]);
+    /// # Ok(()) }
+    /// ```
+    pub async fn invalidate_reporting<K: Into<Key>>(
+        &self,
+        keys: impl IntoIterator<Item = K>,
+    ) -> Result<Removal> {
+        let mut seen = std::collections::HashSet::new();
+        let keys: Vec<Key> = keys
+            .into_iter()
+            .map(Into::into)
+            .filter(|key: &Key| seen.insert(key.clone()))
+            .collect();
+        let full: Vec<String> = keys.iter().map(|k| self.full_key(k)).collect();
+        let held = self.remove_each(&full).await?;
+        let (removed, not_found): (Vec<_>, Vec<_>) =
+            keys.into_iter().zip(held).partition(|(_, held)| *held);
+        Ok(Removal {
+            removed: removed.into_iter().map(|(key, _)| key).collect(),
+            not_found: not_found.into_iter().map(|(key, _)| key).collect(),
+        })
     }
 
     /// Store `value` fresh for `ttl` (jittered), kept `grace` longer for stale serving.

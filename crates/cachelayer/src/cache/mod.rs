@@ -17,8 +17,10 @@ mod handle;
 mod load;
 mod near_reads;
 
-pub use self::builder::{CacheBuilder, DEFAULT_NAMESPACE, DEFAULT_TTL, DEFAULT_TTL_JITTER};
-pub use self::handle::Cache;
+pub use self::builder::{
+    CacheBuilder, DEFAULT_NAMESPACE, DEFAULT_TTL, DEFAULT_TTL_JITTER, validate_namespace,
+};
+pub use self::handle::{Cache, Removal};
 pub(crate) use self::load::LoadMode;
 pub use self::load::{Entry, EntrySelector, Fetched, LoadSource};
 #[cfg(feature = "http")]

@@ -8,7 +8,6 @@
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use http::header::HeaderValue;
 use http::request::Parts;
 use http::{Response, StatusCode};
 use http_body::Body;
@@ -114,7 +113,8 @@ where
                 && head.status == StatusCode::OK
                 && !head.headers.contains_key(http::header::ETAG);
             if generated {
-                head.headers.insert(http::header::ETAG, strong_etag(&bytes));
+                head.headers
+                    .insert(http::header::ETAG, super::conditional::strong_etag(&bytes));
             }
             let dropped = fields_not_stored(&head.headers, &settings.store);
             let arrival = Arrival {
@@ -167,12 +167,4 @@ pub(super) fn strip_tag_headers(headers: &mut http::HeaderMap) {
     for name in super::tags::TAG_HEADERS {
         headers.remove(name);
     }
-}
-
-/// A strong entity tag from the body's SHA-256 (128 bits, hex).
-fn strong_etag(body: &[u8]) -> HeaderValue {
-    use sha2::{Digest, Sha256};
-    let digest = Sha256::digest(body);
-    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
-    HeaderValue::from_str(&format!("\"{hex}\"")).unwrap_or(HeaderValue::from_static("\"\""))
 }

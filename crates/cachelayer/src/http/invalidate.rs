@@ -1,7 +1,8 @@
 //! Invalidation after writes (RFC 9111 section 4.4): a successful unsafe request drops the
 //! stored responses of its target URI and of the `Location` / `Content-Location` URIs on
 //! the same host, relative references resolved against the target, every path in the
-//! normal form keys use (`path`), so no spelling of a written URL stays stale.
+//! normal form keys use (`path`), so no spelling of a written URL stays stale. Also what a
+//! purge of one URL drops, and what it says it found ([`Purged`]).
 //!
 //! This module must never touch the response: a failed invalidation is logged, and the
 //! origin's response goes back as it came.
@@ -11,6 +12,36 @@ use http::{HeaderMap, StatusCode, Uri};
 
 use super::key::{normalize_host, normalized_host, url_key};
 use super::settings::Settings;
+use super::stored::CachedEntry;
+use crate::cache::Cache;
+
+/// What a purge of a URL ([`ResponseCacheLayer::purge`](super::ResponseCacheLayer::purge))
+/// found under its key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purged {
+    /// A stored response was removed: the URL's own, or, for a URL whose responses vary,
+    /// the `Vary` marker through which every variant was found (the variants can no longer
+    /// be reached, and expire unseen). A marker outlives its variants (a day at least), so
+    /// a purge after every variant expired still finds it and says `Removed`.
+    Removed,
+    /// No response was stored under the URL's key in the layer's scope: never stored,
+    /// expired, or only the note that its responses cannot be stored (removed too).
+    NotStored,
+}
+
+/// Drop the entry under the URL key `full` (the stored response, or the `Vary` marker that
+/// makes its variants reachable), everywhere, and say what it was. Reports store failure.
+pub(super) async fn purge(cache: &Cache, full: &str) -> crate::error::Result<Purged> {
+    let held = super::vary::fetch(cache, full).await;
+    let existed = cache
+        .remove_each(std::slice::from_ref(&full.to_owned()))
+        .await?;
+    Ok(match (existed.first(), held) {
+        (Some(true), Some(CachedEntry::Pass)) | (Some(false) | None, _) => Purged::NotStored,
+        // An entry that could not be read (garbage, a hiccup) counts as a response.
+        (Some(true), _) => Purged::Removed,
+    })
+}
 
 /// Drops what a write with `status` and `response` headers made stale. `request` is the
 /// request as the origin received it (its path already normal).

@@ -3,6 +3,12 @@
 //! it (HEAD is answered from GET's entry), and neither are request headers: `Vary` is
 //! checked against the stored request values instead.
 //!
+//! The host's port is part of the key ([`HostPort::Kept`], the default: `localhost:8080`
+//! and `localhost` are different entries) unless the rules ignore ports. A default port
+//! (80 or 443, in any spelling: `:080`, or an empty `:`) is dropped whatever the scheme, as
+//! a `Host` field does not say the scheme: `http://localhost:80/x`, `localhost:443` and
+//! `localhost` are one host, for requests and purges alike.
+//!
 //! The scope keeps apart layers that share a store but not an origin (two proxies in front
 //! of different upstreams, a proxy and `serve`): the same host and path behind each is a
 //! different resource.
@@ -32,6 +38,20 @@ pub struct KeyRules {
     /// on one store and for one host and path. `None`: the unscoped key space (keys as they
     /// were before scopes existed).
     pub scope: Option<String>,
+    /// Whether the host's port is part of the key.
+    pub host_port: HostPort,
+}
+
+/// Whether the port of a request's host is part of its key (default ports never are).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum HostPort {
+    /// Part of the key: `localhost:8080` and `localhost:9000` are different entries.
+    #[default]
+    Kept,
+    /// Left out: every port of a host shares its entries, and a purge naming any port
+    /// removes them (instances on different ports behind one name). Only for origins whose
+    /// responses do not depend on the port (no links built from `Host`).
+    Ignored,
 }
 
 /// Why a request is not cached at all.
@@ -66,26 +86,66 @@ pub fn host_allowed(host: &str, allowed: &[String]) -> bool {
 /// Whether `raw` is already as [`normalize_host`] would make it (the usual case, checked
 /// without allocating).
 pub(crate) fn host_is_normal(raw: &str) -> bool {
+    let (name, port) = split_port(raw);
     !raw.is_empty()
         && !raw
             .bytes()
             .any(|b| b.is_ascii_uppercase() || b.is_ascii_whitespace())
-        && !raw.ends_with('.')
-        && !raw.ends_with(":80")
-        && !raw.ends_with(":443")
+        && trim_host_end(raw.trim()).len() == raw.len()
+        && trim_host_end(name).len() == name.len()
+        && port.is_none_or(|port| key_port(port) == Some(port))
 }
 
-/// A `Host` value as keys hold it: trimmed, lowercase, without a trailing dot or a default
-/// port (80, 443). For hosts named elsewhere than in a request, such as purges.
+/// A `Host` value as keys hold it: trimmed, lowercase, its name without trailing dots, its
+/// port without leading zeros, and no port at all when it is empty or a default one (80,
+/// 443: whatever the scheme, which a `Host` does not say). For hosts named elsewhere than
+/// in a request, such as purges. Normalizing its result again changes nothing.
 pub fn normalize_host(raw: &str) -> String {
-    let lower = raw.trim().trim_end_matches('.').to_ascii_lowercase();
-    match lower
-        .strip_suffix(":80")
-        .or_else(|| lower.strip_suffix(":443"))
-    {
-        Some(bare) => bare.to_owned(),
-        None => lower,
+    let lower = trim_host_end(raw.trim()).to_ascii_lowercase();
+    let (name, port) = split_port(&lower);
+    let name = trim_host_end(name);
+    match port.and_then(key_port) {
+        Some(port) => format!("{name}:{port}"),
+        None => name.to_owned(),
     }
+}
+
+/// `text` without trailing dots and whitespace, in any order (`shop.example .`).
+fn trim_host_end(text: &str) -> &str {
+    text.trim_end_matches(|c: char| c == '.' || c.is_whitespace())
+}
+
+/// A host's name and its port (the text after the name's `:`; `None` without one). An IPv6
+/// literal's name keeps its brackets; text after a name that is no `:port` stays in it.
+fn split_port(host: &str) -> (&str, Option<&str>) {
+    let name_end = if host.starts_with('[') {
+        host.find(']').map_or(host.len(), |at| at + 1)
+    } else {
+        host.find(':').unwrap_or(host.len())
+    };
+    match host[name_end..].strip_prefix(':') {
+        Some(port) => (&host[..name_end], Some(port)),
+        None => (host, None),
+    }
+}
+
+/// A port as keys hold it: `None` for an empty or default one (`80`, `443`, `0443`), else
+/// its digits without leading zeros; text that is no number is kept as it is.
+fn key_port(port: &str) -> Option<&str> {
+    if port.is_empty() {
+        return None;
+    }
+    if !port.bytes().all(|b| b.is_ascii_digit()) {
+        return Some(port);
+    }
+    let digits = port.trim_start_matches('0');
+    // All zeros is port 0: one zero stays.
+    let digits = if digits.is_empty() {
+        &port[port.len() - 1..]
+    } else {
+        digits
+    };
+    (!matches!(digits, "80" | "443")).then_some(digits)
 }
 
 /// A normalized host without its port (and an IPv6 literal without brackets): what
@@ -113,18 +173,40 @@ pub fn primary_key(parts: &Parts, rules: &KeyRules) -> Result<Key, HostRefused> 
 /// The key of a URL, as [`primary_key`] computes it for a request to it (for purging and
 /// invalidation): any spelling of the path gives the key of its normal form.
 pub fn url_key(host: &str, path: &str, query: Option<&str>, rules: &KeyRules) -> Key {
-    let mut target = normalize_path(path).into_owned();
-    if let Some(query) = normalized_query(query, rules) {
-        target.push('?');
-        target.push_str(&query);
-    }
     let base = match &rules.scope {
         // A first part of its own: no unscoped key, whatever its host and extra parts, can
         // be spelled like a scoped one.
         Some(scope) => Key::new("http-scoped").part(scope),
         None => Key::new("http"),
     };
-    base.part(host).hashed_part(target)
+    base.part(keyed_host(host, rules))
+        .hashed_part(keyed_target(path, query, rules))
+}
+
+/// The URL [`url_key`] keys, spelled readably for people (purge reports): `http://`, the
+/// host and the path and query as the key holds them (a normalized `host` in, the port left
+/// out when the rules ignore it). Keys do not hold the scheme, so `http` stands for any.
+pub fn keyed_url(host: &str, path: &str, query: Option<&str>, rules: &KeyRules) -> String {
+    let host = keyed_host(host, rules);
+    format!("http://{host}{}", keyed_target(path, query, rules))
+}
+
+/// A normalized host as keys hold it under `rules`.
+fn keyed_host<'h>(host: &'h str, rules: &KeyRules) -> &'h str {
+    match rules.host_port {
+        HostPort::Kept => host,
+        HostPort::Ignored => split_port(host).0,
+    }
+}
+
+/// The path in its normal form and the normalized query, as keys hold them.
+fn keyed_target(path: &str, query: Option<&str>, rules: &KeyRules) -> String {
+    let mut target = normalize_path(path).into_owned();
+    if let Some(query) = normalized_query(query, rules) {
+        target.push('?');
+        target.push_str(&query);
+    }
+    target
 }
 
 fn normalized_query(query: Option<&str>, rules: &KeyRules) -> Option<String> {
@@ -241,6 +323,17 @@ mod tests {
             " a.example",
             "",
             "a.example:4430",
+            "a.example:080",
+            "a.example:08080",
+            "a.example:0",
+            "a.example:00",
+            "a.example:",
+            "a.example.:8080",
+            "a.example:8080.",
+            "[::1]:80",
+            "[::1]",
+            "a.example .",
+            "a.example\u{a0}",
         ] {
             assert_eq!(
                 host_is_normal(host),
@@ -248,6 +341,77 @@ mod tests {
                 "{host:?}"
             );
         }
+    }
+
+    /// Default ports go in any spelling, whatever the scheme a URL gave (a `Host` field
+    /// says none); other ports stay, without leading zeros; one pass is the normal form.
+    #[test]
+    fn default_ports_are_dropped_in_any_spelling() {
+        for (raw, normal) in [
+            ("localhost:80", "localhost"),
+            ("localhost:443", "localhost"),
+            ("LOCALHOST:080", "localhost"),
+            ("localhost:", "localhost"),
+            ("localhost.:80", "localhost"),
+            ("shop.example .", "shop.example"),
+            ("[::1]:443", "[::1]"),
+            ("localhost:8080", "localhost:8080"),
+            ("localhost:08080", "localhost:8080"),
+            ("localhost:4430", "localhost:4430"),
+            ("[::1]:8080", "[::1]:8080"),
+        ] {
+            assert_eq!(normalize_host(raw), normal, "{raw:?}");
+            assert_eq!(normalize_host(normal), normal, "{normal:?} is normal");
+        }
+    }
+
+    /// A purge naming `http://localhost:80/x` meets the entry of a request with
+    /// `Host: localhost`; `localhost:8080` is another entry unless ports are ignored, and
+    /// then every port meets it, and the spelled URL says so.
+    #[test]
+    fn host_ports_in_keys() {
+        let kept = KeyRules {
+            sort_query: true,
+            ..KeyRules::default()
+        };
+        let request = |host, rules: &KeyRules| primary_key(&parts("/x", host), rules).expect("key");
+        let purge = |host, rules: &KeyRules| url_key(&normalize_host(host), "/x", None, rules);
+        assert_eq!(purge("localhost:80", &kept), request("localhost", &kept));
+        assert_eq!(purge("localhost", &kept), request("localhost:443", &kept));
+        assert_ne!(
+            request("localhost:8080", &kept),
+            request("localhost", &kept)
+        );
+        assert_ne!(
+            purge("localhost:9000", &kept),
+            request("localhost:8080", &kept)
+        );
+        let ignored = KeyRules {
+            host_port: HostPort::Ignored,
+            ..kept.clone()
+        };
+        assert_eq!(
+            purge("localhost:9000", &ignored),
+            request("localhost:8080", &ignored)
+        );
+        assert_eq!(
+            request("localhost", &ignored),
+            request("localhost:8080", &ignored)
+        );
+        assert_eq!(
+            request("[::1]:8080", &ignored),
+            request("[::1]:9000", &ignored)
+        );
+        let spelled = |host, rules| keyed_url(&normalize_host(host), "/x", Some("b=1&a=2"), rules);
+        assert_eq!(
+            spelled("LocalHost:8080", &kept),
+            "http://localhost:8080/x?a=2&b=1"
+        );
+        assert_eq!(spelled("localhost:80", &kept), "http://localhost/x?a=2&b=1");
+        assert_eq!(
+            spelled("localhost:8080", &ignored),
+            "http://localhost/x?a=2&b=1"
+        );
     }
 
     fn parts(uri: &str, host: &str) -> Parts {

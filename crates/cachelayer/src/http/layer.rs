@@ -10,7 +10,8 @@ use http::HeaderName;
 use http::request::Parts;
 use tower::Layer;
 
-use super::key::KeyRules;
+use super::invalidate::Purged;
+use super::key::{HostPort, KeyRules};
 use super::policy::{SetCookieResponses, StatusSet, StoreRules};
 use super::service::ResponseCache;
 use super::settings::{KeyParts, Settings};
@@ -131,6 +132,15 @@ impl ResponseCacheLayer {
         self.with(|s| s.keys.scope = scope)
     }
 
+    /// Whether the port of a request's `Host` is part of its key (default
+    /// [`HostPort::Kept`]: `localhost:8080` and `localhost` are different entries; default
+    /// ports, 80 and 443, never count). [`HostPort::Ignored`] lets instances on different
+    /// ports behind one name share entries, for origins whose responses do not depend on the
+    /// port; purges then remove the entry whatever port they name.
+    pub fn key_host_port(self, host_port: HostPort) -> Self {
+        self.with(|s| s.keys.host_port = host_port)
+    }
+
     /// Derive freshness from `Last-Modified` when nothing explicit is given (RFC 9111
     /// section 4.2.2: a tenth of the time since it was modified, up to
     /// [`heuristic_freshness_limit`](Self::heuristic_freshness_limit)), for the statuses
@@ -225,22 +235,35 @@ impl ResponseCacheLayer {
 
     /// Drop the stored response of a URL (`path_and_query` as requested, e.g.
     /// `/products?page=2`, in any spelling of its path: `/%70roducts` is the same) for
-    /// `host`, in this layer's key scope, in every instance sharing the store. Reports store
-    /// failure, like [`Cache::invalidate`].
-    pub async fn purge(&self, host: &str, path_and_query: &str) -> crate::error::Result<()> {
-        let uri: http::Uri = path_and_query.parse().map_err(|_| {
-            crate::error::Error::invalid_input(format!(
-                "{path_and_query:?} is not a path and query"
-            ))
-        })?;
-        let key = super::key::url_key(
-            &super::key::normalize_host(host),
-            uri.path(),
-            uri.query(),
-            &self.settings.keys,
-        );
-        self.settings.cache.invalidate(key).await
+    /// `host` (its port counting as [`key_host_port`](Self::key_host_port) says), with
+    /// every variant when it varies, in this layer's key scope, in every instance sharing
+    /// the store; and say whether a response was stored. Reports store failure, like
+    /// [`Cache::invalidate`].
+    pub async fn purge(&self, host: &str, path_and_query: &str) -> crate::error::Result<Purged> {
+        let (host, uri) = named_url(host, path_and_query)?;
+        let key = super::key::url_key(&host, uri.path(), uri.query(), &self.settings.keys);
+        let cache = &self.settings.cache;
+        super::invalidate::purge(cache, &cache.full_key(key)).await
     }
+
+    /// The URL a [`purge`](Self::purge) of the same arguments looks under, spelled for
+    /// people: `http://`, the host as keys hold it (lowercase, no default port, no port at
+    /// all with [`HostPort::Ignored`]), the path's normal form and the normalized query
+    /// (`http://shop.example:8080/products?limit=5&page=2`). Keys do not hold the scheme, so
+    /// it is `http` for any.
+    pub fn keyed_url(&self, host: &str, path_and_query: &str) -> crate::error::Result<String> {
+        let (host, uri) = named_url(host, path_and_query)?;
+        let keys = &self.settings.keys;
+        Ok(super::key::keyed_url(&host, uri.path(), uri.query(), keys))
+    }
+}
+
+/// A URL named for a purge: its host normalized, its path and query parsed.
+fn named_url(host: &str, path_and_query: &str) -> crate::error::Result<(String, http::Uri)> {
+    let uri = path_and_query.parse().map_err(|_| {
+        crate::error::Error::invalid_input(format!("{path_and_query:?} is not a path and query"))
+    })?;
+    Ok((super::key::normalize_host(host), uri))
 }
 
 impl<S> Layer<S> for ResponseCacheLayer {

@@ -33,6 +33,7 @@
 mod admit;
 mod body;
 mod collapse;
+pub mod conditional;
 mod forward;
 pub mod headers;
 pub(crate) mod invalidate;
@@ -56,6 +57,8 @@ mod vary;
 mod write;
 
 pub use self::body::{BoxError, CacheBody};
+pub use self::invalidate::Purged;
+pub use self::key::HostPort;
 pub use self::layer::{DEFAULT_MAX_BODY_BYTES, DEFAULT_PASS_TTL, ResponseCacheLayer};
 pub use self::service::ResponseCache;
 pub use self::tags::{CacheTags, TAG_HEADERS};

@@ -100,17 +100,10 @@ fn ranged(request: &Parts, stored: &StoredResponse) -> Option<Ranged> {
 /// Whether a request's `If-None-Match` (weak comparison), or else its `If-Modified-Since`,
 /// says the client's copy is current (evaluated before any `Range`, RFC 9110 section 13.2.2).
 pub(crate) fn not_modified(request: &HeaderMap, stored: &StoredResponse) -> bool {
-    let opaque = |tag: &str| tag.trim().trim_start_matches("W/").to_owned();
     if request.contains_key(http::header::IF_NONE_MATCH) {
-        let Some(etag) = stored.etag().map(opaque) else {
-            return false;
-        };
-        return request
-            .get_all(http::header::IF_NONE_MATCH)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|candidate| candidate.trim() == "*" || opaque(candidate) == etag);
+        return stored
+            .etag()
+            .is_some_and(|etag| super::conditional::if_none_match(request, etag));
     }
     let since = request
         .get(http::header::IF_MODIFIED_SINCE)

@@ -193,6 +193,17 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Remove every key in one round trip; returns how many existed.
     async fn delete_many(&self, keys: &[String]) -> Result<u64>;
 
+    /// Remove every key, saying for each, in order, whether it existed (a key named twice
+    /// exists only the first time). The default makes one [`delete`](Self::delete) call per
+    /// key; a store that can should answer in one round trip.
+    async fn delete_each(&self, keys: &[String]) -> Result<Vec<bool>> {
+        let mut existed = Vec::with_capacity(keys.len());
+        for key in keys {
+            existed.push(self.delete(key).await?);
+        }
+        Ok(existed)
+    }
+
     /// Store `value` only when `key` is absent (Redis `SET NX PX`); true when written.
     async fn set_if_absent(&self, key: &str, value: Bytes, ttl: Duration) -> Result<bool>;
 

@@ -242,19 +242,12 @@ impl RedisStoreBuilder {
             ));
         }
         let redacted_url = redact_url(&self.url);
-        let invalid_url = |err| {
-            Error::with_source(
-                ErrorKind::Config,
-                format!(
-                    "invalid redis URL {redacted_url}; expected redis://[user:password@]host[:port][/db] or rediss://..."
-                ),
-                err,
-            )
-        };
-        let client = self.client(None).map_err(invalid_url)?;
+        let client = self
+            .client(None)
+            .map_err(|err| invalid_url(&self.url, err))?;
         let tracking_client = self
             .client(Some(redis::ProtocolVersion::RESP3))
-            .map_err(invalid_url)?;
+            .map_err(|err| invalid_url(&self.url, err))?;
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(self.connect_timeout))
             .set_response_timeout(Some(self.command_timeout))
@@ -378,6 +371,18 @@ fn read_lock<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// The configuration error for a URL the client cannot read, with the password redacted.
+fn invalid_url(url: &str, err: redis::RedisError) -> Error {
+    Error::with_source(
+        ErrorKind::Config,
+        format!(
+            "invalid redis URL {}; expected redis://[user:password@]host[:port][/db] or rediss://...",
+            redact_url(url)
+        ),
+        err,
+    )
+}
+
 /// The URL with any password (user info, or a `pass`/`password` query parameter as
 /// `redis+unix` URLs carry it) replaced, for logs and `Debug`.
 pub fn redact_url(url: &str) -> String {
@@ -435,6 +440,15 @@ impl RedisStore {
             tls_root_cert_pem: None,
             tls_client_cert_pem: None,
         }
+    }
+
+    /// Check `url` as [`RedisStoreBuilder::build`] reads it, without connecting and outside
+    /// any runtime, so a program can refuse a malformed URL before it starts anything.
+    pub fn check_url(url: &str) -> Result<()> {
+        Self::builder(url)
+            .client(None)
+            .map(drop)
+            .map_err(|err| invalid_url(url, err))
     }
 
     /// Number of multiplexed connections.
@@ -648,6 +662,25 @@ impl Store for RedisStore {
         }
         // UNLINK frees large values off Redis' main thread.
         self.query(redis::cmd("UNLINK").arg(keys)).await
+    }
+
+    async fn delete_each(&self, keys: &[String]) -> Result<Vec<bool>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        // One UNLINK per key, pipelined: one round trip, and a count for each key.
+        let mut pipeline = redis::pipe();
+        for key in keys {
+            pipeline.cmd("UNLINK").arg(key);
+        }
+        let removed: Vec<u64> = self.query_pipeline(&pipeline).await?;
+        if removed.len() != keys.len() {
+            return Err(Error::new(
+                ErrorKind::Server,
+                "redis answered a pipeline of UNLINKs with the wrong number of replies",
+            ));
+        }
+        Ok(removed.into_iter().map(|count| count > 0).collect())
     }
 
     async fn set_if_absent(&self, key: &str, value: Bytes, ttl: Duration) -> Result<bool> {
@@ -906,6 +939,30 @@ mod tests {
             .expect_err("no runtime");
         assert_eq!(err.kind(), ErrorKind::Config);
         assert!(err.to_string().contains("Tokio runtime"));
+    }
+
+    /// URLs are checked as `build` reads them, outside a runtime and without a server, and
+    /// the refusal never shows the password.
+    #[test]
+    fn checks_urls_without_a_runtime() {
+        for good in [
+            "redis://127.0.0.1:1/0",
+            "rediss://u:p%40ss@cache",
+            "redis://[::1]:6379",
+        ] {
+            assert!(RedisStore::check_url(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "redis://[::1",
+            "redis://h:s3cret:notaport",
+            "redis://h/db",
+            "http://h",
+        ] {
+            let err = RedisStore::check_url(bad).expect_err(bad);
+            assert_eq!(err.kind(), ErrorKind::Config, "{bad}");
+        }
+        let err = RedisStore::check_url("redis://u:s3cret@h:port").expect_err("bad port");
+        assert!(!err.to_string().contains("s3cret"), "{err}");
     }
 
     /// Building never dials, so a service can start while Redis is down.
