@@ -93,6 +93,11 @@ impl FieldError {
 
 /// The JSON body of every error answer.
 #[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(example = json!({
+    "error": "validation_failed",
+    "message": "the request has invalid fields: price",
+    "fields": [{ "field": "price", "message": "must have at most two decimals" }]
+}))]
 pub(crate) struct ErrorBody {
     /// A stable, machine-readable code (`not_found`, `validation_failed`, ...).
     pub error: &'static str,

@@ -1,7 +1,8 @@
 //! The flags both commands take, and their checks: the cache and Redis, the admin token,
-//! logging and allowed hosts ([`CommonArgs`]), and the parsers of durations, addresses and
-//! worker counts. Each flag falls back to an environment variable; a bad value is refused
-//! with a message naming the flag and its variable, before anything starts.
+//! logging, allowed hosts and hosts' ports in keys ([`CommonArgs`]), and the parsers of
+//! durations, addresses and worker counts. Each flag falls back to an environment variable;
+//! a bad value is refused with a message naming the flag and its variable, before anything
+//! starts.
 //!
 //! Each command's own flags live in its `config` module. This module must never hold a flag
 //! only one command reads, nor show a secret in `Debug` output (the effective configuration
@@ -11,9 +12,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use cachelayer::config::Secret;
+use cachelayer::http::HostPort;
 use cachelayer::{CacheConfig, OnLockTimeout};
-use clap::Args;
 use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
+use clap::{Args, ValueEnum};
 
 use crate::error::Error;
 use crate::listen::LimitArgs;
@@ -69,6 +71,13 @@ pub struct CommonArgs {
     /// Empty: every host, each with its own entries.
     #[arg(long, env = "CACHELAYER_ALLOWED_HOSTS", value_delimiter = ',')]
     pub allowed_hosts: Vec<String>,
+    /// Whether the port of a request's `Host` is part of the HTTP cache's keys (default
+    /// ports, 80 and 443, never are): `keep` (`localhost:8080` and `localhost` are
+    /// different entries) or `ignore` (every port of a host shares its entries: instances on
+    /// different ports behind one name, whose responses do not depend on the port). URL
+    /// purges follow the same rule.
+    #[arg(long, env = "CACHELAYER_KEY_HOST_PORT", value_enum, default_value_t = KeyHostPort::Keep)]
+    pub key_host_port: KeyHostPort,
     /// Token for the admin routes (`Authorization: Bearer ...`); without it they do not exist.
     #[arg(long, env = "CACHELAYER_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
@@ -81,6 +90,24 @@ pub struct CommonArgs {
     /// What one client may hold of a listener.
     #[command(flatten)]
     pub limits: LimitArgs,
+}
+
+/// `--key-host-port`: the library's [`HostPort`], as the flag spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum KeyHostPort {
+    /// The port is part of the key.
+    Keep,
+    /// Every port of a host shares its entries.
+    Ignore,
+}
+
+impl From<KeyHostPort> for HostPort {
+    fn from(flag: KeyHostPort) -> Self {
+        match flag {
+            KeyHostPort::Keep => Self::Kept,
+            KeyHostPort::Ignore => Self::Ignored,
+        }
+    }
 }
 
 /// Stale-serving windows of cached values (zero: off).
@@ -108,7 +135,35 @@ pub(crate) fn duration(text: &str) -> Result<Duration, String> {
         .map_err(|err| format!("{err}; write a duration such as 250ms, 30s or 5m"))
 }
 
+/// `--redis-url`: a `redis://` or `rediss://` URL that the store can read, checked by its own
+/// parser (host, port, database number) without dialling: an unreachable Redis is no error
+/// at start (the cache fails open), a malformed URL is.
+fn check_redis_url(url: &str) -> Result<(), Error> {
+    let flag = "--redis-url (REDIS_URL)";
+    let shown = cachelayer::store::redact_url(url);
+    if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+        return Err(Error::config(
+            flag,
+            format!("{shown} is not a Redis URL; use redis://HOST:PORT/DB or rediss:// for TLS"),
+        ));
+    }
+    cachelayer::store::RedisStore::check_url(url).map_err(|_| {
+        Error::config(
+            flag,
+            format!("{shown} is malformed; write redis://[USER:PASSWORD@]HOST[:PORT][/DB]"),
+        )
+    })
+}
+
 /// An `IP:PORT` flag, or an error naming `flag`.
+/// Refuses a duration past the longest TTL a store keeps (ten years), naming `flag`.
+pub(crate) fn within_max_ttl(flag: &str, value: Duration) -> Result<(), Error> {
+    if value > cachelayer::store::MAX_TTL {
+        return Err(Error::config(flag, "must be at most 10 years"));
+    }
+    Ok(())
+}
+
 pub(crate) fn parse_address(flag: &str, raw: &str) -> Result<SocketAddr, Error> {
     raw.parse().map_err(|_| {
         Error::config(
@@ -160,16 +215,15 @@ impl CommonArgs {
         negative_ttl: Duration,
         stale: Stale,
     ) -> Result<CacheConfig, Error> {
-        if let Some(url) = &self.redis_url
-            && !(url.starts_with("redis://") || url.starts_with("rediss://"))
-        {
-            return Err(Error::config(
-                "--redis-url (REDIS_URL)",
-                format!(
-                    "{} is not a Redis URL; use redis://HOST:PORT/DB or rediss:// for TLS",
-                    cachelayer::store::redact_url(url)
-                ),
-            ));
+        if let Some(url) = &self.redis_url {
+            check_redis_url(url)?;
+            // Read only with Redis, and refused by the store only then.
+            if self.redis_pool_size == 0 {
+                return Err(Error::config(
+                    "--redis-pool-size (CACHELAYER_REDIS_POOL_SIZE)",
+                    "must be at least 1",
+                ));
+            }
         }
         if !(self.early_refresh_beta.is_finite() && self.early_refresh_beta >= 0.0) {
             return Err(Error::config(
@@ -192,10 +246,10 @@ impl CommonArgs {
                 return Err(Error::config(flag, "must be at least 1ms"));
             }
         }
-        if self.namespace.is_empty() || self.namespace.contains(char::is_whitespace) {
+        if let Err(err) = cachelayer::cache::validate_namespace(&self.namespace) {
             return Err(Error::config(
                 "--namespace (CACHELAYER_NAMESPACE)",
-                "must be a non-empty word without spaces",
+                err.to_string(),
             ));
         }
         Ok(CacheConfig {

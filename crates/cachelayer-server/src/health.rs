@@ -194,11 +194,20 @@ pub(crate) fn millis(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1000.0
 }
 
+/// The body of `/health/live`.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({ "status": "live" }))]
+pub(crate) struct Live {
+    /// Always `live`.
+    #[schema(pattern = "^live$")]
+    status: &'static str,
+}
+
 /// Liveness: the process answers.
 #[utoipa::path(get, path = "/health/live", tag = "health",
-    responses((status = 200, description = "The process is up")))]
-pub(crate) async fn live() -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "status": "live" }))
+    responses((status = 200, description = "The process is up", body = Live)))]
+pub(crate) async fn live() -> Json<Live> {
+    Json(Live { status: "live" })
 }
 
 /// A check readiness needs to pass, by name (the name is the log's `check` field).
@@ -238,29 +247,61 @@ impl Readiness {
     }
 }
 
+/// Whether an instance takes traffic, as `/health/ready` says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum ReadyStatus {
+    /// Ready to serve.
+    Ready,
+    /// Draining before exit.
+    ShuttingDown,
+    /// A requirement (the database) fails or does not answer.
+    NotReady,
+}
+
+/// The body of `/health/ready`.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({ "status": "not_ready", "error": "timeout" }))]
+pub(crate) struct Ready {
+    pub(crate) status: ReadyStatus,
+    /// With `not_ready`: how the requirement failed (`timeout` or `error`; the detail is
+    /// in the log).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) error: Option<String>,
+}
+
+impl Ready {
+    fn answer(self) -> Response {
+        let status = match self.status {
+            ReadyStatus::Ready => StatusCode::OK,
+            ReadyStatus::ShuttingDown | ReadyStatus::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        (status, Json(self)).into_response()
+    }
+}
+
 // The doc line below is the route's description in serve's OpenAPI document (the proxy,
 // which has none, requires nothing but not draining).
 /// Readiness: not shutting down, and the database answers (Redis is not required).
 #[utoipa::path(get, path = "/health/ready", tag = "health",
     responses(
-        (status = 200, description = "Ready to serve"),
-        (status = 503, description = "Shutting down, or the database does not answer"),
+        (status = 200, description = "Ready to serve", body = Ready,
+            example = json!({ "status": "ready" })),
+        (status = 503, description = "Shutting down, or the database does not answer", body = Ready,
+            example = json!({ "status": "shutting_down" })),
     ))]
 pub(crate) async fn ready(State(readiness): State<Readiness>) -> Response {
-    if readiness.draining.is_draining() {
-        let body = serde_json::json!({ "status": "shutting_down" });
-        return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
-    }
-    let Some((name, check)) = &readiness.requires else {
-        return Json(serde_json::json!({ "status": "ready" })).into_response();
-    };
-    match timed(name, check()).await {
-        Ok(_) => Json(serde_json::json!({ "status": "ready" })).into_response(),
-        Err(error) => {
-            let body = serde_json::json!({ "status": "not_ready", "error": error });
-            (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+    let (status, error) = if readiness.draining.is_draining() {
+        (ReadyStatus::ShuttingDown, None)
+    } else if let Some((name, check)) = &readiness.requires {
+        match timed(name, check()).await {
+            Ok(_) => (ReadyStatus::Ready, None),
+            Err(error) => (ReadyStatus::NotReady, Some(error)),
         }
-    }
+    } else {
+        (ReadyStatus::Ready, None)
+    };
+    Ready { status, error }.answer()
 }
 
 #[cfg(test)]

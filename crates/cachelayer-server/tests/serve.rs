@@ -466,6 +466,80 @@ async fn reads_report_miss_then_hit_and_writes_refresh_them() {
     assert_eq!(page_hits, 2.0);
 }
 
+/// A product read's `ETag` is the same from the database, from the store and from another
+/// instance on the same Redis; a client holding it gets `304` (with the status headers and
+/// no body), and a write changes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn product_reads_carry_etags_and_answer_304() {
+    let redis = RedisServer::start();
+    let db = TestDatabase::sqlite();
+    let one = Server::start(&db, &["--redis-url", &redis.url()]);
+    let other = Server::start(&db, &["--redis-url", &redis.url()]);
+    let read = |server: &Server, if_none_match: Option<String>| {
+        let mut request = client().get(server.url("/products/9"));
+        if let Some(tag) = if_none_match {
+            request = request.header("if-none-match", tag);
+        }
+        async move {
+            let response = request.send().await.expect("GET");
+            let header = |name: &str| {
+                response
+                    .headers()
+                    .get(name)
+                    .map(|v| v.to_str().expect("text").to_owned())
+            };
+            let (tag, cache) = (header("etag"), header("x-cache"));
+            let status = response.status();
+            let body = response.bytes().await.expect("body");
+            (
+                status,
+                tag.unwrap_or_default(),
+                cache.unwrap_or_default(),
+                body,
+            )
+        }
+    };
+    let (status, tag, cache, body) = read(&one, None).await;
+    assert_eq!((status, cache.as_str()), (StatusCode::OK, "MISS"));
+    assert!(
+        tag.len() == 34 && tag.starts_with('"') && tag.ends_with('"'),
+        "{tag}"
+    );
+    let (_, hit_tag, cache, hit_body) = read(&one, None).await;
+    assert_eq!((hit_tag.as_str(), cache.as_str()), (tag.as_str(), "HIT"));
+    assert_eq!(hit_body, body, "the JSON alone, without the stored tag");
+    let (_, other_tag, cache, _) = read(&other, None).await;
+    assert_eq!((other_tag.as_str(), cache.as_str()), (tag.as_str(), "HIT"));
+    for current in [
+        tag.clone(),
+        format!("W/{tag}"),
+        format!("\"x\", {tag}"),
+        "*".into(),
+    ] {
+        let (status, same, cache, body) = read(&one, Some(current.clone())).await;
+        assert_eq!(status, StatusCode::NOT_MODIFIED, "{current}");
+        assert_eq!((same.as_str(), cache.as_str()), (tag.as_str(), "HIT"));
+        assert!(body.is_empty());
+    }
+    let (status, _, _, _) = read(&one, Some("\"not-it\"".into())).await;
+    assert_eq!(status, StatusCode::OK);
+    let written = client()
+        .patch(one.url("/products/9"))
+        .json(&json!({"stock": 77}))
+        .send()
+        .await
+        .expect("PATCH");
+    let written_tag = written.headers()["etag"].to_str().expect("tag").to_owned();
+    assert_ne!(written_tag, tag);
+    let (status, new_tag, cache, _) = read(&other, Some(tag.clone())).await;
+    assert_eq!(
+        (status, cache.as_str()),
+        (StatusCode::OK, "MISS"),
+        "the old tag is stale"
+    );
+    assert_eq!(new_tag, written_tag, "the tag the write announced");
+}
+
 /// Two instances on one Redis and one database: a write through one is seen at once
 /// through the other, for the product and for every list page.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -818,7 +892,10 @@ async fn admin_invalidation_needs_the_token() {
         .expect("admin");
     assert_eq!(response.status(), StatusCode::OK);
     let body: Value = response.json().await.expect("json");
-    assert_eq!(body, json!({"tags": 1, "keys": 1, "urls": 0}));
+    assert_eq!(
+        body,
+        json!({"tags": 1, "keys": 1, "urls": 0, "not_found": {"keys": [], "urls": []}})
+    );
     for path in ["/products/8", "/products?limit=4"] {
         assert_eq!(get(&server, path).await.1, "MISS", "{path} invalidated");
     }

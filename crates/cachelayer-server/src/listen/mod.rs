@@ -119,16 +119,13 @@ where
     }
 }
 
-/// Bind `address`; the listener and the address it got (a port 0 becomes a real one). An
-/// error names the address, and the listener's `role` when a command has more than one.
+/// Bind `address`, which `flag` gave; the listener and the address it got (a port 0 becomes
+/// a real one). An error names the address, the flag and the operating system's reason.
 pub(crate) async fn bind(
     address: SocketAddr,
-    role: Option<&str>,
+    flag: &str,
 ) -> Result<(TcpListener, SocketAddr), Error> {
-    let doing = match role {
-        Some(role) => format!("listening on {address} ({role})"),
-        None => format!("listening on {address}"),
-    };
+    let doing = format!("cannot listen on {address}, given by {flag}");
     let listener = TcpListener::bind(address)
         .await
         .map_err(|err| Error::io(&doing, err))?;
@@ -235,7 +232,9 @@ mod tests {
     /// that was in flight before it returns.
     #[tokio::test]
     async fn shutdown_drains_the_request_in_flight() {
-        let (socket, address) = bind(([127, 0, 0, 1], 0).into(), None).await.expect("bind");
+        let (socket, address) = bind(([127, 0, 0, 1], 0).into(), "--listen")
+            .await
+            .expect("bind");
         let (started, mut handler_started) = mpsc::unbounded_channel::<()>();
         let release = Arc::new(Notify::new());
         let router = Router::new().route(

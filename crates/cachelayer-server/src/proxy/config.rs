@@ -6,10 +6,11 @@
 //! This module must never log secrets: [`ProxyConfig`]'s `Debug` redacts the admin token
 //! and the Redis password, because the effective configuration is logged at start.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use cachelayer::CacheConfig;
+use cachelayer::http::HostPort;
 use cachelayer::http::policy::SetCookieResponses;
 use clap::{Args, ValueEnum};
 
@@ -20,6 +21,11 @@ use cachelayer::config::Secret;
 
 use crate::flags::{CommonArgs, Stale, duration, parse_address, worker_count, workers_or_default};
 use crate::logging::LogFormat;
+
+/// `--listen`, as errors name it.
+pub(super) const LISTEN_FLAG: &str = "--listen (CACHELAYER_LISTEN)";
+/// `--admin-listen`, as errors name it.
+pub(super) const ADMIN_LISTEN_FLAG: &str = "--admin-listen (CACHELAYER_ADMIN_LISTEN)";
 
 /// Default `--upstream-max-concurrency`: the idle connections kept to the upstream, so every
 /// request let through finds a pooled connection.
@@ -168,6 +174,8 @@ pub struct ProxyConfig {
     pub cache: CacheConfig,
     /// Hosts served (others get 421), empty: any.
     pub allowed_hosts: Vec<String>,
+    /// Whether the `Host`'s port is part of keys.
+    pub key_host_port: HostPort,
     /// Serve stale responses this long when the upstream fails.
     pub stale_if_error: Duration,
     /// Serve stale responses this long while one refresh runs.
@@ -195,11 +203,9 @@ impl ProxyArgs {
     pub fn into_config(self) -> Result<ProxyConfig, Error> {
         let upstream = parse_upstream(&self.upstream)?;
         let key_scope = key_scope(self.key_scope.as_deref(), &upstream)?;
-        let listen = parse_address("--listen (CACHELAYER_LISTEN)", &self.listen)?;
-        let admin_listen = parse_address(
-            "--admin-listen (CACHELAYER_ADMIN_LISTEN)",
-            &self.admin_listen,
-        )?;
+        let listen = parse_address(LISTEN_FLAG, &self.listen)?;
+        let admin_listen = parse_address(ADMIN_LISTEN_FLAG, &self.admin_listen)?;
+        check_apart(listen, admin_listen)?;
         let rules = match &self.rules {
             Some(path) => load_rules(path)?,
             None => Vec::new(),
@@ -232,6 +238,7 @@ impl ProxyArgs {
             shutdown_timeout: self.shutdown_timeout,
             cache,
             allowed_hosts: common.hosts(),
+            key_host_port: common.key_host_port.into(),
             stale_if_error: self.stale_if_error,
             stale_while_revalidate: self.stale_while_revalidate,
             key_scope,
@@ -243,6 +250,38 @@ impl ProxyArgs {
             log: common.log,
             limits: common.limits.limits()?,
         })
+    }
+}
+
+/// `--admin-listen` apart from `--listen`: both on one address would fail to bind (or, with
+/// a wildcard, leave one listener answering the other's clients).
+fn check_apart(listen: SocketAddr, admin_listen: SocketAddr) -> Result<(), Error> {
+    if !collide(listen, admin_listen) {
+        return Ok(());
+    }
+    Err(Error::config(
+        ADMIN_LISTEN_FLAG,
+        format!(
+            "{admin_listen} collides with {LISTEN_FLAG} {listen}; give the admin listener a port of its own"
+        ),
+    ))
+}
+
+/// Whether two listeners would contend for one port: the same port (not 0, which picks a
+/// free one for each) and the same address, or a wildcard covering the other's.
+fn collide(a: SocketAddr, b: SocketAddr) -> bool {
+    let (a_ip, b_ip) = (a.ip().to_canonical(), b.ip().to_canonical());
+    a.port() == b.port()
+        && a.port() != 0
+        && (a_ip == b_ip || covers(a_ip, b_ip) || covers(b_ip, a_ip))
+}
+
+/// Whether a listener on `wildcard` takes connections to `ip`: `0.0.0.0` those to every IPv4
+/// address, `::` those to every address (a dual-stack socket, Linux's default).
+fn covers(wildcard: IpAddr, ip: IpAddr) -> bool {
+    match wildcard {
+        IpAddr::V4(v4) => v4.is_unspecified() && ip.is_ipv4(),
+        IpAddr::V6(v6) => v6.is_unspecified(),
     }
 }
 
@@ -363,5 +402,37 @@ mod tests {
         assert_eq!(slower.cache.lock_max_wait, Duration::from_secs(45));
         let told = parse(&["--lock-max-wait", "2s"]);
         assert_eq!(told.cache.lock_max_wait, Duration::from_secs(2));
+    }
+
+    /// The listeners must not contend for one port: refused naming both flags, whether the
+    /// addresses are equal or one is a wildcard covering the other.
+    #[test]
+    fn listeners_on_one_port_are_refused() {
+        for (listen, admin) in [
+            ("127.0.0.1:9000", "127.0.0.1:9000"),
+            ("0.0.0.0:9000", "127.0.0.1:9000"),
+            ("127.0.0.1:9000", "0.0.0.0:9000"),
+            ("[::]:9000", "127.0.0.1:9000"),
+            ("[::ffff:127.0.0.1]:9000", "127.0.0.1:9000"),
+        ] {
+            let argv = ["proxy", "--upstream", "http://127.0.0.1:5000"];
+            let argv = argv
+                .into_iter()
+                .chain(["--listen", listen, "--admin-listen", admin]);
+            let proxy = <Proxy as clap::Parser>::try_parse_from(argv).expect("flags");
+            let err = proxy.args.into_config().expect_err("refused").to_string();
+            assert!(
+                err.contains(ADMIN_LISTEN_FLAG) && err.contains(LISTEN_FLAG),
+                "{listen} {admin}: {err}"
+            );
+        }
+        for (listen, admin) in [
+            ("127.0.0.1:9000", "127.0.0.1:9001"),
+            ("127.0.0.1:0", "127.0.0.1:0"),
+            ("127.0.0.1:9000", "127.0.0.2:9000"),
+            ("0.0.0.0:9000", "[::1]:9000"),
+        ] {
+            parse(&["--listen", listen, "--admin-listen", admin]);
+        }
     }
 }

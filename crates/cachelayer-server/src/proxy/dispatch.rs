@@ -107,7 +107,8 @@ impl Dispatch {
             .targeted_cache_control(&config.targeted_cache_control)
             .heuristic_freshness(!config.heuristic_freshness_limit.is_zero())
             .heuristic_freshness_limit(config.heuristic_freshness_limit)
-            .set_cookie_responses(config.set_cookie_responses);
+            .set_cookie_responses(config.set_cookie_responses)
+            .key_host_port(config.key_host_port);
         if !config.allowed_hosts.is_empty() {
             base = base.allowed_hosts(config.allowed_hosts.iter().cloned());
         }

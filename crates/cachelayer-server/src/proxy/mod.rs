@@ -1,6 +1,6 @@
 //! `cachelayer proxy`: the HTTP cache layer in front of any existing API, as a reverse proxy.
-//! This file runs it: the cache, the two listeners, and what is cleaned up after the shared
-//! drain (`crate::listen`).
+//! This file runs it: the cache, the two listeners (bound before anything else starts), and
+//! what is cleaned up after the shared drain (`crate::listen`).
 //!
 //! Two listeners: clients on `--listen`, where every request goes through the cache (or a
 //! rule's bypass) to the upstream (`dispatch`, `forward`); and operators on `--admin-listen`
@@ -30,6 +30,7 @@ use axum::middleware::from_fn_with_state;
 use tokio::time::Instant;
 
 use self::admin_listener::AdminApp;
+use self::config::{ADMIN_LISTEN_FLAG, LISTEN_FLAG};
 pub use self::config::{HostMode, ProxyArgs, ProxyConfig};
 use self::dispatch::{Clients, Dispatch};
 use self::forward::Forwarder;
@@ -58,6 +59,10 @@ const ADMIN_MAX_CONNECTIONS: usize = 64;
 pub async fn run(config: ProxyConfig) -> Result<(), Error> {
     let metrics = prometheus();
     tracing::info!(config = ?config, "starting cachelayer proxy");
+    // The flags were checked before the runtime started (`crate::cli`); both ports are taken
+    // before anything else starts (the cache's Redis connections, the upstream's pool).
+    let (socket, address) = bind(config.listen, LISTEN_FLAG).await?;
+    let (admin_socket, admin_address) = bind(config.admin_listen, ADMIN_LISTEN_FLAG).await?;
     let cache = config
         .cache
         .build()
@@ -107,8 +112,6 @@ pub async fn run(config: ProxyConfig) -> Result<(), Error> {
         Observed::new(outcomes, "admin-unmatched"),
         observe,
     ));
-    let (socket, address) = bind(config.listen, Some("clients")).await?;
-    let (admin_socket, admin_address) = bind(config.admin_listen, Some("admin")).await?;
     let upkeep = tokio::spawn(run_upkeep(metrics));
     let limits = config.limits.within_open_files(raise_open_file_limit());
     let listeners = vec![

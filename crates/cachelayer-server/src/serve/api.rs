@@ -12,15 +12,14 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use cachelayer::LoadSource;
 use cachelayer::http::CacheTags;
+use cachelayer::http::conditional;
 use cachelayer::http::status::{CacheStatus, Forward};
 use serde::Serialize;
-use utoipa::{IntoParams, ToSchema};
+use utoipa::ToSchema;
 
-use super::catalogue::{LIST_TAG, ReadSource};
-use super::product::{
-    Completeness, ControlChars, MAX_CATEGORY_CHARS, Product, ProductInput, ProductPatch,
-    parse_changes,
-};
+use super::catalogue::{LIST_TAG, ProductJson, ReadSource};
+use super::product::{Completeness, ControlChars, MAX_CATEGORY_CHARS, Product, parse_changes};
+use super::schema::{ListParams, ProductInput, ProductPatch};
 use super::state::AppState;
 use crate::error::{ApiError, ErrorBody, FieldError, body_within};
 
@@ -36,6 +35,14 @@ pub(crate) const MAX_OFFSET: i64 = 1_000_000;
 
 /// One page of products.
 #[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({
+    "items": [{
+        "id": 7, "name": "Oak desk lamp", "description": "Made of oak, for lighting.",
+        "price": 49.5, "category": "lighting", "tags": ["oak", "warm"], "stock": 12,
+        "created_at": "2026-12-01T09:30:00Z", "updated_at": "2026-12-02T16:05:12.250Z"
+    }],
+    "total": 1, "limit": 20, "offset": 0
+}))]
 pub(crate) struct ProductPage {
     /// The products on this page, in id order.
     pub items: Vec<Product>,
@@ -47,17 +54,21 @@ pub(crate) struct ProductPage {
     pub offset: i64,
 }
 
-/// Query parameters of the product list.
-#[derive(Debug, IntoParams)]
-#[into_params(parameter_in = Query)]
-#[allow(dead_code)] // Describes the query for OpenAPI; the handler parses it by hand.
-pub(crate) struct ListParams {
-    /// Only products of this category (1 to 50 characters, no control characters).
-    category: Option<String>,
-    /// Page size, 1 to 100 (default 20).
-    limit: Option<i64>,
-    /// Products to skip, 0 to 1,000,000 (default 0).
-    offset: Option<i64>,
+/// The values of `X-Cache`, for the description (the header is written by
+/// [`CacheStatus`]).
+#[derive(ToSchema)]
+#[schema(rename_all = "UPPERCASE")]
+#[allow(dead_code)] // Describes a header for OpenAPI.
+pub(crate) enum XCache {
+    /// Answered from the cache.
+    Hit,
+    /// Answered from the database (or the origin), and stored.
+    Miss,
+    /// Answered from the cache past its freshness (the store or the database failed, or it
+    /// is being refreshed).
+    Stale,
+    /// Answered around the cache (caching is off, or an invalidation is pending).
+    Bypass,
 }
 
 /// `X-Cache` and `Cache-Status` (RFC 9211) for a product read.
@@ -130,26 +141,84 @@ fn no_product(id: i64) -> ApiError {
     get,
     path = "/products/{id}",
     tag = "products",
-    params(("id" = i64, Path, description = "Product id")),
+    params(
+        ("id" = i64, Path, minimum = 1, description = "Product id: a positive whole number, written plainly (`7`, not `07`)"),
+        ("If-None-Match" = Option<String>, Header, nullable = false, description = "Entity tags of copies the client holds; `304` when one is current"),
+    ),
     responses(
-        (status = 200, description = "The product; `X-Cache` says whether the cache answered", body = Product),
-        (status = 404, description = "No such product (cached briefly)", body = ErrorBody),
-        (status = 422, description = "The id is not a positive whole number", body = ErrorBody),
+        (status = 200, description = "The product; `X-Cache` says whether the cache answered",
+            body = Product, headers(
+                ("ETag" = String, description = "Strong entity tag of this JSON"),
+                ("X-Cache" = XCache, description = "Where the answer came from"),
+                ("Cache-Status" = String, description = "RFC 9211: the cache's part in the answer"))),
+        (status = 304, description = "Not modified: the `If-None-Match` names the current tag",
+            headers(
+                ("ETag" = String, description = "Strong entity tag of the current JSON"),
+                ("X-Cache" = XCache, description = "Where the answer came from"),
+                ("Cache-Status" = String, description = "RFC 9211: the cache's part in the answer"))),
+        (status = 404, description = "No such product (remembered briefly)", body = ErrorBody,
+            headers(
+                ("X-Cache" = XCache, description = "Where the answer came from"),
+                ("Cache-Status" = String, description = "RFC 9211: the cache's part in the answer"))),
+        (status = 422, description = "The id is not a positive whole number written plainly", body = ErrorBody),
         (status = 503, description = "The database is unavailable", body = ErrorBody),
     )
 )]
 pub(crate) async fn get_product(
     State(state): State<AppState>,
     raw: Result<Path<String>, PathRejection>,
+    request: HeaderMap,
 ) -> Result<Response, ApiError> {
     let id = product_id(raw)?;
     let (product, source) = state.catalogue.product(id).await?;
     let mut response = match product {
-        Some(json) => ([(header::CONTENT_TYPE, APPLICATION_JSON)], json.0).into_response(),
+        Some(product) => product_response(product, &request),
         None => no_product(id).into_response(),
     };
     cache_headers(response.headers_mut(), source);
     Ok(response)
+}
+
+/// A product read: its JSON and `ETag`, or `304 Not Modified` when the request's
+/// `If-None-Match` names the tag (the client's copy is current).
+fn product_response(product: ProductJson, request: &HeaderMap) -> Response {
+    let etag = product.etag().clone();
+    let current = etag
+        .to_str()
+        .is_ok_and(|etag| conditional::if_none_match(request, etag));
+    if current {
+        return (StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response();
+    }
+    (
+        [
+            (header::CONTENT_TYPE, APPLICATION_JSON),
+            (header::ETAG, etag),
+        ],
+        product.into_json(),
+    )
+        .into_response()
+}
+
+/// A write's answer: the product as stored, with the `ETag` a read of it will carry.
+fn written(status: StatusCode, product: &Product) -> Response {
+    match ProductJson::of(product) {
+        Ok(json) => {
+            let etag = json.etag().clone();
+            (
+                status,
+                [
+                    (header::CONTENT_TYPE, APPLICATION_JSON),
+                    (header::ETAG, etag),
+                ],
+                json.into_json(),
+            )
+                .into_response()
+        }
+        Err(err) => {
+            tracing::error!(error = %err, "a product could not be written as JSON");
+            ApiError::internal().into_response()
+        }
+    }
 }
 
 /// List products, a page at a time.
@@ -157,10 +226,24 @@ pub(crate) async fn get_product(
     get,
     path = "/products",
     tag = "products",
-    params(ListParams),
+    params(
+        ListParams,
+        ("If-None-Match" = Option<String>, Header, nullable = false, description = "Entity tags of copies the client holds; `304` when one is current"),
+    ),
     responses(
-        (status = 200, description = "A page of products; cached by the HTTP layer (`X-Cache`, `Cache-Status`, `ETag`)", body = ProductPage),
-        (status = 422, description = "A query parameter is invalid", body = ErrorBody),
+        (status = 200, description = "A page of products, cached by the HTTP layer (shared by every instance on one store, dropped by every write)",
+            body = ProductPage, headers(
+                ("ETag" = String, description = "Strong entity tag of this page"),
+                ("X-Cache" = XCache, description = "Where the answer came from"),
+                ("Cache-Status" = String, description = "RFC 9211: the cache's part in the answer"),
+                ("Age" = Option<i64>, description = "Seconds since the page was stored, on answers from the cache"))),
+        (status = 304, description = "Not modified: the `If-None-Match` names the current tag",
+            headers(
+                ("ETag" = String, description = "Strong entity tag of the current page"),
+                ("X-Cache" = XCache, description = "Where the answer came from"),
+                ("Cache-Status" = String, description = "RFC 9211: the cache's part in the answer"))),
+        (status = 422, description = "A query parameter is invalid, unknown, given twice, or a number not written plainly", body = ErrorBody),
+        (status = 503, description = "The database is unavailable", body = ErrorBody),
     )
 )]
 pub(crate) async fn list_products(
@@ -243,10 +326,12 @@ fn list_params(params: &[(String, String)]) -> Result<(Option<String>, i64, i64)
     post,
     path = "/products",
     tag = "products",
-    request_body = ProductInput,
+    request_body(content = ProductInput, description = "The new product's fields"),
     responses(
-        (status = 201, description = "Created; `Location` names it", body = Product),
-        (status = 413, description = "The body is too large", body = ErrorBody),
+        (status = 201, description = "Created; `Location` names it", body = Product, headers(
+            ("Location" = String, description = "The new product's path, `/products/{id}`"),
+            ("ETag" = String, description = "Strong entity tag a read of it will carry"))),
+        (status = 413, description = "The body is larger than the limit (`--max-body-bytes`)", body = ErrorBody),
         (status = 422, description = "Invalid fields, each named", body = ErrorBody),
         (status = 503, description = "The database is unavailable", body = ErrorBody),
     )
@@ -259,7 +344,7 @@ pub(crate) async fn create_product(
     let changes = parse_changes(&body, Completeness::Full).map_err(ApiError::validation)?;
     let product = state.catalogue.create(changes).await?;
     let location = format!("/products/{}", product.id);
-    let mut response = (StatusCode::CREATED, Json(product)).into_response();
+    let mut response = written(StatusCode::CREATED, &product);
     if let Ok(location) = HeaderValue::from_str(&location) {
         response.headers_mut().insert(header::LOCATION, location);
     }
@@ -271,13 +356,15 @@ pub(crate) async fn create_product(
     put,
     path = "/products/{id}",
     tag = "products",
-    params(("id" = i64, Path, description = "Product id")),
-    request_body = ProductInput,
+    params(("id" = i64, Path, minimum = 1, description = "Product id: a positive whole number, written plainly")),
+    request_body(content = ProductInput, description = "Every writable field; those left out take their defaults"),
     responses(
-        (status = 200, description = "The product as stored", body = Product),
+        (status = 200, description = "The product as stored", body = Product, headers(
+            ("ETag" = String, description = "Strong entity tag a read of it will carry"))),
         (status = 404, description = "No such product", body = ErrorBody),
-        (status = 413, description = "The body is too large", body = ErrorBody),
-        (status = 422, description = "Invalid fields, each named", body = ErrorBody),
+        (status = 413, description = "The body is larger than the limit (`--max-body-bytes`)", body = ErrorBody),
+        (status = 422, description = "Invalid id or fields, each named", body = ErrorBody),
+        (status = 503, description = "The database is unavailable", body = ErrorBody),
     )
 )]
 pub(crate) async fn replace_product(
@@ -293,13 +380,15 @@ pub(crate) async fn replace_product(
     patch,
     path = "/products/{id}",
     tag = "products",
-    params(("id" = i64, Path, description = "Product id")),
-    request_body = ProductPatch,
+    params(("id" = i64, Path, minimum = 1, description = "Product id: a positive whole number, written plainly")),
+    request_body(content = ProductPatch, description = "The fields to change; those left out keep their values"),
     responses(
-        (status = 200, description = "The product as stored", body = Product),
+        (status = 200, description = "The product as stored", body = Product, headers(
+            ("ETag" = String, description = "Strong entity tag a read of it will carry"))),
         (status = 404, description = "No such product", body = ErrorBody),
-        (status = 413, description = "The body is too large", body = ErrorBody),
-        (status = 422, description = "Invalid fields, each named", body = ErrorBody),
+        (status = 413, description = "The body is larger than the limit (`--max-body-bytes`)", body = ErrorBody),
+        (status = 422, description = "Invalid id or fields, each named", body = ErrorBody),
+        (status = 503, description = "The database is unavailable", body = ErrorBody),
     )
 )]
 pub(crate) async fn patch_product(
@@ -330,7 +419,7 @@ async fn write_product(
         (_, Err(fields)) => return Err(ApiError::validation(fields)),
     };
     match state.catalogue.update(id, changes).await? {
-        Some(product) => Ok(Json(product).into_response()),
+        Some(product) => Ok(written(StatusCode::OK, &product)),
         None => Err(no_product(id)),
     }
 }
@@ -340,11 +429,12 @@ async fn write_product(
     delete,
     path = "/products/{id}",
     tag = "products",
-    params(("id" = i64, Path, description = "Product id")),
+    params(("id" = i64, Path, minimum = 1, description = "Product id: a positive whole number, written plainly")),
     responses(
         (status = 204, description = "Deleted"),
         (status = 404, description = "No such product", body = ErrorBody),
-        (status = 422, description = "The id is not a positive whole number", body = ErrorBody),
+        (status = 422, description = "The id is not a positive whole number written plainly", body = ErrorBody),
+        (status = 503, description = "The database is unavailable", body = ErrorBody),
     )
 )]
 pub(crate) async fn delete_product(

@@ -12,7 +12,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use axum::http::HeaderValue;
+use bytes::Bytes;
 use cachelayer::http::ResponseCacheLayer;
+use cachelayer::http::conditional::strong_etag;
 use cachelayer::{Cache, Key, LoadErrorKind, LoadOptions, LoadSource, Raw};
 use tokio::time::Instant;
 
@@ -65,20 +68,77 @@ pub(crate) struct Catalogue {
     pending: Arc<Mutex<Pending>>,
 }
 
-/// A product's JSON exactly as the API sends it, as bytes. This, not the `Product`, is what
-/// the cache holds, in the cache's binary layout: a hit parses nothing and copies nothing
-/// (from the in-process store the response body is a slice of the stored entry), where a
-/// `Product` would be parsed, timestamps included, and serialized back (measured in
-/// BENCHMARKS.md).
-pub(crate) type ProductJson = Raw;
+/// A product's JSON exactly as the API sends it, with its strong entity tag. This, not the
+/// `Product`, is what the cache holds (as [`Raw`] bytes, in the cache's binary layout: the
+/// tag, then the JSON): a hit parses nothing, hashes nothing and copies nothing (from the
+/// in-process store the body and the tag are slices of the stored entry), where a `Product`
+/// would be parsed, timestamps included, and serialized back (measured in BENCHMARKS.md).
+#[derive(Debug, Clone)]
+pub(crate) struct ProductJson {
+    etag: HeaderValue,
+    json: Bytes,
+}
+
+/// Length of a stored tag: `"`, 32 hex digits, `"`.
+const TAG_LEN: usize = 34;
+
+impl ProductJson {
+    /// The JSON of `product` and its tag (a SHA-256 of the JSON, made once per load).
+    pub(crate) fn of(product: &Product) -> serde_json::Result<Self> {
+        let json = Bytes::from(serde_json::to_vec(product)?);
+        Ok(Self {
+            etag: strong_etag(&json),
+            json,
+        })
+    }
+
+    /// The stored layout: the tag, then the JSON.
+    fn into_stored(self) -> Raw {
+        let mut stored = Vec::with_capacity(TAG_LEN + self.json.len());
+        stored.extend_from_slice(self.etag.as_bytes());
+        stored.extend_from_slice(&self.json);
+        Raw::from(stored)
+    }
+
+    /// A stored entry read back. An entry without a tag in front (written by a version
+    /// that stored the JSON alone) gets its tag made here, so it is served all the same.
+    fn from_stored(Raw(stored): Raw) -> Self {
+        let tagged = stored.len() >= TAG_LEN
+            && stored[0] == b'"'
+            && stored[TAG_LEN - 1] == b'"'
+            && stored[1..TAG_LEN - 1].iter().all(u8::is_ascii_hexdigit);
+        let etag = tagged
+            .then(|| HeaderValue::from_maybe_shared(stored.slice(..TAG_LEN)).ok())
+            .flatten();
+        match etag {
+            Some(etag) => Self {
+                etag,
+                json: stored.slice(TAG_LEN..),
+            },
+            None => Self {
+                etag: strong_etag(&stored),
+                json: stored,
+            },
+        }
+    }
+
+    /// The strong entity tag, for `ETag` and `If-None-Match`.
+    pub(crate) fn etag(&self) -> &HeaderValue {
+        &self.etag
+    }
+
+    /// The JSON, as the response body.
+    pub(crate) fn into_json(self) -> Bytes {
+        self.json
+    }
+}
+
+type LoadError = Box<dyn std::error::Error + Send + Sync>;
 
 /// One product from the database, as its JSON.
-async fn product_json(
-    db: &Database,
-    id: i64,
-) -> Result<Option<ProductJson>, Box<dyn std::error::Error + Send + Sync>> {
+async fn product_json(db: &Database, id: i64) -> Result<Option<ProductJson>, LoadError> {
     match db.product(id).await? {
-        Some(product) => Ok(Some(Raw::from(serde_json::to_vec(&product)?))),
+        Some(product) => Ok(Some(ProductJson::of(&product)?)),
         None => Ok(None),
     }
 }
@@ -147,7 +207,10 @@ impl Catalogue {
             return Box::pin(self.uncached(id, "pending-invalidation")).await;
         }
         let db = self.db.clone();
-        let load = Box::pin(async move { product_json(&db, id).await });
+        let load = Box::pin(async move {
+            let product = product_json(&db, id).await?;
+            Ok::<_, LoadError>(product.map(ProductJson::into_stored))
+        });
         let loaded = self
             .cache
             .entry(key)
@@ -156,7 +219,7 @@ impl Catalogue {
         match loaded {
             Ok(entry) => {
                 let source = ReadSource::Cache(entry.source());
-                Ok((entry.into_value(), source))
+                Ok((entry.into_value().map(ProductJson::from_stored), source))
             }
             Err(err) => match err.kind() {
                 LoadErrorKind::Loader => {
@@ -383,5 +446,49 @@ mod tests {
             "the old row was dropped"
         );
         assert!(!catalogue.invalidations_pending());
+    }
+}
+
+#[cfg(test)]
+mod product_json_tests {
+    use super::*;
+
+    fn sample() -> Product {
+        let at = chrono::DateTime::from_timestamp(1_700_000_000, 0).expect("time");
+        Product {
+            id: 7,
+            name: "Lamp".into(),
+            description: String::new(),
+            price: 12.5,
+            category: "lighting".into(),
+            tags: vec!["oak".into()],
+            stock: 3,
+            created_at: at,
+            updated_at: at,
+        }
+    }
+
+    /// What is stored reads back as the same JSON and tag; the tag is the JSON's.
+    #[test]
+    fn a_stored_product_reads_back_with_its_tag() {
+        let product = ProductJson::of(&sample()).expect("json");
+        let (tag, json) = (product.etag().clone(), product.json.clone());
+        assert_eq!(tag, strong_etag(&json));
+        let read = ProductJson::from_stored(product.into_stored());
+        assert_eq!(read.etag(), &tag);
+        assert_eq!(read.into_json(), json);
+    }
+
+    /// An entry of the JSON alone (as stored before tags were) is served with a tag made
+    /// on the spot; so is one whose front is not a tag.
+    #[test]
+    fn an_untagged_entry_gets_its_tag_made() {
+        let json = serde_json::to_vec(&sample()).expect("json");
+        let read = ProductJson::from_stored(Raw::from(json.clone()));
+        assert_eq!(read.etag(), &strong_etag(&json));
+        assert_eq!(read.into_json(), json);
+        let odd = b"\"not hex, but 34 bytes long......\"{}".to_vec();
+        let read = ProductJson::from_stored(Raw::from(odd.clone()));
+        assert_eq!(read.into_json(), odd);
     }
 }

@@ -10,15 +10,20 @@ use std::time::Duration;
 
 use cachelayer::CacheConfig;
 use cachelayer::config::Secret;
+use cachelayer::http::HostPort;
 use clap::Args;
 
 use crate::error::Error;
-use crate::flags::{CommonArgs, Stale, duration, parse_address, worker_count, workers_or_default};
+use crate::flags::{
+    CommonArgs, Stale, duration, parse_address, within_max_ttl, worker_count, workers_or_default,
+};
 use crate::listen::Limits;
 use crate::logging::LogFormat;
 
 /// The default database: an SQLite file in the working directory.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://cachelayer.db";
+/// `--listen`, as errors name it.
+pub(super) const LISTEN_FLAG: &str = "--listen (CACHELAYER_LISTEN)";
 
 /// Flags of `cachelayer serve`.
 #[derive(Debug, Clone, Args)]
@@ -89,6 +94,8 @@ pub struct ServeConfig {
     pub list_ttl: Duration,
     /// Hosts whose responses the HTTP cache stores (empty: any).
     pub allowed_hosts: Vec<String>,
+    /// Whether the `Host`'s port is part of list pages' keys.
+    pub key_host_port: HostPort,
     /// Admin token, if the admin routes are on.
     pub admin_token: Option<Secret>,
     /// Log format.
@@ -115,6 +122,7 @@ impl std::fmt::Debug for ServeConfig {
             .field("cache_ttl", &self.cache_ttl)
             .field("list_ttl", &self.list_ttl)
             .field("allowed_hosts", &self.allowed_hosts)
+            .field("key_host_port", &self.key_host_port)
             .field("admin_token", &self.admin_token)
             .field("log_format", &self.log_format)
             .field("cache", &self.cache)
@@ -126,7 +134,7 @@ impl std::fmt::Debug for ServeConfig {
 impl ServeArgs {
     /// Check every setting; the first invalid one is named in the error.
     pub fn into_config(self) -> Result<ServeConfig, Error> {
-        let listen = parse_address("--listen (CACHELAYER_LISTEN)", &self.listen)?;
+        let listen = parse_address(LISTEN_FLAG, &self.listen)?;
         check_database_url(&self.database_url)?;
         if self.db_pool_size == 0 {
             return Err(Error::config(
@@ -140,6 +148,24 @@ impl ServeArgs {
                 "--max-body-bytes (CACHELAYER_MAX_BODY_BYTES)",
                 "must be at least 1",
             ));
+        }
+        for (flag, value) in [
+            ("--cache-ttl (CACHELAYER_CACHE_TTL)", self.cache_ttl),
+            ("--list-ttl (CACHELAYER_LIST_TTL)", self.list_ttl),
+            (
+                "--negative-ttl (CACHELAYER_NEGATIVE_TTL)",
+                self.negative_ttl,
+            ),
+            (
+                "--stale-while-revalidate (CACHELAYER_STALE_WHILE_REVALIDATE)",
+                self.stale_while_revalidate,
+            ),
+            (
+                "--stale-if-error (CACHELAYER_STALE_IF_ERROR)",
+                self.stale_if_error,
+            ),
+        ] {
+            within_max_ttl(flag, value)?;
         }
         let common = self.common;
         let stale = Stale {
@@ -159,6 +185,7 @@ impl ServeArgs {
             cache_ttl: self.cache_ttl,
             list_ttl: self.list_ttl,
             allowed_hosts: common.hosts(),
+            key_host_port: common.key_host_port.into(),
             admin_token: common.token(),
             log_format: common.log_format,
             log: common.log,
@@ -224,8 +251,46 @@ mod tests {
         assert!(err.contains("--database-url (DATABASE_URL)"), "{err}");
         let err = parse(&["--database-url", "cachelayer.db"]).expect_err("refused");
         assert!(err.contains("sqlite://cachelayer.db"), "{err}");
-        let err = parse(&["--redis-url", "http://x"]).expect_err("refused");
-        assert!(err.contains("--redis-url (REDIS_URL)"), "{err}");
+        for url in [
+            "http://x",
+            "redis://[::1",
+            "redis://cache:notaport",
+            "redis://cache/db",
+        ] {
+            let err = parse(&["--redis-url", url]).expect_err("refused");
+            assert!(err.contains("--redis-url (REDIS_URL)"), "{url}: {err}");
+        }
+        let err = parse(&["--redis-url", "redis://u:s3cret@cache:port"]).expect_err("refused");
+        assert!(!err.contains("s3cret"), "{err}");
+        let redis = ["--redis-url", "redis://cache", "--redis-pool-size", "0"];
+        let err = parse(&redis).expect_err("refused");
+        assert!(err.contains("--redis-pool-size"), "{err}");
+        // Settings the cache itself would refuse are named by their flags, not as "cache
+        // settings".
+        for (args, flag) in [
+            (
+                &["--namespace", "a:b"][..],
+                "--namespace (CACHELAYER_NAMESPACE)",
+            ),
+            (
+                &["--namespace", "a b"],
+                "--namespace (CACHELAYER_NAMESPACE)",
+            ),
+            (
+                &["--cache-ttl", "11years"],
+                "--cache-ttl (CACHELAYER_CACHE_TTL)",
+            ),
+            (
+                &["--list-ttl", "11years"],
+                "--list-ttl (CACHELAYER_LIST_TTL)",
+            ),
+            (&["--stale-if-error", "11years"], "--stale-if-error"),
+        ] {
+            let err = parse(args).expect_err("refused");
+            assert!(err.contains(flag), "{args:?}: {err}");
+        }
+        // Only its form is checked: nothing listens on port 1, and that is no error at start.
+        parse(&["--redis-url", "redis://127.0.0.1:1/0"]).expect("a well-formed URL");
         let err = parse(&["--cache-ttl", "soon"]).expect_err("refused");
         assert!(err.contains("--cache-ttl"), "{err}");
         let err = parse(&["--listen", "localhost"]).expect_err("refused");

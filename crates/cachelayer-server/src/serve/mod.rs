@@ -3,10 +3,13 @@
 //! cleaned up after the shared drain (`crate::listen`).
 //!
 //! Start-up never needs Redis (the cache connects lazily and fails open); it needs the
-//! database, and says so if it cannot reach it. Shutdown stops accepting, marks the instance
-//! not ready, drains in-flight requests within the timeout, makes a last attempt at pending
-//! invalidations, and closes the database pool. This module must never exit silently:
-//! every way out is logged; and nothing in `serve` may import `proxy`.
+//! database, and says so if it cannot reach it. The flags are checked and the port taken
+//! before the database is opened, so a refused start leaves no database created, migrated
+//! or seeded. Shutdown stops accepting, marks the instance not ready, drains in-flight
+//! requests within the timeout, makes a last attempt at pending invalidations, and closes
+//! the database pool. This module must never exit silently: every way out is logged; it
+//! must never touch the database before the port is taken; and nothing in `serve` may
+//! import `proxy`.
 //!
 //! Dependencies point one way: `mod.rs` → `app` (routes) → `api` / `health` / `openapi`
 //! → `state` → `catalogue` (cache and invalidation) → `db` (SQL) → `product` (the
@@ -20,17 +23,20 @@ mod db;
 mod health;
 mod openapi;
 mod product;
+mod schema;
 mod state;
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use cachelayer::Cache;
 use cachelayer::http::ResponseCacheLayer;
 use tokio::time::Instant;
 
 use self::app::router;
 pub use self::catalogue::INVALIDATION_FAILURES;
 use self::catalogue::{Catalogue, RETRY_EVERY};
+use self::config::LISTEN_FLAG;
 pub use self::config::{DEFAULT_DATABASE_URL, ServeArgs, ServeConfig};
 pub use self::db::DB_QUERIES;
 use self::db::Database;
@@ -54,7 +60,11 @@ const SERVE_KEY_SCOPE: &str = "cachelayer-serve";
 pub async fn run(config: ServeConfig) -> Result<(), Error> {
     let metrics = prometheus();
     tracing::info!(config = ?config, "starting cachelayer serve");
-    let catalogue = open_catalogue(&config).await?;
+    // The flags were checked before the runtime started (`crate::cli`); what is left that
+    // can refuse to start comes before the database too.
+    let (socket, address) = bind(config.listen, LISTEN_FLAG).await?;
+    let cache = open_cache(&config)?;
+    let catalogue = open_catalogue(&config, cache).await?;
     let draining = Draining::default();
     let state = AppState::new(AppContext {
         catalogue: catalogue.clone(),
@@ -70,7 +80,6 @@ pub async fn run(config: ServeConfig) -> Result<(), Error> {
     if state.admin_token.is_none() {
         tracing::info!("no admin token: the admin routes are off");
     }
-    let (socket, address) = bind(config.listen, None).await?;
     let background = [
         tokio::spawn(run_upkeep(metrics)),
         tokio::spawn(retry_invalidations(catalogue.clone())),
@@ -100,11 +109,9 @@ pub async fn run(config: ServeConfig) -> Result<(), Error> {
     Ok(())
 }
 
-/// The database (migrated and seeded) and the cache, as the catalogue.
-async fn open_catalogue(config: &ServeConfig) -> Result<Catalogue, Error> {
-    let db = Database::open(&config.database_url, config.db_pool_size).await?;
-    let seeded = db.seed(config.seed).await?;
-    tracing::info!(database = db.kind(), seeded, "database ready");
+/// The cache. Building it never waits on Redis, which may be down at start; a background
+/// check logs whether it answers.
+fn open_cache(config: &ServeConfig) -> Result<Cache, Error> {
     let cache = config
         .cache
         .build()
@@ -115,8 +122,17 @@ async fn open_catalogue(config: &ServeConfig) -> Result<Catalogue, Error> {
         );
     }
     crate::health::report_redis_at_start(&cache);
+    Ok(cache)
+}
+
+/// The database (migrated and seeded) and the cache, as the catalogue.
+async fn open_catalogue(config: &ServeConfig, cache: Cache) -> Result<Catalogue, Error> {
+    let db = Database::open(&config.database_url, config.db_pool_size).await?;
+    let seeded = db.seed(config.seed).await?;
+    tracing::info!(database = db.kind(), seeded, "database ready");
     let mut lists = ResponseCacheLayer::new(cache.clone())
         .key_scope(SERVE_KEY_SCOPE)
+        .key_host_port(config.key_host_port)
         .default_ttl(Some(config.list_ttl));
     if !config.allowed_hosts.is_empty() {
         lists = lists.allowed_hosts(config.allowed_hosts.iter().cloned());

@@ -31,8 +31,14 @@ pub(crate) const MAX_STOCK: i64 = 1_000_000_000;
 
 /// A product as the API returns it (and as it is cached).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({
+    "id": 7, "name": "Oak desk lamp", "description": "Made of oak, for lighting.",
+    "price": 49.5, "category": "lighting", "tags": ["oak", "warm"], "stock": 12,
+    "created_at": "2026-12-01T09:30:00Z", "updated_at": "2026-12-02T16:05:12.250Z"
+}))]
 pub(crate) struct Product {
     /// Assigned by the database.
+    #[schema(minimum = 1)]
     pub id: i64,
     /// 1 to 200 characters.
     pub name: String,
@@ -50,45 +56,6 @@ pub(crate) struct Product {
     pub created_at: DateTime<Utc>,
     /// When the product was last changed.
     pub updated_at: DateTime<Utc>,
-}
-
-/// The writable fields of a product, all checked (a create or a full replace).
-#[derive(Debug, Clone, PartialEq, Deserialize, ToSchema)]
-pub(crate) struct ProductInput {
-    /// Required, 1 to 200 characters, no control characters.
-    pub name: String,
-    /// Optional (default empty), up to 4000 characters; of the control characters only tab,
-    /// line feed and carriage return.
-    #[serde(default)]
-    pub description: String,
-    /// Required, 0 to 1,000,000 with at most two decimals.
-    pub price: f64,
-    /// Required, 1 to 50 characters, no control characters.
-    pub category: String,
-    /// Optional (default none), up to 20 tags of 1 to 40 characters, no control characters.
-    #[serde(default)]
-    pub tags: Vec<String>,
-    /// Optional (default 0), 0 to 1,000,000,000.
-    #[serde(default)]
-    pub stock: i64,
-}
-
-/// Some writable fields of a product (a partial update); at least one is required.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, ToSchema)]
-pub(crate) struct ProductPatch {
-    /// 1 to 200 characters, no control characters.
-    pub name: Option<String>,
-    /// Up to 4000 characters; of the control characters only tab, line feed and carriage
-    /// return.
-    pub description: Option<String>,
-    /// 0 to 1,000,000 with at most two decimals.
-    pub price: Option<f64>,
-    /// 1 to 50 characters, no control characters.
-    pub category: Option<String>,
-    /// Up to 20 tags of 1 to 40 characters, no control characters.
-    pub tags: Option<Vec<String>>,
-    /// 0 to 1,000,000,000.
-    pub stock: Option<i64>,
 }
 
 /// A checked write, with the price in cents as the database keeps it.
@@ -130,6 +97,64 @@ impl ControlChars {
     }
 }
 
+/// What a text field accepts: its length as sent, in characters (Unicode scalar values, as
+/// JSON Schema's `maxLength` counts them), whether it may be blank, and its control
+/// characters. Lengths count the text as sent, not trimmed, so that the rule is exactly
+/// what the OpenAPI description says; what is stored is trimmed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TextRule {
+    pub(crate) max_chars: usize,
+    pub(crate) blank: Blank,
+    pub(crate) controls: ControlChars,
+}
+
+/// Whether a text may be empty or white space only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Blank {
+    Allowed,
+    Refused,
+}
+
+pub(crate) const NAME: TextRule = TextRule {
+    max_chars: MAX_NAME_CHARS,
+    blank: Blank::Refused,
+    controls: ControlChars::Refused,
+};
+pub(crate) const DESCRIPTION: TextRule = TextRule {
+    max_chars: MAX_DESCRIPTION_CHARS,
+    blank: Blank::Allowed,
+    controls: ControlChars::LayoutOnly,
+};
+pub(crate) const CATEGORY: TextRule = TextRule {
+    max_chars: MAX_CATEGORY_CHARS,
+    blank: Blank::Refused,
+    controls: ControlChars::Refused,
+};
+pub(crate) const TAG: TextRule = TextRule {
+    max_chars: MAX_TAG_CHARS,
+    blank: Blank::Refused,
+    controls: ControlChars::Refused,
+};
+
+impl TextRule {
+    /// What is wrong with `text`, as a field error's message; `None` when it is acceptable.
+    pub(crate) fn problem(self, text: &str) -> Option<String> {
+        // Checked as sent: a control character is refused wherever it is.
+        if let Some(problem) = self.controls.problem(text) {
+            return Some(problem);
+        }
+        let chars = text.chars().count();
+        if chars > self.max_chars {
+            let max = self.max_chars;
+            return Some(format!("must be at most {max} characters; it has {chars}"));
+        }
+        if self.blank == Blank::Refused && text.trim().is_empty() {
+            return Some("must not be empty or blank".to_owned());
+        }
+        None
+    }
+}
+
 /// Whether every writable field must be present (create, replace) or any may be (patch).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Completeness {
@@ -139,7 +164,8 @@ pub(crate) enum Completeness {
 
 /// Fields a client may send back unchanged (from a `GET`) but cannot set.
 const READ_ONLY: [&str; 3] = ["id", "created_at", "updated_at"];
-const WRITABLE: [&str; 6] = ["name", "description", "price", "category", "tags", "stock"];
+pub(crate) const WRITABLE: [&str; 6] =
+    ["name", "description", "price", "category", "tags", "stock"];
 
 /// Check a request body: every problem, by field, or the changes it asks for.
 pub(crate) fn parse_changes(
@@ -173,22 +199,10 @@ pub(crate) fn parse_changes(
         errors: &mut errors,
     };
     let changes = ProductChanges {
-        name: fields.text("name", true, 1, MAX_NAME_CHARS, ControlChars::Refused),
-        description: fields.text(
-            "description",
-            false,
-            0,
-            MAX_DESCRIPTION_CHARS,
-            ControlChars::LayoutOnly,
-        ),
+        name: fields.text("name", true, NAME),
+        description: fields.text("description", false, DESCRIPTION),
         price_cents: fields.price("price"),
-        category: fields.text(
-            "category",
-            true,
-            1,
-            MAX_CATEGORY_CHARS,
-            ControlChars::Refused,
-        ),
+        category: fields.text("category", true, CATEGORY),
         tags: fields.tags("tags"),
         stock: fields.stock("stock"),
     };
@@ -258,33 +272,15 @@ impl<'a> Fields<'a> {
         None
     }
 
-    fn text(
-        &mut self,
-        name: &str,
-        required: bool,
-        min: usize,
-        max: usize,
-        controls: ControlChars,
-    ) -> Option<String> {
+    fn text(&mut self, name: &str, required: bool, rule: TextRule) -> Option<String> {
         let value = self.value(name, required)?;
         let Some(text) = value.as_str() else {
             return self.reject(name, "must be a string");
         };
-        // Checked as sent, before trimming: a control character is refused wherever it is.
-        if let Some(problem) = controls.problem(text) {
-            return self.reject(name, problem);
+        match rule.problem(text) {
+            Some(problem) => self.reject(name, problem),
+            None => Some(text.trim().to_owned()),
         }
-        let text = text.trim().to_owned();
-        let chars = text.chars().count();
-        if chars < min || chars > max {
-            let range = if min == 0 {
-                format!("at most {max} characters")
-            } else {
-                format!("{min} to {max} characters (after trimming spaces)")
-            };
-            return self.reject(name, format!("must be {range}; it has {chars}"));
-        }
-        Some(text)
     }
 
     fn price(&mut self, name: &str) -> Option<i64> {
@@ -313,19 +309,13 @@ impl<'a> Fields<'a> {
         }
         let mut tags = Vec::with_capacity(items.len());
         for (index, item) in items.iter().enumerate() {
-            let tag = item.as_str().unwrap_or_default();
-            if let Some(problem) = ControlChars::Refused.problem(tag) {
+            let Some(tag) = item.as_str() else {
+                return self.reject(name, format!("tag {}: must be a string", index + 1));
+            };
+            if let Some(problem) = TAG.problem(tag) {
                 return self.reject(name, format!("tag {}: {problem}", index + 1));
             }
-            let tag = tag.trim();
-            let chars = tag.chars().count();
-            if !item.is_string() || chars == 0 || chars > MAX_TAG_CHARS {
-                return self.reject(
-                    name,
-                    format!("must hold strings of 1 to {MAX_TAG_CHARS} characters"),
-                );
-            }
-            tags.push(tag.to_owned());
+            tags.push(tag.trim().to_owned());
         }
         Some(tags)
     }

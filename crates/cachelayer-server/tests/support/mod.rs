@@ -401,3 +401,42 @@ pub fn libfaketime() -> &'static str {
         .find(|path| std::path::Path::new(path).exists())
         .expect("libfaketime is not installed; scripts/test installs Debian's faketime")
 }
+
+/// What a run of the binary that ended by itself wrote, and how it ended.
+pub struct Exited {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Run the binary with `args` (a subcommand first) and a clean environment until it exits,
+/// for runs expected to end by themselves (a refused start); what it wrote.
+///
+/// # Panics
+/// If it is still running after [`PATIENCE`] (it is killed first).
+pub fn run_to_exit(args: &[&str]) -> Exited {
+    let child = Command::new(env!("CARGO_BIN_EXE_cachelayer"))
+        .args(args)
+        .env_remove("REDIS_URL")
+        .env_remove("DATABASE_URL")
+        .env_remove("CACHELAYER_ADMIN_TOKEN")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the cachelayer binary");
+    let pid = child.id().to_string();
+    let (exited, exit) = std::sync::mpsc::channel();
+    std::thread::spawn(move || exited.send(child.wait_with_output()));
+    let Ok(output) = exit.recv_timeout(PATIENCE) else {
+        // Still running, so not yet reaped: the PID is still the child's.
+        let _ = Command::new("kill").args(["-KILL", &pid]).status();
+        panic!("{args:?} still running after {PATIENCE:?}");
+    };
+    let output = output.expect("wait for the cachelayer binary");
+    Exited {
+        status: output.status,
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}

@@ -1,0 +1,296 @@
+//! The OpenAPI schemas of what a client sends to the catalogue (write bodies, list query),
+//! built from the very rules the checks in [`product`](super::product) and the list route
+//! apply, so the description and the checks cannot disagree: a body is valid against its
+//! schema exactly when the API accepts it (the contract test holds both to it).
+//!
+//! This module must never state a rule the checks do not enforce, nor leave out one they do.
+
+use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::{
+    AdditionalProperties, AllOfBuilder, AnyOfBuilder, ArrayBuilder, KnownFormat, Object,
+    ObjectBuilder, Schema, SchemaFormat, SchemaType, Type,
+};
+use utoipa::{IntoParams, PartialSchema, ToSchema};
+
+use super::api::{DEFAULT_LIMIT, MAX_LIMIT, MAX_OFFSET};
+use super::product::{
+    Blank, CATEGORY, ControlChars, DESCRIPTION, MAX_CATEGORY_CHARS, MAX_PRICE, MAX_STOCK, MAX_TAGS,
+    NAME, TAG, TextRule, WRITABLE,
+};
+
+/// A character a text may hold, by [`ControlChars`]: no control character (Unicode
+/// category Cc) at all, or only tab, line feed and carriage return. `\u` escapes read the
+/// same in ECMA-262 and Rust regular expressions.
+fn allowed_char(controls: ControlChars) -> &'static str {
+    match controls {
+        ControlChars::Refused => r"[^\u0000-\u001F\u007F-\u009F]",
+        ControlChars::LayoutOnly => r"[^\u0000-\u0008\u000B\u000C\u000E-\u001F\u007F-\u009F]",
+    }
+}
+
+/// A character that makes a text not blank: neither a control character nor white space
+/// (Unicode's White_Space, which trimming removes).
+const VISIBLE_CHAR: &str =
+    r"[^\u0000-\u0020\u007F-\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]";
+
+/// The `pattern` of a text rule: its characters, and one visible one when it may not be
+/// blank.
+pub(crate) fn pattern(rule: TextRule) -> String {
+    let allowed = allowed_char(rule.controls);
+    match rule.blank {
+        Blank::Allowed => format!("^{allowed}*$"),
+        Blank::Refused => format!("^{allowed}*{VISIBLE_CHAR}{allowed}*$"),
+    }
+}
+
+/// A text field's schema.
+fn text(rule: TextRule, description: &str) -> ObjectBuilder {
+    let min = match rule.blank {
+        Blank::Allowed => 0,
+        Blank::Refused => 1,
+    };
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .min_length(Some(min))
+        .max_length(Some(rule.max_chars))
+        .pattern(Some(pattern(rule)))
+        .description(Some(description))
+}
+
+pub(crate) fn name() -> Object {
+    text(
+        NAME,
+        "1 to 200 characters, not blank, no control characters; stored trimmed.",
+    )
+    .examples(["Oak desk lamp"])
+    .build()
+}
+
+pub(crate) fn description() -> Object {
+    text(
+        DESCRIPTION,
+        "Up to 4000 characters; of the control characters only tab, line feed and carriage return; stored trimmed.",
+    )
+    .examples(["Made of oak, for lighting."])
+    .build()
+}
+
+pub(crate) fn category() -> Object {
+    text(
+        CATEGORY,
+        "1 to 50 characters, not blank, no control characters; stored trimmed. Lists filter on it.",
+    )
+    .examples(["lighting"])
+    .build()
+}
+
+pub(crate) fn price() -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::Number)
+        .minimum(Some(0.0))
+        .maximum(Some(MAX_PRICE))
+        .multiple_of(Some(0.01))
+        .description(Some(
+            "In currency units, 0 to 1,000,000, with at most two decimals (kept exactly, as cents).",
+        ))
+        .examples([49.5])
+        .build()
+}
+
+pub(crate) fn stock() -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::Integer)
+        .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
+        .minimum(Some(0.0))
+        .maximum(Some(MAX_STOCK as f64))
+        .description(Some(
+            "Units in stock, 0 to 1,000,000,000. An integer-valued number such as 167.0 counts as 167.",
+        ))
+        .examples([12])
+        .build()
+}
+
+pub(crate) fn tags() -> utoipa::openapi::schema::Array {
+    ArrayBuilder::new()
+        .items(text(
+            TAG,
+            "1 to 40 characters, not blank, no control characters; stored trimmed.",
+        ))
+        .max_items(Some(MAX_TAGS))
+        .description(Some("Up to 20 tags; duplicates are kept."))
+        .examples([serde_json::json!(["oak", "warm"])])
+        .build()
+}
+
+/// A field a client may send back unchanged from a read, which a write ignores.
+fn ignored(description: &str) -> Object {
+    ObjectBuilder::new()
+        .schema_type(SchemaType::AnyValue)
+        .read_only(true)
+        .description(Some(description))
+        .build()
+}
+
+pub(crate) fn read_only_id() -> Object {
+    ignored("Read-only: assigned by the database. Accepted with any value and ignored.")
+}
+
+pub(crate) fn read_only_time() -> Object {
+    ignored("Read-only: kept by the database. Accepted with any value and ignored.")
+}
+
+/// The body of a create or a full replace: every writable field (optional ones take their
+/// defaults), the read-only fields of a read allowed back, nothing else.
+#[derive(ToSchema)]
+#[allow(dead_code)] // Describes the body for OpenAPI; `parse_changes` checks it.
+#[schema(example = json!({
+    "name": "Oak desk lamp", "description": "Made of oak, for lighting.", "price": 49.5,
+    "category": "lighting", "tags": ["oak", "warm"], "stock": 12
+}))]
+pub(crate) struct ProductInput {
+    #[schema(schema_with = name)]
+    name: String,
+    /// Default empty.
+    #[schema(schema_with = description)]
+    description: Option<String>,
+    #[schema(schema_with = price)]
+    price: f64,
+    #[schema(schema_with = category)]
+    category: String,
+    /// Default none.
+    #[schema(schema_with = tags)]
+    tags: Option<Vec<String>>,
+    /// Default 0.
+    #[schema(schema_with = stock)]
+    stock: Option<i64>,
+    #[schema(schema_with = read_only_id)]
+    id: Option<i64>,
+    #[schema(schema_with = read_only_time)]
+    created_at: Option<String>,
+    #[schema(schema_with = read_only_time)]
+    updated_at: Option<String>,
+}
+
+/// The body of a partial update: at least one writable field, none of them `null` (leave a
+/// field out to keep its value), the read-only fields of a read allowed back, nothing else.
+#[derive(ToSchema)]
+#[allow(dead_code)] // Describes the body for OpenAPI; `parse_changes` checks it.
+#[schema(example = json!({ "price": 44.0, "stock": 11 }))]
+pub(crate) struct ProductPatch {
+    #[schema(schema_with = name)]
+    name: Option<String>,
+    #[schema(schema_with = description)]
+    description: Option<String>,
+    #[schema(schema_with = price)]
+    price: Option<f64>,
+    #[schema(schema_with = category)]
+    category: Option<String>,
+    #[schema(schema_with = tags)]
+    tags: Option<Vec<String>>,
+    #[schema(schema_with = stock)]
+    stock: Option<i64>,
+    #[schema(schema_with = read_only_id)]
+    id: Option<i64>,
+    #[schema(schema_with = read_only_time)]
+    created_at: Option<String>,
+    #[schema(schema_with = read_only_time)]
+    updated_at: Option<String>,
+}
+
+/// A write body's object schema closed to other properties; for a patch, also at least
+/// one writable field (`minProperties` alone would count the read-only ones).
+pub(crate) fn write_body(object: RefOr<Schema>, at_least_one_field: bool) -> RefOr<Schema> {
+    let RefOr::T(Schema::Object(mut object)) = object else {
+        return object;
+    };
+    object.additional_properties = Some(Box::new(AdditionalProperties::FreeForm(false)));
+    if !at_least_one_field {
+        return Schema::Object(object).into();
+    }
+    object.min_properties = Some(1);
+    let one_of_them = WRITABLE.iter().fold(AnyOfBuilder::new(), |any, field| {
+        any.item(ObjectBuilder::new().required(*field))
+    });
+    let all = AllOfBuilder::new()
+        .item(object)
+        .item(one_of_them)
+        .description(Some(
+            "At least one of name, description, price, category, tags, stock.",
+        ))
+        .build();
+    RefOr::T(Schema::AllOf(all))
+}
+
+/// The full replace and create body, closed.
+pub(crate) fn product_input() -> RefOr<Schema> {
+    write_body(ProductInput::schema(), false)
+}
+
+/// The partial update body, closed, with at least one writable field.
+pub(crate) fn product_patch() -> RefOr<Schema> {
+    write_body(ProductPatch::schema(), true)
+}
+
+/// Query parameters of the product list. Others are refused (422), as are numbers not
+/// written plainly (`05`, `+5`), and a parameter given twice.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)] // Describes the query for OpenAPI; the handler parses it by hand.
+pub(crate) struct ListParams {
+    /// Only products of this category (1 to 50 characters, no control characters; compared
+    /// exactly).
+    #[param(schema_with = category_filter)]
+    category: Option<String>,
+    /// Page size, 1 to 100 (default 20).
+    #[param(schema_with = limit)]
+    limit: Option<i64>,
+    /// Products to skip, 0 to 1,000,000 (default 0).
+    #[param(schema_with = offset)]
+    offset: Option<i64>,
+}
+
+fn category_filter() -> Object {
+    let rule = TextRule {
+        blank: Blank::Allowed,
+        ..CATEGORY
+    };
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .min_length(Some(1))
+        .max_length(Some(MAX_CATEGORY_CHARS))
+        .pattern(Some(pattern(rule)))
+        .description(Some(
+            "Only products of this category: 1 to 50 characters, no control characters, compared exactly.",
+        ))
+        .examples(["lighting"])
+        .build()
+}
+
+fn whole_number(min: i64, max: i64, default: i64, description: &str) -> Object {
+    ObjectBuilder::new()
+        .description(Some(description))
+        .schema_type(Type::Integer)
+        .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
+        .minimum(Some(min as f64))
+        .maximum(Some(max as f64))
+        .default(Some(default.into()))
+        .build()
+}
+
+fn limit() -> Object {
+    whole_number(
+        1,
+        MAX_LIMIT,
+        DEFAULT_LIMIT,
+        "Page size, 1 to 100 (default 20).",
+    )
+}
+
+fn offset() -> Object {
+    whole_number(
+        0,
+        MAX_OFFSET,
+        0,
+        "Products to skip, 0 to 1,000,000 (default 0).",
+    )
+}
