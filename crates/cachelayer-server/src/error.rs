@@ -162,6 +162,15 @@ impl ApiError {
         )
     }
 
+    /// A write whose `If-Match` / `If-None-Match` does not hold (RFC 9110 section 13.1).
+    pub(crate) fn precondition_failed() -> Self {
+        Self::new(
+            StatusCode::PRECONDITION_FAILED,
+            "precondition_failed",
+            "the product is not in the state If-Match / If-None-Match names (it changed, or does not exist); read it again",
+        )
+    }
+
     pub(crate) fn unauthorized() -> Self {
         Self::new(
             StatusCode::UNAUTHORIZED,

@@ -50,6 +50,22 @@ impl Status {
     }
 }
 
+/// A string schema of a few words, for fields whose Rust type is not the word itself.
+pub(crate) fn one_of_words(words: &[&str]) -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::Type::String)
+        .enum_values(Some(words.iter().copied()))
+        .build()
+}
+
+fn breaker_states() -> utoipa::openapi::Object {
+    one_of_words(&["closed", "half_open", "open"])
+}
+
+fn near_states() -> utoipa::openapi::Object {
+    one_of_words(&["watching", "blind", "off"])
+}
+
 /// Redis as `/health` sees it.
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct RedisHealth {
@@ -59,7 +75,7 @@ pub(crate) struct RedisHealth {
     pub latency_ms: Option<f64>,
     /// The circuit breaker: `closed`, `half_open` or `open`.
     #[serde(serialize_with = "breaker_label")]
-    #[schema(value_type = String)]
+    #[schema(schema_with = breaker_states)]
     pub breaker: BreakerState,
     /// Multiplexed connections in the pool.
     pub pool_connections: usize,
@@ -74,7 +90,7 @@ pub(crate) struct RedisHealth {
 pub(crate) struct NearHealth {
     /// `watching` (served from memory), `blind` (change tracking lost: emptied and
     /// bypassed until it is back) or `off`.
-    #[schema(value_type = String)]
+    #[schema(schema_with = near_states)]
     pub state: NearState,
     /// Entries held.
     pub entries: u64,

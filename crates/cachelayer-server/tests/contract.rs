@@ -21,6 +21,7 @@ use proptest::test_runner::{Config, TestRunner};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
+use cachelayer_testkit::RedisServer;
 use spec::{Answer, Operation, Spec};
 use support::{Server, TestDatabase, client};
 
@@ -38,7 +39,10 @@ struct Contract {
 
 impl Contract {
     fn start(args: &[&str]) -> Self {
-        let database = TestDatabase::sqlite();
+        Self::start_on(TestDatabase::sqlite(), args)
+    }
+
+    fn start_on(database: TestDatabase, args: &[&str]) -> Self {
         let server = Server::start(&database, args);
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -143,8 +147,9 @@ fn requests(spec: &Spec, op: &Operation) -> BoxedStrategy<Request> {
         let schema = generate::inline(spec, &param["schema"]);
         let required = param["required"] == true;
         let validator = Arc::new(spec.validator(&schema));
+        let numeric = matches!(schema["type"].as_str(), Some("integer" | "number"));
         let values = generate::mixed(&schema);
-        let values = if name == "If-None-Match" {
+        let values = if place == "header" {
             prop_oneof![
                 Just(json!("*")),
                 Just(json!("\"0123\"")),
@@ -154,20 +159,26 @@ fn requests(spec: &Spec, op: &Operation) -> BoxedStrategy<Request> {
         } else {
             values
         };
-        let values = match required {
-            true => values.prop_map(Some).boxed(),
-            false => prop::option::of(values).boxed(),
+        let values = match (required, place.as_str()) {
+            (true, _) => values.prop_map(Some).boxed(),
+            // Preconditions and validators now and then: most requests carry none.
+            (false, "header") => prop::option::weighted(0.15, values).boxed(),
+            (false, _) => prop::option::of(values).boxed(),
         };
         let strategy = values
             .prop_map(move |value| {
                 let valid = value.as_ref().is_none_or(|v| {
                     let written = written(v);
-                    // As the server reads it: the text, a number where it is one.
-                    let read = written
-                        .parse::<i64>()
-                        .ok()
-                        .filter(|n| n.to_string() == written)
-                        .map_or(Value::String(written), Value::from);
+                    // As the server reads it: a number where the schema wants one and the
+                    // text is one, else the text.
+                    let read = match numeric {
+                        true => written
+                            .parse::<i64>()
+                            .ok()
+                            .filter(|n| n.to_string() == written)
+                            .map_or(Value::String(written), Value::from),
+                        false => Value::String(written),
+                    };
                     validator.is_valid(&read) || (place == "header")
                 });
                 Param {
@@ -242,21 +253,39 @@ fn requests(spec: &Spec, op: &Operation) -> BoxedStrategy<Request> {
 
 /// Every operation, many generated requests each: every answer is one the description
 /// declares, no answer is a server error, and (for the catalogue's routes) valid inputs
-/// are served and invalid ones refused with `422`.
+/// are served and invalid ones refused with `422`. SQLite and the in-process store.
 #[test]
 fn every_answer_is_one_the_description_declares() {
     let contract = Contract::start(&["--admin-token", TOKEN]);
-    let operations = contract.spec.operations();
+    holds_to_its_description(&contract, 300);
+}
+
+/// The same on PostgreSQL and Redis (where entries go through the store's binary layout
+/// and timestamps through PostgreSQL's precision), with fewer cases.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_answer_is_one_the_description_declares_on_postgres_and_redis() {
+    let redis = RedisServer::start();
+    let database = TestDatabase::postgres().await;
+    let url = redis.url();
+    let contract = tokio::task::spawn_blocking(move || {
+        let contract = Contract::start_on(database, &["--admin-token", TOKEN, "--redis-url", &url]);
+        holds_to_its_description(&contract, 80);
+    });
+    contract.await.expect("the contract holds");
+}
+
+/// The property test of [`every_answer_is_one_the_description_declares`], `cases` requests
+/// per catalogue operation.
+fn holds_to_its_description(contract: &Contract, cases: u32) {
+    let mut operations = contract.spec.operations();
     assert!(operations.len() >= 12, "{operations:?}");
+    // Deletes last, so the other operations find products to work on.
+    operations.sort_by_key(|op| op.method == "DELETE");
     for op in operations {
         let strategy = requests(&contract.spec, &op);
-        let cases = if op.path.starts_with("/products") {
-            300
-        } else {
-            24
-        };
+        let catalogue = op.path.starts_with("/products");
         let mut runner = TestRunner::new(Config {
-            cases,
+            cases: if catalogue { cases } else { 24 },
             failure_persistence: None,
             ..Config::default()
         });
@@ -265,9 +294,10 @@ fn every_answer_is_one_the_description_declares() {
             let answer = contract.send(&request);
             let said = || {
                 format!(
-                    "{} {} {:?} -> {} {}",
+                    "{} {} {:?} {:?} -> {} {}",
                     request.method,
                     request.target,
+                    request.headers,
                     request.body.as_ref().map(Value::to_string),
                     answer.status,
                     String::from_utf8_lossy(&answer.body)
@@ -277,10 +307,15 @@ fn every_answer_is_one_the_description_declares() {
                 return Err(TestCaseError::fail(format!("{problem}: {}", said())));
             }
             prop_assert!(answer.status < 500, "a server error: {}", said());
-            if op.path.starts_with("/products") {
+            if catalogue {
+                let preconditions = request
+                    .headers
+                    .iter()
+                    .any(|(name, _)| name.starts_with("If-"));
                 let served = (200..300).contains(&answer.status)
                     || answer.status == 304
-                    || (answer.status == 404 && op.path.contains("{id}"));
+                    || (answer.status == 404 && op.path.contains("{id}"))
+                    || (answer.status == 412 && preconditions);
                 if request.valid {
                     prop_assert!(served, "valid per the schemas, not served: {}", said());
                 } else {
@@ -298,11 +333,12 @@ fn every_answer_is_one_the_description_declares() {
         if let Err(failure) = outcome {
             panic!("{} {}: {failure}", op.method, op.path);
         }
-        if op.path.starts_with("/products") && op.method != "DELETE" {
+        if catalogue && !matches!(op.method.as_str(), "DELETE" | "HEAD") {
             // Not vacuous: the generator reached both sides of the schemas' rules.
             let (valid, invalid) = (served_count.get(), refused_count.get());
+            let least = cases / 30;
             assert!(
-                valid >= 10 && invalid >= 10,
+                valid >= least && invalid >= least,
                 "{} {}: {valid} valid, {invalid} invalid",
                 op.method,
                 op.path
@@ -360,10 +396,15 @@ fn the_links_of_a_create_lead_where_they_say() {
             "replace_product" => Some(json!({ "name": "Lamp", "price": 1, "category": "x" })),
             _ => None,
         };
+        // Writes as a careful client makes them: only over the state it has seen.
+        let headers = match op.id.as_str() {
+            "get_product" => Vec::new(),
+            _ => vec![("if-match".to_owned(), tag.clone())],
+        };
         let request = Request {
             method: Method::from_bytes(op.method.as_bytes()).expect("method"),
             target: target.clone(),
-            headers: Vec::new(),
+            headers,
             body,
             valid: true,
         };
@@ -385,6 +426,10 @@ fn the_links_of_a_create_lead_where_they_say() {
         } else if let Some(written) = answer.headers.get("etag") {
             let written = written.to_str().expect("tag").to_owned();
             assert_ne!(written, tag, "{name} changed the product, and its tag");
+            // The same write over the state before it: refused, nothing written.
+            let stale = contract.send(&request.clone());
+            assert_eq!(stale.status, 412, "{name} over a stale tag");
+            spec.check(&op, &stale).expect("a declared 412");
             let read = contract.send(&Request {
                 method: Method::GET,
                 target: target.clone(),
@@ -443,6 +488,40 @@ fn the_description_s_examples_are_valid() {
     }
     assert!(problems.is_empty(), "{problems:#?}");
     assert!(checked >= 10, "only {checked} examples");
+    // Every JSON body with a schema, sent or answered, has one.
+    let mut missing = Vec::new();
+    for op in spec.operations() {
+        let mut bodies: Vec<(String, &Value)> = Vec::new();
+        if let Some(body) = op.doc.get("requestBody") {
+            bodies.push(("request".to_owned(), spec.resolve(body)));
+        }
+        for (status, response) in op.doc["responses"].as_object().expect("responses") {
+            bodies.push((status.clone(), spec.resolve(response)));
+        }
+        for (what, body) in bodies {
+            let Some(media) = body.pointer("/content/application~1json") else {
+                continue;
+            };
+            let shown = media.get("example").is_some()
+                || media
+                    .get("schema")
+                    .is_none_or(|schema| has_example(spec, schema));
+            if !shown {
+                missing.push(format!("{} {what}", op.id));
+            }
+        }
+    }
+    assert!(missing.is_empty(), "bodies without an example: {missing:?}");
+}
+
+/// Whether `schema`, or the object schema it is made of, gives an example.
+fn has_example(spec: &Spec, schema: &Value) -> bool {
+    let schema = spec.resolve(schema);
+    schema.get("examples").is_some()
+        || schema.get("example").is_some()
+        || schema["allOf"]
+            .as_array()
+            .is_some_and(|all| all.iter().any(|part| has_example(spec, part)))
 }
 
 /// Calls `visit` for every schema with examples, within `schema`.

@@ -4,7 +4,6 @@
 //! a JSON error naming the field. This module must never reach the database or the cache
 //! except through the catalogue.
 
-use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
@@ -17,7 +16,8 @@ use cachelayer::http::status::{CacheStatus, Forward};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::catalogue::{LIST_TAG, ProductJson, ReadSource};
+use super::catalogue::{LIST_TAG, ProductJson, ReadSource, Written};
+use super::precondition::Precondition;
 use super::product::{Completeness, ControlChars, MAX_CATEGORY_CHARS, Product, parse_changes};
 use super::schema::{ListParams, ProductInput, ProductPatch};
 use super::state::AppState;
@@ -183,20 +183,7 @@ pub(crate) async fn get_product(
 /// `If-None-Match` names the tag (the client's copy is current).
 fn product_response(product: ProductJson, request: &HeaderMap) -> Response {
     let etag = product.etag().clone();
-    let current = etag
-        .to_str()
-        .is_ok_and(|etag| conditional::if_none_match(request, etag));
-    if current {
-        return (StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response();
-    }
-    (
-        [
-            (header::CONTENT_TYPE, APPLICATION_JSON),
-            (header::ETAG, etag),
-        ],
-        product.into_json(),
-    )
-        .into_response()
+    respond_tagged(StatusCode::OK, etag, product.into_json(), request)
 }
 
 /// A write's answer: the product as stored, with the `ETag` a read of it will carry.
@@ -204,15 +191,11 @@ fn written(status: StatusCode, product: &Product) -> Response {
     match ProductJson::of(product) {
         Ok(json) => {
             let etag = json.etag().clone();
-            (
-                status,
-                [
-                    (header::CONTENT_TYPE, APPLICATION_JSON),
-                    (header::ETAG, etag),
-                ],
-                json.into_json(),
-            )
-                .into_response()
+            let headers = [
+                (header::CONTENT_TYPE, APPLICATION_JSON),
+                (header::ETAG, etag),
+            ];
+            (status, headers, json.into_json()).into_response()
         }
         Err(err) => {
             tracing::error!(error = %err, "a product could not be written as JSON");
@@ -242,13 +225,18 @@ fn written(status: StatusCode, product: &Product) -> Response {
                 ("ETag" = String, description = "Strong entity tag of the current page"),
                 ("X-Cache" = XCache, description = "Where the answer came from"),
                 ("Cache-Status" = String, description = "RFC 9211: the cache's part in the answer"))),
+        (status = 206, description = "The byte ranges a `Range` asks for, of a page the cache holds (one range: that part of the JSON, with `Content-Range`; several: `multipart/byteranges`)",
+            content(("application/json"), ("multipart/byteranges"))),
+        (status = 416, description = "The `Range` asks for no byte the stored page has (`Content-Range: bytes */length`)"),
         (status = 422, description = "A query parameter is invalid, unknown, given twice, or a number not written plainly", body = ErrorBody),
+        (status = 504, description = "`Cache-Control: only-if-cached`, and the cache holds no usable page", body = ErrorBody),
         (status = 503, description = "The database is unavailable", body = ErrorBody),
     )
 )]
 pub(crate) async fn list_products(
     State(state): State<AppState>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+    request: HeaderMap,
 ) -> Result<Response, ApiError> {
     let Query(params) =
         query.map_err(|err| ApiError::field("query", format!("could not be parsed: {err}")))?;
@@ -257,15 +245,53 @@ pub(crate) async fn list_products(
         .catalogue
         .page(category.as_deref(), limit, offset)
         .await?;
-    let mut response = Json(ProductPage {
+    let page = ProductPage {
         items: page.items,
         total: page.total,
         limit,
         offset,
-    })
-    .into_response();
+    };
+    let json = serde_json::to_vec(&page).map_err(|err| {
+        tracing::error!(error = %err, "a page could not be written as JSON");
+        ApiError::internal()
+    })?;
+    // The page's own tag, on every answer (stored, passed through, or around the cache),
+    // and the page's own `304`: the cache in front stores the tag and answers revalidations
+    // from it, and a request it passes on is answered here.
+    let mut response = tagged_json(StatusCode::OK, Bytes::from(json), &request);
     response.extensions_mut().insert(CacheTags::new([LIST_TAG]));
     Ok(response)
+}
+
+/// `json` with its strong `ETag`, or `304 Not Modified` (with the tag) when the request's
+/// `If-None-Match` names it.
+fn tagged_json(status: StatusCode, json: Bytes, request: &HeaderMap) -> Response {
+    let etag = conditional::strong_etag(&json);
+    respond_tagged(status, etag, json, request)
+}
+
+/// A JSON answer with `etag`, or `304` when the request's `If-None-Match` names it.
+fn respond_tagged(
+    status: StatusCode,
+    etag: HeaderValue,
+    json: Bytes,
+    request: &HeaderMap,
+) -> Response {
+    let current = etag
+        .to_str()
+        .is_ok_and(|tag| conditional::if_none_match(request, tag));
+    if current {
+        return (StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response();
+    }
+    (
+        status,
+        [
+            (header::CONTENT_TYPE, APPLICATION_JSON),
+            (header::ETAG, etag),
+        ],
+        json,
+    )
+        .into_response()
 }
 
 /// Checked list parameters: every bad one named. Unknown parameters and numbers not written
@@ -356,12 +382,17 @@ pub(crate) async fn create_product(
     put,
     path = "/products/{id}",
     tag = "products",
-    params(("id" = i64, Path, minimum = 1, description = "Product id: a positive whole number, written plainly")),
+    params(
+        ("id" = i64, Path, minimum = 1, description = "Product id: a positive whole number, written plainly"),
+        ("If-Match" = Option<String>, Header, nullable = false, description = "Write only if the product's current `ETag` is one of these (strong comparison), or exists (`*`); else `412`"),
+        ("If-None-Match" = Option<String>, Header, nullable = false, description = "Write only if the product's current `ETag` is none of these, or (`*`) there is no product; else `412`"),
+    ),
     request_body(content = ProductInput, description = "Every writable field; those left out take their defaults"),
     responses(
         (status = 200, description = "The product as stored", body = Product, headers(
             ("ETag" = String, description = "Strong entity tag a read of it will carry"))),
         (status = 404, description = "No such product", body = ErrorBody),
+        (status = 412, description = "`If-Match` / `If-None-Match` does not hold: the product changed, or does not exist; nothing was written", body = ErrorBody),
         (status = 413, description = "The body is larger than the limit (`--max-body-bytes`)", body = ErrorBody),
         (status = 422, description = "Invalid id or fields, each named", body = ErrorBody),
         (status = 503, description = "The database is unavailable", body = ErrorBody),
@@ -370,9 +401,10 @@ pub(crate) async fn create_product(
 pub(crate) async fn replace_product(
     State(state): State<AppState>,
     raw: Result<Path<String>, PathRejection>,
+    request: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    write_product(state, raw, body, Completeness::Full).await
+    write_product(state, raw, request, body, Completeness::Full).await
 }
 
 /// Change some of a product's fields.
@@ -380,12 +412,17 @@ pub(crate) async fn replace_product(
     patch,
     path = "/products/{id}",
     tag = "products",
-    params(("id" = i64, Path, minimum = 1, description = "Product id: a positive whole number, written plainly")),
+    params(
+        ("id" = i64, Path, minimum = 1, description = "Product id: a positive whole number, written plainly"),
+        ("If-Match" = Option<String>, Header, nullable = false, description = "Write only if the product's current `ETag` is one of these (strong comparison), or exists (`*`); else `412`"),
+        ("If-None-Match" = Option<String>, Header, nullable = false, description = "Write only if the product's current `ETag` is none of these, or (`*`) there is no product; else `412`"),
+    ),
     request_body(content = ProductPatch, description = "The fields to change; those left out keep their values"),
     responses(
         (status = 200, description = "The product as stored", body = Product, headers(
             ("ETag" = String, description = "Strong entity tag a read of it will carry"))),
         (status = 404, description = "No such product", body = ErrorBody),
+        (status = 412, description = "`If-Match` / `If-None-Match` does not hold: the product changed, or does not exist; nothing was written", body = ErrorBody),
         (status = 413, description = "The body is larger than the limit (`--max-body-bytes`)", body = ErrorBody),
         (status = 422, description = "Invalid id or fields, each named", body = ErrorBody),
         (status = 503, description = "The database is unavailable", body = ErrorBody),
@@ -394,14 +431,16 @@ pub(crate) async fn replace_product(
 pub(crate) async fn patch_product(
     State(state): State<AppState>,
     raw: Result<Path<String>, PathRejection>,
+    request: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    write_product(state, raw, body, Completeness::Partial).await
+    write_product(state, raw, request, body, Completeness::Partial).await
 }
 
 async fn write_product(
     state: AppState,
     raw: Result<Path<String>, PathRejection>,
+    request: HeaderMap,
     body: Result<Bytes, BytesRejection>,
     completeness: Completeness,
 ) -> Result<Response, ApiError> {
@@ -418,9 +457,11 @@ async fn write_product(
         (Err(id), _) => return Err(ApiError::validation(vec![id])),
         (_, Err(fields)) => return Err(ApiError::validation(fields)),
     };
-    match state.catalogue.update(id, changes).await? {
-        Some(product) => Ok(written(StatusCode::OK, &product)),
-        None => Err(no_product(id)),
+    let precondition = Precondition::of(&request);
+    match state.catalogue.update(id, changes, precondition).await? {
+        Written::Done(product) => Ok(written(StatusCode::OK, &product)),
+        Written::NoSuchProduct => Err(no_product(id)),
+        Written::PreconditionFailed => Err(ApiError::precondition_failed()),
     }
 }
 
@@ -429,10 +470,15 @@ async fn write_product(
     delete,
     path = "/products/{id}",
     tag = "products",
-    params(("id" = i64, Path, minimum = 1, description = "Product id: a positive whole number, written plainly")),
+    params(
+        ("id" = i64, Path, minimum = 1, description = "Product id: a positive whole number, written plainly"),
+        ("If-Match" = Option<String>, Header, nullable = false, description = "Write only if the product's current `ETag` is one of these (strong comparison), or exists (`*`); else `412`"),
+        ("If-None-Match" = Option<String>, Header, nullable = false, description = "Write only if the product's current `ETag` is none of these, or (`*`) there is no product; else `412`"),
+    ),
     responses(
         (status = 204, description = "Deleted"),
         (status = 404, description = "No such product", body = ErrorBody),
+        (status = 412, description = "`If-Match` / `If-None-Match` does not hold: the product changed, or does not exist; nothing was deleted", body = ErrorBody),
         (status = 422, description = "The id is not a positive whole number written plainly", body = ErrorBody),
         (status = 503, description = "The database is unavailable", body = ErrorBody),
     )
@@ -440,12 +486,17 @@ async fn write_product(
 pub(crate) async fn delete_product(
     State(state): State<AppState>,
     raw: Result<Path<String>, PathRejection>,
+    request: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
     let id = product_id(raw)?;
-    if state.catalogue.delete(id).await? {
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(no_product(id))
+    match state
+        .catalogue
+        .delete(id, Precondition::of(&request))
+        .await?
+    {
+        Written::Done(()) => Ok(StatusCode::NO_CONTENT),
+        Written::NoSuchProduct => Err(no_product(id)),
+        Written::PreconditionFailed => Err(ApiError::precondition_failed()),
     }
 }
 

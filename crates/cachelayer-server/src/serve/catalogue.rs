@@ -20,6 +20,7 @@ use cachelayer::{Cache, Key, LoadErrorKind, LoadOptions, LoadSource, Raw};
 use tokio::time::Instant;
 
 use super::db::{Database, Page};
+use super::precondition::Precondition;
 use super::product::{Product, ProductChanges};
 use crate::error::ApiError;
 
@@ -32,6 +33,34 @@ pub const INVALIDATION_FAILURES: &str = "cachelayer_invalidation_failures_total"
 pub(crate) const RETRY_EVERY: Duration = Duration::from_secs(1);
 /// How often a write checks whether a load that may have read the old row still runs.
 const FENCE_POLL: Duration = Duration::from_millis(5);
+
+/// What became of a write of one product.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Written<T> {
+    /// Done, committed, and its entries invalidated.
+    Done(T),
+    /// There is no such product.
+    NoSuchProduct,
+    /// The request's `If-Match` / `If-None-Match` does not hold for the product as it is
+    /// (or it changed between the check and the write): nothing was written.
+    PreconditionFailed,
+}
+
+impl<T> From<Option<T>> for Written<T> {
+    fn from(done: Option<T>) -> Self {
+        done.map_or(Self::NoSuchProduct, Self::Done)
+    }
+}
+
+/// A write's precondition, judged.
+enum Judged<T> {
+    /// The request states none.
+    Unconditional,
+    /// It holds for the product as read: write only if the row is still `seen`.
+    Holds(Product),
+    /// It does not, or there is nothing to write: the answer.
+    Refused(Written<T>),
+}
 
 /// Where a product read was answered from, for `X-Cache` and `Cache-Status`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -285,34 +314,79 @@ impl Catalogue {
         .await
     }
 
-    /// Change a product (`None`: no such product).
+    /// Change a product, if `precondition` holds for it.
     pub(crate) async fn update(
         &self,
         id: i64,
         changes: ProductChanges,
-    ) -> Result<Option<Product>, ApiError> {
+        precondition: Precondition,
+    ) -> Result<Written<Product>, ApiError> {
         let this = self.clone();
         Self::detached(async move {
-            let product = this.db.update(id, &changes).await?;
-            if product.is_some() {
+            let written = match this.judged(id, &precondition).await? {
+                Judged::Unconditional => this.db.update(id, &changes).await?.into(),
+                Judged::Holds(seen) => this
+                    .db
+                    .update_unchanged(&seen, &changes)
+                    .await?
+                    .map_or(Written::PreconditionFailed, Written::Done),
+                Judged::Refused(refused) => refused,
+            };
+            if matches!(written, Written::Done(_)) {
                 this.invalidate(id).await;
             }
-            Ok(product)
+            Ok(written)
         })
         .await
     }
 
-    /// Delete a product (false: no such product).
-    pub(crate) async fn delete(&self, id: i64) -> Result<bool, ApiError> {
+    /// Delete a product, if `precondition` holds for it.
+    pub(crate) async fn delete(
+        &self,
+        id: i64,
+        precondition: Precondition,
+    ) -> Result<Written<()>, ApiError> {
         let this = self.clone();
         Self::detached(async move {
-            let deleted = this.db.delete(id).await?;
+            let deleted = match this.judged(id, &precondition).await? {
+                Judged::Unconditional => this.db.delete(id).await?,
+                Judged::Holds(seen) => this.db.delete_unchanged(&seen).await?,
+                Judged::Refused(refused) => return Ok(refused),
+            };
+            let written = match (deleted, precondition.is_none()) {
+                (true, _) => Written::Done(()),
+                (false, true) => Written::NoSuchProduct,
+                // Changed or deleted since it was judged.
+                (false, false) => Written::PreconditionFailed,
+            };
             if deleted {
                 this.invalidate(id).await;
             }
-            Ok(deleted)
+            Ok(written)
         })
         .await
+    }
+
+    /// A write's precondition judged against the product as the database holds it now.
+    async fn judged<T>(&self, id: i64, precondition: &Precondition) -> Result<Judged<T>, ApiError> {
+        if precondition.is_none() {
+            return Ok(Judged::Unconditional);
+        }
+        let current = self.db.product(id).await?;
+        let json = current
+            .as_ref()
+            .map(ProductJson::of)
+            .transpose()
+            .map_err(|err| {
+                tracing::error!(error = %err, "a product could not be written as JSON");
+                ApiError::internal()
+            })?;
+        let tag = json.as_ref().and_then(|json| json.etag().to_str().ok());
+        Ok(match (precondition.holds(tag), current) {
+            (false, _) => Judged::Refused(Written::PreconditionFailed),
+            (true, None) => Judged::Refused(Written::NoSuchProduct),
+            (true, Some(seen)) => Judged::Holds(seen),
+        })
     }
 
     /// After a committed write of product `id`: drop its entry and every list page, in every

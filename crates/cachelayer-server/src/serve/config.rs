@@ -25,6 +25,11 @@ pub const DEFAULT_DATABASE_URL: &str = "sqlite://cachelayer.db";
 /// `--listen`, as errors name it.
 pub(super) const LISTEN_FLAG: &str = "--listen (CACHELAYER_LISTEN)";
 
+/// The version in every key `serve` writes: 2 since product entries hold their `ETag` in
+/// front of the JSON. An instance of another version neither reads these entries nor
+/// serves them as its own (it would send the tag as part of the body).
+pub(crate) const ENTRY_LAYOUT_VERSION: u32 = 2;
+
 /// Flags of `cachelayer serve`.
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
@@ -172,7 +177,8 @@ impl ServeArgs {
             while_revalidate: self.stale_while_revalidate,
             if_error: self.stale_if_error,
         };
-        let cache = common.cache_config(self.cache_ttl, self.negative_ttl, stale)?;
+        let mut cache = common.cache_config(self.cache_ttl, self.negative_ttl, stale)?;
+        cache.version = ENTRY_LAYOUT_VERSION;
         Ok(ServeConfig {
             listen,
             database_url: self.database_url,

@@ -113,6 +113,49 @@ macro_rules! bind_changes {
     };
 }
 
+/// The condition "the row is still exactly `seen`", on every column a read shows, its
+/// parameters numbered from `first`: a conditional write changes the row only if nothing
+/// changed it since it was read (its `ETag` is then still the one the client's
+/// precondition was judged against).
+fn unchanged_since_read(first: usize) -> String {
+    let columns = [
+        "name",
+        "description",
+        "price_cents",
+        "category",
+        "tags",
+        "stock",
+        "created_at",
+        "updated_at",
+    ];
+    columns
+        .iter()
+        .enumerate()
+        .map(|(i, column)| format!("{column} = ${}", first + i))
+        .collect::<Vec<_>>()
+        .join(" AND ")
+}
+
+/// Binds the columns of a product as it was read, in [`unchanged_since_read`]'s order.
+macro_rules! bind_seen {
+    ($query:expr, $seen:expr) => {
+        $query
+            .bind(&$seen.name)
+            .bind(&$seen.description)
+            .bind(price_cents($seen.price))
+            .bind(&$seen.category)
+            .bind(Json(&$seen.tags))
+            .bind($seen.stock)
+            .bind($seen.created_at)
+            .bind($seen.updated_at)
+    };
+}
+
+/// A price as the database keeps it, in cents (exact: prices are read from cents).
+fn price_cents(price: f64) -> i64 {
+    (price * 100.0).round() as i64
+}
+
 /// The insert statement, run on any executor (a pool, or a transaction while seeding); a
 /// macro because each backend's executor is a different type.
 macro_rules! insert_row {
@@ -283,6 +326,42 @@ impl Database {
                 .execute(pool)
                 .await?
                 .rows_affected()
+        });
+        Ok(deleted > 0)
+    }
+
+    /// [`update`](Self::update), only if the row is still exactly `seen` (else `None`).
+    pub(crate) async fn update_unchanged(
+        &self,
+        seen: &Product,
+        changes: &ProductChanges,
+    ) -> Result<Option<Product>, sqlx::Error> {
+        count("update");
+        let sql = format!(
+            "UPDATE products SET name = COALESCE($2, name), \
+             description = COALESCE($3, description), \
+             price_cents = COALESCE($4, price_cents), category = COALESCE($5, category), \
+             tags = COALESCE($6, tags), stock = COALESCE($7, stock), updated_at = $8 \
+             WHERE id = $1 AND {} RETURNING {COLUMNS}",
+            unchanged_since_read(9)
+        );
+        let row: Option<ProductRow> = on_pool!(self, pool => {
+            let query = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(seen.id);
+            bind_seen!(bind_changes!(query, changes), seen).fetch_optional(pool).await?
+        });
+        Ok(row.map(Product::from))
+    }
+
+    /// [`delete`](Self::delete), only if the row is still exactly `seen` (else false).
+    pub(crate) async fn delete_unchanged(&self, seen: &Product) -> Result<bool, sqlx::Error> {
+        count("delete");
+        let sql = format!(
+            "DELETE FROM products WHERE id = $1 AND {}",
+            unchanged_since_read(2)
+        );
+        let deleted = on_pool!(self, pool => {
+            let query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(seen.id);
+            bind_seen!(query, seen).execute(pool).await?.rows_affected()
         });
         Ok(deleted > 0)
     }

@@ -19,6 +19,20 @@ use crate::observe::CacheStats;
 
 /// The body of `/health`.
 #[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({
+    "status": "degraded", "version": "0.1.0", "uptime_seconds": 3600.5,
+    "cache": {
+        "store": "redis",
+        "redis": {
+            "reachable": false, "latency_ms": null, "breaker": "open", "pool_connections": 4,
+            "error": "timeout",
+            "near": { "state": "blind", "entries": 0, "bytes": 0, "capacity_bytes": 67108864 }
+        },
+        "stats": { "hits": 9120, "stale": 3, "misses": 880, "bypasses": 12, "hit_ratio": 0.912 },
+        "invalidations_pending": true
+    },
+    "database": { "kind": "sqlite", "reachable": true, "latency_ms": 0.21, "error": null }
+}))]
 pub(crate) struct Health {
     /// Overall state; HTTP 200 for healthy and degraded, 503 for unhealthy.
     pub status: Status,
@@ -36,7 +50,7 @@ pub(crate) struct Health {
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct CacheHealth {
     /// `redis`, or `memory` (the in-process store, local to this instance).
-    #[schema(value_type = String)]
+    #[schema(schema_with = store_kinds)]
     pub store: StoreKind,
     /// Redis, when the store is Redis.
     pub redis: Option<RedisHealth>,
@@ -50,6 +64,7 @@ pub(crate) struct CacheHealth {
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct DatabaseHealth {
     /// `sqlite` or `postgres`.
+    #[schema(schema_with = database_kinds)]
     pub kind: &'static str,
     /// Whether a trivial query was answered within the check timeout.
     pub reachable: bool,
@@ -57,6 +72,14 @@ pub(crate) struct DatabaseHealth {
     pub latency_ms: Option<f64>,
     /// Why it is unreachable: `error` or `timeout` (the detail is logged).
     pub error: Option<String>,
+}
+
+fn store_kinds() -> utoipa::openapi::Object {
+    crate::health::one_of_words(&["redis", "memory"])
+}
+
+fn database_kinds() -> utoipa::openapi::Object {
+    crate::health::one_of_words(&["sqlite", "postgres"])
 }
 
 /// Full health report.

@@ -22,6 +22,7 @@ mod config;
 mod db;
 mod health;
 mod openapi;
+mod precondition;
 mod product;
 mod schema;
 mod state;

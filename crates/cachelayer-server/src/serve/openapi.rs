@@ -53,7 +53,14 @@ use crate::error::ErrorBody;
     ),
     // Header schemas, which the path annotations refer to but do not collect.
     components(schemas(super::api::XCache)),
-    modifiers(&AdminToken, &WriteBodies, &CreateLinks, &ListenerAnswers, &RequiredHeaders),
+    modifiers(
+        &AdminToken,
+        &WriteBodies,
+        &CreateLinks,
+        &ListenerAnswers,
+        &HeadLikeGet,
+        &RequiredHeaders,
+    ),
     tags(
         (name = "products", description = "The catalogue"),
         (name = "health", description = "Health checks"),
@@ -169,13 +176,13 @@ impl Modify for CreateLinks {
     }
 }
 
-/// What any request may get before a route sees it (from the listener), and what the
-/// router answers for paths and methods it does not have, as reusable responses; the
-/// listener's are on every operation.
+/// What any request may get before a route sees it (from the listener) or from a handler
+/// that fails, and what the router answers for paths and methods it does not have, as
+/// reusable responses; the first are on every operation.
 struct ListenerAnswers;
 
 impl ListenerAnswers {
-    const ANSWERS: [(&'static str, &'static str, &'static str); 3] = [
+    const ANSWERS: [(&'static str, &'static str, &'static str); 4] = [
         (
             "400",
             "BadRequest",
@@ -190,6 +197,11 @@ impl ListenerAnswers {
             "431",
             "HeadersTooLarge",
             "The request's header fields are larger than the listener's limit",
+        ),
+        (
+            "500",
+            "Internal",
+            "A handler failed (a bug; it is logged): never a cache or database fault",
         ),
     ];
 }
@@ -247,12 +259,40 @@ impl Modify for ListenerAnswers {
     }
 }
 
+/// `HEAD` wherever there is a `GET` (the router answers it from the `GET` route): the same
+/// statuses and headers, no body.
+struct HeadLikeGet;
+
+impl Modify for HeadLikeGet {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        for item in openapi.paths.paths.values_mut() {
+            let Some(get) = &item.get else { continue };
+            let mut head = get.clone();
+            head.operation_id = get.operation_id.as_ref().map(|id| format!("head_{id}"));
+            head.summary = Some("The same answer as the GET, without its body.".to_owned());
+            head.description = None;
+            for response in head.responses.responses.values_mut() {
+                if let RefOr::T(response) = response {
+                    response.content.clear();
+                    response.links.clear();
+                }
+            }
+            item.head = Some(head);
+        }
+    }
+}
+
 /// A response header is always sent unless its schema allows `null` (declared as an
 /// `Option`): said with `required: true`, which the derive cannot set.
 struct RequiredHeaders;
 
 impl Modify for RequiredHeaders {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let schemas = openapi
+            .components
+            .as_ref()
+            .map(|components| components.schemas.clone())
+            .unwrap_or_default();
         let responses = openapi
             .paths
             .paths
@@ -267,7 +307,16 @@ impl Modify for RequiredHeaders {
                 let RefOr::T(header) = header else {
                     continue;
                 };
-                let always = match &header.schema {
+                let schema = match &header.schema {
+                    // A named schema (an enum such as `XCache`): the one it names.
+                    Some(RefOr::Ref(named)) => named
+                        .ref_location
+                        .rsplit('/')
+                        .next()
+                        .and_then(|name| schemas.get(name)),
+                    other => other.as_ref(),
+                };
+                let always = match schema {
                     Some(RefOr::T(Schema::Object(object))) => {
                         matches!(&object.schema_type, SchemaType::Type(ty) if *ty != Type::Null)
                     }

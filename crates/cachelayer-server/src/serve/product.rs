@@ -291,12 +291,12 @@ impl<'a> Fields<'a> {
         if !(0.0..=MAX_PRICE).contains(&price) {
             return self.reject(name, format!("must be between 0 and {MAX_PRICE}"));
         }
-        let cents = (price * 100.0).round();
-        if (price * 100.0 - cents).abs() > 1e-6 {
+        if decimals(value) > 2 {
             return self.reject(name, "must have at most two decimals");
         }
-        // In range and whole: the cast is exact.
-        Some(cents as i64)
+        // At most two decimals, as its shortest decimal spelling says, and in range: the
+        // cents are a whole number, and the cast is exact.
+        Some((price * 100.0).round() as i64)
     }
 
     fn tags(&mut self, name: &str) -> Option<Vec<String>> {
@@ -337,6 +337,22 @@ impl<'a> Fields<'a> {
         }
         Some(stock)
     }
+}
+
+/// How many decimals a JSON number has in its shortest decimal spelling (`19.99`: 2,
+/// `1.5e1`: 0, `19.990000001`: 9), the way JSON Schema's `multipleOf` sees the number
+/// (exactly, not as a binary fraction).
+fn decimals(value: &Value) -> usize {
+    let text = value.to_string();
+    let (mantissa, exponent) = match text.split_once(['e', 'E']) {
+        Some((mantissa, exponent)) => (mantissa, exponent.parse::<i64>().unwrap_or(0)),
+        None => (text.as_str(), 0),
+    };
+    let fraction = mantissa
+        .split_once('.')
+        .map_or("", |(_, fraction)| fraction);
+    let fraction = fraction.trim_end_matches('0').len() as i64;
+    usize::try_from(fraction - exponent).unwrap_or(0)
 }
 
 /// Sample products for an empty database: deterministic, each about 1 KB of JSON.
@@ -433,6 +449,31 @@ mod tests {
     fn missing_required_fields_are_named() {
         let fields = fields_of(parse_changes(b"{}", Completeness::Full));
         assert_eq!(fields, ["name", "price", "category"]);
+    }
+
+    /// A price is refused for a third decimal however small, never rounded to cents.
+    #[test]
+    fn prices_with_more_decimals_are_refused_not_rounded() {
+        for body in [
+            &br#"{"price": 19.990000001}"#[..],
+            br#"{"price": 0.30000000000000004}"#,
+            br#"{"price": 5e-324}"#,
+            br#"{"price": 1.005}"#,
+            br#"{"price": 1234.5e-3}"#,
+        ] {
+            let fields = fields_of(parse_changes(body, Completeness::Partial));
+            assert_eq!(fields, ["price"], "{}", String::from_utf8_lossy(body));
+        }
+        for (body, cents) in [
+            (&br#"{"price": 19.99}"#[..], 1999),
+            (br#"{"price": 1.5e1}"#, 1500),
+            (br#"{"price": 1E6}"#, 100_000_000),
+            (br#"{"price": 12.30}"#, 1230),
+            (br#"{"price": 0}"#, 0),
+        ] {
+            let ok = parse_changes(body, Completeness::Partial).expect("valid");
+            assert_eq!(ok.price_cents, Some(cents));
+        }
     }
 
     #[test]

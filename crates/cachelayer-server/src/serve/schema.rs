@@ -6,6 +6,7 @@
 //! This module must never state a rule the checks do not enforce, nor leave out one they do.
 
 use utoipa::openapi::RefOr;
+use utoipa::openapi::extensions::Extensions;
 use utoipa::openapi::schema::{
     AdditionalProperties, AllOfBuilder, AnyOfBuilder, ArrayBuilder, KnownFormat, Object,
     ObjectBuilder, Schema, SchemaFormat, SchemaType, Type,
@@ -18,13 +19,13 @@ use super::product::{
     NAME, TAG, TextRule, WRITABLE,
 };
 
-/// A character a text may hold, by [`ControlChars`]: no control character (Unicode
-/// category Cc) at all, or only tab, line feed and carriage return. `\u` escapes read the
-/// same in ECMA-262 and Rust regular expressions.
-fn allowed_char(controls: ControlChars) -> &'static str {
+/// The characters a text may not hold, by [`ControlChars`]: every control character
+/// (Unicode category Cc), or all but tab, line feed and carriage return. `\u` escapes read
+/// the same in ECMA-262, Python and Rust regular expressions.
+fn refused_char(controls: ControlChars) -> &'static str {
     match controls {
-        ControlChars::Refused => r"[^\u0000-\u001F\u007F-\u009F]",
-        ControlChars::LayoutOnly => r"[^\u0000-\u0008\u000B\u000C\u000E-\u001F\u007F-\u009F]",
+        ControlChars::Refused => r"[\u0000-\u001F\u007F-\u009F]",
+        ControlChars::LayoutOnly => r"[\u0000-\u0008\u000B\u000C\u000E-\u001F\u007F-\u009F]",
     }
 }
 
@@ -33,13 +34,24 @@ fn allowed_char(controls: ControlChars) -> &'static str {
 const VISIBLE_CHAR: &str =
     r"[^\u0000-\u0020\u007F-\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]";
 
-/// The `pattern` of a text rule: its characters, and one visible one when it may not be
-/// blank.
-pub(crate) fn pattern(rule: TextRule) -> String {
-    let allowed = allowed_char(rule.controls);
-    match rule.blank {
-        Blank::Allowed => format!("^{allowed}*$"),
-        Blank::Refused => format!("^{allowed}*{VISIBLE_CHAR}{allowed}*$"),
+/// A string schema stating a text rule's characters: `not` a refused character anywhere,
+/// and, when it may not be blank, one visible character somewhere. Both are unanchored
+/// searches: an anchored `^...$` would let Python's `re.search` (which many validators
+/// use) accept a trailing line feed, as its `$` matches before one. utoipa has no `not`,
+/// so it goes in as a raw field.
+fn characters(controls: ControlChars, blank: Blank) -> ObjectBuilder {
+    let refused: Extensions = [(
+        "not",
+        serde_json::json!({ "pattern": refused_char(controls) }),
+    )]
+    .into_iter()
+    .collect();
+    let builder = ObjectBuilder::new()
+        .schema_type(Type::String)
+        .extensions(Some(refused));
+    match blank {
+        Blank::Allowed => builder,
+        Blank::Refused => builder.pattern(Some(VISIBLE_CHAR)),
     }
 }
 
@@ -49,11 +61,9 @@ fn text(rule: TextRule, description: &str) -> ObjectBuilder {
         Blank::Allowed => 0,
         Blank::Refused => 1,
     };
-    ObjectBuilder::new()
-        .schema_type(Type::String)
+    characters(rule.controls, rule.blank)
         .min_length(Some(min))
         .max_length(Some(rule.max_chars))
-        .pattern(Some(pattern(rule)))
         .description(Some(description))
 }
 
@@ -250,15 +260,9 @@ pub(crate) struct ListParams {
 }
 
 fn category_filter() -> Object {
-    let rule = TextRule {
-        blank: Blank::Allowed,
-        ..CATEGORY
-    };
-    ObjectBuilder::new()
-        .schema_type(Type::String)
+    characters(CATEGORY.controls, Blank::Allowed)
         .min_length(Some(1))
         .max_length(Some(MAX_CATEGORY_CHARS))
-        .pattern(Some(pattern(rule)))
         .description(Some(
             "Only products of this category: 1 to 50 characters, no control characters, compared exactly.",
         ))

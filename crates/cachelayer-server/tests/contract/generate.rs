@@ -148,7 +148,8 @@ fn string(schema: &Value, mode: Mode) -> BoxedStrategy<Value> {
 
 fn integer(schema: &Value, mode: Mode) -> BoxedStrategy<Value> {
     let min = schema["minimum"].as_f64().map_or(-1000, |m| m as i64);
-    let max = schema["maximum"].as_f64().map_or(1_000_000, |m| m as i64);
+    // Without a maximum (ids), mostly near the minimum, where things exist.
+    let max = schema["maximum"].as_f64().map_or(min + 80, |m| m as i64);
     let inside = min..=max;
     if mode == Mode::Within {
         return prop_oneof![
@@ -186,7 +187,8 @@ fn number(schema: &Value, mode: Mode) -> BoxedStrategy<Value> {
     }
     prop_oneof![
         6 => cents.clone().prop_map(|c| json!(c as f64 / 100.0)),
-        1 => cents.prop_map(|c| json!(c as f64 / 100.0 + 0.005)),
+        1 => cents.clone().prop_map(|c| json!(c as f64 / 100.0 + 0.005)),
+        1 => cents.prop_map(|c| json!(c as f64 / 100.0 + 1e-9)),
         1 => Just(json!(min)),
         1 => Just(json!(min - 0.01)),
         1 => Just(json!(max)),
