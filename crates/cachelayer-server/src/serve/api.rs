@@ -6,7 +6,7 @@
 
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use cachelayer::LoadSource;
@@ -167,12 +167,13 @@ fn no_product(id: i64) -> ApiError {
 pub(crate) async fn get_product(
     State(state): State<AppState>,
     raw: Result<Path<String>, PathRejection>,
-    request: HeaderMap,
+    // The request itself, not a `HeaderMap` (which the extractor would copy on every hit).
+    request: Request,
 ) -> Result<Response, ApiError> {
     let id = product_id(raw)?;
     let (product, source) = state.catalogue.product(id).await?;
     let mut response = match product {
-        Some(product) => product_response(product, &request),
+        Some(product) => product_response(product, request.headers()),
         None => no_product(id).into_response(),
     };
     cache_headers(response.headers_mut(), source);
@@ -191,11 +192,7 @@ fn written(status: StatusCode, product: &Product) -> Response {
     match ProductJson::of(product) {
         Ok(json) => {
             let etag = json.etag().clone();
-            let headers = [
-                (header::CONTENT_TYPE, APPLICATION_JSON),
-                (header::ETAG, etag),
-            ];
-            (status, headers, json.into_json()).into_response()
+            respond_tagged(status, etag, json.into_json(), &HeaderMap::new())
         }
         Err(err) => {
             tracing::error!(error = %err, "a product could not be written as JSON");
@@ -236,7 +233,7 @@ fn written(status: StatusCode, product: &Product) -> Response {
 pub(crate) async fn list_products(
     State(state): State<AppState>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
-    request: HeaderMap,
+    request: Request,
 ) -> Result<Response, ApiError> {
     let Query(params) =
         query.map_err(|err| ApiError::field("query", format!("could not be parsed: {err}")))?;
@@ -258,7 +255,7 @@ pub(crate) async fn list_products(
     // The page's own tag, on every answer (stored, passed through, or around the cache),
     // and the page's own `304`: the cache in front stores the tag and answers revalidations
     // from it, and a request it passes on is answered here.
-    let mut response = tagged_json(StatusCode::OK, Bytes::from(json), &request);
+    let mut response = tagged_json(StatusCode::OK, Bytes::from(json), request.headers());
     response.extensions_mut().insert(CacheTags::new([LIST_TAG]));
     Ok(response)
 }

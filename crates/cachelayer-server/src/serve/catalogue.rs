@@ -129,8 +129,9 @@ impl ProductJson {
         Raw::from(stored)
     }
 
-    /// A stored entry read back. An entry without a tag in front (written by a version
-    /// that stored the JSON alone) gets its tag made here, so it is served all the same.
+    /// A stored entry read back. An entry without a tag in front (none that this layout
+    /// version writes; one put there by hand, say) gets its tag made here, so its tag
+    /// still names its bytes.
     fn from_stored(Raw(stored): Raw) -> Self {
         let tagged = stored.len() >= TAG_LEN
             && stored[0] == b'"'

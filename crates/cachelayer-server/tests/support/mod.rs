@@ -380,14 +380,9 @@ pub async fn metric_once(
 /// Run the binary with `args` (a subcommand first) and a clean environment, expecting it
 /// to refuse them at start (exit status 2); its standard error.
 pub fn refused_at_start(args: &[&str]) -> String {
-    let output = Command::new(env!("CARGO_BIN_EXE_cachelayer"))
-        .args(args)
-        .env_remove("REDIS_URL")
-        .env_remove("DATABASE_URL")
-        .output()
-        .expect("run the cachelayer binary");
-    assert_eq!(output.status.code(), Some(2), "{args:?}");
-    String::from_utf8_lossy(&output.stderr).into_owned()
+    let exited = run_to_exit(args);
+    assert_eq!(exited.status.code(), Some(2), "{args:?}");
+    exited.stderr
 }
 
 /// libfaketime's preload library, which `scripts/test` installs (Debian's `faketime`).
