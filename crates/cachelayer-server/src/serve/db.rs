@@ -113,6 +113,14 @@ macro_rules! bind_changes {
     };
 }
 
+/// The update of the product `$1` with the fields [`bind_changes`] binds (`$2` to `$8`),
+/// leaving those it does not set; a statement may add conditions and `RETURNING`.
+const UPDATE_PRODUCT: &str = "UPDATE products SET name = COALESCE($2, name), \
+    description = COALESCE($3, description), \
+    price_cents = COALESCE($4, price_cents), category = COALESCE($5, category), \
+    tags = COALESCE($6, tags), stock = COALESCE($7, stock), updated_at = $8 \
+    WHERE id = $1";
+
 /// The condition "the row is still exactly `seen`", on every column a read shows, its
 /// parameters numbered from `first`: a conditional write changes the row only if nothing
 /// changed it since it was read (its `ETag` is then still the one the client's
@@ -303,13 +311,7 @@ impl Database {
         changes: &ProductChanges,
     ) -> Result<Option<Product>, sqlx::Error> {
         count("update");
-        let sql = format!(
-            "UPDATE products SET name = COALESCE($2, name), \
-             description = COALESCE($3, description), \
-             price_cents = COALESCE($4, price_cents), category = COALESCE($5, category), \
-             tags = COALESCE($6, tags), stock = COALESCE($7, stock), updated_at = $8 \
-             WHERE id = $1 RETURNING {COLUMNS}"
-        );
+        let sql = format!("{UPDATE_PRODUCT} RETURNING {COLUMNS}");
         let row: Option<ProductRow> = on_pool!(self, pool => {
             let query = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id);
             bind_changes!(query, changes).fetch_optional(pool).await?
@@ -338,11 +340,7 @@ impl Database {
     ) -> Result<Option<Product>, sqlx::Error> {
         count("update");
         let sql = format!(
-            "UPDATE products SET name = COALESCE($2, name), \
-             description = COALESCE($3, description), \
-             price_cents = COALESCE($4, price_cents), category = COALESCE($5, category), \
-             tags = COALESCE($6, tags), stock = COALESCE($7, stock), updated_at = $8 \
-             WHERE id = $1 AND {} RETURNING {COLUMNS}",
+            "{UPDATE_PRODUCT} AND {} RETURNING {COLUMNS}",
             unchanged_since_read(9)
         );
         let row: Option<ProductRow> = on_pool!(self, pool => {

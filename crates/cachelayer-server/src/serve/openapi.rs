@@ -122,8 +122,8 @@ impl Modify for AdminToken {
     }
 }
 
-/// The write bodies closed to unknown fields, the patch needing one writable field, the
-/// admin request naming something: rules the derive cannot state.
+/// The create and replace body closed to unknown fields, the admin request closed and
+/// naming something: rules the derive cannot state (the patch body states its own).
 struct WriteBodies;
 
 impl Modify for WriteBodies {
@@ -132,9 +132,6 @@ impl Modify for WriteBodies {
         components
             .schemas
             .insert("ProductInput".to_owned(), super::schema::product_input());
-        components
-            .schemas
-            .insert("ProductPatch".to_owned(), super::schema::product_patch());
         components.schemas.insert(
             "InvalidateRequest".to_owned(),
             crate::admin::invalidate_request(),

@@ -181,32 +181,6 @@ pub(crate) struct ProductInput {
     updated_at: Option<String>,
 }
 
-/// The body of a partial update: at least one writable field, none of them `null` (leave a
-/// field out to keep its value), the read-only fields of a read allowed back, nothing else.
-#[derive(ToSchema)]
-#[allow(dead_code)] // Describes the body for OpenAPI; `parse_changes` checks it.
-#[schema(example = json!({ "price": 44.0, "stock": 11 }))]
-pub(crate) struct ProductPatch {
-    #[schema(schema_with = name)]
-    name: Option<String>,
-    #[schema(schema_with = description)]
-    description: Option<String>,
-    #[schema(schema_with = price)]
-    price: Option<f64>,
-    #[schema(schema_with = category)]
-    category: Option<String>,
-    #[schema(schema_with = tags)]
-    tags: Option<Vec<String>>,
-    #[schema(schema_with = stock)]
-    stock: Option<i64>,
-    #[schema(schema_with = read_only_id)]
-    id: Option<i64>,
-    #[schema(schema_with = read_only_time)]
-    created_at: Option<String>,
-    #[schema(schema_with = read_only_time)]
-    updated_at: Option<String>,
-}
-
 /// A write body's object schema closed to other properties; for a patch, also at least
 /// one writable field (`minProperties` alone would count the read-only ones).
 pub(crate) fn write_body(object: RefOr<Schema>, at_least_one_field: bool) -> RefOr<Schema> {
@@ -236,9 +210,32 @@ pub(crate) fn product_input() -> RefOr<Schema> {
     write_body(ProductInput::schema(), false)
 }
 
-/// The partial update body, closed, with at least one writable field.
-pub(crate) fn product_patch() -> RefOr<Schema> {
-    write_body(ProductPatch::schema(), true)
+/// The body of a partial update, for the description: see [`product_patch`].
+pub(crate) struct ProductPatch;
+
+impl PartialSchema for ProductPatch {
+    fn schema() -> RefOr<Schema> {
+        product_patch()
+    }
+}
+
+impl ToSchema for ProductPatch {}
+
+/// The body of a partial update: the fields of [`ProductInput`], none required, at least
+/// one writable field, none of them `null` (leave a field out to keep its value), the
+/// read-only fields of a read allowed back, nothing else.
+fn product_patch() -> RefOr<Schema> {
+    let RefOr::T(Schema::Object(mut object)) = ProductInput::schema() else {
+        return ProductInput::schema();
+    };
+    object.required.clear();
+    object.description = Some(
+        "Some writable fields of a product: those left out keep their values; none may be null."
+            .to_owned(),
+    );
+    object.example = None;
+    object.examples = vec![serde_json::json!({ "price": 44.0, "stock": 11 })];
+    write_body(RefOr::T(Schema::Object(object)), true)
 }
 
 /// Query parameters of the product list. Others are refused (422), as are numbers not
