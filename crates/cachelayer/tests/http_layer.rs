@@ -399,6 +399,11 @@ async fn request_directives(backend: Backend) {
     };
     let absent = send(&app, only("/fresh")).await;
     assert_eq!(absent.status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(absent.headers[header::CONTENT_TYPE], "application/json");
+    assert_eq!(
+        absent.text(),
+        r#"{"error":"not_in_cache","message":"nothing usable is stored and the request said only-if-cached"}"#
+    );
     assert_eq!(calls.of("/fresh"), 0);
     fetch(&app, "/fresh").await;
     assert_eq!(send(&app, only("/fresh")).await.text(), "fresh 1");
@@ -866,6 +871,24 @@ async fn query_is_normalized(backend: Backend) {
     assert_eq!(calls.of("/fresh"), 2);
 }
 
+/// Spellings of a query that RFC 3986 calls one (escaped unreserved characters, in names
+/// and values, ignored names included) are one entry; `+` and `%20` are not.
+async fn query_escapes_are_one_entry(backend: Backend) {
+    let (app, calls) = router(backend.cache());
+    assert_eq!(fetch(&app, "/items?limit=5").await.x_cache(), "MISS");
+    for spelling in ["/items?l%69mit=5", "/items?limit=%35&utm%5Fsource=x"] {
+        let reply = fetch(&app, spelling).await;
+        assert_eq!(
+            (reply.x_cache(), reply.text()),
+            ("HIT", "items 1"),
+            "{spelling}"
+        );
+    }
+    fetch(&app, "/items?q=a+b").await;
+    assert_eq!(fetch(&app, "/items?q=a%20b").await.x_cache(), "MISS");
+    assert_eq!(calls.of("/items"), 3);
+}
+
 /// 100 concurrent requests for a cold URL make one origin call.
 async fn concurrent_misses_collapse(backend: Backend) {
     let (app, calls) = router(backend.cache());
@@ -1207,6 +1230,7 @@ on_every_store!(
     stale_serving_from_response_directives,
     forged_host_cannot_poison,
     query_is_normalized,
+    query_escapes_are_one_entry,
     concurrent_misses_collapse,
     concurrent_misses_collapse_per_variant,
     large_bodies_stream_through,

@@ -5,8 +5,10 @@
 //! Checked: normalizing is total and idempotent, borrows exactly when nothing changes, and
 //! equals an independent implementation of RFC 3986's syntax-based normalization (sections
 //! 2.3, 6.2.2.1 and 5.2.4, with repeated slashes merged); every spelling of a path is one
-//! key, and reserved escapes are never decoded into another path. This module must never
-//! share code with the implementation it checks.
+//! key, and reserved escapes are never decoded into another path. Queries likewise: keyed
+//! as the model says (escapes of each name and value normalized), stable when keyed again,
+//! every equivalent spelling one key, and `+`, `%26` and `%3D` never decoded. This module
+//! must never share code with the implementation it checks.
 
 use std::borrow::Cow;
 
@@ -14,7 +16,7 @@ use http::Uri;
 use proptest::collection::vec;
 use proptest::prelude::*;
 
-use crate::http::key::{KeyRules, url_key};
+use crate::http::key::{KeyRules, keyed_url, url_key};
 use crate::http::path::{decode_escapes, normalize_path, normalize_uri};
 
 const UNRESERVED_MARKS: &[u8] = b"-._~";
@@ -119,6 +121,75 @@ fn model_normal(path: &str) -> String {
     }
 }
 
+/// Whether every `%` in `text` starts an escape (RFC 3986 section 2.1).
+fn well_formed(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    text.match_indices('%').all(|(at, _)| {
+        matches!(bytes.get(at + 1..at + 3), Some([high, low])
+            if hex_value(*high).is_some() && hex_value(*low).is_some())
+    })
+}
+
+/// A query as keys hold it: parameters split at `&` and their first `=` (empty ones
+/// dropped), each name and value with its escapes in the normal form unless it holds a `%`
+/// that starts no escape (then kept as sent), stably sorted by name when `sort` says.
+fn model_query(query: &str, sort: bool) -> String {
+    let component = |text: &str| {
+        if well_formed(text) {
+            model_escapes(text)
+        } else {
+            text.to_owned()
+        }
+    };
+    let mut params: Vec<(String, Option<String>)> = query
+        .split('&')
+        .filter(|param| !param.is_empty())
+        .map(|param| match param.split_once('=') {
+            Some((name, value)) => (component(name), Some(component(value))),
+            None => (component(param), None),
+        })
+        .collect();
+    if sort {
+        params.sort_by(|a, b| a.0.cmp(&b.0));
+    }
+    let params: Vec<String> = params
+        .into_iter()
+        .map(|(name, value)| match value {
+            Some(value) => format!("{name}={value}"),
+            None => name,
+        })
+        .collect();
+    params.join("&")
+}
+
+/// Queries as clients write them: any text, and text made of the pieces that normalizing
+/// rewrites or must leave alone (escapes valid and not, escaped separators, `+`).
+fn raw_query() -> impl Strategy<Value = String> {
+    let piece = prop_oneof![
+        "[a-zA-Z0-9]{1,3}",
+        Just("=".to_owned()),
+        Just("&".to_owned()),
+        "%[0-9a-fA-F]{2}",
+        "%[0-9a-fA-FgG]{0,1}",
+        prop::sample::select(vec![
+            "%26", "%3d", "%3D", "%2b", "+", "%20", "%5f", "%5F", "%25", "é", "~", ".",
+        ])
+        .prop_map(str::to_owned),
+    ];
+    prop_oneof![
+        3 => vec(piece, 0..16).prop_map(|pieces| pieces.concat()),
+        1 => "[ -~]{0,32}",
+        1 => ".{0,24}",
+    ]
+}
+
+/// Query parameters already in the normal form: unreserved characters, reserved escapes
+/// (separators among them) and `+`; a value may be absent (`?flag`).
+fn normal_params() -> impl Strategy<Value = Vec<(String, Option<String>)>> {
+    let text = "([a-zA-Z0-9._~-]|%2F|%26|%3D|%20|%C3%A9|\\+){0,6}";
+    vec((text, proptest::option::of(text)), 0..5)
+}
+
 /// Paths as clients write them: any text, and text made of the pieces that normalizing
 /// rewrites (escapes valid and not, dots, slashes).
 fn raw_path() -> impl Strategy<Value = String> {
@@ -176,37 +247,44 @@ fn spell(segments: &[String], spellings: &[Spelling], trailing: bool) -> String 
             _ => {}
         }
         out.push('/');
-        let mut escapes = how.escape.iter().cycle();
-        let mut rest = segment.as_str();
-        while let Some(c) = rest.chars().next() {
-            if c == '%' {
-                // A reserved escape stays one, in either case.
-                let escape = &rest[..3];
-                out.push_str(&if how.lower_hex {
-                    escape.to_ascii_lowercase()
-                } else {
-                    escape.to_owned()
-                });
-                rest = &rest[3..];
-                continue;
-            }
-            let byte = c as u8;
-            if *escapes.next().unwrap_or(&false) {
-                out.push_str(&if how.lower_hex {
-                    format!("%{byte:02x}")
-                } else {
-                    format!("%{byte:02X}")
-                });
-            } else {
-                out.push(c);
-            }
-            rest = &rest[1..];
-        }
+        spell_escapes(&mut out, segment, how);
     }
     if trailing || segments.is_empty() {
         out.push('/');
     }
     out
+}
+
+/// `text` (in the normal form, ASCII) spelled another way: some unreserved characters
+/// escaped, and hex in the case `how` says; reserved characters and escapes keep their
+/// meaning.
+fn spell_escapes(out: &mut String, text: &str, how: &Spelling) {
+    let mut escapes = how.escape.iter().cycle();
+    let mut rest = text;
+    while let Some(c) = rest.chars().next() {
+        if c == '%' {
+            // A reserved escape stays one, in either case.
+            let escape = &rest[..3];
+            out.push_str(&if how.lower_hex {
+                escape.to_ascii_lowercase()
+            } else {
+                escape.to_owned()
+            });
+            rest = &rest[3..];
+            continue;
+        }
+        let byte = c as u8;
+        if unreserved(byte) && *escapes.next().unwrap_or(&false) {
+            out.push_str(&if how.lower_hex {
+                format!("%{byte:02x}")
+            } else {
+                format!("%{byte:02X}")
+            });
+        } else {
+            out.push(c);
+        }
+        rest = &rest[1..];
+    }
 }
 
 fn written_normal(segments: &[String], trailing: bool) -> String {
@@ -347,5 +425,58 @@ proptest! {
             url_key("h", "/p", query(&written).as_deref(), &rules),
             url_key("h", "/p", query(&sorted).as_deref(), &rules)
         );
+    }
+
+    /// Any query is keyed, without a panic, as an independent model says (escapes of each
+    /// name and value in RFC 3986's normal form, or kept as sent when a `%` starts no
+    /// escape; sorted or not), and keying the keyed form again changes nothing.
+    #[test]
+    fn fuzz_query_normal_form(query in raw_query(), sort in any::<bool>()) {
+        let rules = KeyRules { sort_query: sort, ..KeyRules::default() };
+        let keyed = keyed_url("h", "/p", Some(&query), &rules);
+        let normal = model_query(&query, sort);
+        let normal = (!normal.is_empty()).then_some(normal.as_str());
+        let expected = normal.map_or("http://h/p".to_owned(), |q| format!("http://h/p?{q}"));
+        prop_assert_eq!(&keyed, &expected, "{:?}", query);
+        let again = keyed_url("h", "/p", normal, &rules);
+        prop_assert_eq!(&again, &keyed, "{:?} is not stable", normal);
+        let key = |query| url_key("h", "/p", query, &rules);
+        prop_assert_eq!(key(Some(&query)), key(normal));
+    }
+
+    /// Every spelling of a query that RFC 3986 calls equivalent (unreserved characters
+    /// escaped, hex in either case, in names and values) is one key; `+` is never `%20`
+    /// and an escaped `&` or `=` never the separator.
+    #[test]
+    fn fuzz_query_spellings_are_one_key(
+        params in normal_params(),
+        spellings in vec(spelling(), 1..4),
+        sort in any::<bool>(),
+    ) {
+        let rules = KeyRules { sort_query: sort, ..KeyRules::default() };
+        let mut normal = Vec::new();
+        let mut spelled = Vec::new();
+        for ((name, value), how) in params.iter().zip(spellings.iter().cycle()) {
+            let mut written = String::new();
+            spell_escapes(&mut written, name, how);
+            if let Some(value) = value {
+                written.push('=');
+                spell_escapes(&mut written, value, how);
+            }
+            spelled.push(written);
+            normal.push(match value {
+                Some(value) => format!("{name}={value}"),
+                None => name.clone(),
+            });
+        }
+        let (normal, spelled) = (normal.join("&"), spelled.join("&"));
+        let key = |query: &str| url_key("h", "/p", Some(query), &rules);
+        prop_assert_eq!(key(&spelled), key(&normal), "{} and {}", spelled, normal);
+        for (escape, character) in [("%20", "+"), ("%26", "&"), ("%3D", "=")] {
+            if normal.contains(escape) {
+                let decoded = normal.replace(escape, character);
+                prop_assert_ne!(key(&decoded), key(&normal), "{}", decoded);
+            }
+        }
     }
 }

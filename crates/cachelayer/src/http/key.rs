@@ -3,6 +3,14 @@
 //! it (HEAD is answered from GET's entry), and neither are request headers: `Vary` is
 //! checked against the stored request values instead.
 //!
+//! The query is keyed parameter by parameter, each name and value with its escapes in RFC
+//! 3986's normal form (`escapes`: `?l%69mit=%35` is `?limit=5`), so a client cannot split
+//! or dodge an entry by spelling; then ignored parameters are dropped and the rest sorted,
+//! by their names' normal form. Keys must never join queries an origin following RFC 3986
+//! can tell apart: `+` is not `%20`, `%26` and `%3D` are no separators, and a name or value
+//! with a `%` that starts no escape is keyed as sent (the origin receives the query as
+//! sent, and origins differ on such a `%`).
+//!
 //! The host's port is part of the key ([`HostPort::Kept`], the default: `localhost:8080`
 //! and `localhost` are different entries) unless the rules ignore ports. A default port
 //! (80 or 443, in any spelling: `:080`, or an empty `:`) is dropped whatever the scheme, as
@@ -17,9 +25,12 @@
 //! configured allow-list before it can become part of a key; the path and query are hashed
 //! into one key part, so nothing in a URL can forge another key's structure.
 
+use std::borrow::Cow;
+
 use http::request::Parts;
 use http::{HeaderMap, Uri};
 
+use super::escapes::{Escapes, judge, normalize_escapes};
 use super::path::normalize_path;
 use crate::key::Key;
 
@@ -32,7 +43,8 @@ pub struct KeyRules {
     /// Sort query parameters, so `?a=1&b=2` and `?b=2&a=1` share an entry.
     pub sort_query: bool,
     /// Query parameters left out of the key: exact names, or prefixes ending in `*`
-    /// (`utm_*`).
+    /// (`utm_*`), compared with the normal form of each name (`utm%5Fsource` is
+    /// `utm_source`).
     pub ignored_query_params: Vec<String>,
     /// The key space of the layer: layers with different scopes never share entries, even
     /// on one store and for one host and path. `None`: the unscoped key space (keys as they
@@ -199,42 +211,117 @@ fn keyed_host<'h>(host: &'h str, rules: &KeyRules) -> &'h str {
     }
 }
 
-/// The path in its normal form and the normalized query, as keys hold them.
+/// The path in its normal form and the query as keys hold it ([`key_params`]).
 fn keyed_target(path: &str, query: Option<&str>, rules: &KeyRules) -> String {
-    let mut target = normalize_path(path).into_owned();
-    if let Some(query) = normalized_query(query, rules) {
-        target.push('?');
-        target.push_str(&query);
+    let path = normalize_path(path);
+    let mut target = String::with_capacity(path.len() + query.map_or(0, |q| q.len() + 1));
+    target.push_str(&path);
+    match query {
+        Some(query) if query_is_normal(query, rules) => {
+            target.push('?');
+            target.push_str(query);
+        }
+        _ => {
+            for (at, param) in key_params(query, rules).iter().enumerate() {
+                target.push(if at == 0 { '?' } else { '&' });
+                param.write_to(&mut target);
+            }
+        }
     }
     target
 }
 
-fn normalized_query(query: Option<&str>, rules: &KeyRules) -> Option<String> {
-    let query = query?;
-    let mut pairs: Vec<&str> = query
+/// Whether `query` is already as [`key_params`] would write it (the usual case, checked
+/// without allocating): no escape to normalize, no empty or ignored parameter, and names
+/// in order when the rules sort them.
+fn query_is_normal(query: &str, rules: &KeyRules) -> bool {
+    if judge(query) != Escapes::Normal {
+        return false;
+    }
+    let mut previous = "";
+    for param in query.split('&') {
+        let name = param.split_once('=').map_or(param, |(name, _)| name);
+        let unsorted = rules.sort_query && name < previous;
+        if param.is_empty() || unsorted || is_ignored(name, &rules.ignored_query_params) {
+            return false;
+        }
+        previous = name;
+    }
+    true
+}
+
+/// One query parameter as keys hold it: its name and its value (`None` for `?flag`, empty
+/// for `?flag=`), each a [`key_component`].
+struct Param<'q> {
+    name: Cow<'q, str>,
+    value: Option<Cow<'q, str>>,
+}
+
+impl<'q> Param<'q> {
+    /// The parameter between two `&`s, split at its first `=`. Normalizing never decodes
+    /// `&` or `=` (`%26`, `%3D`), so splitting before it is splitting after.
+    fn parse(text: &'q str) -> Self {
+        match text.split_once('=') {
+            Some((name, value)) => Self {
+                name: key_component(name),
+                value: Some(key_component(value)),
+            },
+            None => Self {
+                name: key_component(text),
+                value: None,
+            },
+        }
+    }
+
+    fn write_to(&self, out: &mut String) {
+        out.push_str(&self.name);
+        if let Some(value) = &self.value {
+            out.push('=');
+            out.push_str(value);
+        }
+    }
+}
+
+/// A query's parameters as keys hold them: empty and ignored ones dropped, the rest in
+/// their normal form, sorted by name when the rules say.
+fn key_params<'q>(query: Option<&'q str>, rules: &KeyRules) -> Vec<Param<'q>> {
+    let Some(query) = query else {
+        return Vec::new();
+    };
+    let mut params: Vec<Param<'q>> = query
         .split('&')
-        .filter(|pair| !pair.is_empty())
-        .filter(|pair| {
-            let name = pair.split_once('=').map_or(*pair, |(name, _)| name);
-            !rules
-                .ignored_query_params
-                .iter()
-                .any(|ignored| match ignored.strip_suffix('*') {
-                    Some(prefix) => name.starts_with(prefix),
-                    None => name == ignored,
-                })
-        })
+        .filter(|param| !param.is_empty())
+        .map(Param::parse)
+        .filter(|param| !is_ignored(&param.name, &rules.ignored_query_params))
         .collect();
     if rules.sort_query {
         // By name only, and stable: `?id=1&id=2` and `?id=2&id=1` may mean different things.
-        let name = |pair: &str| {
-            pair.split_once('=')
-                .map_or(pair, |(name, _)| name)
-                .to_owned()
-        };
-        pairs.sort_by_key(|pair| name(pair));
+        params.sort_by(|a, b| a.name.cmp(&b.name));
     }
-    (!pairs.is_empty()).then(|| pairs.join("&"))
+    params
+}
+
+/// Whether a parameter's name (in its normal form) is one of `ignored`: exact names, or
+/// prefixes ending in `*`.
+fn is_ignored(name: &str, ignored: &[String]) -> bool {
+    ignored
+        .iter()
+        .any(|ignored| match ignored.strip_suffix('*') {
+            Some(prefix) => name.starts_with(prefix),
+            None => name == ignored,
+        })
+}
+
+/// A query parameter's name or value as keys hold it: its escapes in the normal form
+/// (`l%69mit` is `limit`, `%2f` is `%2F`; `+` stays), borrowed when already so (most
+/// queries), so the hit path does not allocate for it. One with a `%` that starts no
+/// escape is kept as sent: origins read it differently (as `%`, or not at all) and receive
+/// the query as sent, so it must not share the key of `%25`.
+fn key_component(text: &str) -> Cow<'_, str> {
+    match judge(text) {
+        Escapes::Changes => Cow::Owned(normalize_escapes(text)),
+        Escapes::Normal | Escapes::Malformed => Cow::Borrowed(text),
+    }
 }
 
 /// The values a request has for the header names a response's `Vary` lists (names
@@ -467,6 +554,111 @@ mod tests {
         assert_ne!(key("/p"), key("/q"));
         // A key never shows the raw path, so `/p:x` cannot forge a key's structure.
         assert!(key("/p:x").as_str().starts_with("http:h:#"));
+    }
+
+    /// The allocation-free check agrees with the normalization it stands for (a query with
+    /// a `%` that starts no escape takes the long way, which keeps that part as sent).
+    #[test]
+    fn query_is_normal_exactly_when_keying_changes_nothing() {
+        let rules = KeyRules {
+            sort_query: true,
+            ignored_query_params: vec!["utm_*".into()],
+            ..KeyRules::default()
+        };
+        let unsorted = KeyRules::default();
+        for query in [
+            "a=1&b=2",
+            "b=2&a=1",
+            "a=1&a=0",
+            "a",
+            "a=",
+            "=",
+            "",
+            "&",
+            "a=1&",
+            "a&&b",
+            "a=%2F",
+            "a=%2f",
+            "l%69mit=5",
+            "q=100%",
+            "q=a+b",
+            "utm_source=x",
+            "a=1&utm_x",
+            "b=%&a",
+        ] {
+            for rules in [&rules, &unsorted] {
+                let keyed = keyed_url("h", "/", Some(query), rules);
+                let unchanged = keyed == format!("http://h/?{query}");
+                assert_eq!(
+                    query_is_normal(query, rules),
+                    unchanged && judge(query) != Escapes::Malformed,
+                    "{query:?}, sorted: {}",
+                    rules.sort_query
+                );
+            }
+        }
+    }
+
+    /// Spellings RFC 3986 calls equivalent (unreserved characters escaped, hex in either
+    /// case) are one key, in names and values; `+` and `%20`, which origins read
+    /// differently, are not; an escaped `&` or `=` stays escaped and separates nothing.
+    #[test]
+    fn query_escapes_are_normalized() {
+        let rules = KeyRules::default();
+        let key = |uri| primary_key(&parts(uri, "h"), &rules).expect("key");
+        let limit = key("/items?limit=5");
+        assert_eq!(key("/items?limit=%35"), limit);
+        assert_eq!(key("/items?l%69mit=5"), limit);
+        assert_eq!(key("/items?j=%6a"), key("/items?j=%6A"));
+        assert_eq!(key("/items?path=a%2fb"), key("/items?path=a%2Fb"));
+        assert_ne!(key("/items?q=a+b"), key("/items?q=a%20b"));
+        assert_ne!(key("/items?a=x%26b=y"), key("/items?a=x&b=y"));
+        assert_ne!(key("/items?a%3Dx=y"), key("/items?a=x=y"));
+        assert_eq!(
+            keyed_url("h", "/items", Some("q=1%262&l%69mit=%35&p=%2f"), &rules),
+            "http://h/items?q=1%262&limit=5&p=%2F"
+        );
+        let sorted = KeyRules {
+            sort_query: true,
+            ..KeyRules::default()
+        };
+        assert_eq!(
+            keyed_url("h", "/items", Some("q=1%262&%62=2&a=1"), &sorted),
+            "http://h/items?a=1&b=2&q=1%262",
+            "sorted by the normal form of names; `%26` is no separator"
+        );
+    }
+
+    /// A name or value with a `%` that starts no escape is keyed as sent: origins read it
+    /// differently (as `%`, or not at all), so it never shares a key with `%25`.
+    #[test]
+    fn malformed_query_escapes_are_kept_as_sent() {
+        let rules = KeyRules::default();
+        let key = |uri| primary_key(&parts(uri, "h"), &rules).expect("key");
+        assert_ne!(key("/p?q=100%"), key("/p?q=100%25"));
+        assert_ne!(key("/p?q=%%34%31"), key("/p?q=%41"));
+        assert_eq!(
+            keyed_url("h", "/p", Some("q=%zz%41&%62=%"), &rules),
+            "http://h/p?q=%zz%41&b=%"
+        );
+    }
+
+    /// Ignored parameters are matched by the normal form of their names.
+    #[test]
+    fn ignored_query_params_match_after_normalizing() {
+        let rules = KeyRules {
+            sort_query: true,
+            ignored_query_params: vec!["utm_*".into(), "fbclid".into()],
+            ..KeyRules::default()
+        };
+        let key = |uri| primary_key(&parts(uri, "h"), &rules).expect("key");
+        assert_eq!(key("/p?utm%5Fsource=x&a=1"), key("/p?a=1"));
+        assert_eq!(key("/p?%75tm_medium=x&fbcl%69d=y"), key("/p"));
+        assert_ne!(
+            key("/p?utm%2Dsource=x"),
+            key("/p"),
+            "`utm-` is another name"
+        );
     }
 
     /// Spellings of one path are one key; a scope makes another key space, which no

@@ -22,6 +22,7 @@
 //! - [`key`]: keys from the layer's scope, host (checked against an allow-list), path and
 //!   normalized query, and the request values a response's `Vary` names;
 //! - [`path`]: the one normal form of a path, for keys, the origin and invalidation;
+//! - `escapes`: percent-encodings in their normal form, for paths and query keys alike;
 //! - [`headers`]: the hop-by-hop fields, never stored, forwarded, nor judged;
 //! - [`status`]: `X-Cache` and `Cache-Status`, rendered from how a response was produced;
 //! - `stored`: the stored form of a response; `tags`: tags on responses and their
@@ -34,6 +35,7 @@ mod admit;
 mod body;
 mod collapse;
 pub mod conditional;
+mod escapes;
 mod forward;
 pub mod headers;
 pub(crate) mod invalidate;

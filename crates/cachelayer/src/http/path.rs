@@ -7,7 +7,8 @@
 //! unreserved characters decoded (section 2.3), the hex of other escapes uppercase (section
 //! 6.2.2.1), dot segments removed (section 5.2.4), and, beyond the RFC, repeated slashes
 //! merged. A `%` that starts no escape is written `%25`, so the form is well formed and
-//! normalizing it again changes nothing.
+//! normalizing it again changes nothing. The escapes' part is `escapes`, which query keys
+//! share.
 //!
 //! This module must never change what a path means to an origin that follows RFC 3986: it
 //! never decodes an escape of a reserved character (`%2F` is not `/`), never changes case
@@ -17,6 +18,8 @@ use std::borrow::Cow;
 
 use http::Uri;
 use http::uri::PathAndQuery;
+
+use super::escapes::{escaped_byte, normalize_escapes};
 
 /// `path` in the normal form; borrowed when it is already normal (most requests), so the
 /// hit path does not allocate for it. A path not starting with `/` (`*` of `OPTIONS *`) is
@@ -87,51 +90,6 @@ fn is_normal(path: &str) -> bool {
         }
     }
     true
-}
-
-/// Unreserved characters (RFC 3986 section 2.3): their escapes and themselves are one.
-fn is_unreserved(byte: u8) -> bool {
-    byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~')
-}
-
-/// The byte a `%XX` at the start of `bytes` stands for, if it is one.
-fn escaped_byte(bytes: &[u8]) -> Option<u8> {
-    match bytes {
-        [b'%', high, low, ..] => {
-            let digit = |b: u8| char::from(b).to_digit(16);
-            let value = digit(*high)? * 16 + digit(*low)?;
-            u8::try_from(value).ok()
-        }
-        _ => None,
-    }
-}
-
-/// Escapes of unreserved characters decoded, other escapes with uppercase hex, and a `%`
-/// that starts no escape written `%25`.
-fn normalize_escapes(path: &str) -> String {
-    let bytes = path.as_bytes();
-    let mut out = String::with_capacity(path.len());
-    let mut at = 0;
-    while at < bytes.len() {
-        if bytes[at] != b'%' {
-            // Copy up to the next `%` as it is (it may hold UTF-8 of more than a byte).
-            let next = path[at..].find('%').map_or(path.len(), |i| at + i);
-            out.push_str(&path[at..next]);
-            at = next;
-            continue;
-        }
-        match escaped_byte(&bytes[at..]) {
-            Some(byte) if is_unreserved(byte) => out.push(char::from(byte)),
-            Some(byte) => out.push_str(&format!("%{byte:02X}")),
-            None => {
-                out.push_str("%25");
-                at += 1;
-                continue;
-            }
-        }
-        at += 3;
-    }
-    out
 }
 
 /// Dot segments removed (RFC 3986 section 5.2.4) and empty segments merged; a trailing

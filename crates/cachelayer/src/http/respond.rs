@@ -146,10 +146,11 @@ fn not_modified_response(
     response
 }
 
-/// `504` for `only-if-cached` with nothing usable stored (RFC 9111 section 5.2.1.7).
+/// `504` for `only-if-cached` with nothing usable stored (RFC 9111 section 5.2.1.7), with
+/// the JSON error body every error of the project has: a machine code and a sentence.
 pub(super) fn gateway_timeout(settings: &Settings) -> Response<CacheBody> {
     let mut response = Response::new(full_body(Bytes::from_static(
-        br#"{"error":"not in cache","detail":"the request said only-if-cached"}"#,
+        br#"{"error":"not_in_cache","message":"nothing usable is stored and the request said only-if-cached"}"#,
     )));
     *response.status_mut() = StatusCode::GATEWAY_TIMEOUT;
     response.headers_mut().insert(
