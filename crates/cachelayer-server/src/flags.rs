@@ -155,7 +155,6 @@ fn check_redis_url(url: &str) -> Result<(), Error> {
     })
 }
 
-/// An `IP:PORT` flag, or an error naming `flag`.
 /// Refuses a duration past the longest TTL a store keeps (ten years), naming `flag`.
 pub(crate) fn within_max_ttl(flag: &str, value: Duration) -> Result<(), Error> {
     if value > cachelayer::store::MAX_TTL {
@@ -164,6 +163,7 @@ pub(crate) fn within_max_ttl(flag: &str, value: Duration) -> Result<(), Error> {
     Ok(())
 }
 
+/// An `IP:PORT` flag, or an error naming `flag`.
 pub(crate) fn parse_address(flag: &str, raw: &str) -> Result<SocketAddr, Error> {
     raw.parse().map_err(|_| {
         Error::config(

@@ -12,8 +12,9 @@
 //! import `proxy`.
 //!
 //! Dependencies point one way: `mod.rs` → `app` (routes) → `api` / `health` / `openapi`
-//! → `state` → `catalogue` (cache and invalidation) → `db` (SQL) → `product` (the
-//! resource and its validation); `config` holds the flags.
+//! (with `schema`, the request schemas built from `product`'s rules) → `state` →
+//! `catalogue` (cache, invalidation, and `precondition`s of writes) → `db` (SQL) →
+//! `product` (the resource and its validation); `config` holds the flags.
 
 mod api;
 mod app;
