@@ -9,6 +9,9 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
@@ -193,8 +196,10 @@ pub(crate) fn parse_changes(
             ));
         }
     }
+    let texts = number_texts(body);
     let mut fields = Fields {
         object: &object,
+        texts: &texts,
         completeness,
         errors: &mut errors,
     };
@@ -240,6 +245,8 @@ impl ProductChanges {
 /// The checks of one body, collecting errors as it goes.
 struct Fields<'a> {
     object: &'a Map<String, Value>,
+    /// Each field's JSON as sent, for numbers judged on their text.
+    texts: &'a HashMap<String, Box<RawValue>>,
     completeness: Completeness,
     errors: &'a mut Vec<FieldError>,
 }
@@ -267,6 +274,11 @@ impl<'a> Fields<'a> {
         }
     }
 
+    /// The decimals of field `name`'s number as sent (0 when it is not a number).
+    fn decimals(&self, name: &str) -> u64 {
+        self.texts.get(name).map_or(0, |text| decimals(text.get()))
+    }
+
     fn reject<T>(&mut self, name: &str, message: impl Into<String>) -> Option<T> {
         self.errors.push(FieldError::new(name, message));
         None
@@ -291,11 +303,11 @@ impl<'a> Fields<'a> {
         if !(0.0..=MAX_PRICE).contains(&price) {
             return self.reject(name, format!("must be between 0 and {MAX_PRICE}"));
         }
-        if decimals(value) > 2 {
+        if self.decimals(name) > 2 {
             return self.reject(name, "must have at most two decimals");
         }
-        // At most two decimals, as its shortest decimal spelling says, and in range: the
-        // cents are a whole number, and the cast is exact.
+        // At most two decimals as sent, and in range: the nearest whole number of cents is
+        // the price's.
         Some((price * 100.0).round() as i64)
     }
 
@@ -322,11 +334,12 @@ impl<'a> Fields<'a> {
 
     fn stock(&mut self, name: &str) -> Option<i64> {
         let value = self.value(name, false)?;
-        // JSON Schema counts 167.0 as an integer, and so do generated clients: so does this.
+        // JSON Schema counts 167.0 as an integer, and so do generated clients: so does
+        // this. `167.00000000000001` is not one, though it reads as 167.0 in binary.
         let whole = value.as_i64().or_else(|| {
             value
                 .as_f64()
-                .filter(|n| n.fract() == 0.0 && n.abs() <= MAX_STOCK as f64)
+                .filter(|n| n.abs() <= MAX_STOCK as f64 && self.decimals(name) == 0)
                 .map(|n| n as i64)
         });
         let Some(stock) = whole else {
@@ -339,20 +352,36 @@ impl<'a> Fields<'a> {
     }
 }
 
-/// How many decimals a JSON number has in its shortest decimal spelling (`19.99`: 2,
-/// `1.5e1`: 0, `19.990000001`: 9), the way JSON Schema's `multipleOf` sees the number
-/// (exactly, not as a binary fraction).
-fn decimals(value: &Value) -> usize {
-    let text = value.to_string();
-    let (mantissa, exponent) = match text.split_once(['e', 'E']) {
-        Some((mantissa, exponent)) => (mantissa, exponent.parse::<i64>().unwrap_or(0)),
-        None => (text.as_str(), 0),
-    };
-    let fraction = mantissa
-        .split_once('.')
-        .map_or("", |(_, fraction)| fraction);
-    let fraction = fraction.trim_end_matches('0').len() as i64;
-    usize::try_from(fraction - exponent).unwrap_or(0)
+/// Each field of a JSON object body as sent (empty when it is not one: the parse of the
+/// body as a value says why). A second parse of a write's body, for the numbers' text:
+/// serde_json's numbers are binary floats, in which `19.9900000000000001` is `19.99`.
+fn number_texts(body: &[u8]) -> HashMap<String, Box<RawValue>> {
+    serde_json::from_slice(body).unwrap_or_default()
+}
+
+/// How many decimals a JSON number has, exactly, from its text (`19.99`: 2, `1.5e1`: 0,
+/// `1000e-3`: 0, `19.9900000000000001`: 16, `1e-400`: 400): as JSON Schema's `multipleOf`
+/// sees a number, in decimal, not as the binary fraction it is parsed into.
+fn decimals(number: &str) -> u64 {
+    let number = number.trim().trim_start_matches('-');
+    let (mantissa, exponent) = number.split_once(['e', 'E']).unwrap_or((number, "0"));
+    // An exponent past i64 makes a number far out of every range, or far past any
+    // number of decimals a rule allows.
+    let exponent = exponent
+        .parse::<i64>()
+        .unwrap_or(match exponent.starts_with('-') {
+            true => i64::MIN,
+            false => i64::MAX,
+        });
+    let (whole, fraction) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let digits = format!("{whole}{fraction}");
+    let significant = digits.trim_end_matches('0');
+    if significant.trim_start_matches('0').is_empty() {
+        return 0;
+    }
+    let trailing_zeros = (digits.len() - significant.len()) as i128;
+    let scale = fraction.len() as i128 - i128::from(exponent) - trailing_zeros;
+    u64::try_from(scale.max(0)).unwrap_or(u64::MAX)
 }
 
 /// Sample products for an empty database: deterministic, each about 1 KB of JSON.
@@ -455,7 +484,11 @@ mod tests {
     #[test]
     fn prices_with_more_decimals_are_refused_not_rounded() {
         for body in [
-            &br#"{"price": 19.990000001}"#[..],
+            &br#"{"price": 19.9900000000000001}"#[..],
+            br#"{"price": 100.000000000000001}"#,
+            br#"{"price": 1.0000000000000000000000001e2}"#,
+            br#"{"price": 1e-400}"#,
+            br#"{"price": 19.990000001}"#,
             br#"{"price": 0.30000000000000004}"#,
             br#"{"price": 5e-324}"#,
             br#"{"price": 1.005}"#,
@@ -470,6 +503,9 @@ mod tests {
             (br#"{"price": 1E6}"#, 100_000_000),
             (br#"{"price": 12.30}"#, 1230),
             (br#"{"price": 0}"#, 0),
+            (br#"{"price": 1000e-3}"#, 100),
+            (br#"{"price": 1999e-2}"#, 1999),
+            (br#"{"price": -0.0}"#, 0),
         ] {
             let ok = parse_changes(body, Completeness::Partial).expect("valid");
             assert_eq!(ok.price_cents, Some(cents));
@@ -502,10 +538,19 @@ mod tests {
     /// An integer-valued number is an integer, as JSON Schema counts it; a fraction is not.
     #[test]
     fn integer_valued_numbers_are_whole_numbers() {
-        let ok = parse_changes(br#"{"stock": 167.0}"#, Completeness::Partial).expect("valid");
-        assert_eq!(ok.stock, Some(167));
         for body in [
-            &br#"{"stock": 1.5}"#[..],
+            &br#"{"stock": 167.0}"#[..],
+            br#"{"stock": 1.67e2}"#,
+            br#"{"stock": 1670e-1}"#,
+        ] {
+            let ok = parse_changes(body, Completeness::Partial).expect("valid");
+            assert_eq!(ok.stock, Some(167));
+        }
+        for body in [
+            &br#"{"stock": 167.00000000000001}"#[..],
+            br#"{"stock": 5.0000000000000000001}"#,
+            br#"{"stock": 1e-400}"#,
+            br#"{"stock": 1.5}"#,
             br#"{"stock": 1e300}"#,
             br#"{"stock": -1.0}"#,
         ] {
