@@ -1,87 +1,51 @@
 //! Preconditions of a write (RFC 9110 sections 13.1.1, 13.1.2 and 13.2.2): `If-Match` and
 //! `If-None-Match` on `PUT`, `PATCH` and `DELETE`, judged against the product's current
 //! entity tag, so a client doing optimistic concurrency never overwrites a change it has not
-//! seen (`412 Precondition Failed` instead).
+//! seen (`412 Precondition Failed` instead). The comparisons are the library's
+//! ([`conditional`]), the ones reads use.
 //!
 //! This module must never touch the database: it judges a tag it is given.
 
-use axum::http::{HeaderMap, HeaderName, header};
+use axum::http::{HeaderMap, header};
+use cachelayer::http::conditional;
 
-/// The entity tags a precondition field lists.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Tags {
-    /// `*`: any current representation.
-    Any,
-    /// The tags as sent (an unreadable field lists none).
-    List(Vec<String>),
-}
-
-impl Tags {
-    fn of(headers: &HeaderMap, name: &HeaderName) -> Option<Self> {
-        let mut fields = headers.get_all(name).iter().peekable();
-        fields.peek()?;
-        let mut tags = Vec::new();
-        for field in fields {
-            let Ok(text) = field.to_str() else {
-                return Some(Self::List(Vec::new()));
-            };
-            for tag in text.split(',').map(str::trim).filter(|t| !t.is_empty()) {
-                if tag == "*" {
-                    return Some(Self::Any);
-                }
-                tags.push(tag.to_owned());
-            }
-        }
-        Some(Self::List(tags))
-    }
-}
-
-/// A write's preconditions, from its request.
+/// A write's preconditions: the request's two fields, nothing else of it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Precondition {
-    if_match: Option<Tags>,
-    if_none_match: Option<Tags>,
+    fields: HeaderMap,
 }
 
 impl Precondition {
     pub(crate) fn of(headers: &HeaderMap) -> Self {
-        Self {
-            if_match: Tags::of(headers, &header::IF_MATCH),
-            if_none_match: Tags::of(headers, &header::IF_NONE_MATCH),
+        let mut fields = HeaderMap::new();
+        for name in [header::IF_MATCH, header::IF_NONE_MATCH] {
+            for value in headers.get_all(&name) {
+                fields.append(name.clone(), value.clone());
+            }
         }
+        Self { fields }
     }
 
     /// Whether the request states none (the write goes ahead unconditionally).
     pub(crate) fn is_none(&self) -> bool {
-        self.if_match.is_none() && self.if_none_match.is_none()
+        self.fields.is_empty()
     }
 
     /// Whether the write may go ahead, `current` being the product's entity tag (`None`:
     /// no such product). `If-Match` compares strongly (a weak tag never matches),
     /// `If-None-Match` weakly; both must hold.
     pub(crate) fn holds(&self, current: Option<&str>) -> bool {
-        let if_match = match &self.if_match {
-            None => true,
-            Some(Tags::Any) => current.is_some(),
-            Some(Tags::List(tags)) => current.is_some_and(|current| {
-                !current.starts_with("W/") && tags.iter().any(|tag| tag == current)
-            }),
-        };
-        let if_none_match = match &self.if_none_match {
-            None => true,
-            Some(Tags::Any) => current.is_none(),
-            Some(Tags::List(tags)) => current.is_none_or(|current| {
-                let opaque = |tag: &str| tag.strip_prefix("W/").unwrap_or(tag).to_owned();
-                tags.iter().all(|tag| opaque(tag) != opaque(current))
-            }),
-        };
+        let if_match = !self.fields.contains_key(header::IF_MATCH)
+            || current.is_some_and(|tag| conditional::if_match(&self.fields, tag));
+        let if_none_match = !self.fields.contains_key(header::IF_NONE_MATCH)
+            || current.is_none_or(|tag| !conditional::if_none_match(&self.fields, tag));
         if_match && if_none_match
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use axum::http::HeaderValue;
+    use axum::http::{HeaderName, HeaderValue};
 
     use super::*;
 

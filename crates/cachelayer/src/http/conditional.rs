@@ -1,7 +1,8 @@
-//! Entity tags and `If-None-Match` (RFC 9110 sections 8.8.3 and 13.1.2): the one way this
-//! crate makes a strong tag of a body, and the one way it decides that a client's copy is
-//! current. Public so that an application answering its own conditional reads (outside
-//! the layer) agrees with the layer exactly.
+//! Entity tags, `If-None-Match` and `If-Match` (RFC 9110 sections 8.8.3, 13.1.1 and
+//! 13.1.2): the one way this crate makes a strong tag of a body, decides that a client's
+//! copy is current (weak comparison), and that a write's tag still names the current one
+//! (strong comparison). Public so that an application answering its own conditional reads
+//! and writes (outside the layer) agrees with the layer exactly.
 //!
 //! This module must never decide what to send: it compares and makes tags, nothing else.
 
@@ -34,6 +35,23 @@ pub fn if_none_match(request: &HeaderMap, etag: &str) -> bool {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|candidate| candidate.trim() == "*" || opaque(candidate) == etag)
+}
+
+/// Whether the request's `If-Match` names `etag` (strong comparison: a weak tag never
+/// matches, RFC 9110 section 8.8.3.2) or is `*`: a write conditional on it may go ahead.
+/// `false` when the request has no `If-Match`, or one that cannot be read.
+pub fn if_match(request: &HeaderMap, etag: &str) -> bool {
+    let strong = |tag: &str| !tag.starts_with("W/");
+    let etag = etag.trim();
+    request
+        .get_all(http::header::IF_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .any(|candidate| {
+            candidate == "*" || (strong(candidate) && strong(etag) && candidate == etag)
+        })
 }
 
 /// The opaque part of an entity tag, for the weak comparison.
@@ -76,5 +94,25 @@ mod tests {
         assert!(!if_none_match(&request(&["\"abcd\""]), etag));
         assert!(!if_none_match(&request(&["abc"]), etag), "unquoted");
         assert!(!if_none_match(&request(&[]), etag));
+    }
+
+    #[test]
+    fn if_match_compares_strongly() {
+        let mut headers = HeaderMap::new();
+        headers.append(
+            http::header::IF_MATCH,
+            HeaderValue::from_static("\"x\", \"abc\""),
+        );
+        assert!(if_match(&headers, "\"abc\""));
+        assert!(!if_match(&headers, "W/\"abc\""), "a weak current tag");
+        assert!(!if_match(&headers, "\"abcd\""));
+        headers.insert(
+            http::header::IF_MATCH,
+            HeaderValue::from_static("W/\"abc\""),
+        );
+        assert!(!if_match(&headers, "\"abc\""), "a weak tag in the request");
+        headers.insert(http::header::IF_MATCH, HeaderValue::from_static("*"));
+        assert!(if_match(&headers, "\"anything\""));
+        assert!(!if_match(&HeaderMap::new(), "\"abc\""));
     }
 }
