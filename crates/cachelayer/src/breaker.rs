@@ -82,18 +82,41 @@ pub(crate) struct CircuitBreaker {
     cool_down: Duration,
     /// The store it guards, as logs name it (its redacted address, or its kind).
     store: String,
+    /// The node this breaker guards, when the store keeps one per node (a Redis Cluster);
+    /// it labels the breaker's metrics.
+    node: Option<String>,
 }
 
 impl CircuitBreaker {
     /// A breaker for the store logs call `store`.
     pub(crate) fn new(failure_threshold: u32, cool_down: Duration, store: String) -> Self {
-        metrics::gauge!(telemetry::BREAKER_STATE).set(BreakerState::Closed.gauge_value());
-        Self {
+        let breaker = Self {
             phase: Mutex::new(Phase::Closed { failures: 0 }),
             failure_threshold,
             cool_down,
             store,
-        }
+            node: None,
+        };
+        breaker.gauge(BreakerState::Closed);
+        breaker
+    }
+
+    /// A breaker for one node of a store (its metrics carry a `node` label).
+    pub(crate) fn for_node(
+        failure_threshold: u32,
+        cool_down: Duration,
+        store: String,
+        node: String,
+    ) -> Self {
+        let breaker = Self {
+            phase: Mutex::new(Phase::Closed { failures: 0 }),
+            failure_threshold,
+            cool_down,
+            store,
+            node: Some(node),
+        };
+        breaker.gauge(BreakerState::Closed);
+        breaker
     }
 
     /// The store it guards, as logs name it.
@@ -134,7 +157,7 @@ impl CircuitBreaker {
             Phase::Open { .. } | Phase::HalfOpen { .. } => {
                 *phase = Phase::HalfOpen { probe_started: now };
                 drop(phase);
-                transition(BreakerState::HalfOpen);
+                self.transition(BreakerState::HalfOpen);
                 Admission::Probe
             }
         }
@@ -146,8 +169,8 @@ impl CircuitBreaker {
         *phase = Phase::Closed { failures: 0 };
         drop(phase);
         if !was_closed {
-            tracing::info!(store = %self.store, "cache store recovered; circuit breaker closed");
-            transition(BreakerState::Closed);
+            tracing::info!(store = %self.store, node = self.node.as_deref(), "cache store recovered; circuit breaker closed");
+            self.transition(BreakerState::Closed);
         }
     }
 
@@ -174,17 +197,31 @@ impl CircuitBreaker {
             drop(phase);
             tracing::warn!(
                 store = %self.store,
+                node = self.node.as_deref(),
                 cool_down_ms = self.cool_down.as_millis() as u64,
                 "cache store failing; circuit breaker open, serving from the source of truth"
             );
-            transition(BreakerState::Open);
+            self.transition(BreakerState::Open);
         }
     }
-}
 
-fn transition(to: BreakerState) {
-    metrics::gauge!(telemetry::BREAKER_STATE).set(to.gauge_value());
-    metrics::counter!(telemetry::BREAKER_TRANSITIONS, "to" => to.as_str()).increment(1);
+    fn transition(&self, to: BreakerState) {
+        self.gauge(to);
+        match &self.node {
+            None => metrics::counter!(telemetry::BREAKER_TRANSITIONS, "to" => to.as_str())
+                .increment(1),
+            Some(node) => metrics::counter!(telemetry::BREAKER_TRANSITIONS, "to" => to.as_str(), "node" => node.clone())
+                .increment(1),
+        }
+    }
+
+    fn gauge(&self, state: BreakerState) {
+        match &self.node {
+            None => metrics::gauge!(telemetry::BREAKER_STATE).set(state.gauge_value()),
+            Some(node) => metrics::gauge!(telemetry::BREAKER_STATE, "node" => node.clone())
+                .set(state.gauge_value()),
+        }
+    }
 }
 
 #[cfg(test)]

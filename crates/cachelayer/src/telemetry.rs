@@ -143,6 +143,10 @@ pub const WRITES_DROPPED: &str = "cachelayer_writes_dropped_total";
 pub const BREAKER_STATE: &str = "cachelayer_breaker_state";
 /// Breaker state changes.
 pub const BREAKER_TRANSITIONS: &str = "cachelayer_breaker_transitions_total";
+/// Times the Sentinels named a new primary and the store moved its connections there.
+pub const REDIS_PRIMARY_CHANGES: &str = "cachelayer_redis_primary_changes_total";
+/// Redis Cluster topology changes the store saw (primaries added, lost or replaced).
+pub const REDIS_CLUSTER_TOPOLOGY_CHANGES: &str = "cachelayer_redis_cluster_topology_changes_total";
 /// Pub/sub messages dropped for a lagging subscriber.
 pub const SUBSCRIPTION_DROPPED: &str = "cachelayer_subscription_dropped_total";
 /// Pub/sub connections lost (each is then re-established in the background).

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::handle::{Cache, CacheInner};
+use super::handle::{Cache, CacheInner, Guard};
 use crate::breaker::{CircuitBreaker, DEFAULT_COOL_DOWN, DEFAULT_FAILURE_THRESHOLD};
 use crate::codec::{
     Codec, DEFAULT_COMPRESSION_THRESHOLD_BYTES, DEFAULT_MAX_VALUE_BYTES, DEFAULT_ZSTD_LEVEL,
@@ -239,6 +239,13 @@ impl CacheBuilder {
         let breaker_label = store
             .address()
             .unwrap_or_else(|| store.kind().as_str().to_owned());
+        let guard = if store_is_local {
+            Guard::Local
+        } else if store.node_breakers().is_some() {
+            Guard::NodeBreakers
+        } else {
+            Guard::CacheBreaker
+        };
         Ok(Cache {
             inner: Arc::new(CacheInner {
                 store,
@@ -247,7 +254,7 @@ impl CacheBuilder {
                 default_ttl: self.default_ttl,
                 ttl_jitter: self.ttl_jitter,
                 command_timeout: self.command_timeout,
-                store_is_local,
+                guard,
                 codec,
                 breaker: CircuitBreaker::new(
                     self.breaker_failure_threshold,

@@ -78,6 +78,17 @@ pub struct Cache {
     pub(super) inner: Arc<CacheInner>,
 }
 
+/// Which circuit breaker guards the store's calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Guard {
+    /// None: the store is in this process, so its calls never wait on I/O.
+    Local,
+    /// The cache's own breaker, for the whole store.
+    CacheBreaker,
+    /// The store's breakers, one per node (see [`Store::node_breakers`]).
+    NodeBreakers,
+}
+
 pub(super) struct CacheInner {
     pub(super) store: Arc<dyn Store>,
     pub(super) namespace: String,
@@ -85,8 +96,9 @@ pub(super) struct CacheInner {
     pub(super) default_ttl: Duration,
     pub(super) ttl_jitter: f64,
     pub(super) command_timeout: Duration,
-    /// The store is in this process ([`StoreKind::Memory`](crate::store::StoreKind)).
-    pub(super) store_is_local: bool,
+    /// Which circuit breaker guards the store's calls (none for a store in this process,
+    /// [`StoreKind::Memory`](crate::store::StoreKind)).
+    pub(super) guard: Guard,
     pub(super) codec: Codec,
     pub(super) breaker: CircuitBreaker,
     pub(super) stampede: StampedeSettings,
@@ -169,6 +181,18 @@ impl Cache {
         self.prefixed(&key.into().into_capped())
     }
 
+    /// The store key of `key` in the slot group `group`: on a Redis Cluster every key of a
+    /// group shares one slot (its hash tag, `{<namespace>:v<version>:<group>}`, follows the
+    /// prefix), for the commands that need them together. User input never chooses a group:
+    /// a key's parts never hold braces.
+    // Only the HTTP layer's tags group keys today.
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
+    pub(crate) fn grouped_key(&self, group: &str, key: impl Into<Key>) -> String {
+        let prefix = &self.inner.prefix;
+        let capped = key.into().into_capped();
+        format!("{prefix}{{{prefix}{group}}}:{capped}")
+    }
+
     /// The store key of a capped key.
     pub(super) fn prefixed(&self, capped: &str) -> String {
         let mut full = String::with_capacity(self.inner.prefix.len() + capped.len());
@@ -187,9 +211,22 @@ impl Cache {
         self.inner.default_ttl
     }
 
-    /// The circuit breaker's state: `Open` means the store is being bypassed.
+    /// The circuit breaker's state: `Open` means the store is being bypassed. For a store
+    /// with a breaker per node (a Redis Cluster), the worst of its nodes': `Open` then means
+    /// part of the store is bypassed.
     pub fn breaker_state(&self) -> BreakerState {
-        self.inner.breaker.state()
+        if self.inner.guard != Guard::NodeBreakers {
+            return self.inner.breaker.state();
+        }
+        let states = self.inner.store.node_breakers().unwrap_or_default();
+        let worst = |state| states.iter().any(|node| node.state == state);
+        if worst(BreakerState::Open) {
+            BreakerState::Open
+        } else if worst(BreakerState::HalfOpen) {
+            BreakerState::HalfOpen
+        } else {
+            BreakerState::Closed
+        }
     }
 
     /// Round-trip time to the store, bounded by the command timeout. Bypasses the breaker,
@@ -444,7 +481,7 @@ impl Cache {
     ) -> Result<T> {
         let _forget = self.forget_on_drop(full, String::as_str);
         let delete = self.call(op, delete);
-        if self.inner.store_is_local {
+        if self.inner.guard == Guard::Local {
             delete.await
         } else {
             let fences: Vec<StoreEntry> = full
@@ -644,12 +681,13 @@ impl Cache {
         op: &'static str,
         call: impl Future<Output = Result<R>>,
     ) -> Result<R> {
-        let local = self.inner.store_is_local;
+        let local = self.inner.guard == Guard::Local;
+        let guarded = self.inner.guard == Guard::CacheBreaker;
         let breaker = &self.inner.breaker;
-        let admission = if local {
-            Admission::Allowed
-        } else {
+        let admission = if guarded {
             breaker.admit()
+        } else {
+            Admission::Allowed
         };
         if admission == Admission::Probe {
             self.spawn_probe();
@@ -678,14 +716,15 @@ impl Cache {
             metrics::histogram!(telemetry::STORE_DURATION, "op" => op).record(elapsed);
         }
         match &result {
-            Ok(_) if local => {}
+            Ok(_) if !guarded => {}
             Ok(_) => breaker.record_success(),
             Err(err) => {
                 metrics::counter!(telemetry::STORE_ERRORS, "op" => op, "kind" => err.kind().as_str())
                     .increment(1);
                 tracing::warn!(op, kind = err.kind().as_str(), store = breaker.store(), error = %err, "cache store call failed; failing open");
-                if local {
-                    // Not a sign of an outage: the breaker guards remote stores only.
+                if !guarded {
+                    // Not the cache's breaker to judge: the store is local (a failure is
+                    // no sign of an outage), or the store's own node breakers judged it.
                 } else if err.is_unavailable() {
                     breaker.record_failure();
                 } else if err.kind() == ErrorKind::Server {

@@ -63,4 +63,4 @@ pub use self::invalidate::Purged;
 pub use self::key::HostPort;
 pub use self::layer::{DEFAULT_MAX_BODY_BYTES, DEFAULT_PASS_TTL, ResponseCacheLayer};
 pub use self::service::ResponseCache;
-pub use self::tags::{CacheTags, TAG_HEADERS};
+pub use self::tags::{CacheTags, TAG_HEADERS, tag_version_key};

@@ -83,16 +83,34 @@ pub(crate) fn tags_of(headers: &HeaderMap, extension: Option<&CacheTags>) -> Vec
     tags
 }
 
+/// The store key of `tag`'s version, for operators (and tests) who inspect the store.
+///
+/// ```
+/// use cachelayer::Cache;
+///
+/// let cache = Cache::builder().namespace("shop").build().unwrap();
+/// let key = cachelayer::http::tag_version_key(&cache, "product:7");
+/// assert!(key.starts_with("shop:v1:{shop:v1:tags}:tag:#"), "{key}");
+/// ```
+pub fn tag_version_key(cache: &Cache, tag: &str) -> String {
+    version_keys(cache, &[tag.to_owned()]).remove(0)
+}
+
+/// The keys of tags' versions. They share one slot with the tag clock (on a Redis Cluster,
+/// [`Store::advance_counter`](crate::store::Store::advance_counter) sets them in one script).
 fn version_keys(cache: &Cache, tags: &[String]) -> Vec<String> {
     tags.iter()
-        .map(|tag| cache.full_key(crate::key::Key::new("tag").hashed_part(tag)))
+        .map(|tag| cache.grouped_key(TAG_GROUP, crate::key::Key::new("tag").hashed_part(tag)))
         .collect()
 }
 
 /// The key of the counter that orders invalidations (the tag clock).
 fn clock_key(cache: &Cache) -> String {
-    cache.full_key("tag-clock")
+    cache.grouped_key(TAG_GROUP, "tag-clock")
 }
+
+/// The slot group of the tag clock and the tags' versions.
+const TAG_GROUP: &str = "tags";
 
 /// The tag clock's reading when an origin call started.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

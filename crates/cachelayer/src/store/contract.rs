@@ -12,6 +12,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
+use crate::breaker::BreakerState;
 use crate::error::{Error, Result};
 
 /// Which implementation a [`Store`] is, for metrics, logs and health reports.
@@ -77,6 +78,16 @@ pub enum KeyChange {
     /// Tracking is lost (the connection dropped or stopped answering): changes made from
     /// now until the next [`Watching`](Self::Watching) are not reported.
     Blind,
+}
+
+/// One node's circuit breaker, for a store that keeps one per node (see
+/// [`Store::node_breakers`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeBreaker {
+    /// The node's address (`host:port`).
+    pub node: String,
+    /// Its breaker's state.
+    pub state: BreakerState,
 }
 
 /// Receives [`KeyChange`] reports. It is called on the store's connection task, so it must
@@ -277,6 +288,15 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// promise to report changes, and `Watching` again when it can.
     fn track_changes(&self, prefix: &str, listener: ChangeListener) -> Option<ChangeTracking> {
         let _ = (prefix, listener);
+        None
+    }
+
+    /// The store's own circuit breakers, one per node, when it keeps them (a Redis Cluster:
+    /// one per primary); `None` (the default) when it keeps none. A store that keeps them
+    /// fails a call at once, with [`ErrorKind::CircuitOpen`](crate::ErrorKind::CircuitOpen),
+    /// when the node it needs is failing; the cache then keeps no breaker of its own for it,
+    /// so one node down never stops calls to the others.
+    fn node_breakers(&self) -> Option<Vec<NodeBreaker>> {
         None
     }
 }

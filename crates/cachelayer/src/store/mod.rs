@@ -1,5 +1,6 @@
 //! Stores: where cached bytes live. One async trait, [`Store`], with two implementations:
-//! [`RedisStore`] (shared by every instance of a service) and [`MemoryStore`] (in-process, the
+//! [`RedisStore`] (shared by every instance of a service: one Redis, a primary found through
+//! Sentinels, or a Redis Cluster) and [`MemoryStore`] (in-process, the
 //! embedded default).
 //!
 //! A store moves opaque bytes under string keys with a TTL. It must never know about types,
@@ -13,8 +14,8 @@ mod redis;
 
 pub(crate) use self::contract::check_ttl;
 pub use self::contract::{
-    ChangeListener, ChangeTracking, Claim, KeyChange, KeyTtl, MAX_TTL, SUBSCRIPTION_BUFFER, Store,
-    StoreEntry, StoreKind, Subscription,
+    ChangeListener, ChangeTracking, Claim, KeyChange, KeyTtl, MAX_TTL, NodeBreaker,
+    SUBSCRIPTION_BUFFER, Store, StoreEntry, StoreKind, Subscription,
 };
 // Tag versions (the HTTP layer) read counters too.
 #[cfg(feature = "http")]

@@ -1,32 +1,42 @@
-//! `RedisStore`: the shared store, on the `redis` crate's multiplexed, self-reconnecting
-//! connections; its change tracking (server-assisted invalidation) is in `tracking`.
+//! `RedisStore`: the shared store, on one Redis server, a primary found through Sentinels
+//! (`node`, `sentinel`), or a Redis Cluster (`cluster`, `shard_channel`), as its URL says
+//! (`deployment`); its change tracking (server-assisted invalidation) is in `tracking`.
 //!
-//! Pooling here is not checkout-style: each [`redis::aio::ConnectionManager`] multiplexes
-//! every concurrent request over one socket and reconnects in the background, so the "pool"
-//! is a small round-robin of them to spread load over a few sockets and parser tasks. This
-//! module must never retry a write (a retry after an unseen success could reorder writes), and
-//! must never block on connecting at build time, so a service starts while Redis is down.
+//! Every [`Store`] call is written once here, over a connection of either link; only the
+//! batches differ, since a cluster refuses commands whose keys live in different slots. This
+//! module must never retry a write (a retry after an unseen success could reorder writes),
+//! and must never block on connecting at build time, so a service starts while Redis is down.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSub};
+use futures::future::join_all;
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig, PubSub};
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
+use redis::cluster_async::ClusterConnection;
 use redis::io::tcp::TcpSettings;
 use redis::{Client, IntoConnectionInfo, Script, TlsCertificates};
 use tokio::sync::mpsc;
 
+mod cluster;
+mod deployment;
+mod node;
+mod sentinel;
+mod shard_channel;
 mod tracking;
 
 pub use self::tracking::TRACKING_CLIENT_NAME;
 
+use self::cluster::{BreakerSettings, ClusterLink};
+use self::deployment::Deployment;
+use self::node::{NodeClients, NodeLink, NodeSource};
 use super::contract::{
-    ChangeListener, ChangeTracking, Claim, KeyTtl, Store, StoreEntry, StoreKind, Subscription,
-    ttl_millis,
+    ChangeListener, ChangeTracking, Claim, KeyTtl, NodeBreaker, Store, StoreEntry, StoreKind,
+    Subscription, ttl_millis,
 };
 use crate::error::{Error, ErrorKind, Result};
 
@@ -45,6 +55,10 @@ const TCP_KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
 /// How long sent data may stay unacknowledged before the kernel drops the connection.
 #[cfg(any(target_os = "android", target_os = "fuchsia", target_os = "linux"))]
 const TCP_USER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Attempts the cluster connection makes at a command after a redirection or a lost node,
+/// and its first wait between them (in ms; later waits grow, up to four times this).
+const CLUSTER_RETRIES: u32 = 2;
+const CLUSTER_RETRY_WAIT_MS: u64 = 10;
 /// Longest pause between attempts to re-establish a dropped subscription.
 const MAX_RESUBSCRIBE_DELAY: Duration = Duration::from_secs(2);
 
@@ -107,7 +121,9 @@ end
 return 0
 ";
 
-/// A [`Store`] on Redis (standalone server), shared by every instance of a service.
+/// A [`Store`] on Redis, shared by every instance of a service: one server, a primary
+/// found through Sentinels, or a Redis Cluster, as the URL says (see
+/// [`RedisStore::builder`]).
 ///
 /// Build it with [`RedisStore::builder`]; building never connects, so it succeeds while
 /// Redis is down, and commands fail (fast) until Redis is reachable.
@@ -122,6 +138,11 @@ return 0
 ///     .command_timeout(Duration::from_millis(100))
 ///     .build()?;
 /// store.ping().await?;
+///
+/// // The same store on a Redis Cluster, reached through any of its nodes:
+/// let cluster = RedisStore::builder("redis+cluster://cache-user:secret@10.0.0.5:7000,10.0.0.6:7000")
+///     .build()?;
+/// # drop(cluster);
 /// # Ok(()) }
 /// ```
 #[derive(Clone)]
@@ -130,39 +151,104 @@ pub struct RedisStore {
 }
 
 struct RedisInner {
-    client: Client,
-    /// The same server spoken to in RESP3, which change tracking's pushes need.
-    tracking_client: Client,
+    link: Link,
+    factory: ClientFactory,
     /// The runtime the store was built in, where tracking tasks run.
     runtime: tokio::runtime::Handle,
-    manager_config: ConnectionManagerConfig,
-    connections: Vec<RwLock<Slot>>,
-    next: AtomicUsize,
     redacted_url: String,
     connect_timeout: Duration,
     compare_and_delete: Script,
     compare_and_expire: Script,
     claim: Script,
     advance_counter: Script,
-    /// Counts redials of the whole pool after a dropped connection: a call redials only
-    /// if none happened since it started, so a burst of calls failing together redials once.
-    redials: AtomicU64,
+}
+
+/// How the store reaches Redis.
+enum Link {
+    /// One server: fixed, or the primary Sentinels name.
+    Node(NodeLink),
+    /// A Redis Cluster.
+    Cluster(ClusterLink),
 }
 
 impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisStore")
             .field("url", &self.inner.redacted_url)
-            .field("pool_size", &self.inner.connections.len())
+            .field("pool_size", &self.pool_size())
             .finish()
     }
 }
 
-/// One pooled connection and a generation that changes when it is replaced, so a late
-/// error from a replaced connection cannot throw away its successor.
-struct Slot {
-    generation: u64,
-    connection: ConnectionManager,
+/// Builds the `redis` crate's clients for any node of the deployment, with the same TLS
+/// material and TCP settings.
+#[derive(Clone)]
+struct ClientFactory {
+    tls_root_cert_pem: Option<Vec<u8>>,
+    tls_client_cert_pem: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl ClientFactory {
+    /// A client for the node at `url`; `protocol` overrides the URL's protocol version.
+    fn client(
+        &self,
+        url: &str,
+        protocol: Option<redis::ProtocolVersion>,
+    ) -> redis::RedisResult<Client> {
+        let mut info = url.into_connection_info()?.set_tcp_settings(tcp_settings());
+        if let Some(protocol) = protocol {
+            let settings = info.redis_settings().clone().set_protocol(protocol);
+            info = info.set_redis_settings(settings);
+        }
+        match self.certificates() {
+            None => Client::open(info),
+            Some(certificates) => Client::build_with_tls(info, certificates),
+        }
+    }
+
+    /// A cluster client for the seed nodes at `seeds`.
+    fn cluster_client(
+        &self,
+        seeds: &[String],
+        timeouts: (Duration, Duration),
+        pushes: Option<mpsc::UnboundedSender<redis::PushInfo>>,
+    ) -> redis::RedisResult<ClusterClient> {
+        let (connect_timeout, command_timeout) = timeouts;
+        let mut builder = ClusterClientBuilder::new(seeds.iter().map(String::as_str))
+            .connection_timeout(connect_timeout)
+            .response_timeout(command_timeout)
+            .tcp_settings(tcp_settings())
+            // Few, quick retries: they follow redirections and a topology refresh, and
+            // callers give up at the command timeout anyway.
+            .retries(CLUSTER_RETRIES)
+            .min_retry_wait(CLUSTER_RETRY_WAIT_MS)
+            .max_retry_wait(CLUSTER_RETRY_WAIT_MS * 4);
+        if let Some(certificates) = self.certificates() {
+            builder = builder.certs(certificates);
+        }
+        if let Some(pushes) = pushes {
+            builder = builder
+                .use_protocol(redis::ProtocolVersion::RESP3)
+                .push_sender(pushes);
+        }
+        builder.build()
+    }
+
+    fn certificates(&self) -> Option<TlsCertificates> {
+        if self.tls_root_cert_pem.is_none() && self.tls_client_cert_pem.is_none() {
+            return None;
+        }
+        Some(TlsCertificates {
+            client_tls: self
+                .tls_client_cert_pem
+                .clone()
+                .map(|(client_cert, client_key)| redis::ClientTlsConfig {
+                    client_cert,
+                    client_key,
+                }),
+            root_cert: self.tls_root_cert_pem.clone(),
+        })
+    }
 }
 
 /// Builds a [`RedisStore`].
@@ -172,6 +258,7 @@ pub struct RedisStoreBuilder {
     pool_size: usize,
     connect_timeout: Duration,
     command_timeout: Duration,
+    node_breaker: BreakerSettings,
     tls_root_cert_pem: Option<Vec<u8>>,
     tls_client_cert_pem: Option<(Vec<u8>, Vec<u8>)>,
 }
@@ -191,7 +278,8 @@ impl std::fmt::Debug for RedisStoreBuilder {
 }
 
 impl RedisStoreBuilder {
-    /// Number of multiplexed connections to spread commands over (at least 1).
+    /// Number of multiplexed connections to spread commands over (at least 1). A Redis
+    /// Cluster keeps one per node instead.
     pub fn pool_size(mut self, size: usize) -> Self {
         self.pool_size = size;
         self
@@ -206,6 +294,18 @@ impl RedisStoreBuilder {
     /// Bound on one command's reply.
     pub fn command_timeout(mut self, timeout: Duration) -> Self {
         self.command_timeout = timeout;
+        self
+    }
+
+    /// For a Redis Cluster: consecutive failures that open one node's circuit breaker, and
+    /// how long it stays open (defaults as the cache's own breaker). Each primary has its
+    /// own, so the cache keeps none for the whole store: a primary that is down is skipped
+    /// while the others keep serving.
+    pub fn node_circuit_breaker(mut self, failure_threshold: u32, cool_down: Duration) -> Self {
+        self.node_breaker = BreakerSettings {
+            failure_threshold,
+            cool_down,
+        };
         self
     }
 
@@ -241,77 +341,140 @@ impl RedisStoreBuilder {
                 "redis connect_timeout and command_timeout must be non-zero",
             ));
         }
-        let redacted_url = redact_url(&self.url);
-        let client = self
-            .client(None)
-            .map_err(|err| invalid_url(&self.url, err))?;
-        let tracking_client = self
-            .client(Some(redis::ProtocolVersion::RESP3))
-            .map_err(|err| invalid_url(&self.url, err))?;
-        let manager_config = ConnectionManagerConfig::new()
+        if self.node_breaker.failure_threshold == 0 || self.node_breaker.cool_down.is_zero() {
+            return Err(Error::config(
+                "a node circuit breaker needs a failure threshold of at least 1 and a non-zero cool-down",
+            ));
+        }
+        let link = self.link()?;
+        Ok(RedisStore {
+            inner: Arc::new(RedisInner {
+                link,
+                factory: self.factory(),
+                runtime,
+                redacted_url: redact_url(&self.url),
+                connect_timeout: self.connect_timeout,
+                compare_and_delete: Script::new(COMPARE_AND_DELETE_LUA),
+                compare_and_expire: Script::new(COMPARE_AND_EXPIRE_LUA),
+                claim: Script::new(CLAIM_LUA),
+                advance_counter: Script::new(ADVANCE_COUNTER_LUA),
+            }),
+        })
+    }
+
+    fn factory(&self) -> ClientFactory {
+        ClientFactory {
+            tls_root_cert_pem: self.tls_root_cert_pem.clone(),
+            tls_client_cert_pem: self.tls_client_cert_pem.clone(),
+        }
+    }
+
+    /// The link the URL names, checked but not dialled.
+    fn link(&self) -> Result<Link> {
+        let factory = self.factory();
+        let invalid = |err| invalid_url(&self.url, err);
+        match Deployment::parse(&self.url)? {
+            Deployment::Server(url) => {
+                let clients = NodeClients {
+                    client: factory.client(&url, None).map_err(invalid)?,
+                    tracking_client: factory
+                        .client(&url, Some(redis::ProtocolVersion::RESP3))
+                        .map_err(invalid)?,
+                    address: redact_url(&url),
+                };
+                let link = NodeLink::new(
+                    NodeSource::Fixed,
+                    Some(clients),
+                    self.manager_config(),
+                    self.pool_size,
+                    self.connect_timeout,
+                )?;
+                Ok(Link::Node(link))
+            }
+            Deployment::Sentinel(set) => {
+                for sentinel in &set.sentinels {
+                    factory.client(sentinel, None).map_err(invalid)?;
+                }
+                // The data nodes' URL, checked on an address of the right shape.
+                factory
+                    .client(&set.node_url("127.0.0.1", 6379), None)
+                    .map_err(invalid)?;
+                let link = NodeLink::new(
+                    NodeSource::Sentinel(set),
+                    None,
+                    self.manager_config(),
+                    self.pool_size,
+                    self.connect_timeout,
+                )?;
+                Ok(Link::Node(link))
+            }
+            Deployment::Cluster(seeds) => {
+                let client = factory
+                    .cluster_client(
+                        &seeds.seeds,
+                        (self.connect_timeout, self.command_timeout),
+                        None,
+                    )
+                    .map_err(invalid)?;
+                Ok(Link::Cluster(ClusterLink::new(
+                    client,
+                    seeds,
+                    self.node_breaker,
+                    self.command_timeout,
+                    self.connect_timeout,
+                    redact_url(&self.url),
+                )))
+            }
+        }
+    }
+
+    fn manager_config(&self) -> ConnectionManagerConfig {
+        ConnectionManagerConfig::new()
             .set_connection_timeout(Some(self.connect_timeout))
             .set_response_timeout(Some(self.command_timeout))
             .set_pipeline_buffer_size(PIPELINE_BUFFER_SIZE)
             // One connection attempt per reconnect: retries with back-off would hold the
             // callers waiting on the reconnect for seconds while Redis refuses. The next
             // command after a failure starts a new attempt.
-            .set_number_of_retries(0);
-        let connections = (0..self.pool_size)
-            .map(|_| {
-                ConnectionManager::new_lazy_with_config(client.clone(), manager_config.clone()).map(
-                    |connection| {
-                        RwLock::new(Slot {
-                            generation: 0,
-                            connection,
-                        })
-                    },
-                )
-            })
-            .collect::<redis::RedisResult<Vec<_>>>()?;
-        Ok(RedisStore {
-            inner: Arc::new(RedisInner {
-                client,
-                tracking_client,
-                runtime,
-                manager_config,
-                connections,
-                next: AtomicUsize::new(0),
-                redacted_url,
-                connect_timeout: self.connect_timeout,
-                compare_and_delete: Script::new(COMPARE_AND_DELETE_LUA),
-                compare_and_expire: Script::new(COMPARE_AND_EXPIRE_LUA),
-                claim: Script::new(CLAIM_LUA),
-                advance_counter: Script::new(ADVANCE_COUNTER_LUA),
-                redials: AtomicU64::new(0),
-            }),
-        })
+            .set_number_of_retries(0)
+    }
+}
+
+/// A connection of either link, for commands written once for both.
+#[derive(Clone)]
+enum Connection {
+    Node(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Connection {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Self::Node(connection) => connection.req_packed_command(cmd),
+            Self::Cluster(connection) => connection.req_packed_command(cmd),
+        }
     }
 
-    /// A client for the URL; `protocol` overrides the URL's protocol version.
-    fn client(&self, protocol: Option<redis::ProtocolVersion>) -> redis::RedisResult<Client> {
-        let mut info = self
-            .url
-            .as_str()
-            .into_connection_info()?
-            .set_tcp_settings(tcp_settings());
-        if let Some(protocol) = protocol {
-            let settings = info.redis_settings().clone().set_protocol(protocol);
-            info = info.set_redis_settings(settings);
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Self::Node(connection) => connection.req_packed_commands(cmd, offset, count),
+            Self::Cluster(connection) => connection.req_packed_commands(cmd, offset, count),
         }
-        if self.tls_root_cert_pem.is_none() && self.tls_client_cert_pem.is_none() {
-            return Client::open(info);
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Node(connection) => connection.get_db(),
+            Self::Cluster(connection) => connection.get_db(),
         }
-        let certificates = TlsCertificates {
-            client_tls: self
-                .tls_client_cert_pem
-                .clone()
-                .map(|(client_cert, client_key)| redis::ClientTlsConfig {
-                    client_cert,
-                    client_key,
-                }),
-            root_cert: self.tls_root_cert_pem.clone(),
-        };
-        Client::build_with_tls(info, certificates)
     }
 }
 
@@ -332,21 +495,6 @@ fn tcp_settings() -> TcpSettings {
     settings
 }
 
-/// `ConnectionManager` reconnects only after I/O errors. A connection whose handshake was
-/// refused (a wrong or rotated password: AuthenticationFailed, or `WRONGPASS` under RESP3)
-/// or that is left on a demoted primary (`READONLY` after a failover) would fail forever, so
-/// those errors replace it; the circuit breaker bounds how often.
-fn needs_new_connection(err: &redis::RedisError) -> bool {
-    err.kind() == redis::ErrorKind::AuthenticationFailed
-        || matches!(err.code(), Some("WRONGPASS" | "NOAUTH" | "READONLY"))
-}
-
-/// A connection cut under us (reset, closed, broken pipe), as a failover, a restart, an idle
-/// timeout or `CLIENT KILL` does to every connection at once; not a refused dial.
-fn is_dropped_connection(err: &redis::RedisError) -> bool {
-    err.is_connection_dropped() && !err.is_connection_refusal()
-}
-
 /// A read of a key holding another type (a foreign write) sees nothing there, as `MGET` does;
 /// the next write replaces it.
 fn absent_if_wrong_type<T>(result: redis::RedisResult<Option<T>>) -> redis::RedisResult<Option<T>> {
@@ -365,18 +513,12 @@ fn is_wrong_type(err: &redis::RedisError) -> bool {
             .is_some_and(|failures| failures.iter().any(|(_, e)| e.code() == "WRONGTYPE"))
 }
 
-fn read_lock<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
-    // Writers only swap in a whole new value, so a poisoned lock still holds a usable one.
-    lock.read()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 /// The configuration error for a URL the client cannot read, with the password redacted.
 fn invalid_url(url: &str, err: redis::RedisError) -> Error {
     Error::with_source(
         ErrorKind::Config,
         format!(
-            "invalid redis URL {}; expected redis://[user:password@]host[:port][/db] or rediss://...",
+            "invalid redis URL {}; expected redis://[user:password@]host[:port][/db], rediss://..., redis+sentinel://[user:password@]host:port[,host:port...]/<master name>[/db] or redis+cluster://[user:password@]host:port[,host:port...]",
             redact_url(url)
         ),
         err,
@@ -429,14 +571,26 @@ pub fn redact_url(url: &str) -> String {
 }
 
 impl RedisStore {
-    /// A builder for the server at `url`: `redis://[user:password@]host[:port][/db]`, or
-    /// `rediss://` for TLS (append `#insecure` to skip certificate checks in development).
+    /// A builder for the Redis the URL names:
+    /// - one server: `redis://[user:password@]host[:port][/db]`, or `rediss://` for TLS
+    ///   (append `#insecure` to skip certificate checks in development);
+    /// - a primary found through Sentinels, and followed when they fail it over:
+    ///   `redis+sentinel://[user:password@]host:port[,host:port...]/<master name>[/db]`
+    ///   (`rediss+sentinel://` for TLS to the Sentinels and the data nodes; the credentials
+    ///   are the data nodes');
+    /// - a Redis Cluster, first reached through any of the nodes named:
+    ///   `redis+cluster://[user:password@]host:port[,host:port...]` (`rediss+cluster://`
+    ///   for TLS).
     pub fn builder(url: impl Into<String>) -> RedisStoreBuilder {
         RedisStoreBuilder {
             url: url.into(),
             pool_size: DEFAULT_POOL_SIZE,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             command_timeout: DEFAULT_COMMAND_TIMEOUT,
+            node_breaker: BreakerSettings {
+                failure_threshold: crate::breaker::DEFAULT_FAILURE_THRESHOLD,
+                cool_down: crate::breaker::DEFAULT_COOL_DOWN,
+            },
             tls_root_cert_pem: None,
             tls_client_cert_pem: None,
         }
@@ -445,110 +599,147 @@ impl RedisStore {
     /// Check `url` as [`RedisStoreBuilder::build`] reads it, without connecting and outside
     /// any runtime, so a program can refuse a malformed URL before it starts anything.
     pub fn check_url(url: &str) -> Result<()> {
-        Self::builder(url)
-            .client(None)
-            .map(drop)
-            .map_err(|err| invalid_url(url, err))
+        let builder = Self::builder(url);
+        let factory = builder.factory();
+        let check = |node: &str| {
+            factory
+                .client(node, None)
+                .map(drop)
+                .map_err(|err| invalid_url(url, err))
+        };
+        match Deployment::parse(url)? {
+            Deployment::Server(server) => check(&server),
+            Deployment::Sentinel(set) => {
+                set.sentinels
+                    .iter()
+                    .try_for_each(|sentinel| check(sentinel))?;
+                check(&set.node_url("127.0.0.1", 6379))
+            }
+            Deployment::Cluster(seeds) => seeds.seeds.iter().try_for_each(|seed| check(seed)),
+        }
     }
 
-    /// Number of multiplexed connections.
+    /// Number of multiplexed connections (for a Redis Cluster: one per node, kept by the
+    /// cluster connection, reported as 1).
     pub fn pool_size(&self) -> usize {
-        self.inner.connections.len()
+        match &self.inner.link {
+            Link::Node(node) => node.pool_size(),
+            Link::Cluster(_) => 1,
+        }
     }
 
-    /// Run one command on the next connection of the round-robin.
-    async fn run<T, F, Fut>(&self, command: F) -> Result<T>
+    /// Run one command: on the next connection of the round-robin, or on the cluster
+    /// connection after the breaker of the primary serving `key` admitted it.
+    async fn run<T, F, Fut>(&self, key: Option<&str>, command: F) -> Result<T>
     where
-        F: FnOnce(ConnectionManager) -> Fut,
+        F: FnOnce(Connection) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
-        let slot = self.inner.next.fetch_add(1, Ordering::Relaxed) % self.inner.connections.len();
-        let (generation, connection) = {
-            let current = read_lock(&self.inner.connections[slot]);
-            (current.generation, current.connection.clone())
-        };
-        let redials = self.inner.redials.load(Ordering::Acquire);
-        let result = command(connection).await;
-        if let Err(err) = &result {
-            if needs_new_connection(err) {
-                self.replace(slot, generation);
-            } else if is_dropped_connection(err) {
-                // This slot's manager redials by itself; the others were most likely cut
-                // too, and would each fail one more call before noticing.
-                self.redial_others(slot, redials);
+        match &self.inner.link {
+            Link::Node(node) => {
+                let taken = node.take(&self.inner.factory).await?;
+                let result = command(Connection::Node(taken.connection.clone())).await;
+                if let Err(err) = &result {
+                    node.after_error(&self.inner.factory, &taken, err).await;
+                }
+                Ok(result?)
+            }
+            Link::Cluster(cluster) => {
+                let call = cluster.admit(key.map(str::as_bytes))?;
+                let connection = match cluster.connection().await {
+                    Ok(connection) => connection,
+                    Err(err) => {
+                        call.abandon();
+                        return Err(err);
+                    }
+                };
+                let result = command(Connection::Cluster(connection))
+                    .await
+                    .map_err(Error::from);
+                call.finish(&result);
+                result
             }
         }
-        Ok(result?)
     }
 
-    /// Replace every connection but `slot`'s with a fresh (lazy) one, unless the pool was
-    /// redialled since the failed call started (`redials` is what it read then). Calls
-    /// already sent on the old connections finish there.
-    fn redial_others(&self, slot: usize, redials: u64) {
-        if self.inner.connections.len() < 2
-            || self
-                .inner
-                .redials
-                .compare_exchange(redials, redials + 1, Ordering::AcqRel, Ordering::Acquire)
-                .is_err()
-        {
-            return;
-        }
-        for other in (0..self.inner.connections.len()).filter(|&other| other != slot) {
-            let generation = read_lock(&self.inner.connections[other]).generation;
-            self.replace(other, generation);
-        }
+    async fn query<T: redis::FromRedisValue>(
+        &self,
+        key: Option<&str>,
+        command: &redis::Cmd,
+    ) -> Result<T> {
+        self.run(key, |mut connection| async move {
+            command.query_async(&mut connection).await
+        })
+        .await
     }
 
-    async fn query<T: redis::FromRedisValue>(&self, command: &redis::Cmd) -> Result<T> {
-        self.run(|mut connection| async move { command.query_async(&mut connection).await })
-            .await
-    }
-
-    /// Run a pipeline (one write, one round trip) on the next connection of the round-robin.
+    /// Run a pipeline (one write, one round trip). On a cluster its commands must all be
+    /// about `key`'s slot.
     async fn query_pipeline<T: redis::FromRedisValue>(
         &self,
+        key: Option<&str>,
         pipeline: &redis::Pipeline,
     ) -> Result<T> {
-        self.run(|mut connection| async move { pipeline.query_async(&mut connection).await })
-            .await
+        self.run(key, |mut connection| async move {
+            pipeline.query_async(&mut connection).await
+        })
+        .await
     }
 
-    /// Replace the connection in `slot` with a fresh lazy one, unless it was already
-    /// replaced since `generation` was read (the next call then dials again).
-    fn replace(&self, slot: usize, generation: u64) {
-        let mut current = self.inner.connections[slot]
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if current.generation != generation {
-            return;
-        }
-        match ConnectionManager::new_lazy_with_config(
-            self.inner.client.clone(),
-            self.inner.manager_config.clone(),
-        ) {
-            Ok(fresh) => {
-                current.connection = fresh;
-                current.generation += 1;
-            }
-            Err(rebuild) => tracing::warn!(error = %rebuild, "cannot rebuild a redis connection"),
-        }
-    }
-
-    async fn open_pubsub(&self, channel: &str) -> Result<PubSub> {
+    async fn open_pubsub(&self, node: &NodeLink, channel: &str) -> Result<PubSub> {
         let connect = async {
-            let mut pubsub = self.inner.client.get_async_pubsub().await?;
+            let clients = node.clients(&self.inner.factory).await?;
+            let mut pubsub = clients.client.get_async_pubsub().await?;
             pubsub.subscribe(channel).await?;
-            Ok::<_, redis::RedisError>(pubsub)
+            Ok::<_, Error>(pubsub)
         };
         match tokio::time::timeout(self.inner.connect_timeout, connect).await {
-            Ok(result) => Ok(result?),
+            Ok(result) => result,
             Err(_) => Err(Error::new(
                 ErrorKind::Timeout,
                 "redis did not accept the subscription in time; check that the server is up",
             )),
         }
     }
+
+    /// The cluster link, when the store is on a Redis Cluster.
+    fn cluster(&self) -> Option<&ClusterLink> {
+        match &self.inner.link {
+            Link::Cluster(cluster) => Some(cluster),
+            Link::Node(_) => None,
+        }
+    }
+}
+
+/// For a batch on a cluster: the answers of the keys whose node answered, as `None` for the
+/// others, unless no node answered (then the first failure). A batch read is a cache's
+/// lookup, so a shard that is down costs misses for its keys only.
+fn answered_or_absent<T>(
+    op: &'static str,
+    results: Vec<Result<Option<T>>>,
+) -> Result<Vec<Option<T>>> {
+    if !results.is_empty() && results.iter().all(Result::is_err) {
+        return results
+            .into_iter()
+            .find_map(Result::err)
+            .map_or_else(|| Ok(Vec::new()), Err);
+    }
+    Ok(results
+        .into_iter()
+        .map(|result| {
+            result.unwrap_or_else(|err| {
+                metrics::counter!(crate::telemetry::STORE_ERRORS, "op" => op, "kind" => err.kind().as_str())
+                    .increment(1);
+                tracing::debug!(op, error = %err, "a key of a batch read is a miss: its cluster node failed");
+                None
+            })
+        })
+        .collect())
+}
+
+/// For a batch write on a cluster: every answer, or the first failure once all are done.
+fn all_answered<T>(results: Vec<Result<T>>) -> Result<Vec<T>> {
+    results.into_iter().collect()
 }
 
 #[async_trait]
@@ -564,7 +755,7 @@ impl Store for RedisStore {
     async fn get(&self, key: &str) -> Result<Option<Bytes>> {
         let command = redis::cmd("GET").arg(key).clone();
         let value: Option<Vec<u8>> = self
-            .run(|mut connection| async move {
+            .run(Some(key), |mut connection| async move {
                 absent_if_wrong_type(command.query_async(&mut connection).await)
             })
             .await?;
@@ -575,7 +766,11 @@ impl Store for RedisStore {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let values: Vec<Option<Vec<u8>>> = self.query(redis::cmd("MGET").arg(keys)).await?;
+        if self.cluster().is_some() {
+            let reads = join_all(keys.iter().map(|key| self.get(key))).await;
+            return answered_or_absent("get_many", reads);
+        }
+        let values: Vec<Option<Vec<u8>>> = self.query(None, redis::cmd("MGET").arg(keys)).await?;
         Ok(values.into_iter().map(|v| v.map(Bytes::from)).collect())
     }
 
@@ -585,7 +780,7 @@ impl Store for RedisStore {
         let mut pipeline = redis::pipe();
         pipeline.cmd("GET").arg(key).cmd("PTTL").arg(key);
         let found: Option<(Option<Vec<u8>>, i64)> = self
-            .run(|mut connection| async move {
+            .run(Some(key), |mut connection| async move {
                 absent_if_wrong_type(pipeline.query_async(&mut connection).await.map(Some))
             })
             .await?;
@@ -596,12 +791,16 @@ impl Store for RedisStore {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
+        if self.cluster().is_some() {
+            let reads = join_all(keys.iter().map(|key| self.get_with_ttl(key))).await;
+            return answered_or_absent("get_many", reads);
+        }
         let mut pipeline = redis::pipe();
         pipeline.cmd("MGET").arg(keys);
         for key in keys {
             pipeline.cmd("PTTL").arg(key);
         }
-        let mut replies: Vec<redis::Value> = self.query_pipeline(&pipeline).await?;
+        let mut replies: Vec<redis::Value> = self.query_pipeline(None, &pipeline).await?;
         if replies.len() != keys.len() + 1 {
             return Err(Error::new(
                 ErrorKind::Server,
@@ -624,6 +823,7 @@ impl Store for RedisStore {
     async fn set(&self, key: &str, value: Bytes, ttl: Duration) -> Result<()> {
         let millis = ttl_millis(ttl)?;
         self.query::<()>(
+            Some(key),
             redis::cmd("SET")
                 .arg(key)
                 .arg(value.as_ref())
@@ -637,6 +837,15 @@ impl Store for RedisStore {
         if entries.is_empty() {
             return Ok(());
         }
+        if self.cluster().is_some() {
+            let writes = join_all(
+                entries
+                    .iter()
+                    .map(|entry| self.set(&entry.key, entry.value.clone(), entry.ttl)),
+            )
+            .await;
+            return all_answered(writes).map(drop);
+        }
         // MSET takes no TTL, and each entry has its own (jittered) one, so this is a pipeline
         // of SET PX: one write, one round trip.
         let mut pipeline = redis::pipe();
@@ -649,31 +858,51 @@ impl Store for RedisStore {
                 .arg(ttl_millis(entry.ttl)?)
                 .ignore();
         }
-        self.query_pipeline(&pipeline).await
+        self.query_pipeline(None, &pipeline).await
     }
 
     async fn delete(&self, key: &str) -> Result<bool> {
-        Ok(self.delete_many(&[key.to_owned()]).await? > 0)
+        // UNLINK frees large values off Redis' main thread.
+        let removed: u64 = self.query(Some(key), redis::cmd("UNLINK").arg(key)).await?;
+        Ok(removed > 0)
     }
 
     async fn delete_many(&self, keys: &[String]) -> Result<u64> {
         if keys.is_empty() {
             return Ok(0);
         }
-        // UNLINK frees large values off Redis' main thread.
-        self.query(redis::cmd("UNLINK").arg(keys)).await
+        if self.cluster().is_some() {
+            let existed = self.delete_each(keys).await?;
+            return Ok(existed.into_iter().filter(|&existed| existed).count() as u64);
+        }
+        self.query(None, redis::cmd("UNLINK").arg(keys)).await
     }
 
     async fn delete_each(&self, keys: &[String]) -> Result<Vec<bool>> {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
+        if self.cluster().is_some() {
+            // Concurrently, each on its own node: a key named twice is removed by one of
+            // its two calls, so its first mention takes the removal.
+            let removals = all_answered(join_all(keys.iter().map(|key| self.delete(key))).await)?;
+            let mut seen = std::collections::HashSet::new();
+            let mut removed_by_key: std::collections::HashMap<&str, bool> =
+                std::collections::HashMap::new();
+            for (key, removed) in keys.iter().zip(&removals) {
+                *removed_by_key.entry(key).or_default() |= removed;
+            }
+            return Ok(keys
+                .iter()
+                .map(|key| seen.insert(key.as_str()) && removed_by_key[key.as_str()])
+                .collect());
+        }
         // One UNLINK per key, pipelined: one round trip, and a count for each key.
         let mut pipeline = redis::pipe();
         for key in keys {
             pipeline.cmd("UNLINK").arg(key);
         }
-        let removed: Vec<u64> = self.query_pipeline(&pipeline).await?;
+        let removed: Vec<u64> = self.query_pipeline(None, &pipeline).await?;
         if removed.len() != keys.len() {
             return Err(Error::new(
                 ErrorKind::Server,
@@ -687,6 +916,7 @@ impl Store for RedisStore {
         let millis = ttl_millis(ttl)?;
         let reply: Option<String> = self
             .query(
+                Some(key),
                 redis::cmd("SET")
                     .arg(key)
                     .arg(value.as_ref())
@@ -702,7 +932,7 @@ impl Store for RedisStore {
         let millis = ttl_millis(ttl)?;
         let script = &self.inner.claim;
         let outcome: u8 = self
-            .run(|mut connection| async move {
+            .run(Some(key), |mut connection| async move {
                 script
                     .key(key)
                     .arg(value.as_ref())
@@ -725,6 +955,18 @@ impl Store for RedisStore {
         stamps: &[StoreEntry],
     ) -> Result<u64> {
         let millis = ttl_millis(ttl)?;
+        if self.cluster().is_some() {
+            let slot = cluster::slot_of(counter.as_bytes());
+            if let Some(apart) = stamps
+                .iter()
+                .find(|stamp| cluster::slot_of(stamp.key.as_bytes()) != slot)
+            {
+                return Err(Error::invalid_input(format!(
+                    "on a Redis Cluster a counter and the keys it stamps must share a slot (a hash tag); {:?} is not in {counter:?}'s",
+                    apart.key
+                )));
+            }
+        }
         let mut invocation = self.inner.advance_counter.key(counter);
         invocation.arg(millis);
         for stamp in stamps {
@@ -733,14 +975,16 @@ impl Store for RedisStore {
                 .arg(stamp.value.as_ref())
                 .arg(ttl_millis(stamp.ttl)?);
         }
-        self.run(|mut connection| async move { invocation.invoke_async(&mut connection).await })
-            .await
+        self.run(Some(counter), |mut connection| async move {
+            invocation.invoke_async(&mut connection).await
+        })
+        .await
     }
 
     async fn compare_and_delete(&self, key: &str, expected: &[u8]) -> Result<bool> {
         let script = &self.inner.compare_and_delete;
         let removed: u64 = self
-            .run(|mut connection| async move {
+            .run(Some(key), |mut connection| async move {
                 script
                     .key(key)
                     .arg(expected)
@@ -755,7 +999,7 @@ impl Store for RedisStore {
         let millis = ttl_millis(ttl)?;
         let script = &self.inner.compare_and_expire;
         let extended: u64 = self
-            .run(|mut connection| async move {
+            .run(Some(key), |mut connection| async move {
                 script
                     .key(key)
                     .arg(expected)
@@ -768,33 +1012,67 @@ impl Store for RedisStore {
     }
 
     async fn ttl(&self, key: &str) -> Result<KeyTtl> {
-        let millis: i64 = self.query(redis::cmd("PTTL").arg(key)).await?;
+        let millis: i64 = self.query(Some(key), redis::cmd("PTTL").arg(key)).await?;
         Ok(key_ttl(millis))
     }
 
     async fn publish(&self, channel: &str, message: Bytes) -> Result<u64> {
-        self.query(redis::cmd("PUBLISH").arg(channel).arg(message.as_ref()))
-            .await
+        // On a cluster, sharded pub/sub: the message goes to the channel's shard only,
+        // rather than over the cluster bus to every node.
+        let verb = if self.cluster().is_some() {
+            "SPUBLISH"
+        } else {
+            "PUBLISH"
+        };
+        self.query(
+            Some(channel),
+            redis::cmd(verb).arg(channel).arg(message.as_ref()),
+        )
+        .await
     }
 
     async fn subscribe(&self, channel: &str) -> Result<Subscription> {
-        let pubsub = self.open_pubsub(channel).await?;
-        let (sender, subscription) = Subscription::channel_pair(channel);
-        tokio::spawn(forward_messages(
-            self.clone(),
-            channel.to_owned(),
-            pubsub,
-            sender,
-        ));
-        Ok(subscription)
+        match &self.inner.link {
+            Link::Node(node) => {
+                let pubsub = self.open_pubsub(node, channel).await?;
+                let (sender, subscription) = Subscription::channel_pair(channel);
+                tokio::spawn(forward_messages(
+                    self.clone(),
+                    channel.to_owned(),
+                    pubsub,
+                    sender,
+                ));
+                Ok(subscription)
+            }
+            Link::Cluster(cluster) => {
+                shard_channel::subscribe(
+                    &self.inner.factory,
+                    cluster.seeds(),
+                    channel,
+                    self.inner.connect_timeout,
+                )
+                .await
+            }
+        }
     }
 
     async fn ping(&self) -> Result<()> {
-        self.query::<()>(&redis::cmd("PING")).await
+        // On a cluster, every primary answers (the connection sends it to each).
+        self.query::<()>(None, &redis::cmd("PING")).await
     }
 
     fn track_changes(&self, prefix: &str, listener: ChangeListener) -> Option<ChangeTracking> {
         Some(tracking::start(self, prefix, listener))
+    }
+
+    fn node_breakers(&self) -> Option<Vec<NodeBreaker>> {
+        self.cluster().map(|cluster| {
+            cluster
+                .breaker_states()
+                .into_iter()
+                .map(|(node, state)| NodeBreaker { node, state })
+                .collect()
+        })
     }
 }
 
@@ -825,7 +1103,10 @@ async fn forward_messages(
                     () = sender.closed() => return,
                     () = tokio::time::sleep(delay) => {}
                 }
-                match store.open_pubsub(&channel).await {
+                let Link::Node(node) = &store.inner.link else {
+                    return;
+                };
+                match store.open_pubsub(node, &channel).await {
                     Ok(connection) => {
                         tracing::info!(channel, "redis subscription re-established");
                         delay = Duration::from_millis(50);
@@ -911,23 +1192,6 @@ mod tests {
         assert_eq!(
             err.map(|_| ()).map_err(|e| e.kind()),
             Err(ErrorKind::Config)
-        );
-    }
-
-    /// Errors that leave a connection unusable for good are the ones that replace it.
-    #[test]
-    fn stuck_connection_errors() {
-        let reply = crate::error::error_reply;
-        for code in ["WRONGPASS", "NOAUTH", "READONLY"] {
-            assert!(needs_new_connection(&reply(code)), "{code}");
-        }
-        assert!(!needs_new_connection(&reply("WRONGTYPE")));
-        let refused = redis::RedisError::from((redis::ErrorKind::AuthenticationFailed, "refused"));
-        assert!(needs_new_connection(&refused));
-        let io = redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
-        assert!(
-            !needs_new_connection(&io),
-            "the manager itself reconnects after I/O errors"
         );
     }
 

@@ -13,18 +13,26 @@
 //! no memory per key read, at the price of a message per write under the prefix, which for
 //! a cache (written on misses, read on hits) is small.
 //!
-//! This module must never report [`KeyChange::Watching`] before the server confirmed
-//! tracking, and must report `Blind` as soon as the connection is in doubt: dropped, or not
-//! answering a heartbeat in time.
+//! On a Redis Cluster each primary reports the changes to its own keys only, so a session
+//! holds one such connection per primary, and ends when the cluster's set of primaries
+//! changes (a failover, a node added or removed): the next session watches the new set. With
+//! Sentinel, a session watches the primary they name now.
+//!
+//! This module must never report [`KeyChange::Watching`] before every server it needs
+//! confirmed tracking, and must report `Blind` as soon as any connection is in doubt:
+//! dropped, not answering a heartbeat in time, or no longer on a primary.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::{join_all, try_join_all};
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, PushInfo, PushKind};
-use tokio::sync::{Notify, oneshot};
+use redis::{AsyncConnectionConfig, Client, PushInfo, PushKind};
+use tokio::sync::{Notify, oneshot, watch};
 
-use super::RedisStore;
+use super::cluster::{ClusterLink, SlotTable};
+use super::{Link, RedisStore};
+use crate::error::{Error, ErrorKind, Result};
 use crate::store::contract::{ChangeListener, ChangeTracking, KeyChange};
 use crate::telemetry;
 
@@ -77,12 +85,16 @@ async fn track(
             opened = open(&store, &prefix, &listener, &lost) => opened,
         };
         match opened {
-            Ok(connection) => {
+            Ok(session) => {
                 listener(KeyChange::Watching);
-                tracing::info!(prefix, "redis change tracking on");
+                tracing::info!(
+                    prefix,
+                    servers = session.connections.len(),
+                    "redis change tracking on"
+                );
                 delay = FIRST_RETRY_DELAY;
                 failures_in_a_row = 0;
-                let ended = watch(connection, &lost, &mut stopped).await;
+                let ended = watch(session, &lost, &mut stopped).await;
                 listener(KeyChange::Blind);
                 if ended == SessionEnd::Stopped {
                     return;
@@ -112,10 +124,107 @@ async fn track(
     }
 }
 
-/// Connect in RESP3 and turn broadcast tracking on. Pushes go straight to the listener;
-/// a disconnection wakes `lost`.
+/// The connections of one tracking session, and for a cluster, the slot tables to come
+/// (the session ends when the primaries change).
+struct Session {
+    connections: Vec<MultiplexedConnection>,
+    topology: Option<(watch::Receiver<Arc<SlotTable>>, Arc<SlotTable>)>,
+    watched: Watched,
+}
+
+/// What the session's servers must stay for its reports to be complete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Watched {
+    /// The one server the URL names, whatever its role.
+    Server,
+    /// Primaries: a demoted one (a failover that left it alive) no longer sees the writes,
+    /// so the heartbeat asks `ROLE`, not `PING`.
+    Primaries,
+}
+
+/// Turn tracking on at every server the store needs watched: the one server, or every
+/// primary of the cluster.
 async fn open(
     store: &RedisStore,
+    prefix: &str,
+    listener: &ChangeListener,
+    lost: &Arc<Notify>,
+) -> Result<Session> {
+    match &store.inner.link {
+        Link::Node(node) => {
+            let factory = &store.inner.factory;
+            let clients = node.clients(factory).await?;
+            match open_one(store, &clients.tracking_client, prefix, listener, lost).await {
+                Ok(connection) => Ok(Session {
+                    connections: vec![connection],
+                    topology: None,
+                    watched: if node.follows_sentinels() {
+                        Watched::Primaries
+                    } else {
+                        Watched::Server
+                    },
+                }),
+                Err(err) => {
+                    node.suspect_moved(factory).await;
+                    Err(err.into())
+                }
+            }
+        }
+        Link::Cluster(cluster) => open_on_primaries(store, cluster, prefix, listener, lost).await,
+    }
+}
+
+/// One tracking connection per primary of the cluster's current slot table.
+async fn open_on_primaries(
+    store: &RedisStore,
+    cluster: &ClusterLink,
+    prefix: &str,
+    listener: &ChangeListener,
+    lost: &Arc<Notify>,
+) -> Result<Session> {
+    cluster.connection().await?;
+    let mut topology = cluster.topology();
+    let mut table = topology.borrow_and_update().clone();
+    if table.primaries().is_empty() {
+        // The first slot table is read right after the first dial.
+        let _ = tokio::time::timeout(store.inner.connect_timeout, topology.changed()).await;
+        table = topology.borrow_and_update().clone();
+    }
+    if table.primaries().is_empty() {
+        return Err(Error::new(
+            ErrorKind::Connection,
+            "the Redis Cluster's slot table is not known yet",
+        ));
+    }
+    let clients = table
+        .primaries()
+        .iter()
+        .map(|node| {
+            let url = cluster.seeds().node_url(&node.host, node.port);
+            store
+                .inner
+                .factory
+                .client(&url, Some(redis::ProtocolVersion::RESP3))
+        })
+        .collect::<redis::RedisResult<Vec<Client>>>()?;
+    let connections = try_join_all(
+        clients
+            .iter()
+            .map(|client| open_one(store, client, prefix, listener, lost)),
+    )
+    .await?;
+    Ok(Session {
+        connections,
+        topology: Some((topology, table)),
+        watched: Watched::Primaries,
+    })
+}
+
+/// Connect to one server in RESP3 and turn broadcast tracking on. Pushes go straight to the
+/// listener; a disconnection wakes `lost`.
+async fn open_one(
+    store: &RedisStore,
+    client: &Client,
     prefix: &str,
     listener: &ChangeListener,
     lost: &Arc<Notify>,
@@ -123,7 +232,7 @@ async fn open(
     let pushes = {
         let listener = listener.clone();
         let lost = lost.clone();
-        move |push: PushInfo| -> Result<(), std::convert::Infallible> {
+        move |push: PushInfo| -> std::result::Result<(), std::convert::Infallible> {
             match push.kind {
                 PushKind::Invalidate => listener(invalidated(push.data)),
                 PushKind::Disconnection => lost.notify_one(),
@@ -136,9 +245,7 @@ async fn open(
         .set_connection_timeout(Some(store.inner.connect_timeout))
         .set_response_timeout(Some(HEARTBEAT_TIMEOUT))
         .set_push_sender(pushes);
-    let mut connection = store
-        .inner
-        .tracking_client
+    let mut connection = client
         .get_multiplexed_async_connection_with_config(&config)
         .await?;
     // Named, so an operator can tell it apart in `CLIENT LIST` (and kill it to test).
@@ -167,30 +274,75 @@ enum SessionEnd {
     Stopped,
 }
 
-/// Heartbeat the connection until it is lost or tracking is stopped.
-async fn watch(
-    mut connection: MultiplexedConnection,
-    lost: &Notify,
-    stopped: &mut oneshot::Receiver<()>,
-) -> SessionEnd {
-    let ping = redis::cmd("PING");
+/// Heartbeat the session's connections until one is lost, the cluster's primaries change,
+/// or tracking is stopped.
+async fn watch(session: Session, lost: &Notify, stopped: &mut oneshot::Receiver<()>) -> SessionEnd {
+    let Session {
+        mut connections,
+        topology,
+        watched,
+    } = session;
+    let heartbeat_command = match watched {
+        Watched::Server => redis::cmd("PING"),
+        Watched::Primaries => redis::cmd("ROLE"),
+    };
     let mut heartbeat = tokio::time::interval(HEARTBEAT_INTERVAL);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let primaries_changed = primaries_changed(topology);
+    tokio::pin!(primaries_changed);
     loop {
         tokio::select! {
             _ = &mut *stopped => return SessionEnd::Stopped,
             () = lost.notified() => return SessionEnd::Lost,
+            () = &mut primaries_changed => return SessionEnd::Lost,
             _ = heartbeat.tick() => {
-                let answer = ping.query_async::<()>(&mut connection);
-                match tokio::time::timeout(HEARTBEAT_TIMEOUT, answer).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(err)) => {
-                        tracing::debug!(error = %err, "redis change tracking heartbeat failed");
-                        return SessionEnd::Lost;
+                let answers = join_all(connections.iter_mut().map(|connection| {
+                    tokio::time::timeout(HEARTBEAT_TIMEOUT, heartbeat_command.query_async::<redis::Value>(connection))
+                }))
+                .await;
+                for answer in answers {
+                    match answer {
+                        Ok(Ok(reply)) if watched == Watched::Server || is_primary(&reply) => {}
+                        Ok(Ok(_)) => {
+                            tracing::info!("a tracked redis server is no longer a primary");
+                            return SessionEnd::Lost;
+                        }
+                        Ok(Err(err)) => {
+                            tracing::debug!(error = %err, "redis change tracking heartbeat failed");
+                            return SessionEnd::Lost;
+                        }
+                        Err(_) => return SessionEnd::Lost,
                     }
-                    Err(_) => return SessionEnd::Lost,
                 }
             }
+        }
+    }
+}
+
+/// Whether a `ROLE` reply says "master".
+fn is_primary(reply: &redis::Value) -> bool {
+    let redis::Value::Array(fields) = reply else {
+        return false;
+    };
+    match fields.first() {
+        Some(redis::Value::BulkString(role)) => role == b"master",
+        Some(redis::Value::SimpleString(role)) => role == "master",
+        _ => false,
+    }
+}
+
+/// Resolves when a slot table with other primaries than the session's arrives; never
+/// without a cluster.
+async fn primaries_changed(topology: Option<(watch::Receiver<Arc<SlotTable>>, Arc<SlotTable>)>) {
+    let Some((mut tables, watched)) = topology else {
+        return std::future::pending().await;
+    };
+    loop {
+        if tables.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+        if tables.borrow_and_update().primaries() != watched.primaries() {
+            return;
         }
     }
 }
