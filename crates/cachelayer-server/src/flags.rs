@@ -135,24 +135,32 @@ pub(crate) fn duration(text: &str) -> Result<Duration, String> {
         .map_err(|err| format!("{err}; write a duration such as 250ms, 30s or 5m"))
 }
 
-/// `--redis-url`: a `redis://` or `rediss://` URL that the store can read, checked by its own
-/// parser (host, port, database number) without dialling: an unreachable Redis is no error
-/// at start (the cache fails open), a malformed URL is.
+/// `--redis-url`: a URL of one Redis (`redis://`, `rediss://`), a Sentinel set-up
+/// (`redis+sentinel://`) or a Redis Cluster (`redis+cluster://`), which the store can read,
+/// checked by its own parser (hosts, ports, database number, master name) without dialling:
+/// an unreachable Redis is no error at start (the cache fails open), a malformed URL is.
 fn check_redis_url(url: &str) -> Result<(), Error> {
     let flag = "--redis-url (REDIS_URL)";
     let shown = cachelayer::store::redact_url(url);
-    if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+    const SCHEMES: [&str; 6] = [
+        "redis://",
+        "rediss://",
+        "redis+sentinel://",
+        "rediss+sentinel://",
+        "redis+cluster://",
+        "rediss+cluster://",
+    ];
+    if !SCHEMES.iter().any(|scheme| url.starts_with(scheme)) {
         return Err(Error::config(
             flag,
-            format!("{shown} is not a Redis URL; use redis://HOST:PORT/DB or rediss:// for TLS"),
+            format!(
+                "{shown} is not a Redis URL; use redis://HOST:PORT/DB (rediss:// for TLS), redis+sentinel://HOST:PORT,.../MASTER or redis+cluster://HOST:PORT,..."
+            ),
         ));
     }
-    cachelayer::store::RedisStore::check_url(url).map_err(|_| {
-        Error::config(
-            flag,
-            format!("{shown} is malformed; write redis://[USER:PASSWORD@]HOST[:PORT][/DB]"),
-        )
-    })
+    // The store's refusal names the URL (redacted) and what is wrong with it.
+    cachelayer::store::RedisStore::check_url(url)
+        .map_err(|err| Error::config(flag, err.to_string()))
 }
 
 /// Refuses a duration past the longest TTL a store keeps (ten years), naming `flag`.

@@ -269,7 +269,8 @@ impl CacheConfig {
                 let mut redis = RedisStore::builder(url.expose().to_owned())
                     .pool_size(self.redis_pool_size)
                     .connect_timeout(self.connect_timeout)
-                    .command_timeout(command_timeout);
+                    .command_timeout(command_timeout)
+                    .node_circuit_breaker(self.breaker_failure_threshold, self.breaker_cool_down);
                 if let Some(path) = &self.redis_tls_ca_file {
                     let pem = std::fs::read(path).map_err(|err| {
                         Error::with_source(

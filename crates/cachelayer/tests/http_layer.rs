@@ -672,7 +672,7 @@ async fn broken_tag_versions_heal(backend: Backend) {
     assert_eq!(fetch(&app, "/tagged").await.x_cache(), "MISS");
     assert_eq!(fetch(&app, "/tagged").await.x_cache(), "HIT");
     for tag in ["products", "product:7"] {
-        let key = cache.full_key(cachelayer::Key::new("tag").hashed_part(tag));
+        let key = cachelayer::http::tag_version_key(&cache, tag);
         backend
             .store
             .set(
@@ -699,7 +699,7 @@ async fn broken_tag_versions_heal(backend: Backend) {
     // On Redis a version key can also hold another type, which reads as absent.
     if let Some(server) = &backend.server {
         for tag in ["products", "product:7"] {
-            let key = cache.full_key(cachelayer::Key::new("tag").hashed_part(tag));
+            let key = cachelayer::http::tag_version_key(&cache, tag);
             server.cli(["DEL", &key]);
             server.cli(["HSET", &key, "field", "value"]);
         }

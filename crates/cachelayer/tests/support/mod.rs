@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use cachelayer::store::{MemoryStore, RedisStore, Store};
 use cachelayer::{Cache, CacheBuilder};
-use cachelayer_testkit::RedisServer;
+use cachelayer_testkit::{RedisCluster, RedisServer};
 
 /// A store under test and, for Redis, the server process that backs it.
 pub struct Backend {
@@ -28,6 +28,22 @@ impl Backend {
         Self {
             store: Arc::new(store),
             server: Some(server),
+        }
+    }
+
+    /// A store on `cluster` (emptied first), which tests share: a cluster takes seconds
+    /// to form.
+    pub async fn cluster(cluster: &RedisCluster) -> Self {
+        tokio::task::block_in_place(|| cluster.flush_all());
+        let store = redis_store(&cluster.url());
+        // Connect (to every primary) before the test starts.
+        store
+            .ping()
+            .await
+            .expect("every primary of a fresh cluster answers");
+        Self {
+            store: Arc::new(store),
+            server: None,
         }
     }
 
@@ -97,10 +113,23 @@ pub fn redis_store(url: &str) -> RedisStore {
 }
 
 /// Generates one `#[tokio::test]` per store backend for each named async test function
-/// taking a [`Backend`], so both stores pass the same behavioural tests.
+/// taking a [`Backend`], so every store passes the same behavioural tests: one Redis, the
+/// in-process store, and a Redis Cluster. The cluster's tests run in turn in one test that
+/// owns the cluster (three primaries, three replicas), each on the emptied cluster: forming
+/// one takes seconds, and a test binary may not leave its processes behind.
 #[macro_export]
 macro_rules! on_every_store {
     ($($test:ident),* $(,)?) => {
+        mod on_cluster {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn every_behaviour_on_one_cluster() {
+                let cluster = tokio::task::block_in_place(cachelayer_testkit::RedisCluster::start);
+                $(
+                    eprintln!("on a Redis Cluster: {}", stringify!($test));
+                    super::$test(super::support::Backend::cluster(&cluster).await).await;
+                )*
+            }
+        }
         mod on_redis {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

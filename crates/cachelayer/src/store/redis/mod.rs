@@ -57,7 +57,10 @@ const TCP_KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
 const TCP_USER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Attempts the cluster connection makes at a command after a redirection or a lost node,
 /// and its first wait between them (in ms; later waits grow, up to four times this).
-const CLUSTER_RETRIES: u32 = 2;
+const CLUSTER_RETRIES: u32 = 5;
+/// Times a command the cluster redirected (`MOVED`, `ASK`) after the connection's own
+/// retries is sent again.
+const REDIRECTION_RETRIES: u32 = 3;
 const CLUSTER_RETRY_WAIT_MS: u64 = 10;
 /// Longest pause between attempts to re-establish a dropped subscription.
 const MAX_RESUBSCRIBE_DELAY: Duration = Duration::from_secs(2);
@@ -166,7 +169,7 @@ struct RedisInner {
 /// How the store reaches Redis.
 enum Link {
     /// One server: fixed, or the primary Sentinels name.
-    Node(NodeLink),
+    Node(Box<NodeLink>),
     /// A Redis Cluster.
     Cluster(ClusterLink),
 }
@@ -389,7 +392,7 @@ impl RedisStoreBuilder {
                     self.pool_size,
                     self.connect_timeout,
                 )?;
-                Ok(Link::Node(link))
+                Ok(Link::Node(Box::new(link)))
             }
             Deployment::Sentinel(set) => {
                 for sentinel in &set.sentinels {
@@ -406,7 +409,7 @@ impl RedisStoreBuilder {
                     self.pool_size,
                     self.connect_timeout,
                 )?;
-                Ok(Link::Node(link))
+                Ok(Link::Node(Box::new(link)))
             }
             Deployment::Cluster(seeds) => {
                 let client = factory
@@ -632,7 +635,7 @@ impl RedisStore {
     /// connection after the breaker of the primary serving `key` admitted it.
     async fn run<T, F, Fut>(&self, key: Option<&str>, command: F) -> Result<T>
     where
-        F: FnOnce(Connection) -> Fut,
+        F: Fn(Connection) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
         match &self.inner.link {
@@ -653,9 +656,24 @@ impl RedisStore {
                         return Err(err);
                     }
                 };
-                let result = command(Connection::Cluster(connection))
-                    .await
-                    .map_err(Error::from);
+                let mut redirections = 0;
+                let result = loop {
+                    let result = command(Connection::Cluster(connection.clone())).await;
+                    // A redirection the cluster connection gave up following (its ASKING
+                    // travels apart from the command on a shared connection, so a
+                    // concurrent command can take its place during a slot migration) was
+                    // not run: sending it again cannot repeat a write.
+                    match result {
+                        Err(err)
+                            if err.redirect_node().is_some()
+                                && redirections < REDIRECTION_RETRIES =>
+                        {
+                            redirections += 1;
+                            tokio::task::yield_now().await;
+                        }
+                        result => break result.map_err(Error::from),
+                    }
+                };
                 call.finish(&result);
                 result
             }
@@ -753,7 +771,7 @@ impl Store for RedisStore {
     }
 
     async fn get(&self, key: &str) -> Result<Option<Bytes>> {
-        let command = redis::cmd("GET").arg(key).clone();
+        let command = &redis::cmd("GET").arg(key).clone();
         let value: Option<Vec<u8>> = self
             .run(Some(key), |mut connection| async move {
                 absent_if_wrong_type(command.query_async(&mut connection).await)
@@ -779,6 +797,7 @@ impl Store for RedisStore {
         // tracking, which is what callers that keep the value rely on.
         let mut pipeline = redis::pipe();
         pipeline.cmd("GET").arg(key).cmd("PTTL").arg(key);
+        let pipeline = &pipeline;
         let found: Option<(Option<Vec<u8>>, i64)> = self
             .run(Some(key), |mut connection| async move {
                 absent_if_wrong_type(pipeline.query_async(&mut connection).await.map(Some))
@@ -931,11 +950,12 @@ impl Store for RedisStore {
     async fn claim(&self, key: &str, value: Bytes, ttl: Duration) -> Result<Claim> {
         let millis = ttl_millis(ttl)?;
         let script = &self.inner.claim;
+        let value = value.as_ref();
         let outcome: u8 = self
             .run(Some(key), |mut connection| async move {
                 script
                     .key(key)
-                    .arg(value.as_ref())
+                    .arg(value)
                     .arg(millis)
                     .invoke_async(&mut connection)
                     .await
@@ -975,6 +995,7 @@ impl Store for RedisStore {
                 .arg(stamp.value.as_ref())
                 .arg(ttl_millis(stamp.ttl)?);
         }
+        let invocation = &invocation;
         self.run(Some(counter), |mut connection| async move {
             invocation.invoke_async(&mut connection).await
         })

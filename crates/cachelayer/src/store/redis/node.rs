@@ -170,10 +170,8 @@ impl NodeLink {
             // too, and would each fail one more call before noticing.
             self.redial_others(taken.slot, taken.redials);
         }
-        if matches!(self.source, NodeSource::Sentinel(_)) && primary_may_have_moved(err) {
-            if let Err(lookup) = self.follow_primary(factory, false).await {
-                tracing::debug!(error = %lookup, "Sentinel lookup failed");
-            }
+        if primary_may_have_moved(err) {
+            self.suspect_moved(factory).await;
         }
     }
 
@@ -185,10 +183,10 @@ impl NodeLink {
     /// With Sentinel, ask where the primary is now: a connection to it failed in a way that
     /// says nothing more (a dial, a timeout).
     pub(super) async fn suspect_moved(&self, factory: &ClientFactory) {
-        if matches!(self.source, NodeSource::Sentinel(_)) {
-            if let Err(lookup) = self.follow_primary(factory, false).await {
-                tracing::debug!(error = %lookup, "Sentinel lookup failed");
-            }
+        if matches!(self.source, NodeSource::Sentinel(_))
+            && let Err(lookup) = self.follow_primary(factory, false).await
+        {
+            tracing::debug!(error = %lookup, "Sentinel lookup failed");
         }
     }
 
