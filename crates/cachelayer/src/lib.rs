@@ -269,3 +269,8 @@ pub struct HttpLayerGuideDoctests;
 #[doc = include_str!("../../../docs/near-cache.md")]
 #[cfg(all(doctest, feature = "macros", feature = "http"))]
 pub struct NearCacheGuideDoctests;
+
+/// The Redis deployments guide's examples.
+#[doc = include_str!("../../../docs/redis-deployments.md")]
+#[cfg(all(doctest, feature = "macros", feature = "http"))]
+pub struct RedisDeploymentsGuideDoctests;

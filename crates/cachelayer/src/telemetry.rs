@@ -14,8 +14,8 @@
 //! | `cachelayer_compression_ratio` | histogram | | uncompressed / stored payload size, per compressed write |
 //! | `cachelayer_decode_failures_total` | counter | `reason` | unreadable entries, deleted and treated as misses |
 //! | `cachelayer_writes_dropped_total` | counter | `reason` | writes skipped because the store failed or the breaker was open |
-//! | `cachelayer_breaker_state` | gauge | | 0 closed, 1 half-open, 2 open |
-//! | `cachelayer_breaker_transitions_total` | counter | `to` | breaker state changes |
+//! | `cachelayer_breaker_state` | gauge | `node` (Redis Cluster only) | 0 closed, 1 half-open, 2 open; on a Redis Cluster one per primary |
+//! | `cachelayer_breaker_transitions_total` | counter | `to`, `node` (Redis Cluster only) | breaker state changes |
 //! | `cachelayer_subscription_dropped_total` | counter | | pub/sub messages dropped because a subscriber lagged |
 //! | `cachelayer_subscription_reconnects_total` | counter | | pub/sub connections lost (each is then re-established in the background) |
 //! | `cachelayer_loader_calls_total` | counter | | loader runs (foreground and background) |
@@ -36,6 +36,8 @@
 //! | `cachelayer_near_loads_not_stored_total` | counter | | loaded values returned but not stored because their key changed during the load |
 //! | `cachelayer_near_tracking_lost_total` | counter | | times change tracking was lost (the tier is then emptied and bypassed) |
 //! | `cachelayer_near_watching` | gauge | | 1 while change tracking is up, 0 while blind |
+//! | `cachelayer_redis_primary_changes_total` | counter | | the Sentinels named a new primary and the store moved to it |
+//! | `cachelayer_redis_cluster_topology_changes_total` | counter | | the Redis Cluster's set of primaries changed |
 //! | `cachelayer_keys_repaired_total` | counter | `kind` (`lock`, `tag_version`, `tag_counter`, `marker`) | keys the cache writes for itself found broken (garbage, another type, no expiry) and replaced |
 //! | `cachelayer_invalidation_retries_total` | counter | `outcome` (`succeeded`, `failed`) | invalidations retried at once after a dropped connection |
 

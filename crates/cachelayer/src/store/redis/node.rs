@@ -203,8 +203,15 @@ impl NodeLink {
         if first && known.is_some() {
             return Ok(());
         }
-        if last_lookup.is_some_and(|at| at.elapsed() < LOOKUP_INTERVAL) && known.is_some() {
-            return Ok(());
+        // However many calls fail together, the Sentinels are asked once per interval.
+        if last_lookup.is_some_and(|at| at.elapsed() < LOOKUP_INTERVAL) {
+            return match known {
+                Some(_) => Ok(()),
+                None => Err(Error::new(
+                    ErrorKind::Connection,
+                    "no Sentinel named the primary yet; asking again shortly",
+                )),
+            };
         }
         let found = super::sentinel::primary_address(set, factory, self.connect_timeout).await;
         *last_lookup = Some(Instant::now());
