@@ -52,10 +52,15 @@ fn product(id: u64) -> Product {
 
 /// `n` caches on one Redis, each with its own connections, as `n` app processes would be.
 fn instances(server: &RedisServer, n: usize, settings: StampedeSettings) -> Vec<Cache> {
+    instances_on(&server.url(), n, settings)
+}
+
+/// `n` instances (each its own `Cache` and connections) on the Redis at `url`.
+fn instances_on(url: &str, n: usize, settings: StampedeSettings) -> Vec<Cache> {
     (0..n)
         .map(|_| {
             Cache::builder()
-                .store(redis_store(&server.url()))
+                .store(redis_store(url))
                 .namespace("test")
                 .ttl_jitter(0.0)
                 .command_timeout(Duration::from_secs(2))
@@ -232,7 +237,18 @@ async fn foreign_locks_are_never_deleted(backend: Backend) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waiters_are_woken_by_the_fill_announcement() {
     let server = RedisServer::start();
-    let caches = instances(&server, 9, StampedeSettings::default());
+    waiters_woken_by_the_fill_announcement(&server.url()).await;
+}
+
+/// The same on a Redis Cluster, where the announcement travels by sharded pub/sub.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_are_woken_by_the_fill_announcement_on_a_cluster() {
+    let cluster = tokio::task::block_in_place(cachelayer_testkit::RedisCluster::start);
+    waiters_woken_by_the_fill_announcement(&cluster.url()).await;
+}
+
+async fn waiters_woken_by_the_fill_announcement(url: &str) {
+    let caches = instances_on(url, 9, StampedeSettings::default());
     let started = Arc::new(Notify::new());
     let loaded_at = Arc::new(std::sync::Mutex::new(None));
     let holder = {
