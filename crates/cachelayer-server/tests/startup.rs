@@ -156,3 +156,62 @@ fn a_taken_admin_port_fails_before_anything_starts() {
         other => panic!("the proxy dialled Redis before failing: {other:?}"),
     }
 }
+
+/// A malformed Redis Cluster or Sentinel `--redis-url` (no master name, an empty seed, a
+/// port that is not one, a database a cluster does not have) is refused at start by both
+/// commands, naming the flag once, and never showing the password given in it; `serve`
+/// creates no database first.
+#[test]
+fn a_malformed_cluster_or_sentinel_url_is_refused_without_its_password() {
+    const PASSWORD: &str = "s3cret-pass";
+    let urls = [
+        "redis+sentinel://h:1".to_owned(),
+        "redis+cluster://a:1,,b:2".to_owned(),
+        format!("redis+sentinel://app:{PASSWORD}@h:1"),
+        format!("rediss+sentinel://:{PASSWORD}@h:1,,g:2/cachelayer"),
+        format!("redis+sentinel://app:{PASSWORD}@h:1/cachelayer/notadb"),
+        format!("redis+cluster://app:{PASSWORD}@a:1,,b:2"),
+        format!("redis+cluster://app:{PASSWORD}@a:1,b:notaport"),
+        format!("rediss+cluster://app:{PASSWORD}@a:1,b:2/3"),
+        // A password holding the characters the URL is split on.
+        format!("redis+cluster://app:p@ss/,{PASSWORD}@a:1,,b:2"),
+    ];
+    for url in &urls {
+        let database = TestDatabase::sqlite();
+        let runs = [
+            run_to_exit(&[
+                "serve",
+                "--database-url",
+                &database.url,
+                "--listen",
+                "127.0.0.1:0",
+                "--redis-url",
+                url,
+            ]),
+            run_to_exit(&[
+                "proxy",
+                "--upstream",
+                "http://127.0.0.1:9",
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+                "--redis-url",
+                url,
+            ]),
+        ];
+        for run in &runs {
+            assert_eq!(run.status.code(), Some(2), "{url}: {}", said(run));
+            let line = the_line_naming(run, "--redis-url");
+            assert!(line.contains("--redis-url (REDIS_URL)"), "{url}: {line}");
+            assert!(!said(run).contains(PASSWORD), "{url}: {}", said(run));
+            // The password's pieces too, for the one split on its `@`, `/` and `,`.
+            assert!(!said(run).contains("p@ss"), "{url}: {}", said(run));
+        }
+        assert!(
+            !sqlite_path(&database).exists(),
+            "{url}: the database was created: {}",
+            said(&runs[0])
+        );
+    }
+}

@@ -205,6 +205,12 @@ impl CircuitBreaker {
         }
     }
 
+    /// This breaker is no longer used (its node left the cluster): its gauge reads closed
+    /// from now on, so no alert stays on for a node that is gone.
+    pub(crate) fn retire(&self) {
+        self.gauge(BreakerState::Closed);
+    }
+
     fn transition(&self, to: BreakerState) {
         self.gauge(to);
         match &self.node {

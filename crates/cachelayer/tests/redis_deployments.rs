@@ -309,6 +309,12 @@ async fn a_primary_killed_under_load_costs_only_its_own_keys() {
         },
     )
     .await;
+    // An instance with a near tier, watching every primary before the kill.
+    let tracked = instance(&cluster.url());
+    eventually("the near tier watches", PROPAGATION_BOUND, async || {
+        tracked.near_stats().state == NearState::Watching
+    })
+    .await;
     let doomed = cluster.primary_ports()[0];
     let doomed_key = &keys[0];
 
@@ -404,8 +410,7 @@ async fn a_primary_killed_under_load_costs_only_its_own_keys() {
         0,
         "no key of a healthy shard missed"
     );
-    // Change tracking watches the new primaries.
-    let tracked = instance(&cluster.url());
+    // The same instance's change tracking watches the new primaries.
     eventually(
         "the near tier watches the new primaries",
         PROPAGATION_BOUND * 2,
@@ -507,16 +512,33 @@ async fn sentinel_failover_is_followed() {
     )
     .await;
 
+    // Calls all through the failover: each answers with the right value, and none waits
+    // longer than the command timeout and a Sentinel lookup (fail fast, not hang).
+    let stop = Arc::new(AtomicBool::new(false));
+    let caller = {
+        let (cache, stop) = (cache.clone(), stop.clone());
+        tokio::spawn(async move {
+            let (mut calls, mut slowest) = (0u64, Duration::ZERO);
+            while !stop.load(Ordering::Relaxed) {
+                let started = Instant::now();
+                let key = format!("during:{}", calls % 20);
+                let expected = key.clone();
+                let value: String = cache
+                    .get_with(key.as_str(), MINUTE, async move { expected })
+                    .await;
+                assert_eq!(value, key);
+                slowest = slowest.max(started.elapsed());
+                calls += 1;
+                tokio::task::yield_now().await;
+            }
+            (calls, slowest)
+        })
+    };
     let old = tokio::task::block_in_place(|| sentinels.kill_primary());
     let failing_over = Instant::now();
     let (new, failover) =
         tokio::task::block_in_place(|| sentinels.wait_for_failover(old, PROMOTION_BOUND));
     assert_ne!(new, old);
-    // Meanwhile and after, calls answer (from the loader when Redis cannot).
-    let value: String = cache
-        .get_with("other", MINUTE, async { "loaded".to_owned() })
-        .await;
-    assert_eq!(value, "loaded");
     let recovery = eventually(
         "the cache stores and hits on the new primary",
         RECOVERY_BOUND,
@@ -529,6 +551,15 @@ async fn sentinel_failover_is_followed() {
         },
     )
     .await;
+    stop.store(true, Ordering::Relaxed);
+    let (calls, slowest) = caller
+        .await
+        .expect("every call answered with the right value");
+    assert!(calls > 10, "calls ran through the failover: {calls}");
+    assert!(
+        slowest < Duration::from_secs(2),
+        "a call waited {slowest:?}"
+    );
     report_sentinel_failover(failover, recovery, failing_over.elapsed());
     eventually(
         "tracking watches the new primary",
@@ -552,5 +583,41 @@ async fn sentinel_failover_is_followed() {
 fn report_sentinel_failover(failover: Duration, recovery: Duration, total: Duration) {
     eprintln!(
         "sentinel failover: promoted {failover:?} after the kill; cache back {recovery:?} after the promotion ({total:?} in all)"
+    );
+}
+
+/// A command that may have run is never sent again: a node that executes a `GET` and then
+/// drops the connection (its reply is over the client output limit) sees that `GET` once,
+/// and the call fails (a miss for the cache), rather than running again and again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_that_may_have_run_are_not_sent_again() {
+    let cluster = tokio::task::block_in_place(RedisCluster::start);
+    let store = redis_store(&cluster.url());
+    store.ping().await.expect("ping");
+    let key = "deploy:v1:big";
+    store
+        .set(key, vec![b'x'; 64 * 1024].into(), MINUTE)
+        .await
+        .expect("set");
+    let node = cluster.primary_port_for(key);
+    assert_eq!(
+        cluster.cli_on(
+            node,
+            [
+                "CONFIG",
+                "SET",
+                "client-output-buffer-limit",
+                "normal 1024 1024 0"
+            ]
+        ),
+        "OK"
+    );
+    cluster.reset_stats(node);
+    let read = store.get(key).await;
+    assert!(read.is_err(), "the node dropped the connection: {read:?}");
+    assert_eq!(
+        cluster.command_calls(node, "get"),
+        1,
+        "the GET ran once and was not sent again"
     );
 }

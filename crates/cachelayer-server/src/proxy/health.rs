@@ -45,7 +45,7 @@ pub(crate) async fn health(State(probe): State<ProxyHealth>) -> Response {
     let status = match (&upstream, &redis) {
         (Err(_), _) => Status::Unhealthy,
         (Ok(_), Some(redis)) if !redis.reachable => Status::Degraded,
-        (Ok(_), _) if breaker == BreakerState::Open => Status::Degraded,
+        (Ok(_), _) if breaker != BreakerState::Closed => Status::Degraded,
         _ => Status::Healthy,
     };
     let body = serde_json::json!({

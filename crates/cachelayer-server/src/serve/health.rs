@@ -104,7 +104,7 @@ pub(crate) async fn health(State(state): State<AppState>) -> Response {
         Status::Unhealthy
     } else if redis
         .as_ref()
-        .is_some_and(|r| !r.reachable || r.breaker == BreakerState::Open)
+        .is_some_and(|r| !r.reachable || r.breaker != BreakerState::Closed)
     {
         Status::Degraded
     } else {

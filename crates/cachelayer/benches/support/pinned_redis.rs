@@ -16,7 +16,7 @@ pub(crate) fn server() -> RedisServer {
 }
 
 /// Online CPUs from `/sys/devices/system/cpu/online` ("0-1", "0,2-3"); 1 when unreadable.
-fn online_cpus() -> usize {
+pub(crate) fn online_cpus() -> usize {
     let Ok(list) = std::fs::read_to_string("/sys/devices/system/cpu/online") else {
         return 1;
     };

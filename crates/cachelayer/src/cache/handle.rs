@@ -26,7 +26,7 @@ use super::near_reads::entry_key;
 use crate::payload::{DecodePayload, EncodePayload};
 use crate::random::SeededRandom;
 use crate::stampede::{Flights, NoticeWaiters, StampedeSettings};
-use crate::store::{MAX_TTL, Store, StoreEntry, check_ttl};
+use crate::store::{KeySpace, MAX_TTL, Store, StoreEntry, check_ttl};
 use crate::telemetry;
 
 /// What [`Cache::invalidate_reporting`] found: the keys it was given, by whether the store
@@ -181,16 +181,22 @@ impl Cache {
         self.prefixed(&key.into().into_capped())
     }
 
-    /// The store key of `key` in the slot group `group`: on a Redis Cluster every key of a
-    /// group shares one slot (its hash tag, `{<namespace>:v<version>:<group>}`, follows the
-    /// prefix), for the commands that need them together. User input never chooses a group:
-    /// a key's parts never hold braces.
+    /// The store key of `key` in the slot group `group`: on a store of hash slots (a Redis
+    /// Cluster) every key of a group shares one slot, for the commands that need them
+    /// together (its hash tag, `{<namespace>:v<version>:<group>}`, follows the prefix);
+    /// elsewhere the key is named as any other, so releases from before groups share it.
+    /// User input never chooses a group: a key's parts never hold braces.
     // Only the HTTP layer's tags group keys today.
     #[cfg_attr(not(feature = "http"), allow(dead_code))]
     pub(crate) fn grouped_key(&self, group: &str, key: impl Into<Key>) -> String {
-        let prefix = &self.inner.prefix;
-        let capped = key.into().into_capped();
-        format!("{prefix}{{{prefix}{group}}}:{capped}")
+        match self.inner.store.key_space() {
+            KeySpace::Slotted => {
+                let prefix = &self.inner.prefix;
+                let capped = key.into().into_capped();
+                format!("{prefix}{{{prefix}{group}}}:{capped}")
+            }
+            _ => self.full_key(key),
+        }
     }
 
     /// The store key of a capped key.
@@ -721,7 +727,13 @@ impl Cache {
             Err(err) => {
                 metrics::counter!(telemetry::STORE_ERRORS, "op" => op, "kind" => err.kind().as_str())
                     .increment(1);
-                tracing::warn!(op, kind = err.kind().as_str(), store = breaker.store(), error = %err, "cache store call failed; failing open");
+                if err.kind() == ErrorKind::CircuitOpen {
+                    // A node's open breaker refused it (the store's own breakers): the
+                    // breaker said so once when it opened; a line per call would flood.
+                    tracing::debug!(op, store = breaker.store(), error = %err, "cache store call refused by an open breaker; failing open");
+                } else {
+                    tracing::warn!(op, kind = err.kind().as_str(), store = breaker.store(), error = %err, "cache store call failed; failing open");
+                }
                 if !guarded {
                     // Not the cache's breaker to judge: the store is local (a failure is
                     // no sign of an outage), or the store's own node breakers judged it.

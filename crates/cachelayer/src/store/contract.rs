@@ -80,6 +80,17 @@ pub enum KeyChange {
     Blind,
 }
 
+/// How a store places keys, which says whether one command may name any keys together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum KeySpace {
+    /// One place (one Redis, the in-process store): a command may name any keys.
+    Single,
+    /// Hash slots spread over nodes (a Redis Cluster): keys one command names together
+    /// must share a slot, which a hash tag (`{...}`) in their names gives them.
+    Slotted,
+}
+
 /// One node's circuit breaker, for a store that keeps one per node (see
 /// [`Store::node_breakers`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -289,6 +300,11 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     fn track_changes(&self, prefix: &str, listener: ChangeListener) -> Option<ChangeTracking> {
         let _ = (prefix, listener);
         None
+    }
+
+    /// How the store places keys ([`KeySpace::Single`] by default).
+    fn key_space(&self) -> KeySpace {
+        KeySpace::Single
     }
 
     /// The store's own circuit breakers, one per node, when it keeps them (a Redis Cluster:

@@ -14,7 +14,7 @@ mod redis;
 
 pub(crate) use self::contract::check_ttl;
 pub use self::contract::{
-    ChangeListener, ChangeTracking, Claim, KeyChange, KeyTtl, MAX_TTL, NodeBreaker,
+    ChangeListener, ChangeTracking, Claim, KeyChange, KeySpace, KeyTtl, MAX_TTL, NodeBreaker,
     SUBSCRIPTION_BUFFER, Store, StoreEntry, StoreKind, Subscription,
 };
 // Tag versions (the HTTP layer) read counters too.

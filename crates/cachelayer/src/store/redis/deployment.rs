@@ -8,10 +8,11 @@
 //! `#insecure`) and query options are spelled once and mean the same on every node. It must
 //! never connect, and never put a password anywhere but the node URLs it returns.
 
+use super::redact_url;
 use crate::error::{Error, Result};
 
-/// A Redis deployment, as its URL names it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A Redis deployment, as its URL names it. (`Debug` redacts passwords.)
+#[derive(Clone, PartialEq, Eq)]
 pub(super) enum Deployment {
     /// One server, reached through this URL as given.
     Server(String),
@@ -22,7 +23,7 @@ pub(super) enum Deployment {
 }
 
 /// The nodes a Redis Cluster is first reached through, and how to reach any of its nodes.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub(super) struct ClusterSeeds {
     /// Each seed node's URL, with the deployment's credentials, TLS and options.
     pub(super) seeds: Vec<String>,
@@ -57,7 +58,7 @@ impl SentinelSet {
 }
 
 /// The parts of a node URL around its address.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 struct NodeUrl {
     before: String,
     after: String,
@@ -66,6 +67,32 @@ struct NodeUrl {
 impl NodeUrl {
     fn with_address(&self, address: &str) -> String {
         format!("{}{address}{}", self.before, self.after)
+    }
+}
+
+// The URLs below carry passwords: their `Debug` shows them redacted.
+impl std::fmt::Debug for Deployment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Server(url) => f.debug_tuple("Server").field(&redact_url(url)).finish(),
+            Self::Sentinel(set) => f.debug_tuple("Sentinel").field(set).finish(),
+            Self::Cluster(seeds) => f.debug_tuple("Cluster").field(seeds).finish(),
+        }
+    }
+}
+
+impl std::fmt::Debug for ClusterSeeds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let seeds: Vec<String> = self.seeds.iter().map(|seed| redact_url(seed)).collect();
+        f.debug_struct("ClusterSeeds")
+            .field("seeds", &seeds)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for NodeUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&redact_url(&self.with_address("<host>:<port>")))
     }
 }
 
@@ -127,8 +154,9 @@ impl Deployment {
     }
 }
 
-/// A URL after its `scheme://`, cut where the `url` crate would: user info ends at the last
-/// `@` (a password may hold `/`, `?` or `@`), the host list at the first `/`, `?` or `#`.
+/// A URL after its `scheme://`, cut as the `url` crate would: the authority ends at the
+/// first `/`, `?` or `#` (a password must percent-encode those), and within it the user
+/// info ends at the last `@` (a password may hold `@`).
 struct UrlParts<'a> {
     userinfo: Option<&'a str>,
     hosts: &'a str,
@@ -143,17 +171,17 @@ impl<'a> UrlParts<'a> {
             Some(at) => rest.split_at(at),
             None => (rest, ""),
         };
-        let (userinfo, location) = match rest.rsplit_once('@') {
-            Some((userinfo, location)) => (Some(userinfo), location),
-            None => (None, rest),
+        let (authority, rest) = match rest.find(['/', '?']) {
+            Some(at) => rest.split_at(at),
+            None => (rest, ""),
         };
-        let (location, query) = match location.find('?') {
-            Some(at) => location.split_at(at),
-            None => (location, ""),
+        let (userinfo, hosts) = match authority.rsplit_once('@') {
+            Some((userinfo, hosts)) => (Some(userinfo), hosts),
+            None => (None, authority),
         };
-        let (hosts, path) = match location.find('/') {
-            Some(at) => location.split_at(at),
-            None => (location, ""),
+        let (path, query) = match rest.find('?') {
+            Some(at) => rest.split_at(at),
+            None => (rest, ""),
         };
         Self {
             userinfo,
@@ -188,10 +216,7 @@ fn sentinel_path(url: &str, path: &str) -> Result<(String, u32)> {
 }
 
 fn bad(url: &str, why: &str) -> Error {
-    Error::config(format!(
-        "invalid redis URL {}: {why}",
-        super::redact_url(url)
-    ))
+    Error::config(format!("invalid redis URL {}: {why}", redact_url(url)))
 }
 
 #[cfg(test)]

@@ -35,8 +35,8 @@ use self::cluster::{BreakerSettings, ClusterLink};
 use self::deployment::Deployment;
 use self::node::{NodeClients, NodeLink, NodeSource};
 use super::contract::{
-    ChangeListener, ChangeTracking, Claim, KeyTtl, NodeBreaker, Store, StoreEntry, StoreKind,
-    Subscription, ttl_millis,
+    ChangeListener, ChangeTracking, Claim, KeySpace, KeyTtl, NodeBreaker, Store, StoreEntry,
+    StoreKind, Subscription, ttl_millis,
 };
 use crate::error::{Error, ErrorKind, Result};
 
@@ -55,13 +55,6 @@ const TCP_KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
 /// How long sent data may stay unacknowledged before the kernel drops the connection.
 #[cfg(any(target_os = "android", target_os = "fuchsia", target_os = "linux"))]
 const TCP_USER_TIMEOUT: Duration = Duration::from_secs(5);
-/// Attempts the cluster connection makes at a command after a redirection or a lost node,
-/// and its first wait between them (in ms; later waits grow, up to four times this).
-const CLUSTER_RETRIES: u32 = 5;
-/// Times a command the cluster redirected (`MOVED`, `ASK`) after the connection's own
-/// retries is sent again.
-const REDIRECTION_RETRIES: u32 = 3;
-const CLUSTER_RETRY_WAIT_MS: u64 = 10;
 /// Longest pause between attempts to re-establish a dropped subscription.
 const MAX_RESUBSCRIBE_DELAY: Duration = Duration::from_secs(2);
 
@@ -221,11 +214,10 @@ impl ClientFactory {
             .connection_timeout(connect_timeout)
             .response_timeout(command_timeout)
             .tcp_settings(tcp_settings())
-            // Few, quick retries: they follow redirections and a topology refresh, and
-            // callers give up at the command timeout anyway.
-            .retries(CLUSTER_RETRIES)
-            .min_retry_wait(CLUSTER_RETRY_WAIT_MS)
-            .max_retry_wait(CLUSTER_RETRY_WAIT_MS * 4);
+            // No retries of the connection's own: it would send again commands that may
+            // have run (after an I/O error). `cluster::send` follows the redirections,
+            // which say the command did not run.
+            .retries(0);
         if let Some(certificates) = self.certificates() {
             builder = builder.certs(certificates);
         }
@@ -457,7 +449,7 @@ impl ConnectionLike for Connection {
     ) -> redis::RedisFuture<'a, redis::Value> {
         match self {
             Self::Node(connection) => connection.req_packed_command(cmd),
-            Self::Cluster(connection) => connection.req_packed_command(cmd),
+            Self::Cluster(connection) => Box::pin(cluster::send(connection, cmd)),
         }
     }
 
@@ -635,7 +627,7 @@ impl RedisStore {
     /// connection after the breaker of the primary serving `key` admitted it.
     async fn run<T, F, Fut>(&self, key: Option<&str>, command: F) -> Result<T>
     where
-        F: Fn(Connection) -> Fut,
+        F: FnOnce(Connection) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
         match &self.inner.link {
@@ -656,24 +648,9 @@ impl RedisStore {
                         return Err(err);
                     }
                 };
-                let mut redirections = 0;
-                let result = loop {
-                    let result = command(Connection::Cluster(connection.clone())).await;
-                    // A redirection the cluster connection gave up following (its ASKING
-                    // travels apart from the command on a shared connection, so a
-                    // concurrent command can take its place during a slot migration) was
-                    // not run: sending it again cannot repeat a write.
-                    match result {
-                        Err(err)
-                            if err.redirect_node().is_some()
-                                && redirections < REDIRECTION_RETRIES =>
-                        {
-                            redirections += 1;
-                            tokio::task::yield_now().await;
-                        }
-                        result => break result.map_err(Error::from),
-                    }
-                };
+                let result = command(Connection::Cluster(connection))
+                    .await
+                    .map_err(Error::from);
                 call.finish(&result);
                 result
             }
@@ -795,6 +772,15 @@ impl Store for RedisStore {
     async fn get_with_ttl(&self, key: &str) -> Result<Option<(Bytes, KeyTtl)>> {
         // One round trip. Not atomic: a change between the two commands is reported by change
         // tracking, which is what callers that keep the value rely on.
+        if self.cluster().is_some() {
+            // Two commands sent together (a cluster redirects commands, not pipelines): the
+            // node's connection still pipelines them.
+            let (value, ttl) = futures::join!(self.get(key), self.ttl(key));
+            return Ok(match value? {
+                Some(value) => Some((value, ttl?)),
+                None => None,
+            });
+        }
         let mut pipeline = redis::pipe();
         pipeline.cmd("GET").arg(key).cmd("PTTL").arg(key);
         let pipeline = &pipeline;
@@ -1084,6 +1070,13 @@ impl Store for RedisStore {
 
     fn track_changes(&self, prefix: &str, listener: ChangeListener) -> Option<ChangeTracking> {
         Some(tracking::start(self, prefix, listener))
+    }
+
+    fn key_space(&self) -> KeySpace {
+        match self.inner.link {
+            Link::Node(_) => KeySpace::Single,
+            Link::Cluster(_) => KeySpace::Slotted,
+        }
     }
 
     fn node_breakers(&self) -> Option<Vec<NodeBreaker>> {

@@ -154,7 +154,16 @@ async fn open(
         Link::Node(node) => {
             let factory = &store.inner.factory;
             let clients = node.clients(factory).await?;
-            match open_one(store, &clients.tracking_client, prefix, listener, lost).await {
+            let opened = open_one(store, &clients.tracking_client, prefix, listener, lost).await;
+            let opened = match opened {
+                // A primary demoted while alive still accepts connections, and would
+                // report nothing of the writes on its successor.
+                Ok(mut connection) if node.follows_sentinels() => {
+                    confirm_primary(&mut connection).await.map(|()| connection)
+                }
+                other => other.map_err(Error::from),
+            };
+            match opened {
                 Ok(connection) => Ok(Session {
                     connections: vec![connection],
                     topology: None,
@@ -166,7 +175,7 @@ async fn open(
                 }),
                 Err(err) => {
                     node.suspect_moved(factory).await;
-                    Err(err.into())
+                    Err(err)
                 }
             }
         }
@@ -196,6 +205,12 @@ async fn open_on_primaries(
             "the Redis Cluster's slot table is not known yet",
         ));
     }
+    if !table.is_complete() {
+        return Err(Error::new(
+            ErrorKind::Connection,
+            "some Redis Cluster primaries announce no address, so their changes cannot be watched",
+        ));
+    }
     let clients = table
         .primaries()
         .iter()
@@ -207,11 +222,12 @@ async fn open_on_primaries(
                 .client(&url, Some(redis::ProtocolVersion::RESP3))
         })
         .collect::<redis::RedisResult<Vec<Client>>>()?;
-    let connections = try_join_all(
-        clients
-            .iter()
-            .map(|client| open_one(store, client, prefix, listener, lost)),
-    )
+    let connections = try_join_all(clients.iter().map(|client| async {
+        let mut connection = open_one(store, client, prefix, listener, lost).await?;
+        // The table may be a moment old: a node it names may have been demoted.
+        confirm_primary(&mut connection).await?;
+        Ok::<_, Error>(connection)
+    }))
     .await?;
     Ok(Session {
         connections,
@@ -316,6 +332,19 @@ async fn watch(session: Session, lost: &Notify, stopped: &mut oneshot::Receiver<
                 }
             }
         }
+    }
+}
+
+/// Fails unless the server says it is a primary.
+async fn confirm_primary(connection: &mut MultiplexedConnection) -> Result<()> {
+    let role: redis::Value = redis::cmd("ROLE").query_async(connection).await?;
+    if is_primary(&role) {
+        Ok(())
+    } else {
+        Err(Error::new(
+            ErrorKind::Connection,
+            "the server to watch is no longer a primary",
+        ))
     }
 }
 
