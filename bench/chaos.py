@@ -4,7 +4,8 @@ load, each measured against a baseline taken just before it; and a soak mode.
 
     python3 bench/chaos.py                   # every fault, release build (~8 min)
     python3 bench/chaos.py --only a,c,g      # some faults
-    python3 bench/chaos.py --smoke           # every fault briefly, debug build (<90 s; scripts/test)
+    python3 bench/chaos.py --only j,k        # the failovers: Redis Cluster, then Sentinel
+    python3 bench/chaos.py --smoke           # every fault briefly, debug build (<2 min; scripts/test)
     python3 bench/chaos.py --soak            # 10 min at half the measured maximum rate
     python3 bench/chaos.py --soak --soak-duration 60s
     python3 bench/chaos.py --write [--label "before the fixes"]   # also write RELIABILITY.md
@@ -73,12 +74,35 @@ Faults (--only a,b,...):
      missing): A restarted under it, writes through A alone (the load's, plus --skew-writes a
      second) and list pages read through B just before (racing) and right after each, for
      --fault-duration x 2; then A restarted with the true clock
+  j  Redis Cluster failover: A, B and the proxy on a local cluster of 3 primaries with 1 replica
+     each (bench/redis_topology.py; --node-timeout, default 1 s; cluster-require-full-coverage
+     no) instead of one Redis; one primary killed with SIGKILL (--victim: `tags`, the default,
+     the primary holding serve's tag clock, so that every list page loses its cache too; or
+     `other`, one that does not), left dead; the fault lasts until every running node agrees
+     on a healthy cluster again
+  k  Sentinel failover: A, B and the proxy on a local Sentinel set-up (1 primary, 1 replica,
+     3 sentinels, quorum 2, --down-after, default 1 s) instead of one Redis; the primary
+     killed with SIGKILL, left dead; the fault lasts until every sentinel names the promoted
+     replica
 
-Expected: no error in any Redis fault (a-e, h) nor under skew (i); only 503s for the
+Faults j and k run on their own Redis (a group of faults per deployment, each with fresh
+servers; the database and the written stock counter carry over). Their extra figures, in a
+table of their own: the time from the kill to the promotion (the replica reporting
+role:master, polled every 50 ms) and to the whole deployment agreeing on it; the time from
+the promotion to the first X-Cache HIT of a product read on the dead shard (a cluster: the
+products whose keys hash to the killed primary's slots; Sentinel: every product), by send
+time; the hit ratio per second of those reads around the kill (and of the other shards'); the
+p99 of every request from the kill until the dead shard hits again (or the agreement, if
+later; at least 1 s) against the baseline's.
+
+Expected: no error in any Redis fault (a-e, h, j, k) nor under skew (i); only 503s for the
 database (f); no request lost or refused at SIGTERM (g); no stale read, except in the
 windows docs/consistency.md documents for a Redis down, hung or read-only (a, d, e: an
-invalidation the store refused) and for eviction (h), which are reported but not failures. The smoke run (--smoke: debug build, ~1-2 s per
-phase, every fault) exits 1 when one of these expectations fails; it never fails on timings.
+invalidation the store refused), for eviction (h) and for a failover (j, k: an invalidation
+refused while the primary was down, or acknowledged by it and never replicated), which are
+reported but not failures. The smoke run (--smoke: debug build, ~1-2 s per phase, every
+fault; j and k, each on a deployment of its own, take ~26 s of it together) exits 1 when one
+of these expectations fails; it never fails on timings.
 
 Soak (--soak): a flat-out run first (--max-duration, 64 concurrent requests, the same mix)
 measures the maximum rate; then, at half of it, a warm-up (a tenth of --soak-duration, at
@@ -115,6 +139,7 @@ from pathlib import Path
 sys.dont_write_bytecode = True
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import load  # noqa: E402
+import redis_topology  # noqa: E402
 
 ROOT = load.ROOT
 RELIABILITY = ROOT / "RELIABILITY.md"
@@ -137,13 +162,19 @@ FAULTS = {
     "g": "SIGTERM of serve A under load, then restarted",
     "h": "Redis maxmemory below its data, allkeys-lru",
     "i": "serve A's clock skewed (libfaketime), writes via A, lists via B",
+    "j": "Redis Cluster 3+3: a primary killed (SIGKILL), its replica promoted",
+    "k": "Sentinel: the primary killed (SIGKILL), the replica promoted",
 }
+# The Redis deployment a fault runs on (the others: one redis-server).
+TOPOLOGY = {"j": "cluster", "k": "sentinel"}
 # Faults whose stale reads fall in a window docs/consistency.md documents: reported, not failed.
 STALE_DOCUMENTED = {
     "a": "an invalidation the store refused (Redis down, the writer's breaker still open)",
     "d": "an invalidation the store refused (hung Redis)",
     "e": "an invalidation the store refused (read-only Redis)",
     "h": "a load whose lock was evicted",
+    "j": "an invalidation refused while the primary was down, or lost in asynchronous replication",
+    "k": "an invalidation refused while the primary was down, or lost in asynchronous replication",
 }
 TARGETS = ("A", "B", "proxy")
 SERVES = ("A", "B")
@@ -415,6 +446,7 @@ class Record:
     stale: int = 0    # FRESH, or TRANSIENT / PERSISTENT: older than an acknowledged write
     since: float = 0.0  # for a stale read: s from that write's acknowledgement to its sending
     fresh: bool = False  # a socket failure on a connection that had answered nothing yet
+    pid: int = 0      # the product of a product read (0 for other requests)
 
 
 @dataclass
@@ -479,7 +511,7 @@ class Load:
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    async def call(self, target, kind, method, path, scheduled, body=None, expect=None, out=None):
+    async def call(self, target, kind, method, path, scheduled, body=None, expect=None, out=None, pid=0):
         """Sends one request and records it; returns (status, body) or (None, None). Nothing
         is sent to a target that is not live (being stopped or restarted)."""
         if not self.live.get(target):
@@ -492,11 +524,12 @@ class Load:
             status, headers, data = await http(self.pools[target], method, path, body)
         except Failed as failed:
             self.records.append(Record(scheduled, target, kind, failed.code, self.now() - scheduled,
-                                       failed.how, fresh=failed.fresh))
+                                       failed.how, fresh=failed.fresh, pid=pid))
             return None, None
         finally:
             self.inflight[target] -= 1
-        record = Record(scheduled, target, kind, status, self.now() - scheduled, headers.get("x-cache", ""))
+        record = Record(scheduled, target, kind, status, self.now() - scheduled, headers.get("x-cache", ""),
+                        pid=pid)
         if kind in (LIST, RACE_LIST, CHECK_LIST):
             previous = self.list_latency.get(target, record.latency)
             self.list_latency[target] = 0.9 * previous + 0.1 * record.latency
@@ -558,7 +591,7 @@ class Load:
 
     async def read_product(self, target, pid, scheduled, kind=PRODUCT):
         expect = self.expectation(kind, [pid])
-        await self.call(target, kind, "GET", f"/products/{pid}", scheduled, expect=expect)
+        await self.call(target, kind, "GET", f"/products/{pid}", scheduled, expect=expect, pid=pid)
 
     async def read_page(self, target, offset, scheduled, kind=LIST):
         expect = self.expectation(kind, range(offset + 1, offset + PAGE + 1))
@@ -671,15 +704,19 @@ class Load:
 # --- Servers -------------------------------------------------------------------------------------
 
 class Servers:
-    """Redis, serve A and B, the proxy: started, restarted and stopped by PID."""
+    """Redis (one redis-server, a Redis Cluster or a Sentinel set-up, as topology says), serve
+    A and B, the proxy: started, restarted and stopped by PID."""
 
-    def __init__(self, args, binary, workdir, database_url):
+    def __init__(self, args, binary, workdir, database_url, topology="single"):
         self.args = args
         self.binary = binary
         self.workdir = Path(workdir)
         self.database_url = database_url
+        self.topology = topology
         self.server_core, self.load_core = (0, 1) if (os.cpu_count() or 1) >= 2 else (0, 0)
         self.redis = None
+        self.cluster = None
+        self.sentinel = None
         self.redis_port = load.free_port()
         self.redis_url = f"redis://127.0.0.1:{self.redis_port}/0"
         self.ports = {"A": load.free_port(), "B": load.free_port(), "proxy": load.free_port()}
@@ -702,6 +739,20 @@ class Servers:
     # -- Redis --
 
     def start_redis(self):
+        if self.topology == "cluster":
+            self.cluster = redis_topology.RedisCluster(
+                self.spawn, self.workdir / "cluster", node_timeout_ms=round(self.args.node_timeout * 1000))
+            took = self.cluster.start()
+            self.redis_url = self.cluster.url()
+            log(f"Redis Cluster of 3 primaries + 3 replicas formed in {took:.1f} s: {self.redis_url}")
+            return
+        if self.topology == "sentinel":
+            self.sentinel = redis_topology.RedisSentinel(
+                self.spawn, self.workdir / "sentinel", down_after_ms=round(self.args.down_after * 1000))
+            took = self.sentinel.start()
+            self.redis_url = self.sentinel.url()
+            log(f"Sentinel set-up (1 primary, 1 replica, 3 sentinels) settled in {took:.1f} s: {self.redis_url}")
+            return
         self.redis = self.spawn(["redis-server", "--port", self.redis_port, "--bind", "127.0.0.1",
                                  "--save", "", "--appendonly", "no", "--dir", self.workdir,
                                  "--enable-debug-command", "local"], "redis")
@@ -728,6 +779,52 @@ class Servers:
             key, _, value = line.partition(":")
             info[key] = value.strip()
         return info
+
+    def data_ports(self):
+        """The ports holding the data now: the primaries of a cluster, the Sentinel set-up's
+        current primary, or the one redis-server."""
+        if self.cluster is not None:
+            return self.cluster.primary_ports()
+        if self.sentinel is not None:
+            return [self.sentinel.primary_port()]
+        return [self.redis_port]
+
+    def reset(self):
+        """Empty, and no memory limit (fault h sets one) on the one redis-server."""
+        if self.cluster is not None:
+            self.cluster.flushall()
+        elif self.sentinel is not None:
+            redis_topology.cli(self.sentinel.primary_port(), "FLUSHALL", timeout=10)
+        else:
+            self.redis_cli("CONFIG", "SET", "maxmemory", "0")
+            self.redis_cli("FLUSHALL")
+
+    def dbsize(self):
+        """Keys held, over every primary; None when a primary did not answer."""
+        try:
+            return sum(int(redis_topology.cli(port, "DBSIZE") or 0) for port in self.data_ports())
+        except (redis_topology.Unavailable, ValueError):
+            return None
+
+    def keys_without_ttl(self):
+        """keys_without_ttl over every primary, summed."""
+        total = forever = locks = 0
+        kinds = collections.Counter()
+        for port in self.data_ports():
+            t, f, lk, k = keys_without_ttl(port)
+            total, forever, locks = total + t, forever + f, locks + lk
+            kinds.update(k)
+        return total, forever, locks, dict(kinds)
+
+    def redis_processes(self):
+        """{name: Popen} of the Redis processes that must stay up."""
+        if self.cluster is not None:
+            return {f"redis-{node.port}": node.process for node in self.cluster.nodes if not node.killed}
+        if self.sentinel is not None:
+            procs = {f"redis-{node.port}": node.process for node in self.sentinel.data if not node.killed}
+            procs.update({f"sentinel-{s['port']}": s["process"] for s in self.sentinel.sentinels})
+            return procs
+        return {"redis": self.redis}
 
     # -- serve and proxy --
 
@@ -772,13 +869,22 @@ class Servers:
         pids = {name: proc.pid for name, proc in self.procs.items() if proc.poll() is None}
         if self.redis is not None and self.redis.poll() is None:
             pids["redis"] = self.redis.pid
+        if self.cluster is not None:
+            pids.update(self.cluster.pids())
+        if self.sentinel is not None:
+            pids.update(self.sentinel.pids())
         return pids
 
     def stop_all(self):
         load.stop(list(self.procs.values()) + [self.redis])
+        for deployment in (self.cluster, self.sentinel):
+            if deployment is not None:
+                deployment.stop()
 
     def print_logs(self):
-        for logfile in sorted(self.workdir.glob("*.log")):
+        logs = sorted(self.workdir.glob("*.log")) + sorted(self.workdir.glob("*/*/redis.log")) + \
+            sorted(self.workdir.glob("*/*/sentinel.log"))
+        for logfile in logs:
             text = logfile.read_text(errors="replace").strip()
             if text:
                 print(f"--- {logfile.name}:\n" + "\n".join(text.splitlines()[-15:]), file=sys.stderr)
@@ -831,6 +937,29 @@ def key_kind(key):
     return parts[skip] if len(parts) > skip else text
 
 
+def crc16(data):
+    """CRC16-CCITT (XMODEM), Redis Cluster's key hash."""
+    crc = 0
+    for byte in data:
+        crc ^= byte << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else crc << 1
+            crc &= 0xFFFF
+    return crc
+
+
+def slot_of(key):
+    """A key's hash slot: of its hash tag (the text between the first { and the next }, when
+    not empty), else of the whole key."""
+    data = key.encode()
+    start = data.find(b"{")
+    if start >= 0:
+        end = data.find(b"}", start + 1)
+        if end > start + 1:
+            data = data[start + 1:end]
+    return crc16(data) % redis_topology.SLOTS
+
+
 # --- PostgreSQL ----------------------------------------------------------------------------------
 
 def psql(url, sql):
@@ -864,6 +993,7 @@ class Run:
         self.phases = []
         self.notes = collections.defaultdict(list)
         self.left = {}  # fault -> (keys, keys without TTL, lock keys without TTL) at the end
+        self.failover = {}  # fault j or k -> its events (times on the load's clock) and the dead shard
 
     def mark(self, name):
         phase = Phase(name, self.load.now())
@@ -880,8 +1010,7 @@ class Run:
         return await asyncio.to_thread(fn, *args)
 
     async def reset_redis(self):
-        await self.thread(self.s.redis_cli, "CONFIG", "SET", "maxmemory", "0")
-        await self.thread(self.s.redis_cli, "FLUSHALL")
+        await self.thread(self.s.reset)
 
     async def stop_serve(self, name, burst=0):
         """Stops sending to name (no request starts after this; connections being opened
@@ -992,6 +1121,79 @@ class Run:
             await self.stop_serve("A")
             await self.start_serve("A")
             self.notes[key].append(f"FAKETIME={a.skew} on A ({self.s.faketime_lib}); {writes} extra writes through A")
+        elif key == "j":
+            await self.thread(self.cluster_failover, key)
+        elif key == "k":
+            await self.thread(self.sentinel_failover, key)
+
+    def product_keys(self, port):
+        """{product id: its key} of the product keys `serve` stored on the node on port (SCAN)."""
+        out = redis_topology.cli(port, "--scan", "--pattern", "*:product:*", timeout=10)
+        keys = {}
+        for key in out.split():
+            last = key.rsplit(":", 1)[-1]
+            if last.isdigit():
+                keys[int(last)] = key
+        return keys
+
+    def cluster_failover(self, key):
+        """Fault j (in a thread): the victim primary killed, then its replica's promotion and
+        the cluster's agreement polled; the events on the load's clock."""
+        cluster = self.s.cluster
+        primaries = cluster.primary_ports()
+        tags = {}
+        for port in primaries:
+            out = redis_topology.cli(port, "--scan", "--pattern", "*tags}*", timeout=10)
+            tags[port] = len(out.split())
+        tag_primary = max(primaries, key=lambda port: tags[port])
+        victim = tag_primary if self.args.victim == "tags" else next(p for p in primaries if p != tag_primary)
+        replica = cluster.replica_of(victim)
+        ranges = cluster.slots_of(victim)
+        sample = self.product_keys(victim)
+        if not sample:
+            raise RuntimeError(f"no product key found on the victim primary {victim}")
+        prefix = next(iter(sample.values())).rsplit(":", 1)[0] + ":"
+        dead = {pid for pid in range(1, self.load.hot + 1)
+                if any(first <= slot_of(f"{prefix}{pid}") <= last for first, last in ranges)}
+        if not set(sample) <= dead:
+            raise RuntimeError(f"the slots computed here disagree with where the keys are ({prefix}*)")
+        events = {"victim": victim, "replica": replica, "dead": dead, "tags_on_victim": victim == tag_primary,
+                  "slots": sum(last - first + 1 for first, last in ranges), "keys_on_victim": sample}
+        events["kill"] = self.load.now()
+        cluster.node(victim).kill()
+        redis_topology.wait_until(
+            lambda: None if redis_topology.info(replica, "replication").get("role") == "master" else "not yet",
+            60, f"replica {replica} was not promoted")
+        events["promoted"] = self.load.now()
+        cluster.wait_healthy(60)
+        events["agreed"] = self.load.now()
+        self.failover[key] = events
+        self.notes[key].append(
+            f"killed primary {victim} ({events['slots']} slots, {len(dead)} of the {self.load.hot} hot products"
+            + (", and serve's tag clock: every list page" if events["tags_on_victim"] else ", not the tag clock")
+            + f"); replica {replica} promoted {events['promoted'] - events['kill']:.2f} s after the kill, "
+            f"every node agreeing {events['agreed'] - events['kill']:.2f} s after it")
+
+    def sentinel_failover(self, key):
+        """Fault k (in a thread): the primary killed, then the replica's promotion and the
+        sentinels' agreement polled; the events on the load's clock."""
+        sentinel = self.s.sentinel
+        victim = sentinel.primary_port()
+        replica = next(port for port in sentinel.data_ports() if port != victim)
+        events = {"victim": victim, "replica": replica, "dead": set(range(1, self.load.hot + 1))}
+        events["kill"] = self.load.now()
+        sentinel.node(victim).kill()
+        redis_topology.wait_until(
+            lambda: None if redis_topology.info(replica, "replication").get("role") == "master" else "not yet",
+            60, f"replica {replica} was not promoted")
+        events["promoted"] = self.load.now()
+        redis_topology.wait_until(lambda: sentinel.failed_over_problem(victim), 60, "the sentinels did not agree")
+        events["agreed"] = self.load.now()
+        self.failover[key] = events
+        self.notes[key].append(
+            f"killed primary {victim} (down-after {self.args.down_after * 1000:.0f} ms); replica {replica} promoted "
+            f"{events['promoted'] - events['kill']:.2f} s after the kill, every sentinel naming it "
+            f"{events['agreed'] - events['kill']:.2f} s after it")
 
     def garbage_round(self):
         """One pass of the operator's script: every key listed with `redis-cli --scan`, then
@@ -1021,8 +1223,8 @@ class Run:
         started = time.monotonic()
         while True:
             states = {name: await self.thread(self.health, name) for name in TARGETS}
-            size = (await self.thread(self.s.redis_cli, "DBSIZE")).strip()
-            ok = all(state == "healthy" for state in states.values()) and size.isdigit() and int(size) > 0
+            size = await self.thread(self.s.dbsize)
+            ok = all(state == "healthy" for state in states.values()) and bool(size)
             waited = time.monotonic() - started
             if ok:
                 if waited > 1:
@@ -1054,8 +1256,8 @@ class Run:
             await asyncio.sleep(a.recovery)
             self.close_phase()
             with contextlib.suppress(OSError, RuntimeError, ValueError):
-                self.left[key] = await self.thread(keys_without_ttl, self.s.redis_port)
-            for name, proc in list(self.s.procs.items()) + [("redis", self.s.redis)]:
+                self.left[key] = await self.thread(self.s.keys_without_ttl)
+            for name, proc in list(self.s.procs.items()) + list(self.s.redis_processes().items()):
                 if proc.poll() is not None and self.load.live.get(name, True):
                     raise RuntimeError(f"{name} exited (status {proc.returncode}) during fault {key}")
 
@@ -1159,11 +1361,53 @@ def analyse(run, keys):
             "fault_s": fault.end - fault.start,
             "recovery_window_s": rec.end - fault.end,
             "recovery_s": recovery,
+            "failover": failover_figures(run.failover.get(key), records, baseline),
             "notes": run.notes.get(key, []),
         })
         rows[-1]["verdict"] = verdict(rows[-1])
         rows[-1]["warnings"] = warnings(rows[-1])
     return rows
+
+
+def failover_figures(events, records, baseline):
+    """For faults j and k: times from the kill to the promotion and to the agreement; from the
+    promotion to the first hit of a product read (serve A or B) on the dead shard, by send
+    time; hit ratios per second around the kill; p99 from the kill until the dead shard hits
+    again (or the agreement, whichever is later) against the baseline's."""
+    if not events:
+        return None
+    kill, promoted, agreed, dead = events["kill"], events["promoted"], events["agreed"], events["dead"]
+    product_reads = [r for r in records if r.kind in (PRODUCT, CHECK_PRODUCT) and r.target in SERVES]
+    on_dead = [r for r in product_reads if r.pid in dead]
+    on_others = [r for r in product_reads if r.pid not in dead]
+    first_hit = next((r.t for r in on_dead if r.t >= promoted and hit(r)), None)
+    between = [r for r in on_dead if kill <= r.t < promoted]
+    last_hit = max((r.t for r in between if hit(r)), default=None)
+    first_miss = next((r.t for r in on_dead if r.t >= kill and not hit(r)), None)
+    event_end = max(agreed, first_hit if first_hit is not None else agreed, kill + 1)
+    event = in_window(records, kill, event_end)
+    per_second = []
+    for k in range(-2, 9):
+        dead_ratio = hit_ratio(in_window(on_dead, kill + k, kill + k + 1))
+        other_ratio = hit_ratio(in_window(on_others, kill + k, kill + k + 1))
+        per_second.append((k, dead_ratio, other_ratio))
+    return {
+        "victim": events["victim"], "replica": events["replica"], "dead_products": len(dead),
+        "tags_on_victim": events.get("tags_on_victim"),
+        "promotion_s": promoted - kill,
+        "agreed_s": agreed - kill,
+        "first_hit_after_promotion_s": None if first_hit is None else first_hit - promoted,
+        "first_miss_after_kill_s": None if first_miss is None else first_miss - kill,
+        "dead_reads_before_promotion": len(between),
+        "dead_hits_before_promotion": sum(map(hit, between)),
+        "last_dead_hit_after_kill_s": None if last_hit is None else last_hit - kill,
+        "event_s": event_end - kill,
+        "p99_baseline_s": p99([r.latency for r in baseline]),
+        "p99_event_s": p99([r.latency for r in event]),
+        "max_event_s": max((r.latency for r in event), default=None),
+        "p99_dead_event_s": p99([r.latency for r in on_dead if kill <= r.t < event_end]),
+        "hit_ratio_per_second": per_second,
+    }
 
 
 def verdict(row):
@@ -1255,10 +1499,49 @@ def table(rows):
     return "\n".join(lines)
 
 
+def seconds_cell(value):
+    return "—" if value is None else f"{value:.2f} s"
+
+
+def failover_table(rows):
+    lines = ["| fault | kill → promoted | kill → all agree | promoted → first HIT on the dead shard | "
+             "product reads on the dead shard, kill → promotion: hits / reads | p99 baseline | "
+             "p99 kill → dead shard hits again | max in it | errors | stale reads |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+    for row in rows:
+        f = row["failover"]
+        if not f:
+            continue
+        lines.append(f"| ({row['fault']}) {row['what']} | {seconds_cell(f['promotion_s'])} | "
+                     f"{seconds_cell(f['agreed_s'])} | {seconds_cell(f['first_hit_after_promotion_s'])} | "
+                     f"{f['dead_hits_before_promotion']} / {f['dead_reads_before_promotion']} | "
+                     f"{ms(f['p99_baseline_s'])} | {ms(f['p99_event_s'])} ({f['event_s']:.1f} s) | "
+                     f"{ms(f['max_event_s'])} | {errors_cell(row['errors'])} | {stale_cell(row)} |")
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
+def per_second_line(row):
+    """The hit ratio per second from the kill: of the dead shard's product reads, and (a
+    cluster) in parentheses of the other shards'."""
+    f = row["failover"]
+    cells = [f"{k:+d} s {ratio_cell(dead)}" + ("" if other is None else f" ({ratio_cell(other)})")
+             for k, dead, other in f["hit_ratio_per_second"]]
+    shard = ("every product read (the one primary holds them all)" if f["tags_on_victim"] is None
+             else "the dead shard's product reads (the other shards')")
+    return f"hit ratio per second from the kill, {shard}: " + ", ".join(cells)
+
+
 def notes_lines(rows):
     out = []
     for row in rows:
         bits = list(row["notes"])
+        if row["failover"]:
+            f = row["failover"]
+            bits.append(per_second_line(row))
+            bits.append(f"first product read on the dead shard not a hit {seconds_cell(f['first_miss_after_kill_s'])} "
+                        f"after the kill; last hit before the promotion {seconds_cell(f['last_dead_hit_after_kill_s'])} "
+                        f"after the kill; p99 of the dead shard's product reads in the event "
+                        f"{ms(f['p99_dead_event_s'])}")
         bits.append(f"fault lasted {row['fault_s']:.1f} s; max latency in it {ms(row['max_fault_s'])}; "
                     f"writes (PATCH) from the fault to the end of recovery: p99 {ms(row['p99_write_s'])}, "
                     f"max {ms(row['max_write_s'])}")
@@ -1406,7 +1689,9 @@ async def check_catalogue(load_):
                          f"total {page.get('total')})")
 
 
-async def main_async(args, servers, admin_url, db_name):
+async def main_async(args, servers, admin_url, db_name, keys=(), stock=STOCK_BASE):
+    """One group of faults (keys) on servers, or the soak; stock: the last stock value written
+    by an earlier group on the same database (written values must keep growing)."""
     run = Run(args, servers, admin_url, db_name)
     servers.start_redis()
     servers.start_serve("A")
@@ -1418,11 +1703,12 @@ async def main_async(args, servers, admin_url, db_name):
     if servers.load_core != servers.server_core:
         os.sched_setaffinity(0, {servers.load_core})
     run.load = Load(servers.ports, args.rate, args.writes, args.hot)
+    run.load.stock = stock
     await check_catalogue(run.load)
     await warm(run.load, servers)
     if args.soak:
         return await soak(run)
-    keys = args.only
+    keys = list(keys)
     stop = asyncio.Event()
     wall0, cpu0 = time.monotonic(), time.process_time()
     generator = asyncio.get_running_loop().create_task(run.load.run_open(stop))
@@ -1477,25 +1763,49 @@ async def soak(run):
             "wall": wall, "cpu": cpu, "load": load_, "records": load_.records}
 
 
-def report_chaos(args, servers, result, elapsed):
-    run, keys, wall, cpu = result
-    rows = analyse(run, keys)
-    gen = generator_line(run.load, wall, cpu)
+DEPLOYMENTS = {"single": "one redis-server",
+               "cluster": "a Redis Cluster of 3 primaries with 1 replica each (node timeout {node_timeout:g} s)",
+               "sentinel": "a Sentinel set-up: 1 primary, 1 replica, 3 sentinels (quorum 2, down-after "
+                           "{down_after_ms:.0f} ms, failover-timeout 5 s)"}
+
+
+def groups(keys):
+    """[(topology, faults)]: the faults in the order given, grouped by the Redis deployment
+    they run on, each group in the order its first fault was named."""
+    out = {}
+    for key in keys:
+        out.setdefault(TOPOLOGY.get(key, "single"), []).append(key)
+    return list(out.items())
+
+
+def report_chaos(args, results, elapsed):
+    """results: [(servers, (run, keys, wall, cpu))], one per group of faults."""
+    rows, phases, lines = [], [], []
+    for servers, (run, keys, wall, cpu) in results:
+        rows += analyse(run, keys)
+        gen = generator_line(run.load, wall, cpu)
+        where = DEPLOYMENTS[servers.topology].format(node_timeout=args.node_timeout,
+                                                     down_after_ms=args.down_after * 1000)
+        lines.append(f"Faults {', '.join(keys)} on {where}: {gen}.")
+        phases.append({"topology": servers.topology, "keys": keys, "phases": [vars(p) for p in run.phases],
+                       "buckets": buckets(run.load.records)})
+    failovers = failover_table(rows)
     body = "\n".join([
-        f"`{command_line()}` on {load.machine()}; measured: {args.tree}; {versions(servers)}; run time {elapsed:.0f} s.",
+        f"`{command_line()}` on {load.machine()}; measured: {args.tree}; {versions(results[0][0])}; "
+        f"run time {elapsed:.0f} s.",
         "",
         f"Phases: settle {args.settle:g} s (after FLUSHALL), baseline {args.baseline:g} s, the fault, "
-        f"recovery {args.recovery:g} s. {gen[0].upper() + gen[1:]}.",
+        f"recovery {args.recovery:g} s. " + " ".join(lines),
         "",
         table(rows),
+        *(["", failovers] if failovers else []),
         "",
         *notes_lines(rows),
     ])
     print(body)
     failures = {row["fault"]: row["verdict"] for row in rows if row["verdict"]}
     if args.json:
-        Path(args.json).write_text(json.dumps({"rows": rows, "phases": [vars(p) for p in run.phases],
-                                               "buckets": buckets(run.load.records)}, indent=1, default=str))
+        Path(args.json).write_text(json.dumps({"rows": rows, "groups": phases}, indent=1, default=str))
     return body, failures
 
 
@@ -1552,6 +1862,12 @@ def parse_args():
     parser.add_argument("--healthy-wait", type=seconds, default=60.0,
                         help="longest wait before a baseline for every instance to be healthy (default 60s)")
     parser.add_argument("--burst", type=int, default=32, help="(g): cold reads sent to A just before SIGTERM")
+    parser.add_argument("--node-timeout", type=seconds, default=1.0,
+                        help="(j): the cluster's cluster-node-timeout (default 1s)")
+    parser.add_argument("--victim", choices=("tags", "other"), default="tags",
+                        help="(j): the primary killed: the one holding serve's tag clock (default), or another")
+    parser.add_argument("--down-after", type=seconds, default=1.0,
+                        help="(k): the sentinels' down-after-milliseconds (default 1s)")
     parser.add_argument("--shutdown-wait", type=seconds, default=40.0, help="(g): wait for exit after SIGTERM")
     parser.add_argument("--database-url", help="PostgreSQL server to create the chaos database on "
                         f"(default $CACHELAYER_TEST_POSTGRES_URL, else {DEFAULT_PG})")
@@ -1600,25 +1916,33 @@ def main():
     admin_url, db_name, database_url = database_urls(args)
     psql(admin_url, f'CREATE DATABASE "{db_name}"')
     failures, body = {}, None
-    with tempfile.TemporaryDirectory(prefix="cachelayer-chaos-") as workdir:
-        servers = Servers(args, binary, workdir, database_url)
-        servers.admin_url = admin_url
-        if "i" in args.only and not args.soak:
-            servers.faketime()  # installed before the load starts, not in the middle of a fault
-        try:
-            result = asyncio.run(main_async(args, servers, admin_url, db_name))
-            elapsed = time.monotonic() - started
-            if args.soak:
-                body, failures = report_soak(args, servers, result, elapsed)
-            else:
-                body, failures = report_chaos(args, servers, result, elapsed)
-        except BaseException:
-            servers.print_logs()
-            raise
-        finally:
-            servers.stop_all()
-            with contextlib.suppress(RuntimeError):
-                psql(admin_url, f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
+    try:
+        results, stock = [], STOCK_BASE
+        # The soak runs on one redis-server; the faults by groups, a deployment of Redis each.
+        for topology, keys in ([("single", [])] if args.soak else groups(args.only)):
+            with tempfile.TemporaryDirectory(prefix="cachelayer-chaos-") as workdir:
+                servers = Servers(args, binary, workdir, database_url, topology)
+                servers.admin_url = admin_url
+                if "i" in keys:
+                    servers.faketime()  # installed before the load starts, not in the middle of a fault
+                try:
+                    result = asyncio.run(main_async(args, servers, admin_url, db_name, keys, stock))
+                except BaseException:
+                    servers.print_logs()
+                    raise
+                finally:
+                    servers.stop_all()
+            results.append((servers, result))
+            if not args.soak:
+                stock = result[0].load.stock
+        elapsed = time.monotonic() - started
+        if args.soak:
+            body, failures = report_soak(args, results[0][0], results[0][1], elapsed)
+        else:
+            body, failures = report_chaos(args, results, elapsed)
+    finally:
+        with contextlib.suppress(RuntimeError):
+            psql(admin_url, f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
     if args.write:
         write_section("soak" if args.soak else "chaos", args.label, body)
     elapsed = time.monotonic() - started

@@ -4,8 +4,8 @@
 After each `cargo bench` run:   bench/criterion_medians.py > run-N.json
 After all runs:                  bench/criterion_medians.py --summarize run-1.json run-2.json run-3.json
 
-Prints, per benchmark, each run's median (µs) and the median of the runs, then the same-run
-ratios BENCHMARKS.md quotes.
+Prints, per benchmark, each run's median (µs) and the median of the runs, then the ratios
+BENCHMARKS.md quotes: of the medians of the runs, and each run's own (same-run) ratio.
 """
 import json
 import os
@@ -25,6 +25,10 @@ RATIOS = [
     ("HTTP hit / no layer", "http_layer/hit", "http_layer/no_layer"),
     ("HTTP miss and store / no layer", "http_layer/miss_and_store", "http_layer/no_layer"),
     ("HTTP bypass / no layer", "http_layer/bypass", "http_layer/no_layer"),
+    ("get_many 10, store: cluster / one Redis", "get_many_10/store_cluster", "get_many_10/store_one_redis"),
+    ("get_many 10, typed: cluster / one Redis", "get_many_10/cache_cluster", "get_many_10/cache_one_redis"),
+    ("get_many 100, store: cluster / one Redis", "get_many_100/store_cluster", "get_many_100/store_one_redis"),
+    ("get_many 100, typed: cluster / one Redis", "get_many_100/cache_cluster", "get_many_100/cache_one_redis"),
 ]
 
 
@@ -55,7 +59,8 @@ def summarize(paths):
         print(f"{name:40s} {each}   median {median[name]:9.2f} µs")
     for label, num, den in RATIOS:
         if num in median and den in median:
-            print(f"{label:32s} {median[num] / median[den]:.2f}")
+            each = ", ".join(f"{r[num] / r[den]:.2f}" for r in runs)
+            print(f"{label:32s} {median[num] / median[den]:.2f}   (per run: {each})")
 
 
 if __name__ == "__main__":

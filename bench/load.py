@@ -6,6 +6,8 @@ wrk, and writes the medians to BENCHMARKS.md with an SVG chart.
     python3 bench/load.py --smoke    # 1 round x 1 s, debug build, nothing written (scripts/test)
     python3 bench/load.py --only nginx,proxy-memory --rounds 1 --duration 3s --warmup 2s
                                      # some scenarios: the table is printed, nothing written
+    python3 bench/load.py --only serve-redis,serve-cluster --json run.json
+                                     # ... and every round's figures kept in run.json
 
 Scenarios: the limit (bench_origin, a minimal hyper server answering from memory); nginx and
 Varnish, peer caches in front of bench_origin; `cachelayer proxy` in front of bench_origin with
@@ -14,6 +16,17 @@ its in-process store, with Redis and its near tier (the default), and with Redis
 spread over 1,000 products (~1 KB each). For the scenarios on Redis, Redis commands per request
 come from `INFO commandstats`, reset before the measured run (the near tier's heartbeat PINGs
 included).
+
+Redis Cluster: `proxy-cluster` and `serve-cluster` are `proxy-redis` and `serve-redis` (no
+near tier: every hit is a GET on Redis) on a local cluster of 3 primaries with 1 replica each
+(bench/redis_topology.py: node timeout 1 s, `cluster-require-full-coverage no`), started once
+for the session and pinned to core 0 like the single Redis; `proxy-cluster-near` and
+`serve-cluster-near` are `proxy-near` and `serve-near` on it. Each is compared with its
+one-Redis twin in the same round (the "vs one Redis" column). Their Redis commands per request
+are summed over the primaries (`INFO commandstats` of each, reset on every node before the
+run), without the replicas' `REPLCONF ACK`s (replication's own, one a second per replica);
+their CPU counts all six nodes. A smoke run includes only `serve-cluster` of the four
+(unless named in --only): the cluster's start is the fixed cost, each scenario ~3 s more.
 
 Pinning (`taskset`): every server-side process of a scenario runs on core 0 (the server under
 test, its upstream bench_origin, Redis), so each figure pays for all the work behind it; only
@@ -54,6 +67,10 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+# Importing redis_topology must not leave bench/__pycache__ in the work tree.
+sys.dont_write_bytecode = True
+import redis_topology  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 LUA = ROOT / "bench" / "load" / "products.lua"
 NGINX_CONF = ROOT / "bench" / "load" / "nginx.conf.tmpl"
@@ -67,22 +84,33 @@ SCENARIOS = [
     ("varnish", "Varnish (malloc store) in front of the limit server"),
     ("proxy-memory", "proxy, cached (in-process store) in front of the limit server"),
     ("proxy-near", "proxy, cached (Redis + near tier) in front of the limit server"),
+    ("proxy-cluster-near", "proxy, cached (Redis Cluster 3+3 + near tier) in front of the limit server"),
     ("proxy-redis", "proxy, cached (Redis, no near tier) in front of the limit server"),
+    ("proxy-cluster", "proxy, cached (Redis Cluster 3+3, no near tier) in front of the limit server"),
     ("serve-memory", "serve, cached: in-process store"),
     ("serve-near", "serve, cached: Redis + near tier"),
+    ("serve-cluster-near", "serve, cached: Redis Cluster 3+3 + near tier"),
     ("serve-redis", "serve, cached: Redis, no near tier"),
+    ("serve-cluster", "serve, cached: Redis Cluster 3+3, no near tier"),
     ("serve-miss", "serve, miss: cache off, SQLite every request"),
 ]
 NAMES = [name for name, _ in SCENARIOS]
 PEERS = ("nginx", "varnish")
-PROXIES = ("proxy-memory", "proxy-near", "proxy-redis")
+PROXIES = ("proxy-memory", "proxy-near", "proxy-redis", "proxy-cluster-near", "proxy-cluster")
 UNCACHED = ("limit", "serve-miss")
+# The scenarios on the Redis Cluster, each with its twin on one Redis (the same flags).
+CLUSTER_TWIN = {"proxy-cluster-near": "proxy-near", "proxy-cluster": "proxy-redis",
+                "serve-cluster-near": "serve-near", "serve-cluster": "serve-redis"}
 # The flags of the scenarios on Redis (its URL added), by scenario.
 REDIS_FLAGS = {"proxy-near": [], "proxy-redis": ["--near-capacity-bytes", "0"],
                "serve-near": [], "serve-redis": ["--near-capacity-bytes", "0"]}
 USES_REDIS = tuple(REDIS_FLAGS)
-SERVE_FLAGS = {"serve-memory": [], "serve-near": [], "serve-redis": [],
-               "serve-miss": ["--cache-ttl", "0s"]}
+USES_CLUSTER = tuple(CLUSTER_TWIN)
+REDIS_FLAGS.update({name: REDIS_FLAGS[twin] for name, twin in CLUSTER_TWIN.items()})
+SERVE_FLAGS = {"serve-memory": [], "serve-near": [], "serve-redis": [], "serve-cluster-near": [],
+               "serve-cluster": [], "serve-miss": ["--cache-ttl", "0s"]}
+# A smoke run (no --only) leaves these out: one cluster scenario exercises the cluster's path.
+SMOKE_SKIPS = ("proxy-cluster-near", "proxy-cluster", "serve-cluster-near")
 # (scenario, command, Debian packages to try in turn: nginx-light is gone from newer Debian).
 PEER_COMMANDS = [("nginx", "nginx", ("nginx-light", "nginx")), ("varnish", "varnishd", ("varnish",))]
 MEDIAN_KEYS = ("rps", "p50_us", "p99_us", "p999_us", "cpu_user_us", "cpu_sys_us")
@@ -327,6 +355,7 @@ class Bench:
         self.redis = None
         self.redis_port = None
         self.redis_url = None
+        self.cluster = None
 
     def spawn(self, argv, log=None):
         """A server-side process, on the server core; its stderr to log when given (Varnish
@@ -352,7 +381,17 @@ class Bench:
         self.redis_port = port
         self.redis_url = f"redis://127.0.0.1:{port}/0"
 
+    def start_cluster(self):
+        """The Redis Cluster of the cluster scenarios: 3 primaries + 3 replicas, each node
+        pinned to the server core, logging into its own directory under workdir."""
+        self.cluster = redis_topology.RedisCluster(
+            lambda argv, name: self.spawn(argv), self.workdir / "cluster")
+        took = self.cluster.start()
+        print(f"load.py: Redis Cluster of 3 primaries + 3 replicas formed in {took:.1f} s", flush=True)
+
     def redis_flags(self, scenario):
+        if scenario in USES_CLUSTER:
+            return ["--redis-url", self.cluster.url(), *REDIS_FLAGS[scenario]]
         return ["--redis-url", self.redis_url, *REDIS_FLAGS[scenario]] if scenario in REDIS_FLAGS else []
 
     def serve(self, port, scenario):
@@ -444,20 +483,28 @@ class Bench:
         if running.name in USES_REDIS:
             # Shared across scenarios, but idle between them: its delta is this scenario's.
             roles["redis"] = self.redis.pid
+        if running.name in USES_CLUSTER:
+            roles.update(self.cluster.pids())  # all six nodes, replicas included
         return roles
 
     def measure(self, running):
         """The measured wrk run, with the CPU that the server-side processes spent in it."""
         roles = self.server_side(running)
-        on_redis = running.name in USES_REDIS
+        on_redis, on_cluster = running.name in USES_REDIS, running.name in USES_CLUSTER
         if on_redis:
             self.redis_cli("CONFIG", "RESETSTAT")
+        if on_cluster:
+            # Asked before the reset: the question (CLUSTER NODES) must not count.
+            primaries = self.cluster.primary_ports()
+            self.cluster.reset_stats()
         before = cpu_ticks(roles)
         result = self.wrk(running.base, self.args.duration)
         spent = cpu_spent(before, cpu_ticks(roles))
         requests = max(result["requests"], 1)
         if on_redis:
             result["redis_commands_per_req"] = self.redis_commands() / requests
+        if on_cluster:
+            result["redis_commands_per_req"] = self.cluster.commands_on(primaries) / requests
         result["cpu_user_us"] = sum(role["user_s"] for role in spent.values()) / requests * 1e6
         result["cpu_sys_us"] = sum(role["sys_s"] for role in spent.values()) / requests * 1e6
         result["cpu_s"] = spent
@@ -498,27 +545,35 @@ def session(args, scenarios):
         try:
             if any(name in USES_REDIS for name in runnable):
                 bench.start_redis()
+            if any(name in USES_CLUSTER for name in runnable):
+                bench.start_cluster()
             yield bench
         finally:
             stop([bench.redis])
+            if bench.cluster is not None:
+                bench.cluster.stop()
 
 
 # --- Results -------------------------------------------------------------------------------
 
 def compared_to(name):
     """The scenarios whose throughput name's is compared with: the limit for every other,
-    nginx and Varnish for the proxy scenarios, and the two peers to each other."""
+    nginx and Varnish for the proxy scenarios, the two peers to each other, and a cluster
+    scenario's one-Redis twin."""
     targets = [] if name == "limit" else ["limit"]
     if name in PROXIES:
         targets += PEERS
     elif name in PEERS:
         targets += [peer for peer in PEERS if peer != name]
+    if name in CLUSTER_TWIN:
+        targets.append(CLUSTER_TWIN[name])
     return targets
 
 
 def summarize(runs):
-    """Medians of each scenario's rounds; each ratio ("vs_limit", "vs_nginx", "vs_varnish") is
-    the median of per-round ratios, each to the other scenario of the same round."""
+    """Medians of each scenario's rounds; each ratio ("vs_limit", "vs_nginx", "vs_varnish",
+    "vs_<twin>" for a cluster scenario) is the median of per-round ratios, each to the other
+    scenario of the same round."""
     summary = {}
     for name, results in runs.items():
         medians = {key: statistics.median(run[key] for run in results) for key in MEDIAN_KEYS}
@@ -545,8 +600,9 @@ def redis_cell(medians):
 
 def table(summary):
     lines = [
-        "| scenario | requests/s | vs limit | vs nginx | vs Varnish | p50 | p99 | p99.9 | CPU µs/req (user+sys) | Redis commands/req |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| scenario | requests/s | vs limit | vs nginx | vs Varnish | vs one Redis | p50 | p99 | p99.9 | "
+        "CPU µs/req (user+sys) | Redis commands/req |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, label in SCENARIOS:
         if name not in summary:
@@ -554,8 +610,9 @@ def table(summary):
         m = summary[name]
         vs_limit = "1.00 (ceiling)" if name == "limit" else ratio_cell(m, "limit")
         user, system = m["cpu_user_us"], m["cpu_sys_us"]
+        twin = ratio_cell(m, CLUSTER_TWIN[name]) if name in CLUSTER_TWIN else "—"
         lines.append(f"| {label} | {m['rps']:,.0f} | {vs_limit} | {ratio_cell(m, 'nginx')} | "
-                     f"{ratio_cell(m, 'varnish')} | {m['p50_us'] / 1000:.2f} ms | {m['p99_us'] / 1000:.2f} ms | "
+                     f"{ratio_cell(m, 'varnish')} | {twin} | {m['p50_us'] / 1000:.2f} ms | {m['p99_us'] / 1000:.2f} ms | "
                      f"{m['p999_us'] / 1000:.2f} ms | {user + system:.1f} ({user:.1f}+{system:.1f}) | "
                      f"{redis_cell(m)} |")
     return "\n".join(lines)
@@ -639,7 +696,9 @@ def write_benchmarks(summary, runs, args, tools):
         "named scenario of the same round. CPU µs/req: user and system CPU time of all the "
         "scenario's server-side processes (whole process trees, `/proc/<pid>/stat`) over the "
         "measured run, per request. Redis commands/req: every command Redis ran during the "
-        "measured run (`INFO commandstats`), per request.",
+        "measured run (`INFO commandstats`; on the cluster, summed over its primaries), per request. "
+        "vs one Redis: a Redis Cluster scenario (3 primaries + 3 replicas, all on core 0) against "
+        "the same scenario on one Redis, per round.",
         "",
         table(summary),
         "",
@@ -688,12 +747,15 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     add_load_arguments(parser)
     parser.add_argument("--only", help=f"comma-separated scenarios of {','.join(NAMES)}; writes nothing")
+    parser.add_argument("--json", help="also write every round's figures and the medians to this file")
     args = parser.parse_args()
     if args.smoke:
         args.rounds, args.duration, args.warmup, args.connections = 1, "1s", "1s", 8
     else:
         require_pinning()
     only = args.only.split(",") if args.only else NAMES
+    if args.smoke and not args.only:
+        only = [name for name in NAMES if name not in SMOKE_SKIPS]
     unknown = sorted(set(only) - set(NAMES))
     if unknown:
         raise SystemExit(f"load.py: unknown scenarios {', '.join(unknown)}; known: {', '.join(NAMES)}")
@@ -707,6 +769,9 @@ def main():
         tools = bench.tools
     summary = summarize(runs)
     print(table(summary))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"args": vars(args), "runs": runs, "medians": summary},
+                                              indent=2) + "\n")
     if args.smoke or args.only:
         print("load.py: smoke run passed" if args.smoke else "load.py: partial run, nothing written")
         return

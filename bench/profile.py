@@ -11,8 +11,8 @@ BENCHMARKS.md, and the top 25 symbols.
     python3 bench/profile.py serve-memory --call-graph none   # leaf symbols only
 
 Run it like load.py, under `flock /tmp/cachelayer-cpu.lock` on a shared machine. Scenarios:
-those of load.py (limit, nginx, varnish, proxy-memory, proxy-near, proxy-redis, serve-memory,
-serve-near, serve-redis, serve-miss).
+those of load.py (limit, nginx, varnish, proxy-memory, proxy-near, proxy-redis, proxy-cluster-near,
+proxy-cluster, serve-memory, serve-near, serve-redis, serve-cluster-near, serve-cluster, serve-miss).
 
 How: `perf record -e cpu-clock` (a software event: virtual machines often have no hardware
 counters) samples all of core 0, where every server-side process runs, at 999 Hz; perf itself

@@ -668,14 +668,14 @@ impl RedisStore {
         .await
     }
 
-    /// Run a pipeline (one write, one round trip). On a cluster its commands must all be
-    /// about `key`'s slot.
+    /// Run a pipeline (one write, one round trip), on one Redis only: a cluster follows
+    /// redirections of single commands, so batches go to it as those.
     async fn query_pipeline<T: redis::FromRedisValue>(
         &self,
-        key: Option<&str>,
         pipeline: &redis::Pipeline,
     ) -> Result<T> {
-        self.run(key, |mut connection| async move {
+        debug_assert!(self.cluster().is_none(), "pipelines are for one Redis");
+        self.run(None, |mut connection| async move {
             pipeline.query_async(&mut connection).await
         })
         .await
@@ -805,7 +805,7 @@ impl Store for RedisStore {
         for key in keys {
             pipeline.cmd("PTTL").arg(key);
         }
-        let mut replies: Vec<redis::Value> = self.query_pipeline(None, &pipeline).await?;
+        let mut replies: Vec<redis::Value> = self.query_pipeline(&pipeline).await?;
         if replies.len() != keys.len() + 1 {
             return Err(Error::new(
                 ErrorKind::Server,
@@ -863,7 +863,7 @@ impl Store for RedisStore {
                 .arg(ttl_millis(entry.ttl)?)
                 .ignore();
         }
-        self.query_pipeline(None, &pipeline).await
+        self.query_pipeline(&pipeline).await
     }
 
     async fn delete(&self, key: &str) -> Result<bool> {
@@ -907,7 +907,7 @@ impl Store for RedisStore {
         for key in keys {
             pipeline.cmd("UNLINK").arg(key);
         }
-        let removed: Vec<u64> = self.query_pipeline(None, &pipeline).await?;
+        let removed: Vec<u64> = self.query_pipeline(&pipeline).await?;
         if removed.len() != keys.len() {
             return Err(Error::new(
                 ErrorKind::Server,

@@ -43,6 +43,15 @@ pub(super) struct NodeClients {
     pub(super) address: String,
 }
 
+/// When to ask the Sentinels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lookup {
+    /// Only if no primary is known (another call may have found it meanwhile).
+    IfUnknown,
+    /// Again: the known primary may have moved.
+    Again,
+}
+
 /// One pooled connection and a generation that changes when it is replaced, so a late
 /// error from a replaced connection cannot throw away its successor.
 struct PoolSlot {
@@ -122,7 +131,7 @@ impl NodeLink {
         if let Some(taken) = self.taken(slot) {
             return Ok(taken);
         }
-        self.follow_primary(factory, true).await?;
+        self.follow_primary(factory, Lookup::IfUnknown).await?;
         self.taken(slot).ok_or_else(|| {
             Error::new(
                 ErrorKind::Connection,
@@ -146,7 +155,7 @@ impl NodeLink {
         if let Some(clients) = read_lock(&self.clients).clone() {
             return Ok(clients);
         }
-        self.follow_primary(factory, true).await?;
+        self.follow_primary(factory, Lookup::IfUnknown).await?;
         read_lock(&self.clients).clone().ok_or_else(|| {
             Error::new(
                 ErrorKind::Connection,
@@ -184,15 +193,14 @@ impl NodeLink {
     /// says nothing more (a dial, a timeout).
     pub(super) async fn suspect_moved(&self, factory: &ClientFactory) {
         if matches!(self.source, NodeSource::Sentinel(_))
-            && let Err(lookup) = self.follow_primary(factory, false).await
+            && let Err(lookup) = self.follow_primary(factory, Lookup::Again).await
         {
             tracing::debug!(error = %lookup, "Sentinel lookup failed");
         }
     }
 
     /// Ask the Sentinels where the primary is, and move every connection there if it moved.
-    /// `first` skips the lookup when a primary is already known (another call found it).
-    async fn follow_primary(&self, factory: &ClientFactory, first: bool) -> Result<()> {
+    async fn follow_primary(&self, factory: &ClientFactory, lookup: Lookup) -> Result<()> {
         let NodeSource::Sentinel(set) = &self.source else {
             return Ok(());
         };
@@ -200,7 +208,7 @@ impl NodeLink {
         let known = read_lock(&self.clients)
             .as_ref()
             .map(|clients| clients.address.clone());
-        if first && known.is_some() {
+        if lookup == Lookup::IfUnknown && known.is_some() {
             return Ok(());
         }
         // However many calls fail together, the Sentinels are asked once per interval.
