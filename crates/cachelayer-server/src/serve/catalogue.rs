@@ -29,8 +29,10 @@ use crate::error::ApiError;
 pub(crate) const LIST_TAG: &str = "products";
 /// Counter of invalidations that failed (and were queued for retry), by `what`.
 pub const INVALIDATION_FAILURES: &str = "cachelayer_invalidation_failures_total";
-/// How often failed invalidations are retried.
-pub(crate) const RETRY_EVERY: Duration = Duration::from_secs(1);
+/// How often failed invalidations are retried. Until a retry lands, other instances may serve
+/// what the write replaced, so the period bounds that window once the store is back; while it
+/// is down, a retry costs a refusal by the circuit breaker.
+pub(crate) const RETRY_EVERY: Duration = Duration::from_millis(100);
 /// How often a write checks whether a load that may have read the old row still runs.
 const FENCE_POLL: Duration = Duration::from_millis(5);
 

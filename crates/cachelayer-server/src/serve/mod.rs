@@ -162,6 +162,8 @@ async fn close(catalogue: &Catalogue) {
 /// Retry failed invalidations until they succeed.
 async fn retry_invalidations(catalogue: Catalogue) {
     let mut tick = tokio::time::interval(RETRY_EVERY);
+    // A pass can outlast the period (it waits for loads to release their locks): no bursts.
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         if catalogue.invalidations_pending() {
