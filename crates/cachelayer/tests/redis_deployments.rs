@@ -19,6 +19,7 @@ use cachelayer::near::NearState;
 use cachelayer::store::{RedisStore, Store};
 use cachelayer::{BreakerState, Cache};
 use cachelayer_testkit::{RedisCluster, RedisSentinel};
+use futures::FutureExt;
 use support::redis_store;
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -620,4 +621,73 @@ async fn commands_that_may_have_run_are_not_sent_again() {
         1,
         "the GET ran once and was not sent again"
     );
+}
+
+/// A call its caller drops at once (a client that disconnects cancels its request) says
+/// nothing of its node, however many there are; calls dropped once they have run for most of
+/// the command timeout (the cache's own timer fires first on a node that hangs) open their
+/// node's breaker, and only that one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_calls_given_up_for_being_slow_open_a_breaker() {
+    let mut cluster = tokio::task::block_in_place(|| {
+        RedisCluster::builder()
+            .primaries(3)
+            .replicas_per_primary(0)
+            .start()
+    });
+    let command_timeout = Duration::from_millis(200);
+    let store = RedisStore::builder(cluster.url())
+        .command_timeout(command_timeout)
+        .node_circuit_breaker(3, MINUTE)
+        .build()
+        .expect("store");
+    let key = "deploy:v1:k";
+    store.set(key, "v".into(), MINUTE).await.expect("set");
+    let node = cluster.primary_port_for(key);
+    let breaker_of = |store: &RedisStore, port: u16| {
+        let breakers = store.node_breakers().expect("a breaker per primary");
+        assert_eq!(breakers.len(), 3, "{breakers:?}");
+        breakers
+            .into_iter()
+            .find(|breaker| breaker.node.ends_with(&format!(":{port}")))
+            .unwrap_or_else(|| panic!("no breaker for node {port}"))
+            .state
+    };
+
+    // Admitted and sent on the first poll, then abandoned.
+    let mut abandoned = 0;
+    for _ in 0..100 {
+        if store.get(key).now_or_never().is_none() {
+            abandoned += 1;
+        }
+    }
+    assert!(
+        abandoned >= 50,
+        "only {abandoned} of 100 calls were in flight when dropped"
+    );
+    assert_eq!(breaker_of(&store, node), BreakerState::Closed);
+    let read = store.get(key).await.expect("get after the cancelled calls");
+    assert_eq!(read.as_deref(), Some(&b"v"[..]));
+
+    // Given up for being slow, before the store's own timeout fires.
+    cluster.pause_node(node);
+    let give_up = command_timeout.mul_f64(0.95);
+    let calls = (0..3).map(|_| tokio::time::timeout(give_up, store.get(key)));
+    for outcome in futures::future::join_all(calls).await {
+        assert!(outcome.is_err(), "a paused node answered: {outcome:?}");
+    }
+    let states: Vec<(bool, BreakerState)> = cluster
+        .primary_ports()
+        .into_iter()
+        .map(|port| (port == node, breaker_of(&store, port)))
+        .collect();
+    cluster.resume_node(node);
+    for (paused, state) in states {
+        let expected = if paused {
+            BreakerState::Open
+        } else {
+            BreakerState::Closed
+        };
+        assert_eq!(state, expected, "paused: {paused}");
+    }
 }

@@ -286,7 +286,10 @@ impl RedisStoreBuilder {
         self
     }
 
-    /// Bound on one command's reply.
+    /// Bound on one command's reply. On a Redis Cluster it also judges calls their callers
+    /// drop: one dropped after 90% of it counts against its node's breaker, one dropped
+    /// sooner (a cancelled request) does not. So keep the cache's command timeout no shorter
+    /// than this one ([`CacheConfig`](crate::CacheConfig) sets both to one value).
     pub fn command_timeout(mut self, timeout: Duration) -> Self {
         self.command_timeout = timeout;
         self

@@ -18,7 +18,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared as SharedFuture};
@@ -40,6 +40,10 @@ pub(super) use self::slots::{NodeAddress, SlotTable, slot_of};
 
 /// How often the slot table is read again when nothing failed.
 const REFRESH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The share of the command timeout after which a call its caller dropped counts against
+/// its node (see [`NodeCall`]).
+const SLOW_SHARE: f64 = 0.9;
 
 /// The one dial in flight, which every caller waits on (its error as text: errors are not
 /// `Clone`).
@@ -164,6 +168,7 @@ impl ClusterLink {
                 breaker,
                 refresh: Arc::downgrade(&self.shared),
                 finished: false,
+                slow_from: Instant::now() + self.shared.command_timeout.mul_f64(SLOW_SHARE),
             }),
             admission => {
                 let node = owner.map(|owner| current.table.primaries()[owner].clone());
@@ -364,13 +369,19 @@ struct Current {
     breakers: Vec<Arc<CircuitBreaker>>,
 }
 
-/// One admitted call, whose outcome goes to its breaker. A call dropped before it finished
-/// (its caller gave up: the cache's own timeout, a cancelled request) counts as a failure:
-/// a node that makes callers give up is failing, whatever the store's own timeout says.
+/// One admitted call, whose outcome goes to its breaker.
+///
+/// A call dropped before it finished was given up by its caller. When it had run for most of
+/// the command timeout ([`SLOW_SHARE`] of it), it counts as a failure: a node that makes
+/// callers give up is failing, and the cache's own timer, equal to the store's but started a
+/// moment before it, usually fires first. A call dropped sooner says nothing of its node: a
+/// client that disconnects cancels its request, and must not open the breaker for everyone.
 pub(super) struct NodeCall {
     breaker: Arc<CircuitBreaker>,
     refresh: Weak<Shared>,
     finished: bool,
+    /// From when a drop counts as a failure.
+    slow_from: Instant,
 }
 
 impl NodeCall {
@@ -401,7 +412,7 @@ impl NodeCall {
 
 impl Drop for NodeCall {
     fn drop(&mut self) {
-        if !self.finished {
+        if !self.finished && Instant::now() >= self.slow_from {
             self.failed();
         }
     }
