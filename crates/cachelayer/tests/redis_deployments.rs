@@ -447,6 +447,9 @@ async fn a_cluster_over_tls_with_an_acl_user() {
         .tls_root_cert_pem(ca.clone())
         .build()
         .expect("store");
+    // The first call dials every node (TLS, then AUTH): on a loaded machine that can take
+    // longer than the command timeout, and the cache would fail open (drop the writes).
+    store.ping().await.expect("ping over TLS with the ACL user");
     let cache = Cache::builder()
         .store(store)
         .namespace("deploy")
