@@ -24,7 +24,7 @@ use cachelayer_testkit::{RedisCluster, RedisSentinel};
 use load::{Load, read_product};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use support::{PATIENCE, Server, TestDatabase, client, counter, metric_once, x_cache};
+use support::{PATIENCE, Server, TestDatabase, client, counter, get, get_via, metric_once};
 use tokio::time::Instant;
 
 /// How long the cluster may take to promote a replica after its primary died (node timeout
@@ -35,14 +35,6 @@ const RECOVERY_BOUND: Duration = Duration::from_secs(5);
 /// The sample products every `serve` here seeds (`--seed 50` in the support module).
 const PRODUCTS: i64 = 50;
 const TOKEN: &str = "deployments-admin-token";
-
-async fn get(server: &Server, path: &str) -> (StatusCode, String, Value) {
-    let response = client().get(server.url(path)).send().await.expect("GET");
-    let status = response.status();
-    let cache = x_cache(&response);
-    let body = response.json().await.unwrap_or(Value::Null);
-    (status, cache, body)
-}
 
 /// Polls `/health` until `wanted` holds of its body (an observable state; bounded by
 /// [`PATIENCE`]); the body then.
@@ -294,19 +286,6 @@ async fn a_primary_killed_under_load_fails_no_request() {
     );
 }
 
-/// A GET of `path` through `proxy` as `api.example`: status, `X-Cache` and body.
-async fn through_proxy(proxy: &Server, path: &str) -> (StatusCode, String, String) {
-    let response = client()
-        .get(proxy.url(path))
-        .header("host", "api.example")
-        .send()
-        .await
-        .expect("GET");
-    let status = response.status();
-    let cache = x_cache(&response);
-    (status, cache, response.text().await.expect("text"))
-}
-
 /// `POST /admin/invalidate` on `proxy`'s admin listener; the answer.
 async fn purge(proxy: &Server, body: Value) -> Value {
     let response = client()
@@ -345,13 +324,13 @@ async fn proxy_on_a_cluster_shares_the_cache_and_the_purges() {
     let b = Server::proxy(&upstream.url(), &args);
 
     for path in &paths {
-        let (status, cache, body) = through_proxy(&a, path).await;
+        let (status, cache, body) = get_via(&a, path).await;
         assert_eq!(
             (status, cache.as_str(), body.as_str()),
             (StatusCode::OK, "MISS", format!("item {path}").as_str())
         );
-        assert_eq!(through_proxy(&a, path).await.1, "HIT", "{path} on a");
-        assert_eq!(through_proxy(&b, path).await.1, "HIT", "{path} on b");
+        assert_eq!(get_via(&a, path).await.1, "HIT", "{path} on a");
+        assert_eq!(get_via(&b, path).await.1, "HIT", "{path} on b");
         assert_eq!(origin.calls(path), 1, "{path}");
     }
 
@@ -361,26 +340,18 @@ async fn proxy_on_a_cluster_shares_the_cache_and_the_purges() {
         (&json!(1), &json!([])),
         "{purged}"
     );
-    assert_eq!(
-        through_proxy(&b, "/items/1").await.1,
-        "MISS",
-        "purged for b"
-    );
-    assert_eq!(through_proxy(&a, "/items/1").await.1, "HIT", "stored again");
+    assert_eq!(get_via(&b, "/items/1").await.1, "MISS", "purged for b");
+    assert_eq!(get_via(&a, "/items/1").await.1, "HIT", "stored again");
     assert_eq!(origin.calls("/items/1"), 2);
     for path in &paths[1..] {
-        assert_eq!(through_proxy(&b, path).await.1, "HIT", "{path} kept");
+        assert_eq!(get_via(&b, path).await.1, "HIT", "{path} kept");
     }
 
     let purged = purge(&b, json!({"tags": ["items"]})).await;
     assert_eq!(purged["tags"], 1, "{purged}");
     for path in &paths {
-        assert_eq!(through_proxy(&a, path).await.1, "MISS", "{path} tag-purged");
-        assert_eq!(
-            through_proxy(&b, path).await.1,
-            "HIT",
-            "{path} stored again"
-        );
+        assert_eq!(get_via(&a, path).await.1, "MISS", "{path} tag-purged");
+        assert_eq!(get_via(&b, path).await.1, "HIT", "{path} stored again");
     }
     assert_eq!(origin.calls("/items/1"), 3);
     for path in &paths[1..] {

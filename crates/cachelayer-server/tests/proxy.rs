@@ -30,7 +30,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use cachelayer_testkit::RedisServer;
 use serde_json::{Value, json};
-use support::{PATIENCE, Server, client, metrics_text, refused_at_start, undescribed, x_cache};
+use support::{
+    PATIENCE, Server, client, get_via, metrics_text, refused_at_start, undescribed, x_cache,
+};
 use tokio::time::Instant;
 
 /// Calls per path.
@@ -214,18 +216,6 @@ impl Origin {
             drop(tokio::time::timeout(PATIENCE, task).await);
         }
     }
-}
-
-async fn get_via(proxy: &Server, path: &str) -> (StatusCode, String, String) {
-    let response = client()
-        .get(proxy.url(path))
-        .header("host", "api.example")
-        .send()
-        .await
-        .expect("GET");
-    let status = response.status();
-    let cache = x_cache(&response);
-    (status, cache, response.text().await.expect("text"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,21 +13,13 @@ use cachelayer_testkit::RedisServer;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use support::{
-    PATIENCE, Server, TestDatabase, client, counter, metrics_text, refused_at_start, undescribed,
-    x_cache,
+    PATIENCE, Server, TestDatabase, client, counter, get, metrics_text, refused_at_start,
+    undescribed, x_cache,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
 const TOKEN: &str = "test-admin-token";
-
-async fn get(server: &Server, path: &str) -> (StatusCode, String, Value) {
-    let response = client().get(server.url(path)).send().await.expect("GET");
-    let status = response.status();
-    let cache = x_cache(&response);
-    let body = response.json().await.unwrap_or(Value::Null);
-    (status, cache, body)
-}
 
 async fn send(server: &Server, method: &str, path: &str, body: &Value) -> (StatusCode, Value) {
     let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");

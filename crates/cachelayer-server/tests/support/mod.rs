@@ -307,6 +307,28 @@ pub fn client() -> reqwest::Client {
         .expect("client")
 }
 
+/// A GET of `path` on `server`: status, `X-Cache` and the JSON body (`null` if none).
+pub async fn get(server: &Server, path: &str) -> (reqwest::StatusCode, String, Value) {
+    let response = client().get(server.url(path)).send().await.expect("GET");
+    let status = response.status();
+    let cache = x_cache(&response);
+    let body = response.json().await.unwrap_or(Value::Null);
+    (status, cache, body)
+}
+
+/// A GET of `path` through `proxy` as `api.example`: status, `X-Cache` and body.
+pub async fn get_via(proxy: &Server, path: &str) -> (reqwest::StatusCode, String, String) {
+    let response = client()
+        .get(proxy.url(path))
+        .header("host", "api.example")
+        .send()
+        .await
+        .expect("GET");
+    let status = response.status();
+    let cache = x_cache(&response);
+    (status, cache, response.text().await.expect("text"))
+}
+
 /// A response's `X-Cache`.
 pub fn x_cache(response: &reqwest::Response) -> String {
     response
