@@ -79,6 +79,8 @@ struct Shared {
     refresh: Notify,
     settings: BreakerSettings,
     command_timeout: Duration,
+    /// How long an admitted call runs before its drop counts as a failure ([`NodeCall`]).
+    slow_after: Duration,
     connect_timeout: Duration,
     redacted_url: String,
 }
@@ -110,6 +112,7 @@ impl ClusterLink {
                 refresh: Notify::new(),
                 settings,
                 command_timeout,
+                slow_after: command_timeout.mul_f64(SLOW_SHARE),
                 connect_timeout,
                 redacted_url,
             }),
@@ -168,7 +171,7 @@ impl ClusterLink {
                 breaker,
                 refresh: Arc::downgrade(&self.shared),
                 finished: false,
-                slow_from: Instant::now() + self.shared.command_timeout.mul_f64(SLOW_SHARE),
+                slow_from: Instant::now() + self.shared.slow_after,
             }),
             admission => {
                 let node = owner.map(|owner| current.table.primaries()[owner].clone());
